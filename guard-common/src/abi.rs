@@ -1,0 +1,89 @@
+//! Stable numbers that cross the kernel/user boundary and appear in events.
+//!
+//! Numbers are grouped in ranges and are never renumbered or reused: a SIEM
+//! rule written against one release keeps meaning the same thing.
+
+macro_rules! stable_enum {
+    ($(#[$m:meta])* $name:ident : $repr:ty { $($(#[$vm:meta])* $var:ident = $val:expr),+ $(,)? }) => {
+        $(#[$m])*
+        #[repr($repr)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum $name { $($(#[$vm])* $var = $val),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$var),+];
+
+            /// Decodes a number read from the kernel; `None` for a number this
+            /// build does not know (a newer kernel object, or corruption).
+            pub const fn from_raw(raw: $repr) -> Option<Self> {
+                match raw { $($val => Some($name::$var),)+ _ => None }
+            }
+
+            pub const fn raw(self) -> $repr { self as $repr }
+        }
+    };
+}
+
+stable_enum! {
+    /// What an event record describes. 1xx network, 2xx files, 9xx bookkeeping.
+    EventKind: u16 {
+        NetConnect = 100,
+        FileUnlink = 200,
+        FileRmdir = 201,
+    }
+}
+
+stable_enum! {
+    /// A policy verdict. Ordered by severity so that, on an exact tie between
+    /// rules, the larger number wins (deny > ask > allow).
+    Verdict: u8 {
+        Allow = 1,
+        Ask = 2,
+        Deny = 3,
+    }
+}
+
+stable_enum! {
+    /// What actually happened to the call.
+    Outcome: u8 {
+        Allowed = 1,
+        Denied = 2,
+        Held = 3,
+        /// Audit (shadow) mode: the call was allowed; the verdict field holds
+        /// what enforce mode would have done.
+        Audited = 4,
+    }
+}
+
+stable_enum! {
+    /// Per-agent enforcement mode.
+    Mode: u8 {
+        Enforce = 1,
+        Audit = 2,
+    }
+}
+
+stable_enum! {
+    /// Why an event could not be delivered from the kernel. Index into the
+    /// per-CPU loss counter array.
+    LossReason: u32 {
+        /// The ring buffer had no room for the record.
+        RingbufFull = 0,
+    }
+}
+
+/// Number of slots in the loss counter array (one per [`LossReason`]).
+pub const LOSS_REASONS: u32 = 4;
+
+/// Address families as the kernel numbers them (AF_INET, AF_INET6, AF_UNIX).
+pub const AF_UNIX: u16 = 1;
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Rule id 0 means "no rule matched; the agent's default applied".
+pub const RULE_DEFAULT: u32 = 0;
+
+/// Deepest cgroup level (0 = the cgroup2 root) at which an agent cgroup may
+/// sit. The kernel checks ancestors at the levels flagged in
+/// [`crate::Config::agent_levels`], which is a 64-bit mask.
+pub const MAX_CGROUP_LEVEL: u32 = 63;

@@ -1,0 +1,161 @@
+//! Map keys and values. Policy lives in maps keyed by agent; the daemon
+//! writes them, the kernel programs only read them.
+
+use crate::abi::MAX_CGROUP_LEVEL;
+
+/// Value of the `AGENTS` hash map, keyed by the agent cgroup's id (u64, the
+/// inode number of its directory).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentEntry {
+    /// Daemon-assigned id, never reused within a daemon run. Rule maps are keyed
+    /// by it, so a reload writes new rules under a new id and then flips this
+    /// entry in one map update.
+    pub agent_id: u32,
+    /// [`crate::Mode`] as a number.
+    pub mode: u8,
+    /// [`crate::Verdict`] applied to connects no rule matches.
+    pub connect_default: u8,
+    /// [`crate::Verdict`] applied to deletes no rule matches.
+    pub delete_default: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<AgentEntry>() == 8);
+
+/// Single-slot `CONFIG` array value: global knobs the daemon can change live.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Bit N set: some agent cgroup sits at cgroup level N. The kernel only
+    /// looks up ancestors at these levels, so a process costs one lookup per
+    /// distinct agent depth, not one per level.
+    pub agent_levels: u64,
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 8);
+const _: () = assert!(MAX_CGROUP_LEVEL < 64);
+
+/// Data part of the `NET_RULES` LPM-trie key. The prefix length counts the 32
+/// agent bits plus the address prefix bits; IPv4 is stored IPv4-mapped
+/// (::ffff:a.b.c.d), so a v4 rule also governs a dual-stack socket's
+/// connect to a mapped address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetKey {
+    /// Agent id, big-endian so that the trie's bytewise prefix covers it whole.
+    pub agent_id: [u8; 4],
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<NetKey>() == 20);
+
+/// Bits of [`NetKey`] taken by the agent id.
+pub const NET_KEY_AGENT_BITS: u32 = 32;
+/// IPv4-mapped IPv6 prefix: an IPv4 /N rule is stored as /(96 + N).
+pub const V4_MAPPED_PREFIX_BITS: u32 = 96;
+
+/// One port-range rule inside a [`NetRuleSet`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRule {
+    /// Inclusive port range, host byte order. 0..=65535 is "any port".
+    pub lo: u16,
+    pub hi: u16,
+    /// Identifies the policy entry for events; never [`crate::RULE_DEFAULT`].
+    pub rule_id: u32,
+    /// [`crate::Verdict`] as a number.
+    pub verdict: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<PortRule>() == 12);
+
+/// Most port rules one address prefix (with the prefixes that contain it) may
+/// carry. `policy check` rejects a policy that needs more.
+pub const MAX_PORT_RULES: usize = 16;
+
+/// Value of the `NET_RULES` LPM trie. Userspace stores, under each address
+/// prefix, its own rules *and* those of every shorter prefix of the same agent
+/// that contains it, already in precedence order (longest prefix, then
+/// narrowest port range, then deny > ask > allow). The kernel does one trie
+/// lookup and takes the first rule whose port range holds the port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetRuleSet {
+    pub count: u32,
+    pub _pad: u32,
+    pub rules: [PortRule; MAX_PORT_RULES],
+}
+const _: () = assert!(core::mem::size_of::<NetRuleSet>() == 8 + 12 * MAX_PORT_RULES);
+
+impl Default for NetRuleSet {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            _pad: 0,
+            rules: [PortRule::default(); MAX_PORT_RULES],
+        }
+    }
+}
+
+/// Bytes of path in a [`PathKey`]. The LPM trie caps key data at 256 bytes;
+/// 4 go to the agent id. Policy prefixes must be shorter (see `policy check`);
+/// longer paths are matched on their first bytes, which still contain every
+/// prefix a rule can name.
+pub const PATH_KEY_BYTES: usize = 252;
+
+/// Data part of the `PATH_RULES` LPM-trie key: the agent, then the path with a
+/// '/' after every component, including the last ("/srv/data/"), so that a
+/// prefix only ever matches whole components. The kernel puts a NUL after the
+/// final '/', and NUL never occurs in a rule, so no rule can match past it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathKey {
+    pub agent_id: [u8; 4],
+    pub path: [u8; PATH_KEY_BYTES],
+}
+const _: () = assert!(core::mem::size_of::<PathKey>() == 256);
+
+impl Default for PathKey {
+    fn default() -> Self {
+        Self {
+            agent_id: [0; 4],
+            path: [0; PATH_KEY_BYTES],
+        }
+    }
+}
+
+/// Value of the `PATH_RULES` trie: the winning rule for that exact prefix
+/// (userspace resolves same-prefix ties as deny > ask > allow).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathRuleValue {
+    pub rule_id: u32,
+    /// [`crate::Verdict`] as a number.
+    pub verdict: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<PathRuleValue>() == 8);
+
+/// Kernel struct member offsets the LSM programs need, read by userspace from
+/// the running kernel's BTF (Rust eBPF objects get no CO-RE relocations).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// offsetof(struct dentry, d_name)
+    pub dentry_d_name: u32,
+    /// offsetof(struct qstr, name)
+    pub qstr_name: u32,
+}
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 8);
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: plain repr(C) integers and arrays with explicit padding fields.
+    unsafe impl aya::Pod for AgentEntry {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for NetKey {}
+    unsafe impl aya::Pod for PortRule {}
+    unsafe impl aya::Pod for NetRuleSet {}
+    unsafe impl aya::Pod for PathKey {}
+    unsafe impl aya::Pod for PathRuleValue {}
+    unsafe impl aya::Pod for KernelOffsets {}
+}
