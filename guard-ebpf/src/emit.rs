@@ -1,0 +1,71 @@
+//! Writing records to the ring buffer, and counting what could not be written.
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
+    },
+};
+use guard_common::{EventHeader, LossReason};
+
+use crate::{
+    identity::Agent,
+    maps::{EVENTS, LOSSES},
+};
+
+/// Wake the reader once this much is queued; below it, the daemon's timer
+/// drains the buffer. Waking per event doubles the cost of a guarded call
+/// (measured, shared KERNEL.md).
+const WAKEUP_BYTES: u64 = 64 * 128;
+
+/// Fills the parts of a header every record shares.
+#[inline(always)]
+pub fn header(kind: u16, agent: &Agent) -> EventHeader {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    EventHeader {
+        kind,
+        outcome: 0,
+        verdict: 0,
+        agent_id: agent.entry.agent_id,
+        // SAFETY: helpers without arguments.
+        ktime_ns: unsafe { bpf_ktime_get_boot_ns() },
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        agent_cgroup_id: agent.cgroup_id,
+        hold_id: 0,
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        rule_id: 0,
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+/// Submits `record`, or counts it as lost. `urgent` records (decisions a
+/// human or a test waits for) wake the reader at once.
+#[inline(always)]
+pub fn submit<T: Copy + 'static>(record: &T, urgent: bool) {
+    match EVENTS.reserve::<T>(0) {
+        Some(mut slot) => {
+            slot.write(*record);
+            let flags = if urgent || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            slot.submit(flags as u64);
+        }
+        None => count_loss(LossReason::RingbufFull),
+    }
+}
+
+#[inline(always)]
+pub fn count_loss(reason: LossReason) {
+    if let Some(counter) = LOSSES.get_ptr_mut(reason.raw()) {
+        // SAFETY: per-CPU slot; programs on this CPU do not preempt each other
+        // for the same slot in the contexts we run in.
+        unsafe { *counter += 1 };
+    }
+}

@@ -1,0 +1,227 @@
+//! unlink and rmdir: lsm/path_unlink and lsm/path_rmdir.
+//!
+//! Hook prototypes (include/linux/lsm_hook_defs.h, unchanged from 5.10 to
+//! 6.12): `int security_path_unlink(const struct path *dir, struct dentry
+//! *dentry)` and `int security_path_rmdir(const struct path *dir, struct
+//! dentry *dentry)`. BPF LSM programs get a third argument: the return value
+//! of the BPF LSM programs before them. Both hooks are on the kernel's
+//! sleepable-hook list, which is what allows bpf_d_path there.
+use aya_ebpf::{
+    bindings::{BPF_RB_FORCE_WAKEUP, path},
+    cty::{c_char, c_void},
+    helpers::generated::{bpf_d_path, bpf_probe_read_kernel, bpf_probe_read_kernel_str},
+    programs::LsmContext,
+};
+use guard_common::{
+    EventKind, FileRecord, KernelOffsets, LossReason, Mode, NET_KEY_AGENT_BITS, Outcome,
+    PATH_COMPLETE, PATH_KEY_BYTES, PATH_TRUNCATED, PATH_UNKNOWN, PathKey, RULE_DEFAULT, Verdict,
+};
+
+use crate::{
+    emit,
+    identity::{self, Agent},
+    maps::{EVENTS, PATH_RULES, SCRATCH, Scratch},
+};
+
+/// Member offsets of the running kernel, from its BTF; written by the
+/// daemon at load time. Zero means "not provided": the programs then fail
+/// closed for agents instead of reading a wrong field.
+#[unsafe(no_mangle)]
+static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
+    dentry_d_name: 0,
+    qstr_name: 0,
+};
+
+const EPERM: i32 = 1;
+
+pub enum Decision {
+    Allow,
+    Deny,
+    /// A BPF LSM program before us already refused; keep its answer.
+    Refused(i32),
+}
+
+pub enum GuardError {
+    /// The per-CPU scratch buffer was unavailable (cannot happen for index 0).
+    Scratch,
+    /// KERNEL_OFFSETS were not set by the loader.
+    NoOffsets,
+}
+
+/// The single conversion from a decision to the LSM return code. Returns
+/// constants (or a value clamped right here) because the 6.12 verifier
+/// requires LSM return values provably in [-4095, 0].
+///
+/// Errors fail closed: the calling task is an agent (or we could not even
+/// tell), and a delete we cannot judge must not happen.
+#[inline(always)]
+pub fn lsm_verdict(result: Result<Decision, GuardError>) -> i32 {
+    match result {
+        Ok(Decision::Allow) => 0,
+        Ok(Decision::Deny) | Err(_) => -EPERM,
+        Ok(Decision::Refused(rc)) => {
+            if (-4095..0).contains(&rc) {
+                rc
+            } else {
+                -EPERM
+            }
+        }
+    }
+}
+
+#[inline(always)]
+pub fn try_delete(ctx: &LsmContext, kind: EventKind) -> Result<Decision, GuardError> {
+    let previous: i32 = ctx.arg(2);
+    if previous != 0 {
+        return Ok(Decision::Refused(previous));
+    }
+    let Some(agent) = identity::current_agent() else {
+        return Ok(Decision::Allow);
+    };
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(GuardError::Scratch)?;
+    // SAFETY: per-CPU map value, not shared with another program run on
+    // this CPU while we hold it (LSM programs do not nest on one CPU here).
+    let s = unsafe { &mut *scratch };
+    let (len, state) = build_path(s, ctx, &agent)?;
+
+    let (verdict, rule_id) = if state == PATH_UNKNOWN {
+        // No path, no rule can be judged: enforce mode denies.
+        (Verdict::Deny.raw(), RULE_DEFAULT)
+    } else {
+        // SAFETY: Scratch starts with the exact layout of Key<PathKey>
+        // (prefix_len, agent id, path bytes) and is larger than it.
+        let key = unsafe { &*(scratch as *const aya_ebpf::maps::lpm_trie::Key<PathKey>) };
+        match PATH_RULES.get(key) {
+            Some(rule) => (rule.verdict, rule.rule_id),
+            None => (agent.entry.delete_default, RULE_DEFAULT),
+        }
+    };
+
+    let (decision, outcome) = if agent.entry.mode == Mode::Audit.raw() {
+        (Decision::Allow, Outcome::Audited)
+    } else if verdict == Verdict::Allow.raw() {
+        (Decision::Allow, Outcome::Allowed)
+    } else {
+        // Deny, and Ask until holds exist: fail closed.
+        (Decision::Deny, Outcome::Denied)
+    };
+    emit_file(kind, &agent, outcome, verdict, rule_id, s, len, state);
+    Ok(decision)
+}
+
+/// Writes "<dir>/<name>/" and a NUL into the scratch path and returns
+/// (bytes of the path proper, PATH_* state).
+#[inline(always)]
+fn build_path(s: &mut Scratch, ctx: &LsmContext, agent: &Agent) -> Result<(usize, u8), GuardError> {
+    // SAFETY: plain read of a read-only global.
+    let offsets = unsafe { core::ptr::read_volatile(&KERNEL_OFFSETS) };
+    if offsets.dentry_d_name == 0 {
+        return Err(GuardError::NoOffsets);
+    }
+    s.prefix_len = NET_KEY_AGENT_BITS + (PATH_KEY_BYTES as u32) * 8;
+    s.agent_id = agent.entry.agent_id.to_be_bytes();
+
+    let dir: *mut path = ctx.arg(0);
+    let dentry: *const u8 = ctx.arg(1);
+    // SAFETY: `dir` is the hook's trusted argument; the buffer is ours.
+    let n = unsafe { bpf_d_path(dir, s.path.as_mut_ptr() as *mut c_char, s.path.len() as u32) };
+    if n <= 0 {
+        s.path[0] = 0;
+        return Ok((0, PATH_UNKNOWN));
+    }
+    // Index of the NUL bpf_d_path wrote.
+    let mut pos = (n as usize - 1) & 0x1ff;
+    if pos >= 256 {
+        // The directory alone fills the key: match on it, report truncated.
+        return Ok((PATH_KEY_BYTES, PATH_TRUNCATED));
+    }
+    if pos != 1 {
+        // Not the root directory "/": add the separator.
+        s.path[pos & 0xff] = b'/';
+        pos += 1;
+    }
+    let pos = pos & 0xff;
+    // dentry->d_name.name
+    let mut name: *const u8 = core::ptr::null();
+    // SAFETY: reading a pointer-sized field of the kernel's dentry through
+    // the probe helper, at offsets the loader took from this kernel's BTF.
+    let rc = unsafe {
+        bpf_probe_read_kernel(
+            (&raw mut name).cast::<c_void>(),
+            size_of::<*const u8>() as u32,
+            dentry
+                .add((offsets.dentry_d_name + offsets.qstr_name) as usize)
+                .cast::<c_void>(),
+        )
+    };
+    if rc != 0 {
+        return Ok((0, PATH_UNKNOWN));
+    }
+    // SAFETY: destination stays inside the 512-byte buffer (pos < 256,
+    // size 256); the helper bounds the read and NUL-terminates.
+    let m = unsafe {
+        bpf_probe_read_kernel_str(
+            s.path.as_mut_ptr().add(pos).cast::<c_void>(),
+            256,
+            name.cast::<c_void>(),
+        )
+    };
+    if m <= 0 {
+        return Ok((0, PATH_UNKNOWN));
+    }
+    let end = pos + ((m as usize - 1) & 0xff);
+    // Trailing '/' and NUL: whole-component matching (see PathKey).
+    if let Some(b) = s.path.get_mut(end) {
+        *b = b'/';
+    }
+    if let Some(b) = s.path.get_mut(end + 1) {
+        *b = 0;
+    }
+    if end > PATH_KEY_BYTES - 2 {
+        return Ok((PATH_KEY_BYTES, PATH_TRUNCATED));
+    }
+    Ok((end, PATH_COMPLETE))
+}
+
+/// Writes the record in place in the ring buffer: it is too large for the
+/// BPF stack.
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename them"
+)]
+fn emit_file(
+    kind: EventKind,
+    agent: &Agent,
+    outcome: Outcome,
+    verdict: u8,
+    rule_id: u32,
+    s: &Scratch,
+    len: usize,
+    state: u8,
+) {
+    let Some(mut entry) = EVENTS.reserve::<FileRecord>(0) else {
+        emit::count_loss(LossReason::RingbufFull);
+        return;
+    };
+    let rec = entry.as_mut_ptr();
+    let mut header = emit::header(kind.raw(), agent);
+    header.outcome = outcome.raw();
+    header.verdict = verdict;
+    header.rule_id = rule_id;
+    // SAFETY: `rec` points at a reserved, exclusively owned record.
+    unsafe {
+        (*rec).header = header;
+        (*rec).path_len = len as u16;
+        (*rec).path_state = state;
+        (*rec)._pad = 0;
+        bpf_probe_read_kernel(
+            (*rec).path.as_mut_ptr().cast::<c_void>(),
+            PATH_KEY_BYTES as u32,
+            s.path.as_ptr().cast::<c_void>(),
+        );
+    }
+    // Deletes are rare next to connects and a human may be waiting on the
+    // event: wake the reader now.
+    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+}

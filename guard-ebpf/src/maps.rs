@@ -1,0 +1,46 @@
+//! Every map the programs share with the daemon. The daemon owns the
+//! contents; programs only read policy and only write events and counters.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+};
+use guard_common::{AgentEntry, Config, LOSS_REASONS, NetKey, NetRuleSet, PathKey, PathRuleValue};
+
+/// Agent cgroup id -> agent. Keyed by the agent's own cgroup, so processes in
+/// per-run or nested child cgroups are found through their ancestors.
+#[map]
+pub static AGENTS: HashMap<u64, AgentEntry> = HashMap::with_max_entries(4096, 0);
+
+/// Slot 0: global knobs (which cgroup levels hold agents).
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// (agent id, address prefix) -> port rules in precedence order.
+#[map]
+pub static NET_RULES: LpmTrie<NetKey, NetRuleSet> = LpmTrie::with_max_entries(65536, 0);
+
+/// Event records for the daemon.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// Records that could not be delivered, per CPU, indexed by LossReason.
+#[map]
+pub static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_REASONS, 0);
+
+/// (agent id, path prefix with a '/' after each component) -> rule.
+#[map]
+pub static PATH_RULES: LpmTrie<PathKey, PathRuleValue> = LpmTrie::with_max_entries(65536, 0);
+
+/// Per-CPU work area for building a path. Its head has the layout of an
+/// LPM `Key<PathKey>` (prefix length, agent id, path), so it is used as the
+/// lookup key directly; the path area is twice the key's so the verifier
+/// can prove every variable-offset write stays inside it.
+#[repr(C)]
+pub struct Scratch {
+    pub prefix_len: u32,
+    pub agent_id: [u8; 4],
+    pub path: [u8; 512],
+}
+
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
