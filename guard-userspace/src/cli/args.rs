@@ -1,0 +1,96 @@
+//! Command-line grammar. Help text comes from these doc comments.
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// agent-guard: a kernel-level guard for AI-agent processes.
+///
+/// Each agent is a cgroup with an owner, a purpose and labels. eBPF programs
+/// intercept its connects (and deletes), a per-agent policy allows, asks or
+/// denies, and every call becomes one JSON line on stdout.
+#[derive(Parser)]
+#[command(name = "agent-guard", version)]
+pub struct Cli {
+    /// Control socket of the daemon to talk to (or, for `daemon`, to serve).
+    /// Defaults to the policy's [daemon] control_socket,
+    /// /run/agent-guard/control.sock.
+    #[arg(long, global = true, env = "AGENT_GUARD_SOCKET")]
+    pub socket: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the guard daemon (root). Events go to stdout, logs to stderr.
+    ///
+    /// Examples:
+    ///   sudo agent-guard daemon --policy /etc/agent-guard/policy.toml
+    ///   sudo agent-guard daemon --demo            # embedded policy + demo agent
+    Daemon(DaemonArgs),
+    /// Run a command as an agent: inside the agent's cgroup, in a run of its
+    /// own, before the command starts. Exits with the command's status.
+    ///
+    /// Examples:
+    ///   agent-guard run --agent claims-bot -- python3 bot.py
+    ///   agent-guard run --agent demo --on-behalf-of alice -- curl http://127.0.0.1:8080/
+    Run(RunArgs),
+    /// Report what this kernel supports (probed by loading the real
+    /// programs), which backend guards each operation, and what to change
+    /// for full enforcement. Exit 0: everything enforceable; 2: degraded
+    /// (e.g. deletes only under `run`); 1: a required feature is missing.
+    ///
+    /// Examples:
+    ///   sudo agent-guard doctor
+    ///   sudo agent-guard doctor --policy /etc/agent-guard/policy.toml
+    Doctor {
+        /// Also say, per agent of this policy, what can be enforced.
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+    },
+    /// Work with policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(clap::Args)]
+pub struct DaemonArgs {
+    /// Policy file (TOML). Without it, the embedded default policy is used.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// After start-up, run the embedded policy's `demo` agent once.
+    #[arg(long)]
+    pub demo: bool,
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Agent name, as declared in the daemon's policy.
+    #[arg(long)]
+    pub agent: String,
+    /// The person or system the agent acts for; recorded in every event of the run.
+    #[arg(long, value_name = "WHO")]
+    pub on_behalf_of: Option<String>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Check a policy file. Exit 0 if valid; otherwise print FILE:LINE:COL
+    /// and what is wrong, and exit 1.
+    ///
+    /// Example:
+    ///   agent-guard policy check /etc/agent-guard/policy.toml
+    Check {
+        /// The policy file.
+        file: PathBuf,
+    },
+    /// Print the embedded default policy, as a starting point.
+    ///
+    /// Example:
+    ///   agent-guard policy default > policy.toml
+    Default,
+}

@@ -1,0 +1,198 @@
+//! `agent-guard run --agent NAME -- CMD...`
+//!
+//! The command must never run outside its agent, not even for an instant.
+//! The launcher opens a session with the daemon; the forked child, before
+//! exec, connects to the daemon itself and asks to join. The daemon moves
+//! exactly that process (SO_PEERCRED) into the run's cgroup, and only then
+//! does the child exec. If joining fails, the child exits without exec.
+use std::{
+    ffi::CString,
+    os::unix::{
+        ffi::OsStrExt as _,
+        process::{CommandExt as _, ExitStatusExt as _},
+    },
+    path::Path,
+    process::{Command, ExitCode},
+    sync::atomic::{AtomicI32, Ordering},
+};
+
+use anyhow::{Context as _, Result, bail};
+use nix::sys::signal::{self, SigHandler, Signal};
+
+use super::args::RunArgs;
+use crate::control::{Client, Envelope, OK_PREFIX, PROTOCOL_VERSION, Request};
+
+/// Exit status when the command could not be started, as shells use.
+const EXIT_CANNOT_RUN: u8 = 127;
+/// Exit status when the command was not started because joining its agent
+/// failed; the daemon's reason is printed first.
+const EXIT_NOT_PLACED: i32 = 126;
+
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward(sig: libc::c_int) {
+    let pid = CHILD.load(Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill(2) is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+pub fn run(args: RunArgs, socket: &Path) -> Result<ExitCode> {
+    let mut client = Client::connect(socket)?;
+    let reply = client
+        .call(Request::SessionOpen {
+            agent: args.agent.clone(),
+            on_behalf_of: args.on_behalf_of.clone(),
+            argv: args.command.clone(),
+        })
+        .with_context(|| format!("starting a run of agent {:?}", args.agent))?;
+    let field = |name: &str| -> Result<String> {
+        reply
+            .data
+            .get(name)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+            .with_context(|| format!("daemon reply lacks {name}"))
+    };
+    let join = JoinRequest::new(socket, field("session")?, field("token")?)?;
+
+    let mut cmd = Command::new(&args.command[0]);
+    cmd.args(&args.command[1..]);
+    // SAFETY: between fork and exec the closure only makes async-signal-safe
+    // system calls on memory prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            join.join_or_exit();
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(err) => {
+            eprintln!("agent-guard run: cannot start {:?}: {err}", args.command[0]);
+            let _ = client.call(Request::SessionClose {
+                exit_code: Some(EXIT_CANNOT_RUN.into()),
+                signal: None,
+            });
+            return Ok(ExitCode::from(EXIT_CANNOT_RUN));
+        }
+    };
+    CHILD.store(child.id() as i32, Ordering::Relaxed);
+
+    // The terminal sends SIGINT/SIGQUIT to the whole foreground group, child
+    // included; the launcher must outlive its child to report its status.
+    // SIGTERM and SIGHUP aimed at the launcher are passed on.
+    // SAFETY: `forward` is async-signal-safe.
+    unsafe {
+        signal::signal(Signal::SIGINT, SigHandler::SigIgn)?;
+        signal::signal(Signal::SIGQUIT, SigHandler::SigIgn)?;
+        signal::signal(Signal::SIGTERM, SigHandler::Handler(forward))?;
+        signal::signal(Signal::SIGHUP, SigHandler::Handler(forward))?;
+    }
+    let status = child.wait().context("waiting for the command")?;
+    let (exit_code, sig) = (status.code(), status.signal());
+    if let Err(err) = client.call(Request::SessionClose {
+        exit_code,
+        signal: sig,
+    }) {
+        eprintln!("agent-guard run: could not report the run's end to the daemon: {err:#}");
+    }
+    Ok(match (exit_code, sig) {
+        (Some(code), _) => ExitCode::from(code as u8),
+        (None, Some(sig)) => ExitCode::from(128u8.wrapping_add(sig as u8)),
+        (None, None) => bail!("the command ended with an unknown status"),
+    })
+}
+
+/// Everything the child needs to join its session, built before the fork.
+struct JoinRequest {
+    addr: libc::sockaddr_un,
+    line: Vec<u8>,
+    failure: CString,
+}
+
+impl JoinRequest {
+    fn new(socket: &Path, session: String, token: String) -> Result<Self> {
+        // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let path = socket.as_os_str().as_bytes();
+        if path.len() >= addr.sun_path.len() {
+            bail!("socket path {} is too long", socket.display());
+        }
+        for (dst, src) in addr.sun_path.iter_mut().zip(path) {
+            *dst = *src as libc::c_char;
+        }
+        let mut line = serde_json::to_vec(&Envelope {
+            v: PROTOCOL_VERSION,
+            request: Request::SessionJoin { session, token },
+        })?;
+        line.push(b'\n');
+        Ok(Self {
+            addr,
+            line,
+            failure: CString::new(
+                "agent-guard run: the daemon did not place the command into its agent; not starting it: ",
+            )?,
+        })
+    }
+
+    /// In the forked child: join, or print the daemon's reason and _exit.
+    /// Only async-signal-safe calls (socket, connect, write, read, close, _exit).
+    fn join_or_exit(&self) {
+        // SAFETY: raw system calls on buffers owned by `self`, which the
+        // child inherited intact.
+        unsafe {
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            let mut reply = [0u8; 1024];
+            let mut got = 0usize;
+            let ok = fd >= 0
+                && libc::connect(
+                    fd,
+                    (&raw const self.addr).cast(),
+                    size_of::<libc::sockaddr_un>() as libc::socklen_t,
+                ) == 0
+                && write_all(fd, &self.line)
+                && {
+                    while got < reply.len() && !reply[..got].contains(&b'\n') {
+                        let n = libc::read(fd, reply[got..].as_mut_ptr().cast(), reply.len() - got);
+                        if n <= 0 {
+                            break;
+                        }
+                        got += n as usize;
+                    }
+                    reply[..got].starts_with(OK_PREFIX.as_bytes())
+                };
+            if fd >= 0 {
+                libc::close(fd);
+            }
+            if !ok {
+                let msg = self.failure.as_bytes();
+                let _ = write_all(2, msg);
+                let _ = write_all(
+                    2,
+                    if got > 0 {
+                        &reply[..got]
+                    } else {
+                        b"no answer\n"
+                    },
+                );
+                libc::_exit(EXIT_NOT_PLACED);
+            }
+        }
+    }
+}
+
+/// write(2) until done; async-signal-safe.
+fn write_all(fd: libc::c_int, mut buf: &[u8]) -> bool {
+    while !buf.is_empty() {
+        // SAFETY: valid buffer for its length.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return false;
+        }
+        buf = &buf[n as usize..];
+    }
+    true
+}

@@ -1,0 +1,45 @@
+//! `daemon --demo`: once the daemon guards, run the embedded policy's `demo`
+//! agent through `agent-guard run`, exactly as a user would, making one
+//! allowed and one denied connect. Its output goes to stderr: stdout carries
+//! only events.
+use std::{net::TcpListener, os::fd::AsFd as _, path::PathBuf};
+
+use anyhow::{Context as _, Result};
+
+pub async fn run(socket: PathBuf) -> Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("demo listener")?;
+    let port = listener.local_addr()?.port();
+    // Accept and drop connections so the allowed connect completes.
+    std::thread::spawn(move || for _ in listener.incoming() {});
+
+    let script = format!(
+        "echo 'demo agent: connect 127.0.0.1:{port} (policy: allow)'; \
+         if exec 3<>/dev/tcp/127.0.0.1/{port}; then echo '  -> connected'; fi; \
+         echo 'demo agent: connect 127.0.0.1:9 (policy: deny)'; \
+         if ! exec 4<>/dev/tcp/127.0.0.1/9; then echo '  -> blocked by agent-guard'; fi"
+    );
+    let exe = std::env::current_exe().context("locating agent-guard")?;
+    let stderr = std::io::stderr().as_fd().try_clone_to_owned()?;
+    let status = tokio::process::Command::new(exe)
+        .arg("--socket")
+        .arg(&socket)
+        .args([
+            "run",
+            "--agent",
+            "demo",
+            "--on-behalf-of",
+            "demo-user",
+            "--",
+            "bash",
+            "-c",
+        ])
+        .arg(script)
+        .stdout(stderr)
+        .status()
+        .await
+        .context("starting the demo agent")?;
+    tracing::info!(%status, "demo agent finished; the daemon keeps guarding (Ctrl-C stops it)");
+    // Keep this task alive: the daemon ends when any task ends.
+    std::future::pending::<()>().await;
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! The daemon: loads policy and kernel programs, serves the control socket,
+//! and streams events until SIGINT/SIGTERM.
+mod control_server;
+mod demo;
+mod reader;
+pub mod registry;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+};
+
+use anyhow::{Context as _, Result, bail};
+use guard_common::Config;
+use serde_json::json;
+
+use crate::{
+    cgroup::{self, Hierarchy},
+    events::{self, Emitter, SharedEmitter},
+    kernel::{Kernel, LsmStatus},
+    policy::{self, Policy},
+};
+use registry::{AgentState, Registry};
+
+/// State the daemon's tasks share.
+pub struct Shared {
+    pub registry: RwLock<Registry>,
+    pub emitter: SharedEmitter,
+}
+
+pub struct Options {
+    pub policy_path: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub demo: bool,
+}
+
+pub fn require_root(what: &str) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "{what} needs root (CAP_BPF, CAP_SYS_ADMIN and write access to the cgroup tree); \
+             run it with sudo"
+        );
+    }
+    Ok(())
+}
+
+pub fn load_policy(path: Option<&Path>) -> Result<Policy> {
+    let policy = match path {
+        Some(path) => policy::load(path)?,
+        None => policy::parse("<embedded default policy>", policy::DEFAULT_POLICY)?,
+    };
+    Ok(policy)
+}
+
+pub async fn run(opts: Options) -> Result<()> {
+    require_root("the daemon")?;
+    let policy = load_policy(opts.policy_path.as_deref())?;
+    let socket = opts
+        .socket
+        .clone()
+        .unwrap_or_else(|| policy.daemon.control_socket.clone());
+    let hierarchy = Hierarchy::discover()?;
+    tracing::info!(root = %hierarchy.root().display(), "cgroup2 hierarchy");
+
+    let mut kernel = Kernel::load()?;
+    let delete_backend = match &kernel.lsm {
+        LsmStatus::Attached => {
+            tracing::info!(
+                "unlink/rmdir: BPF LSM (lsm/path_unlink, lsm/path_rmdir), host-wide for every agent process"
+            );
+            "bpf_lsm"
+        }
+        LsmStatus::Unavailable(why) => {
+            tracing::warn!(
+                "unlink/rmdir: BPF LSM unavailable ({why}); deletes are enforced only for \
+                 processes started with `agent-guard run` (seccomp supervision). Run \
+                 `agent-guard doctor` for details"
+            );
+            "seccomp"
+        }
+    };
+    let mut levels = 0u64;
+    let mut agents = Vec::new();
+    for (index, agent) in policy.agents.iter().enumerate() {
+        let agent_id = index as u32 + 1;
+        let created = hierarchy
+            .ensure(&agent.cgroup)
+            .with_context(|| format!("agent {}", agent.name))?;
+        let dir = hierarchy.path(&agent.cgroup);
+        let cgroup_id = cgroup::id(&dir)?;
+        kernel
+            .insert_net_rules(&policy::compile_net(agent_id, &agent.connect))
+            .with_context(|| format!("writing connect rules of agent {}", agent.name))?;
+        kernel
+            .insert_path_rules(&policy::compile_path(agent_id, &agent.delete))
+            .with_context(|| format!("writing delete rules of agent {}", agent.name))?;
+        kernel.set_agent(cgroup_id, policy::agent_entry(agent_id, agent))?;
+        kernel
+            .attach_cgroup(cgroup_id, &dir)
+            .with_context(|| format!("agent {}", agent.name))?;
+        levels |= 1u64 << agent.cgroup_level();
+        tracing::info!(agent = %agent.name, cgroup = %dir.display(), cgroup_id, mode = ?agent.mode, "agent guarded");
+        agents.push(AgentState {
+            agent_id,
+            def: agent.clone(),
+            cgroup_dir: dir,
+            cgroup_id,
+            created,
+        });
+    }
+    let mut registry = Registry::new(policy);
+    for agent in agents {
+        registry.agents.insert(agent.agent_id, agent);
+    }
+    kernel.set_config(Config {
+        agent_levels: levels,
+    })?;
+
+    let summary = json!({
+        "pid": std::process::id(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "policy": registry.policy.file,
+        "socket": socket.display().to_string(),
+        "agents": registry.agent_names(),
+        "backends": {"connect": "cgroup_sock_addr", "delete": delete_backend},
+    });
+    let shared = Arc::new(Shared {
+        registry: RwLock::new(registry),
+        emitter: Emitter::stdout(),
+    });
+    let ring = kernel.take_events()?;
+    let losses = kernel.take_losses()?;
+    let listener = control_server::bind(&socket)?;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(reader::read_events(ring, shared.clone()));
+    tasks.spawn(reader::poll_losses(losses, shared.clone()));
+    tasks.spawn(control_server::serve(listener, shared.clone()));
+
+    events::emit_now(
+        &shared.emitter,
+        events::daemon_event("daemon.start", summary),
+    );
+    tracing::info!(socket = %socket.display(), "agent-guard is guarding");
+    if opts.demo {
+        tasks.spawn(demo::run(socket.clone()));
+    }
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let result = tokio::select! {
+        _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); Ok(()) }
+        _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); Ok(()) }
+        Some(done) = tasks.join_next() => match done {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(err.context("a daemon task failed")),
+            Err(err) => Err(anyhow::anyhow!("a daemon task panicked: {err}")),
+        },
+    };
+    tasks.abort_all();
+    shutdown(&shared, &socket, kernel);
+    result
+}
+
+/// Clean shutdown: programs detach when `kernel` drops (nothing is pinned
+/// yet), so agents run unguarded from here on; say so, and remove what we
+/// created.
+fn shutdown(shared: &Shared, socket: &Path, kernel: Kernel) {
+    drop(kernel);
+    let _ = std::fs::remove_file(socket);
+    let registry = match shared.registry.read() {
+        Ok(r) => r,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    for session in registry.sessions.values() {
+        if let Err(err) = cgroup::remove(&session.dir) {
+            tracing::warn!(%err, "session cgroup left in place");
+        }
+    }
+    for agent in registry.agents.values().filter(|a| a.created) {
+        match cgroup::populated(&agent.cgroup_dir) {
+            Ok(false) => {
+                if let Err(err) = cgroup::remove_tree(&agent.cgroup_dir) {
+                    tracing::warn!(%err, "agent cgroup left in place");
+                }
+            }
+            _ => {
+                tracing::warn!(agent = %agent.def.name, "agent cgroup still has processes; left in place, now unguarded")
+            }
+        }
+    }
+    events::emit_now(
+        &shared.emitter,
+        events::daemon_event(
+            "daemon.stop",
+            json!({"pid": std::process::id(), "enforcement": "released"}),
+        ),
+    );
+}

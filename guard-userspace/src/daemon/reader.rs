@@ -1,0 +1,104 @@
+//! Tasks that move kernel output to the event stream: the ring-buffer reader
+//! and the loss-counter poller.
+use std::{sync::Arc, time::Duration};
+
+use aya::maps::{MapData, RingBuf};
+use guard_common::{LOSS_REASONS, LossReason};
+use serde_json::json;
+use tokio::io::unix::AsyncFd;
+
+use super::Shared;
+use crate::{
+    events::{self, decode, enrich::Enricher},
+    kernel::LossCounters,
+};
+
+/// The kernel wakes us only every few dozen records (batched wakeups); this
+/// timer bounds how long a quiet stream's last records wait.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(25);
+const LOSS_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+pub async fn read_events(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<()> {
+    // SAFETY: the ring buffer owns its map fd, which stays open and
+    // unchanged until the AsyncFd (which owns the RingBuf) is dropped.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("registering the event ring buffer: {e}"))?;
+    let mut enricher = Enricher::default();
+    let clock = decode::BootClock::new();
+    let mut tick = tokio::time::interval(DRAIN_INTERVAL);
+    loop {
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), &shared, &clock, &mut enricher);
+                guard.clear_ready();
+            }
+            _ = tick.tick() => drain(fd.get_mut(), &shared, &clock, &mut enricher),
+        }
+    }
+}
+
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    shared: &Shared,
+    clock: &decode::BootClock,
+    enricher: &mut Enricher,
+) {
+    let registry = match shared.registry.read() {
+        Ok(r) => r,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    while let Some(item) = ring.next() {
+        match decode::decode(&item, &registry, clock, enricher) {
+            Ok((time, body)) => {
+                let mut emitter = match shared.emitter.lock() {
+                    Ok(e) => e,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                emitter.emit(time, body);
+            }
+            Err(err) => {
+                // Not silent: a record we cannot read is a lost event.
+                tracing::error!(%err, "undecodable kernel record");
+                events::emit_now(
+                    &shared.emitter,
+                    json!({"kind": "loss", "outcome": "lost",
+                           "loss": {"reason": "undecodable_record", "count": 1, "detail": err.to_string()}}),
+                );
+            }
+        }
+    }
+}
+
+fn reason_name(index: usize) -> &'static str {
+    match LossReason::from_raw(index as u32) {
+        Some(LossReason::RingbufFull) => "ringbuf_full",
+        None => "unknown",
+    }
+}
+
+/// Turns every increase of a kernel loss counter into a `loss` event.
+pub async fn poll_losses(counters: LossCounters, shared: Arc<Shared>) -> anyhow::Result<()> {
+    let mut last = [0u64; LOSS_REASONS as usize];
+    let mut tick = tokio::time::interval(LOSS_POLL_INTERVAL);
+    loop {
+        tick.tick().await;
+        let totals = match counters.totals() {
+            Ok(t) => t,
+            Err(err) => {
+                tracing::error!(%err, "reading loss counters");
+                continue;
+            }
+        };
+        for (i, (now, before)) in totals.iter().zip(last.iter()).enumerate() {
+            if now > before {
+                events::emit_now(
+                    &shared.emitter,
+                    json!({"kind": "loss", "outcome": "lost",
+                           "loss": {"reason": reason_name(i), "count": now - before, "total": now}}),
+                );
+            }
+        }
+        last = totals;
+    }
+}

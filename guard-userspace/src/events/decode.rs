@@ -1,0 +1,231 @@
+//! The one place where kernel records become JSON. serde never touches the
+//! repr(C) types: records are copied out of the ring buffer and mapped field
+//! by field here.
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::{Duration, SystemTime},
+};
+
+use guard_common::{
+    AF_INET, AF_INET6, ConnectRecord, EventHeader, EventKind, FileRecord, Outcome, PATH_TRUNCATED,
+    PATH_UNKNOWN, RULE_DEFAULT, Verdict,
+};
+use serde_json::{Map, Value, json};
+use thiserror::Error;
+
+use super::enrich::Enricher;
+use crate::daemon::registry::Registry;
+
+#[derive(Debug, Error)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than its {need}-byte layout")]
+    Short { len: usize, need: usize },
+    #[error("unknown event kind {0}")]
+    UnknownKind(u16),
+}
+
+/// Converts CLOCK_BOOTTIME (what the kernel stamps) to wall-clock time.
+pub struct BootClock {
+    /// realtime - boottime, in ns, sampled at start.
+    offset_ns: i128,
+}
+
+impl BootClock {
+    pub fn new() -> Self {
+        use nix::time::{ClockId, clock_gettime};
+        let ns = |id| {
+            clock_gettime(id)
+                .map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128)
+                .unwrap_or(0)
+        };
+        let boot = ns(ClockId::CLOCK_BOOTTIME);
+        let real = ns(ClockId::CLOCK_REALTIME);
+        Self {
+            offset_ns: real - boot,
+        }
+    }
+
+    pub fn wall(&self, ktime_ns: u64) -> SystemTime {
+        let ns = self.offset_ns + ktime_ns as i128;
+        if ns <= 0 {
+            return SystemTime::UNIX_EPOCH;
+        }
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    }
+}
+
+/// Copies a `T` out of a record slice (the ring buffer gives no alignment
+/// guarantee beyond 8 bytes and may hand us a shorter record).
+fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let need = size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short {
+            len: bytes.len(),
+            need,
+        });
+    }
+    // SAFETY: length checked; T is a plain repr(C) record (all bit patterns
+    // valid), read unaligned.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+pub fn verdict_name(raw: u8) -> &'static str {
+    match Verdict::from_raw(raw) {
+        Some(Verdict::Allow) => "allow",
+        Some(Verdict::Ask) => "ask",
+        Some(Verdict::Deny) => "deny",
+        None => "unknown",
+    }
+}
+
+fn outcome_name(raw: u8) -> &'static str {
+    match Outcome::from_raw(raw) {
+        Some(Outcome::Allowed) => "allowed",
+        Some(Outcome::Denied) => "denied",
+        Some(Outcome::Held) => "held",
+        Some(Outcome::Audited) => "audited",
+        None => "unknown",
+    }
+}
+
+fn comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+/// Decodes one ring-buffer record into (event time, event body).
+pub fn decode(
+    bytes: &[u8],
+    registry: &Registry,
+    clock: &BootClock,
+    enricher: &mut Enricher,
+) -> Result<(SystemTime, Map<String, Value>), DecodeError> {
+    let header: EventHeader = read(bytes)?;
+    let kind = EventKind::from_raw(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
+    let mut body = common(&header, registry, enricher);
+    match kind {
+        EventKind::NetConnect => {
+            let rec: ConnectRecord = read(bytes)?;
+            body.insert("kind".into(), "net.connect".into());
+            body.insert("target".into(), connect_target(&rec));
+        }
+        EventKind::FileUnlink | EventKind::FileRmdir => {
+            let rec: FileRecord = read(bytes)?;
+            body.insert("kind".into(), file_kind(kind).into());
+            body.insert("target".into(), file_target(&rec));
+        }
+    }
+    Ok((clock.wall(header.ktime_ns), body))
+}
+
+pub fn file_kind(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::FileRmdir => "file.rmdir",
+        _ => "file.unlink",
+    }
+}
+
+fn file_target(rec: &FileRecord) -> Value {
+    if rec.path_state == PATH_UNKNOWN {
+        return json!({ "path": null, "path_error": "the kernel could not resolve the path" });
+    }
+    let len = usize::from(rec.path_len).min(rec.path.len());
+    let path = String::from_utf8_lossy(&rec.path[..len]).into_owned();
+    if rec.path_state == PATH_TRUNCATED {
+        json!({ "path": path, "path_truncated": true })
+    } else {
+        json!({ "path": path })
+    }
+}
+
+fn connect_target(rec: &ConnectRecord) -> Value {
+    match rec.family {
+        AF_INET => {
+            let a = Ipv4Addr::new(rec.addr[0], rec.addr[1], rec.addr[2], rec.addr[3]);
+            json!({ "family": "ipv4", "address": a.to_string(), "port": rec.port })
+        }
+        AF_INET6 => {
+            let a = Ipv6Addr::from(rec.addr);
+            json!({ "family": "ipv6", "address": a.to_string(), "port": rec.port })
+        }
+        other => json!({ "family": other, "port": rec.port }),
+    }
+}
+
+/// Fields every kernel-originated event has: outcome, agent, process, rule.
+fn common(
+    header: &EventHeader,
+    registry: &Registry,
+    enricher: &mut Enricher,
+) -> Map<String, Value> {
+    let mut body = Map::new();
+    body.insert("outcome".into(), outcome_name(header.outcome).into());
+    let agent = registry
+        .agent_ref(header.agent_id, header.cgroup_id)
+        .map(|a| serde_json::to_value(a).unwrap_or(Value::Null))
+        .unwrap_or_else(|| json!({ "name": null, "cgroup_id": header.agent_cgroup_id }));
+    body.insert("agent".into(), agent);
+    let details = enricher.details(header.pid);
+    body.insert(
+        "process".into(),
+        json!({
+            "pid": header.pid,
+            "tid": header.tid,
+            "ppid": details.ppid,
+            "uid": header.uid,
+            "gid": header.gid,
+            "comm": comm(&header.comm),
+            "exe": details.exe,
+            "cmdline": details.cmdline,
+        }),
+    );
+    let rule = if header.rule_id == RULE_DEFAULT {
+        let source = registry
+            .agents
+            .get(&header.agent_id)
+            .map(|a| format!("{}:{}", registry.policy.file, a.def.line));
+        json!({ "verdict": verdict_name(header.verdict), "match": "default", "source": source })
+    } else {
+        let info = registry.policy.rule_source(header.rule_id);
+        json!({
+            "verdict": verdict_name(header.verdict),
+            "match": info.as_ref().map(|r| r.text.clone()),
+            "source": info.map(|r| r.source),
+        })
+    };
+    body.insert("rule".into(), rule);
+    if header.hold_id != 0 {
+        body.insert("hold".into(), json!({ "id": header.hold_id }));
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_records_are_errors_not_panics() {
+        assert!(matches!(
+            read::<EventHeader>(&[0u8; 10]),
+            Err(DecodeError::Short { len: 10, .. })
+        ));
+    }
+
+    #[test]
+    fn v4_and_v6_targets() {
+        let mut rec = ConnectRecord {
+            family: AF_INET,
+            port: 8080,
+            ..Default::default()
+        };
+        rec.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        assert_eq!(
+            connect_target(&rec),
+            json!({"family":"ipv4","address":"127.0.0.1","port":8080})
+        );
+        rec.family = AF_INET6;
+        rec.addr = Ipv6Addr::LOCALHOST.octets();
+        assert_eq!(connect_target(&rec)["address"], "::1");
+    }
+}

@@ -1,0 +1,106 @@
+//! Process details the kernel record does not carry (exe, cmdline, ppid),
+//! read from /proc once per process and cached by pid *and* start time, so
+//! a reused pid is never attributed to the previous owner.
+use std::{collections::HashMap, fs};
+
+use serde::Serialize;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ProcessDetails {
+    pub ppid: Option<u32>,
+    pub exe: Option<String>,
+    pub cmdline: Option<Vec<String>>,
+}
+
+struct Cached {
+    start_time: u64,
+    details: ProcessDetails,
+}
+
+/// Entries beyond this are dropped wholesale; re-reading /proc is cheap
+/// compared with unbounded growth on a host with pid churn.
+const MAX_CACHED: usize = 8192;
+
+#[derive(Default)]
+pub struct Enricher {
+    cache: HashMap<u32, Cached>,
+}
+
+impl Enricher {
+    /// Details for `pid`, or empty ones if it has already exited.
+    pub fn details(&mut self, pid: u32) -> ProcessDetails {
+        let Some((ppid, start_time)) = read_stat(pid) else {
+            // Gone: whatever we cached may still be right only if it was the
+            // same process, which we can no longer check.
+            return self
+                .cache
+                .remove(&pid)
+                .map(|c| c.details)
+                .unwrap_or_default();
+        };
+        if let Some(c) = self.cache.get(&pid) {
+            if c.start_time == start_time {
+                return c.details.clone();
+            }
+        }
+        let details = ProcessDetails {
+            ppid: Some(ppid),
+            exe: fs::read_link(format!("/proc/{pid}/exe"))
+                .ok()
+                .map(|p| p.to_string_lossy().into_owned()),
+            cmdline: fs::read(format!("/proc/{pid}/cmdline")).ok().map(|raw| {
+                raw.split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            }),
+        };
+        if self.cache.len() >= MAX_CACHED {
+            self.cache.clear();
+        }
+        self.cache.insert(
+            pid,
+            Cached {
+                start_time,
+                details: details.clone(),
+            },
+        );
+        details
+    }
+}
+
+/// (ppid, starttime) from /proc/PID/stat. The comm field may hold spaces and
+/// parentheses, so fields are counted from the last ')'.
+fn read_stat(pid: u32) -> Option<(u32, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat)
+}
+
+fn parse_stat(stat: &str) -> Option<(u32, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); ppid is field 4, starttime field 22.
+    let ppid = fields.get(1)?.parse().ok()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((ppid, start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_hostile_comm() {
+        let stat = "1234 (a) b (c) S 77 1234 1234 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 555 0 0";
+        assert_eq!(parse_stat(stat), Some((77, 555)));
+    }
+
+    #[test]
+    fn reads_own_process() {
+        let mut e = Enricher::default();
+        let me = std::process::id();
+        let d = e.details(me);
+        assert!(d.exe.is_some());
+        assert_eq!(d.ppid, Some(std::os::unix::process::parent_id()));
+    }
+}

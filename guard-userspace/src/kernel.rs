@@ -1,0 +1,320 @@
+//! Loading the embedded eBPF object, attaching it to agent cgroups, and
+//! writing policy into its maps. Everything that touches aya's program and
+//! policy-map APIs lives here.
+use std::{collections::HashMap, fs::File, io, path::Path};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError, cgroup_sock_addr::CgroupSockAddrLinkId,
+    },
+};
+use guard_common::{
+    AgentEntry, Config, KernelOffsets, LOSS_REASONS, NetKey, NetRuleSet, PathKey, PathRuleValue,
+};
+
+use crate::btf;
+use thiserror::Error;
+
+/// The kernel object, built by build.rs through aya-build.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf"));
+
+/// The connect programs, by name in the object, with the section type users
+/// see in error messages.
+const CONNECT_PROGRAMS: [(&str, &str); 2] = [
+    (
+        "connect4",
+        "cgroup/connect4 (BPF_PROG_TYPE_CGROUP_SOCK_ADDR)",
+    ),
+    (
+        "connect6",
+        "cgroup/connect6 (BPF_PROG_TYPE_CGROUP_SOCK_ADDR)",
+    ),
+];
+
+#[derive(Debug, Error)]
+pub enum KernelError {
+    #[error("loading the eBPF object failed: {0}")]
+    Object(#[source] aya::EbpfError),
+    #[error(
+        "the kernel refused to load {program}: {errno}. This kernel does not allow this \
+         program type for agent-guard; run `agent-guard doctor` to see what it supports"
+    )]
+    Refused {
+        program: &'static str,
+        errno: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("attaching {program} to cgroup {cgroup}: {source}")]
+    Attach {
+        program: &'static str,
+        cgroup: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("opening cgroup {path}: {source}")]
+    OpenCgroup {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("program or map {0} is missing from the eBPF object (build mismatch)")]
+    Missing(&'static str),
+}
+
+/// The LSM programs, by name in the object and by hook.
+const LSM_PROGRAMS: [(&str, &str); 2] =
+    [("path_unlink", "path_unlink"), ("path_rmdir", "path_rmdir")];
+
+/// Whether the BPF LSM delete hooks are in force, and if not, why.
+#[derive(Clone, Debug)]
+pub enum LsmStatus {
+    Attached,
+    /// With the reason, naming the program type and errno where the kernel refused.
+    Unavailable(String),
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> KernelError {
+    move |source| KernelError::Map { map, source }
+}
+
+/// Describes an errno the way a user can search for it: "EPERM (Operation not permitted)".
+fn describe_load_error(err: &ProgramError) -> String {
+    let io = match err {
+        ProgramError::LoadError { io_error, .. } => Some(io_error),
+        ProgramError::SyscallError(e) => Some(&e.io_error),
+        _ => None,
+    };
+    match io.and_then(io::Error::raw_os_error) {
+        Some(code) => {
+            let name = nix::errno::Errno::from_raw(code);
+            format!("{name:?} ({})", io::Error::from_raw_os_error(code))
+        }
+        None => err.to_string(),
+    }
+}
+
+pub struct Kernel {
+    ebpf: Ebpf,
+    links: HashMap<u64, Vec<(&'static str, CgroupSockAddrLinkId)>>,
+    pub lsm: LsmStatus,
+}
+
+/// Offsets from the running kernel's BTF, or why they are unavailable.
+fn kernel_offsets() -> Result<KernelOffsets, btf::BtfError> {
+    let btf = btf::Btf::from_sys_fs()?;
+    Ok(KernelOffsets {
+        dentry_d_name: btf.member_offset("dentry", "d_name")?,
+        qstr_name: btf.member_offset("qstr", "name")?,
+    })
+}
+
+impl Kernel {
+    /// Loads the object and the connect programs (not yet attached), then
+    /// tries the LSM delete hooks. A kernel that refuses LSM programs is not
+    /// an error here: `lsm` says why, and the caller picks another backend.
+    pub fn load() -> Result<Self, KernelError> {
+        let offsets = kernel_offsets();
+        let mut loader = EbpfLoader::new();
+        if let Ok(offsets) = &offsets {
+            loader.override_global("KERNEL_OFFSETS", offsets, true);
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(KernelError::Object)?;
+        for (name, program) in CONNECT_PROGRAMS {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(KernelError::Missing(name))?
+                .try_into()
+                .map_err(|source| KernelError::Refused {
+                    program,
+                    errno: "wrong program type in object".into(),
+                    source,
+                })?;
+            prog.load().map_err(|source| KernelError::Refused {
+                program,
+                errno: describe_load_error(&source),
+                source,
+            })?;
+        }
+        let lsm = match offsets {
+            Ok(_) => load_lsm(&mut ebpf),
+            Err(err) => LsmStatus::Unavailable(format!("struct offsets unavailable: {err}")),
+        };
+        Ok(Self {
+            ebpf,
+            links: HashMap::new(),
+            lsm,
+        })
+    }
+
+    /// Attaches the connect programs to an agent cgroup with a bpf_link. A
+    /// cgroup link always coexists with programs others attached (systemd,
+    /// container runtimes) and the kernel rejects any attach flag on it, so
+    /// the mode passed is the flag-less one.
+    pub fn attach_cgroup(&mut self, cgroup_id: u64, dir: &Path) -> Result<(), KernelError> {
+        let file = File::open(dir).map_err(|source| KernelError::OpenCgroup {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let mut ids = Vec::new();
+        for (name, program) in CONNECT_PROGRAMS {
+            let prog: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(KernelError::Missing(name))?
+                .try_into()
+                .map_err(|source| KernelError::Attach {
+                    program,
+                    cgroup: dir.display().to_string(),
+                    source,
+                })?;
+            let id = prog
+                .attach(&file, CgroupAttachMode::Single)
+                .map_err(|source| KernelError::Attach {
+                    program,
+                    cgroup: dir.display().to_string(),
+                    source,
+                })?;
+            ids.push((name, id));
+        }
+        self.links.entry(cgroup_id).or_default().extend(ids);
+        Ok(())
+    }
+
+    pub fn insert_path_rules(
+        &mut self,
+        entries: &[(u32, PathKey, PathRuleValue)],
+    ) -> Result<(), KernelError> {
+        let map = self
+            .ebpf
+            .map_mut("PATH_RULES")
+            .ok_or(KernelError::Missing("PATH_RULES"))?;
+        let mut trie: LpmTrie<_, PathKey, PathRuleValue> =
+            LpmTrie::try_from(map).map_err(map_err("PATH_RULES"))?;
+        for (prefix_len, key, value) in entries {
+            trie.insert(&Key::new(*prefix_len, *key), value, 0)
+                .map_err(map_err("PATH_RULES"))?;
+        }
+        Ok(())
+    }
+
+    pub fn set_agent(&mut self, cgroup_id: u64, entry: AgentEntry) -> Result<(), KernelError> {
+        let map = self
+            .ebpf
+            .map_mut("AGENTS")
+            .ok_or(KernelError::Missing("AGENTS"))?;
+        let mut agents: BpfHashMap<_, u64, AgentEntry> =
+            BpfHashMap::try_from(map).map_err(map_err("AGENTS"))?;
+        agents
+            .insert(cgroup_id, entry, 0)
+            .map_err(map_err("AGENTS"))
+    }
+
+    pub fn set_config(&mut self, config: Config) -> Result<(), KernelError> {
+        let map = self
+            .ebpf
+            .map_mut("CONFIG")
+            .ok_or(KernelError::Missing("CONFIG"))?;
+        let mut array: Array<_, Config> = Array::try_from(map).map_err(map_err("CONFIG"))?;
+        array.set(0, config, 0).map_err(map_err("CONFIG"))
+    }
+
+    pub fn insert_net_rules(
+        &mut self,
+        entries: &[(u32, NetKey, NetRuleSet)],
+    ) -> Result<(), KernelError> {
+        let map = self
+            .ebpf
+            .map_mut("NET_RULES")
+            .ok_or(KernelError::Missing("NET_RULES"))?;
+        let mut trie: LpmTrie<_, NetKey, NetRuleSet> =
+            LpmTrie::try_from(map).map_err(map_err("NET_RULES"))?;
+        for (prefix_len, key, set) in entries {
+            trie.insert(&Key::new(*prefix_len, *key), set, 0)
+                .map_err(map_err("NET_RULES"))?;
+        }
+        Ok(())
+    }
+
+    /// Hands the event ring buffer to its reader task.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, KernelError> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(KernelError::Missing("EVENTS"))?;
+        RingBuf::try_from(map).map_err(map_err("EVENTS"))
+    }
+
+    /// Hands the loss counters to their poller.
+    pub fn take_losses(&mut self) -> Result<LossCounters, KernelError> {
+        let map = self
+            .ebpf
+            .take_map("LOSSES")
+            .ok_or(KernelError::Missing("LOSSES"))?;
+        Ok(LossCounters(
+            PerCpuArray::try_from(map).map_err(map_err("LOSSES"))?,
+        ))
+    }
+}
+
+/// Loads and attaches lsm/path_unlink and lsm/path_rmdir. Attached LSM
+/// programs run for every task; they judge only agents' calls.
+fn load_lsm(ebpf: &mut Ebpf) -> LsmStatus {
+    let active = std::fs::read_to_string("/sys/kernel/security/lsm").ok();
+    if let Some(list) = &active {
+        if !list.split(',').any(|l| l.trim() == "bpf") {
+            return LsmStatus::Unavailable(format!(
+                "\"bpf\" is not in the active LSM list ({}); boot with lsm=...,bpf",
+                list.trim()
+            ));
+        }
+    }
+    let btf = match aya::Btf::from_sys_fs() {
+        Ok(btf) => btf,
+        Err(err) => return LsmStatus::Unavailable(format!("kernel BTF: {err}")),
+    };
+    for (name, hook) in LSM_PROGRAMS {
+        let Some(prog) = ebpf.program_mut(name) else {
+            return LsmStatus::Unavailable(format!("program {name} missing from the object"));
+        };
+        let prog: &mut Lsm = match prog.try_into() {
+            Ok(p) => p,
+            Err(err) => return LsmStatus::Unavailable(format!("{name}: {err}")),
+        };
+        if let Err(err) = prog.load(hook, &btf) {
+            return LsmStatus::Unavailable(format!(
+                "the kernel refused to load lsm/{hook} (BPF_PROG_TYPE_LSM): {}",
+                describe_load_error(&err)
+            ));
+        }
+        if let Err(err) = prog.attach() {
+            return LsmStatus::Unavailable(format!(
+                "the kernel refused to attach lsm/{hook} (BPF_PROG_TYPE_LSM): {}",
+                describe_load_error(&err)
+            ));
+        }
+    }
+    LsmStatus::Attached
+}
+
+pub struct LossCounters(PerCpuArray<MapData, u64>);
+
+impl LossCounters {
+    /// Totals over all CPUs, per LossReason index.
+    pub fn totals(&self) -> Result<[u64; LOSS_REASONS as usize], KernelError> {
+        let mut out = [0u64; LOSS_REASONS as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let values = self.0.get(&(i as u32), 0).map_err(map_err("LOSSES"))?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,46 @@
+//! agent-guard: the daemon and its CLI.
+mod btf;
+mod cgroup;
+mod cli;
+mod control;
+mod daemon;
+mod events;
+mod kernel;
+mod policy;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+use cli::args::{Cli, Command};
+
+fn main() -> ExitCode {
+    // Logs go to stderr; stdout is reserved for event lines.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AGENT_GUARD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let socket = cli.socket.clone();
+    let client_socket = || {
+        socket
+            .clone()
+            .unwrap_or_else(|| control::DEFAULT_SOCKET.into())
+    };
+    let result = match cli.command {
+        Command::Daemon(args) => cli::daemon::run(args, socket.clone()),
+        Command::Run(args) => cli::run::run(args, &client_socket()),
+        Command::Policy(cmd) => cli::policy::run(cmd),
+        Command::Doctor { policy } => cli::doctor::run(policy.as_deref()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("agent-guard: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

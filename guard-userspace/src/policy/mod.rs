@@ -1,0 +1,266 @@
+//! The policy file: parsing and validation, the userspace matchers, and the
+//! encoding of connect rules into the kernel's `NET_RULES` LPM trie.
+//!
+//! One [`Policy`] is the whole file. Every rule gets an id that is unique in
+//! the file (1.., in file order; 0 is [`guard_common::RULE_DEFAULT`]) so an
+//! event can name the exact line that decided it ([`Policy::rule_source`]).
+//!
+//! Both matchers pick the *most specific* rule, never the first one written:
+//! connect rules by longest address prefix, then narrowest port range, then
+//! deny > ask > allow; delete rules by longest path prefix (whole components),
+//! then deny > ask > allow. No match means the agent's default verdict.
+
+mod compile;
+mod error;
+mod net;
+mod parse;
+mod path;
+#[cfg(test)]
+mod tests;
+/// Test vectors shared by the userspace matcher, the kernel-map simulator and
+/// the privileged kernel tests. The file depends only on `guard_common`, so a
+/// test crate can include it with `#[path = ".../policy/vectors.rs"]`.
+#[cfg(test)]
+pub mod vectors;
+
+use std::collections::BTreeMap;
+use std::net::Ipv6Addr;
+use std::path::{Path, PathBuf};
+
+use guard_common::{Mode, Verdict};
+
+pub use compile::{agent_entry, compile_net, compile_path};
+pub use error::PolicyError;
+
+/// The policy compiled into the binary: one documented demo agent.
+pub const DEFAULT_POLICY: &str = include_str!("default.toml");
+
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/agent-guard/control.sock";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/agent-guard";
+pub const DEFAULT_APPROVAL_TIMEOUT_SECS: u64 = 300;
+
+/// A parsed, validated policy file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// The file name errors and rule sources are reported against.
+    pub file: String,
+    pub daemon: DaemonConfig,
+    /// In file order.
+    pub agents: Vec<Agent>,
+}
+
+/// The `[daemon]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonConfig {
+    pub control_socket: PathBuf,
+    pub state_dir: PathBuf,
+    /// How long an `ask` waits for a human before it is denied. Always > 0.
+    pub approval_timeout_secs: u64,
+    pub approvers: Approvers,
+}
+
+/// Who may answer an `ask` over the control socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Approvers {
+    pub uids: Vec<u32>,
+    pub groups: Vec<String>,
+}
+
+/// One `[[agent]]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Agent {
+    pub name: String,
+    pub owner: String,
+    pub purpose: String,
+    pub labels: BTreeMap<String, String>,
+    /// Relative to the cgroup2 mount, validated: no leading '/', no empty,
+    /// '.' or '..' components. No two agents' cgroups nest.
+    pub cgroup: String,
+    pub mode: Mode,
+    pub connect: NetPolicy,
+    pub delete: PathPolicy,
+    /// Line of the agent's `[[agent]]` header.
+    pub line: usize,
+}
+
+impl Agent {
+    /// Cgroup level of the agent cgroup (the cgroup2 root is level 0), the
+    /// bit to set in `guard_common::Config::agent_levels`.
+    pub fn cgroup_level(&self) -> u32 {
+        let n = self.cgroup.split('/').count();
+        // Validation caps the depth at MAX_CGROUP_LEVEL, so this never saturates.
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+}
+
+/// An agent's `[agent.connect]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetPolicy {
+    pub default: Verdict,
+    /// In file order (ascending id).
+    pub rules: Vec<NetRule>,
+}
+
+/// One connect entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetRule {
+    pub id: u32,
+    pub verdict: Verdict,
+    pub target: NetTarget,
+    /// The entry as written.
+    pub text: String,
+    pub line: usize,
+    pub col: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetTarget {
+    Ip {
+        /// Network address with the host bits zeroed; IPv4 as ::ffff:a.b.c.d.
+        addr: Ipv6Addr,
+        /// In IPv6 space: an IPv4 /N is 96 + N.
+        prefix: u8,
+        /// Inclusive; `*` is 0..=65535.
+        lo: u16,
+        hi: u16,
+        /// Written as IPv4.
+        v4: bool,
+    },
+    Unix {
+        /// Normalized absolute path prefix (see `path::normalize_abs`).
+        path: String,
+    },
+}
+
+/// An agent's `[agent.delete]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathPolicy {
+    pub default: Verdict,
+    /// In file order (ascending id).
+    pub rules: Vec<PathRule>,
+}
+
+/// One delete entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathRule {
+    pub id: u32,
+    pub verdict: Verdict,
+    /// Normalized: absolute, single '/' separators, no trailing '/' (except
+    /// the root itself), no '.' or '..' components.
+    pub prefix: String,
+    /// The entry as written.
+    pub text: String,
+    pub line: usize,
+    pub col: usize,
+}
+
+/// Which table a rule came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RuleKind {
+    Connect,
+    Delete,
+}
+
+impl RuleKind {
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "used by tests; events name the kind through their own field"
+        )
+    )]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleKind::Connect => "connect",
+            RuleKind::Delete => "delete",
+        }
+    }
+}
+
+/// Where a rule id came from, for events and `ask` prompts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleRef {
+    pub id: u32,
+    pub agent: String,
+    pub kind: RuleKind,
+    pub verdict: Verdict,
+    /// The entry as written in the file.
+    pub text: String,
+    /// `FILE:LINE` of the entry.
+    pub source: String,
+}
+
+impl Policy {
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "the daemon looks agents up in its registry; tests use this"
+        )
+    )]
+    pub fn agent(&self, name: &str) -> Option<&Agent> {
+        self.agents.iter().find(|a| a.name == name)
+    }
+
+    /// Looks up a rule id from an event; `None` for [`guard_common::RULE_DEFAULT`]
+    /// or an id this policy does not have (e.g. from before a reload).
+    pub fn rule_source(&self, id: u32) -> Option<RuleRef> {
+        // A linear scan: policies hold hundreds of rules at most, and this
+        // keeps `Policy` a plain value that callers can build by hand.
+        self.agents.iter().find_map(|agent| {
+            let rule_ref = |kind, verdict, text: &str, line| RuleRef {
+                id,
+                agent: agent.name.clone(),
+                kind,
+                verdict,
+                text: text.to_owned(),
+                source: format!("{}:{line}", self.file),
+            };
+            if let Some(r) = agent.connect.rules.iter().find(|r| r.id == id) {
+                return Some(rule_ref(RuleKind::Connect, r.verdict, &r.text, r.line));
+            }
+            let r = agent.delete.rules.iter().find(|r| r.id == id)?;
+            Some(rule_ref(RuleKind::Delete, r.verdict, &r.text, r.line))
+        })
+    }
+}
+
+/// Parses and validates a policy. `file` is only used in error messages and
+/// rule sources.
+pub fn parse(file: &str, text: &str) -> Result<Policy, PolicyError> {
+    parse::parse(file, text)
+}
+
+/// Reads and parses a policy file.
+pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&file, &text),
+        Err(error) => Err(PolicyError::Read { file, error }),
+    }
+}
+
+/// The policy-file spelling of a verdict.
+pub fn verdict_str(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Allow => "allow",
+        Verdict::Ask => "ask",
+        Verdict::Deny => "deny",
+    }
+}
+
+pub fn parse_verdict(s: &str) -> Option<Verdict> {
+    Verdict::ALL.iter().copied().find(|v| verdict_str(*v) == s)
+}
+
+/// The policy-file spelling of a mode.
+pub fn mode_str(m: Mode) -> &'static str {
+    match m {
+        Mode::Enforce => "enforce",
+        Mode::Audit => "audit",
+    }
+}
+
+pub fn parse_mode(s: &str) -> Option<Mode> {
+    Mode::ALL.iter().copied().find(|m| mode_str(*m) == s)
+}

@@ -1,0 +1,405 @@
+//! TOML to [`Policy`]: serde does the shape (unknown keys, missing fields,
+//! types), this file the meaning. Values that can be wrong are kept
+//! [`Spanned`] so each error points at the offending value.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use guard_common::{MAX_PORT_RULES, Mode, Verdict};
+use serde::Deserialize;
+use serde::de::{Deserializer, SeqAccess, Visitor};
+use toml::Spanned;
+
+use super::error::Doc;
+use super::{
+    Agent, Approvers, DEFAULT_APPROVAL_TIMEOUT_SECS, DEFAULT_CONTROL_SOCKET, DEFAULT_STATE_DIR,
+    DaemonConfig, NetPolicy, NetRule, PathPolicy, PathRule, Policy, PolicyError, compile, net,
+    parse_mode, parse_verdict, path,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    daemon: Option<RawDaemon>,
+    #[serde(default, deserialize_with = "agent_array")]
+    agent: Vec<Spanned<RawAgent>>,
+}
+
+/// A plain `Vec` whose type error names the common mistake of writing
+/// `[agent]` instead of `[[agent]]`.
+fn agent_array<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Spanned<RawAgent>>, D::Error> {
+    struct Agents;
+    impl<'de> Visitor<'de> for Agents {
+        type Value = Vec<Spanned<RawAgent>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("[[agent]] tables (an array of tables), not a single [agent] table")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(agent) = seq.next_element()? {
+                out.push(agent);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Agents)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [daemon] table")]
+struct RawDaemon {
+    control_socket: Option<Spanned<String>>,
+    state_dir: Option<Spanned<String>>,
+    approval_timeout_secs: Option<Spanned<u64>>,
+    approvers: Option<RawApprovers>,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table like { uids = [0], groups = [] }"
+)]
+struct RawApprovers {
+    uids: Option<Vec<u32>>,
+    groups: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an [[agent]] table")]
+struct RawAgent {
+    name: Spanned<String>,
+    owner: Spanned<String>,
+    purpose: Spanned<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    cgroup: Spanned<String>,
+    mode: Option<Spanned<String>>,
+    connect: Option<RawRules>,
+    delete: Option<RawRules>,
+}
+
+/// `[agent.connect]` and `[agent.delete]` have the same shape.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table of default, allow, ask and deny"
+)]
+struct RawRules {
+    default: Option<Spanned<String>>,
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    ask: Vec<Spanned<String>>,
+    #[serde(default)]
+    deny: Vec<Spanned<String>>,
+}
+
+impl RawRules {
+    /// Entries with their verdicts (ids are assigned later, in file order).
+    fn entries(&self) -> impl Iterator<Item = (Verdict, &Spanned<String>)> {
+        [
+            (Verdict::Allow, &self.allow),
+            (Verdict::Ask, &self.ask),
+            (Verdict::Deny, &self.deny),
+        ]
+        .into_iter()
+        .flat_map(|(v, list)| list.iter().map(move |e| (v, e)))
+    }
+}
+
+/// Where a validated agent's name and cgroup were written, for errors that
+/// compare agents.
+struct Seen {
+    name_line: usize,
+    cgroup_line: usize,
+}
+
+pub(super) fn parse(file: &str, text: &str) -> Result<Policy, PolicyError> {
+    let doc = Doc { file, text };
+    let raw: RawPolicy = toml::from_str(text).map_err(|e| doc.toml_error(&e))?;
+    let daemon = daemon(&doc, raw.daemon)?;
+
+    let mut agents: Vec<Agent> = Vec::with_capacity(raw.agent.len());
+    let mut seen: Vec<Seen> = Vec::with_capacity(raw.agent.len());
+    for raw_agent in raw.agent {
+        let line = doc.line_col(raw_agent.span().start).0;
+        let raw_agent = raw_agent.into_inner();
+        let name_at = raw_agent.name.span().start;
+        let cgroup_at = raw_agent.cgroup.span().start;
+        // Checked before the agent's rules so errors come out in file order.
+        check_against_earlier(&doc, &raw_agent, &agents, &seen)?;
+        let agent = agent(&doc, raw_agent, line)?;
+        capacity(&doc, &agent)?;
+        seen.push(Seen {
+            name_line: doc.line_col(name_at).0,
+            cgroup_line: doc.line_col(cgroup_at).0,
+        });
+        agents.push(agent);
+    }
+
+    assign_ids(&mut agents);
+    Ok(Policy {
+        file: file.to_owned(),
+        daemon,
+        agents,
+    })
+}
+
+/// Rejects a connect table the kernel's fixed-size rule sets cannot hold.
+fn capacity(doc: &Doc<'_>, agent: &Agent) -> Result<(), PolicyError> {
+    // Counting does not depend on rule ids, which are assigned later.
+    compile::check_capacity(&agent.connect).map_err(|o| PolicyError::Invalid {
+        file: doc.file.to_owned(),
+        line: o.rule.line,
+        col: o.rule.col,
+        message: format!(
+            "agent {:?}: connects to {} need {} port rules (its own and those of \
+             the prefixes containing it); the kernel holds at most {MAX_PORT_RULES}",
+            agent.name,
+            net::prefix_display(o.addr, o.prefix),
+            o.needed
+        ),
+    })
+}
+
+/// Rejects a name already taken and a cgroup that is invalid or nests with
+/// an earlier agent's (a process must belong to exactly one agent).
+fn check_against_earlier(
+    doc: &Doc<'_>,
+    raw: &RawAgent,
+    agents: &[Agent],
+    seen: &[Seen],
+) -> Result<(), PolicyError> {
+    let (name, cgroup) = (raw.name.get_ref(), raw.cgroup.get_ref());
+    let cgroup_at = raw.cgroup.span().start;
+    if let Some((_, at)) = agents.iter().zip(seen).find(|(a, _)| a.name == *name) {
+        return Err(doc.error_at(
+            raw.name.span().start,
+            format!(
+                "duplicate agent name {name:?} (first defined at line {})",
+                at.name_line
+            ),
+        ));
+    }
+    path::validate_cgroup(cgroup).map_err(|m| doc.error_at(cgroup_at, m))?;
+    let overlap = agents
+        .iter()
+        .zip(seen)
+        .find(|(a, _)| path::cgroups_overlap(&a.cgroup, cgroup));
+    if let Some((other, at)) = overlap {
+        return Err(doc.error_at(
+            cgroup_at,
+            format!(
+                "cgroup {cgroup:?} overlaps agent {:?}'s cgroup {:?} (line {}); \
+                 agent cgroups must not be equal or nested",
+                other.name, other.cgroup, at.cgroup_line
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn daemon(doc: &Doc<'_>, raw: Option<RawDaemon>) -> Result<DaemonConfig, PolicyError> {
+    let Some(raw) = raw else {
+        return Ok(DaemonConfig {
+            control_socket: DEFAULT_CONTROL_SOCKET.into(),
+            state_dir: DEFAULT_STATE_DIR.into(),
+            approval_timeout_secs: DEFAULT_APPROVAL_TIMEOUT_SECS,
+            approvers: default_approvers(),
+        });
+    };
+    let abs_path = |v: Option<Spanned<String>>, default: &str, what: &str| match v {
+        None => Ok(PathBuf::from(default)),
+        Some(s) if s.get_ref().starts_with('/') => Ok(PathBuf::from(s.into_inner())),
+        Some(s) => Err(doc.error_at(
+            s.span().start,
+            format!("{what} must be an absolute path, got {:?}", s.get_ref()),
+        )),
+    };
+    let control_socket = abs_path(raw.control_socket, DEFAULT_CONTROL_SOCKET, "control_socket")?;
+    let state_dir = abs_path(raw.state_dir, DEFAULT_STATE_DIR, "state_dir")?;
+    let approval_timeout_secs = match raw.approval_timeout_secs {
+        None => DEFAULT_APPROVAL_TIMEOUT_SECS,
+        Some(t) if *t.get_ref() == 0 => {
+            return Err(doc.error_at(
+                t.span().start,
+                "approval_timeout_secs must be greater than 0",
+            ));
+        }
+        Some(t) => t.into_inner(),
+    };
+    let approvers = match raw.approvers {
+        None => default_approvers(),
+        Some(a) => {
+            let mut groups = Vec::new();
+            for g in a.groups.unwrap_or_default() {
+                if g.get_ref().trim().is_empty() {
+                    return Err(doc.error_at(g.span().start, "approver group name is empty"));
+                }
+                groups.push(g.into_inner());
+            }
+            Approvers {
+                uids: a.uids.unwrap_or_else(|| default_approvers().uids),
+                groups,
+            }
+        }
+    };
+    Ok(DaemonConfig {
+        control_socket,
+        state_dir,
+        approval_timeout_secs,
+        approvers,
+    })
+}
+
+fn default_approvers() -> Approvers {
+    Approvers {
+        uids: vec![0],
+        groups: Vec::new(),
+    }
+}
+
+/// Validates one agent's own fields (the cgroup is checked by
+/// [`check_against_earlier`]).
+fn agent(doc: &Doc<'_>, raw: RawAgent, line: usize) -> Result<Agent, PolicyError> {
+    let name = raw.name.get_ref();
+    let name_ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !name_ok {
+        return Err(doc.error_at(
+            raw.name.span().start,
+            format!("invalid agent name {name:?}: use 1-64 characters from A-Z a-z 0-9 _ . -"),
+        ));
+    }
+    for (field, value) in [("owner", &raw.owner), ("purpose", &raw.purpose)] {
+        if value.get_ref().trim().is_empty() {
+            return Err(doc.error_at(value.span().start, format!("{field} must not be empty")));
+        }
+    }
+    let mode = match &raw.mode {
+        None => Mode::Enforce,
+        Some(m) => parse_mode(m.get_ref()).ok_or_else(|| {
+            doc.error_at(
+                m.span().start,
+                format!(
+                    "unknown mode {:?}; expected \"enforce\" or \"audit\"",
+                    m.get_ref()
+                ),
+            )
+        })?,
+    };
+    let connect = net_policy(doc, raw.connect.as_ref())?;
+    let delete = path_policy(doc, raw.delete.as_ref())?;
+    Ok(Agent {
+        name: raw.name.into_inner(),
+        owner: raw.owner.into_inner(),
+        purpose: raw.purpose.into_inner(),
+        labels: raw.labels,
+        cgroup: raw.cgroup.into_inner(),
+        mode,
+        connect,
+        delete,
+        line,
+    })
+}
+
+/// Both tables default to deny: an agent gets only what its policy grants.
+fn default_verdict(doc: &Doc<'_>, raw: Option<&RawRules>) -> Result<Verdict, PolicyError> {
+    match raw.and_then(|r| r.default.as_ref()) {
+        None => Ok(Verdict::Deny),
+        Some(d) => verdict(doc, d),
+    }
+}
+
+fn verdict(doc: &Doc<'_>, s: &Spanned<String>) -> Result<Verdict, PolicyError> {
+    parse_verdict(s.get_ref()).ok_or_else(|| {
+        doc.error_at(
+            s.span().start,
+            format!(
+                "unknown verdict {:?}; expected \"allow\", \"ask\" or \"deny\"",
+                s.get_ref()
+            ),
+        )
+    })
+}
+
+fn net_policy(doc: &Doc<'_>, raw: Option<&RawRules>) -> Result<NetPolicy, PolicyError> {
+    let default = default_verdict(doc, raw)?;
+    let mut rules = Vec::new();
+    for (verdict, entry) in raw.iter().flat_map(|r| r.entries()) {
+        let at = entry.span().start;
+        let target = net::parse_target(entry.get_ref()).map_err(|m| doc.error_at(at, m))?;
+        let (line, col) = doc.line_col(at);
+        rules.push(NetRule {
+            id: 0,
+            verdict,
+            target,
+            text: entry.get_ref().clone(),
+            line,
+            col,
+        });
+    }
+    Ok(NetPolicy { default, rules })
+}
+
+fn path_policy(doc: &Doc<'_>, raw: Option<&RawRules>) -> Result<PathPolicy, PolicyError> {
+    let default = default_verdict(doc, raw)?;
+    let mut rules = Vec::new();
+    for (verdict, entry) in raw.iter().flat_map(|r| r.entries()) {
+        let at = entry.span().start;
+        let prefix = path::normalize_abs(entry.get_ref()).map_err(|m| doc.error_at(at, m))?;
+        let (line, col) = doc.line_col(at);
+        rules.push(PathRule {
+            id: 0,
+            verdict,
+            prefix,
+            text: entry.get_ref().clone(),
+            line,
+            col,
+        });
+    }
+    Ok(PathPolicy { default, rules })
+}
+
+/// Numbers every rule of the policy 1.. in file order (by position, so the
+/// order of the allow/ask/deny keys inside a table does not matter) and
+/// leaves each rule list sorted by id.
+fn assign_ids(agents: &mut [Agent]) {
+    let mut order: Vec<(usize, usize, usize, bool, usize)> = Vec::new();
+    for (a, agent) in agents.iter().enumerate() {
+        for (i, r) in agent.connect.rules.iter().enumerate() {
+            order.push((r.line, r.col, a, false, i));
+        }
+        for (i, r) in agent.delete.rules.iter().enumerate() {
+            order.push((r.line, r.col, a, true, i));
+        }
+    }
+    order.sort_unstable();
+    let mut next = 1u32;
+    for (_, _, a, is_delete, i) in order {
+        let slot = if is_delete {
+            agents
+                .get_mut(a)
+                .and_then(|x| x.delete.rules.get_mut(i))
+                .map(|r| &mut r.id)
+        } else {
+            agents
+                .get_mut(a)
+                .and_then(|x| x.connect.rules.get_mut(i))
+                .map(|r| &mut r.id)
+        };
+        if let Some(id) = slot {
+            *id = next;
+            next += 1;
+        }
+    }
+    for agent in agents {
+        agent.connect.rules.sort_by_key(|r| r.id);
+        agent.delete.rules.sort_by_key(|r| r.id);
+    }
+}

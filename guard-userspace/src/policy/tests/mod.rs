@@ -1,0 +1,12 @@
+//! Unit tests of the policy module. `vectors` holds the shared expected
+//! results; `kernel_sim` checks the kernel encoding against them.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test should fail loudly on a broken fixture"
+)]
+
+mod errors;
+mod kernel_sim;
+mod matching;
+mod parsing;
