@@ -30,6 +30,9 @@ stable_enum! {
         NetConnect = 100,
         FileUnlink = 200,
         FileRmdir = 201,
+        /// An unlink/unlinkat/rmdir seen at syscall entry (sys_enter) by a
+        /// process no backend can block: see [`crate::ObservedDeleteRecord`].
+        FileObserved = 210,
     }
 }
 
@@ -52,6 +55,10 @@ stable_enum! {
         /// Audit (shadow) mode: the call was allowed; the verdict field holds
         /// what enforce mode would have done.
         Audited = 4,
+        /// Seen but not judged: no backend could block this process's call
+        /// (kernel without BPF LSM, process not started by `run`). The
+        /// verdict is the one the policy gives.
+        Observed = 5,
     }
 }
 
@@ -79,6 +86,14 @@ pub const LOSS_REASONS: u32 = 4;
 pub const AF_UNIX: u16 = 1;
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
+
+/// x86_64 syscall numbers the delete observer watches (arch/x86/entry/
+/// syscalls/syscall_64.tbl: part of the user ABI, never renumbered).
+pub const NR_RMDIR: i64 = 84;
+pub const NR_UNLINK: i64 = 87;
+pub const NR_UNLINKAT: i64 = 263;
+/// unlinkat flag that makes it an rmdir.
+pub const AT_REMOVEDIR: u32 = 0x200;
 
 /// Rule id 0 means "no rule matched; the agent's default applied".
 pub const RULE_DEFAULT: u32 = 0;

@@ -70,6 +70,25 @@ pub struct FileRecord {
 }
 const _: () = assert!(core::mem::size_of::<FileRecord>() == 80 + 252 + 4);
 
+/// A delete seen at syscall entry: the raw arguments, which userspace
+/// resolves (dirfd/cwd) and judges against the policy for the event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObservedDeleteRecord {
+    pub header: EventHeader,
+    /// x86_64 syscall number: [`crate::NR_UNLINK`], [`crate::NR_UNLINKAT`] or [`crate::NR_RMDIR`].
+    pub nr: u32,
+    /// unlinkat's dirfd (AT_FDCWD = -100 for the cwd); -100 for unlink/rmdir.
+    pub dirfd: i32,
+    /// unlinkat's flags.
+    pub flags: u32,
+    /// Bytes of `path` read (without the NUL); 0 when unreadable.
+    pub path_len: u32,
+    /// The path argument as the process passed it.
+    pub path: [u8; 256],
+}
+const _: () = assert!(core::mem::size_of::<ObservedDeleteRecord>() == 80 + 16 + 256);
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -77,4 +96,5 @@ mod user {
     unsafe impl aya::Pod for EventHeader {}
     unsafe impl aya::Pod for ConnectRecord {}
     unsafe impl aya::Pod for FileRecord {}
+    unsafe impl aya::Pod for ObservedDeleteRecord {}
 }

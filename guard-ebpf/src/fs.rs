@@ -7,14 +7,17 @@
 //! of the BPF LSM programs before them. Both hooks are on the kernel's
 //! sleepable-hook list, which is what allows bpf_d_path there.
 use aya_ebpf::{
-    bindings::{BPF_RB_FORCE_WAKEUP, path},
+    bindings::{BPF_RB_FORCE_WAKEUP, path, pt_regs},
     cty::{c_char, c_void},
-    helpers::generated::{bpf_d_path, bpf_probe_read_kernel, bpf_probe_read_kernel_str},
-    programs::LsmContext,
+    helpers::generated::{
+        bpf_d_path, bpf_probe_read_kernel, bpf_probe_read_kernel_str, bpf_probe_read_user_str,
+    },
+    programs::{BtfTracePointContext, LsmContext},
 };
 use guard_common::{
-    EventKind, FileRecord, KernelOffsets, LossReason, Mode, NET_KEY_AGENT_BITS, Outcome,
-    PATH_COMPLETE, PATH_KEY_BYTES, PATH_TRUNCATED, PATH_UNKNOWN, PathKey, RULE_DEFAULT, Verdict,
+    EventKind, FileRecord, KernelOffsets, LossReason, Mode, NET_KEY_AGENT_BITS, NR_RMDIR,
+    NR_UNLINK, NR_UNLINKAT, ObservedDeleteRecord, Outcome, PATH_COMPLETE, PATH_KEY_BYTES,
+    PATH_TRUNCATED, PATH_UNKNOWN, PathKey, RULE_DEFAULT, Verdict,
 };
 
 use crate::{
@@ -224,4 +227,69 @@ fn emit_file(
     // Deletes are rare next to connects and a human may be waiting on the
     // event: wake the reader now.
     entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+}
+
+/// tp_btf/sys_enter (`void sys_enter(struct pt_regs *regs, long id)`), only
+/// attached on kernels without BPF LSM: records agents' unlink, unlinkat and
+/// rmdir so that processes no backend can block are still seen. Never
+/// blocks; returns nothing the kernel acts on.
+#[inline(always)]
+pub fn try_observe_delete(ctx: &BtfTracePointContext) -> Result<(), GuardError> {
+    let nr: i64 = ctx.arg(1);
+    if nr != NR_UNLINK && nr != NR_UNLINKAT && nr != NR_RMDIR {
+        return Ok(());
+    }
+    let Some(agent) = identity::current_agent() else {
+        return Ok(());
+    };
+    let regs: *const pt_regs = ctx.arg(0);
+    let mut r = PtRegsArgs::default();
+    // SAFETY: reading the syscall's saved registers through the probe
+    // helper; pt_regs is the x86_64 user ABI layout.
+    unsafe {
+        bpf_probe_read_kernel(
+            (&raw mut r).cast::<c_void>(),
+            size_of::<PtRegsArgs>() as u32,
+            (&raw const (*regs).rdx).cast::<c_void>(),
+        );
+    }
+    // unlink(path), rmdir(path), unlinkat(dirfd, path, flags)
+    let (dirfd, path_ptr, flags) = if nr == NR_UNLINKAT {
+        (r.rdi as i32, r.rsi, r.rdx as u32)
+    } else {
+        (-100, r.rdi, 0)
+    };
+    let Some(mut entry) = EVENTS.reserve::<ObservedDeleteRecord>(0) else {
+        emit::count_loss(LossReason::RingbufFull);
+        return Ok(());
+    };
+    let rec = entry.as_mut_ptr();
+    let mut header = emit::header(EventKind::FileObserved.raw(), &agent);
+    header.outcome = Outcome::Observed.raw();
+    // SAFETY: `rec` is a reserved record we own; the user pointer is read
+    // through the bounded probe helper.
+    unsafe {
+        (*rec).header = header;
+        (*rec).nr = nr as u32;
+        (*rec).dirfd = dirfd;
+        (*rec).flags = flags;
+        let n = bpf_probe_read_user_str(
+            (*rec).path.as_mut_ptr().cast::<c_void>(),
+            256,
+            path_ptr as *const c_void,
+        );
+        (*rec).path_len = if n > 0 { (n - 1) as u32 } else { 0 };
+    }
+    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+    Ok(())
+}
+
+/// The tail of x86_64 `struct pt_regs` from rdx to rdi (rdx, rsi, rdi):
+/// the first three syscall arguments are rdi, rsi, rdx.
+#[repr(C)]
+#[derive(Default)]
+struct PtRegsArgs {
+    rdx: u64,
+    rsi: u64,
+    rdi: u64,
 }

@@ -12,8 +12,8 @@ mod maps;
 mod net;
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, lsm},
-    programs::{LsmContext, SockAddrContext},
+    macros::{btf_tracepoint, cgroup_sock_addr, lsm},
+    programs::{BtfTracePointContext, LsmContext, SockAddrContext},
 };
 use guard_common::{AF_INET, AF_INET6, EventKind};
 
@@ -40,6 +40,14 @@ pub fn path_unlink(ctx: LsmContext) -> i32 {
 #[lsm(hook = "path_rmdir")]
 pub fn path_rmdir(ctx: LsmContext) -> i32 {
     fs::lsm_verdict(fs::try_delete(&ctx, EventKind::FileRmdir))
+}
+
+/// tp_btf/sys_enter: attached only where BPF LSM is unavailable, to observe
+/// deletes by agent processes that no backend can block.
+#[btf_tracepoint(function = "sys_enter")]
+pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
+    let _ = fs::try_observe_delete(&ctx);
+    0
 }
 
 #[cfg(not(test))]

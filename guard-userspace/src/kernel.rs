@@ -7,7 +7,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError, cgroup_sock_addr::CgroupSockAddrLinkId,
+        BtfTracePoint, CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError,
+        cgroup_sock_addr::CgroupSockAddrLinkId,
     },
 };
 use guard_common::{
@@ -186,6 +187,40 @@ impl Kernel {
             ids.push((name, id));
         }
         self.links.entry(cgroup_id).or_default().extend(ids);
+        Ok(())
+    }
+
+    /// Attaches tp_btf/sys_enter, which reports agents' deletes that no
+    /// backend can block. Only worth its cost where BPF LSM is unavailable:
+    /// it runs on every system call of the host.
+    pub fn attach_delete_observer(&mut self) -> Result<(), KernelError> {
+        const PROGRAM: &str = "tp_btf/sys_enter (BPF_PROG_TYPE_TRACING)";
+        let btf = aya::Btf::from_sys_fs().map_err(|e| KernelError::Refused {
+            program: PROGRAM,
+            errno: format!("kernel BTF unavailable: {e}"),
+            source: ProgramError::Btf(e),
+        })?;
+        let prog: &mut BtfTracePoint = self
+            .ebpf
+            .program_mut("sys_enter")
+            .ok_or(KernelError::Missing("sys_enter"))?
+            .try_into()
+            .map_err(|source| KernelError::Refused {
+                program: PROGRAM,
+                errno: "wrong program type in object".into(),
+                source,
+            })?;
+        prog.load("sys_enter", &btf)
+            .map_err(|source| KernelError::Refused {
+                program: PROGRAM,
+                errno: describe_load_error(&source),
+                source,
+            })?;
+        prog.attach().map_err(|source| KernelError::Attach {
+            program: PROGRAM,
+            cgroup: "-".into(),
+            source,
+        })?;
         Ok(())
     }
 

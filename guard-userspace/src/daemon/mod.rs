@@ -79,6 +79,11 @@ pub async fn run(opts: Options) -> Result<()> {
             "seccomp"
         }
     };
+    if matches!(kernel.lsm, LsmStatus::Unavailable(_)) {
+        // Processes placed in an agent cgroup by other means than `run`
+        // cannot be blocked here; at least every delete they make is seen.
+        kernel.attach_delete_observer()?;
+    }
     let mut levels = 0u64;
     let mut agents = Vec::new();
     for (index, agent) in policy.agents.iter().enumerate() {

@@ -7,8 +7,8 @@ use std::{
 };
 
 use guard_common::{
-    AF_INET, AF_INET6, ConnectRecord, EventHeader, EventKind, FileRecord, Outcome, PATH_TRUNCATED,
-    PATH_UNKNOWN, RULE_DEFAULT, Verdict,
+    AF_INET, AF_INET6, AT_REMOVEDIR, ConnectRecord, EventHeader, EventKind, FileRecord, NR_RMDIR,
+    ObservedDeleteRecord, Outcome, PATH_TRUNCATED, PATH_UNKNOWN, RULE_DEFAULT, Verdict,
 };
 use serde_json::{Map, Value, json};
 use thiserror::Error;
@@ -84,6 +84,7 @@ fn outcome_name(raw: u8) -> &'static str {
         Some(Outcome::Denied) => "denied",
         Some(Outcome::Held) => "held",
         Some(Outcome::Audited) => "audited",
+        Some(Outcome::Observed) => "observed",
         None => "unknown",
     }
 }
@@ -114,6 +115,10 @@ pub fn decode(
             body.insert("kind".into(), file_kind(kind).into());
             body.insert("target".into(), file_target(&rec));
         }
+        EventKind::FileObserved => {
+            let rec: ObservedDeleteRecord = read(bytes)?;
+            observed(&rec, registry, &mut body);
+        }
     }
     Ok((clock.wall(header.ktime_ns), body))
 }
@@ -136,6 +141,71 @@ fn file_target(rec: &FileRecord) -> Value {
     } else {
         json!({ "path": path })
     }
+}
+
+/// A delete seen at syscall entry and not blocked: resolve the path as the
+/// process sees it and say what the policy would have done.
+fn observed(rec: &ObservedDeleteRecord, registry: &Registry, body: &mut Map<String, Value>) {
+    let rmdir = rec.nr == NR_RMDIR as u32 || rec.flags & AT_REMOVEDIR != 0;
+    body.insert(
+        "kind".into(),
+        file_kind(if rmdir {
+            EventKind::FileRmdir
+        } else {
+            EventKind::FileUnlink
+        })
+        .into(),
+    );
+    let len = (rec.path_len as usize).min(rec.path.len());
+    let raw = String::from_utf8_lossy(&rec.path[..len]).into_owned();
+    let path = resolve(rec.header.pid, rec.dirfd, &raw);
+    let agent = registry.agents.get(&rec.header.agent_id);
+    let (verdict, rule) = match (agent, &path) {
+        (Some(a), Some(p)) => {
+            let (v, r) = a.def.delete.evaluate(p);
+            (Some(v), r)
+        }
+        _ => (None, None),
+    };
+    body.insert(
+        "rule".into(),
+        json!({
+            "verdict": verdict.map(|v| verdict_name(v.raw())),
+            "match": rule.map(|r| r.text.clone()).or_else(|| verdict.map(|_| "default".into())),
+            "source": rule.map(|r| format!("{}:{}", registry.policy.file, r.line)),
+        }),
+    );
+    body.insert(
+        "target".into(),
+        json!({ "path": path, "raw_path": raw, "enforcement": "none: this kernel has no BPF LSM and the process was not started by `agent-guard run`" }),
+    );
+}
+
+/// The absolute path `raw` names for `pid`, resolved against its cwd or the
+/// directory fd, lexically normalized; None when /proc no longer has them.
+fn resolve(pid: u32, dirfd: i32, raw: &str) -> Option<String> {
+    let joined = if raw.starts_with('/') {
+        raw.to_owned()
+    } else {
+        let base = if dirfd == -100 {
+            std::fs::read_link(format!("/proc/{pid}/cwd"))
+        } else {
+            std::fs::read_link(format!("/proc/{pid}/fd/{dirfd}"))
+        }
+        .ok()?;
+        format!("{}/{raw}", base.display())
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for c in joined.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    Some(format!("/{}", parts.join("/")))
 }
 
 fn connect_target(rec: &ConnectRecord) -> Value {
