@@ -241,6 +241,70 @@ impl Kernel {
         Ok(())
     }
 
+    /// Longest-prefix lookup in the kernel's own NET_RULES trie, as the
+    /// connect programs do (tests compare it with the userspace matcher).
+    #[cfg(test)]
+    pub fn lookup_net(
+        &self,
+        agent_id: u32,
+        addr: [u8; 16],
+    ) -> Result<Option<NetRuleSet>, KernelError> {
+        let map = self
+            .ebpf
+            .map("NET_RULES")
+            .ok_or(KernelError::Missing("NET_RULES"))?;
+        let trie: LpmTrie<_, NetKey, NetRuleSet> =
+            LpmTrie::try_from(map).map_err(map_err("NET_RULES"))?;
+        let key = Key::new(
+            guard_common::NET_KEY_AGENT_BITS + 128,
+            NetKey {
+                agent_id: agent_id.to_be_bytes(),
+                addr,
+            },
+        );
+        match trie.get(&key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err("NET_RULES")(e)),
+        }
+    }
+
+    /// Longest-prefix lookup in PATH_RULES of "<path>/" followed by NUL,
+    /// exactly the key the LSM programs build.
+    #[cfg(test)]
+    pub fn lookup_path(
+        &self,
+        agent_id: u32,
+        path: &str,
+    ) -> Result<Option<PathRuleValue>, KernelError> {
+        let map = self
+            .ebpf
+            .map("PATH_RULES")
+            .ok_or(KernelError::Missing("PATH_RULES"))?;
+        let trie: LpmTrie<_, PathKey, PathRuleValue> =
+            LpmTrie::try_from(map).map_err(map_err("PATH_RULES"))?;
+        let mut data = PathKey {
+            agent_id: agent_id.to_be_bytes(),
+            ..PathKey::default()
+        };
+        let text = if path == "/" {
+            "/".to_owned()
+        } else {
+            format!("{path}/")
+        };
+        let n = text.len().min(data.path.len());
+        data.path[..n].copy_from_slice(&text.as_bytes()[..n]);
+        let key = Key::new(
+            guard_common::NET_KEY_AGENT_BITS + (guard_common::PATH_KEY_BYTES as u32) * 8,
+            data,
+        );
+        match trie.get(&key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err("PATH_RULES")(e)),
+        }
+    }
+
     pub fn set_agent(&mut self, cgroup_id: u64, entry: AgentEntry) -> Result<(), KernelError> {
         let map = self
             .ebpf

@@ -7,6 +7,7 @@
 )]
 
 mod errors;
+mod kernel_maps;
 mod kernel_sim;
 mod matching;
 mod parsing;
