@@ -94,13 +94,25 @@ fn describe_load_error(err: &ProgramError) -> String {
         ProgramError::SyscallError(e) => Some(&e.io_error),
         _ => None,
     };
-    match io.and_then(io::Error::raw_os_error) {
+    let mut text = match io.and_then(io::Error::raw_os_error) {
         Some(code) => {
             let name = nix::errno::Errno::from_raw(code);
             format!("{name:?} ({})", io::Error::from_raw_os_error(code))
         }
         None => err.to_string(),
+    };
+    // The verifier's last words say what it rejected; an empty log with
+    // EPERM means the kernel refuses the program type outright.
+    if let ProgramError::LoadError { verifier_log, .. } = err {
+        let log = verifier_log.to_string();
+        let tail: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+        if !tail.is_empty() {
+            let start = tail.len().saturating_sub(6);
+            text.push_str("; verifier: ");
+            text.push_str(&tail[start..].join(" | "));
+        }
     }
+    text
 }
 
 pub struct Kernel {

@@ -1,0 +1,475 @@
+//! Harness for the privileged black-box tests: each test starts a real
+//! `agent-guard daemon` with its own policy, socket and cgroups, runs real
+//! programs as agents, and reads the daemon's JSON event stream.
+//!
+//! Tests get the daemon binary from `AGENT_GUARD_BIN`, which `cargo xtask
+//! test` sets after building it. They need root.
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdout, Command, Output, Stdio},
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Generous bound for things that normally take milliseconds; only reached
+/// when something is broken, so it is a liveness check, not a timing test.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub fn agent_guard_bin() -> PathBuf {
+    match std::env::var_os("AGENT_GUARD_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => panic!(
+            "AGENT_GUARD_BIN is not set: run the privileged tests with `cargo xtask test`, \
+             which builds agent-guard and sets it"
+        ),
+    }
+}
+
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the privileged tests need root (they load eBPF and create cgroups)"
+    );
+}
+
+/// Where cgroup2 is mounted, from /proc/self/mountinfo.
+pub fn cgroup2_root() -> PathBuf {
+    let info = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    for line in info.lines() {
+        if let Some((left, right)) = line.split_once(" - ") {
+            let f: Vec<&str> = left.split_whitespace().collect();
+            if right.starts_with("cgroup2 ") && f.get(3) == Some(&"/") {
+                return PathBuf::from(f[4]);
+            }
+        }
+    }
+    panic!("no cgroup2 mount");
+}
+
+/// A unique cgroup prefix for one test, removed (bottom-up) on drop.
+pub struct TestCgroups {
+    pub prefix: String,
+}
+
+impl TestCgroups {
+    pub fn new(test: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        Self {
+            prefix: format!("agent-guard-test/{test}-{}-{n}", std::process::id()),
+        }
+    }
+
+    pub fn path(&self, leaf: &str) -> String {
+        format!("{}/{leaf}", self.prefix)
+    }
+}
+
+impl Drop for TestCgroups {
+    fn drop(&mut self) {
+        remove_tree(&cgroup2_root().join(&self.prefix));
+    }
+}
+
+fn remove_tree(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path());
+            }
+        }
+    }
+    for _ in 0..50 {
+        if fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[derive(Default)]
+struct Stream {
+    events: Vec<Value>,
+    closed: bool,
+}
+
+/// A running daemon; SIGTERM and reaped on drop.
+pub struct Daemon {
+    child: Child,
+    pub socket: PathBuf,
+    pub dir: PathBuf,
+    pub policy_path: PathBuf,
+    stream: Arc<(Mutex<Stream>, Condvar)>,
+    // Dropped after the daemon, so cgroups are removed last.
+    _cgroups: Option<TestCgroups>,
+}
+
+impl Daemon {
+    /// Starts a daemon with `policy` (TOML) and waits for `daemon.start`.
+    pub fn start(policy: &str, cgroups: TestCgroups) -> Self {
+        require_root();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("agent-guard-test-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("test dir");
+        let socket = dir.join("control.sock");
+        let policy_path = dir.join("policy.toml");
+        fs::write(&policy_path, policy).expect("write policy");
+        let mut child = Command::new(agent_guard_bin())
+            .arg("--socket")
+            .arg(&socket)
+            .arg("daemon")
+            .arg("--policy")
+            .arg(&policy_path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn agent-guard daemon");
+        let stdout = child.stdout.take().expect("stdout");
+        let stream = Arc::new((Mutex::new(Stream::default()), Condvar::new()));
+        spawn_reader(stdout, stream.clone());
+        let daemon = Self {
+            child,
+            socket,
+            dir,
+            policy_path,
+            stream,
+            _cgroups: Some(cgroups),
+        };
+        daemon.wait_event("daemon.start", |_| true);
+        daemon
+    }
+
+    /// The `agent-guard` command aimed at this daemon.
+    pub fn cli(&self) -> Command {
+        let mut cmd = Command::new(agent_guard_bin());
+        cmd.arg("--socket").arg(&self.socket);
+        cmd
+    }
+
+    /// Runs `argv` as `agent` to completion, capturing its output.
+    pub fn run_agent(&self, agent: &str, argv: &[&str]) -> Output {
+        self.cli()
+            .args(["run", "--agent", agent, "--"])
+            .args(argv)
+            .stdin(Stdio::null())
+            .output()
+            .expect("agent-guard run")
+    }
+
+    /// Starts `argv` as `agent` with piped stdin/stdout; the caller decides
+    /// when it ends (close stdin) so /proc enrichment is never racy.
+    pub fn spawn_agent(&self, agent: &str, argv: &[&str]) -> Child {
+        self.cli()
+            .args(["run", "--agent", agent, "--"])
+            .args(argv)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("agent-guard run")
+    }
+
+    /// The backend the daemon chose for `op` ("connect" or "delete"), from
+    /// its own start-up probe (the same one `agent-guard doctor` runs).
+    pub fn backend(&self, op: &str) -> String {
+        let start = self.wait_event("daemon.start", |_| true);
+        start["daemon"]["backends"][op]
+            .as_str()
+            .unwrap_or_else(|| panic!("daemon.start lacks backends.{op}: {start}"))
+            .to_string()
+    }
+
+    /// All events so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.stream.0.lock().expect("lock").events.clone()
+    }
+
+    /// Waits for the first event of `kind` matching `pred`.
+    pub fn wait_event(&self, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let (lock, cvar) = &*self.stream;
+        let deadline = Instant::now() + PATIENCE;
+        let mut s = lock.lock().expect("lock");
+        loop {
+            if let Some(e) = s.events.iter().find(|e| e["kind"] == kind && pred(e)) {
+                return e.clone();
+            }
+            assert!(
+                !s.closed,
+                "daemon exited before emitting a {kind} event; events: {:#?}",
+                s.events
+            );
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "no matching {kind} event within {PATIENCE:?}; events: {:#?}",
+                s.events
+            );
+            s = cvar.wait_timeout(s, deadline - now).expect("lock").0;
+        }
+    }
+
+    /// SIGTERM, wait, and return every event including daemon.stop.
+    pub fn stop(mut self) -> Vec<Value> {
+        self.terminate();
+        self.events()
+    }
+
+    fn terminate(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+        let (lock, cvar) = &*self.stream;
+        let deadline = Instant::now() + PATIENCE;
+        let mut s = lock.lock().expect("lock");
+        while !s.closed && Instant::now() < deadline {
+            s = cvar
+                .wait_timeout(s, Duration::from_millis(100))
+                .expect("lock")
+                .0;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.terminate();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn spawn_reader(stdout: ChildStdout, stream: Arc<(Mutex<Stream>, Condvar)>) {
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let value: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("daemon stdout carried a non-JSON line {line:?}: {e}"));
+            let (lock, cvar) = &*stream;
+            lock.lock().expect("lock").events.push(value);
+            cvar.notify_all();
+        }
+        let (lock, cvar) = &*stream;
+        lock.lock().expect("lock").closed = true;
+        cvar.notify_all();
+    });
+}
+
+/// A TCP listener on loopback that accepts and holds connections.
+pub struct Listener {
+    pub port: u16,
+}
+
+impl Listener {
+    pub fn v4() -> Self {
+        Self::bind("127.0.0.1:0")
+    }
+
+    pub fn v6() -> Self {
+        Self::bind("[::1]:0")
+    }
+
+    fn bind(addr: &str) -> Self {
+        let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        let port = l.local_addr().expect("addr").port();
+        thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in l.incoming().flatten() {
+                held.push(s);
+            }
+        });
+        Self { port }
+    }
+}
+
+/// Python that connects to HOST PORT, prints `pid=<pid> exe=<exe>` and then
+/// `connected` or `errno=<n>`, waits for stdin to close, and exits 0 on
+/// success or with the errno.
+pub const PY_CONNECT: &str = r#"
+import os, socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+print("pid=%d exe=%s" % (os.getpid(), os.readlink("/proc/self/exe")), flush=True)
+try:
+    s = socket.create_connection((host, port), timeout=30)
+    print("connected", flush=True)
+    rc = 0
+except OSError as e:
+    print("errno=%d" % e.errno, flush=True)
+    rc = e.errno
+sys.stdin.read()
+sys.exit(rc)
+"#;
+
+/// Outcome of one agent connect run through [`connect_as`].
+pub struct ConnectRun {
+    pub pid: u32,
+    pub exe: String,
+    /// 0 when connected, else the errno.
+    pub errno: i32,
+    child: Child,
+}
+
+impl ConnectRun {
+    /// Lets the agent process exit and checks `run` passed its status through.
+    pub fn finish(mut self) {
+        drop(self.child.stdin.take());
+        let status = self.child.wait().expect("wait");
+        assert_eq!(
+            status.code(),
+            Some(self.errno),
+            "agent-guard run must exit with the command's own status"
+        );
+    }
+}
+
+fn read_connect(mut child: Child) -> ConnectRun {
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().expect("pid line").expect("read");
+    let (pid, exe) = first
+        .strip_prefix("pid=")
+        .and_then(|r| r.split_once(" exe="))
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+    let second = lines.next().expect("result line").expect("read");
+    let errno = if second == "connected" {
+        0
+    } else {
+        second
+            .strip_prefix("errno=")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected result line {second:?}"))
+    };
+    ConnectRun {
+        pid: pid.parse().expect("pid"),
+        exe: exe.to_string(),
+        errno,
+        child,
+    }
+}
+
+/// Connects as `agent` through `agent-guard run`, optionally wrapped (e.g.
+/// in `bash -c`), keeping the process alive until [`ConnectRun::finish`].
+pub fn connect_as(daemon: &Daemon, agent: &str, host: &str, port: u16) -> ConnectRun {
+    let port = port.to_string();
+    read_connect(daemon.spawn_agent(agent, &["python3", "-c", PY_CONNECT, host, &port]))
+}
+
+/// The same connect, but from a `bash -c` child of the agent process.
+pub fn connect_as_grandchild(daemon: &Daemon, agent: &str, host: &str, port: u16) -> ConnectRun {
+    let script = format!("python3 -c '{PY_CONNECT}' {host} {port}; exit $?");
+    read_connect(daemon.spawn_agent(agent, &["bash", "-c", &script]))
+}
+
+/// The same connect from a process outside every agent.
+pub fn connect_unguarded(host: &str, port: u16) -> i32 {
+    let mut child = Command::new("python3")
+        .args(["-c", PY_CONNECT, host, &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child.stdin.as_mut().map(|s| s.write_all(b""));
+    let run = read_connect(child);
+    let errno = run.errno;
+    run.finish();
+    errno
+}
+
+/// Asserts `seq` runs 1, 2, 3, ... with no gap or repeat.
+pub fn assert_gap_free(events: &[Value]) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(
+            e["seq"].as_u64(),
+            Some(i as u64 + 1),
+            "seq gap or reorder at line {}: {e}",
+            i + 1
+        );
+    }
+}
+
+/// Which test tier this is: "vm" inside the QEMU guest, "host" otherwise.
+pub fn tier() -> String {
+    std::env::var("AGENT_GUARD_TIER").unwrap_or_else(|_| "host".into())
+}
+
+/// Skips a test whose kernel feature the daemon's probe found missing,
+/// saying why. In the VM tier nothing may skip: that kernel is booted
+/// precisely to have these features, so a skip there is a failure.
+#[must_use]
+pub fn skip_unless(available: bool, test: &str, feature: &str) -> bool {
+    if available {
+        return false;
+    }
+    assert!(
+        tier() != "vm",
+        "{test}: {feature} unavailable in the VM tier, whose kernel exists to provide it"
+    );
+    eprintln!(
+        "SKIPPED {test}: this kernel lacks {feature} (per the daemon's load probe; see `agent-guard doctor`)"
+    );
+    true
+}
+
+/// A scratch directory tree for delete tests, removed on drop.
+pub struct Scratch {
+    pub root: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(test: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let root = std::env::temp_dir().join(format!("agtest-{test}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).expect("scratch dir");
+        Self { root }
+    }
+
+    /// Creates `rel` (and parents) as a file with some content.
+    pub fn file(&self, rel: &str) -> PathBuf {
+        let p = self.root.join(rel);
+        fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        fs::write(&p, b"data").expect("write");
+        p
+    }
+
+    pub fn dir(&self, rel: &str) -> PathBuf {
+        let p = self.root.join(rel);
+        fs::create_dir_all(&p).expect("mkdir");
+        p
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    pub fn s(&self, rel: &str) -> String {
+        self.path(rel).display().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Runs `script` with `sh -c` after the shell moves itself into `cgroup`
+/// (relative to the cgroup2 mount) by writing cgroup.procs: an agent process
+/// started with no launcher at all, as a systemd unit or container would be.
+pub fn run_in_cgroup(cgroup: &str, script: &str) -> Output {
+    let procs = cgroup2_root().join(cgroup).join("cgroup.procs");
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo $$ > '{}' && {script}", procs.display()))
+        .stdin(Stdio::null())
+        .output()
+        .expect("sh")
+}

@@ -1,0 +1,132 @@
+//! Building the daemon and the test binaries, and the `test`/`run` verbs.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{setup, vm};
+
+#[derive(clap::Args, Default)]
+pub struct TestArgs {
+    /// Skip the QEMU tier (the LSM backend then goes untested: CI never sets this).
+    #[arg(long)]
+    pub no_vm: bool,
+    /// Only run privileged tests whose name contains this filter.
+    pub filter: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Start only the daemon, without the demo agent.
+    #[arg(long)]
+    pub no_demo: bool,
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Builds `agent-guard` (debug) and returns its absolute path.
+pub fn build_daemon() -> Result<PathBuf> {
+    eprintln!("xtask: building agent-guard");
+    setup::run(cargo().args([
+        "build",
+        "--package",
+        "guard-userspace",
+        "--bin",
+        "agent-guard",
+    ]))?;
+    let bin = workspace_root().join("target/debug/agent-guard");
+    if !bin.exists() {
+        bail!("built agent-guard but {} is missing", bin.display());
+    }
+    Ok(bin)
+}
+
+/// Builds the privileged test binaries and returns their paths, from cargo's
+/// own JSON messages rather than guessing hashed file names.
+pub fn build_privileged_tests() -> Result<Vec<PathBuf>> {
+    eprintln!("xtask: building the privileged tests");
+    let out = cargo()
+        .args([
+            "test",
+            "--package",
+            "agent-guard-tests",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the privileged tests failed");
+    }
+    let mut bins = Vec::new();
+    for line in out.stdout.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let msg: serde_json::Value = serde_json::from_slice(line).context("cargo JSON message")?;
+        if msg["reason"] == "compiler-artifact" && msg["profile"]["test"] == true {
+            if let Some(exe) = msg["executable"].as_str() {
+                bins.push(PathBuf::from(exe));
+            }
+        }
+    }
+    if bins.is_empty() {
+        bail!("cargo built no privileged test binaries");
+    }
+    Ok(bins)
+}
+
+pub fn test(args: &TestArgs) -> Result<()> {
+    setup::setup()?;
+    let bin = build_daemon()?;
+
+    eprintln!("xtask: tier 1, unit tests");
+    setup::run(cargo().args(["test"]))?;
+
+    eprintln!("xtask: tier 2, privileged tests on this kernel");
+    let mut cmd = cargo();
+    cmd.args(["test", "--package", "agent-guard-tests"])
+        .env("AGENT_GUARD_BIN", &bin);
+    if let Some(filter) = &args.filter {
+        cmd.args(["--", filter]);
+    }
+    setup::run(&mut cmd)?;
+
+    if args.no_vm {
+        eprintln!("xtask: --no-vm: the QEMU tier (BPF LSM backend) was NOT run");
+        return Ok(());
+    }
+    eprintln!("xtask: tier 3, privileged tests in a QEMU guest with BPF LSM");
+    vm::vm_test(&vm::VmTestArgs {
+        filter: args.filter.clone(),
+        ..vm::VmTestArgs::default()
+    })
+}
+
+pub fn run(args: &RunArgs) -> Result<()> {
+    setup::setup()?;
+    let bin = build_daemon()?;
+    let mut cmd = Command::new(&bin);
+    cmd.arg("daemon");
+    if !args.no_demo {
+        cmd.arg("--demo");
+    }
+    eprintln!("xtask: starting {} (Ctrl-C stops it)", bin.display());
+    let status = cmd.status().context("starting agent-guard")?;
+    if !status.success() {
+        bail!("agent-guard daemon exited with {status}");
+    }
+    Ok(())
+}

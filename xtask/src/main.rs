@@ -1,0 +1,55 @@
+//! `cargo xtask`: set-up, test runners and the demo. Every verb that builds
+//! runs `setup` first, so a fresh machine needs nothing else.
+mod build;
+mod setup;
+mod vm;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "agent-guard developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building needs, if missing: llvm-22-dev, bpf-linker (LLVM 22), nightly rust-src.
+    Setup,
+    /// Set up, then run every test tier: unit tests, privileged tests on this
+    /// kernel, and the privileged tests inside a QEMU guest with BPF LSM.
+    ///
+    /// Example: sudo cargo xtask test
+    Test(build::TestArgs),
+    /// Set up, build, and start the daemon with the embedded default policy
+    /// plus a demo agent that makes one allowed and one denied connect.
+    ///
+    /// Example: sudo cargo xtask run
+    Run(build::RunArgs),
+    /// Boot Debian kernels under QEMU (TCG) with BPF LSM active and run the
+    /// privileged tests inside.
+    ///
+    /// Example: sudo cargo xtask vm-test --all-kernels
+    VmTest(vm::VmTestArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.cmd {
+        Cmd::Setup => setup::setup(),
+        Cmd::Test(args) => build::test(&args),
+        Cmd::Run(args) => build::run(&args),
+        Cmd::VmTest(args) => setup::setup().and_then(|()| vm::vm_test(&args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Idempotent installation of the BPF toolchain. Each step checks first and
+//! only installs what is missing, so `setup` is cheap to run every time.
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+/// LLVM major version that bpf-linker must be built against: it has to match
+/// the LLVM inside the nightly rustc that compiles the eBPF crate.
+const LLVM_MAJOR: u32 = 22;
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn setup() -> Result<()> {
+    ensure_root_for_install()?;
+    ensure_nightly_rust_src()?;
+    ensure_bpf_linker()?;
+    Ok(())
+}
+
+/// Runs a command, streaming its output, and fails with the command line.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout if it succeeded.
+pub fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ensure_root_for_install() -> Result<()> {
+    // Installing apt packages needs root; so do the privileged tests. Say so
+    // up front instead of failing half-way.
+    if !nix_is_root() {
+        bail!("cargo xtask needs root (apt-get install, loading eBPF); run it with sudo");
+    }
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0")
+}
+
+/// Installs Debian packages that are not installed yet. `apt-get update`
+/// runs once, only when something is missing.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing {} with apt-get", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn ensure_nightly_rust_src() -> Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]));
+    match installed {
+        Some(list) if list.lines().any(|l| l.starts_with("rust-src")) => Ok(()),
+        Some(_) => {
+            eprintln!("setup: adding rust-src to the nightly toolchain");
+            run(Command::new("rustup").args([
+                "component",
+                "add",
+                "rust-src",
+                "--toolchain",
+                "nightly",
+            ]))
+        }
+        None => {
+            eprintln!("setup: installing the nightly toolchain with rust-src");
+            run(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ]))
+        }
+    }
+}
+
+fn ensure_bpf_linker() -> Result<()> {
+    let llvm_prefix = format!("/usr/lib/llvm-{LLVM_MAJOR}");
+    if let Some(version) = output(Command::new("bpf-linker").arg("--version")) {
+        if version.contains(BPF_LINKER_VERSION) {
+            return Ok(());
+        }
+        eprintln!(
+            "setup: bpf-linker is {}, want {BPF_LINKER_VERSION}",
+            version.trim()
+        );
+    }
+    apt_install(&[&format!("llvm-{LLVM_MAJOR}-dev")])?;
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR} (about a minute)"
+    );
+    // The default feature targets a newer LLVM and would pick up Debian's
+    // LLVM 14; select the matching one explicitly.
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "--locked",
+            "--force",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+        ])
+        .arg(format!("llvm-{LLVM_MAJOR}"))
+        .env("LLVM_PREFIX", &llvm_prefix))
+}
