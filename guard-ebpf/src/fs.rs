@@ -40,8 +40,8 @@ const EPERM: i32 = 1;
 pub enum Decision {
     Allow,
     Deny,
-    /// A BPF LSM program before us already refused; keep its answer.
-    Refused(i32),
+    /// A BPF LSM program before us already refused the call.
+    Refused,
 }
 
 pub enum GuardError {
@@ -51,9 +51,11 @@ pub enum GuardError {
     NoOffsets,
 }
 
-/// The single conversion from a decision to the LSM return code. Returns
-/// constants (or a value clamped right here) because the 6.12 verifier
-/// requires LSM return values provably in [-4095, 0].
+/// The single conversion from a decision to the LSM return code. Only
+/// constants: the 6.12 verifier requires LSM return values provably in
+/// [-4095, 0] and loses the range of a passed-through value (measured: a
+/// clamped copy of the previous program's errno was rejected). So a refusal
+/// by an earlier BPF LSM program stays a refusal, reported as EPERM.
 ///
 /// Errors fail closed: the calling task is an agent (or we could not even
 /// tell), and a delete we cannot judge must not happen.
@@ -61,14 +63,7 @@ pub enum GuardError {
 pub fn lsm_verdict(result: Result<Decision, GuardError>) -> i32 {
     match result {
         Ok(Decision::Allow) => 0,
-        Ok(Decision::Deny) | Err(_) => -EPERM,
-        Ok(Decision::Refused(rc)) => {
-            if (-4095..0).contains(&rc) {
-                rc
-            } else {
-                -EPERM
-            }
-        }
+        Ok(Decision::Deny | Decision::Refused) | Err(_) => -EPERM,
     }
 }
 
@@ -76,7 +71,7 @@ pub fn lsm_verdict(result: Result<Decision, GuardError>) -> i32 {
 pub fn try_delete(ctx: &LsmContext, kind: EventKind) -> Result<Decision, GuardError> {
     let previous: i32 = ctx.arg(2);
     if previous != 0 {
-        return Ok(Decision::Refused(previous));
+        return Ok(Decision::Refused);
     }
     let Some(agent) = identity::current_agent() else {
         return Ok(Decision::Allow);
