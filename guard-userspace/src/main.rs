@@ -7,6 +7,7 @@ mod daemon;
 mod events;
 mod kernel;
 mod policy;
+mod supervise;
 
 use std::process::ExitCode;
 

@@ -131,6 +131,11 @@ impl Daemon {
             .arg("daemon")
             .arg("--policy")
             .arg(&policy_path)
+            // Warnings and errors only, unless the caller asks for more.
+            .env(
+                "AGENT_GUARD_LOG",
+                std::env::var("AGENT_GUARD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -187,6 +192,11 @@ impl Daemon {
             .as_str()
             .unwrap_or_else(|| panic!("daemon.start lacks backends.{op}: {start}"))
             .to_string()
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// All events so far.
@@ -459,6 +469,20 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.root);
     }
+}
+
+/// Like [`run_in_cgroup`], but returns the running shell with piped stdin
+/// and stdout: the caller ends it (closing stdin) once it has seen what it
+/// needs, so /proc-based details are still there to read.
+pub fn spawn_in_cgroup(cgroup: &str, script: &str) -> Child {
+    let procs = cgroup2_root().join(cgroup).join("cgroup.procs");
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo $$ > '{}' && {script}", procs.display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sh")
 }
 
 /// Runs `script` with `sh -c` after the shell moves itself into `cgroup`

@@ -2,7 +2,6 @@
 //! cgroup/connect6 on the agent's cgroup. Needs: cgroup sock_addr programs
 //! (every kernel agent-guard supports), root.
 use agent_guard_tests::*;
-use serde_json::Value;
 
 const EPERM: i32 = 1;
 
@@ -22,13 +21,6 @@ mode = "{mode}"
 "#,
         cg.path("bot")
     )
-}
-
-fn connect_event<'a>(events: &'a [Value], pid: u32) -> &'a Value {
-    events
-        .iter()
-        .find(|e| e["kind"] == "net.connect" && e["process"]["pid"] == pid)
-        .unwrap_or_else(|| panic!("no net.connect event for pid {pid}: {events:#?}"))
 }
 
 #[test]

@@ -25,18 +25,21 @@ fn unsupervised_deletes_are_observed_not_blocked() {
         return;
     }
     let victim = scratch.file("denied/sub/file.txt");
-    // Relative path after cd, as an agent would often do.
-    let out = run_in_cgroup(
-        &agent_cg,
-        &format!("cd {} && exec rm sub/file.txt", scratch.s("denied")),
+    // Relative path after chdir, as an agent would often do. The deleting
+    // process stays alive until the event is in, so its cwd can be read
+    // (a process that exits first gets path null plus path_error).
+    let script = format!(
+        "exec python3 -c 'import os,sys; os.chdir(\"{}\"); os.unlink(\"sub/file.txt\"); \
+         print(\"removed\", flush=True); sys.stdin.read()'",
+        scratch.s("denied")
     );
-    assert!(
-        out.status.success(),
-        "observation never blocks: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!victim.exists());
+    let mut sh = spawn_in_cgroup(&agent_cg, &script);
     let ev = daemon.wait_event("file.unlink", |e| e["target"]["raw_path"] == "sub/file.txt");
+    drop(sh.stdin.take());
+    let out = sh.wait_with_output().expect("sh");
+    assert!(out.status.success(), "observation never blocks: {out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "removed\n");
+    assert!(!victim.exists());
     assert_eq!(ev["outcome"], "observed");
     assert_eq!(ev["target"]["path"], victim.display().to_string());
     assert_eq!(
@@ -45,6 +48,7 @@ fn unsupervised_deletes_are_observed_not_blocked() {
     );
     assert_eq!(ev["agent"]["name"], "bot");
 
+    // An absolute path needs nothing from /proc.
     let dir = scratch.dir("elsewhere/d");
     let out = run_in_cgroup(&agent_cg, &format!("exec rmdir {}", dir.display()));
     assert!(out.status.success());

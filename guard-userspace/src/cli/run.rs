@@ -5,6 +5,12 @@
 //! exec, connects to the daemon itself and asks to join. The daemon moves
 //! exactly that process (SO_PEERCRED) into the run's cgroup, and only then
 //! does the child exec. If joining fails, the child exits without exec.
+//!
+//! Where the kernel cannot guard deletes itself (no BPF LSM), the daemon asks
+//! for seccomp supervision: the child installs a user-notification filter on
+//! unlink/unlinkat/rmdir first and hands its listener fd to the daemon with
+//! the join message. This sets no_new_privs: setuid programs do not gain
+//! privileges inside such a run.
 use std::{
     ffi::CString,
     os::unix::{
@@ -20,7 +26,10 @@ use anyhow::{Context as _, Result, bail};
 use nix::sys::signal::{self, SigHandler, Signal};
 
 use super::args::RunArgs;
-use crate::control::{Client, Envelope, OK_PREFIX, PROTOCOL_VERSION, Request};
+use crate::{
+    control::{Client, Envelope, OK_PREFIX, PROTOCOL_VERSION, Request},
+    supervise::{FilterProgram, send_with_fd},
+};
 
 /// Exit status when the command could not be started, as shells use.
 const EXIT_CANNOT_RUN: u8 = 127;
@@ -55,7 +64,12 @@ pub fn run(args: RunArgs, socket: &Path) -> Result<ExitCode> {
             .map(str::to_owned)
             .with_context(|| format!("daemon reply lacks {name}"))
     };
-    let join = JoinRequest::new(socket, field("session")?, field("token")?)?;
+    let supervise = reply
+        .data
+        .get("supervise_deletes")
+        .and_then(|v| v.as_bool())
+        .context("daemon reply lacks supervise_deletes")?;
+    let join = JoinRequest::new(socket, field("session")?, field("token")?, supervise)?;
 
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..]);
@@ -110,10 +124,12 @@ struct JoinRequest {
     addr: libc::sockaddr_un,
     line: Vec<u8>,
     failure: CString,
+    /// Seccomp filter to install before joining, when the daemon asked.
+    filter: Option<FilterProgram>,
 }
 
 impl JoinRequest {
-    fn new(socket: &Path, session: String, token: String) -> Result<Self> {
+    fn new(socket: &Path, session: String, token: String, supervise: bool) -> Result<Self> {
         // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
         let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
         addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
@@ -135,15 +151,30 @@ impl JoinRequest {
             failure: CString::new(
                 "agent-guard run: the daemon did not place the command into its agent; not starting it: ",
             )?,
+            filter: supervise.then(FilterProgram::new),
         })
     }
 
     /// In the forked child: join, or print the daemon's reason and _exit.
-    /// Only async-signal-safe calls (socket, connect, write, read, close, _exit).
+    /// Only async-signal-safe calls (prctl, seccomp, socket, connect,
+    /// sendmsg, write, read, close, _exit).
     fn join_or_exit(&self) {
         // SAFETY: raw system calls on buffers owned by `self`, which the
         // child inherited intact.
         unsafe {
+            let listener = match &self.filter {
+                None => -1,
+                Some(filter) => match filter.install() {
+                    Ok(fd) => fd,
+                    Err(_) => {
+                        let _ = write_all(
+                            2,
+                            b"agent-guard run: cannot install the seccomp filter that guards deletes; not starting the command\n",
+                        );
+                        libc::_exit(EXIT_NOT_PLACED);
+                    }
+                },
+            };
             let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
             let mut reply = [0u8; 1024];
             let mut got = 0usize;
@@ -153,7 +184,11 @@ impl JoinRequest {
                     (&raw const self.addr).cast(),
                     size_of::<libc::sockaddr_un>() as libc::socklen_t,
                 ) == 0
-                && write_all(fd, &self.line)
+                && if listener >= 0 {
+                    send_with_fd(fd, &self.line, listener)
+                } else {
+                    write_all(fd, &self.line)
+                }
                 && {
                     while got < reply.len() && !reply[..got].contains(&b'\n') {
                         let n = libc::read(fd, reply[got..].as_mut_ptr().cast(), reply.len() - got);
@@ -166,6 +201,11 @@ impl JoinRequest {
                 };
             if fd >= 0 {
                 libc::close(fd);
+            }
+            // The agent must never hold its own listener: it could answer
+            // its own notifications.
+            if listener >= 0 {
+                libc::close(listener);
             }
             if !ok {
                 let msg = self.failure.as_bytes();

@@ -3,7 +3,7 @@
 use std::{
     fs,
     io::Read as _,
-    os::unix::fs::PermissionsExt as _,
+    os::{fd::OwnedFd, unix::fs::PermissionsExt as _},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -16,11 +16,12 @@ use tokio::{
     net::{UnixListener, UnixStream, unix::UCred},
 };
 
-use super::{Shared, registry::SessionState};
+use super::{Shared, deletes::SessionDecider, registry::SessionState};
 use crate::{
     cgroup,
     control::{Envelope, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Reply, Request},
     events::{self, enrich::Enricher},
+    supervise,
 };
 
 /// How long a closed session stays known for attributing records still in
@@ -74,34 +75,54 @@ struct Conversation {
 
 async fn handle(stream: UnixStream, shared: Arc<Shared>) -> Result<()> {
     let cred = stream.peer_cred().context("SO_PEERCRED")?;
+    let mut conv = Conversation::default();
+    // The first message may carry a file descriptor (a run's seccomp
+    // listener rides on its join request), so it is read with recvmsg.
+    // It stops at the first newline, leaving later lines for the reader.
+    let mut stream = stream;
+    let (first, fds) = match supervise::recv_with_fds(&stream, MAX_REQUEST_BYTES + 1).await {
+        Ok(first) => first,
+        Err(err) if err.kind() == std::io::ErrorKind::InvalidData => {
+            let reply = Reply::err(format!("malformed request: {err}"));
+            send(&mut stream, &reply).await?;
+            return Ok(());
+        }
+        Err(err) => return Err(err.into()),
+    };
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
-    let mut conv = Conversation::default();
+    let mut line = first;
+    let mut fds = Some(fds);
     loop {
-        let mut line = Vec::new();
-        let n = (&mut reader)
-            .take(MAX_REQUEST_BYTES as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .await?;
-        if n == 0 {
+        if line.is_empty() {
             break;
         }
-        let reply = if line.len() > MAX_REQUEST_BYTES {
+        if line.len() > MAX_REQUEST_BYTES {
             // Cannot resynchronise inside an over-long line: answer and hang up.
             let reply = Reply::err(format!("request longer than {MAX_REQUEST_BYTES} bytes"));
             send(&mut write, &reply).await?;
             break;
-        } else {
-            match Envelope::parse(&line) {
-                Err(err) => Reply::err(format!("malformed request: {err}")),
-                Ok(env) if env.v != PROTOCOL_VERSION => Reply::err(format!(
-                    "unsupported protocol version {} (this daemon speaks {PROTOCOL_VERSION})",
-                    env.v
-                )),
-                Ok(env) => dispatch(env.request, &cred, &shared, &mut conv),
-            }
+        }
+        let reply = match Envelope::parse(&line) {
+            Err(err) => Reply::err(format!("malformed request: {err}")),
+            Ok(env) if env.v != PROTOCOL_VERSION => Reply::err(format!(
+                "unsupported protocol version {} (this daemon speaks {PROTOCOL_VERSION})",
+                env.v
+            )),
+            Ok(env) => dispatch(
+                env.request,
+                fds.take().unwrap_or_default(),
+                &cred,
+                &shared,
+                &mut conv,
+            ),
         };
         send(&mut write, &reply).await?;
+        line = Vec::new();
+        (&mut reader)
+            .take(MAX_REQUEST_BYTES as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await?;
     }
     if let (Some(cgroup_id), false) = (conv.session, conv.closed) {
         close_session(&shared, cgroup_id, None, None, "control connection lost");
@@ -109,7 +130,7 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> Result<()> {
     Ok(())
 }
 
-async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> Result<()> {
+async fn send(write: &mut (impl tokio::io::AsyncWrite + Unpin), reply: &Reply) -> Result<()> {
     let mut bytes = serde_json::to_vec(reply)?;
     bytes.push(b'\n');
     write.write_all(&bytes).await?;
@@ -118,6 +139,7 @@ async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> Re
 
 fn dispatch(
     request: Request,
+    fds: Vec<OwnedFd>,
     cred: &UCred,
     shared: &Arc<Shared>,
     conv: &mut Conversation,
@@ -128,7 +150,7 @@ fn dispatch(
             on_behalf_of,
             argv,
         } => open_session(shared, conv, cred, &agent, on_behalf_of, argv),
-        Request::SessionJoin { session, token } => join(shared, cred, &session, &token),
+        Request::SessionJoin { session, token } => join(shared, cred, &session, &token, fds),
         Request::SessionClose { exit_code, signal } => match conv.session {
             Some(id) if !conv.closed => {
                 conv.closed = true;
@@ -193,16 +215,28 @@ fn open_session(
             token: token.clone(),
             opener_pid,
             opener_uid: cred.uid(),
+            supervised: shared.supervise_deletes,
         },
     );
     conv.session = Some(cgroup_id);
-    Ok(json!({ "session": id, "token": token, "cgroup": relative }))
+    Ok(json!({
+        "session": id,
+        "token": token,
+        "cgroup": relative,
+        "supervise_deletes": shared.supervise_deletes,
+    }))
 }
 
 /// Moves the calling process (identified by SO_PEERCRED, not by anything it
 /// says) into the session. It must hold the session's token and be a direct
 /// child of the launcher that opened it, so nobody can move strangers.
-fn join(shared: &Shared, cred: &UCred, session_id: &str, token: &str) -> Result<serde_json::Value> {
+fn join(
+    shared: &Arc<Shared>,
+    cred: &UCred,
+    session_id: &str,
+    token: &str,
+    mut fds: Vec<OwnedFd>,
+) -> Result<serde_json::Value> {
     let pid = cred.pid().context("peer pid unknown")? as u32;
     let registry = shared
         .registry
@@ -222,7 +256,32 @@ fn join(shared: &Shared, cred: &UCred, session_id: &str, token: &str) -> Result<
             session.opener_pid
         );
     }
+    // Fail closed: a run that must be supervised does not start without
+    // its listener.
+    let listener = match (session.supervised, fds.len()) {
+        (true, 1) => fds.pop(),
+        (true, n) => {
+            bail!("this run needs delete supervision; expected its seccomp listener, got {n} fds")
+        }
+        (false, 0) => None,
+        (false, n) => bail!("unexpected {n} fds with the join request"),
+    };
     cgroup::move_pid(&session.dir, pid)?;
+    if let Some(listener) = listener {
+        let decider = Arc::new(SessionDecider::new(shared.clone(), session.agent_id));
+        let id = session.id.clone();
+        tokio::spawn(async move {
+            match supervise::supervise(listener, decider).await {
+                Ok(()) => {
+                    tracing::debug!(session = %id, "delete supervision ended: no process left")
+                }
+                Err(err) => tracing::error!(
+                    session = %id, %err,
+                    "delete supervision failed; the run's deletes now fail (ENOSYS)"
+                ),
+            }
+        });
+    }
     let agent = registry.agent_ref(session.agent_id, cgroup_id);
     events::emit_now(
         &shared.emitter,

@@ -1,6 +1,7 @@
 //! The daemon: loads policy and kernel programs, serves the control socket,
 //! and streams events until SIGINT/SIGTERM.
 mod control_server;
+mod deletes;
 mod demo;
 mod reader;
 pub mod registry;
@@ -26,6 +27,8 @@ use registry::{AgentState, Registry};
 pub struct Shared {
     pub registry: RwLock<Registry>,
     pub emitter: SharedEmitter,
+    /// No BPF LSM: every `run` gets seccomp supervision of its deletes.
+    pub supervise_deletes: bool,
 }
 
 pub struct Options {
@@ -132,6 +135,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let shared = Arc::new(Shared {
         registry: RwLock::new(registry),
         emitter: Emitter::stdout(),
+        supervise_deletes: delete_backend == "seccomp",
     });
     let ring = kernel.take_events()?;
     let losses = kernel.take_losses()?;

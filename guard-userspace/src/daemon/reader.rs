@@ -50,7 +50,8 @@ fn drain(
     };
     while let Some(item) = ring.next() {
         match decode::decode(&item, &registry, clock, enricher) {
-            Ok((time, body)) => {
+            Ok(None) => {}
+            Ok(Some((time, body))) => {
                 let mut emitter = match shared.emitter.lock() {
                     Ok(e) => e,
                     Err(poisoned) => poisoned.into_inner(),

@@ -26,6 +26,8 @@ pub struct SessionState {
     /// The launcher (the joining process must be its child).
     pub opener_pid: u32,
     pub opener_uid: u32,
+    /// Deletes of this run are supervised through seccomp (no BPF LSM).
+    pub supervised: bool,
 }
 
 pub struct Registry {

@@ -14,7 +14,11 @@ use serde_json::{Map, Value, json};
 use thiserror::Error;
 
 use super::enrich::Enricher;
-use crate::daemon::registry::Registry;
+use crate::{
+    daemon::registry::{AgentState, Registry},
+    policy::PathRule,
+    supervise::{DeleteOp, DeleteRequest},
+};
 
 #[derive(Debug, Error)]
 pub enum DecodeError {
@@ -94,15 +98,28 @@ fn comm(raw: &[u8; 16]) -> String {
     String::from_utf8_lossy(&raw[..end]).into_owned()
 }
 
-/// Decodes one ring-buffer record into (event time, event body).
+/// An event ready for the emitter: when it happened, and its body.
+pub type Event = (SystemTime, Map<String, Value>);
+
+/// Decodes one ring-buffer record into (event time, event body), or None
+/// for a record that another path already reports.
 pub fn decode(
     bytes: &[u8],
     registry: &Registry,
     clock: &BootClock,
     enricher: &mut Enricher,
-) -> Result<(SystemTime, Map<String, Value>), DecodeError> {
+) -> Result<Option<Event>, DecodeError> {
     let header: EventHeader = read(bytes)?;
     let kind = EventKind::from_raw(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
+    if kind == EventKind::FileObserved
+        && registry
+            .sessions
+            .get(&header.cgroup_id)
+            .is_some_and(|s| s.supervised)
+    {
+        // Seccomp supervision of this run judges and reports the call.
+        return Ok(None);
+    }
     let mut body = common(&header, registry, enricher);
     match kind {
         EventKind::NetConnect => {
@@ -120,7 +137,7 @@ pub fn decode(
             observed(&rec, registry, &mut body);
         }
     }
-    Ok((clock.wall(header.ktime_ns), body))
+    Ok(Some((clock.wall(header.ktime_ns), body)))
 }
 
 pub fn file_kind(kind: EventKind) -> &'static str {
@@ -206,6 +223,68 @@ fn resolve(pid: u32, dirfd: i32, raw: &str) -> Option<String> {
         }
     }
     Some(format!("/{}", parts.join("/")))
+}
+
+/// A delete judged in userspace under seccomp supervision. Not a kernel
+/// record, but the same event shape as the LSM backend's, built here so the
+/// shape has one home.
+pub fn supervised_delete(
+    registry: &Registry,
+    agent: &AgentState,
+    req: &DeleteRequest,
+    outcome: Outcome,
+    verdict: Verdict,
+    rule: Option<&PathRule>,
+) -> Map<String, Value> {
+    let kind = match req.op {
+        DeleteOp::Unlink => EventKind::FileUnlink,
+        DeleteOp::Rmdir => EventKind::FileRmdir,
+    };
+    let details = Enricher::default().details(req.pid);
+    let task_cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", req.pid))
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+        });
+    let session = registry.sessions.values().find(|s| {
+        task_cgroup
+            .as_deref()
+            .is_some_and(|c| c.ends_with(&format!("/run-{}", s.id)))
+    });
+    let mut agent_ref = registry.agent_ref(agent.agent_id, 0);
+    if let (Some(a), Some(s)) = (agent_ref.as_mut(), session) {
+        a.session = Some(s.id.clone());
+        a.on_behalf_of = s.on_behalf_of.clone();
+    }
+    let mut body = Map::new();
+    body.insert("kind".into(), file_kind(kind).into());
+    body.insert("outcome".into(), outcome_name(outcome.raw()).into());
+    body.insert(
+        "agent".into(),
+        serde_json::to_value(agent_ref).unwrap_or(Value::Null),
+    );
+    body.insert(
+        "process".into(),
+        json!({
+            "pid": req.pid, "tid": req.tid, "ppid": details.ppid, "uid": req.uid, "gid": req.gid,
+            "exe": details.exe, "cmdline": details.cmdline,
+        }),
+    );
+    body.insert(
+        "target".into(),
+        json!({ "path": req.path, "raw_path": req.raw_path }),
+    );
+    body.insert(
+        "rule".into(),
+        json!({
+            "verdict": verdict_name(verdict.raw()),
+            "match": rule.map_or_else(|| "default".to_owned(), |r| r.text.clone()),
+            "source": Some(format!("{}:{}", registry.policy.file, rule.map_or(agent.def.line, |r| r.line))),
+        }),
+    );
+    body.insert("backend".into(), "seccomp".into());
+    body
 }
 
 fn connect_target(rec: &ConnectRecord) -> Value {

@@ -15,7 +15,8 @@ const ONE_FD_SPACE: usize = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32)
 /// Most fds accepted in one received chunk; more is a protocol error.
 const MAX_FDS: usize = 16;
 // SAFETY: as above.
-const MANY_FDS_SPACE: usize = unsafe { libc::CMSG_SPACE((MAX_FDS * size_of::<RawFd>()) as u32) } as usize;
+const MANY_FDS_SPACE: usize =
+    unsafe { libc::CMSG_SPACE((MAX_FDS * size_of::<RawFd>()) as u32) } as usize;
 
 /// Bytes peeked or read per step while looking for the end of the line.
 const CHUNK: usize = 512;
@@ -40,6 +41,7 @@ fn errno() -> i32 {
 /// the stack, and only `sendmsg`/`send` are called; EINTR is retried and
 /// SIGPIPE suppressed. `bytes` must not be empty (a stream socket carries
 /// fds only with data).
+#[must_use = "the fd may not have been sent"]
 pub fn send_with_fd(sock: RawFd, bytes: &[u8], fd: RawFd) -> bool {
     if bytes.is_empty() {
         return false;
@@ -89,9 +91,7 @@ pub fn send_with_fd(sock: RawFd, bytes: &[u8], fd: RawFd) -> bool {
             );
             if n > 0 {
                 done += n as usize;
-            } else if n < 0 && errno() == libc::EINTR {
-                continue;
-            } else {
+            } else if n == 0 || errno() != libc::EINTR {
                 return false;
             }
         }
@@ -103,10 +103,7 @@ pub fn send_with_fd(sock: RawFd, bytes: &[u8], fd: RawFd) -> bool {
 /// `stream`, collecting every fd that arrives with it (close-on-exec).
 /// Never consumes bytes after the newline: it peeks first, then reads
 /// exactly up to the newline.
-pub async fn recv_with_fds(
-    stream: &UnixStream,
-    max: usize,
-) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+pub async fn recv_with_fds(stream: &UnixStream, max: usize) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     let fd = stream.as_raw_fd();
     let mut data = Vec::new();
     let mut fds = Vec::new();
@@ -225,7 +222,11 @@ mod tests {
     async fn passes_an_fd_with_a_line_and_leaves_the_next_line() {
         let (a, b) = StdStream::pair().expect("socketpair");
         let file = std::fs::File::open("/proc/self/stat").expect("open");
-        assert!(send_with_fd(a.as_raw_fd(), b"first line\n", file.as_raw_fd()));
+        assert!(send_with_fd(
+            a.as_raw_fd(),
+            b"first line\n",
+            file.as_raw_fd()
+        ));
         (&a).write_all(b"second\n").expect("write");
         b.set_nonblocking(true).expect("nonblocking");
         let b = UnixStream::from_std(b).expect("tokio stream");

@@ -144,7 +144,9 @@ fn restrict_caps(mask: u64) -> io::Result<()> {
     };
     let mut data = [CapData::default(); 2];
     // SAFETY: capget fills two CapData from a live header.
-    cvt(unsafe { libc::syscall(libc::SYS_capget, &raw mut hdr, data.as_mut_ptr()) } as libc::c_int)?;
+    cvt(
+        unsafe { libc::syscall(libc::SYS_capget, &raw mut hdr, data.as_mut_ptr()) } as libc::c_int,
+    )?;
     let eff = u64::from(data[0].effective) | (u64::from(data[1].effective) << 32);
     let keep = eff & mask;
     if keep == eff {
@@ -182,12 +184,18 @@ mod tests {
         .expect("ran");
         assert_eq!(seen, uid);
         // The capability drop happened on the other thread only.
-        let mut hdr = CapHeader { version: CAP_V3, pid: 0 };
+        let mut hdr = CapHeader {
+            version: CAP_V3,
+            pid: 0,
+        };
         let mut data = [CapData::default(); 2];
         // SAFETY: as in restrict_caps.
         unsafe { libc::syscall(libc::SYS_capget, &raw mut hdr, data.as_mut_ptr()) };
         if uid == 0 {
-            assert_ne!(data[0].effective, 0, "root test thread kept its capabilities");
+            assert_ne!(
+                data[0].effective, 0,
+                "root test thread kept its capabilities"
+            );
         }
     }
 }

@@ -60,7 +60,13 @@ impl Listener {
     /// blocked in the call (so its TID has not been recycled).
     pub(super) fn id_valid(&self, id: u64) -> bool {
         // SAFETY: the ioctl reads one u64 from a live local.
-        unsafe { libc::ioctl(self.raw(), libc::SECCOMP_IOCTL_NOTIF_ID_VALID, &raw const id) == 0 }
+        unsafe {
+            libc::ioctl(
+                self.raw(),
+                libc::SECCOMP_IOCTL_NOTIF_ID_VALID,
+                &raw const id,
+            ) == 0
+        }
     }
 
     /// Answers notification `id`: the call returns 0, or fails with `errno`.
@@ -80,7 +86,8 @@ impl Listener {
         };
         loop {
             // SAFETY: the ioctl reads a seccomp_notif_resp from a live local.
-            let rc = unsafe { libc::ioctl(self.raw(), libc::SECCOMP_IOCTL_NOTIF_SEND, &raw const resp) };
+            let rc =
+                unsafe { libc::ioctl(self.raw(), libc::SECCOMP_IOCTL_NOTIF_SEND, &raw const resp) };
             if rc == 0 {
                 return Ok(());
             }

@@ -60,10 +60,12 @@
 //!    fd we hold** (`readlink /proc/self/fd/N`) joined with the final
 //!    component — never the string the agent passed.
 //! 4. Ask the [`Decide`] implementation with that path ([`DeleteRequest`]).
-//! 5. If allowed: on another fresh thread with the caller's identity, check
-//!    that the held directory still has the approved path (if it was renamed
-//!    meanwhile: EPERM), then `unlinkat(dirfd, name, 0 | AT_REMOVEDIR)` and
-//!    answer with its result (`0` or `-errno`).
+//! 5. If allowed and the caller is still waiting (`NOTIF_ID_VALID` again: a
+//!    call whose thread was SIGKILLed meanwhile must not take effect later):
+//!    on another fresh thread with the caller's identity, check that the
+//!    held directory still has the approved path (if it was renamed
+//!    meanwhile: EPERM, not attempted), then `unlinkat(dirfd, name, 0 |
+//!    AT_REMOVEDIR)` and answer with its result (`0` or `-errno`).
 //!
 //! The object deleted is therefore always the entry `name` inside the very
 //! directory whose path was approved; what the agent's memory or the
@@ -106,9 +108,14 @@
 //! missing entry → ENOENT, unlink of a directory → EISDIR, rmdir of a
 //! non-directory → ENOTDIR. The decider is asked only about deletions that
 //! can happen. A denial is EPERM. Any internal error is EPERM plus a
-//! `tracing::error!` — no path ever answers "continue". A notification
-//! whose process is gone is dropped. If the supervisor dies, the kernel
+//! `tracing::error!`, and so is a decider or handler that panics — no path
+//! ever answers "continue". A notification whose process is gone is
+//! dropped. If the supervisor dies (or its future is dropped), the kernel
 //! fails held and later calls with ENOSYS.
+//!
+//! The receive ioctl is only issued after a zero-timeout `poll` of the
+//! listener reported POLLIN, so it never blocks a runtime worker; POLLHUP
+//! (every filtered process gone) ends [`supervise`] with `Ok`.
 //!
 //! Known differences: errno precedence can differ in corner cases (e.g.
 //! unlink of a directory inside an unwritable directory gives EISDIR, not
@@ -118,6 +125,7 @@ mod fdpass;
 mod filter;
 mod identity;
 mod listener;
+mod ops;
 mod path;
 mod supervisor;
 mod target;
@@ -171,7 +179,9 @@ pub enum Decision {
 /// Policy hook of the supervisor. `decide` may take as long as it likes
 /// (e.g. waiting for a human); only the calling thread of the agent waits.
 pub trait Decide: Send + Sync {
-    /// Decide about `req`; hand `req` back with the verdict.
+    /// Decide about `req`; hand `req` back with the verdict. The future runs
+    /// on its own task; it is dropped unfinished if the supervisor ends. A
+    /// panic (here or in the future) denies the call.
     fn decide(
         &self,
         req: DeleteRequest,

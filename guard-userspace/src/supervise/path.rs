@@ -128,8 +128,14 @@ mod tests {
         assert_eq!(final_name(&Last::Root, Rmdir), Err(libc::EBUSY));
         assert_eq!(final_name(&Last::Root, Unlink), Err(libc::EISDIR));
         let long = [b'x'; 256];
-        assert_eq!(final_name(&Last::Name(&long), Unlink), Err(libc::ENAMETOOLONG));
-        assert_eq!(final_name(&Last::Name(&long[..255]), Unlink), Ok(&long[..255]));
+        assert_eq!(
+            final_name(&Last::Name(&long), Unlink),
+            Err(libc::ENAMETOOLONG)
+        );
+        assert_eq!(
+            final_name(&Last::Name(&long[..255]), Unlink),
+            Ok(&long[..255])
+        );
     }
 
     #[test]

@@ -142,13 +142,20 @@ impl Target {
         let fd = open_at(self.dir.as_raw_fd(), c"status", libc::O_RDONLY)?;
         let text = io::read_to_string(std::fs::File::from(fd))?;
         parse_status(&text).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("unexpected /proc/{}/status", self.tid))
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unexpected /proc/{}/status", self.tid),
+            )
         })
     }
 
     /// The caller's working directory.
     pub(super) fn cwd(&self) -> io::Result<OwnedFd> {
-        open_at(self.dir.as_raw_fd(), c"cwd", libc::O_PATH | libc::O_DIRECTORY)
+        open_at(
+            self.dir.as_raw_fd(),
+            c"cwd",
+            libc::O_PATH | libc::O_DIRECTORY,
+        )
     }
 
     /// The caller's fd `n` (ENOENT if it is not open).
@@ -179,7 +186,9 @@ impl Target {
         let mut buf = vec![0u8; PATH_MAX];
         let mut got = 0usize;
         while got < PATH_MAX {
-            let at = addr.checked_add(got as u64).ok_or(ReadError::Errno(libc::EFAULT))?;
+            let at = addr
+                .checked_add(got as u64)
+                .ok_or(ReadError::Errno(libc::EFAULT))?;
             let chunk = ((PAGE - at % PAGE) as usize).min(PATH_MAX - got);
             let local = libc::iovec {
                 iov_base: buf[got..].as_mut_ptr().cast(),
@@ -191,7 +200,9 @@ impl Target {
             };
             // SAFETY: the local iovec covers `chunk` bytes inside `buf`; the
             // remote one is only dereferenced by the kernel, in the target.
-            let n = unsafe { libc::process_vm_readv(self.tid, &raw const local, 1, &raw const remote, 1, 0) };
+            let n = unsafe {
+                libc::process_vm_readv(self.tid, &raw const local, 1, &raw const remote, 1, 0)
+            };
             if n <= 0 {
                 let err = io::Error::last_os_error();
                 return Err(match (n, err.raw_os_error()) {
@@ -242,7 +253,10 @@ mod tests {
         let s = c"/some/path";
         let got = target.read_path(s.as_ptr() as u64).expect("readable");
         assert_eq!(got, b"/some/path");
-        assert!(matches!(target.read_path(8), Err(ReadError::Errno(libc::EFAULT))));
+        assert!(matches!(
+            target.read_path(8),
+            Err(ReadError::Errno(libc::EFAULT))
+        ));
         let long = vec![b'a'; PATH_MAX + 10];
         assert!(matches!(
             target.read_path(long.as_ptr() as u64),

@@ -1,0 +1,151 @@
+//! The filesystem operations of one notification: opening the parent as the
+//! caller, the pre-flight lookup, and the deletion itself.
+use std::{
+    ffi::{CStr, CString},
+    io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+};
+
+use super::{
+    DeleteOp, path,
+    target::{Host, stat_at},
+};
+
+/// The parent directory, held open, and its real path when it was opened.
+pub(super) struct Held {
+    pub dir: OwnedFd,
+    pub path: Vec<u8>,
+}
+
+pub(super) enum OpenError {
+    /// The kernel would have failed the call with this errno.
+    Errno(i32),
+    Io(io::Error),
+}
+
+fn last_errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EPERM)
+}
+
+/// On the identity thread: opens `parent` (relative to `base`, or to this
+/// thread's root if absolute) and reads the real path of what it got.
+/// Intermediate symlinks are followed as the kernel would; magic links are
+/// refused (they would resolve in the daemon's context).
+pub(super) fn open_parent(
+    base: Option<&OwnedFd>,
+    parent: &CStr,
+    host: &Host,
+) -> Result<Held, OpenError> {
+    // SAFETY: open_how is plain old data (non_exhaustive in libc, hence
+    // zeroed and filled field by field); zero means "no option".
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_NO_MAGICLINKS;
+    let dirfd = base.map_or(libc::AT_FDCWD, |b| b.as_raw_fd());
+    // SAFETY: openat2 with a NUL-terminated path and a live open_how of the
+    // size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dirfd,
+            parent.as_ptr(),
+            &raw const how,
+            size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(OpenError::Errno(last_errno()));
+    }
+    // SAFETY: openat2 just returned this descriptor; nothing else owns it.
+    let dir = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    // A removed directory still works as an fd but can hold no entry (its
+    // path would read "... (deleted)"); the kernel answers ENOENT.
+    let st = stat_at(dir.as_raw_fd(), c"", libc::AT_EMPTY_PATH).map_err(OpenError::Io)?;
+    if st.st_nlink == 0 {
+        return Err(OpenError::Errno(libc::ENOENT));
+    }
+    let path = fd_path(host, dir.as_raw_fd()).map_err(OpenError::Io)?;
+    Ok(Held { dir, path })
+}
+
+/// With the daemon's identity, like the kernel's own lookup of the last
+/// component (which checks no permission): the errno of a deletion that
+/// cannot happen, so nobody is asked about it.
+pub(super) fn preflight(
+    dir: &OwnedFd,
+    name: &CStr,
+    op: DeleteOp,
+    trailing_slash: bool,
+) -> Result<(), i32> {
+    let st = stat_at(dir.as_raw_fd(), name, libc::AT_SYMLINK_NOFOLLOW)
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EPERM))?;
+    let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+    match op {
+        DeleteOp::Unlink if trailing_slash => Err(path::unlink_with_trailing_slash(is_dir)),
+        DeleteOp::Unlink if is_dir => Err(libc::EISDIR),
+        DeleteOp::Rmdir if !is_dir => Err(libc::ENOTDIR),
+        _ => Ok(()),
+    }
+}
+
+/// What happened on the delete thread.
+pub(super) enum Acted {
+    /// `unlinkat` ran; its result.
+    Done(Result<(), i32>),
+    /// The held directory was renamed after its path was approved.
+    Moved { now: Vec<u8> },
+}
+
+/// On the identity thread: deletes `name` in the held directory, provided
+/// the directory still has the path that was approved.
+pub(super) fn delete_entry(
+    host: &Host,
+    held: &Held,
+    name: &CString,
+    op: DeleteOp,
+) -> io::Result<Acted> {
+    let now = fd_path(host, held.dir.as_raw_fd())?;
+    if now != held.path {
+        return Ok(Acted::Moved { now });
+    }
+    let flags = match op {
+        DeleteOp::Unlink => 0,
+        DeleteOp::Rmdir => libc::AT_REMOVEDIR,
+    };
+    // SAFETY: unlinkat on a live dirfd and a NUL-terminated name.
+    let rc = unsafe { libc::unlinkat(held.dir.as_raw_fd(), name.as_ptr(), flags) };
+    Ok(Acted::Done(if rc == 0 {
+        Ok(())
+    } else {
+        Err(last_errno())
+    }))
+}
+
+/// The path of our fd `fd`, through `/proc/self/fd` as opened at start, so
+/// it also works on a thread chrooted into the caller's root (and is then
+/// the path as the caller sees it).
+fn fd_path(host: &Host, fd: RawFd) -> io::Result<Vec<u8>> {
+    let name = CString::new(fd.to_string()).map_err(io::Error::other)?;
+    // d_path output is bounded by a page; one byte more detects truncation.
+    let mut buf = vec![0u8; 4097];
+    // SAFETY: readlinkat into a live buffer of the given length.
+    let n = unsafe {
+        libc::readlinkat(
+            host.proc_fd.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    if n >= buf.len() {
+        return Err(io::Error::other("directory path longer than a page"));
+    }
+    buf.truncate(n);
+    Ok(buf)
+}

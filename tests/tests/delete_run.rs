@@ -1,0 +1,188 @@
+//! Delete policy for commands started with `agent-guard run`: enforced by
+//! seccomp supervision on kernels without BPF LSM (this host), by the LSM
+//! hooks where they exist (the VM tier). Same expectations either way.
+//! Needs: seccomp user notification or BPF LSM.
+use std::process::{Command, Stdio};
+
+use agent_guard_tests::*;
+
+fn start(test: &str) -> (Daemon, Scratch) {
+    let cg = TestCgroups::new(test);
+    let scratch = Scratch::new(test);
+    let policy = format!(
+        r#"
+[[agent]]
+name = "cleaner"
+owner = "ops@example.com"
+purpose = "delete tests"
+cgroup = "{}"
+
+[agent.delete]
+default = "deny"
+allow = ["{}"]
+deny = ["{}"]
+"#,
+        cg.path("cleaner"),
+        scratch.s("work"),
+        scratch.s("work/precious"),
+    );
+    (Daemon::start(&policy, cg), scratch)
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn rm_allowed_and_denied() {
+    let (daemon, scratch) = start("run-rm");
+    let ok = scratch.file("work/tmp.txt");
+    let bad = scratch.file("work/precious/db.sqlite");
+    let outside = scratch.file("elsewhere/x");
+    let out = daemon.run_agent("cleaner", &["rm", ok.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!ok.exists());
+    let out = daemon.run_agent("cleaner", &["rm", bad.to_str().expect("utf8")]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("Operation not permitted"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(bad.exists(), "a denied delete leaves the file");
+    // Default deny applies outside every listed prefix.
+    let out = daemon.run_agent("cleaner", &["rm", outside.to_str().expect("utf8")]);
+    assert!(!out.status.success());
+    assert!(outside.exists());
+
+    let ev = daemon.wait_event("file.unlink", |e| {
+        e["target"]["path"] == bad.display().to_string()
+    });
+    assert_eq!(ev["outcome"], "denied");
+    assert_eq!(ev["agent"]["name"], "cleaner");
+    assert_eq!(ev["rule"]["match"], scratch.s("work/precious"));
+    assert!(ev["agent"]["session"].is_string(), "{ev}");
+    let ev = daemon.wait_event("file.unlink", |e| {
+        e["target"]["path"] == ok.display().to_string()
+    });
+    assert_eq!(ev["outcome"], "allowed");
+    // Exactly one event per call, whichever backend judged it.
+    let events = daemon.events();
+    let n = events
+        .iter()
+        .filter(|e| e["kind"] == "file.unlink" && e["target"]["path"] == bad.display().to_string())
+        .count();
+    assert_eq!(n, 1, "duplicate events for one call: {events:#?}");
+}
+
+#[test]
+fn rm_rf_removes_exactly_the_allowed_part() {
+    let (daemon, scratch) = start("run-rmrf");
+    let kept = scratch.file("work/precious/a/b.txt");
+    let gone1 = scratch.file("work/cache/1.bin");
+    let gone2 = scratch.file("work/cache/sub/2.bin");
+    let out = daemon.run_agent("cleaner", &["rm", "-rf", &scratch.s("work")]);
+    assert!(!out.status.success(), "rm -rf reports the refused part");
+    assert!(kept.exists(), "the denied subtree stays");
+    assert!(!gone1.exists() && !gone2.exists() && !scratch.path("work/cache").exists());
+    assert!(
+        scratch.path("work").exists(),
+        "its parent cannot go: it still holds the denied part"
+    );
+}
+
+#[test]
+fn python_unlink_relative_after_chdir_and_rmtree() {
+    let (daemon, scratch) = start("run-python");
+    scratch.file("work/a/x.txt");
+    scratch.file("work/precious/y.txt");
+    scratch.file("work/tree/t1/f");
+    scratch.file("work/tree/t2/g");
+    let script = format!(
+        r#"
+import os, shutil
+os.chdir({root:?})
+os.unlink("a/x.txt")
+try:
+    os.unlink("precious/y.txt")
+    raise SystemExit("denied unlink succeeded")
+except PermissionError:
+    pass
+shutil.rmtree("tree")
+print("done")
+"#,
+        root = scratch.s("work")
+    );
+    let out = daemon.run_agent("cleaner", &["python3", "-c", &script]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!scratch.path("work/a/x.txt").exists());
+    assert!(scratch.path("work/precious/y.txt").exists());
+    assert!(!scratch.path("work/tree").exists());
+    let ev = daemon.wait_event("file.unlink", |e| {
+        e["target"]["path"] == scratch.s("work/precious/y.txt")
+    });
+    assert_eq!(ev["outcome"], "denied");
+}
+
+#[test]
+fn git_clean_in_an_allowed_repository() {
+    let (daemon, scratch) = start("run-git");
+    let repo = scratch.dir("work/repo");
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .stdin(Stdio::null())
+            .output()
+            .expect("git");
+        assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
+    };
+    git(&["init", "-q"]);
+    scratch.file("work/repo/tracked.txt");
+    git(&["add", "tracked.txt"]);
+    git(&["commit", "-qm", "init"]);
+    let junk = scratch.file("work/repo/build/out.o");
+    let ignored = scratch.file("work/repo/.env.local");
+    let out = daemon.run_agent(
+        "cleaner",
+        &["git", "-C", repo.to_str().expect("utf8"), "clean", "-fdx"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!junk.exists() && !ignored.exists());
+    assert!(scratch.path("work/repo/tracked.txt").exists());
+}
+
+#[test]
+fn supervised_deletes_fail_closed_when_the_daemon_dies() {
+    let (daemon, scratch) = start("run-dies");
+    if daemon.backend("delete") != "seccomp" {
+        eprintln!(
+            "SKIPPED supervised_deletes_fail_closed_when_the_daemon_dies: deletes here are \
+             guarded by BPF LSM, not by a supervisor that could die"
+        );
+        return;
+    }
+    let file = scratch.file("work/tmp.txt");
+    // The agent waits for stdin to close, then deletes an allowed file.
+    let script = format!("read _; exec rm {}", file.display());
+    let mut child = daemon.spawn_agent("cleaner", &["sh", "-c", &script]);
+    daemon.wait_event("agent.start", |_| true);
+    let pid = daemon.pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill daemon");
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        !out.status.success(),
+        "a delete with no supervisor must fail"
+    );
+    assert!(file.exists(), "fail closed: the file stays");
+}
