@@ -143,8 +143,30 @@ pub struct KernelOffsets {
     pub dentry_d_name: u32,
     /// offsetof(struct qstr, name)
     pub qstr_name: u32,
+    // The rest serve the path walk used where bpf_d_path is not allowed in
+    // the path hooks (e.g. 6.1): parent dentries, and mounts to cross.
+    /// offsetof(struct dentry, d_parent)
+    pub dentry_d_parent: u32,
+    /// offsetof(struct path, mnt)
+    pub path_mnt: u32,
+    /// offsetof(struct path, dentry)
+    pub path_dentry: u32,
+    /// offsetof(struct vfsmount, mnt_root)
+    pub vfsmount_mnt_root: u32,
+    /// offsetof(struct mount, mnt): the vfsmount embedded in struct mount
+    pub mount_mnt: u32,
+    /// offsetof(struct mount, mnt_parent)
+    pub mount_mnt_parent: u32,
+    /// offsetof(struct mount, mnt_mountpoint)
+    pub mount_mnt_mountpoint: u32,
+    /// offsetof(struct task_struct, fs): the walk stops at the task's root,
+    /// as bpf_d_path does, so chrooted agents see their own paths.
+    pub task_fs: u32,
+    /// offsetof(struct fs_struct, root)
+    pub fs_root: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 8);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
 
 #[cfg(feature = "user")]
 mod user {

@@ -24,6 +24,7 @@ use crate::{
     emit,
     identity::{self, Agent},
     maps::{EVENTS, PATH_RULES, SCRATCH, Scratch},
+    path_walk,
 };
 
 /// Member offsets of the running kernel, from its BTF; written by the
@@ -33,6 +34,16 @@ use crate::{
 static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     dentry_d_name: 0,
     qstr_name: 0,
+    dentry_d_parent: 0,
+    path_mnt: 0,
+    path_dentry: 0,
+    vfsmount_mnt_root: 0,
+    mount_mnt: 0,
+    mount_mnt_parent: 0,
+    mount_mnt_mountpoint: 0,
+    task_fs: 0,
+    fs_root: 0,
+    _pad: 0,
 };
 
 const EPERM: i32 = 1;
@@ -67,8 +78,16 @@ pub fn lsm_verdict(result: Result<Decision, GuardError>) -> i32 {
     }
 }
 
+/// `WALK` selects how the directory's path is built: bpf_d_path (kernels
+/// that allow it in the path hooks, 6.x later than 6.1) or our own dentry
+/// walk. Two programs per hook exist; the loader keeps the one the kernel
+/// accepts, since a program that merely mentions bpf_d_path is refused
+/// where it is not allowed.
 #[inline(always)]
-pub fn try_delete(ctx: &LsmContext, kind: EventKind) -> Result<Decision, GuardError> {
+pub fn try_delete<const WALK: bool>(
+    ctx: &LsmContext,
+    kind: EventKind,
+) -> Result<Decision, GuardError> {
     let previous: i32 = ctx.arg(2);
     if previous != 0 {
         return Ok(Decision::Refused);
@@ -80,7 +99,7 @@ pub fn try_delete(ctx: &LsmContext, kind: EventKind) -> Result<Decision, GuardEr
     // SAFETY: per-CPU map value, not shared with another program run on
     // this CPU while we hold it (LSM programs do not nest on one CPU here).
     let s = unsafe { &mut *scratch };
-    let (len, state) = build_path(s, ctx, &agent)?;
+    let (len, state) = build_path::<WALK>(s, ctx, &agent)?;
 
     let (verdict, rule_id) = if state == PATH_UNKNOWN {
         // No path, no rule can be judged: enforce mode denies.
@@ -110,7 +129,11 @@ pub fn try_delete(ctx: &LsmContext, kind: EventKind) -> Result<Decision, GuardEr
 /// Writes "<dir>/<name>/" and a NUL into the scratch path and returns
 /// (bytes of the path proper, PATH_* state).
 #[inline(always)]
-fn build_path(s: &mut Scratch, ctx: &LsmContext, agent: &Agent) -> Result<(usize, u8), GuardError> {
+fn build_path<const WALK: bool>(
+    s: &mut Scratch,
+    ctx: &LsmContext,
+    agent: &Agent,
+) -> Result<(usize, u8), GuardError> {
     // SAFETY: plain read of a read-only global.
     let offsets = unsafe { core::ptr::read_volatile(&KERNEL_OFFSETS) };
     if offsets.dentry_d_name == 0 {
@@ -121,8 +144,12 @@ fn build_path(s: &mut Scratch, ctx: &LsmContext, agent: &Agent) -> Result<(usize
 
     let dir: *mut path = ctx.arg(0);
     let dentry: *const u8 = ctx.arg(1);
-    // SAFETY: `dir` is the hook's trusted argument; the buffer is ours.
-    let n = unsafe { bpf_d_path(dir, s.path.as_mut_ptr() as *mut c_char, s.path.len() as u32) };
+    let n = if WALK {
+        path_walk::dir_path(s, dir as *const u8, &offsets)
+    } else {
+        // SAFETY: `dir` is the hook's trusted argument; the buffer is ours.
+        unsafe { bpf_d_path(dir, s.path.as_mut_ptr() as *mut c_char, s.path.len() as u32) }
+    };
     if n <= 0 {
         s.path[0] = 0;
         return Ok((0, PATH_UNKNOWN));

@@ -10,6 +10,7 @@ mod fs;
 mod identity;
 mod maps;
 mod net;
+mod path_walk;
 
 use aya_ebpf::{
     macros::{btf_tracepoint, cgroup_sock_addr, lsm},
@@ -33,13 +34,25 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
 /// lsm/path_unlink: every unlink on the host; agents' are judged.
 #[lsm(hook = "path_unlink")]
 pub fn path_unlink(ctx: LsmContext) -> i32 {
-    fs::lsm_verdict(fs::try_delete(&ctx, EventKind::FileUnlink))
+    fs::lsm_verdict(fs::try_delete::<false>(&ctx, EventKind::FileUnlink))
 }
 
 /// lsm/path_rmdir: every rmdir on the host; agents' are judged.
 #[lsm(hook = "path_rmdir")]
 pub fn path_rmdir(ctx: LsmContext) -> i32 {
-    fs::lsm_verdict(fs::try_delete(&ctx, EventKind::FileRmdir))
+    fs::lsm_verdict(fs::try_delete::<false>(&ctx, EventKind::FileRmdir))
+}
+
+/// lsm/path_unlink for kernels that refuse bpf_d_path there (6.1).
+#[lsm(hook = "path_unlink")]
+pub fn path_unlink_walk(ctx: LsmContext) -> i32 {
+    fs::lsm_verdict(fs::try_delete::<true>(&ctx, EventKind::FileUnlink))
+}
+
+/// lsm/path_rmdir for kernels that refuse bpf_d_path there (6.1).
+#[lsm(hook = "path_rmdir")]
+pub fn path_rmdir_walk(ctx: LsmContext) -> i32 {
+    fs::lsm_verdict(fs::try_delete::<true>(&ctx, EventKind::FileRmdir))
 }
 
 /// tp_btf/sys_enter: attached only where BPF LSM is unavailable, to observe

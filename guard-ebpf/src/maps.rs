@@ -40,6 +40,8 @@ pub struct Scratch {
     pub prefix_len: u32,
     pub agent_id: [u8; 4],
     pub path: [u8; 512],
+    /// Name pointers collected leaf-first by the dentry walk.
+    pub names: [u64; crate::path_walk::MAX_COMPONENTS],
 }
 
 #[map]

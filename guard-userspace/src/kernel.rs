@@ -71,14 +71,29 @@ pub enum KernelError {
     Missing(&'static str),
 }
 
-/// The LSM programs, by name in the object and by hook.
-const LSM_PROGRAMS: [(&str, &str); 2] =
-    [("path_unlink", "path_unlink"), ("path_rmdir", "path_rmdir")];
+/// The LSM program pairs, best first: how each builds paths, and its
+/// (program name, hook) pairs. A kernel that does not allow bpf_d_path in
+/// the path hooks (6.1) refuses the first pair at load; the second builds
+/// the path itself with offsets from BTF.
+const LSM_VARIANTS: [(&str, [(&str, &str); 2]); 2] = [
+    (
+        "bpf_d_path",
+        [("path_unlink", "path_unlink"), ("path_rmdir", "path_rmdir")],
+    ),
+    (
+        "dentry walk",
+        [
+            ("path_unlink_walk", "path_unlink"),
+            ("path_rmdir_walk", "path_rmdir"),
+        ],
+    ),
+];
 
 /// Whether the BPF LSM delete hooks are in force, and if not, why.
 #[derive(Clone, Debug)]
 pub enum LsmStatus {
-    Attached,
+    /// With how paths are built ("bpf_d_path" or "dentry walk").
+    Attached { paths: &'static str },
     /// With the reason, naming the program type and errno where the kernel refused.
     Unavailable(String),
 }
@@ -127,6 +142,16 @@ fn kernel_offsets() -> Result<KernelOffsets, btf::BtfError> {
     Ok(KernelOffsets {
         dentry_d_name: btf.member_offset("dentry", "d_name")?,
         qstr_name: btf.member_offset("qstr", "name")?,
+        dentry_d_parent: btf.member_offset("dentry", "d_parent")?,
+        path_mnt: btf.member_offset("path", "mnt")?,
+        path_dentry: btf.member_offset("path", "dentry")?,
+        vfsmount_mnt_root: btf.member_offset("vfsmount", "mnt_root")?,
+        mount_mnt: btf.member_offset("mount", "mnt")?,
+        mount_mnt_parent: btf.member_offset("mount", "mnt_parent")?,
+        mount_mnt_mountpoint: btf.member_offset("mount", "mnt_mountpoint")?,
+        task_fs: btf.member_offset("task_struct", "fs")?,
+        fs_root: btf.member_offset("fs_struct", "root")?,
+        _pad: 0,
     })
 }
 
@@ -392,28 +417,53 @@ fn load_lsm(ebpf: &mut Ebpf) -> LsmStatus {
         Ok(btf) => btf,
         Err(err) => return LsmStatus::Unavailable(format!("kernel BTF: {err}")),
     };
-    for (name, hook) in LSM_PROGRAMS {
-        let Some(prog) = ebpf.program_mut(name) else {
-            return LsmStatus::Unavailable(format!("program {name} missing from the object"));
-        };
-        let prog: &mut Lsm = match prog.try_into() {
-            Ok(p) => p,
-            Err(err) => return LsmStatus::Unavailable(format!("{name}: {err}")),
-        };
-        if let Err(err) = prog.load(hook, &btf) {
-            return LsmStatus::Unavailable(format!(
-                "the kernel refused to load lsm/{hook} (BPF_PROG_TYPE_LSM): {}",
-                describe_load_error(&err)
-            ));
-        }
-        if let Err(err) = prog.attach() {
-            return LsmStatus::Unavailable(format!(
-                "the kernel refused to attach lsm/{hook} (BPF_PROG_TYPE_LSM): {}",
-                describe_load_error(&err)
-            ));
+    let mut refusals = Vec::new();
+    for (paths, programs) in LSM_VARIANTS {
+        match load_lsm_variant(ebpf, &btf, &programs) {
+            Ok(()) => {
+                for (name, hook) in programs {
+                    let attached = ebpf
+                        .program_mut(name)
+                        .and_then(|p| <&mut Lsm>::try_from(p).ok())
+                        .map(|p| p.attach());
+                    match attached {
+                        Some(Ok(_)) => {}
+                        Some(Err(err)) => {
+                            return LsmStatus::Unavailable(format!(
+                                "the kernel refused to attach lsm/{hook} (BPF_PROG_TYPE_LSM): {}",
+                                describe_load_error(&err)
+                            ));
+                        }
+                        None => return LsmStatus::Unavailable(format!("program {name} missing")),
+                    }
+                }
+                return LsmStatus::Attached { paths };
+            }
+            Err(why) => refusals.push(format!("{paths}: {why}")),
         }
     }
-    LsmStatus::Attached
+    LsmStatus::Unavailable(refusals.join("; "))
+}
+
+/// Loads (verifies) both programs of one variant; attaches nothing.
+fn load_lsm_variant(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    programs: &[(&str, &str); 2],
+) -> Result<(), String> {
+    for &(name, hook) in programs {
+        let prog = ebpf
+            .program_mut(name)
+            .ok_or_else(|| format!("program {name} missing from the object"))?;
+        let prog: &mut Lsm = prog.try_into().map_err(|e| format!("{name}: {e}"))?;
+        prog.load(hook, btf).map_err(|err| {
+            format!(
+                "the kernel refused to load lsm/{hook} (BPF_PROG_TYPE_LSM): {}",
+                describe_load_error(&err)
+            )
+        })?;
+    }
+    Ok(())
 }
 
 pub struct LossCounters(PerCpuArray<MapData, u64>);

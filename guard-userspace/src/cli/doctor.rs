@@ -107,10 +107,10 @@ pub fn run(policy_path: Option<&Path>) -> Result<ExitCode> {
     };
     let lsm = kernel.as_ref().map(|k| k.lsm.clone());
     match &lsm {
-        Some(LsmStatus::Attached) => report.line(
+        Some(LsmStatus::Attached { paths }) => report.line(
             true,
             "LSM programs (BPF trampolines)",
-            "lsm/path_unlink and lsm/path_rmdir load and attach",
+            &format!("lsm/path_unlink and lsm/path_rmdir load and attach (paths by {paths})"),
         ),
         Some(LsmStatus::Unavailable(why)) => {
             report.line(false, "LSM programs (BPF trampolines)", why)
@@ -123,7 +123,7 @@ pub fn run(policy_path: Option<&Path>) -> Result<ExitCode> {
     println!(
         "  connect: cgroup/connect4 + cgroup/connect6 on each agent cgroup (every process of the agent)"
     );
-    let lsm_ok = matches!(lsm, Some(LsmStatus::Attached));
+    let lsm_ok = matches!(lsm, Some(LsmStatus::Attached { .. }));
     if lsm_ok {
         println!(
             "  unlink/rmdir: BPF LSM, host-wide (every process of the agent, however started)"

@@ -67,9 +67,9 @@ pub async fn run(opts: Options) -> Result<()> {
 
     let mut kernel = Kernel::load()?;
     let delete_backend = match &kernel.lsm {
-        LsmStatus::Attached => {
+        LsmStatus::Attached { paths } => {
             tracing::info!(
-                "unlink/rmdir: BPF LSM (lsm/path_unlink, lsm/path_rmdir), host-wide for every agent process"
+                "unlink/rmdir: BPF LSM (lsm/path_unlink, lsm/path_rmdir; paths by {paths}), host-wide for every agent process"
             );
             "bpf_lsm"
         }
