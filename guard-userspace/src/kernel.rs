@@ -102,6 +102,13 @@ fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> KernelError
     move |source| KernelError::Map { map, source }
 }
 
+/// Whether seccomp user notification (the delete backend for `run` where
+/// BPF LSM is missing) is available.
+pub fn seccomp_user_notif_available() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail")
+        .is_ok_and(|a| a.split_whitespace().any(|x| x == "user_notif"))
+}
+
 /// Describes an errno the way a user can search for it: "EPERM (Operation not permitted)".
 fn describe_load_error(err: &ProgramError) -> String {
     let io = match err {

@@ -4,7 +4,6 @@
 use std::{fs, path::Path, process::ExitCode};
 
 use anyhow::Result;
-use guard_common::Verdict;
 
 use crate::{
     btf,
@@ -77,9 +76,7 @@ pub fn run(policy_path: Option<&Path>) -> Result<ExitCode> {
             &format!("cannot read /sys/kernel/security/lsm ({err}); is securityfs mounted?"),
         ),
     }
-    let seccomp = fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail")
-        .map(|a| a.split_whitespace().any(|x| x == "user_notif"))
-        .unwrap_or(false);
+    let seccomp = crate::kernel::seccomp_user_notif_available();
     report.line(
         seccomp,
         "seccomp user notification",
@@ -141,8 +138,7 @@ pub fn run(policy_path: Option<&Path>) -> Result<ExitCode> {
         let policy = daemon::load_policy(Some(path))?;
         println!("policy {}:", path.display());
         for agent in &policy.agents {
-            let guards_deletes =
-                agent.delete.default != Verdict::Allow || !agent.delete.rules.is_empty();
+            let guards_deletes = agent.delete.guards_anything();
             let status = if !guards_deletes || lsm_ok {
                 "fully enforceable"
             } else if seccomp {

@@ -82,7 +82,19 @@ pub async fn run(opts: Options) -> Result<()> {
             "seccomp"
         }
     };
-    if matches!(kernel.lsm, LsmStatus::Unavailable(_)) {
+    let lsm = matches!(kernel.lsm, LsmStatus::Attached { .. });
+    let refused =
+        policy::unenforceable_deletes(&policy, lsm, crate::kernel::seccomp_user_notif_available());
+    if !refused.is_empty() {
+        bail!(
+            "this kernel can neither block deletes (no BPF LSM) nor supervise them (no seccomp \
+             user notification), so the delete rules of agent(s) {} cannot be enforced. Set \
+             `accept_observe_only = true` in their [agent.delete] table to run with deletes \
+             observed only, or use a kernel with BPF LSM (see `agent-guard doctor`)",
+            refused.join(", ")
+        );
+    }
+    if !lsm {
         // Processes placed in an agent cgroup by other means than `run`
         // cannot be blocked here; at least every delete they make is seen.
         kernel.attach_delete_observer()?;

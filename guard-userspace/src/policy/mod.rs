@@ -138,6 +138,32 @@ pub struct PathPolicy {
     pub default: Verdict,
     /// In file order (ascending id).
     pub rules: Vec<PathRule>,
+    /// Start even where deletes can only be observed (see `agent-guard doctor`).
+    pub accept_observe_only: bool,
+}
+
+impl PathPolicy {
+    /// Whether any delete of this agent could be refused.
+    pub fn guards_anything(&self) -> bool {
+        self.default != Verdict::Allow || self.rules.iter().any(|r| r.verdict != Verdict::Allow)
+    }
+}
+
+/// Agents in enforce mode whose delete rules this kernel can neither block
+/// (BPF LSM) nor supervise (seccomp under `run`), and whose policy does not
+/// accept observe-only. The daemon refuses to start with any.
+pub fn unenforceable_deletes(policy: &Policy, lsm: bool, seccomp: bool) -> Vec<&str> {
+    if lsm || seccomp {
+        return Vec::new();
+    }
+    policy
+        .agents
+        .iter()
+        .filter(|a| {
+            a.mode == Mode::Enforce && a.delete.guards_anything() && !a.delete.accept_observe_only
+        })
+        .map(|a| a.name.as_str())
+        .collect()
 }
 
 /// One delete entry.

@@ -95,6 +95,9 @@ struct RawRules {
     ask: Vec<Spanned<String>>,
     #[serde(default)]
     deny: Vec<Spanned<String>>,
+    /// Delete tables only: start even where this kernel can neither block
+    /// nor supervise deletes, observing them instead.
+    accept_observe_only: Option<Spanned<bool>>,
 }
 
 impl RawRules {
@@ -329,6 +332,13 @@ fn verdict(doc: &Doc<'_>, s: &Spanned<String>) -> Result<Verdict, PolicyError> {
 }
 
 fn net_policy(doc: &Doc<'_>, raw: Option<&RawRules>) -> Result<NetPolicy, PolicyError> {
+    if let Some(flag) = raw.and_then(|r| r.accept_observe_only.as_ref()) {
+        return Err(doc.error_at(
+            flag.span().start,
+            "accept_observe_only applies to [agent.delete] only; connects are always enforced"
+                .to_owned(),
+        ));
+    }
     let default = default_verdict(doc, raw)?;
     let mut rules = Vec::new();
     for (verdict, entry) in raw.iter().flat_map(|r| r.entries()) {
@@ -363,7 +373,14 @@ fn path_policy(doc: &Doc<'_>, raw: Option<&RawRules>) -> Result<PathPolicy, Poli
             col,
         });
     }
-    Ok(PathPolicy { default, rules })
+    let accept_observe_only = raw
+        .and_then(|r| r.accept_observe_only.as_ref())
+        .is_some_and(|f| *f.get_ref());
+    Ok(PathPolicy {
+        default,
+        rules,
+        accept_observe_only,
+    })
 }
 
 /// Numbers every rule of the policy 1.. in file order (by position, so the

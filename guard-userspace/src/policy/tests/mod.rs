@@ -6,6 +6,7 @@
     reason = "a test should fail loudly on a broken fixture"
 )]
 
+mod enforceable;
 mod errors;
 mod kernel_maps;
 mod kernel_sim;

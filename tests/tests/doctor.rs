@@ -1,0 +1,39 @@
+//! `agent-guard doctor` tells an operator where they stand, from probes that
+//! load the real programs. Needs: root.
+use agent_guard_tests::*;
+
+#[test]
+fn doctor_names_what_this_kernel_refuses_and_the_backends() {
+    require_root();
+    let out = std::process::Command::new(agent_guard_bin())
+        .arg("doctor")
+        .output()
+        .expect("doctor");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("[ ok ] cgroup v2"), "{text}");
+    assert!(text.contains("[ ok ] cgroup sock_addr programs"), "{text}");
+    assert!(
+        text.contains("connect: cgroup/connect4 + cgroup/connect6"),
+        "{text}"
+    );
+    if text.contains("[ ok ] LSM programs") {
+        // A kernel with BPF LSM: deletes are guarded host-wide.
+        assert!(text.contains("unlink/rmdir: BPF LSM, host-wide"), "{text}");
+        assert_eq!(out.status.code(), Some(0), "{text}");
+    } else {
+        assert!(tier() != "vm", "the VM tier's kernel has BPF LSM: {text}");
+        // This host's kernel: the refused program type and errno are named,
+        // the fallback is stated, and the exit status says "degraded".
+        assert!(text.contains("BPF_PROG_TYPE_LSM"), "{text}");
+        assert!(text.contains("EPERM") || text.contains("EINVAL"), "{text}");
+        assert!(
+            text.contains("seccomp supervision, only for processes started with `agent-guard run`"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lsm="),
+            "tells how to get full enforcement: {text}"
+        );
+        assert_eq!(out.status.code(), Some(2), "{text}");
+    }
+}
