@@ -71,11 +71,26 @@ stable_enum! {
 }
 
 stable_enum! {
+    /// State of a call held in the kernel (LSM or connect hook).
+    HoldState: u8 {
+        /// Waiting for a human; the thread is stopped.
+        Pending = 1,
+        /// Decided: the restarted call proceeds.
+        Allow = 2,
+        /// Decided: the restarted call fails with EPERM.
+        Deny = 3,
+    }
+}
+
+stable_enum! {
     /// Why an event could not be delivered from the kernel. Index into the
     /// per-CPU loss counter array.
     LossReason: u32 {
         /// The ring buffer had no room for the record.
         RingbufFull = 0,
+        /// A call to hold could not be held (hold table full, or the stop
+        /// signal could not be sent): it was denied instead.
+        HoldFailed = 1,
     }
 }
 

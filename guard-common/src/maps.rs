@@ -22,6 +22,23 @@ pub struct AgentEntry {
 }
 const _: () = assert!(core::mem::size_of::<AgentEntry>() == 8);
 
+/// Value of the `HOLDS` hash map, keyed by the held thread's id. The kernel
+/// creates it (Pending) when it stops a thread for an `ask`; the daemon
+/// writes the decision, then sends SIGCONT; the restarted call consumes it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HoldEntry {
+    pub hold_id: u64,
+    /// Thread group of the held thread (who gets SIGCONT).
+    pub pid: u32,
+    /// [`crate::HoldState`] as a number.
+    pub state: u8,
+    /// Connect holds: SIGSTOP still to be sent at this thread's sys_exit.
+    pub stop_pending: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<HoldEntry>() == 16);
+
 /// Single-slot `CONFIG` array value: global knobs the daemon can change live.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -173,6 +190,7 @@ mod user {
     use super::*;
     // SAFETY: plain repr(C) integers and arrays with explicit padding fields.
     unsafe impl aya::Pod for AgentEntry {}
+    unsafe impl aya::Pod for HoldEntry {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for NetKey {}
     unsafe impl aya::Pod for PortRule {}

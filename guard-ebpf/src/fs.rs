@@ -22,6 +22,7 @@ use guard_common::{
 
 use crate::{
     emit,
+    hold::{self, Hold},
     identity::{self, Agent},
     maps::{EVENTS, PATH_RULES, SCRATCH, Scratch},
     path_walk,
@@ -47,10 +48,15 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
 };
 
 const EPERM: i32 = 1;
+/// Kernel-internal: "restart this system call after the signal". Never
+/// reaches the process: a signal (our SIGSTOP) is always pending with it.
+const ERESTARTNOINTR: i32 = 513;
 
 pub enum Decision {
     Allow,
     Deny,
+    /// Stop the thread and restart the call later (see hold.rs).
+    Hold,
     /// A BPF LSM program before us already refused the call.
     Refused,
 }
@@ -74,6 +80,7 @@ pub enum GuardError {
 pub fn lsm_verdict(result: Result<Decision, GuardError>) -> i32 {
     match result {
         Ok(Decision::Allow) => 0,
+        Ok(Decision::Hold) => -ERESTARTNOINTR,
         Ok(Decision::Deny | Decision::Refused) | Err(_) => -EPERM,
     }
 }
@@ -114,15 +121,27 @@ pub fn try_delete<const WALK: bool>(
         }
     };
 
-    let (decision, outcome) = if agent.entry.mode == Mode::Audit.raw() {
-        (Decision::Allow, Outcome::Audited)
+    let (decision, outcome, hold_id) = if agent.entry.mode == Mode::Audit.raw() {
+        (Decision::Allow, Outcome::Audited, 0)
     } else if verdict == Verdict::Allow.raw() {
-        (Decision::Allow, Outcome::Allowed)
+        (Decision::Allow, Outcome::Allowed, 0)
+    } else if verdict == Verdict::Ask.raw() {
+        match hold::hold(true) {
+            Hold::Started { hold_id } => (Decision::Hold, Outcome::Held, hold_id),
+            // Restarted early by someone else's SIGCONT: stopped again, and
+            // the hold was already reported.
+            Hold::StillPending => return Ok(Decision::Hold),
+            // The daemon reported the decision (hold.decision).
+            Hold::Decided { allow: true } => return Ok(Decision::Allow),
+            Hold::Decided { allow: false } => return Ok(Decision::Deny),
+            Hold::Failed => (Decision::Deny, Outcome::Denied, 0),
+        }
     } else {
-        // Deny, and Ask until holds exist: fail closed.
-        (Decision::Deny, Outcome::Denied)
+        (Decision::Deny, Outcome::Denied, 0)
     };
-    emit_file(kind, &agent, outcome, verdict, rule_id, s, len, state);
+    emit_file(
+        kind, &agent, outcome, verdict, rule_id, hold_id, s, len, state,
+    );
     Ok(decision)
 }
 
@@ -221,6 +240,7 @@ fn emit_file(
     outcome: Outcome,
     verdict: u8,
     rule_id: u32,
+    hold_id: u64,
     s: &Scratch,
     len: usize,
     state: u8,
@@ -234,6 +254,7 @@ fn emit_file(
     header.outcome = outcome.raw();
     header.verdict = verdict;
     header.rule_id = rule_id;
+    header.hold_id = hold_id;
     // SAFETY: `rec` points at a reserved, exclusively owned record.
     unsafe {
         (*rec).header = header;

@@ -4,12 +4,18 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
-use guard_common::{AgentEntry, Config, LOSS_REASONS, NetKey, NetRuleSet, PathKey, PathRuleValue};
+use guard_common::{
+    AgentEntry, Config, HoldEntry, LOSS_REASONS, NetKey, NetRuleSet, PathKey, PathRuleValue,
+};
 
 /// Agent cgroup id -> agent. Keyed by the agent's own cgroup, so processes in
 /// per-run or nested child cgroups are found through their ancestors.
 #[map]
 pub static AGENTS: HashMap<u64, AgentEntry> = HashMap::with_max_entries(4096, 0);
+
+/// Held thread id -> its hold (see guard_common::HoldEntry).
+#[map]
+pub static HOLDS: HashMap<u32, HoldEntry> = HashMap::with_max_entries(4096, 0);
 
 /// Slot 0: global knobs (which cgroup levels hold agents).
 #[map]

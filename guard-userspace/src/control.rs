@@ -43,6 +43,15 @@ pub enum Request {
     },
     /// Daemon status.
     Status {},
+    /// Held calls waiting for a decision.
+    Pending {},
+    /// Approve or deny a held call (approvers only).
+    Decide {
+        id: String,
+        approve: bool,
+        #[serde(default)]
+        reason: Option<String>,
+    },
 }
 
 /// A request with its protocol version. On the wire the two share one

@@ -12,7 +12,8 @@ use aya::{
     },
 };
 use guard_common::{
-    AgentEntry, Config, KernelOffsets, LOSS_REASONS, NetKey, NetRuleSet, PathKey, PathRuleValue,
+    AgentEntry, Config, HoldEntry, HoldState, KernelOffsets, LOSS_REASONS, NetKey, NetRuleSet,
+    PathKey, PathRuleValue,
 };
 
 use crate::btf;
@@ -69,6 +70,8 @@ pub enum KernelError {
     },
     #[error("program or map {0} is missing from the eBPF object (build mismatch)")]
     Missing(&'static str),
+    #[error("thread {tid} no longer holds hold {hold_id}")]
+    StaleHold { tid: u32, hold_id: u64 },
 }
 
 /// The LSM program pairs, best first: how each builds paths, and its
@@ -396,6 +399,17 @@ impl Kernel {
         RingBuf::try_from(map).map_err(map_err("EVENTS"))
     }
 
+    /// Hands the HOLDS map to the hold registry.
+    pub fn take_holds(&mut self) -> Result<KernelHolds, KernelError> {
+        let map = self
+            .ebpf
+            .take_map("HOLDS")
+            .ok_or(KernelError::Missing("HOLDS"))?;
+        Ok(KernelHolds(std::sync::Mutex::new(
+            BpfHashMap::try_from(map).map_err(map_err("HOLDS"))?,
+        )))
+    }
+
     /// Hands the loss counters to their poller.
     pub fn take_losses(&mut self) -> Result<LossCounters, KernelError> {
         let map = self
@@ -471,6 +485,50 @@ fn load_lsm_variant(
         })?;
     }
     Ok(())
+}
+
+/// The daemon's handle on the kernel's HOLDS map: writes decisions and
+/// resumes the stopped process.
+pub struct KernelHolds(std::sync::Mutex<BpfHashMap<MapData, u32, HoldEntry>>);
+
+impl KernelHolds {
+    /// Writes the decision for `tid`'s hold `hold_id`, then SIGCONT to `pid`:
+    /// the stopped call restarts, finds the decision and consumes it.
+    pub fn release(
+        &self,
+        tid: u32,
+        hold_id: u64,
+        allow: bool,
+        pid: u32,
+    ) -> Result<(), KernelError> {
+        let mut map = match self.0.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut entry = map.get(&tid, 0).map_err(map_err("HOLDS"))?;
+        if entry.hold_id != hold_id {
+            // The thread's hold is another call's (it was killed and the
+            // tid reused): never hand this decision to it.
+            return Err(KernelError::StaleHold { tid, hold_id });
+        }
+        entry.state = if allow {
+            HoldState::Allow
+        } else {
+            HoldState::Deny
+        }
+        .raw();
+        map.insert(tid, entry, 0).map_err(map_err("HOLDS"))?;
+        let resumed = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGCONT,
+        );
+        if resumed == Err(nix::errno::Errno::ESRCH) {
+            // Gone (killed while held): a reused thread id must not find
+            // this decision.
+            let _ = map.remove(&tid);
+        }
+        Ok(())
+    }
 }
 
 pub struct LossCounters(PerCpuArray<MapData, u64>);

@@ -36,6 +36,9 @@ fn main() -> ExitCode {
         Command::Run(args) => cli::run::run(args, &client_socket()),
         Command::Policy(cmd) => cli::policy::run(cmd),
         Command::Doctor { policy } => cli::doctor::run(policy.as_deref()),
+        Command::Pending(args) => cli::pending::run(args, &client_socket()),
+        Command::Approve(args) => cli::approve::run(args, &client_socket()),
+        Command::Deny(args) => cli::deny::run(args, &client_socket()),
     };
     match result {
         Ok(code) => code,

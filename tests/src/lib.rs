@@ -180,6 +180,7 @@ impl Daemon {
             .args(argv)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("agent-guard run")
     }
@@ -481,6 +482,7 @@ pub fn spawn_in_cgroup(cgroup: &str, script: &str) -> Child {
         .arg(format!("echo $$ > '{}' && {script}", procs.display()))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("sh")
 }

@@ -126,3 +126,104 @@ fn lsm_rm_rf_removes_exactly_the_allowed_part() {
         "the allowed part is removed"
     );
 }
+
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+#[test]
+fn lsm_ask_holds_the_process_until_on_call_decides() {
+    let cg = TestCgroups::new("lsm-hold");
+    let agent_cg = cg.path("janitor");
+    let scratch = Scratch::new("lsm-hold");
+    let daemon = Daemon::start(
+        &format!(
+            "[[agent]]\nname = \"janitor\"\nowner = \"o\"\npurpose = \"p\"\ncgroup = \"{agent_cg}\"\n\n\
+             [agent.delete]\ndefault = \"allow\"\nask = [\"{}\"]\n",
+            scratch.s("prod")
+        ),
+        cg,
+    );
+    if skip_unless(
+        daemon.backend("delete") == "bpf_lsm",
+        "lsm_ask_holds",
+        "BPF LSM",
+    ) {
+        return;
+    }
+    for approve in [true, false] {
+        let file = scratch.file(if approve { "prod/a" } else { "prod/b" });
+        let path = file.display().to_string();
+        let child = spawn_in_cgroup(&agent_cg, &format!("exec rm {path}"));
+        let ev = daemon.wait_event("file.unlink", |e| {
+            e["outcome"] == "held" && e["target"]["path"] == path.as_str()
+        });
+        let id = ev["hold"]["id"].as_str().expect("hold id").to_string();
+        let pid = ev["process"]["pid"].as_u64().expect("pid") as u32;
+        assert_eq!(pid, child.id(), "the held process is the rm we started");
+
+        // Stopped inside the call, before anything happened.
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while process_state(pid) != Some('T') {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "held rm never stopped"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(file.exists());
+
+        // A stray SIGCONT restarts the call, which is held again: no
+        // release, no second hold event.
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGCONT,
+        )
+        .expect("SIGCONT");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while process_state(pid) != Some('T') {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "rm was released by a stray SIGCONT"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(
+            file.exists(),
+            "a stray SIGCONT must not let the unlink happen"
+        );
+        let holds = daemon
+            .events()
+            .iter()
+            .filter(|e| e["outcome"] == "held" && e["target"]["path"] == path.as_str())
+            .count();
+        assert_eq!(holds, 1, "exactly one hold event");
+
+        let verb = if approve { "approve" } else { "deny" };
+        let out = daemon.cli().args([verb, &id]).output().expect(verb);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = child.wait_with_output().expect("rm");
+        if approve {
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(!file.exists());
+        } else {
+            assert!(!out.status.success());
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("Operation not permitted"),
+                "EPERM, never errno 513: {err}"
+            );
+            assert!(file.exists());
+        }
+    }
+}

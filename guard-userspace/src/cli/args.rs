@@ -49,6 +49,27 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         policy: Option<PathBuf>,
     },
+    /// List calls held for a decision (an `ask` rule): id, agent, owner,
+    /// pid, exe, what, target, time waited and time left before the
+    /// automatic deny.
+    ///
+    /// Examples:
+    ///   agent-guard pending
+    ///   agent-guard pending --json | jq '.[].id'
+    ///   agent-guard pending --watch
+    Pending(PendingArgs),
+    /// Let a held call proceed: it completes as if it had never waited.
+    /// Approvers only (root, or [daemon] approvers).
+    ///
+    /// Example:
+    ///   agent-guard approve 1732421234567890123 --reason "ticket OPS-42"
+    Approve(ApproveArgs),
+    /// Refuse a held call: it fails with EPERM ("Operation not permitted").
+    /// Approvers only.
+    ///
+    /// Example:
+    ///   agent-guard deny 1732421234567890123 --reason "not during the freeze"
+    Deny(DenyArgs),
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -62,6 +83,34 @@ pub struct DaemonArgs {
     /// After start-up, run the embedded policy's `demo` agent once.
     #[arg(long)]
     pub demo: bool,
+}
+
+#[derive(clap::Args)]
+pub struct PendingArgs {
+    /// Print the list as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the list again every two seconds until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ApproveArgs {
+    /// Hold id, from `agent-guard pending` or the `held` event.
+    pub id: String,
+    /// Why; recorded in the hold.decision event.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct DenyArgs {
+    /// Hold id, from `agent-guard pending` or the `held` event.
+    pub id: String,
+    /// Why; recorded in the hold.decision event.
+    #[arg(long)]
+    pub reason: Option<String>,
 }
 
 #[derive(clap::Args)]

@@ -160,6 +160,12 @@ fn dispatch(
             _ => Err(anyhow::anyhow!("no open session on this connection")),
         },
         Request::Status {} => Ok(status(shared)),
+        Request::Pending {} => Ok(json!({ "holds": shared.holds.pending() })),
+        Request::Decide {
+            id,
+            approve,
+            reason,
+        } => decide(shared, cred, &id, approve, reason),
     };
     match result {
         Ok(data) => Reply::ok(data),
@@ -345,6 +351,84 @@ fn close_session(
             registry.sessions.remove(&cgroup_id);
         }
     });
+}
+
+/// Approves or denies a hold, for approvers only: root, or a uid or group
+/// listed in `[daemon] approvers`. A refusal is an event, not just a reply.
+fn decide(
+    shared: &Arc<Shared>,
+    cred: &UCred,
+    id: &str,
+    approve: bool,
+    reason: Option<String>,
+) -> Result<serde_json::Value> {
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(cred.uid()))
+        .ok()
+        .flatten()
+        .map_or_else(|| cred.uid().to_string(), |u| u.name);
+    if !is_approver(shared, cred) {
+        events::emit_now(
+            &shared.emitter,
+            json!({
+                "kind": "control.refused",
+                "outcome": "denied",
+                "control": {"op": if approve { "approve" } else { "deny" }, "hold": id,
+                            "by": {"uid": cred.uid(), "pid": cred.pid(), "user": user},
+                            "reason": "not an approver ([daemon] approvers)"},
+            }),
+        );
+        bail!(
+            "uid {} ({user}) is not an approver; see [daemon] approvers in the policy",
+            cred.uid()
+        );
+    }
+    let hold: u64 = id
+        .parse()
+        .with_context(|| format!("{id:?} is not a hold id"))?;
+    let verdict = if approve {
+        super::holds::Verdict::Approved
+    } else {
+        super::holds::Verdict::Denied
+    };
+    let by = super::holds::By {
+        uid: Some(cred.uid()),
+        user,
+    };
+    if !shared.holds.decide(shared, hold, verdict, by, reason) {
+        bail!("no pending hold {id} (already decided, expired, or never held)");
+    }
+    Ok(json!({}))
+}
+
+fn is_approver(shared: &Shared, cred: &UCred) -> bool {
+    let registry = match shared.registry.read() {
+        Ok(r) => r,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    let approvers = &registry.policy.daemon.approvers;
+    if cred.uid() == 0 || approvers.uids.contains(&cred.uid()) {
+        return true;
+    }
+    // Group membership of the caller process, as the kernel sees it now.
+    let groups: Vec<u32> = cred
+        .pid()
+        .and_then(|pid| fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("Groups:").map(|g| {
+                    g.split_whitespace()
+                        .filter_map(|x| x.parse().ok())
+                        .collect()
+                })
+            })
+        })
+        .unwrap_or_default();
+    approvers.groups.iter().any(|name| {
+        nix::unistd::Group::from_name(name)
+            .ok()
+            .flatten()
+            .is_some_and(|g| g.gid.as_raw() == cred.gid() || groups.contains(&g.gid.as_raw()))
+    })
 }
 
 fn status(shared: &Shared) -> serde_json::Value {

@@ -1,11 +1,13 @@
 //! Deciding the deletes that seccomp supervision hands the daemon (kernels
 //! without BPF LSM): the same policy matcher the kernel maps are checked
 //! against, the same event shape as the LSM backend.
-use std::{future::Future, pin::Pin, sync::Arc};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use tokio::sync::oneshot;
 
 use guard_common::{Mode, Outcome, Verdict};
 
-use super::Shared;
+use super::{Shared, holds::Release};
 use crate::{
     events::{self, decode},
     supervise::{Decide, Decision, DeleteOp, DeleteRequest},
@@ -21,7 +23,9 @@ impl SessionDecider {
         Self { shared, agent_id }
     }
 
-    fn judge(&self, req: &DeleteRequest) -> Decision {
+    /// Judges `req` now, or registers a hold and returns the channel the
+    /// decision will come on.
+    fn judge(&self, req: &DeleteRequest) -> Judged {
         let registry = match self.shared.registry.read() {
             Ok(r) => r,
             Err(poisoned) => poisoned.into_inner(),
@@ -30,22 +34,53 @@ impl SessionDecider {
             // The agent left the policy while its run goes on: nothing to
             // judge against, so fail closed.
             tracing::error!(agent_id = self.agent_id, path = %req.path, "delete by a run of an unknown agent; denied");
-            return Decision::Deny;
+            return Judged::Now(Decision::Deny);
         };
         let (verdict, rule) = agent.def.delete.evaluate(&req.path);
-        let (decision, outcome) = if agent.def.mode == Mode::Audit {
+        let timeout = Duration::from_secs(registry.policy.daemon.approval_timeout_secs);
+        let enforce = agent.def.mode != Mode::Audit;
+        let (decision, outcome) = if !enforce {
             (Decision::Allow, Outcome::Audited)
         } else if verdict == Verdict::Allow {
             (Decision::Allow, Outcome::Allowed)
+        } else if verdict == Verdict::Ask {
+            let body =
+                decode::supervised_delete(&registry, agent, req, Outcome::Held, verdict, rule);
+            drop(registry);
+            let (tx, rx) = oneshot::channel();
+            let id = hold_id();
+            self.shared.holds.register(
+                &self.shared,
+                id,
+                body,
+                req.pid,
+                Release::Seccomp(tx),
+                timeout,
+            );
+            return Judged::Held(rx);
         } else {
-            // Deny, and Ask until holds exist: fail closed.
             (Decision::Deny, Outcome::Denied)
         };
         let body = decode::supervised_delete(&registry, agent, req, outcome, verdict, rule);
         drop(registry);
         events::emit_now(&self.shared.emitter, serde_json::Value::Object(body));
-        decision
+        Judged::Now(decision)
     }
+}
+
+enum Judged {
+    Now(Decision),
+    Held(oneshot::Receiver<bool>),
+}
+
+/// A hold id for a supervised call: random, never 0. Kernel holds use the
+/// boot-time nanosecond of the hold; these do not collide in practice
+/// (64 random bits).
+fn hold_id() -> u64 {
+    let mut bytes = [0u8; 8];
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    u64::from_ne_bytes(bytes) | 1
 }
 
 impl Decide for SessionDecider {
@@ -53,8 +88,22 @@ impl Decide for SessionDecider {
         &self,
         req: DeleteRequest,
     ) -> Pin<Box<dyn Future<Output = (DeleteRequest, Decision)> + Send>> {
-        let decision = self.judge(&req);
-        Box::pin(async move { (req, decision) })
+        match self.judge(&req) {
+            Judged::Now(decision) => Box::pin(async move { (req, decision) }),
+            // The agent's thread waits in the kernel meanwhile. A dropped
+            // sender (daemon shutting down) denies: fail closed.
+            Judged::Held(rx) => Box::pin(async move {
+                let allow = rx.await.unwrap_or(false);
+                (
+                    req,
+                    if allow {
+                        Decision::Allow
+                    } else {
+                        Decision::Deny
+                    },
+                )
+            }),
+        }
     }
 
     fn performed(&self, req: &DeleteRequest, result: Result<(), i32>) {

@@ -3,6 +3,7 @@
 mod control_server;
 mod deletes;
 mod demo;
+pub mod holds;
 mod reader;
 pub mod registry;
 
@@ -29,6 +30,8 @@ pub struct Shared {
     pub emitter: SharedEmitter,
     /// No BPF LSM: every `run` gets seccomp supervision of its deletes.
     pub supervise_deletes: bool,
+    pub holds: holds::Holds,
+    pub kernel_holds: crate::kernel::KernelHolds,
 }
 
 pub struct Options {
@@ -148,6 +151,8 @@ pub async fn run(opts: Options) -> Result<()> {
         registry: RwLock::new(registry),
         emitter: Emitter::stdout(),
         supervise_deletes: delete_backend == "seccomp",
+        holds: holds::Holds::default(),
+        kernel_holds: kernel.take_holds()?,
     });
     let ring = kernel.take_events()?;
     let losses = kernel.take_losses()?;
@@ -157,6 +162,7 @@ pub async fn run(opts: Options) -> Result<()> {
     tasks.spawn(reader::read_events(ring, shared.clone()));
     tasks.spawn(reader::poll_losses(losses, shared.clone()));
     tasks.spawn(control_server::serve(listener, shared.clone()));
+    tasks.spawn(holds::expire_loop(shared.clone()));
 
     events::emit_now(
         &shared.emitter,

@@ -7,7 +7,7 @@ use guard_common::{LOSS_REASONS, LossReason};
 use serde_json::json;
 use tokio::io::unix::AsyncFd;
 
-use super::Shared;
+use super::{Shared, holds::Release};
 use crate::{
     events::{self, decode, enrich::Enricher},
     kernel::LossCounters,
@@ -40,40 +40,74 @@ pub async fn read_events(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow:
 
 fn drain(
     ring: &mut RingBuf<MapData>,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     clock: &decode::BootClock,
     enricher: &mut Enricher,
 ) {
-    let registry = match shared.registry.read() {
-        Ok(r) => r,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    while let Some(item) = ring.next() {
-        match decode::decode(&item, &registry, clock, enricher) {
-            Ok(None) => {}
-            Ok(Some((time, body))) => {
-                let mut emitter = match shared.emitter.lock() {
-                    Ok(e) => e,
-                    Err(poisoned) => poisoned.into_inner(),
-                };
-                emitter.emit(time, body);
-            }
-            Err(err) => {
-                // Not silent: a record we cannot read is a lost event.
-                tracing::error!(%err, "undecodable kernel record");
-                events::emit_now(
-                    &shared.emitter,
-                    json!({"kind": "loss", "outcome": "lost",
-                           "loss": {"reason": "undecodable_record", "count": 1, "detail": err.to_string()}}),
-                );
+    let mut held = Vec::new();
+    {
+        let registry = match shared.registry.read() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let timeout = Duration::from_secs(registry.policy.daemon.approval_timeout_secs);
+        while let Some(item) = ring.next() {
+            match decode::decode(&item, &registry, clock, enricher) {
+                Ok(None) => {}
+                Ok(Some((_, body)))
+                    if body.get("outcome").and_then(|o| o.as_str()) == Some("held") =>
+                {
+                    held.push((body, timeout));
+                }
+                Ok(Some((time, body))) => {
+                    let mut emitter = match shared.emitter.lock() {
+                        Ok(e) => e,
+                        Err(poisoned) => poisoned.into_inner(),
+                    };
+                    emitter.emit(time, body);
+                }
+                Err(err) => {
+                    // Not silent: a record we cannot read is a lost event.
+                    tracing::error!(%err, "undecodable kernel record");
+                    events::emit_now(
+                        &shared.emitter,
+                        json!({"kind": "loss", "outcome": "lost",
+                               "loss": {"reason": "undecodable_record", "count": 1, "detail": err.to_string()}}),
+                    );
+                }
             }
         }
+    }
+    // A kernel hold: the thread is stopped until the registry releases it.
+    for (body, timeout) in held {
+        let num = |a: &str, b: &str| {
+            body.get(a)
+                .and_then(|v| v.get(b))
+                .and_then(serde_json::Value::as_u64)
+        };
+        let (Some(id), Some(tid), Some(pid)) = (
+            num("hold", "id"),
+            num("process", "tid"),
+            num("process", "pid"),
+        ) else {
+            tracing::error!("held record without hold id or thread");
+            continue;
+        };
+        shared.holds.register(
+            shared,
+            id,
+            body,
+            pid as u32,
+            Release::Kernel { tid: tid as u32 },
+            timeout,
+        );
     }
 }
 
 fn reason_name(index: usize) -> &'static str {
     match LossReason::from_raw(index as u32) {
         Some(LossReason::RingbufFull) => "ringbuf_full",
+        Some(LossReason::HoldFailed) => "hold_failed",
         None => "unknown",
     }
 }

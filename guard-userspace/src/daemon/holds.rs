@@ -1,0 +1,205 @@
+//! Calls held for a human: one registry whatever the backend. A hold ends
+//! exactly once, by approve, deny, expiry (deny) or the process going away,
+//! and every end is a `hold.decision` event.
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use super::Shared;
+use crate::events;
+
+/// How a held call is released.
+pub enum Release {
+    /// Seccomp supervision: the supervisor task waits on this.
+    Seccomp(oneshot::Sender<bool>),
+    /// A kernel hold (LSM or connect): the verdict goes into the HOLDS map
+    /// entry of thread `tid`, then the stopped process gets SIGCONT.
+    Kernel { tid: u32 },
+}
+
+pub struct Hold {
+    pub id: u64,
+    /// The held event's body: kind, agent, process, target, rule.
+    pub event: serde_json::Map<String, Value>,
+    pub pid: u32,
+    pub since: Instant,
+    pub since_wall: SystemTime,
+    pub deadline: Instant,
+    release: Release,
+}
+
+/// What a decision was, for the event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Approved,
+    Denied,
+    Expired,
+}
+
+impl Verdict {
+    fn name(self) -> &'static str {
+        match self {
+            Verdict::Approved => "approved",
+            Verdict::Denied => "denied",
+            Verdict::Expired => "expired",
+        }
+    }
+}
+
+/// Who decided.
+pub struct By {
+    pub uid: Option<u32>,
+    pub user: String,
+}
+
+#[derive(Default)]
+pub struct Holds {
+    held: Mutex<HashMap<u64, Hold>>,
+}
+
+impl Holds {
+    /// Registers a hold and emits its `held` event (`event` already has
+    /// kind, agent, process, target and rule; outcome and hold are added).
+    pub fn register(
+        &self,
+        shared: &Shared,
+        id: u64,
+        mut event: serde_json::Map<String, Value>,
+        pid: u32,
+        release: Release,
+        timeout: Duration,
+    ) {
+        event.insert("outcome".into(), "held".into());
+        event.insert(
+            "hold".into(),
+            json!({ "id": id.to_string(), "timeout_secs": timeout.as_secs() }),
+        );
+        events::emit_now(&shared.emitter, Value::Object(event.clone()));
+        let now = Instant::now();
+        self.lock().insert(
+            id,
+            Hold {
+                id,
+                event,
+                pid,
+                since: now,
+                since_wall: SystemTime::now(),
+                deadline: now + timeout,
+                release,
+            },
+        );
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Hold>> {
+        match self.held.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Pending holds, oldest first, as the control socket reports them.
+    pub fn pending(&self) -> Vec<Value> {
+        let now = Instant::now();
+        let held = self.lock();
+        let mut list: Vec<&Hold> = held.values().collect();
+        list.sort_by_key(|h| h.since);
+        list.iter()
+            .map(|h| {
+                json!({
+                    "id": h.id.to_string(),
+                    "kind": h.event.get("kind"),
+                    "agent": h.event.get("agent").and_then(|a| a.get("name")),
+                    "owner": h.event.get("agent").and_then(|a| a.get("owner")),
+                    "pid": h.pid,
+                    "exe": h.event.get("process").and_then(|p| p.get("exe")),
+                    "target": h.event.get("target"),
+                    "since": humantime::format_rfc3339_seconds(h.since_wall).to_string(),
+                    "waited_ms": now.duration_since(h.since).as_millis() as u64,
+                    "left_ms": h.deadline.saturating_duration_since(now).as_millis() as u64,
+                })
+            })
+            .collect()
+    }
+
+    /// Ends hold `id`; false if there is no such pending hold.
+    pub fn decide(
+        &self,
+        shared: &Arc<Shared>,
+        id: u64,
+        verdict: Verdict,
+        by: By,
+        reason: Option<String>,
+    ) -> bool {
+        let Some(hold) = self.lock().remove(&id) else {
+            return false;
+        };
+        let allow = verdict == Verdict::Approved;
+        match hold.release {
+            Release::Seccomp(tx) => {
+                // The supervisor may be gone (process killed): nothing to do.
+                let _ = tx.send(allow);
+            }
+            Release::Kernel { tid } => {
+                if let Err(err) = shared.kernel_holds.release(tid, id, allow, hold.pid) {
+                    tracing::error!(%err, hold = id, "releasing a kernel hold");
+                }
+            }
+        }
+        let mut event = hold.event;
+        event.insert("kind".into(), "hold.decision".into());
+        event.insert(
+            "outcome".into(),
+            if allow { "allowed" } else { "denied" }.into(),
+        );
+        event.insert(
+            "hold".into(),
+            json!({
+                "id": id.to_string(),
+                "decision": verdict.name(),
+                "by": { "uid": by.uid, "user": by.user },
+                "reason": reason,
+                "waited_ms": hold.since.elapsed().as_millis() as u64,
+                "scope": "once",
+            }),
+        );
+        events::emit_now(&shared.emitter, Value::Object(event));
+        true
+    }
+
+    /// Expires every hold past its deadline (a deny).
+    pub fn expire(&self, shared: &Arc<Shared>) {
+        let now = Instant::now();
+        let due: Vec<u64> = self
+            .lock()
+            .values()
+            .filter(|h| h.deadline <= now)
+            .map(|h| h.id)
+            .collect();
+        for id in due {
+            self.decide(
+                shared,
+                id,
+                Verdict::Expired,
+                By {
+                    uid: None,
+                    user: "agent-guard (approval timeout)".into(),
+                },
+                Some("no decision before approval_timeout_secs".into()),
+            );
+        }
+    }
+}
+
+/// Expires holds once a second.
+pub async fn expire_loop(shared: Arc<Shared>) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        shared.holds.expire(&shared);
+    }
+}

@@ -1,0 +1,218 @@
+//! `ask` holds the call before it happens until on-call decides. On this
+//! host deletes are held by seccomp supervision; in the VM tier by the LSM
+//! hooks (SIGSTOP + restart). Needs: seccomp user notification or BPF LSM.
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    os::unix::{net::UnixStream, process::CommandExt as _},
+    process::{Child, Stdio},
+};
+
+use agent_guard_tests::*;
+use serde_json::Value;
+
+fn start(test: &str, timeout_secs: u64) -> (Daemon, Scratch) {
+    let cg = TestCgroups::new(test);
+    let scratch = Scratch::new(test);
+    let policy = format!(
+        r#"
+[daemon]
+approval_timeout_secs = {timeout_secs}
+approvers = {{ uids = [0] }}
+
+[[agent]]
+name = "cleaner"
+owner = "ops@example.com"
+purpose = "hold tests"
+cgroup = "{}"
+
+[agent.delete]
+default = "allow"
+ask = ["{}"]
+"#,
+        cg.path("cleaner"),
+        scratch.s("prod"),
+    );
+    (Daemon::start(&policy, cg), scratch)
+}
+
+/// Starts `argv` as the agent and waits until its delete is held; returns
+/// the running child and the hold id.
+fn held(daemon: &Daemon, argv: &[&str], path: &str) -> (Child, String) {
+    let child = daemon.spawn_agent("cleaner", argv);
+    let ev = daemon.wait_event("file.unlink", |e| {
+        e["outcome"] == "held" && e["target"]["path"] == path
+    });
+    let id = ev["hold"]["id"].as_str().expect("hold id").to_string();
+    (child, id)
+}
+
+fn cli(daemon: &Daemon, args: &[&str]) -> std::process::Output {
+    daemon
+        .cli()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("agent-guard")
+}
+
+#[test]
+fn approve_completes_the_held_rm_and_deny_fails_it() {
+    let (daemon, scratch) = start("hold-rm", 300);
+    let file = scratch.file("prod/db.sqlite");
+    let path = file.display().to_string();
+    let (child, id) = held(&daemon, &["rm", &path], &path);
+
+    // Held before it happened: the file is still there, and on-call sees it.
+    assert!(file.exists());
+    let out = cli(&daemon, &["pending", "--json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).expect("pending JSON");
+    let entry = list
+        .as_array()
+        .and_then(|l| l.iter().find(|h| h["id"] == id.as_str()))
+        .unwrap_or_else(|| panic!("hold {id} not in pending: {list}"));
+    assert_eq!(entry["agent"], "cleaner");
+    assert_eq!(entry["owner"], "ops@example.com");
+    assert_eq!(entry["target"]["path"], path.as_str());
+    assert!(entry["left_ms"].as_u64().is_some_and(|l| l > 0));
+
+    let out = cli(&daemon, &["approve", &id, "--reason", "ticket OPS-42"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = child.wait_with_output().expect("rm");
+    assert!(
+        out.status.success(),
+        "approved rm completes: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!file.exists());
+    let ev = daemon.wait_event("hold.decision", |e| e["hold"]["id"] == id.as_str());
+    assert_eq!(ev["hold"]["decision"], "approved");
+    assert_eq!(ev["hold"]["by"]["uid"], 0);
+    assert_eq!(ev["hold"]["reason"], "ticket OPS-42");
+    assert_eq!(ev["target"]["path"], path.as_str());
+    assert_eq!(ev["agent"]["name"], "cleaner");
+
+    // The same again, denied.
+    let file = scratch.file("prod/other.sqlite");
+    let path = file.display().to_string();
+    let (child, id) = held(&daemon, &["rm", &path], &path);
+    let out = cli(&daemon, &["deny", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = child.wait_with_output().expect("rm");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"));
+    assert!(file.exists());
+    let ev = daemon.wait_event("hold.decision", |e| e["hold"]["id"] == id.as_str());
+    assert_eq!(ev["hold"]["decision"], "denied");
+    // A decided hold is gone: deciding again is an error.
+    assert!(!cli(&daemon, &["approve", &id]).status.success());
+}
+
+#[test]
+fn an_unanswered_hold_expires_as_a_deny() {
+    let (daemon, scratch) = start("hold-expire", 2);
+    let file = scratch.file("prod/x");
+    let path = file.display().to_string();
+    let (child, id) = held(&daemon, &["rm", &path], &path);
+    let ev = daemon.wait_event("hold.decision", |e| e["hold"]["id"] == id.as_str());
+    assert_eq!(ev["hold"]["decision"], "expired");
+    let out = child.wait_with_output().expect("rm");
+    assert!(!out.status.success(), "an expired hold is a deny");
+    assert!(file.exists());
+}
+
+#[test]
+fn a_multithreaded_process_resumes_after_its_held_delete() {
+    let (daemon, scratch) = start("hold-threads", 300);
+    let file = scratch.file("prod/t.txt");
+    let path = file.display().to_string();
+    let script = format!(
+        r#"
+import os, threading, time
+done = []
+def worker():
+    for _ in range(200):
+        time.sleep(0.01)
+    done.append(1)
+t = threading.Thread(target=worker); t.start()
+os.unlink({path:?})
+t.join()
+print("unlinked", len(done), flush=True)
+"#
+    );
+    let (child, id) = held(&daemon, &["python3", "-c", &script], &path);
+    assert!(cli(&daemon, &["approve", &id]).status.success());
+    let out = child.wait_with_output().expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "unlinked 1\n");
+    assert!(!file.exists());
+}
+
+#[test]
+fn a_non_approver_is_refused_and_the_refusal_is_logged() {
+    let (daemon, scratch) = start("hold-authz", 300);
+    let file = scratch.file("prod/y");
+    let path = file.display().to_string();
+    let (child, id) = held(&daemon, &["rm", &path], &path);
+    let out = daemon
+        .cli()
+        .args(["approve", &id])
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .output()
+        .expect("approve as nobody");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not an approver"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ev = daemon.wait_event("control.refused", |e| e["control"]["hold"] == id.as_str());
+    assert_eq!(ev["control"]["by"]["uid"], 65534);
+    assert!(file.exists(), "still held");
+    assert!(cli(&daemon, &["deny", &id]).status.success());
+    let _ = child.wait_with_output();
+}
+
+#[test]
+fn garbage_on_the_control_socket_gets_an_error_and_the_daemon_keeps_serving() {
+    let (daemon, _scratch) = start("hold-garbage", 300);
+    for junk in [
+        &b"this is not json\n"[..],
+        b"{\"v\":1,\"op\":\"approve_everything\"}\n",
+        b"{\"v\":99,\"op\":\"status\"}\n",
+        b"[1,2,3]\n",
+    ] {
+        let mut s = UnixStream::connect(&daemon.socket).expect("connect");
+        s.write_all(junk).expect("write");
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).expect("reply");
+        let reply: Value = serde_json::from_str(&line).expect("reply is JSON");
+        assert_eq!(reply["ok"], false, "{junk:?} -> {line}");
+        assert!(reply["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    // An over-long line without a newline, then hang-up.
+    let mut s = UnixStream::connect(&daemon.socket).expect("connect");
+    let _ = s.write_all(&vec![b'x'; 100_000]);
+    let mut rest = String::new();
+    let _ = s.read_to_string(&mut rest);
+    // Still serving.
+    let out = cli(&daemon, &["pending", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
