@@ -84,6 +84,35 @@ pub fn hold(stop_now: bool) -> Hold {
     Hold::Started { hold_id }
 }
 
+/// tp_btf/sys_exit (`void sys_exit(struct pt_regs *regs, long ret)`): a
+/// connect hold fails its attempt with -ERESTARTNOINTR and leaves the stop
+/// to us, since cgroup sock_addr programs cannot send signals. Every other
+/// system call exit is passed over after one comparison.
+#[inline(always)]
+pub fn stop_at_exit(ret: i64) {
+    if ret != -513 {
+        return;
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(entry) = HOLDS.get_ptr_mut(&tid) else {
+        return;
+    };
+    // SAFETY: our own thread's hold entry.
+    unsafe {
+        if (*entry).stop_pending == 0 {
+            return;
+        }
+        (*entry).stop_pending = 0;
+        if !send_stop() {
+            // The attempt already returns -ERESTARTNOINTR; without a signal
+            // the kernel will not restart it. Make any retry a deny, and
+            // count it: this is the one way errno 513 could leak.
+            (*entry).state = HoldState::Deny.raw();
+            emit::count_loss(LossReason::HoldFailed);
+        }
+    }
+}
+
 /// SIGSTOP to the current process (all its threads, as job control does).
 #[inline(always)]
 pub fn send_stop() -> bool {

@@ -64,6 +64,13 @@ pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// tp_btf/sys_exit: sends the stop for held connects.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
+    hold::stop_at_exit(ctx.arg(1));
+    0
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -4,18 +4,31 @@
 //! `struct bpf_sock_addr { u32 user_family; u32 user_ip4; u32 user_ip6[4];
 //! u32 user_port; ... }`, addresses and port in network byte order. Return 1
 //! to let the connect proceed, 0 to fail it with EPERM.
-use aya_ebpf::{maps::lpm_trie::Key, programs::SockAddrContext};
+use aya_ebpf::{
+    helpers::generated::bpf_set_retval, maps::lpm_trie::Key, programs::SockAddrContext,
+};
 use guard_common::{
     AF_INET, ConnectRecord, EventKind, Mode, NET_KEY_AGENT_BITS, NetKey, Outcome, RULE_DEFAULT,
     Verdict,
 };
 
-use crate::{emit, identity, maps::NET_RULES};
+use crate::{
+    emit,
+    hold::{self, Hold},
+    identity,
+    maps::NET_RULES,
+};
+
+/// Kernel-internal "restart after the signal"; see hold.rs.
+const ERESTARTNOINTR: i32 = 513;
 
 /// What the hook decided.
 pub enum Decision {
     Allow,
     Deny,
+    /// Fail this attempt with -ERESTARTNOINTR; sys_exit stops the thread,
+    /// and the connect restarts when it is resumed (see hold.rs).
+    Hold,
 }
 
 /// Why a decision could not be made normally.
@@ -34,6 +47,12 @@ pub fn connect_verdict(result: Result<Decision, GuardError>) -> i32 {
     match result {
         Ok(Decision::Allow) | Err(GuardError::UnknownFamily) => 1,
         Ok(Decision::Deny) => 0,
+        Ok(Decision::Hold) => {
+            // SAFETY: helper with a plain integer; allowed for cgroup
+            // sock_addr programs since 5.18.
+            unsafe { bpf_set_retval(-ERESTARTNOINTR) };
+            0
+        }
     }
 }
 
@@ -69,13 +88,25 @@ pub fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<Decision, Guard
         .unwrap_or((agent.entry.connect_default, RULE_DEFAULT));
 
     let audit = agent.entry.mode == Mode::Audit.raw();
+    let mut hold_id = 0;
     let (decision, outcome) = if audit {
         (Decision::Allow, Outcome::Audited)
     } else if verdict == Verdict::Allow.raw() {
         (Decision::Allow, Outcome::Allowed)
+    } else if verdict == Verdict::Ask.raw() {
+        // No signals from this hook: sys_exit sends the stop.
+        match hold::hold(false) {
+            Hold::Started { hold_id: id } => {
+                hold_id = id;
+                (Decision::Hold, Outcome::Held)
+            }
+            Hold::StillPending => return Ok(Decision::Hold),
+            Hold::Decided { allow: true } => return Ok(Decision::Allow),
+            Hold::Decided { allow: false } => return Ok(Decision::Deny),
+            // Could not hold: fail closed, reported as denied.
+            Hold::Failed => (Decision::Deny, Outcome::Denied),
+        }
     } else {
-        // Deny, and Ask until holds exist: an ask that cannot be held is a
-        // deny (fail closed). The event still reports verdict "ask".
         (Decision::Deny, Outcome::Denied)
     };
 
@@ -83,6 +114,7 @@ pub fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<Decision, Guard
     header.outcome = outcome.raw();
     header.verdict = verdict;
     header.rule_id = rule_id;
+    header.hold_id = hold_id;
     let record = ConnectRecord {
         header,
         family,

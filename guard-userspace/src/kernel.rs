@@ -241,30 +241,43 @@ impl Kernel {
     /// backend can block. Only worth its cost where BPF LSM is unavailable:
     /// it runs on every system call of the host.
     pub fn attach_delete_observer(&mut self) -> Result<(), KernelError> {
-        const PROGRAM: &str = "tp_btf/sys_enter (BPF_PROG_TYPE_TRACING)";
+        self.attach_tracepoint("sys_enter", "tp_btf/sys_enter (BPF_PROG_TYPE_TRACING)")
+    }
+
+    /// Attaches tp_btf/sys_exit, which stops threads whose connect is held.
+    /// Needed only when some agent can `ask` on connect.
+    pub fn attach_connect_hold_stopper(&mut self) -> Result<(), KernelError> {
+        self.attach_tracepoint("sys_exit", "tp_btf/sys_exit (BPF_PROG_TYPE_TRACING)")
+    }
+
+    fn attach_tracepoint(
+        &mut self,
+        name: &'static str,
+        program: &'static str,
+    ) -> Result<(), KernelError> {
         let btf = aya::Btf::from_sys_fs().map_err(|e| KernelError::Refused {
-            program: PROGRAM,
+            program,
             errno: format!("kernel BTF unavailable: {e}"),
             source: ProgramError::Btf(e),
         })?;
         let prog: &mut BtfTracePoint = self
             .ebpf
-            .program_mut("sys_enter")
-            .ok_or(KernelError::Missing("sys_enter"))?
+            .program_mut(name)
+            .ok_or(KernelError::Missing(name))?
             .try_into()
             .map_err(|source| KernelError::Refused {
-                program: PROGRAM,
+                program,
                 errno: "wrong program type in object".into(),
                 source,
             })?;
-        prog.load("sys_enter", &btf)
+        prog.load(name, &btf)
             .map_err(|source| KernelError::Refused {
-                program: PROGRAM,
+                program,
                 errno: describe_load_error(&source),
                 source,
             })?;
         prog.attach().map_err(|source| KernelError::Attach {
-            program: PROGRAM,
+            program,
             cgroup: "-".into(),
             source,
         })?;

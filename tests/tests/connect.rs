@@ -160,9 +160,15 @@ fn audit_mode_allows_and_reports_the_would_be_verdict() {
     run.finish();
 }
 
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
 #[test]
-fn ask_fails_closed_until_holds_exist_and_is_reported_as_ask() {
-    let cg = TestCgroups::new("ask");
+fn ask_holds_the_connect_until_on_call_decides() {
+    use std::io::BufRead as _;
+    let cg = TestCgroups::new("connect-hold");
     let l = Listener::v4();
     let daemon = Daemon::start(
         &policy(
@@ -172,10 +178,72 @@ fn ask_fails_closed_until_holds_exist_and_is_reported_as_ask() {
         ),
         cg,
     );
-    let run = connect_as(&daemon, "bot", "127.0.0.1", l.port);
-    assert_eq!(run.errno, EPERM);
-    let ev = daemon.wait_event("net.connect", |e| e["process"]["pid"] == run.pid);
-    assert_eq!(ev["rule"]["verdict"], "ask");
-    assert_eq!(ev["outcome"], "denied");
-    run.finish();
+    for approve in [true, false] {
+        let port = l.port.to_string();
+        let mut child =
+            daemon.spawn_agent("bot", &["python3", "-c", PY_CONNECT, "127.0.0.1", &port]);
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let first = lines.next().expect("pid line").expect("read");
+        let pid: u32 = first
+            .strip_prefix("pid=")
+            .and_then(|r| r.split(' ').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected {first:?}"));
+        let ev = daemon.wait_event("net.connect", |e| {
+            e["outcome"] == "held" && e["process"]["pid"] == pid
+        });
+        let id = ev["hold"]["id"].as_str().expect("hold id").to_string();
+        assert_eq!(ev["rule"]["verdict"], "ask");
+        assert_eq!(ev["target"]["port"], l.port);
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while process_state(pid) != Some('T') {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "held connect never stopped"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Someone else's SIGCONT: the connect restarts into the same hold.
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGCONT,
+        )
+        .expect("SIGCONT");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while process_state(pid) != Some('T') {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a stray SIGCONT released the connect"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let holds = daemon
+            .events()
+            .iter()
+            .filter(|e| e["outcome"] == "held" && e["process"]["pid"] == pid)
+            .count();
+        assert_eq!(holds, 1, "exactly one hold event");
+
+        let verb = if approve { "approve" } else { "deny" };
+        let out = daemon.cli().args([verb, &id]).output().expect(verb);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let result = lines.next().expect("result line").expect("read");
+        if approve {
+            assert_eq!(result, "connected");
+        } else {
+            assert_eq!(result, format!("errno={EPERM}"), "EPERM, never errno 513");
+        }
+        drop(child.stdin.take());
+        let _ = child.wait();
+        let ev = daemon.wait_event("hold.decision", |e| e["hold"]["id"] == id.as_str());
+        assert_eq!(
+            ev["hold"]["decision"],
+            if approve { "approved" } else { "denied" }
+        );
+    }
 }

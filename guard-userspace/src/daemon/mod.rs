@@ -97,6 +97,16 @@ pub async fn run(opts: Options) -> Result<()> {
             refused.join(", ")
         );
     }
+    if policy.agents.iter().any(|a| {
+        a.mode == guard_common::Mode::Enforce
+            && (a.connect.default == guard_common::Verdict::Ask
+                || a.connect
+                    .rules
+                    .iter()
+                    .any(|r| r.verdict == guard_common::Verdict::Ask))
+    }) {
+        kernel.attach_connect_hold_stopper()?;
+    }
     if !lsm {
         // Processes placed in an agent cgroup by other means than `run`
         // cannot be blocked here; at least every delete they make is seen.
