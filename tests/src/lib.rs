@@ -423,10 +423,24 @@ pub fn skip_unless(available: bool, test: &str, feature: &str) -> bool {
         tier() != "vm",
         "{test}: {feature} unavailable in the VM tier, whose kernel exists to provide it"
     );
-    eprintln!(
-        "SKIPPED {test}: this kernel lacks {feature} (per the daemon's load probe; see `agent-guard doctor`)"
+    skip(
+        test,
+        &format!(
+            "this kernel lacks {feature} (per the daemon's load probe; see `agent-guard doctor`)"
+        ),
     );
     true
+}
+
+/// Records a skip where `cargo xtask test` collects them for its summary
+/// (libtest hides a passing test's output), and on stderr.
+pub fn skip(test: &str, why: &str) {
+    eprintln!("SKIPPED {test}: {why}");
+    if let Some(log) = std::env::var_os("AGENT_GUARD_SKIP_LOG") {
+        if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "{test}: {why}");
+        }
+    }
 }
 
 /// A scratch directory tree for delete tests, removed on drop.

@@ -19,8 +19,9 @@ fn unsupervised_deletes_are_observed_not_blocked() {
         cg,
     );
     if daemon.backend("delete") == "bpf_lsm" {
-        eprintln!(
-            "SKIPPED unsupervised_deletes_are_observed_not_blocked: this kernel has BPF LSM, which blocks these deletes (delete_lsm.rs covers that)"
+        skip(
+            "unsupervised_deletes_are_observed_not_blocked",
+            "this kernel has BPF LSM, which blocks these deletes (delete_lsm.rs covers that)",
         );
         return;
     }

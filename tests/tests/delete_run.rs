@@ -161,9 +161,9 @@ fn git_clean_in_an_allowed_repository() {
 fn supervised_deletes_fail_closed_when_the_daemon_dies() {
     let (daemon, scratch) = start("run-dies");
     if daemon.backend("delete") != "seccomp" {
-        eprintln!(
-            "SKIPPED supervised_deletes_fail_closed_when_the_daemon_dies: deletes here are \
-             guarded by BPF LSM, not by a supervisor that could die"
+        skip(
+            "supervised_deletes_fail_closed_when_the_daemon_dies",
+            "deletes here are guarded by BPF LSM, not by a supervisor that could die",
         );
         return;
     }

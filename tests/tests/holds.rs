@@ -216,3 +216,55 @@ fn garbage_on_the_control_socket_gets_an_error_and_the_daemon_keeps_serving() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn kill_ends_a_held_run_and_kill_agent_empties_the_agent() {
+    let (daemon, scratch) = start("hold-kill", 300);
+    let file = scratch.file("prod/k");
+    let path = file.display().to_string();
+    let (child, id) = held(&daemon, &["rm", &path], &path);
+    let out = cli(&daemon, &["kill", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = child.wait_with_output().expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(128 + 9),
+        "run reports its command was SIGKILLed"
+    );
+    assert!(file.exists(), "a killed call never happens");
+    let ev = daemon.wait_event("hold.decision", |e| e["hold"]["id"] == id.as_str());
+    assert_eq!(ev["hold"]["decision"], "killed");
+
+    // Every process of the agent, across runs.
+    let a = daemon.spawn_agent("cleaner", &["sleep", "1000"]);
+    let b = daemon.spawn_agent("cleaner", &["sh", "-c", "sleep 1000 & sleep 1000; wait"]);
+    daemon.wait_event("agent.start", |e| e["process"]["cmdline"][0] == "sh");
+    let out = cli(&daemon, &["kill", "--agent", "cleaner"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for child in [a, b] {
+        let status = child.wait_with_output().expect("run").status;
+        assert_eq!(status.code(), Some(128 + 9));
+    }
+    let cgroup = daemon.wait_event("agent.kill", |e| e["control"]["target"] == "agent cleaner")["control"]["cgroup"]
+        .as_str()
+        .expect("cgroup")
+        .to_string();
+    let events = std::fs::read_to_string(format!("{cgroup}/cgroup.events")).expect("cgroup.events");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let mut populated = events.contains("populated 1");
+    while populated && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        populated = std::fs::read_to_string(format!("{cgroup}/cgroup.events"))
+            .expect("cgroup.events")
+            .contains("populated 1");
+    }
+    assert!(!populated, "no process may be left in the agent's cgroup");
+}

@@ -95,14 +95,29 @@ pub fn test(args: &TestArgs) -> Result<()> {
     eprintln!("xtask: tier 1, unit tests");
     setup::run(cargo().args(["test"]))?;
 
-    eprintln!("xtask: tier 2, privileged tests on this kernel");
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let kernel = kernel.trim();
+    eprintln!("xtask: tier 2, privileged tests on this kernel ({kernel})");
+    let skip_log = workspace_root().join("target/privileged-skips.txt");
+    let _ = std::fs::remove_file(&skip_log);
     let mut cmd = cargo();
     cmd.args(["test", "--package", "agent-guard-tests"])
-        .env("AGENT_GUARD_BIN", &bin);
+        .env("AGENT_GUARD_BIN", &bin)
+        .env("AGENT_GUARD_SKIP_LOG", &skip_log);
     if let Some(filter) = &args.filter {
         cmd.args(["--", filter]);
     }
     setup::run(&mut cmd)?;
+    // libtest hides a passing test's output, so say here what did not run.
+    match std::fs::read_to_string(&skip_log) {
+        Ok(skips) if !skips.trim().is_empty() => {
+            eprintln!("xtask: tier 2 on {kernel}: these tests did not apply to this kernel:");
+            for line in skips.lines() {
+                eprintln!("xtask:   skipped {line}");
+            }
+        }
+        _ => eprintln!("xtask: tier 2 on {kernel}: every privileged test ran"),
+    }
 
     if args.no_vm {
         eprintln!("xtask: --no-vm: the QEMU tier (BPF LSM backend) was NOT run");
