@@ -108,6 +108,44 @@ pub fn move_pid(path: &Path, pid: u32) -> Result<(), CgroupError> {
     fs::write(&procs, pid.to_string()).map_err(io_err("writing", &procs))
 }
 
+/// Kills every process in the cgroup and below it: cgroup.kill (5.14+),
+/// else SIGKILL to each pid until the tree is empty.
+pub fn kill_all(path: &Path) -> Result<(), CgroupError> {
+    let knob = path.join("cgroup.kill");
+    if knob.exists() {
+        return fs::write(&knob, "1").map_err(io_err("writing", &knob));
+    }
+    for _ in 0..100 {
+        if !populated(path)? {
+            return Ok(());
+        }
+        kill_procs(path)?;
+        thread::sleep(Duration::from_millis(20));
+    }
+    Err(io_err("killing the processes of", path)(
+        io::Error::from_raw_os_error(libc::EBUSY),
+    ))
+}
+
+fn kill_procs(dir: &Path) -> Result<(), CgroupError> {
+    let procs = dir.join("cgroup.procs");
+    let text = fs::read_to_string(&procs).map_err(io_err("reading", &procs))?;
+    for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                kill_procs(&entry.path())?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Whether any process lives in the cgroup or below it.
 pub fn populated(path: &Path) -> Result<bool, CgroupError> {
     let events = path.join("cgroup.events");

@@ -45,6 +45,14 @@ pub enum Request {
     Status {},
     /// Held calls waiting for a decision.
     Pending {},
+    /// Kill a held call's run (`hold`) or every process of an agent
+    /// (`agent`); exactly one of the two (approvers only).
+    Kill {
+        #[serde(default)]
+        hold: Option<String>,
+        #[serde(default)]
+        agent: Option<String>,
+    },
     /// Approve or deny a held call (approvers only).
     Decide {
         id: String,

@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         Command::Pending(args) => cli::pending::run(args, &client_socket()),
         Command::Approve(args) => cli::approve::run(args, &client_socket()),
         Command::Deny(args) => cli::deny::run(args, &client_socket()),
+        Command::Kill(args) => cli::kill::run(args, &client_socket()),
     };
     match result {
         Ok(code) => code,

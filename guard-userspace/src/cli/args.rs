@@ -70,6 +70,13 @@ pub enum Command {
     /// Example:
     ///   agent-guard deny 1732421234567890123 --reason "not during the freeze"
     Deny(DenyArgs),
+    /// Kill a held call's run (every process the run started), or with
+    /// --agent every process of the agent. Approvers only. Uses cgroup.kill.
+    ///
+    /// Examples:
+    ///   agent-guard kill 1732421234567890123
+    ///   agent-guard kill --agent claims-bot
+    Kill(KillArgs),
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -102,6 +109,16 @@ pub struct ApproveArgs {
     /// Why; recorded in the hold.decision event.
     #[arg(long)]
     pub reason: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct KillArgs {
+    /// Hold id whose run to kill.
+    #[arg(conflicts_with = "agent", required_unless_present = "agent")]
+    pub id: Option<String>,
+    /// Kill every process of this agent instead.
+    #[arg(long, value_name = "NAME")]
+    pub agent: Option<String>,
 }
 
 #[derive(clap::Args)]

@@ -166,6 +166,7 @@ fn dispatch(
             approve,
             reason,
         } => decide(shared, cred, &id, approve, reason),
+        Request::Kill { hold, agent } => kill(shared, cred, hold, agent),
     };
     match result {
         Ok(data) => Reply::ok(data),
@@ -362,10 +363,7 @@ fn decide(
     approve: bool,
     reason: Option<String>,
 ) -> Result<serde_json::Value> {
-    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(cred.uid()))
-        .ok()
-        .flatten()
-        .map_or_else(|| cred.uid().to_string(), |u| u.name);
+    let user = user_name(cred);
     if !is_approver(shared, cred) {
         events::emit_now(
             &shared.emitter,
@@ -398,6 +396,112 @@ fn decide(
         bail!("no pending hold {id} (already decided, expired, or never held)");
     }
     Ok(json!({}))
+}
+
+/// Kills a held call's run (its session cgroup, or the agent's cgroup for a
+/// process started without `run`), or every process of an agent.
+fn kill(
+    shared: &Arc<Shared>,
+    cred: &UCred,
+    hold: Option<String>,
+    agent: Option<String>,
+) -> Result<serde_json::Value> {
+    let what = match (&hold, &agent) {
+        (Some(h), None) => format!("hold {h}"),
+        (None, Some(a)) => format!("agent {a}"),
+        _ => bail!("kill takes exactly one of a hold id or an agent name"),
+    };
+    let user = user_name(cred);
+    if !is_approver(shared, cred) {
+        events::emit_now(
+            &shared.emitter,
+            json!({"kind": "control.refused", "outcome": "denied",
+                   "control": {"op": "kill", "target": what,
+                               "by": {"uid": cred.uid(), "pid": cred.pid(), "user": user},
+                               "reason": "not an approver ([daemon] approvers)"}}),
+        );
+        bail!(
+            "uid {} ({user}) is not an approver; see [daemon] approvers in the policy",
+            cred.uid()
+        );
+    }
+    let dir: PathBuf = match (&hold, &agent) {
+        (Some(h), _) => {
+            let id: u64 = h
+                .parse()
+                .with_context(|| format!("{h:?} is not a hold id"))?;
+            let pid = shared
+                .holds
+                .pid_of(id)
+                .with_context(|| format!("no pending hold {h}"))?;
+            let own = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .ok()
+                .and_then(|c| {
+                    c.lines()
+                        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+                })
+                .with_context(|| format!("cannot read the cgroup of pid {pid}"))?;
+            let registry = shared
+                .registry
+                .read()
+                .map_err(|_| anyhow::anyhow!("registry lock poisoned"))?;
+            let session = registry
+                .sessions
+                .values()
+                .find(|s| own.ends_with(&format!("/run-{}", s.id)))
+                .map(|s| s.dir.clone());
+            let agent_dir = registry
+                .agents
+                .values()
+                .find(|a| {
+                    own.trim_start_matches('/')
+                        .starts_with(a.def.cgroup.as_str())
+                })
+                .map(|a| a.cgroup_dir.clone());
+            session
+                .or(agent_dir)
+                .with_context(|| format!("pid {pid} is in no agent cgroup ({own})"))?
+        }
+        (_, Some(name)) => {
+            let registry = shared
+                .registry
+                .read()
+                .map_err(|_| anyhow::anyhow!("registry lock poisoned"))?;
+            registry
+                .agent_by_name(name)
+                .map(|a| a.cgroup_dir.clone())
+                .with_context(|| format!("unknown agent {name:?}"))?
+        }
+        _ => unreachable!("checked above"),
+    };
+    cgroup::kill_all(&dir)?;
+    if let Some(h) = hold.as_deref().and_then(|h| h.parse().ok()) {
+        shared.holds.decide(
+            shared,
+            h,
+            super::holds::Verdict::Killed,
+            super::holds::By {
+                uid: Some(cred.uid()),
+                user: user.clone(),
+            },
+            None,
+        );
+    }
+    tracing::warn!(%what, by = %user, cgroup = %dir.display(), "killed");
+    events::emit_now(
+        &shared.emitter,
+        json!({"kind": "agent.kill", "outcome": "success",
+               "control": {"target": what, "cgroup": dir.display().to_string(),
+                           "by": {"uid": cred.uid(), "user": user}}}),
+    );
+    Ok(json!({ "cgroup": dir.display().to_string() }))
+}
+
+fn user_name(cred: &UCred) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(cred.uid()))
+        .ok()
+        .flatten()
+        .map_or_else(|| cred.uid().to_string(), |u| u.name)
 }
 
 fn is_approver(shared: &Shared, cred: &UCred) -> bool {

@@ -39,6 +39,8 @@ pub enum Verdict {
     Approved,
     Denied,
     Expired,
+    /// The run (or agent) was killed; the call never completes.
+    Killed,
 }
 
 impl Verdict {
@@ -47,6 +49,7 @@ impl Verdict {
             Verdict::Approved => "approved",
             Verdict::Denied => "denied",
             Verdict::Expired => "expired",
+            Verdict::Killed => "killed",
         }
     }
 }
@@ -124,6 +127,11 @@ impl Holds {
                 })
             })
             .collect()
+    }
+
+    /// The pid holding hold `id`, if pending.
+    pub fn pid_of(&self, id: u64) -> Option<u32> {
+        self.lock().get(&id).map(|h| h.pid)
     }
 
     /// Ends hold `id`; false if there is no such pending hold.
