@@ -1,14 +1,18 @@
 //! Loading the embedded eBPF object, attaching it to agent cgroups, and
 //! writing policy into its maps. Everything that touches aya's program and
 //! policy-map APIs lives here.
-use std::{collections::HashMap, fs::File, io, path::Path};
+use std::{
+    fs::File,
+    io,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError,
-        cgroup_sock_addr::CgroupSockAddrLinkId,
+        links::{FdLink, PinnedLink},
     },
 };
 use guard_common::{
@@ -70,6 +74,13 @@ pub enum KernelError {
     },
     #[error("program or map {0} is missing from the eBPF object (build mismatch)")]
     Missing(&'static str),
+    #[error("{what} {path}: {source}")]
+    Pin {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("thread {tid} no longer holds hold {hold_id}")]
     StaleHold { tid: u32, hold_id: u64 },
 }
@@ -142,9 +153,26 @@ fn describe_load_error(err: &ProgramError) -> String {
 
 pub struct Kernel {
     ebpf: Ebpf,
-    links: HashMap<u64, Vec<(&'static str, CgroupSockAddrLinkId)>>,
+    /// Every attachment, owned here: dropping one detaches it. Once pinned
+    /// (see `pin_links`), an attachment outlives this process.
+    links: Vec<Attachment>,
+    pins: Option<Pins>,
     pub lsm: LsmStatus,
 }
+
+enum Attachment {
+    Owned(String, FdLink),
+    Pinned(PinnedLink),
+}
+
+/// The bpffs directory links are pinned in, and whether we mounted it.
+struct Pins {
+    dir: PathBuf,
+    mount: Option<PathBuf>,
+}
+
+/// statfs(2) magic of bpffs (include/uapi/linux/magic.h).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Offsets from the running kernel's BTF, or why they are unavailable.
 fn kernel_offsets() -> Result<KernelOffsets, btf::BtfError> {
@@ -192,13 +220,15 @@ impl Kernel {
                 source,
             })?;
         }
+        let mut links = Vec::new();
         let lsm = match offsets {
-            Ok(_) => load_lsm(&mut ebpf),
+            Ok(_) => load_lsm(&mut ebpf, &mut links),
             Err(err) => LsmStatus::Unavailable(format!("struct offsets unavailable: {err}")),
         };
         Ok(Self {
             ebpf,
-            links: HashMap::new(),
+            links,
+            pins: None,
             lsm,
         })
     }
@@ -212,7 +242,6 @@ impl Kernel {
             path: dir.display().to_string(),
             source,
         })?;
-        let mut ids = Vec::new();
         for (name, program) in CONNECT_PROGRAMS {
             let prog: &mut CgroupSockAddr = self
                 .ebpf
@@ -231,9 +260,16 @@ impl Kernel {
                     cgroup: dir.display().to_string(),
                     source,
                 })?;
-            ids.push((name, id));
+            let link = prog.take_link(id).and_then(|l| {
+                FdLink::try_from(l).map_err(|e| ProgramError::IOError(io::Error::other(e)))
+            });
+            let link = link.map_err(|source| KernelError::Attach {
+                program,
+                cgroup: dir.display().to_string(),
+                source,
+            })?;
+            self.keep(format!("{name}-{cgroup_id}"), link)?;
         }
-        self.links.entry(cgroup_id).or_default().extend(ids);
         Ok(())
     }
 
@@ -276,12 +312,96 @@ impl Kernel {
                 errno: describe_load_error(&source),
                 source,
             })?;
-        prog.attach().map_err(|source| KernelError::Attach {
+        let id = prog.attach().map_err(|source| KernelError::Attach {
             program,
             cgroup: "-".into(),
             source,
         })?;
+        let link = prog.take_link(id).map_err(|source| KernelError::Attach {
+            program,
+            cgroup: "-".into(),
+            source,
+        })?;
+        self.keep(name.to_owned(), link.into())
+    }
+
+    /// Keeps an attachment: pinned if pinning is on, else owned.
+    fn keep(&mut self, name: String, link: FdLink) -> Result<(), KernelError> {
+        let attachment = match &self.pins {
+            Some(pins) => Attachment::Pinned(pin(&pins.dir, &name, link)?),
+            None => Attachment::Owned(name, link),
+        };
+        self.links.push(attachment);
         Ok(())
+    }
+
+    /// Pins every attachment, now and later, under `state_dir/bpf/links`
+    /// (mounting bpffs at `state_dir/bpf` if it is not one), so that if the
+    /// daemon dies the programs stay attached and keep enforcing the last
+    /// policy: fail closed. Pins left by a daemon that died are removed
+    /// only after ours are in force, so there is no gap.
+    pub fn pin_links(&mut self, state_dir: &Path) -> Result<(), KernelError> {
+        let root = state_dir.join("bpf");
+        let io = |what: &'static str, path: &Path| {
+            let path = path.display().to_string();
+            move |source| KernelError::Pin { what, path, source }
+        };
+        std::fs::create_dir_all(&root).map_err(io("creating", &root))?;
+        let mount = if nix::sys::statfs::statfs(&root)
+            .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+            .unwrap_or(false)
+        {
+            None
+        } else {
+            nix::mount::mount(
+                Some("bpf"),
+                &root,
+                Some("bpf"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .map_err(|e| io("mounting bpffs at", &root)(io::Error::from(e)))?;
+            Some(root.clone())
+        };
+        let dir = root.join("links");
+        let stale: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+        self.pins = Some(Pins {
+            dir: dir.clone(),
+            mount,
+        });
+        for attachment in std::mem::take(&mut self.links) {
+            let pinned = match attachment {
+                Attachment::Owned(name, link) => pin(&dir, &name, link)?,
+                Attachment::Pinned(p) => p,
+            };
+            self.links.push(Attachment::Pinned(pinned));
+        }
+        for path in stale {
+            tracing::warn!(pin = %path.display(), "removing an attachment left by a daemon that did not shut down cleanly");
+            let _ = std::fs::remove_file(&path);
+        }
+        Ok(())
+    }
+
+    /// Clean shutdown: unpins and detaches every attachment, and unmounts
+    /// the bpffs we mounted. Agents run unguarded from here on.
+    pub fn release(mut self) {
+        for attachment in std::mem::take(&mut self.links) {
+            if let Attachment::Pinned(p) = attachment {
+                if let Err(err) = p.unpin() {
+                    tracing::error!(%err, "unpinning an attachment");
+                }
+            }
+        }
+        if let Some(Pins {
+            mount: Some(root), ..
+        }) = self.pins.take()
+        {
+            let _ = nix::mount::umount2(&root, nix::mount::MntFlags::MNT_DETACH);
+        }
     }
 
     pub fn insert_path_rules(
@@ -437,7 +557,17 @@ impl Kernel {
 
 /// Loads and attaches lsm/path_unlink and lsm/path_rmdir. Attached LSM
 /// programs run for every task; they judge only agents' calls.
-fn load_lsm(ebpf: &mut Ebpf) -> LsmStatus {
+fn pin(dir: &Path, name: &str, link: FdLink) -> Result<PinnedLink, KernelError> {
+    // The pid keeps names unique across daemons that share a directory.
+    let path = dir.join(format!("{}-{name}", std::process::id()));
+    link.pin(&path).map_err(|e| KernelError::Pin {
+        what: "pinning",
+        path: path.display().to_string(),
+        source: io::Error::other(e),
+    })
+}
+
+fn load_lsm(ebpf: &mut Ebpf, links: &mut Vec<Attachment>) -> LsmStatus {
     let active = std::fs::read_to_string("/sys/kernel/security/lsm").ok();
     if let Some(list) = &active {
         if !list.split(',').any(|l| l.trim() == "bpf") {
@@ -459,9 +589,11 @@ fn load_lsm(ebpf: &mut Ebpf) -> LsmStatus {
                     let attached = ebpf
                         .program_mut(name)
                         .and_then(|p| <&mut Lsm>::try_from(p).ok())
-                        .map(|p| p.attach());
+                        .map(|p| p.attach().and_then(|id| p.take_link(id)));
                     match attached {
-                        Some(Ok(_)) => {}
+                        Some(Ok(link)) => {
+                            links.push(Attachment::Owned(name.to_owned(), link.into()))
+                        }
                         Some(Err(err)) => {
                             return LsmStatus::Unavailable(format!(
                                 "the kernel refused to attach lsm/{hook} (BPF_PROG_TYPE_LSM): {}",

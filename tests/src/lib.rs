@@ -111,17 +111,24 @@ pub struct Daemon {
     pub policy_path: PathBuf,
     stream: Arc<(Mutex<Stream>, Condvar)>,
     // Dropped after the daemon, so cgroups are removed last.
-    _cgroups: Option<TestCgroups>,
+    cgroups: Option<TestCgroups>,
+    keep_dir: bool,
 }
 
 impl Daemon {
     /// Starts a daemon with `policy` (TOML) and waits for `daemon.start`.
     pub fn start(policy: &str, cgroups: TestCgroups) -> Self {
-        require_root();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("agent-guard-test-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("test dir");
+        Self::start_in(policy, cgroups, dir)
+    }
+
+    /// Starts a daemon whose socket and state live in `dir` (for example the
+    /// directory a crashed daemon left, see [`Daemon::crash`]).
+    pub fn start_in(policy: &str, cgroups: TestCgroups, dir: PathBuf) -> Self {
+        require_root();
         let socket = dir.join("control.sock");
         let policy_path = dir.join("policy.toml");
         fs::write(&policy_path, policy).expect("write policy");
@@ -131,6 +138,8 @@ impl Daemon {
             .arg("daemon")
             .arg("--policy")
             .arg(&policy_path)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
             // Warnings and errors only, unless the caller asks for more.
             .env(
                 "AGENT_GUARD_LOG",
@@ -149,7 +158,8 @@ impl Daemon {
             dir,
             policy_path,
             stream,
-            _cgroups: Some(cgroups),
+            cgroups: Some(cgroups),
+            keep_dir: false,
         };
         daemon.wait_event("daemon.start", |_| true);
         daemon
@@ -229,6 +239,24 @@ impl Daemon {
         }
     }
 
+    /// SIGKILL, as a crash would: nothing is cleaned up. Returns the
+    /// cgroups and directory, to start a successor in.
+    pub fn crash(mut self) -> (TestCgroups, PathBuf) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+        self.keep_dir = true;
+        (self.cgroups.take().expect("cgroups"), self.dir.clone())
+    }
+
+    /// Like [`Daemon::stop`], but hands back the test's cgroups instead of
+    /// removing them, to look at what the stop left behind.
+    pub fn stop_keeping_cgroups(mut self) -> (Vec<Value>, TestCgroups) {
+        self.terminate();
+        let cgroups = self.cgroups.take().expect("cgroups");
+        (self.events(), cgroups)
+    }
+
     /// SIGTERM, wait, and return every event including daemon.stop.
     pub fn stop(mut self) -> Vec<Value> {
         self.terminate();
@@ -254,7 +282,14 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.terminate();
-        let _ = fs::remove_dir_all(&self.dir);
+        if !self.keep_dir {
+            // A daemon that did not stop cleanly leaves its bpffs mounted.
+            let _ = nix::mount::umount2(
+                &self.dir.join("state/bpf"),
+                nix::mount::MntFlags::MNT_DETACH,
+            );
+            let _ = fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

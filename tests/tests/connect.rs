@@ -247,3 +247,69 @@ fn ask_holds_the_connect_until_on_call_decides() {
         );
     }
 }
+
+#[test]
+fn enforcement_outlives_a_crashed_daemon_and_a_successor_takes_over() {
+    let cg = TestCgroups::new("crash");
+    let agent_cg = cg.path("bot");
+    let (ok, bad) = (Listener::v4(), Listener::v4());
+    let policy = policy(
+        &cg,
+        "enforce",
+        &format!(
+            "default = \"allow\"\ndeny = [\"127.0.0.1/32:{}\"]",
+            bad.port
+        ),
+    );
+    // Made by the test, as an adopted cgroup: the daemon never removes it,
+    // so processes can be placed in it after the daemon stops.
+    std::fs::create_dir_all(cgroup2_root().join(&agent_cg)).expect("agent cgroup");
+    let daemon = Daemon::start(&policy, cg);
+    let connect = |port: u16| {
+        run_in_cgroup(
+            &agent_cg,
+            &format!(
+                "exec python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}))'"
+            ),
+        )
+    };
+    assert!(
+        !connect(bad.port).status.success(),
+        "denied while the daemon runs"
+    );
+
+    // A crash must not open the gate: the pinned programs keep enforcing.
+    let (cg, dir) = daemon.crash();
+    let out = connect(bad.port);
+    assert!(!out.status.success(), "denied with no daemon at all");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PermissionError"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        connect(ok.port).status.success(),
+        "allowed traffic still flows"
+    );
+
+    // A successor takes over the same state directory with no gap, retiring
+    // the dead daemon's pins once its own are in force.
+    let daemon = Daemon::start_in(&policy, cg, dir);
+    assert!(!connect(bad.port).status.success());
+    // A clean stop releases enforcement, and says so.
+    let (events, _cgroups) = daemon.stop_keeping_cgroups();
+    let stop = events
+        .iter()
+        .find(|e| e["kind"] == "daemon.stop")
+        .expect("daemon.stop");
+    assert_eq!(stop["daemon"]["enforcement"], "released");
+    // The kernel frees a released link from a workqueue: wait for it.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !connect(bad.port).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still enforced after a clean stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

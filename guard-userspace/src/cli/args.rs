@@ -90,6 +90,10 @@ pub struct DaemonArgs {
     /// After start-up, run the embedded policy's `demo` agent once.
     #[arg(long)]
     pub demo: bool,
+    /// Where to keep state, overriding [daemon] state_dir; programs are
+    /// pinned in a bpffs under it.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]

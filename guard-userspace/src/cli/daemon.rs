@@ -15,6 +15,7 @@ pub fn run(args: DaemonArgs, socket: Option<PathBuf>) -> Result<ExitCode> {
     runtime.block_on(daemon::run(daemon::Options {
         policy_path: args.policy,
         socket,
+        state_dir: args.state_dir,
         demo: args.demo,
     }))?;
     Ok(ExitCode::SUCCESS)

@@ -179,6 +179,23 @@ impl Holds {
         true
     }
 
+    /// Denies every pending hold (clean shutdown).
+    pub fn deny_all(&self, shared: &Arc<Shared>, why: &str) {
+        let ids: Vec<u64> = self.lock().keys().copied().collect();
+        for id in ids {
+            self.decide(
+                shared,
+                id,
+                Verdict::Denied,
+                By {
+                    uid: None,
+                    user: "agent-guard".into(),
+                },
+                Some(why.to_owned()),
+            );
+        }
+    }
+
     /// Expires every hold past its deadline (a deny).
     pub fn expire(&self, shared: &Arc<Shared>) {
         let now = Instant::now();

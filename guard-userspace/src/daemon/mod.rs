@@ -37,6 +37,8 @@ pub struct Shared {
 pub struct Options {
     pub policy_path: Option<PathBuf>,
     pub socket: Option<PathBuf>,
+    /// Overrides the policy's [daemon] state_dir.
+    pub state_dir: Option<PathBuf>,
     pub demo: bool,
 }
 
@@ -164,6 +166,15 @@ pub async fn run(opts: Options) -> Result<()> {
         holds: holds::Holds::default(),
         kernel_holds: kernel.take_holds()?,
     });
+    // Every program is attached: pin them all, so that enforcement outlives
+    // a crashed daemon, and only then retire a crashed predecessor's pins.
+    let state_dir = opts
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| shared_state_dir(&shared));
+    kernel
+        .pin_links(&state_dir)
+        .with_context(|| format!("pinning the programs under {}", state_dir.display()))?;
     let ring = kernel.take_events()?;
     let losses = kernel.take_losses()?;
     let listener = control_server::bind(&socket)?;
@@ -198,11 +209,21 @@ pub async fn run(opts: Options) -> Result<()> {
     result
 }
 
-/// Clean shutdown: programs detach when `kernel` drops (nothing is pinned
-/// yet), so agents run unguarded from here on; say so, and remove what we
-/// created.
-fn shutdown(shared: &Shared, socket: &Path, kernel: Kernel) {
-    drop(kernel);
+fn shared_state_dir(shared: &Shared) -> PathBuf {
+    match shared.registry.read() {
+        Ok(r) => r.policy.daemon.state_dir.clone(),
+        Err(poisoned) => poisoned.into_inner().policy.daemon.state_dir.clone(),
+    }
+}
+
+/// Clean shutdown releases enforcement: every pending hold is denied (a
+/// stopped process must not wait for a daemon that is not coming back), the
+/// programs are unpinned and detach, and agents run unguarded from here on,
+/// which `daemon.stop` says. A crash, by contrast, leaves everything pinned
+/// and enforcing. Removes the cgroups it created.
+fn shutdown(shared: &Arc<Shared>, socket: &Path, kernel: Kernel) {
+    shared.holds.deny_all(shared, "the daemon stopped");
+    kernel.release();
     let _ = std::fs::remove_file(socket);
     let registry = match shared.registry.read() {
         Ok(r) => r,

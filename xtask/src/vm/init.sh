@@ -70,8 +70,16 @@ need_mount devtmpfs /dev
 mkdir -p /host/dev/pts /host/dev/shm
 need_mount devpts /dev/pts
 need_mount tmpfs /dev/shm mode=1777
+# The workspace may live under /tmp or /run (a CI clone, say), which get a
+# fresh tmpfs below: hold on to it with a bind mount, then put it back.
+WS=${VM_WORKDIR%/*}
+mkdir -p /ws && mount -o bind "/host$WS" /ws || fail 98 "cannot bind the workspace $WS"
 need_mount tmpfs /tmp mode=1777
 need_mount tmpfs /run mode=755
+if [ ! -d "/host$WS/target" ]; then
+    mkdir -p "/host$WS" && mount -o bind /ws "/host$WS" ||
+        fail 98 "cannot carry the workspace $WS over the fresh tmpfs"
+fi
 # /sys is the guest's sysfs, so these mount points exist whatever the host has.
 need_mount cgroup2 /sys/fs/cgroup
 need_mount bpf /sys/fs/bpf
