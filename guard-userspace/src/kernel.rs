@@ -157,6 +157,8 @@ pub struct Kernel {
     /// (see `pin_links`), an attachment outlives this process.
     links: Vec<Attachment>,
     pins: Option<Pins>,
+    /// Set by pin_links: new attachments are pinned as they are made.
+    pinning: bool,
     pub lsm: LsmStatus,
 }
 
@@ -165,10 +167,49 @@ enum Attachment {
     Pinned(PinnedLink),
 }
 
-/// The bpffs directory links are pinned in, and whether we mounted it.
+/// The bpffs under the state directory: links/ and maps/, and whether we
+/// mounted it.
 struct Pins {
+    root: PathBuf,
     dir: PathBuf,
     mount: Option<PathBuf>,
+}
+
+impl Pins {
+    /// Mounts bpffs at `state_dir/bpf` unless one is there already.
+    fn mount(state_dir: &Path) -> Result<Self, KernelError> {
+        let root = state_dir.join("bpf");
+        let io = |what: &'static str, path: &Path| {
+            let path = path.display().to_string();
+            move |source| KernelError::Pin { what, path, source }
+        };
+        std::fs::create_dir_all(&root).map_err(io("creating", &root))?;
+        let mount = if nix::sys::statfs::statfs(&root)
+            .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+            .unwrap_or(false)
+        {
+            None
+        } else {
+            nix::mount::mount(
+                Some("bpf"),
+                &root,
+                Some("bpf"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .map_err(|e| io("mounting bpffs at", &root)(io::Error::from(e)))?;
+            Some(root.clone())
+        };
+        for sub in ["links", "maps"] {
+            let dir = root.join(sub);
+            std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+        }
+        Ok(Self {
+            dir: root.join("links"),
+            root,
+            mount,
+        })
+    }
 }
 
 /// statfs(2) magic of bpffs (include/uapi/linux/magic.h).
@@ -197,11 +238,23 @@ impl Kernel {
     /// Loads the object and the connect programs (not yet attached), then
     /// tries the LSM delete hooks. A kernel that refuses LSM programs is not
     /// an error here: `lsm` says why, and the caller picks another backend.
-    pub fn load() -> Result<Self, KernelError> {
+    ///
+    /// With a state directory, the HOLDS map is pinned in the bpffs there
+    /// (reused if a previous daemon left it), so held calls outlive a
+    /// daemon restart; without one (doctor, tests) nothing is pinned.
+    pub fn load(state_dir: Option<&Path>) -> Result<Self, KernelError> {
         let offsets = kernel_offsets();
         let mut loader = EbpfLoader::new();
         if let Ok(offsets) = &offsets {
             loader.override_global("KERNEL_OFFSETS", offsets, true);
+        }
+        let pins = match state_dir {
+            Some(dir) => Some(Pins::mount(dir)?),
+            None => None,
+        };
+        let holds_pin = pins.as_ref().map(|p| p.root.join("maps").join("HOLDS"));
+        if let Some(path) = &holds_pin {
+            loader.map_pin_path("HOLDS", path.as_path());
         }
         let mut ebpf = loader.load(OBJECT).map_err(KernelError::Object)?;
         for (name, program) in CONNECT_PROGRAMS {
@@ -228,7 +281,9 @@ impl Kernel {
         Ok(Self {
             ebpf,
             links,
-            pins: None,
+            // Links are pinned once everything is attached (pin_links).
+            pins,
+            pinning: false,
             lsm,
         })
     }
@@ -328,50 +383,39 @@ impl Kernel {
     /// Keeps an attachment: pinned if pinning is on, else owned.
     fn keep(&mut self, name: String, link: FdLink) -> Result<(), KernelError> {
         let attachment = match &self.pins {
-            Some(pins) => Attachment::Pinned(pin(&pins.dir, &name, link)?),
-            None => Attachment::Owned(name, link),
+            Some(pins) if self.pinning => Attachment::Pinned(pin(&pins.dir, &name, link)?),
+            _ => Attachment::Owned(name, link),
         };
         self.links.push(attachment);
         Ok(())
     }
 
-    /// Pins every attachment, now and later, under `state_dir/bpf/links`
-    /// (mounting bpffs at `state_dir/bpf` if it is not one), so that if the
-    /// daemon dies the programs stay attached and keep enforcing the last
-    /// policy: fail closed. Pins left by a daemon that died are removed
-    /// only after ours are in force, so there is no gap.
-    pub fn pin_links(&mut self, state_dir: &Path) -> Result<(), KernelError> {
-        let root = state_dir.join("bpf");
-        let io = |what: &'static str, path: &Path| {
-            let path = path.display().to_string();
-            move |source| KernelError::Pin { what, path, source }
+    /// Pins every attachment, now and later, under `state_dir/bpf/links`,
+    /// so that if the daemon dies the programs stay attached and keep
+    /// enforcing the last policy: fail closed. Pins left by a daemon that
+    /// died are removed only after ours are in force, so there is no gap.
+    pub fn pin_links(&mut self) -> Result<(), KernelError> {
+        let Some(pins) = &self.pins else {
+            return Err(KernelError::Pin {
+                what: "pinning without",
+                path: "a state directory".into(),
+                source: io::Error::from(io::ErrorKind::InvalidInput),
+            });
         };
-        std::fs::create_dir_all(&root).map_err(io("creating", &root))?;
-        let mount = if nix::sys::statfs::statfs(&root)
-            .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
-            .unwrap_or(false)
-        {
-            None
-        } else {
-            nix::mount::mount(
-                Some("bpf"),
-                &root,
-                Some("bpf"),
-                nix::mount::MsFlags::empty(),
-                None::<&str>,
-            )
-            .map_err(|e| io("mounting bpffs at", &root)(io::Error::from(e)))?;
-            Some(root.clone())
-        };
-        let dir = root.join("links");
+        let dir = pins.dir.clone();
+        let ours = format!("{}-", std::process::id());
         let stale: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        !p.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with(&ours))
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
-        std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
-        self.pins = Some(Pins {
-            dir: dir.clone(),
-            mount,
-        });
+        self.pinning = true;
         for attachment in std::mem::take(&mut self.links) {
             let pinned = match attachment {
                 Attachment::Owned(name, link) => pin(&dir, &name, link)?,
@@ -637,6 +681,16 @@ fn load_lsm_variant(
 pub struct KernelHolds(std::sync::Mutex<BpfHashMap<MapData, u32, HoldEntry>>);
 
 impl KernelHolds {
+    /// Whether thread `tid` still waits in hold `hold_id`.
+    pub fn is_pending(&self, tid: u32, hold_id: u64) -> bool {
+        let map = match self.0.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.get(&tid, 0)
+            .is_ok_and(|e| e.hold_id == hold_id && e.state == HoldState::Pending.raw())
+    }
+
     /// Writes the decision for `tid`'s hold `hold_id`, then SIGCONT to `pid`:
     /// the stopped call restarts, finds the decision and consumes it.
     pub fn release(

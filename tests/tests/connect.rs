@@ -313,3 +313,56 @@ fn enforcement_outlives_a_crashed_daemon_and_a_successor_takes_over() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_held_connect_survives_a_daemon_crash_and_is_decided_by_its_successor() {
+    use std::io::BufRead as _;
+    let cg = TestCgroups::new("hold-restart");
+    let l = Listener::v4();
+    let policy = policy(
+        &cg,
+        "enforce",
+        &format!("default = \"allow\"\nask = [\"127.0.0.1/32:{}\"]", l.port),
+    );
+    let daemon = Daemon::start(&policy, cg);
+    let port = l.port.to_string();
+    let mut child = daemon.spawn_agent("bot", &["python3", "-c", PY_CONNECT, "127.0.0.1", &port]);
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("pid line").expect("read");
+    let pid: u32 = first
+        .strip_prefix("pid=")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected {first:?}"));
+    let ev = daemon.wait_event("net.connect", |e| {
+        e["outcome"] == "held" && e["process"]["pid"] == pid
+    });
+    let id = ev["hold"]["id"].as_str().expect("hold id").to_string();
+
+    let (cg, dir) = daemon.crash();
+    let daemon = Daemon::start_in(&policy, cg, dir);
+    let out = daemon
+        .cli()
+        .args(["pending", "--json"])
+        .output()
+        .expect("pending");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("pending JSON");
+    assert!(
+        list.as_array()
+            .is_some_and(|l| l.iter().any(|h| h["id"] == id.as_str())),
+        "the successor must show the call held before the crash: {list}"
+    );
+    let out = daemon
+        .cli()
+        .args(["approve", &id])
+        .output()
+        .expect("approve");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lines.next().expect("result").expect("read"), "connected");
+    drop(child.stdin.take());
+    let _ = child.wait();
+}

@@ -87,7 +87,7 @@ pub fn run(policy_path: Option<&Path>) -> Result<ExitCode> {
         },
     );
 
-    let kernel = match Kernel::load() {
+    let kernel = match Kernel::load(None) {
         Ok(k) => {
             report.line(
                 true,

@@ -3,10 +3,12 @@
 //! and every end is a `hold.decision` event.
 use std::{
     collections::HashMap,
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -63,6 +65,24 @@ pub struct By {
 #[derive(Default)]
 pub struct Holds {
     held: Mutex<HashMap<u64, Hold>>,
+    /// Where kernel holds are persisted (state_dir/holds.json), once known.
+    file: Mutex<Option<PathBuf>>,
+}
+
+/// A kernel hold as persisted: enough to take it back after a restart.
+#[derive(Serialize, Deserialize)]
+struct Persisted {
+    id: u64,
+    tid: u32,
+    pid: u32,
+    event: serde_json::Map<String, Value>,
+    since_unix_ms: u64,
+    deadline_unix_ms: u64,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Holds {
@@ -82,9 +102,10 @@ impl Holds {
             "hold".into(),
             json!({ "id": id.to_string(), "timeout_secs": timeout.as_secs() }),
         );
-        events::emit_now(&shared.emitter, Value::Object(event.clone()));
+        let announce = Value::Object(event.clone());
         let now = Instant::now();
-        self.lock().insert(
+        let mut held = self.lock();
+        held.insert(
             id,
             Hold {
                 id,
@@ -96,6 +117,86 @@ impl Holds {
                 release,
             },
         );
+        // Persisted before it is announced: whoever sees the event may
+        // crash the daemon right away, and the hold must survive that.
+        self.save(&held);
+        drop(held);
+        events::emit_now(&shared.emitter, announce);
+    }
+
+    /// Writes the kernel holds to the state file (write, fsync, rename), so
+    /// a daemon restarted after a crash can take them back.
+    fn save(&self, held: &HashMap<u64, Hold>) {
+        let Some(path) = self.file.lock().ok().and_then(|f| f.clone()) else {
+            return;
+        };
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let list: Vec<Persisted> = held
+            .values()
+            .filter_map(|h| match h.release {
+                Release::Kernel { tid } => Some(Persisted {
+                    id: h.id,
+                    tid,
+                    pid: h.pid,
+                    event: h.event.clone(),
+                    since_unix_ms: unix_ms(h.since_wall),
+                    deadline_unix_ms: unix_ms(wall + h.deadline.saturating_duration_since(now)),
+                }),
+                Release::Seccomp(_) => None,
+            })
+            .collect();
+        let tmp = path.with_extension("json.tmp");
+        let written = serde_json::to_vec(&list)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                let mut f = std::fs::File::create(&tmp)?;
+                std::io::Write::write_all(&mut f, &bytes)?;
+                f.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(err) = written {
+            tracing::error!(%err, file = %path.display(), "saving held calls; a restart could not take them back");
+        }
+    }
+
+    /// At start-up: remembers where to persist, and takes back every hold a
+    /// crashed predecessor left whose thread is still waiting in the kernel
+    /// (the HOLDS map is pinned). No new `held` event: it was emitted once.
+    pub fn resume(&self, shared: &Arc<Shared>, file: PathBuf) {
+        let previous: Vec<Persisted> = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if let Ok(mut f) = self.file.lock() {
+            *f = Some(file);
+        }
+        let now = Instant::now();
+        let wall = unix_ms(SystemTime::now());
+        let mut held = self.lock();
+        for p in previous {
+            if !shared.kernel_holds.is_pending(p.tid, p.id) {
+                continue;
+            }
+            tracing::warn!(
+                hold = p.id,
+                pid = p.pid,
+                "took back a call held before the restart"
+            );
+            held.insert(
+                p.id,
+                Hold {
+                    id: p.id,
+                    event: p.event,
+                    pid: p.pid,
+                    since: now - Duration::from_millis(wall.saturating_sub(p.since_unix_ms)),
+                    since_wall: SystemTime::UNIX_EPOCH + Duration::from_millis(p.since_unix_ms),
+                    deadline: now + Duration::from_millis(p.deadline_unix_ms.saturating_sub(wall)),
+                    release: Release::Kernel { tid: p.tid },
+                },
+            );
+        }
+        self.save(&held);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Hold>> {

@@ -70,7 +70,12 @@ pub async fn run(opts: Options) -> Result<()> {
     let hierarchy = Hierarchy::discover()?;
     tracing::info!(root = %hierarchy.root().display(), "cgroup2 hierarchy");
 
-    let mut kernel = Kernel::load()?;
+    let state_dir = opts
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| policy.daemon.state_dir.clone());
+    let mut kernel = Kernel::load(Some(&state_dir))
+        .with_context(|| format!("loading the programs (state under {})", state_dir.display()))?;
     let delete_backend = match &kernel.lsm {
         LsmStatus::Attached { paths } => {
             tracing::info!(
@@ -168,13 +173,11 @@ pub async fn run(opts: Options) -> Result<()> {
     });
     // Every program is attached: pin them all, so that enforcement outlives
     // a crashed daemon, and only then retire a crashed predecessor's pins.
-    let state_dir = opts
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| shared_state_dir(&shared));
     kernel
-        .pin_links(&state_dir)
+        .pin_links()
         .with_context(|| format!("pinning the programs under {}", state_dir.display()))?;
+    // Calls held when a previous daemon died are still held: take them back.
+    shared.holds.resume(&shared, state_dir.join("holds.json"));
     let ring = kernel.take_events()?;
     let losses = kernel.take_losses()?;
     let listener = control_server::bind(&socket)?;
@@ -207,13 +210,6 @@ pub async fn run(opts: Options) -> Result<()> {
     tasks.abort_all();
     shutdown(&shared, &socket, kernel);
     result
-}
-
-fn shared_state_dir(shared: &Shared) -> PathBuf {
-    match shared.registry.read() {
-        Ok(r) => r.policy.daemon.state_dir.clone(),
-        Err(poisoned) => poisoned.into_inner().policy.daemon.state_dir.clone(),
-    }
 }
 
 /// Clean shutdown releases enforcement: every pending hold is denied (a

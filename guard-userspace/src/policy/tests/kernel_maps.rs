@@ -20,7 +20,7 @@ fn kernel_with_vectors() -> Option<(Kernel, crate::policy::Policy)> {
         eprintln!("SKIPPED kernel map vectors: creating BPF maps needs root (EPERM otherwise)");
         return None;
     }
-    let mut kernel = Kernel::load().expect("load the eBPF object");
+    let mut kernel = Kernel::load(None).expect("load the eBPF object");
     let p = vectors_policy();
     for (i, agent) in p.agents.iter().enumerate() {
         let id = i as u32 + 1;
