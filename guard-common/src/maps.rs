@@ -39,6 +39,31 @@ pub struct HoldEntry {
 }
 const _: () = assert!(core::mem::size_of::<HoldEntry>() == 16);
 
+/// Value of the grant maps: an approval that lets later `ask` calls of the
+/// same agent through without a hold until `expires_ns` (CLOCK_BOOTTIME,
+/// checked by the kernel itself, so a grant ends on time even if the daemon
+/// is gone).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Grant {
+    pub expires_ns: u64,
+    pub grant_id: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Grant>() == 16);
+
+/// Key of the `NET_GRANTS` hash map: one destination of one agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NetGrantKey {
+    pub agent_id: u32,
+    pub port: u16,
+    pub _pad: u16,
+    /// IPv6, or IPv4-mapped, as in [`NetKey`].
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<NetGrantKey>() == 24);
+
 /// Single-slot `CONFIG` array value: global knobs the daemon can change live.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -191,6 +216,8 @@ mod user {
     // SAFETY: plain repr(C) integers and arrays with explicit padding fields.
     unsafe impl aya::Pod for AgentEntry {}
     unsafe impl aya::Pod for HoldEntry {}
+    unsafe impl aya::Pod for Grant {}
+    unsafe impl aya::Pod for NetGrantKey {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for NetKey {}
     unsafe impl aya::Pod for PortRule {}

@@ -28,7 +28,8 @@ pub struct EventHeader {
     pub gid: u32,
     /// Matched rule, or [`crate::RULE_DEFAULT`].
     pub rule_id: u32,
-    pub _pad: u32,
+    /// The grant that let an `ask` through without a hold; 0 if none.
+    pub grant_id: u32,
     pub comm: [u8; 16],
 }
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 80);

@@ -38,7 +38,7 @@ pub fn header(kind: u16, agent: &Agent) -> EventHeader {
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
         rule_id: 0,
-        _pad: 0,
+        grant_id: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     }
 }

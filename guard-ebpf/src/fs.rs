@@ -21,7 +21,7 @@ use guard_common::{
 };
 
 use crate::{
-    emit,
+    emit, grant,
     hold::{self, Hold},
     identity::{self, Agent},
     maps::{EVENTS, PATH_RULES, SCRATCH, Scratch},
@@ -121,9 +121,18 @@ pub fn try_delete<const WALK: bool>(
         }
     };
 
+    let mut grant_id = 0;
     let (decision, outcome, hold_id) = if agent.entry.mode == Mode::Audit.raw() {
         (Decision::Allow, Outcome::Audited, 0)
     } else if verdict == Verdict::Allow.raw() {
+        (Decision::Allow, Outcome::Allowed, 0)
+    } else if verdict == Verdict::Ask.raw() && state != PATH_UNKNOWN && !hold::in_progress() && {
+        // SAFETY: as for the rule lookup above.
+        let key = unsafe { &*(scratch as *const aya_ebpf::maps::lpm_trie::Key<PathKey>) };
+        grant_id = grant::for_path(agent.entry.agent_id, key).unwrap_or(0);
+        grant_id != 0
+    } {
+        // An approval's scope covers this call: no hold.
         (Decision::Allow, Outcome::Allowed, 0)
     } else if verdict == Verdict::Ask.raw() {
         match hold::hold(true) {
@@ -140,7 +149,15 @@ pub fn try_delete<const WALK: bool>(
         (Decision::Deny, Outcome::Denied, 0)
     };
     emit_file(
-        kind, &agent, outcome, verdict, rule_id, hold_id, s, len, state,
+        kind,
+        &agent,
+        outcome,
+        verdict,
+        rule_id,
+        (hold_id, grant_id),
+        s,
+        len,
+        state,
     );
     Ok(decision)
 }
@@ -240,7 +257,7 @@ fn emit_file(
     outcome: Outcome,
     verdict: u8,
     rule_id: u32,
-    hold_id: u64,
+    (hold_id, grant_id): (u64, u32),
     s: &Scratch,
     len: usize,
     state: u8,
@@ -255,6 +272,7 @@ fn emit_file(
     header.verdict = verdict;
     header.rule_id = rule_id;
     header.hold_id = hold_id;
+    header.grant_id = grant_id;
     // SAFETY: `rec` points at a reserved, exclusively owned record.
     unsafe {
         (*rec).header = header;

@@ -30,6 +30,14 @@ pub enum Hold {
     Failed,
 }
 
+/// Whether the current thread has a hold entry (a restarted held call,
+/// which must consume its decision before any grant is considered).
+#[inline(always)]
+pub fn in_progress() -> bool {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    HOLDS.get_ptr(&tid).is_some()
+}
+
 /// Starts, continues or ends the hold of the current thread's call.
 #[inline(always)]
 pub fn hold(stop_now: bool) -> Hold {

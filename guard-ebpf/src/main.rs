@@ -7,6 +7,7 @@
 
 mod emit;
 mod fs;
+mod grant;
 mod hold;
 mod identity;
 mod maps;

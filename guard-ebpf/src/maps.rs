@@ -5,7 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use guard_common::{
-    AgentEntry, Config, HoldEntry, LOSS_REASONS, NetKey, NetRuleSet, PathKey, PathRuleValue,
+    AgentEntry, Config, Grant, HoldEntry, LOSS_REASONS, NetGrantKey, NetKey, NetRuleSet, PathKey,
+    PathRuleValue,
 };
 
 /// Agent cgroup id -> agent. Keyed by the agent's own cgroup, so processes in
@@ -16,6 +17,18 @@ pub static AGENTS: HashMap<u64, AgentEntry> = HashMap::with_max_entries(4096, 0)
 /// Held thread id -> its hold (see guard_common::HoldEntry).
 #[map]
 pub static HOLDS: HashMap<u32, HoldEntry> = HashMap::with_max_entries(4096, 0);
+
+/// Agent id -> grant covering every held kind of that agent.
+#[map]
+pub static AGENT_GRANTS: HashMap<u32, Grant> = HashMap::with_max_entries(4096, 0);
+
+/// (agent, path subtree) -> grant, keyed like PATH_RULES.
+#[map]
+pub static PATH_GRANTS: LpmTrie<PathKey, Grant> = LpmTrie::with_max_entries(4096, 0);
+
+/// (agent, destination address and port) -> grant.
+#[map]
+pub static NET_GRANTS: HashMap<NetGrantKey, Grant> = HashMap::with_max_entries(4096, 0);
 
 /// Slot 0: global knobs (which cgroup levels hold agents).
 #[map]

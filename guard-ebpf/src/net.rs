@@ -13,7 +13,7 @@ use guard_common::{
 };
 
 use crate::{
-    emit,
+    emit, grant,
     hold::{self, Hold},
     identity,
     maps::NET_RULES,
@@ -89,9 +89,16 @@ pub fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<Decision, Guard
 
     let audit = agent.entry.mode == Mode::Audit.raw();
     let mut hold_id = 0;
+    let mut grant_id = 0;
     let (decision, outcome) = if audit {
         (Decision::Allow, Outcome::Audited)
     } else if verdict == Verdict::Allow.raw() {
+        (Decision::Allow, Outcome::Allowed)
+    } else if verdict == Verdict::Ask.raw() && !hold::in_progress() && {
+        grant_id = grant::for_destination(agent.entry.agent_id, &addr, port).unwrap_or(0);
+        grant_id != 0
+    } {
+        // An approval's scope covers this destination: no hold.
         (Decision::Allow, Outcome::Allowed)
     } else if verdict == Verdict::Ask.raw() {
         // No signals from this hook: sys_exit sends the stop.
@@ -115,6 +122,7 @@ pub fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<Decision, Guard
     header.verdict = verdict;
     header.rule_id = rule_id;
     header.hold_id = hold_id;
+    header.grant_id = grant_id;
     let record = ConnectRecord {
         header,
         family,

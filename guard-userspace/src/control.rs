@@ -59,7 +59,20 @@ pub enum Request {
         approve: bool,
         #[serde(default)]
         reason: Option<String>,
+        /// "once" (default), "subtree", "destination" or "agent".
+        #[serde(default)]
+        scope: Option<String>,
+        /// Lifetime of a scope beyond once.
+        #[serde(default)]
+        for_secs: Option<u64>,
+        /// For "subtree": the path (default: the `ask` rule's prefix).
+        #[serde(default)]
+        path: Option<String>,
     },
+    /// Live grants.
+    Grants {},
+    /// End a grant before its time (approvers only).
+    Revoke { id: u32 },
 }
 
 /// A request with its protocol version. On the wire the two share one

@@ -576,6 +576,20 @@ impl Kernel {
         RingBuf::try_from(map).map_err(map_err("EVENTS"))
     }
 
+    /// Hands the grant maps to the grant registry.
+    pub fn take_grants(&mut self) -> Result<crate::daemon::grants::KernelGrants, KernelError> {
+        let mut take =
+            |name: &'static str| self.ebpf.take_map(name).ok_or(KernelError::Missing(name));
+        let agent = take("AGENT_GRANTS")?;
+        let path = take("PATH_GRANTS")?;
+        let net = take("NET_GRANTS")?;
+        Ok(crate::daemon::grants::KernelGrants {
+            agent: BpfHashMap::try_from(agent).map_err(map_err("AGENT_GRANTS"))?,
+            path: LpmTrie::try_from(path).map_err(map_err("PATH_GRANTS"))?,
+            net: BpfHashMap::try_from(net).map_err(map_err("NET_GRANTS"))?,
+        })
+    }
+
     /// Hands the HOLDS map to the hold registry.
     pub fn take_holds(&mut self) -> Result<KernelHolds, KernelError> {
         let map = self

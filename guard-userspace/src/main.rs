@@ -40,6 +40,8 @@ fn main() -> ExitCode {
         Command::Approve(args) => cli::approve::run(args, &client_socket()),
         Command::Deny(args) => cli::deny::run(args, &client_socket()),
         Command::Kill(args) => cli::kill::run(args, &client_socket()),
+        Command::Grants(args) => cli::grants::run(args, &client_socket()),
+        Command::Revoke(args) => cli::revoke::run(args, &client_socket()),
     };
     match result {
         Ok(code) => code,

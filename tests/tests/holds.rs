@@ -268,3 +268,74 @@ fn kill_ends_a_held_run_and_kill_agent_empties_the_agent() {
     }
     assert!(!populated, "no process may be left in the agent's cgroup");
 }
+
+#[test]
+fn one_subtree_approval_lets_rm_rf_finish_the_tree_and_revoke_ends_it() {
+    let (daemon, scratch) = start("hold-subtree", 300);
+    let files: Vec<_> = [
+        "prod/tree/a/1",
+        "prod/tree/a/2",
+        "prod/tree/b/3",
+        "prod/tree/4",
+    ]
+    .iter()
+    .map(|f| scratch.file(f))
+    .collect();
+    let tree = scratch.s("prod/tree");
+    let child = daemon.spawn_agent("cleaner", &["rm", "-rf", &tree]);
+    let ev = daemon.wait_event("file.unlink", |e| e["outcome"] == "held");
+    let id = ev["hold"]["id"].as_str().expect("hold id").to_string();
+    let out = cli(
+        &daemon,
+        &["approve", &id, "--scope", "subtree", "--for", "1m"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = child.wait_with_output().expect("rm");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(files.iter().all(|f| !f.exists()) && !scratch.path("prod/tree").exists());
+    let holds = daemon
+        .events()
+        .iter()
+        .filter(|e| e["outcome"] == "held")
+        .count();
+    assert_eq!(holds, 1, "one approval for the whole tree");
+    let ev = daemon.wait_event("hold.decision", |e| e["hold"]["id"] == id.as_str());
+    assert_eq!(ev["hold"]["scope"]["scope"]["kind"], "subtree");
+    assert!(
+        daemon
+            .events()
+            .iter()
+            .any(|e| e["outcome"] == "allowed" && e["grant"]["id"].is_number())
+    );
+
+    // The grant is listed, and revoking it brings the holds back.
+    let out = cli(&daemon, &["grants", "--json"]);
+    let grants: Value = serde_json::from_slice(&out.stdout).expect("grants JSON");
+    let grant = grants[0]["id"].as_u64().expect("a live grant");
+    assert_eq!(grants[0]["scope"]["path"], scratch.s("prod"));
+    assert!(
+        cli(&daemon, &["revoke", &grant.to_string()])
+            .status
+            .success()
+    );
+    let again = scratch.file("prod/again");
+    let path = again.display().to_string();
+    let (child, id) = held(&daemon, &["rm", &path], &path);
+    assert!(cli(&daemon, &["deny", &id]).status.success());
+    assert!(!child.wait_with_output().expect("rm").status.success());
+    assert!(again.exists());
+    // A scope needs a lifetime, and a deny takes none.
+    assert!(
+        !cli(&daemon, &["approve", "1", "--scope", "agent"])
+            .status
+            .success()
+    );
+}

@@ -59,11 +59,24 @@ pub enum Command {
     ///   agent-guard pending --watch
     Pending(PendingArgs),
     /// Let a held call proceed: it completes as if it had never waited.
-    /// Approvers only (root, or [daemon] approvers).
+    /// With a scope, later calls it covers pass without a hold until the
+    /// grant expires. Approvers only (root, or [daemon] approvers).
+    ///
+    /// Examples:
+    ///   agent-guard approve 1732421234567890123 --reason "ticket OPS-42"
+    ///   agent-guard approve 1732421234567890123 --scope subtree --for 10m
+    ///   agent-guard approve 1732421234567890123 --scope destination --for 1h
+    Approve(ApproveArgs),
+    /// List live grants (scoped approvals) with the time they have left.
     ///
     /// Example:
-    ///   agent-guard approve 1732421234567890123 --reason "ticket OPS-42"
-    Approve(ApproveArgs),
+    ///   agent-guard grants
+    Grants(GrantsArgs),
+    /// End a grant before it expires. Approvers only.
+    ///
+    /// Example:
+    ///   agent-guard revoke 3
+    Revoke(RevokeArgs),
     /// Refuse a held call: it fails with EPERM ("Operation not permitted").
     /// Approvers only.
     ///
@@ -113,6 +126,31 @@ pub struct ApproveArgs {
     /// Why; recorded in the hold.decision event.
     #[arg(long)]
     pub reason: Option<String>,
+    /// What the approval covers: this call only (once); later deletes in
+    /// the subtree (subtree: the `ask` rule's path, or --path); later
+    /// connects to the same address and port (destination); every held kind
+    /// of the agent (agent).
+    #[arg(long, default_value = "once", value_parser = ["once", "subtree", "destination", "agent"])]
+    pub scope: String,
+    /// How long a scope beyond once lasts, e.g. 30s, 10m, 2h.
+    #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub r#for: Option<std::time::Duration>,
+    /// With --scope subtree: the subtree (must contain the held path).
+    #[arg(long, value_name = "PATH")]
+    pub path: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct GrantsArgs {
+    /// Print the list as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct RevokeArgs {
+    /// Grant id, from `agent-guard grants`.
+    pub id: u32,
 }
 
 #[derive(clap::Args)]

@@ -6,7 +6,17 @@ use anyhow::Result;
 use super::args::DenyArgs;
 
 pub fn run(args: DenyArgs, socket: &Path) -> Result<ExitCode> {
-    super::decide(socket, &args.id, false, args.reason)?;
+    super::decide(
+        socket,
+        &args.id,
+        false,
+        args.reason,
+        super::Scope {
+            kind: None,
+            for_secs: None,
+            path: None,
+        },
+    )?;
     println!("denied {}", args.id);
     Ok(ExitCode::SUCCESS)
 }

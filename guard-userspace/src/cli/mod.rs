@@ -4,9 +4,11 @@ pub mod args;
 pub mod daemon;
 pub mod deny;
 pub mod doctor;
+pub mod grants;
 pub mod kill;
 pub mod pending;
 pub mod policy;
+pub mod revoke;
 pub mod run;
 
 use std::path::Path;
@@ -15,13 +17,30 @@ use anyhow::{Context as _, Result};
 
 use crate::control::{Client, Request};
 
-/// The decision round trip `approve` and `deny` share.
-fn decide(socket: &Path, id: &str, approve: bool, reason: Option<String>) -> Result<()> {
-    Client::connect(socket)?
+/// The scope of an approval: `once`, or a grant for `for_secs`.
+pub struct Scope {
+    pub kind: Option<String>,
+    pub for_secs: Option<u64>,
+    pub path: Option<String>,
+}
+
+/// The decision round trip `approve` and `deny` share; returns the scope
+/// the daemon recorded.
+fn decide(
+    socket: &Path,
+    id: &str,
+    approve: bool,
+    reason: Option<String>,
+    scope: Scope,
+) -> Result<serde_json::Value> {
+    let reply = Client::connect(socket)?
         .call(Request::Decide {
             id: id.to_owned(),
             approve,
             reason,
+            scope: scope.kind,
+            for_secs: scope.for_secs,
+            path: scope.path,
         })
         .with_context(|| {
             format!(
@@ -29,5 +48,5 @@ fn decide(socket: &Path, id: &str, approve: bool, reason: Option<String>) -> Res
                 if approve { "approving" } else { "denying" }
             )
         })?;
-    Ok(())
+    Ok(reply.data.get("scope").cloned().unwrap_or_default())
 }

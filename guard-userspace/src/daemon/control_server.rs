@@ -165,7 +165,23 @@ fn dispatch(
             id,
             approve,
             reason,
-        } => decide(shared, cred, &id, approve, reason),
+            scope,
+            for_secs,
+            path,
+        } => decide(
+            shared,
+            cred,
+            &id,
+            approve,
+            reason,
+            ScopeRequest {
+                scope,
+                for_secs,
+                path,
+            },
+        ),
+        Request::Grants {} => Ok(json!({ "grants": shared.grants.list() })),
+        Request::Revoke { id } => revoke(shared, cred, id),
         Request::Kill { hold, agent } => kill(shared, cred, hold, agent),
     };
     match result {
@@ -362,6 +378,7 @@ fn decide(
     id: &str,
     approve: bool,
     reason: Option<String>,
+    scope: ScopeRequest,
 ) -> Result<serde_json::Value> {
     let user = user_name(cred);
     if !is_approver(shared, cred) {
@@ -392,8 +409,131 @@ fn decide(
         uid: Some(cred.uid()),
         user,
     };
-    if !shared.holds.decide(shared, hold, verdict, by, reason) {
+    // A scoped approval first becomes a grant, so that calls it covers and
+    // that arrive right after the release already pass.
+    let granted = match scope.scope.as_deref() {
+        None | Some("once") => serde_json::Value::from("once"),
+        Some(_) if !approve => bail!("only an approval takes a scope"),
+        Some(kind) => grant_for_hold(shared, hold, kind, &scope, &by.user, reason.clone())?,
+    };
+    if !shared
+        .holds
+        .decide_scoped(shared, hold, verdict, by, reason, granted.clone())
+    {
         bail!("no pending hold {id} (already decided, expired, or never held)");
+    }
+    Ok(json!({ "scope": granted }))
+}
+
+/// The scope part of an approval, as asked.
+struct ScopeRequest {
+    scope: Option<String>,
+    for_secs: Option<u64>,
+    path: Option<String>,
+}
+
+/// Turns an approval's scope into a grant, derived from the held call.
+fn grant_for_hold(
+    shared: &Arc<Shared>,
+    hold: u64,
+    kind: &str,
+    scope: &ScopeRequest,
+    by: &str,
+    reason: Option<String>,
+) -> Result<serde_json::Value> {
+    use super::grants::Scope;
+    let event = shared
+        .holds
+        .event_of(hold)
+        .with_context(|| format!("no pending hold {hold}"))?;
+    let lasts = std::time::Duration::from_secs(
+        scope
+            .for_secs
+            .with_context(|| format!("scope {kind} needs a duration (--for, e.g. 10m)"))?,
+    );
+    let agent_name = event["agent"]["name"]
+        .as_str()
+        .context("held call without an agent")?
+        .to_owned();
+    let agent_id = {
+        let registry = shared
+            .registry
+            .read()
+            .map_err(|_| anyhow::anyhow!("registry lock poisoned"))?;
+        registry
+            .agent_by_name(&agent_name)
+            .map(|a| a.agent_id)
+            .with_context(|| format!("agent {agent_name} is no longer in the policy"))?
+    };
+    let call = event["kind"].as_str().unwrap_or_default();
+    let scope = match kind {
+        "agent" => Scope::Agent,
+        "subtree" => {
+            if !call.starts_with("file.") {
+                bail!("scope subtree is for deletes; this hold is a {call}");
+            }
+            let target = event["target"]["path"]
+                .as_str()
+                .context("held delete without a path")?;
+            // Default: the subtree of the ask rule that held the call.
+            let prefix = match (&scope.path, event["rule"]["match"].as_str()) {
+                (Some(p), _) => p.trim_end_matches('/').to_owned(),
+                (None, Some(m)) if m.starts_with('/') => m.trim_end_matches('/').to_owned(),
+                _ => target
+                    .rsplit_once('/')
+                    .map(|(dir, _)| dir.to_owned())
+                    .unwrap_or_default(),
+            };
+            let prefix = if prefix.is_empty() {
+                "/".to_owned()
+            } else {
+                prefix
+            };
+            if !(prefix == "/" || target == prefix || target.starts_with(&format!("{prefix}/"))) {
+                bail!("{prefix} does not contain the held path {target}");
+            }
+            Scope::Subtree { prefix }
+        }
+        "destination" => {
+            if call != "net.connect" {
+                bail!("scope destination is for connects; this hold is a {call}");
+            }
+            let address: std::net::IpAddr = event["target"]["address"]
+                .as_str()
+                .and_then(|a| a.parse().ok())
+                .context("held connect without an address")?;
+            let addr = match address {
+                std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                std::net::IpAddr::V6(v6) => v6.octets(),
+            };
+            let port = event["target"]["port"]
+                .as_u64()
+                .context("held connect without a port")? as u16;
+            Scope::Destination { addr, port }
+        }
+        other => bail!("unknown scope {other:?}: once, subtree, destination or agent"),
+    };
+    shared
+        .grants
+        .add(agent_id, agent_name, scope, lasts, by.to_owned(), reason)
+}
+
+fn revoke(shared: &Arc<Shared>, cred: &UCred, id: u32) -> Result<serde_json::Value> {
+    if !is_approver(shared, cred) {
+        events::emit_now(
+            &shared.emitter,
+            json!({"kind": "control.refused", "outcome": "denied",
+                   "control": {"op": "revoke", "grant": id,
+                               "by": {"uid": cred.uid(), "pid": cred.pid(), "user": user_name(cred)},
+                               "reason": "not an approver ([daemon] approvers)"}}),
+        );
+        bail!(
+            "uid {} is not an approver; see [daemon] approvers in the policy",
+            cred.uid()
+        );
+    }
+    if !shared.grants.revoke(id) {
+        bail!("no live grant {id}");
     }
     Ok(json!({}))
 }

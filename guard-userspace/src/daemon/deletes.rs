@@ -43,6 +43,17 @@ impl SessionDecider {
             (Decision::Allow, Outcome::Audited)
         } else if verdict == Verdict::Allow {
             (Decision::Allow, Outcome::Allowed)
+        } else if let Some(grant) = (verdict == Verdict::Ask)
+            .then(|| self.shared.grants.covers_path(self.agent_id, &req.path))
+            .flatten()
+        {
+            // An approval's scope covers this call: no hold.
+            let mut body =
+                decode::supervised_delete(&registry, agent, req, Outcome::Allowed, verdict, rule);
+            body.insert("grant".into(), serde_json::json!({ "id": grant }));
+            drop(registry);
+            events::emit_now(&self.shared.emitter, serde_json::Value::Object(body));
+            return Judged::Now(Decision::Allow);
         } else if verdict == Verdict::Ask {
             let body =
                 decode::supervised_delete(&registry, agent, req, Outcome::Held, verdict, rule);

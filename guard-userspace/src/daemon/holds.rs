@@ -235,6 +235,11 @@ impl Holds {
         self.lock().get(&id).map(|h| h.pid)
     }
 
+    /// The `held` event of pending hold `id` (kind, agent, target, rule).
+    pub fn event_of(&self, id: u64) -> Option<serde_json::Map<String, Value>> {
+        self.lock().get(&id).map(|h| h.event.clone())
+    }
+
     /// Ends hold `id`; false if there is no such pending hold.
     pub fn decide(
         &self,
@@ -244,8 +249,26 @@ impl Holds {
         by: By,
         reason: Option<String>,
     ) -> bool {
-        let Some(hold) = self.lock().remove(&id) else {
-            return false;
+        self.decide_scoped(shared, id, verdict, by, reason, Value::from("once"))
+    }
+
+    /// Like [`Holds::decide`], recording the approval's scope (a grant).
+    pub fn decide_scoped(
+        &self,
+        shared: &Arc<Shared>,
+        id: u64,
+        verdict: Verdict,
+        by: By,
+        reason: Option<String>,
+        scope: Value,
+    ) -> bool {
+        let hold = {
+            let mut held = self.lock();
+            let Some(hold) = held.remove(&id) else {
+                return false;
+            };
+            self.save(&held);
+            hold
         };
         let allow = verdict == Verdict::Approved;
         match hold.release {
@@ -273,7 +296,7 @@ impl Holds {
                 "by": { "uid": by.uid, "user": by.user },
                 "reason": reason,
                 "waited_ms": hold.since.elapsed().as_millis() as u64,
-                "scope": "once",
+                "scope": scope,
             }),
         );
         events::emit_now(&shared.emitter, Value::Object(event));
@@ -327,5 +350,6 @@ pub async fn expire_loop(shared: Arc<Shared>) -> anyhow::Result<()> {
     loop {
         tick.tick().await;
         shared.holds.expire(&shared);
+        shared.grants.expire();
     }
 }

@@ -3,6 +3,7 @@
 mod control_server;
 mod deletes;
 mod demo;
+pub mod grants;
 pub mod holds;
 mod reader;
 pub mod registry;
@@ -32,6 +33,7 @@ pub struct Shared {
     pub supervise_deletes: bool,
     pub holds: holds::Holds,
     pub kernel_holds: crate::kernel::KernelHolds,
+    pub grants: grants::Grants,
 }
 
 pub struct Options {
@@ -170,6 +172,7 @@ pub async fn run(opts: Options) -> Result<()> {
         supervise_deletes: delete_backend == "seccomp",
         holds: holds::Holds::default(),
         kernel_holds: kernel.take_holds()?,
+        grants: grants::Grants::new(kernel.take_grants()?),
     });
     // Every program is attached: pin them all, so that enforcement outlives
     // a crashed daemon, and only then retire a crashed predecessor's pins.

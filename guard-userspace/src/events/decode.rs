@@ -346,6 +346,9 @@ fn common(
     if header.hold_id != 0 {
         body.insert("hold".into(), json!({ "id": header.hold_id }));
     }
+    if header.grant_id != 0 {
+        body.insert("grant".into(), json!({ "id": header.grant_id }));
+    }
     body
 }
 

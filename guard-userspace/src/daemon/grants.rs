@@ -1,0 +1,286 @@
+//! Scoped, time-limited approvals. One registry: the kernel maps it writes
+//! (checked by the programs against CLOCK_BOOTTIME) and the seccomp decider
+//! both follow it, so a grant means the same on every backend.
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Result, bail};
+use aya::maps::{HashMap as BpfHashMap, LpmTrie, MapData, lpm_trie::Key};
+use guard_common::{Grant, NET_KEY_AGENT_BITS, NetGrantKey, PATH_KEY_BYTES, PathKey};
+use serde_json::{Value, json};
+
+/// What an approval covers beyond the one call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Deletes at or below this path prefix.
+    Subtree { prefix: String },
+    /// Connects to this address (16 bytes, v4-mapped for IPv4) and port.
+    Destination { addr: [u8; 16], port: u16 },
+    /// Every held kind of the agent.
+    Agent,
+}
+
+pub struct GrantInfo {
+    pub id: u32,
+    pub agent_id: u32,
+    pub agent: String,
+    pub scope: Scope,
+    pub expires: SystemTime,
+    pub by: String,
+    pub reason: Option<String>,
+}
+
+impl GrantInfo {
+    pub fn to_json(&self) -> Value {
+        let scope = match &self.scope {
+            Scope::Subtree { prefix } => json!({"kind": "subtree", "path": prefix}),
+            Scope::Destination { addr, port } => {
+                let ip = std::net::Ipv6Addr::from(*addr);
+                let shown = ip
+                    .to_ipv4_mapped()
+                    .map_or(ip.to_string(), |v4| v4.to_string());
+                json!({"kind": "destination", "address": shown, "port": port})
+            }
+            Scope::Agent => json!({"kind": "agent"}),
+        };
+        let left = self
+            .expires
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        json!({
+            "id": self.id,
+            "agent": self.agent,
+            "scope": scope,
+            "expires": humantime::format_rfc3339_seconds(self.expires).to_string(),
+            "left_secs": left.as_secs(),
+            "by": self.by,
+            "reason": self.reason,
+        })
+    }
+}
+
+/// The kernel's grant maps.
+pub struct KernelGrants {
+    pub agent: BpfHashMap<MapData, u32, Grant>,
+    pub path: LpmTrie<MapData, PathKey, Grant>,
+    pub net: BpfHashMap<MapData, NetGrantKey, Grant>,
+}
+
+pub struct Grants {
+    inner: Mutex<(HashMap<u32, GrantInfo>, u32)>,
+    kernel: Mutex<KernelGrants>,
+}
+
+/// The LPM key of a path subtree, as PATH_RULES and the LSM programs use.
+pub fn path_key(agent_id: u32, prefix: &str) -> (u32, PathKey) {
+    let mut text = prefix.to_owned();
+    if !text.ends_with('/') {
+        text.push('/');
+    }
+    let n = text.len().min(PATH_KEY_BYTES);
+    let mut key = PathKey {
+        agent_id: agent_id.to_be_bytes(),
+        ..PathKey::default()
+    };
+    key.path[..n].copy_from_slice(&text.as_bytes()[..n]);
+    (NET_KEY_AGENT_BITS + n as u32 * 8, key)
+}
+
+fn boot_ns_after(d: Duration) -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0);
+    now.saturating_add(d.as_nanos() as u64)
+}
+
+fn within(path: &str, prefix: &str) -> bool {
+    prefix == "/"
+        || path == prefix
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+impl Grants {
+    pub fn new(kernel: KernelGrants) -> Self {
+        Self {
+            inner: Mutex::new((HashMap::new(), 0)),
+            kernel: Mutex::new(kernel),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<u32, GrantInfo>, u32)> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Creates a grant and writes it where the kernel checks it.
+    pub fn add(
+        &self,
+        agent_id: u32,
+        agent: String,
+        scope: Scope,
+        lasts: Duration,
+        by: String,
+        reason: Option<String>,
+    ) -> Result<Value> {
+        if lasts.is_zero() {
+            bail!("a grant needs a duration (--for, e.g. 10m)");
+        }
+        let mut inner = self.lock();
+        inner.1 += 1;
+        let id = inner.1;
+        let value = Grant {
+            expires_ns: boot_ns_after(lasts),
+            grant_id: id,
+            _pad: 0,
+        };
+        {
+            let mut k = match self.kernel.lock() {
+                Ok(k) => k,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            match &scope {
+                Scope::Agent => k.agent.insert(agent_id, value, 0)?,
+                Scope::Subtree { prefix } => {
+                    let (len, key) = path_key(agent_id, prefix);
+                    k.path.insert(&Key::new(len, key), value, 0)?;
+                }
+                Scope::Destination { addr, port } => k.net.insert(
+                    NetGrantKey {
+                        agent_id,
+                        port: *port,
+                        _pad: 0,
+                        addr: *addr,
+                    },
+                    value,
+                    0,
+                )?,
+            }
+        }
+        let info = GrantInfo {
+            id,
+            agent_id,
+            agent,
+            scope,
+            expires: SystemTime::now() + lasts,
+            by,
+            reason,
+        };
+        let shown = info.to_json();
+        inner.0.insert(id, info);
+        Ok(shown)
+    }
+
+    /// The live grant of `agent_id` covering a delete of `path`, if any
+    /// (the seccomp backend's check; the kernel makes the same one).
+    pub fn covers_path(&self, agent_id: u32, path: &str) -> Option<u32> {
+        let now = SystemTime::now();
+        self.lock()
+            .0
+            .values()
+            .filter(|g| g.agent_id == agent_id && g.expires > now)
+            .find(|g| match &g.scope {
+                Scope::Agent => true,
+                Scope::Subtree { prefix } => within(path, prefix),
+                Scope::Destination { .. } => false,
+            })
+            .map(|g| g.id)
+    }
+
+    pub fn list(&self) -> Vec<Value> {
+        let now = SystemTime::now();
+        let inner = self.lock();
+        let mut live: Vec<&GrantInfo> = inner.0.values().filter(|g| g.expires > now).collect();
+        live.sort_by_key(|g| g.id);
+        live.iter().map(|g| g.to_json()).collect()
+    }
+
+    /// Removes a grant before its time; false if there is none.
+    pub fn revoke(&self, id: u32) -> bool {
+        let Some(g) = self.lock().0.remove(&id) else {
+            return false;
+        };
+        self.unmap(&g);
+        true
+    }
+
+    /// Forgets expired grants (the kernel already ignores them).
+    pub fn expire(&self) {
+        let now = SystemTime::now();
+        let gone: Vec<GrantInfo> = {
+            let mut inner = self.lock();
+            let ids: Vec<u32> = inner
+                .0
+                .values()
+                .filter(|g| g.expires <= now)
+                .map(|g| g.id)
+                .collect();
+            ids.iter().filter_map(|id| inner.0.remove(id)).collect()
+        };
+        for g in &gone {
+            self.unmap(g);
+        }
+    }
+
+    fn unmap(&self, g: &GrantInfo) {
+        let mut k = match self.kernel.lock() {
+            Ok(k) => k,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // Only remove the entry if it is still this grant's (a newer grant
+        // of the same scope replaces it).
+        let _ = match &g.scope {
+            Scope::Agent => match k.agent.get(&g.agent_id, 0) {
+                Ok(v) if v.grant_id == g.id => k.agent.remove(&g.agent_id),
+                _ => Ok(()),
+            },
+            Scope::Subtree { prefix } => {
+                let (len, key) = path_key(g.agent_id, prefix);
+                let key = Key::new(len, key);
+                match k.path.get(&key, 0) {
+                    Ok(v) if v.grant_id == g.id => k.path.remove(&key),
+                    _ => Ok(()),
+                }
+            }
+            Scope::Destination { addr, port } => {
+                let key = NetGrantKey {
+                    agent_id: g.agent_id,
+                    port: *port,
+                    _pad: 0,
+                    addr: *addr,
+                };
+                match k.net.get(&key, 0) {
+                    Ok(v) if v.grant_id == g.id => k.net.remove(&key),
+                    _ => Ok(()),
+                }
+            }
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subtree_membership_is_by_whole_components() {
+        assert!(within("/srv/data/x", "/srv/data"));
+        assert!(within("/srv/data", "/srv/data"));
+        assert!(!within("/srv/database", "/srv/data"));
+        assert!(within("/anything", "/"));
+    }
+
+    #[test]
+    fn path_keys_match_the_rule_encoding() {
+        let (len, key) = path_key(7, "/srv/data");
+        assert_eq!(len, 32 + 8 * "/srv/data/".len() as u32);
+        assert_eq!(&key.path[..10], b"/srv/data/");
+        assert_eq!(key.agent_id, 7u32.to_be_bytes());
+    }
+}
