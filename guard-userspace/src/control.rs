@@ -71,6 +71,12 @@ pub enum Request {
     },
     /// Live grants.
     Grants {},
+    /// Stream every event from now on (one agent's, if named) on this
+    /// connection, after an `ok` reply; the connection is then the stream's.
+    Subscribe {
+        #[serde(default)]
+        agent: Option<String>,
+    },
     /// End a grant before its time (approvers only).
     Revoke { id: u32 },
 }
@@ -169,6 +175,11 @@ impl Client {
             reader: BufReader::new(stream),
             writer,
         })
+    }
+
+    /// The connection's reader, for a stream that follows a reply.
+    pub fn into_stream(self) -> BufReader<UnixStream> {
+        self.reader
     }
 
     /// Sends one request and waits for its reply; a refusal becomes an error.

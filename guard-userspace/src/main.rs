@@ -41,6 +41,7 @@ fn main() -> ExitCode {
         Command::Deny(args) => cli::deny::run(args, &client_socket()),
         Command::Kill(args) => cli::kill::run(args, &client_socket()),
         Command::Grants(args) => cli::grants::run(args, &client_socket()),
+        Command::Events(args) => cli::events::run(args, &client_socket()),
         Command::Revoke(args) => cli::revoke::run(args, &client_socket()),
     };
     match result {

@@ -108,3 +108,72 @@ fn policy_check_reports_file_line_col() {
     assert!(err.contains(&format!("{}:2:", file.display())), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn events_follow_streams_one_agents_events() {
+    use std::io::BufRead as _;
+    let cg = TestCgroups::new("follow");
+    let policy = format!(
+        "[[agent]]\nname = \"bot\"\nowner = \"o\"\npurpose = \"p\"\ncgroup = \"{}\"\n\n\
+         [[agent]]\nname = \"other\"\nowner = \"o\"\npurpose = \"p\"\ncgroup = \"{}\"\n",
+        cg.path("bot"),
+        cg.path("other")
+    );
+    let daemon = Daemon::start(&policy, cg);
+    let mut follower = daemon
+        .cli()
+        .args(["events", "--follow", "--agent", "bot"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("events --follow");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follower.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The subscription starts when the daemon has it: until the first line
+    // arrives, keep making bot events (and one of the other agent's each time).
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let mut lines = Vec::new();
+    while lines.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no event reached the follower"
+        );
+        assert!(daemon.run_agent("other", &["true"]).status.success());
+        assert!(daemon.run_agent("bot", &["true"]).status.success());
+        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(2)) {
+            lines.push(line);
+        }
+    }
+    assert!(daemon.run_agent("other", &["true"]).status.success());
+    assert!(daemon.run_agent("bot", &["true"]).status.success());
+    let last_seq = daemon
+        .wait_event("agent.exit", |_| true)
+        .get("seq")
+        .and_then(serde_json::Value::as_u64);
+    assert!(last_seq.is_some());
+    while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(2)) {
+        lines.push(line);
+    }
+    let _ = follower.kill();
+    let events: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert!(
+        events.iter().any(|e| e["kind"] == "agent.start"),
+        "{events:#?}"
+    );
+    assert!(
+        events.iter().all(|e| e["agent"]["name"] == "bot"),
+        "only bot's: {events:#?}"
+    );
+}

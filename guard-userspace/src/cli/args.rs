@@ -90,6 +90,12 @@ pub enum Command {
     ///   agent-guard kill 1732421234567890123
     ///   agent-guard kill --agent claims-bot
     Kill(KillArgs),
+    /// Stream events from the daemon as JSON lines, from now on.
+    ///
+    /// Examples:
+    ///   agent-guard events --follow
+    ///   agent-guard events --follow --agent claims-bot | jq .kind
+    Events(EventsArgs),
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -138,6 +144,16 @@ pub struct ApproveArgs {
     /// With --scope subtree: the subtree (must contain the held path).
     #[arg(long, value_name = "PATH")]
     pub path: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct EventsArgs {
+    /// Keep the connection open and print events as they happen.
+    #[arg(long)]
+    pub follow: bool,
+    /// Only this agent's events.
+    #[arg(long, value_name = "NAME")]
+    pub agent: Option<String>,
 }
 
 #[derive(clap::Args)]

@@ -4,6 +4,7 @@ pub mod args;
 pub mod daemon;
 pub mod deny;
 pub mod doctor;
+pub mod events;
 pub mod grants;
 pub mod kill;
 pub mod pending;

@@ -104,6 +104,23 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> Result<()> {
             break;
         }
         let reply = match Envelope::parse(&line) {
+            Ok(Envelope {
+                v: PROTOCOL_VERSION,
+                request: Request::Subscribe { agent },
+            }) => {
+                // From here on this connection carries the event stream.
+                let mut rx = match shared.emitter.lock() {
+                    Ok(mut e) => e.subscribe(agent),
+                    Err(poisoned) => poisoned.into_inner().subscribe(agent),
+                };
+                send(&mut write, &Reply::ok(json!({}))).await?;
+                while let Some(line) = rx.recv().await {
+                    if write.write_all(line.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+                return Ok(());
+            }
             Err(err) => Reply::err(format!("malformed request: {err}")),
             Ok(env) if env.v != PROTOCOL_VERSION => Reply::err(format!(
                 "unsupported protocol version {} (this daemon speaks {PROTOCOL_VERSION})",
@@ -181,6 +198,8 @@ fn dispatch(
             },
         ),
         Request::Grants {} => Ok(json!({ "grants": shared.grants.list() })),
+        // Handled before dispatch: it takes over the connection.
+        Request::Subscribe { .. } => Err(anyhow::anyhow!("subscribe must be the request's own")),
         Request::Revoke { id } => revoke(shared, cred, id),
         Request::Kill { hold, agent } => kill(shared, cred, hold, agent),
     };

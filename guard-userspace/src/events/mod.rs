@@ -35,7 +35,20 @@ pub struct Emitter {
     seq: u64,
     host: String,
     out: Box<dyn Write + Send>,
+    subscribers: Vec<Subscriber>,
 }
+
+/// A live `events --follow` connection: a bounded queue, so a slow or stuck
+/// reader never holds up enforcement or the other outputs. What does not
+/// fit is counted and reported to that reader as a `loss` line.
+struct Subscriber {
+    agent: Option<String>,
+    queue: tokio::sync::mpsc::Sender<std::sync::Arc<str>>,
+    lost: u64,
+}
+
+/// Lines a subscriber may lag behind before it starts losing events.
+pub const SUBSCRIBER_QUEUE: usize = 4096;
 
 pub type SharedEmitter = Arc<Mutex<Emitter>>;
 
@@ -48,6 +61,7 @@ impl Emitter {
                 .and_then(|h| h.into_string().ok())
                 .unwrap_or_else(|| "unknown".into()),
             out: Box::new(io::stdout()),
+            subscribers: Vec::new(),
         }))
     }
 
@@ -77,7 +91,53 @@ impl Emitter {
         if let Err(err) = self.out.write_all(&bytes).and_then(|()| self.out.flush()) {
             tracing::error!(%err, seq = self.seq, "writing event to stdout failed");
         }
+        if !self.subscribers.is_empty() {
+            let agent = line_agent(&bytes);
+            let shared: std::sync::Arc<str> = String::from_utf8_lossy(&bytes).into();
+            self.subscribers.retain_mut(|s| {
+                if s.agent.is_some() && s.agent.as_deref() != agent.as_deref() {
+                    return !s.queue.is_closed();
+                }
+                if s.lost > 0 {
+                    let note = format!(
+                        "{{\"schema\":\"{SCHEMA}\",\"kind\":\"loss\",\"outcome\":\"lost\",\"loss\":{{\"reason\":\"subscriber_slow\",\"count\":{}}}}}\n",
+                        s.lost
+                    );
+                    if s.queue.try_send(note.into()).is_ok() {
+                        s.lost = 0;
+                    }
+                }
+                match s.queue.try_send(shared.clone()) {
+                    Ok(()) => true,
+                    Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                        s.lost += 1;
+                        true
+                    }
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
+                }
+            });
+        }
     }
+
+    /// Adds an `events --follow` subscriber (optionally one agent's events).
+    pub fn subscribe(
+        &mut self,
+        agent: Option<String>,
+    ) -> tokio::sync::mpsc::Receiver<std::sync::Arc<str>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIBER_QUEUE);
+        self.subscribers.push(Subscriber {
+            agent,
+            queue: tx,
+            lost: 0,
+        });
+        rx
+    }
+}
+
+/// The agent name of a serialized event line, if it has one.
+fn line_agent(line: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(line).ok()?;
+    v.get("agent")?.get("name")?.as_str().map(str::to_owned)
 }
 
 /// Emits a daemon-originated event stamped now.
