@@ -164,6 +164,7 @@ fn events_follow_streams_one_agents_events() {
         lines.push(line);
     }
     let _ = follower.kill();
+    let _ = follower.wait();
     let events: Vec<serde_json::Value> = lines
         .iter()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
