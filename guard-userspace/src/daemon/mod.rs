@@ -1,5 +1,6 @@
 //! The daemon: loads policy and kernel programs, serves the control socket,
 //! and streams events until SIGINT/SIGTERM.
+mod approvals;
 mod control_server;
 mod deletes;
 mod demo;

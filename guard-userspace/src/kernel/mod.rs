@@ -1,27 +1,25 @@
 //! Loading the embedded eBPF object, attaching it to agent cgroups, and
 //! writing policy into its maps. Everything that touches aya's program and
 //! policy-map APIs lives here.
-use std::{
-    fs::File,
-    io,
-    path::{Path, PathBuf},
-};
+use std::{fs::File, io, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError,
-        links::{FdLink, PinnedLink},
-    },
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, ProgramError, links::FdLink},
 };
-use guard_common::{
-    AgentEntry, Config, HoldEntry, HoldState, KernelOffsets, LOSS_REASONS, NetKey, NetRuleSet,
-    PathKey, PathRuleValue,
-};
+use guard_common::{AgentEntry, Config, KernelOffsets, NetKey, NetRuleSet, PathKey, PathRuleValue};
 
 use crate::btf;
 use thiserror::Error;
+
+mod handles;
+mod lsm;
+mod pins;
+
+pub use handles::{KernelHolds, LossCounters};
+use lsm::load_lsm;
+use pins::{Attachment, Pins};
 
 /// The kernel object, built by build.rs through aya-build.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf"));
@@ -85,24 +83,6 @@ pub enum KernelError {
     StaleHold { tid: u32, hold_id: u64 },
 }
 
-/// The LSM program pairs, best first: how each builds paths, and its
-/// (program name, hook) pairs. A kernel that does not allow bpf_d_path in
-/// the path hooks (6.1) refuses the first pair at load; the second builds
-/// the path itself with offsets from BTF.
-const LSM_VARIANTS: [(&str, [(&str, &str); 2]); 2] = [
-    (
-        "bpf_d_path",
-        [("path_unlink", "path_unlink"), ("path_rmdir", "path_rmdir")],
-    ),
-    (
-        "dentry walk",
-        [
-            ("path_unlink_walk", "path_unlink"),
-            ("path_rmdir_walk", "path_rmdir"),
-        ],
-    ),
-];
-
 /// Whether the BPF LSM delete hooks are in force, and if not, why.
 #[derive(Clone, Debug)]
 pub enum LsmStatus {
@@ -161,59 +141,6 @@ pub struct Kernel {
     pinning: bool,
     pub lsm: LsmStatus,
 }
-
-enum Attachment {
-    Owned(String, FdLink),
-    Pinned(PinnedLink),
-}
-
-/// The bpffs under the state directory: links/ and maps/, and whether we
-/// mounted it.
-struct Pins {
-    root: PathBuf,
-    dir: PathBuf,
-    mount: Option<PathBuf>,
-}
-
-impl Pins {
-    /// Mounts bpffs at `state_dir/bpf` unless one is there already.
-    fn mount(state_dir: &Path) -> Result<Self, KernelError> {
-        let root = state_dir.join("bpf");
-        let io = |what: &'static str, path: &Path| {
-            let path = path.display().to_string();
-            move |source| KernelError::Pin { what, path, source }
-        };
-        std::fs::create_dir_all(&root).map_err(io("creating", &root))?;
-        let mount = if nix::sys::statfs::statfs(&root)
-            .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
-            .unwrap_or(false)
-        {
-            None
-        } else {
-            nix::mount::mount(
-                Some("bpf"),
-                &root,
-                Some("bpf"),
-                nix::mount::MsFlags::empty(),
-                None::<&str>,
-            )
-            .map_err(|e| io("mounting bpffs at", &root)(io::Error::from(e)))?;
-            Some(root.clone())
-        };
-        for sub in ["links", "maps"] {
-            let dir = root.join(sub);
-            std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
-        }
-        Ok(Self {
-            dir: root.join("links"),
-            root,
-            mount,
-        })
-    }
-}
-
-/// statfs(2) magic of bpffs (include/uapi/linux/magic.h).
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Offsets from the running kernel's BTF, or why they are unavailable.
 fn kernel_offsets() -> Result<KernelOffsets, btf::BtfError> {
@@ -380,74 +307,6 @@ impl Kernel {
         self.keep(name.to_owned(), link.into())
     }
 
-    /// Keeps an attachment: pinned if pinning is on, else owned.
-    fn keep(&mut self, name: String, link: FdLink) -> Result<(), KernelError> {
-        let attachment = match &self.pins {
-            Some(pins) if self.pinning => Attachment::Pinned(pin(&pins.dir, &name, link)?),
-            _ => Attachment::Owned(name, link),
-        };
-        self.links.push(attachment);
-        Ok(())
-    }
-
-    /// Pins every attachment, now and later, under `state_dir/bpf/links`,
-    /// so that if the daemon dies the programs stay attached and keep
-    /// enforcing the last policy: fail closed. Pins left by a daemon that
-    /// died are removed only after ours are in force, so there is no gap.
-    pub fn pin_links(&mut self) -> Result<(), KernelError> {
-        let Some(pins) = &self.pins else {
-            return Err(KernelError::Pin {
-                what: "pinning without",
-                path: "a state directory".into(),
-                source: io::Error::from(io::ErrorKind::InvalidInput),
-            });
-        };
-        let dir = pins.dir.clone();
-        let ours = format!("{}-", std::process::id());
-        let stale: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| {
-                        !p.file_name()
-                            .is_some_and(|n| n.to_string_lossy().starts_with(&ours))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        self.pinning = true;
-        for attachment in std::mem::take(&mut self.links) {
-            let pinned = match attachment {
-                Attachment::Owned(name, link) => pin(&dir, &name, link)?,
-                Attachment::Pinned(p) => p,
-            };
-            self.links.push(Attachment::Pinned(pinned));
-        }
-        for path in stale {
-            tracing::warn!(pin = %path.display(), "removing an attachment left by a daemon that did not shut down cleanly");
-            let _ = std::fs::remove_file(&path);
-        }
-        Ok(())
-    }
-
-    /// Clean shutdown: unpins and detaches every attachment, and unmounts
-    /// the bpffs we mounted. Agents run unguarded from here on.
-    pub fn release(mut self) {
-        for attachment in std::mem::take(&mut self.links) {
-            if let Attachment::Pinned(p) = attachment {
-                if let Err(err) = p.unpin() {
-                    tracing::error!(%err, "unpinning an attachment");
-                }
-            }
-        }
-        if let Some(Pins {
-            mount: Some(root), ..
-        }) = self.pins.take()
-        {
-            let _ = nix::mount::umount2(&root, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-
     pub fn insert_path_rules(
         &mut self,
         entries: &[(u32, PathKey, PathRuleValue)],
@@ -610,150 +469,5 @@ impl Kernel {
         Ok(LossCounters(
             PerCpuArray::try_from(map).map_err(map_err("LOSSES"))?,
         ))
-    }
-}
-
-/// Loads and attaches lsm/path_unlink and lsm/path_rmdir. Attached LSM
-/// programs run for every task; they judge only agents' calls.
-fn pin(dir: &Path, name: &str, link: FdLink) -> Result<PinnedLink, KernelError> {
-    // The pid keeps names unique across daemons that share a directory.
-    let path = dir.join(format!("{}-{name}", std::process::id()));
-    link.pin(&path).map_err(|e| KernelError::Pin {
-        what: "pinning",
-        path: path.display().to_string(),
-        source: io::Error::other(e),
-    })
-}
-
-fn load_lsm(ebpf: &mut Ebpf, links: &mut Vec<Attachment>) -> LsmStatus {
-    let active = std::fs::read_to_string("/sys/kernel/security/lsm").ok();
-    if let Some(list) = &active {
-        if !list.split(',').any(|l| l.trim() == "bpf") {
-            return LsmStatus::Unavailable(format!(
-                "\"bpf\" is not in the active LSM list ({}); boot with lsm=...,bpf",
-                list.trim()
-            ));
-        }
-    }
-    let btf = match aya::Btf::from_sys_fs() {
-        Ok(btf) => btf,
-        Err(err) => return LsmStatus::Unavailable(format!("kernel BTF: {err}")),
-    };
-    let mut refusals = Vec::new();
-    for (paths, programs) in LSM_VARIANTS {
-        match load_lsm_variant(ebpf, &btf, &programs) {
-            Ok(()) => {
-                for (name, hook) in programs {
-                    let attached = ebpf
-                        .program_mut(name)
-                        .and_then(|p| <&mut Lsm>::try_from(p).ok())
-                        .map(|p| p.attach().and_then(|id| p.take_link(id)));
-                    match attached {
-                        Some(Ok(link)) => {
-                            links.push(Attachment::Owned(name.to_owned(), link.into()))
-                        }
-                        Some(Err(err)) => {
-                            return LsmStatus::Unavailable(format!(
-                                "the kernel refused to attach lsm/{hook} (BPF_PROG_TYPE_LSM): {}",
-                                describe_load_error(&err)
-                            ));
-                        }
-                        None => return LsmStatus::Unavailable(format!("program {name} missing")),
-                    }
-                }
-                return LsmStatus::Attached { paths };
-            }
-            Err(why) => refusals.push(format!("{paths}: {why}")),
-        }
-    }
-    LsmStatus::Unavailable(refusals.join("; "))
-}
-
-/// Loads (verifies) both programs of one variant; attaches nothing.
-fn load_lsm_variant(
-    ebpf: &mut Ebpf,
-    btf: &aya::Btf,
-    programs: &[(&str, &str); 2],
-) -> Result<(), String> {
-    for &(name, hook) in programs {
-        let prog = ebpf
-            .program_mut(name)
-            .ok_or_else(|| format!("program {name} missing from the object"))?;
-        let prog: &mut Lsm = prog.try_into().map_err(|e| format!("{name}: {e}"))?;
-        prog.load(hook, btf).map_err(|err| {
-            format!(
-                "the kernel refused to load lsm/{hook} (BPF_PROG_TYPE_LSM): {}",
-                describe_load_error(&err)
-            )
-        })?;
-    }
-    Ok(())
-}
-
-/// The daemon's handle on the kernel's HOLDS map: writes decisions and
-/// resumes the stopped process.
-pub struct KernelHolds(std::sync::Mutex<BpfHashMap<MapData, u32, HoldEntry>>);
-
-impl KernelHolds {
-    /// Whether thread `tid` still waits in hold `hold_id`.
-    pub fn is_pending(&self, tid: u32, hold_id: u64) -> bool {
-        let map = match self.0.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        map.get(&tid, 0)
-            .is_ok_and(|e| e.hold_id == hold_id && e.state == HoldState::Pending.raw())
-    }
-
-    /// Writes the decision for `tid`'s hold `hold_id`, then SIGCONT to `pid`:
-    /// the stopped call restarts, finds the decision and consumes it.
-    pub fn release(
-        &self,
-        tid: u32,
-        hold_id: u64,
-        allow: bool,
-        pid: u32,
-    ) -> Result<(), KernelError> {
-        let mut map = match self.0.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let mut entry = map.get(&tid, 0).map_err(map_err("HOLDS"))?;
-        if entry.hold_id != hold_id {
-            // The thread's hold is another call's (it was killed and the
-            // tid reused): never hand this decision to it.
-            return Err(KernelError::StaleHold { tid, hold_id });
-        }
-        entry.state = if allow {
-            HoldState::Allow
-        } else {
-            HoldState::Deny
-        }
-        .raw();
-        map.insert(tid, entry, 0).map_err(map_err("HOLDS"))?;
-        let resumed = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGCONT,
-        );
-        if resumed == Err(nix::errno::Errno::ESRCH) {
-            // Gone (killed while held): a reused thread id must not find
-            // this decision.
-            let _ = map.remove(&tid);
-        }
-        Ok(())
-    }
-}
-
-pub struct LossCounters(PerCpuArray<MapData, u64>);
-
-impl LossCounters {
-    /// Totals over all CPUs, per LossReason index.
-    pub fn totals(&self) -> Result<[u64; LOSS_REASONS as usize], KernelError> {
-        let mut out = [0u64; LOSS_REASONS as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let values = self.0.get(&(i as u32), 0).map_err(map_err("LOSSES"))?;
-            *slot = values.iter().sum();
-        }
-        Ok(out)
     }
 }

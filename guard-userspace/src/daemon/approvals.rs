@@ -1,0 +1,316 @@
+//! Decisions on the control socket: approve, deny (with scopes that become
+//! grants), revoke and kill. Approvers only, from SO_PEERCRED; every refusal
+//! is a `control.refused` event as well as an error reply.
+use std::{fs, path::PathBuf, sync::Arc};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::json;
+use tokio::net::unix::UCred;
+
+use super::Shared;
+use crate::{cgroup, events};
+
+/// Approves or denies a hold, for approvers only: root, or a uid or group
+/// listed in `[daemon] approvers`. A refusal is an event, not just a reply.
+pub(super) fn decide(
+    shared: &Arc<Shared>,
+    cred: &UCred,
+    id: &str,
+    approve: bool,
+    reason: Option<String>,
+    scope: ScopeRequest,
+) -> Result<serde_json::Value> {
+    let user = user_name(cred);
+    if !is_approver(shared, cred) {
+        events::emit_now(
+            &shared.emitter,
+            json!({
+                "kind": "control.refused",
+                "outcome": "denied",
+                "control": {"op": if approve { "approve" } else { "deny" }, "hold": id,
+                            "by": {"uid": cred.uid(), "pid": cred.pid(), "user": user},
+                            "reason": "not an approver ([daemon] approvers)"},
+            }),
+        );
+        bail!(
+            "uid {} ({user}) is not an approver; see [daemon] approvers in the policy",
+            cred.uid()
+        );
+    }
+    let hold: u64 = id
+        .parse()
+        .with_context(|| format!("{id:?} is not a hold id"))?;
+    let verdict = if approve {
+        super::holds::Verdict::Approved
+    } else {
+        super::holds::Verdict::Denied
+    };
+    let by = super::holds::By {
+        uid: Some(cred.uid()),
+        user,
+    };
+    // A scoped approval first becomes a grant, so that calls it covers and
+    // that arrive right after the release already pass.
+    let granted = match scope.scope.as_deref() {
+        None | Some("once") => serde_json::Value::from("once"),
+        Some(_) if !approve => bail!("only an approval takes a scope"),
+        Some(kind) => grant_for_hold(shared, hold, kind, &scope, &by.user, reason.clone())?,
+    };
+    if !shared
+        .holds
+        .decide_scoped(shared, hold, verdict, by, reason, granted.clone())
+    {
+        bail!("no pending hold {id} (already decided, expired, or never held)");
+    }
+    Ok(json!({ "scope": granted }))
+}
+
+/// The scope part of an approval, as asked.
+pub(super) struct ScopeRequest {
+    pub scope: Option<String>,
+    pub for_secs: Option<u64>,
+    pub path: Option<String>,
+}
+
+/// Turns an approval's scope into a grant, derived from the held call.
+fn grant_for_hold(
+    shared: &Arc<Shared>,
+    hold: u64,
+    kind: &str,
+    scope: &ScopeRequest,
+    by: &str,
+    reason: Option<String>,
+) -> Result<serde_json::Value> {
+    use super::grants::Scope;
+    let event = shared
+        .holds
+        .event_of(hold)
+        .with_context(|| format!("no pending hold {hold}"))?;
+    let lasts = std::time::Duration::from_secs(
+        scope
+            .for_secs
+            .with_context(|| format!("scope {kind} needs a duration (--for, e.g. 10m)"))?,
+    );
+    let agent_name = event["agent"]["name"]
+        .as_str()
+        .context("held call without an agent")?
+        .to_owned();
+    let agent_id = {
+        let registry = shared
+            .registry
+            .read()
+            .map_err(|_| anyhow::anyhow!("registry lock poisoned"))?;
+        registry
+            .agent_by_name(&agent_name)
+            .map(|a| a.agent_id)
+            .with_context(|| format!("agent {agent_name} is no longer in the policy"))?
+    };
+    let call = event["kind"].as_str().unwrap_or_default();
+    let scope = match kind {
+        "agent" => Scope::Agent,
+        "subtree" => {
+            if !call.starts_with("file.") {
+                bail!("scope subtree is for deletes; this hold is a {call}");
+            }
+            let target = event["target"]["path"]
+                .as_str()
+                .context("held delete without a path")?;
+            // Default: the subtree of the ask rule that held the call.
+            let prefix = match (&scope.path, event["rule"]["match"].as_str()) {
+                (Some(p), _) => p.trim_end_matches('/').to_owned(),
+                (None, Some(m)) if m.starts_with('/') => m.trim_end_matches('/').to_owned(),
+                _ => target
+                    .rsplit_once('/')
+                    .map(|(dir, _)| dir.to_owned())
+                    .unwrap_or_default(),
+            };
+            let prefix = if prefix.is_empty() {
+                "/".to_owned()
+            } else {
+                prefix
+            };
+            if !(prefix == "/" || target == prefix || target.starts_with(&format!("{prefix}/"))) {
+                bail!("{prefix} does not contain the held path {target}");
+            }
+            Scope::Subtree { prefix }
+        }
+        "destination" => {
+            if call != "net.connect" {
+                bail!("scope destination is for connects; this hold is a {call}");
+            }
+            let address: std::net::IpAddr = event["target"]["address"]
+                .as_str()
+                .and_then(|a| a.parse().ok())
+                .context("held connect without an address")?;
+            let addr = match address {
+                std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                std::net::IpAddr::V6(v6) => v6.octets(),
+            };
+            let port = event["target"]["port"]
+                .as_u64()
+                .context("held connect without a port")? as u16;
+            Scope::Destination { addr, port }
+        }
+        other => bail!("unknown scope {other:?}: once, subtree, destination or agent"),
+    };
+    shared
+        .grants
+        .add(agent_id, agent_name, scope, lasts, by.to_owned(), reason)
+}
+
+pub(super) fn revoke(shared: &Arc<Shared>, cred: &UCred, id: u32) -> Result<serde_json::Value> {
+    if !is_approver(shared, cred) {
+        events::emit_now(
+            &shared.emitter,
+            json!({"kind": "control.refused", "outcome": "denied",
+                   "control": {"op": "revoke", "grant": id,
+                               "by": {"uid": cred.uid(), "pid": cred.pid(), "user": user_name(cred)},
+                               "reason": "not an approver ([daemon] approvers)"}}),
+        );
+        bail!(
+            "uid {} is not an approver; see [daemon] approvers in the policy",
+            cred.uid()
+        );
+    }
+    if !shared.grants.revoke(id) {
+        bail!("no live grant {id}");
+    }
+    Ok(json!({}))
+}
+
+/// Kills a held call's run (its session cgroup, or the agent's cgroup for a
+/// process started without `run`), or every process of an agent.
+pub(super) fn kill(
+    shared: &Arc<Shared>,
+    cred: &UCred,
+    hold: Option<String>,
+    agent: Option<String>,
+) -> Result<serde_json::Value> {
+    let what = match (&hold, &agent) {
+        (Some(h), None) => format!("hold {h}"),
+        (None, Some(a)) => format!("agent {a}"),
+        _ => bail!("kill takes exactly one of a hold id or an agent name"),
+    };
+    let user = user_name(cred);
+    if !is_approver(shared, cred) {
+        events::emit_now(
+            &shared.emitter,
+            json!({"kind": "control.refused", "outcome": "denied",
+                   "control": {"op": "kill", "target": what,
+                               "by": {"uid": cred.uid(), "pid": cred.pid(), "user": user},
+                               "reason": "not an approver ([daemon] approvers)"}}),
+        );
+        bail!(
+            "uid {} ({user}) is not an approver; see [daemon] approvers in the policy",
+            cred.uid()
+        );
+    }
+    let dir: PathBuf = match (&hold, &agent) {
+        (Some(h), _) => {
+            let id: u64 = h
+                .parse()
+                .with_context(|| format!("{h:?} is not a hold id"))?;
+            let pid = shared
+                .holds
+                .pid_of(id)
+                .with_context(|| format!("no pending hold {h}"))?;
+            let own = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .ok()
+                .and_then(|c| {
+                    c.lines()
+                        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+                })
+                .with_context(|| format!("cannot read the cgroup of pid {pid}"))?;
+            let registry = shared
+                .registry
+                .read()
+                .map_err(|_| anyhow::anyhow!("registry lock poisoned"))?;
+            let session = registry
+                .sessions
+                .values()
+                .find(|s| own.ends_with(&format!("/run-{}", s.id)))
+                .map(|s| s.dir.clone());
+            let agent_dir = registry
+                .agents
+                .values()
+                .find(|a| {
+                    own.trim_start_matches('/')
+                        .starts_with(a.def.cgroup.as_str())
+                })
+                .map(|a| a.cgroup_dir.clone());
+            session
+                .or(agent_dir)
+                .with_context(|| format!("pid {pid} is in no agent cgroup ({own})"))?
+        }
+        (_, Some(name)) => {
+            let registry = shared
+                .registry
+                .read()
+                .map_err(|_| anyhow::anyhow!("registry lock poisoned"))?;
+            registry
+                .agent_by_name(name)
+                .map(|a| a.cgroup_dir.clone())
+                .with_context(|| format!("unknown agent {name:?}"))?
+        }
+        _ => unreachable!("checked above"),
+    };
+    cgroup::kill_all(&dir)?;
+    if let Some(h) = hold.as_deref().and_then(|h| h.parse().ok()) {
+        shared.holds.decide(
+            shared,
+            h,
+            super::holds::Verdict::Killed,
+            super::holds::By {
+                uid: Some(cred.uid()),
+                user: user.clone(),
+            },
+            None,
+        );
+    }
+    tracing::warn!(%what, by = %user, cgroup = %dir.display(), "killed");
+    events::emit_now(
+        &shared.emitter,
+        json!({"kind": "agent.kill", "outcome": "success",
+               "control": {"target": what, "cgroup": dir.display().to_string(),
+                           "by": {"uid": cred.uid(), "user": user}}}),
+    );
+    Ok(json!({ "cgroup": dir.display().to_string() }))
+}
+
+pub(super) fn user_name(cred: &UCred) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(cred.uid()))
+        .ok()
+        .flatten()
+        .map_or_else(|| cred.uid().to_string(), |u| u.name)
+}
+
+pub(super) fn is_approver(shared: &Shared, cred: &UCred) -> bool {
+    let registry = match shared.registry.read() {
+        Ok(r) => r,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    let approvers = &registry.policy.daemon.approvers;
+    if cred.uid() == 0 || approvers.uids.contains(&cred.uid()) {
+        return true;
+    }
+    // Group membership of the caller process, as the kernel sees it now.
+    let groups: Vec<u32> = cred
+        .pid()
+        .and_then(|pid| fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("Groups:").map(|g| {
+                    g.split_whitespace()
+                        .filter_map(|x| x.parse().ok())
+                        .collect()
+                })
+            })
+        })
+        .unwrap_or_default();
+    approvers.groups.iter().any(|name| {
+        nix::unistd::Group::from_name(name)
+            .ok()
+            .flatten()
+            .is_some_and(|g| g.gid.as_raw() == cred.gid() || groups.contains(&g.gid.as_raw()))
+    })
+}

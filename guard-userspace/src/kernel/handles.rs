@@ -1,0 +1,74 @@
+//! Handles on maps that leave the loader for the daemon's tasks: decisions
+//! for held calls, and the loss counters.
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
+use guard_common::{HoldEntry, HoldState, LOSS_REASONS};
+
+use super::{KernelError, map_err};
+
+/// The daemon's handle on the kernel's HOLDS map: writes decisions and
+/// resumes the stopped process.
+pub struct KernelHolds(pub(super) std::sync::Mutex<BpfHashMap<MapData, u32, HoldEntry>>);
+
+impl KernelHolds {
+    /// Whether thread `tid` still waits in hold `hold_id`.
+    pub fn is_pending(&self, tid: u32, hold_id: u64) -> bool {
+        let map = match self.0.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.get(&tid, 0)
+            .is_ok_and(|e| e.hold_id == hold_id && e.state == HoldState::Pending.raw())
+    }
+
+    /// Writes the decision for `tid`'s hold `hold_id`, then SIGCONT to `pid`:
+    /// the stopped call restarts, finds the decision and consumes it.
+    pub fn release(
+        &self,
+        tid: u32,
+        hold_id: u64,
+        allow: bool,
+        pid: u32,
+    ) -> Result<(), KernelError> {
+        let mut map = match self.0.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut entry = map.get(&tid, 0).map_err(map_err("HOLDS"))?;
+        if entry.hold_id != hold_id {
+            // The thread's hold is another call's (it was killed and the
+            // tid reused): never hand this decision to it.
+            return Err(KernelError::StaleHold { tid, hold_id });
+        }
+        entry.state = if allow {
+            HoldState::Allow
+        } else {
+            HoldState::Deny
+        }
+        .raw();
+        map.insert(tid, entry, 0).map_err(map_err("HOLDS"))?;
+        let resumed = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGCONT,
+        );
+        if resumed == Err(nix::errno::Errno::ESRCH) {
+            // Gone (killed while held): a reused thread id must not find
+            // this decision.
+            let _ = map.remove(&tid);
+        }
+        Ok(())
+    }
+}
+
+pub struct LossCounters(pub(super) PerCpuArray<MapData, u64>);
+
+impl LossCounters {
+    /// Totals over all CPUs, per LossReason index.
+    pub fn totals(&self) -> Result<[u64; LOSS_REASONS as usize], KernelError> {
+        let mut out = [0u64; LOSS_REASONS as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let values = self.0.get(&(i as u32), 0).map_err(map_err("LOSSES"))?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
+    }
+}
