@@ -548,3 +548,54 @@ pub fn run_in_cgroup(cgroup: &str, script: &str) -> Output {
         .output()
         .expect("sh")
 }
+
+/// The state letter of a process (R, S, T, ...), from /proc/PID/stat.
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// Waits until `pid` is stopped (state T): what a hold looks like.
+pub fn wait_stopped(pid: u32, what: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while process_state(pid) != Some('T') {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: process {pid} never stopped"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends a stray SIGCONT, as someone other than agent-guard might, and
+/// checks the held call goes straight back on hold.
+pub fn stray_sigcont_keeps_it_held(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .expect("SIGCONT");
+    thread::sleep(Duration::from_millis(300));
+    wait_stopped(pid, "after a stray SIGCONT");
+}
+
+/// A connect started as `agent` by [`PY_CONNECT`] that is (about to be)
+/// held: the child, its output lines after the pid line, and its pid.
+pub struct PendingConnect {
+    pub child: Child,
+    pub lines: std::io::Lines<BufReader<ChildStdout>>,
+    pub pid: u32,
+}
+
+pub fn spawn_connect(daemon: &Daemon, agent: &str, host: &str, port: u16) -> PendingConnect {
+    let port = port.to_string();
+    let mut child = daemon.spawn_agent(agent, &["python3", "-c", PY_CONNECT, host, &port]);
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("pid line").expect("read");
+    let pid = first
+        .strip_prefix("pid=")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+    PendingConnect { child, lines, pid }
+}

@@ -160,14 +160,8 @@ fn audit_mode_allows_and_reports_the_would_be_verdict() {
     run.finish();
 }
 
-fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
-}
-
 #[test]
 fn ask_holds_the_connect_until_on_call_decides() {
-    use std::io::BufRead as _;
     let cg = TestCgroups::new("connect-hold");
     let l = Listener::v4();
     let daemon = Daemon::start(
@@ -179,45 +173,20 @@ fn ask_holds_the_connect_until_on_call_decides() {
         cg,
     );
     for approve in [true, false] {
-        let port = l.port.to_string();
-        let mut child =
-            daemon.spawn_agent("bot", &["python3", "-c", PY_CONNECT, "127.0.0.1", &port]);
-        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let first = lines.next().expect("pid line").expect("read");
-        let pid: u32 = first
-            .strip_prefix("pid=")
-            .and_then(|r| r.split(' ').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected {first:?}"));
+        let PendingConnect {
+            mut child,
+            mut lines,
+            pid,
+        } = spawn_connect(&daemon, "bot", "127.0.0.1", l.port);
         let ev = daemon.wait_event("net.connect", |e| {
             e["outcome"] == "held" && e["process"]["pid"] == pid
         });
         let id = ev["hold"]["id"].as_str().expect("hold id").to_string();
         assert_eq!(ev["rule"]["verdict"], "ask");
         assert_eq!(ev["target"]["port"], l.port);
-        let deadline = std::time::Instant::now() + PATIENCE;
-        while process_state(pid) != Some('T') {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "held connect never stopped"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        wait_stopped(pid, "held connect");
         // Someone else's SIGCONT: the connect restarts into the same hold.
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGCONT,
-        )
-        .expect("SIGCONT");
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        let deadline = std::time::Instant::now() + PATIENCE;
-        while process_state(pid) != Some('T') {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "a stray SIGCONT released the connect"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        stray_sigcont_keeps_it_held(pid);
         let holds = daemon
             .events()
             .iter()
@@ -316,7 +285,6 @@ fn enforcement_outlives_a_crashed_daemon_and_a_successor_takes_over() {
 
 #[test]
 fn a_held_connect_survives_a_daemon_crash_and_is_decided_by_its_successor() {
-    use std::io::BufRead as _;
     let cg = TestCgroups::new("hold-restart");
     let l = Listener::v4();
     let policy = policy(
@@ -325,15 +293,11 @@ fn a_held_connect_survives_a_daemon_crash_and_is_decided_by_its_successor() {
         &format!("default = \"allow\"\nask = [\"127.0.0.1/32:{}\"]", l.port),
     );
     let daemon = Daemon::start(&policy, cg);
-    let port = l.port.to_string();
-    let mut child = daemon.spawn_agent("bot", &["python3", "-c", PY_CONNECT, "127.0.0.1", &port]);
-    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let first = lines.next().expect("pid line").expect("read");
-    let pid: u32 = first
-        .strip_prefix("pid=")
-        .and_then(|r| r.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected {first:?}"));
+    let PendingConnect {
+        mut child,
+        mut lines,
+        pid,
+    } = spawn_connect(&daemon, "bot", "127.0.0.1", l.port);
     let ev = daemon.wait_event("net.connect", |e| {
         e["outcome"] == "held" && e["process"]["pid"] == pid
     });

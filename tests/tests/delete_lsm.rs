@@ -127,11 +127,6 @@ fn lsm_rm_rf_removes_exactly_the_allowed_part() {
     );
 }
 
-fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
-}
-
 #[test]
 fn lsm_ask_holds_the_process_until_on_call_decides() {
     let cg = TestCgroups::new("lsm-hold");
@@ -164,32 +159,12 @@ fn lsm_ask_holds_the_process_until_on_call_decides() {
         assert_eq!(pid, child.id(), "the held process is the rm we started");
 
         // Stopped inside the call, before anything happened.
-        let deadline = std::time::Instant::now() + PATIENCE;
-        while process_state(pid) != Some('T') {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "held rm never stopped"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        wait_stopped(pid, "held rm");
         assert!(file.exists());
 
         // A stray SIGCONT restarts the call, which is held again: no
         // release, no second hold event.
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGCONT,
-        )
-        .expect("SIGCONT");
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        let deadline = std::time::Instant::now() + PATIENCE;
-        while process_state(pid) != Some('T') {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "rm was released by a stray SIGCONT"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        stray_sigcont_keeps_it_held(pid);
         assert!(
             file.exists(),
             "a stray SIGCONT must not let the unlink happen"

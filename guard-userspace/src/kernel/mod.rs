@@ -311,15 +311,20 @@ impl Kernel {
         &mut self,
         entries: &[(u32, PathKey, PathRuleValue)],
     ) -> Result<(), KernelError> {
-        let map = self
-            .ebpf
-            .map_mut("PATH_RULES")
-            .ok_or(KernelError::Missing("PATH_RULES"))?;
-        let mut trie: LpmTrie<_, PathKey, PathRuleValue> =
-            LpmTrie::try_from(map).map_err(map_err("PATH_RULES"))?;
+        self.insert_lpm("PATH_RULES", entries)
+    }
+
+    /// Writes (prefix length, key, value) entries into the LPM trie `name`.
+    fn insert_lpm<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        entries: &[(u32, K, V)],
+    ) -> Result<(), KernelError> {
+        let map = self.ebpf.map_mut(name).ok_or(KernelError::Missing(name))?;
+        let mut trie: LpmTrie<_, K, V> = LpmTrie::try_from(map).map_err(map_err(name))?;
         for (prefix_len, key, value) in entries {
             trie.insert(&Key::new(*prefix_len, *key), value, 0)
-                .map_err(map_err("PATH_RULES"))?;
+                .map_err(map_err(name))?;
         }
         Ok(())
     }
@@ -413,17 +418,7 @@ impl Kernel {
         &mut self,
         entries: &[(u32, NetKey, NetRuleSet)],
     ) -> Result<(), KernelError> {
-        let map = self
-            .ebpf
-            .map_mut("NET_RULES")
-            .ok_or(KernelError::Missing("NET_RULES"))?;
-        let mut trie: LpmTrie<_, NetKey, NetRuleSet> =
-            LpmTrie::try_from(map).map_err(map_err("NET_RULES"))?;
-        for (prefix_len, key, set) in entries {
-            trie.insert(&Key::new(*prefix_len, *key), set, 0)
-                .map_err(map_err("NET_RULES"))?;
-        }
-        Ok(())
+        self.insert_lpm("NET_RULES", entries)
     }
 
     /// Hands the event ring buffer to its reader task.
