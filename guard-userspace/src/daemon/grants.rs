@@ -9,7 +9,9 @@ use std::{
 
 use anyhow::{Result, bail};
 use aya::maps::{HashMap as BpfHashMap, LpmTrie, MapData, lpm_trie::Key};
-use guard_common::{Grant, NET_KEY_AGENT_BITS, NetGrantKey, PATH_KEY_BYTES, PathKey};
+use guard_common::{Grant, NetGrantKey, PathKey};
+
+use crate::policy::path_key;
 use serde_json::{Value, json};
 
 /// What an approval covers beyond the one call.
@@ -72,21 +74,6 @@ pub struct KernelGrants {
 pub struct Grants {
     inner: Mutex<(HashMap<u32, GrantInfo>, u32)>,
     kernel: Mutex<KernelGrants>,
-}
-
-/// The LPM key of a path subtree, as PATH_RULES and the LSM programs use.
-pub fn path_key(agent_id: u32, prefix: &str) -> (u32, PathKey) {
-    let mut text = prefix.to_owned();
-    if !text.ends_with('/') {
-        text.push('/');
-    }
-    let n = text.len().min(PATH_KEY_BYTES);
-    let mut key = PathKey {
-        agent_id: agent_id.to_be_bytes(),
-        ..PathKey::default()
-    };
-    key.path[..n].copy_from_slice(&text.as_bytes()[..n]);
-    (NET_KEY_AGENT_BITS + n as u32 * 8, key)
 }
 
 fn boot_ns_after(d: Duration) -> u64 {

@@ -122,6 +122,25 @@ pub fn agent_entry(agent_id: u32, agent: &Agent) -> AgentEntry {
     }
 }
 
+/// The LPM key of a path prefix for `agent_id`, as PATH_RULES, PATH_GRANTS
+/// and the LSM programs' lookups use it: the prefix with a '/' after its last
+/// component (root stays "/"), so a prefix only matches whole components.
+/// normalize_abs bounds prefixes to PATH_KEY_BYTES - 1 bytes; the '/' brings
+/// it to at most PATH_KEY_BYTES.
+pub fn path_key(agent_id: u32, prefix: &str) -> (u32, PathKey) {
+    let mut text = prefix.to_owned();
+    if !text.ends_with('/') {
+        text.push('/');
+    }
+    let len = text.len().min(PATH_KEY_BYTES);
+    let mut key = PathKey {
+        agent_id: agent_id.to_be_bytes(),
+        ..PathKey::default()
+    };
+    key.path[..len].copy_from_slice(&text.as_bytes()[..len]);
+    (NET_KEY_AGENT_BITS + (len as u32) * 8, key)
+}
+
 /// The `PATH_RULES` trie entries of one agent: (prefix length in bits, key,
 /// value). Each prefix is stored with a '/' after its last component ("/srv/
 /// data/", root as "/") and the kernel looks up "<path>/", so a prefix only
@@ -130,20 +149,7 @@ pub fn agent_entry(agent_id: u32, agent: &Agent) -> AgentEntry {
 pub fn compile_path(agent_id: u32, paths: &PathPolicy) -> Vec<(u32, PathKey, PathRuleValue)> {
     let mut out: Vec<(u32, PathKey, PathRuleValue)> = Vec::new();
     for rule in &paths.rules {
-        let mut text = rule.prefix.clone();
-        if !text.ends_with('/') {
-            text.push('/');
-        }
-        let bytes = text.as_bytes();
-        // normalize_abs bounds prefixes to PATH_KEY_BYTES - 1 bytes; the '/'
-        // brings it to at most PATH_KEY_BYTES.
-        let len = bytes.len().min(PATH_KEY_BYTES);
-        let mut key = PathKey {
-            agent_id: agent_id.to_be_bytes(),
-            ..PathKey::default()
-        };
-        key.path[..len].copy_from_slice(&bytes[..len]);
-        let prefix_len = NET_KEY_AGENT_BITS + (len as u32) * 8;
+        let (prefix_len, key) = path_key(agent_id, &rule.prefix);
         let value = PathRuleValue {
             rule_id: rule.id,
             verdict: rule.verdict.raw(),

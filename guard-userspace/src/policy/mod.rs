@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use guard_common::{Mode, Verdict};
 
-pub use compile::{agent_entry, compile_net, compile_path};
+pub use compile::{agent_entry, compile_net, compile_path, path_key};
 pub use error::PolicyError;
 
 /// The policy compiled into the binary: one documented demo agent.
