@@ -178,3 +178,44 @@ fn events_follow_streams_one_agents_events() {
         "only bot's: {events:#?}"
     );
 }
+
+#[test]
+fn only_runners_may_start_an_agent_and_refusals_are_logged() {
+    use std::os::unix::process::CommandExt as _;
+    let cg = TestCgroups::new("runners");
+    let policy = format!(
+        "[[agent]]\nname = \"rootonly\"\nowner = \"o\"\npurpose = \"p\"\ncgroup = \"{}\"\n\n\
+         [[agent]]\nname = \"shared\"\nowner = \"o\"\npurpose = \"p\"\ncgroup = \"{}\"\n\
+         runners = {{ uids = [65534] }}\n",
+        cg.path("rootonly"),
+        cg.path("shared")
+    );
+    let daemon = Daemon::start(&policy, cg);
+    let as_nobody = |agent: &str| {
+        daemon
+            .cli()
+            .args(["run", "--agent", agent, "--", "id", "-u"])
+            .uid(65534)
+            .gid(65534)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run as nobody")
+    };
+    let out = as_nobody("rootonly");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("may not start runs of agent \"rootonly\""),
+        "{err}"
+    );
+    let ev = daemon.wait_event("control.refused", |e| e["control"]["op"] == "run");
+    assert_eq!(ev["control"]["by"]["uid"], 65534);
+
+    let out = as_nobody("shared");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "65534\n");
+}

@@ -289,7 +289,13 @@ pub(super) fn is_approver(shared: &Shared, cred: &UCred) -> bool {
         Ok(r) => r,
         Err(poisoned) => poisoned.into_inner(),
     };
-    let approvers = &registry.policy.daemon.approvers;
+    is_member(&registry.policy.daemon.approvers, cred)
+}
+
+/// Whether the caller is root, or listed in `list` by uid or by a group it
+/// is in (primary or supplementary, as the kernel sees the process now).
+pub(super) fn is_member(list: &crate::policy::Approvers, cred: &UCred) -> bool {
+    let approvers = list;
     if cred.uid() == 0 || approvers.uids.contains(&cred.uid()) {
         return true;
     }

@@ -243,6 +243,21 @@ fn open_session(
             registry.agent_names().join(", ")
         );
     };
+    if !super::approvals::is_member(&state.def.runners, cred) {
+        let user = super::approvals::user_name(cred);
+        events::emit_now(
+            &shared.emitter,
+            json!({"kind": "control.refused", "outcome": "denied",
+                   "control": {"op": "run", "agent": agent,
+                               "by": {"uid": cred.uid(), "pid": cred.pid(), "user": user},
+                               "reason": "not a runner of this agent ([[agent]] runners)"}}),
+        );
+        bail!(
+            "uid {} ({user}) may not start runs of agent {agent:?}; see `runners` in its \
+             [[agent]] table",
+            cred.uid()
+        );
+    }
     let opener_pid = cred.pid().context("peer pid unknown")? as u32;
     let id = random_id()?;
     let token = random_id()?;

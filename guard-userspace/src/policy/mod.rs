@@ -79,6 +79,8 @@ pub struct Agent {
     pub mode: Mode,
     pub connect: NetPolicy,
     pub delete: PathPolicy,
+    /// Who may start runs of this agent (`runners`; default root only).
+    pub runners: Approvers,
     /// Line of the agent's `[[agent]]` header.
     pub line: usize,
 }

@@ -79,6 +79,7 @@ struct RawAgent {
     mode: Option<Spanned<String>>,
     connect: Option<RawRules>,
     delete: Option<RawRules>,
+    runners: Option<RawApprovers>,
 }
 
 /// `[agent.connect]` and `[agent.delete]` have the same shape.
@@ -234,27 +235,35 @@ fn daemon(doc: &Doc<'_>, raw: Option<RawDaemon>) -> Result<DaemonConfig, PolicyE
         }
         Some(t) => t.into_inner(),
     };
-    let approvers = match raw.approvers {
-        None => default_approvers(),
-        Some(a) => {
-            let mut groups = Vec::new();
-            for g in a.groups.unwrap_or_default() {
-                if g.get_ref().trim().is_empty() {
-                    return Err(doc.error_at(g.span().start, "approver group name is empty"));
-                }
-                groups.push(g.into_inner());
-            }
-            Approvers {
-                uids: a.uids.unwrap_or_else(|| default_approvers().uids),
-                groups,
-            }
-        }
-    };
+    let approvers = uid_group_list(doc, raw.approvers, "approver")?;
     Ok(DaemonConfig {
         control_socket,
         state_dir,
         approval_timeout_secs,
         approvers,
+    })
+}
+
+/// `{ uids = [...], groups = [...] }` for approvers and runners; omitted
+/// means root only.
+fn uid_group_list(
+    doc: &Doc<'_>,
+    raw: Option<RawApprovers>,
+    what: &str,
+) -> Result<Approvers, PolicyError> {
+    let Some(a) = raw else {
+        return Ok(default_approvers());
+    };
+    let mut groups = Vec::new();
+    for g in a.groups.unwrap_or_default() {
+        if g.get_ref().trim().is_empty() {
+            return Err(doc.error_at(g.span().start, format!("{what} group name is empty")));
+        }
+        groups.push(g.into_inner());
+    }
+    Ok(Approvers {
+        uids: a.uids.unwrap_or_else(|| default_approvers().uids),
+        groups,
     })
 }
 
@@ -298,6 +307,7 @@ fn agent(doc: &Doc<'_>, raw: RawAgent, line: usize) -> Result<Agent, PolicyError
     };
     let connect = net_policy(doc, raw.connect.as_ref())?;
     let delete = path_policy(doc, raw.delete.as_ref())?;
+    let runners = uid_group_list(doc, raw.runners, "runner")?;
     Ok(Agent {
         name: raw.name.into_inner(),
         owner: raw.owner.into_inner(),
@@ -307,6 +317,7 @@ fn agent(doc: &Doc<'_>, raw: RawAgent, line: usize) -> Result<Agent, PolicyError
         mode,
         connect,
         delete,
+        runners,
         line,
     })
 }
