@@ -1,7 +1,7 @@
 //! Loading the BPF LSM delete hooks, best variant first.
 use aya::{Ebpf, programs::Lsm};
 
-use super::{Attachment, LsmStatus, describe_load_error};
+use super::{Attachment, LsmStatus, describe_load_error, typed_program};
 
 /// The LSM program pairs, best first: how each builds paths, and its
 /// (program name, hook) pairs. A kernel that does not allow bpf_d_path in
@@ -40,9 +40,8 @@ pub(super) fn load_lsm(ebpf: &mut Ebpf, links: &mut Vec<Attachment>) -> LsmStatu
         match load_lsm_variant(ebpf, &btf, &programs) {
             Ok(()) => {
                 for (name, hook) in programs {
-                    let attached = ebpf
-                        .program_mut(name)
-                        .and_then(|p| <&mut Lsm>::try_from(p).ok())
+                    let attached = typed_program::<Lsm>(ebpf, name)
+                        .ok()
                         .map(|p| p.attach().and_then(|id| p.take_link(id)));
                     match attached {
                         Some(Ok(link)) => {
@@ -69,13 +68,10 @@ pub(super) fn load_lsm(ebpf: &mut Ebpf, links: &mut Vec<Attachment>) -> LsmStatu
 fn load_lsm_variant(
     ebpf: &mut Ebpf,
     btf: &aya::Btf,
-    programs: &[(&str, &str); 2],
+    programs: &[(&'static str, &'static str); 2],
 ) -> Result<(), String> {
     for &(name, hook) in programs {
-        let prog = ebpf
-            .program_mut(name)
-            .ok_or_else(|| format!("program {name} missing from the object"))?;
-        let prog: &mut Lsm = prog.try_into().map_err(|e| format!("{name}: {e}"))?;
+        let prog: &mut Lsm = typed_program(ebpf, name).map_err(|e| e.to_string())?;
         prog.load(hook, btf).map_err(|err| {
             format!(
                 "the kernel refused to load lsm/{hook} (BPF_PROG_TYPE_LSM): {}",

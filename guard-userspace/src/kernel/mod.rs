@@ -72,6 +72,8 @@ pub enum KernelError {
     },
     #[error("program or map {0} is missing from the eBPF object (build mismatch)")]
     Missing(&'static str),
+    #[error("program {0} in the eBPF object has an unexpected type (build mismatch)")]
+    WrongType(&'static str),
     #[error("{what} {path}: {source}")]
     Pin {
         what: &'static str,
@@ -142,6 +144,20 @@ pub struct Kernel {
     pub lsm: LsmStatus,
 }
 
+/// Program `name` of the object, as the type this build expects it to be.
+pub(super) fn typed_program<'a, T>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut T, KernelError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(KernelError::Missing(name))?
+        .try_into()
+        .map_err(|_| KernelError::WrongType(name))
+}
+
 /// Offsets from the running kernel's BTF, or why they are unavailable.
 fn kernel_offsets() -> Result<KernelOffsets, btf::BtfError> {
     let btf = btf::Btf::from_sys_fs()?;
@@ -185,15 +201,7 @@ impl Kernel {
         }
         let mut ebpf = loader.load(OBJECT).map_err(KernelError::Object)?;
         for (name, program) in CONNECT_PROGRAMS {
-            let prog: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(KernelError::Missing(name))?
-                .try_into()
-                .map_err(|source| KernelError::Refused {
-                    program,
-                    errno: "wrong program type in object".into(),
-                    source,
-                })?;
+            let prog: &mut CgroupSockAddr = typed_program(&mut ebpf, name)?;
             prog.load().map_err(|source| KernelError::Refused {
                 program,
                 errno: describe_load_error(&source),
@@ -225,16 +233,7 @@ impl Kernel {
             source,
         })?;
         for (name, program) in CONNECT_PROGRAMS {
-            let prog: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(KernelError::Missing(name))?
-                .try_into()
-                .map_err(|source| KernelError::Attach {
-                    program,
-                    cgroup: dir.display().to_string(),
-                    source,
-                })?;
+            let prog: &mut CgroupSockAddr = typed_program(&mut self.ebpf, name)?;
             let id = prog
                 .attach(&file, CgroupAttachMode::Single)
                 .map_err(|source| KernelError::Attach {
@@ -278,16 +277,7 @@ impl Kernel {
             errno: format!("kernel BTF unavailable: {e}"),
             source: ProgramError::Btf(e),
         })?;
-        let prog: &mut BtfTracePoint = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(KernelError::Missing(name))?
-            .try_into()
-            .map_err(|source| KernelError::Refused {
-                program,
-                errno: "wrong program type in object".into(),
-                source,
-            })?;
+        let prog: &mut BtfTracePoint = typed_program(&mut self.ebpf, name)?;
         prog.load(name, &btf)
             .map_err(|source| KernelError::Refused {
                 program,
