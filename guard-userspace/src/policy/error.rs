@@ -17,14 +17,10 @@ pub enum PolicyError {
     Read { file: String, error: std::io::Error },
 }
 
+/// Where and what, for tests that check an error's place; the CLI prints
+/// the Display form.
+#[cfg(test)]
 impl PolicyError {
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "accessors for callers that place the error themselves (tests; reload replies)"
-        )
-    )]
     /// 1-based line, `None` for a read error.
     pub fn line(&self) -> Option<usize> {
         match self {
@@ -33,13 +29,6 @@ impl PolicyError {
         }
     }
 
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "accessors for callers that place the error themselves (tests; reload replies)"
-        )
-    )]
     /// 1-based column (in characters), `None` for a read error.
     pub fn col(&self) -> Option<usize> {
         match self {
@@ -48,13 +37,6 @@ impl PolicyError {
         }
     }
 
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "accessors for callers that place the error themselves (tests; reload replies)"
-        )
-    )]
     /// The message without the location prefix.
     pub fn message(&self) -> String {
         match self {
