@@ -330,7 +330,11 @@ fn join(
     };
     cgroup::move_pid(&session.dir, pid)?;
     if let Some(listener) = listener {
-        let decider = Arc::new(SessionDecider::new(shared.clone(), session.agent_id));
+        let decider = Arc::new(SessionDecider::new(
+            shared.clone(),
+            session.agent_id,
+            cgroup_id,
+        ));
         let id = session.id.clone();
         tokio::spawn(async move {
             match supervise::supervise(listener, decider).await {

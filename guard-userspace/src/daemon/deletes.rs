@@ -16,11 +16,17 @@ use crate::{
 pub struct SessionDecider {
     shared: Arc<Shared>,
     agent_id: u32,
+    /// The run this supervisor serves (its session cgroup's id).
+    session_cgroup: u64,
 }
 
 impl SessionDecider {
-    pub fn new(shared: Arc<Shared>, agent_id: u32) -> Self {
-        Self { shared, agent_id }
+    pub fn new(shared: Arc<Shared>, agent_id: u32, session_cgroup: u64) -> Self {
+        Self {
+            shared,
+            agent_id,
+            session_cgroup,
+        }
     }
 
     /// Judges `req` now, or registers a hold and returns the channel the
@@ -48,15 +54,29 @@ impl SessionDecider {
             .flatten()
         {
             // An approval's scope covers this call: no hold.
-            let mut body =
-                decode::supervised_delete(&registry, agent, req, Outcome::Allowed, verdict, rule);
+            let mut body = decode::supervised_delete(
+                &registry,
+                agent,
+                self.session_cgroup,
+                req,
+                Outcome::Allowed,
+                verdict,
+                rule,
+            );
             body.insert("grant".into(), serde_json::json!({ "id": grant }));
             drop(registry);
             events::emit_now(&self.shared.emitter, serde_json::Value::Object(body));
             return Judged::Now(Decision::Allow);
         } else if verdict == Verdict::Ask {
-            let body =
-                decode::supervised_delete(&registry, agent, req, Outcome::Held, verdict, rule);
+            let body = decode::supervised_delete(
+                &registry,
+                agent,
+                self.session_cgroup,
+                req,
+                Outcome::Held,
+                verdict,
+                rule,
+            );
             drop(registry);
             let (tx, rx) = oneshot::channel();
             let id = hold_id();
@@ -72,7 +92,15 @@ impl SessionDecider {
         } else {
             (Decision::Deny, Outcome::Denied)
         };
-        let body = decode::supervised_delete(&registry, agent, req, outcome, verdict, rule);
+        let body = decode::supervised_delete(
+            &registry,
+            agent,
+            self.session_cgroup,
+            req,
+            outcome,
+            verdict,
+            rule,
+        );
         drop(registry);
         events::emit_now(&self.shared.emitter, serde_json::Value::Object(body));
         Judged::Now(decision)

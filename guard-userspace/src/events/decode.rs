@@ -228,9 +228,12 @@ fn resolve(pid: u32, dirfd: i32, raw: &str) -> Option<String> {
 /// A delete judged in userspace under seccomp supervision. Not a kernel
 /// record, but the same event shape as the LSM backend's, built here so the
 /// shape has one home.
+/// `session_cgroup` is the run whose supervisor handled the call: the
+/// filter belongs to that run, so that is whose call it is.
 pub fn supervised_delete(
     registry: &Registry,
     agent: &AgentState,
+    session_cgroup: u64,
     req: &DeleteRequest,
     outcome: Outcome,
     verdict: Verdict,
@@ -241,22 +244,7 @@ pub fn supervised_delete(
         DeleteOp::Rmdir => EventKind::FileRmdir,
     };
     let details = Enricher::default().details(req.pid);
-    let task_cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", req.pid))
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
-        });
-    let session = registry.sessions.values().find(|s| {
-        task_cgroup
-            .as_deref()
-            .is_some_and(|c| c.ends_with(&format!("/run-{}", s.id)))
-    });
-    let mut agent_ref = registry.agent_ref(agent.agent_id, 0);
-    if let (Some(a), Some(s)) = (agent_ref.as_mut(), session) {
-        a.session = Some(s.id.clone());
-        a.on_behalf_of = s.on_behalf_of.clone();
-    }
+    let agent_ref = registry.agent_ref(agent.agent_id, session_cgroup);
     let mut body = Map::new();
     body.insert("kind".into(), file_kind(kind).into());
     body.insert("outcome".into(), outcome_name(outcome.raw()).into());
