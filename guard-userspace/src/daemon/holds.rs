@@ -103,6 +103,7 @@ impl Holds {
             json!({ "id": id.to_string(), "timeout_secs": timeout.as_secs() }),
         );
         let announce = Value::Object(event.clone());
+        let persisted = matches!(release, Release::Kernel { .. });
         let now = Instant::now();
         let mut held = self.lock();
         held.insert(
@@ -119,7 +120,10 @@ impl Holds {
         );
         // Persisted before it is announced: whoever sees the event may
         // crash the daemon right away, and the hold must survive that.
-        self.save(&held);
+        // (Only kernel holds are persisted; see `save`.)
+        if persisted {
+            self.save(&held);
+        }
         drop(held);
         events::emit_now(&shared.emitter, announce);
     }
@@ -267,7 +271,9 @@ impl Holds {
             let Some(hold) = held.remove(&id) else {
                 return false;
             };
-            self.save(&held);
+            if matches!(hold.release, Release::Kernel { .. }) {
+                self.save(&held);
+            }
             hold
         };
         let allow = verdict == Verdict::Approved;
