@@ -266,6 +266,35 @@ impl Daemon {
     fn terminate(&mut self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        // A daemon that does not stop must not hang the whole suite: say
+        // where it is stuck, then kill it.
+        let deadline = Instant::now() + PATIENCE;
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if Instant::now() >= deadline {
+                let read = |f: &str| {
+                    fs::read_to_string(format!("/proc/{}/{f}", self.child.id())).unwrap_or_default()
+                };
+                eprintln!(
+                    "agent-guard daemon {} ignored SIGTERM for {PATIENCE:?}; state: {}; wchan: {}; stack:\n{}",
+                    self.child.id(),
+                    read("status")
+                        .lines()
+                        .find(|l| l.starts_with("State:"))
+                        .unwrap_or("?"),
+                    read("wchan"),
+                    read("stack")
+                );
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                // Still a failure: a daemon must stop on SIGTERM.
+                assert!(
+                    thread::panicking(),
+                    "the agent-guard daemon did not stop on SIGTERM"
+                );
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.wait();
         let (lock, cvar) = &*self.stream;
         let deadline = Instant::now() + PATIENCE;
