@@ -136,7 +136,7 @@ use std::{future::Future, io, pin::Pin};
 
 pub use fdpass::{recv_with_fds, send_with_fd};
 pub use filter::FilterProgram;
-pub use supervisor::supervise;
+pub use supervisor::{Journal, Resume, supervise, supervise_resuming};
 
 /// Which deletion the agent asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +150,9 @@ pub enum DeleteOp {
 /// One deletion, as the decider sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeleteRequest {
+    /// The seccomp notification this call arrived as: unique per listener,
+    /// and stable across a supervisor restart.
+    pub notif_id: u64,
     /// Thread-group id (the process) of the caller.
     pub pid: u32,
     /// The calling thread (the notification's `pid` field is the thread id).

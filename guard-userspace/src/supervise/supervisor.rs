@@ -25,38 +25,88 @@ use super::{
 /// Supervises every process behind `listener` until all of them are gone
 /// (then `Ok`). Each notification is handled in its own task, so a call
 /// held by the decider never delays another. Dropping the returned future
-/// aborts those tasks and closes the listener: held and later calls then
-/// fail with ENOSYS (the kernel's fail-closed behaviour).
+/// aborts those tasks and closes this copy of the listener: if it was the
+/// last copy, held and later calls fail with ENOSYS (the kernel's
+/// fail-closed behaviour); if the `run` launcher keeps another, they wait
+/// for a successor (see [`Resume`]).
 pub async fn supervise(listener: OwnedFd, decider: Arc<dyn Decide>) -> Result<(), SuperviseError> {
+    supervise_resuming(listener, decider, Resume::default()).await
+}
+
+/// Like [`supervise`], journaling every notification from receipt to
+/// answer, and first handling `resume.received`: notifications that a
+/// previous supervisor of the same listener received and never answered.
+/// The kernel keeps such a call waiting as long as any copy of the listener
+/// is open, and accepts the answer from whoever holds one.
+pub async fn supervise_resuming(
+    listener: OwnedFd,
+    decider: Arc<dyn Decide>,
+    resume: Resume,
+) -> Result<(), SuperviseError> {
     let listener = Arc::new(Listener::new(listener).map_err(SuperviseError::Register)?);
     let host = Arc::new(Host::current().map_err(SuperviseError::Host)?);
+    let journal = resume.journal;
     let mut tasks = JoinSet::new();
     // Which notification each handler answers, to fail it closed if the
     // handler panics instead of leaving its caller blocked.
     let mut pending: HashMap<task::Id, u64> = HashMap::new();
+    for notif in resume.received {
+        let handler = handle(listener.clone(), host.clone(), decider.clone(), notif);
+        pending.insert(tasks.spawn(handler).id(), notif.id);
+    }
     loop {
         tokio::select! {
             next = listener.next() => match next {
                 Ok(Some(notif)) => {
+                    // Recorded before anything is acted on, so that a
+                    // successor can still answer it.
+                    if let Some(journal) = &journal {
+                        journal.received(&notif);
+                    }
                     let handler = handle(listener.clone(), host.clone(), decider.clone(), notif);
                     pending.insert(tasks.spawn(handler).id(), notif.id);
                 }
                 Ok(None) => return Ok(()),
                 Err(err) => return Err(SuperviseError::Receive(err)),
             },
-            Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => match done {
-                Ok((id, ())) => {
-                    pending.remove(&id);
-                }
-                Err(err) => {
-                    error!("a seccomp notification handler failed ({err}); denying its call");
-                    if let Some(notif_id) = pending.remove(&err.id()) {
-                        let _ = listener.respond(notif_id, Err(libc::EPERM));
+            Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                let notif_id = match done {
+                    Ok((id, ())) => pending.remove(&id),
+                    Err(err) => {
+                        error!("a seccomp notification handler failed ({err}); denying its call");
+                        let notif_id = pending.remove(&err.id());
+                        if let Some(notif_id) = notif_id {
+                            let _ = listener.respond(notif_id, Err(libc::EPERM));
+                        }
+                        notif_id
                     }
+                };
+                if let (Some(journal), Some(notif_id)) = (&journal, notif_id) {
+                    journal.answered(notif_id);
                 }
-            },
+            }
         }
     }
+}
+
+/// Where a supervisor records the notifications it has received and not
+/// yet answered, and what a predecessor left unanswered.
+#[derive(Default)]
+pub struct Resume {
+    pub journal: Option<Arc<dyn Journal>>,
+    /// Received by a previous supervisor of the same listener, never
+    /// answered; handled first (each is re-validated: a caller that died
+    /// meanwhile is dropped).
+    pub received: Vec<libc::seccomp_notif>,
+}
+
+/// A record of notifications in flight, kept outside the supervisor's
+/// process so that it survives it.
+pub trait Journal: Send + Sync {
+    /// `notif` was received; called before it is acted on.
+    fn received(&self, notif: &libc::seccomp_notif);
+    /// Notification `id` was answered, or its caller is gone.
+    fn answered(&self, id: u64);
 }
 
 /// Why handling stopped before the deletion was performed.
@@ -299,6 +349,7 @@ async fn process(
 
     // Step 4: ask, about the path of the directory actually held.
     let req = DeleteRequest {
+        notif_id: notif.id,
         pid: ctx.status.tgid,
         tid: notif.pid,
         uid: ctx.status.fsuid,
