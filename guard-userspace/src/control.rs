@@ -34,6 +34,11 @@ pub enum Request {
     /// into this session". The token proves it was given the session by the
     /// launcher that opened it.
     SessionJoin { session: String, token: String },
+    /// Sent by a run's launcher to a restarted daemon: "take back my
+    /// session". Only the launcher that opened it (SO_PEERCRED pid) with its
+    /// token may; a supervised run sends its copy of the seccomp listener
+    /// with this line, so the daemon can answer calls held across the restart.
+    SessionResume { session: String, token: String },
     /// The run's command ended.
     SessionClose {
         #[serde(default)]
@@ -182,16 +187,40 @@ impl Client {
         self.reader
     }
 
-    /// Sends one request and waits for its reply; a refusal becomes an error.
+    /// The connection's descriptor, to watch it for the daemon going away.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.writer)
+    }
+
+    /// Sends one request and waits for its reply; a refusal becomes an
+    /// error that downcasts to [`Refused`].
     pub fn call(&mut self, request: Request) -> Result<Reply> {
+        self.call_with_fd(request, None)
+    }
+
+    /// Like [`Client::call`], passing `fd` along with the request line.
+    pub fn call_with_fd(
+        &mut self,
+        request: Request,
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<Reply> {
         let mut line = serde_json::to_vec(&Envelope {
             v: PROTOCOL_VERSION,
             request,
         })?;
         line.push(b'\n');
-        self.writer
-            .write_all(&line)
-            .with_context(|| format!("writing to {}", self.path.display()))?;
+        match fd {
+            None => self.writer.write_all(&line),
+            Some(fd) => {
+                use std::os::fd::AsRawFd as _;
+                if crate::supervise::send_with_fd(self.raw_fd(), &line, fd.as_raw_fd()) {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            }
+        }
+        .with_context(|| format!("writing to {}", self.path.display()))?;
         let mut answer = String::new();
         let n = self
             .reader
@@ -203,14 +232,16 @@ impl Client {
         let reply: Reply = serde_json::from_str(&answer)
             .with_context(|| format!("malformed reply from the daemon: {answer:?}"))?;
         if !reply.ok {
-            bail!(
-                "the daemon refused: {}",
-                reply.error.as_deref().unwrap_or("no reason given")
-            );
+            return Err(Refused(reply.error.unwrap_or_else(|| "no reason given".into())).into());
         }
         Ok(reply)
     }
 }
+
+/// The daemon answered, and said no.
+#[derive(Debug, thiserror::Error)]
+#[error("the daemon refused: {0}")]
+pub struct Refused(pub String);
 
 #[cfg(test)]
 mod tests {

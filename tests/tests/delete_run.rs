@@ -157,32 +157,143 @@ fn git_clean_in_an_allowed_repository() {
     assert!(scratch.path("work/repo/tracked.txt").exists());
 }
 
-#[test]
-fn supervised_deletes_fail_closed_when_the_daemon_dies() {
-    let (daemon, scratch) = start("run-dies");
+/// Starts the agent with a delete of `file` that waits for stdin to close.
+fn waiting_rm(daemon: &Daemon, file: &std::path::Path) -> std::process::Child {
+    let script = format!("read _; exec rm {}", file.display());
+    let child = daemon.spawn_agent("cleaner", &["sh", "-c", &script]);
+    daemon.wait_event("agent.start", |_| true);
+    child
+}
+
+/// Waits until `pid` is blocked inside unlink/unlinkat/rmdir (its
+/// /proc/PID/syscall names the call while it waits for an answer).
+fn wait_in_delete_call(pid: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let nr = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+        if matches!(nr.split(' ').next(), Some("87" | "263" | "84")) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid} never reached its delete (syscall: {nr:?})"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn seccomp_only(daemon: &Daemon, test: &str) -> bool {
     if daemon.backend("delete") != "seccomp" {
         skip(
-            "supervised_deletes_fail_closed_when_the_daemon_dies",
+            test,
             "deletes here are guarded by BPF LSM, not by a supervisor that could die",
         );
+        return false;
+    }
+    true
+}
+
+#[test]
+fn a_clean_stop_fails_supervised_deletes_closed() {
+    let (daemon, scratch) = start("run-stop");
+    if !seccomp_only(&daemon, "a_clean_stop_fails_supervised_deletes_closed") {
         return;
     }
     let file = scratch.file("work/tmp.txt");
-    // The agent waits for stdin to close, then deletes an allowed file.
-    let script = format!("read _; exec rm {}", file.display());
-    let mut child = daemon.spawn_agent("cleaner", &["sh", "-c", &script]);
-    daemon.wait_event("agent.start", |_| true);
-    let pid = daemon.pid();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill daemon");
+    let mut child = waiting_rm(&daemon, &file);
+    let (_, _cgroups) = daemon.stop_keeping_cgroups();
     drop(child.stdin.take());
     let out = child.wait_with_output().expect("wait");
     assert!(
         !out.status.success(),
-        "a delete with no supervisor must fail"
+        "a delete with no daemon must fail: {}",
+        stderr(&out)
     );
     assert!(file.exists(), "fail closed: the file stays");
+    assert!(
+        stderr(&out).contains("the daemon stopped"),
+        "the launcher says why: {}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_supervised_delete_waits_through_a_daemon_crash_for_the_successor() {
+    let (daemon, scratch) = start("run-crash");
+    if !seccomp_only(
+        &daemon,
+        "a_supervised_delete_waits_through_a_daemon_crash_for_the_successor",
+    ) {
+        return;
+    }
+    let policy = std::fs::read_to_string(&daemon.policy_path).expect("policy");
+    let file = scratch.file("work/tmp.txt");
+    let denied = scratch.file("work/precious/keep.txt");
+    let script = format!(
+        "read _; rm {} && echo removed; rm {} || echo refused",
+        file.display(),
+        denied.display()
+    );
+    let mut child = daemon.spawn_agent("cleaner", &["sh", "-c", &script]);
+    let start_ev = daemon.wait_event("agent.start", |_| true);
+    let session = start_ev["agent"]["session"].clone();
+    let (cgroups, dir) = daemon.crash();
+
+    // No daemon: the delete neither fails nor happens; it waits.
+    drop(child.stdin.take());
+    let rm = wait_for_child_rm(&child);
+    wait_in_delete_call(rm);
+    assert!(file.exists());
+    assert!(child.try_wait().expect("try_wait").is_none());
+
+    let daemon = Daemon::start_in(&policy, cgroups, dir);
+    let out = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout.contains("removed") && stdout.contains("refused"),
+        "{stdout}"
+    );
+    assert!(!file.exists(), "the successor completed the allowed delete");
+    assert!(denied.exists(), "and still enforces the policy");
+    assert!(
+        stderr(&out).contains("session resumed"),
+        "the launcher says what happened: {}",
+        stderr(&out)
+    );
+    // The successor knows the run: its events keep their attribution.
+    let ev = daemon.wait_event("file.unlink", |e| {
+        e["target"]["path"] == denied.display().to_string()
+    });
+    assert_eq!(ev["agent"]["session"], session);
+    let exit = daemon.wait_event("agent.exit", |_| true);
+    assert_eq!(exit["agent"]["session"], session);
+}
+
+/// The `rm` the agent's shell is running (the shell's only child).
+fn wait_for_child_rm(launcher: &std::process::Child) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(pid) = descendants(launcher.id()).into_iter().find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "rm")
+        }) {
+            return pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "rm never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn descendants(pid: u32) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid as u64];
+    while let Some(p) = todo.pop() {
+        let children =
+            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        for c in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            out.push(c);
+            todo.push(c);
+        }
+    }
+    out
 }

@@ -115,6 +115,56 @@ fn approve_completes_the_held_rm_and_deny_fails_it() {
     assert!(!cli(&daemon, &["approve", &id]).status.success());
 }
 
+/// The daemon is SIGKILLed while an rm is held: the rm stays held, the
+/// successor lists the same hold, and approving it completes the rm. On
+/// this host the call waits in seccomp (the launcher hands the listener
+/// to the successor); in the VM tier it is an LSM hold in the pinned map.
+#[test]
+fn a_held_rm_survives_a_daemon_crash_and_the_successor_decides_it() {
+    let (daemon, scratch) = start("hold-crash", 300);
+    let policy = std::fs::read_to_string(&daemon.policy_path).expect("policy");
+    let file = scratch.file("prod/db.sqlite");
+    let path = file.display().to_string();
+    let (child, id) = held(&daemon, &["rm", &path], &path);
+    let (cgroups, dir) = daemon.crash();
+    assert!(file.exists(), "nothing happens while the daemon is down");
+
+    let daemon = Daemon::start_in(&policy, cgroups, dir);
+    let out = cli(&daemon, &["pending", "--json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).expect("pending JSON");
+    let entry = list
+        .as_array()
+        .and_then(|l| l.iter().find(|h| h["id"] == id.as_str()))
+        .unwrap_or_else(|| panic!("the successor must list hold {id}: {list}"));
+    assert_eq!(entry["target"]["path"], path.as_str());
+    assert!(file.exists());
+
+    let out = cli(&daemon, &["approve", &id, "--reason", "after the restart"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = child.wait_with_output().expect("rm");
+    assert!(
+        out.status.success(),
+        "the approved rm completes: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!file.exists());
+    let ev = daemon.wait_event("hold.decision", |e| e["hold"]["id"] == id.as_str());
+    assert_eq!(ev["hold"]["decision"], "approved");
+    assert_eq!(ev["target"]["path"], path.as_str());
+    // One held event in all: the successor took the hold back silently.
+    assert!(
+        !daemon
+            .events()
+            .iter()
+            .any(|e| e["outcome"] == "held" && e["hold"]["id"] == id.as_str()),
+        "no second held event"
+    );
+}
+
 #[test]
 fn an_unanswered_hold_expires_as_a_deny() {
     let (daemon, scratch) = start("hold-expire", 2);

@@ -7,7 +7,10 @@ use tokio::sync::oneshot;
 
 use guard_common::{Mode, Outcome, Verdict};
 
-use super::{Shared, holds::Release};
+use super::{
+    Shared,
+    holds::{self, Release},
+};
 use crate::{
     events::{self, decode},
     supervise::{Decide, Decision, DeleteOp, DeleteRequest},
@@ -18,20 +21,25 @@ pub struct SessionDecider {
     agent_id: u32,
     /// The run this supervisor serves (its session cgroup's id).
     session_cgroup: u64,
+    session: String,
 }
 
 impl SessionDecider {
-    pub fn new(shared: Arc<Shared>, agent_id: u32, session_cgroup: u64) -> Self {
+    pub fn new(shared: Arc<Shared>, agent_id: u32, session_cgroup: u64, session: String) -> Self {
         Self {
             shared,
             agent_id,
             session_cgroup,
+            session,
         }
     }
 
     /// Judges `req` now, or registers a hold and returns the channel the
     /// decision will come on.
     fn judge(&self, req: &DeleteRequest) -> Judged {
+        if let Some((hold, rx)) = self.shared.holds.unpark(&self.session, req.notif_id) {
+            return self.rejoin(req, hold, rx);
+        }
         let registry = match self.shared.registry.read() {
             Ok(r) => r,
             Err(poisoned) => poisoned.into_inner(),
@@ -85,7 +93,11 @@ impl SessionDecider {
                 id,
                 body,
                 req.pid,
-                Release::Seccomp(tx),
+                Release::Seccomp {
+                    tx,
+                    session: self.session.clone(),
+                    notif: req.notif_id,
+                },
                 timeout,
             );
             return Judged::Held(rx);
@@ -104,6 +116,41 @@ impl SessionDecider {
         drop(registry);
         events::emit_now(&self.shared.emitter, serde_json::Value::Object(body));
         Judged::Now(decision)
+    }
+}
+
+impl SessionDecider {
+    /// A call held before a daemon restart, handled again now that its
+    /// run's supervision resumed: it waits for the same hold, provided it
+    /// is still the call that was held (the path is read anew from the
+    /// caller, whose other threads could have rewritten it meanwhile).
+    fn rejoin(&self, req: &DeleteRequest, hold: u64, rx: oneshot::Receiver<bool>) -> Judged {
+        let Some(event) = self.shared.holds.event_of(hold) else {
+            // Decided while supervision was down: the verdict is in `rx`.
+            return Judged::Held(rx);
+        };
+        let held_path = event
+            .get("target")
+            .and_then(|t| t.get("path"))
+            .and_then(|p| p.as_str());
+        if held_path == Some(req.path.as_str()) {
+            tracing::info!(hold, path = %req.path, "a call held before the restart waits again");
+            return Judged::Held(rx);
+        }
+        self.shared.holds.decide(
+            &self.shared,
+            hold,
+            holds::Verdict::Denied,
+            holds::By {
+                uid: None,
+                user: "agent-guard".into(),
+            },
+            Some(format!(
+                "the held call changed while the daemon was down (now {:?})",
+                req.path
+            )),
+        );
+        Judged::Now(Decision::Deny)
     }
 }
 

@@ -17,8 +17,14 @@ use crate::events;
 
 /// How a held call is released.
 pub enum Release {
-    /// Seccomp supervision: the supervisor task waits on this.
-    Seccomp(oneshot::Sender<bool>),
+    /// Seccomp supervision: the supervisor task waits on `tx`. The call is
+    /// notification `notif` of run `session`, which is how a restarted
+    /// daemon finds it again.
+    Seccomp {
+        tx: oneshot::Sender<bool>,
+        session: String,
+        notif: u64,
+    },
     /// A kernel hold (LSM or connect): the verdict goes into the HOLDS map
     /// entry of thread `tid`, then the stopped process gets SIGCONT.
     Kernel { tid: u32 },
@@ -62,22 +68,35 @@ pub struct By {
     pub user: String,
 }
 
+/// A held seccomp call taken back after a restart, waiting for its run's
+/// supervision to resume: the hold's id and the end its verdict comes on.
+type Parked = (u64, oneshot::Receiver<bool>);
+
 #[derive(Default)]
 pub struct Holds {
     held: Mutex<HashMap<u64, Hold>>,
-    /// Where kernel holds are persisted (state_dir/holds.json), once known.
+    /// Where holds are persisted (state_dir/holds.json), once known.
     file: Mutex<Option<PathBuf>>,
+    /// Keyed by (session id, notification id).
+    parked: Mutex<HashMap<(String, u64), Parked>>,
 }
 
-/// A kernel hold as persisted: enough to take it back after a restart.
+/// A hold as persisted: enough to take it back after a restart.
 #[derive(Serialize, Deserialize)]
 struct Persisted {
     id: u64,
-    tid: u32,
     pid: u32,
+    release: PersistedRelease,
     event: serde_json::Map<String, Value>,
     since_unix_ms: u64,
     deadline_unix_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "snake_case")]
+enum PersistedRelease {
+    Kernel { tid: u32 },
+    Seccomp { session: String, notif: u64 },
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -103,7 +122,6 @@ impl Holds {
             json!({ "id": id.to_string(), "timeout_secs": timeout.as_secs() }),
         );
         let announce = Value::Object(event.clone());
-        let persisted = matches!(release, Release::Kernel { .. });
         let now = Instant::now();
         let mut held = self.lock();
         held.insert(
@@ -120,15 +138,12 @@ impl Holds {
         );
         // Persisted before it is announced: whoever sees the event may
         // crash the daemon right away, and the hold must survive that.
-        // (Only kernel holds are persisted; see `save`.)
-        if persisted {
-            self.save(&held);
-        }
+        self.save(&held);
         drop(held);
         events::emit_now(&shared.emitter, announce);
     }
 
-    /// Writes the kernel holds to the state file (write, fsync, rename), so
+    /// Writes the holds to the state file (write, fsync, rename), so
     /// a daemon restarted after a crash can take them back.
     fn save(&self, held: &HashMap<u64, Hold>) {
         let Some(path) = self.file.lock().ok().and_then(|f| f.clone()) else {
@@ -138,16 +153,19 @@ impl Holds {
         let wall = SystemTime::now();
         let list: Vec<Persisted> = held
             .values()
-            .filter_map(|h| match h.release {
-                Release::Kernel { tid } => Some(Persisted {
-                    id: h.id,
-                    tid,
-                    pid: h.pid,
-                    event: h.event.clone(),
-                    since_unix_ms: unix_ms(h.since_wall),
-                    deadline_unix_ms: unix_ms(wall + h.deadline.saturating_duration_since(now)),
-                }),
-                Release::Seccomp(_) => None,
+            .map(|h| Persisted {
+                id: h.id,
+                pid: h.pid,
+                release: match &h.release {
+                    Release::Kernel { tid } => PersistedRelease::Kernel { tid: *tid },
+                    Release::Seccomp { session, notif, .. } => PersistedRelease::Seccomp {
+                        session: session.clone(),
+                        notif: *notif,
+                    },
+                },
+                event: h.event.clone(),
+                since_unix_ms: unix_ms(h.since_wall),
+                deadline_unix_ms: unix_ms(wall + h.deadline.saturating_duration_since(now)),
             })
             .collect();
         let tmp = path.with_extension("json.tmp");
@@ -165,8 +183,11 @@ impl Holds {
     }
 
     /// At start-up: remembers where to persist, and takes back every hold a
-    /// crashed predecessor left whose thread is still waiting in the kernel
-    /// (the HOLDS map is pinned). No new `held` event: it was emitted once.
+    /// crashed predecessor left whose call still waits: kernel holds whose
+    /// thread is still stopped (the HOLDS map is pinned), and seccomp holds
+    /// whose run's launcher is alive (it keeps the listener open and hands
+    /// it back, see `sessions`). No new `held` event: it was emitted once.
+    /// Call after the sessions are loaded.
     pub fn resume(&self, shared: &Arc<Shared>, file: PathBuf) {
         let previous: Vec<Persisted> = std::fs::read(&file)
             .ok()
@@ -178,10 +199,28 @@ impl Holds {
         let now = Instant::now();
         let wall = unix_ms(SystemTime::now());
         let mut held = self.lock();
+        let mut gone = Vec::new();
         for p in previous {
-            if !shared.kernel_holds.is_pending(p.tid, p.id) {
-                continue;
-            }
+            let release = match p.release {
+                PersistedRelease::Kernel { tid } => {
+                    if !shared.kernel_holds.is_pending(tid, p.id) {
+                        continue;
+                    }
+                    Release::Kernel { tid }
+                }
+                PersistedRelease::Seccomp { session, notif } => {
+                    if !super::sessions::launcher_alive(shared, &session) {
+                        // With the launcher went the last copy of the
+                        // listener: the kernel failed the call (ENOSYS).
+                        gone.push((p.id, p.event, wall.saturating_sub(p.since_unix_ms)));
+                        continue;
+                    }
+                    let (tx, rx) = oneshot::channel();
+                    self.parked_lock()
+                        .insert((session.clone(), notif), (p.id, rx));
+                    Release::Seccomp { tx, session, notif }
+                }
+            };
             tracing::warn!(
                 hold = p.id,
                 pid = p.pid,
@@ -196,11 +235,40 @@ impl Holds {
                     since: now - Duration::from_millis(wall.saturating_sub(p.since_unix_ms)),
                     since_wall: SystemTime::UNIX_EPOCH + Duration::from_millis(p.since_unix_ms),
                     deadline: now + Duration::from_millis(p.deadline_unix_ms.saturating_sub(wall)),
-                    release: Release::Kernel { tid: p.tid },
+                    release,
                 },
             );
         }
         self.save(&held);
+        drop(held);
+        for (id, event, waited_ms) in gone {
+            self.emit_decision(
+                shared,
+                id,
+                event,
+                Verdict::Denied,
+                By {
+                    uid: None,
+                    user: "agent-guard".into(),
+                },
+                Some("the run's launcher is gone; the kernel failed the call (ENOSYS)".into()),
+                Duration::from_millis(waited_ms),
+                Value::from("once"),
+            );
+        }
+    }
+
+    /// A held seccomp call taken back after a restart, when its run's
+    /// supervision resumes: the hold's id and where its verdict comes.
+    pub fn unpark(&self, session: &str, notif: u64) -> Option<Parked> {
+        self.parked_lock().remove(&(session.to_owned(), notif))
+    }
+
+    fn parked_lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), Parked>> {
+        match self.parked.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Hold>> {
@@ -271,14 +339,12 @@ impl Holds {
             let Some(hold) = held.remove(&id) else {
                 return false;
             };
-            if matches!(hold.release, Release::Kernel { .. }) {
-                self.save(&held);
-            }
+            self.save(&held);
             hold
         };
         let allow = verdict == Verdict::Approved;
         match hold.release {
-            Release::Seccomp(tx) => {
+            Release::Seccomp { tx, .. } => {
                 // The supervisor may be gone (process killed): nothing to do.
                 let _ = tx.send(allow);
             }
@@ -288,7 +354,25 @@ impl Holds {
                 }
             }
         }
-        let mut event = hold.event;
+        let waited = hold.since.elapsed();
+        self.emit_decision(shared, id, hold.event, verdict, by, reason, waited, scope);
+        true
+    }
+
+    /// The `hold.decision` event of hold `id`, whose `held` event was `event`.
+    #[expect(clippy::too_many_arguments, reason = "one field of the event each")]
+    fn emit_decision(
+        &self,
+        shared: &Arc<Shared>,
+        id: u64,
+        mut event: serde_json::Map<String, Value>,
+        verdict: Verdict,
+        by: By,
+        reason: Option<String>,
+        waited: Duration,
+        scope: Value,
+    ) {
+        let allow = verdict == Verdict::Approved;
         event.insert("kind".into(), "hold.decision".into());
         event.insert(
             "outcome".into(),
@@ -301,12 +385,11 @@ impl Holds {
                 "decision": verdict.name(),
                 "by": { "uid": by.uid, "user": by.user },
                 "reason": reason,
-                "waited_ms": hold.since.elapsed().as_millis() as u64,
+                "waited_ms": waited.as_millis() as u64,
                 "scope": scope,
             }),
         );
         events::emit_now(&shared.emitter, Value::Object(event));
-        true
     }
 
     /// Denies every pending hold (clean shutdown).

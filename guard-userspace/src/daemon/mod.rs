@@ -6,8 +6,10 @@ mod deletes;
 mod demo;
 pub mod grants;
 pub mod holds;
+mod journal;
 mod reader;
 pub mod registry;
+mod sessions;
 
 use std::{
     path::{Path, PathBuf},
@@ -35,6 +37,7 @@ pub struct Shared {
     pub holds: holds::Holds,
     pub kernel_holds: crate::kernel::KernelHolds,
     pub grants: grants::Grants,
+    pub sessions: sessions::Store,
 }
 
 pub struct Options {
@@ -155,6 +158,9 @@ pub async fn run(opts: Options) -> Result<()> {
     for agent in agents {
         registry.agents.insert(agent.agent_id, agent);
     }
+    // Runs started before a crash keep their attribution and can resume.
+    let sessions = sessions::Store::new(&state_dir);
+    sessions.load(&mut registry);
     kernel.set_config(Config {
         agent_levels: levels,
     })?;
@@ -174,6 +180,7 @@ pub async fn run(opts: Options) -> Result<()> {
         holds: holds::Holds::default(),
         kernel_holds: kernel.take_holds()?,
         grants: grants::Grants::new(kernel.take_grants()?),
+        sessions,
     });
     // Every program is attached: pin them all, so that enforcement outlives
     // a crashed daemon, and only then retire a crashed predecessor's pins.
@@ -223,6 +230,7 @@ pub async fn run(opts: Options) -> Result<()> {
 /// and enforcing. Removes the cgroups it created.
 fn shutdown(shared: &Arc<Shared>, socket: &Path, kernel: Kernel) {
     shared.holds.deny_all(shared, "the daemon stopped");
+    shared.sessions.forget_journals();
     kernel.release();
     let _ = std::fs::remove_file(socket);
     let registry = match shared.registry.read() {

@@ -212,6 +212,20 @@ fn recv_collecting(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Res
     Ok(n as usize)
 }
 
+/// Receives one short message and the fds that came with it, without
+/// waiting: for a peer that has already sent (the `run` launcher reading
+/// what its child sent before exec). `Ok(None)` if nothing is there.
+pub fn recv_fds_now(sock: RawFd) -> io::Result<Option<Vec<OwnedFd>>> {
+    let mut buf = [0u8; CHUNK];
+    let mut fds = Vec::new();
+    match recv_collecting(sock, &mut buf, &mut fds) {
+        Ok(0) => Ok(None),
+        Ok(_) => Ok(Some(fds)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::{io::Write as _, os::unix::net::UnixStream as StdStream};

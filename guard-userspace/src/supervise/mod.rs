@@ -134,9 +134,11 @@ mod tests;
 
 use std::{future::Future, io, pin::Pin};
 
-pub use fdpass::{recv_with_fds, send_with_fd};
+pub use fdpass::{recv_fds_now, recv_with_fds, send_with_fd};
 pub use filter::FilterProgram;
-pub use supervisor::{Journal, Resume, supervise, supervise_resuming};
+#[cfg(test)]
+pub use supervisor::supervise;
+pub use supervisor::{Journal, Resume, supervise_resuming};
 
 /// Which deletion the agent asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

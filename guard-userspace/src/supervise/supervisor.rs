@@ -29,6 +29,7 @@ use super::{
 /// last copy, held and later calls fail with ENOSYS (the kernel's
 /// fail-closed behaviour); if the `run` launcher keeps another, they wait
 /// for a successor (see [`Resume`]).
+#[cfg(test)]
 pub async fn supervise(listener: OwnedFd, decider: Arc<dyn Decide>) -> Result<(), SuperviseError> {
     supervise_resuming(listener, decider, Resume::default()).await
 }

@@ -10,12 +10,20 @@
 //! for seccomp supervision: the child installs a user-notification filter on
 //! unlink/unlinkat/rmdir first and hands its listener fd to the daemon with
 //! the join message. This sets no_new_privs: setuid programs do not gain
-//! privileges inside such a run.
+//! privileges inside such a run. The child also hands a copy of the
+//! listener to the launcher, which keeps the run's held deletes alive
+//! across a daemon crash (see `handover`).
+mod handover;
+
 use std::{
     ffi::CString,
-    os::unix::{
-        ffi::OsStrExt as _,
-        process::{CommandExt as _, ExitStatusExt as _},
+    os::{
+        fd::{AsRawFd as _, RawFd},
+        unix::{
+            ffi::OsStrExt as _,
+            net::UnixStream,
+            process::{CommandExt as _, ExitStatusExt as _},
+        },
     },
     path::Path,
     process::{Command, ExitCode},
@@ -28,7 +36,7 @@ use nix::sys::signal::{self, SigHandler, Signal};
 use super::args::RunArgs;
 use crate::{
     control::{Client, Envelope, OK_PREFIX, PROTOCOL_VERSION, Request},
-    supervise::{FilterProgram, send_with_fd},
+    supervise::{FilterProgram, recv_fds_now, send_with_fd},
 };
 
 /// Exit status when the command could not be started, as shells use.
@@ -69,7 +77,18 @@ pub fn run(args: RunArgs, socket: &Path) -> Result<ExitCode> {
         .get("supervise_deletes")
         .and_then(|v| v.as_bool())
         .context("daemon reply lacks supervise_deletes")?;
-    let join = JoinRequest::new(socket, field("session")?, field("token")?, supervise)?;
+    let (session, token) = (field("session")?, field("token")?);
+    // The child sends the launcher its copy of the listener over this pair.
+    let keep = if supervise {
+        handover::protect_launcher().context("making the launcher non-dumpable")?;
+        Some(UnixStream::pair().context("socketpair for the seccomp listener")?)
+    } else {
+        None
+    };
+    let keep_fd = keep
+        .as_ref()
+        .map_or(-1, |(_, child_end)| child_end.as_raw_fd());
+    let join = JoinRequest::new(socket, session.clone(), token.clone(), supervise, keep_fd)?;
 
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..]);
@@ -93,6 +112,24 @@ pub fn run(args: RunArgs, socket: &Path) -> Result<ExitCode> {
         }
     };
     CHILD.store(child.id() as i32, Ordering::Relaxed);
+    let listener = match keep {
+        None => None,
+        Some((ours, child_end)) => {
+            drop(child_end);
+            // Sent before exec, and spawn returns after exec: it is there,
+            // unless the child failed before (it then exits on its own).
+            recv_fds_now(ours.as_raw_fd())
+                .context("receiving the run's seccomp listener from the child")?
+                .and_then(|mut fds| fds.pop())
+        }
+    };
+    let watch = handover::Watch::start(handover::Link {
+        socket: socket.to_path_buf(),
+        session,
+        token,
+        listener,
+        client,
+    });
 
     // The terminal sends SIGINT/SIGQUIT to the whole foreground group, child
     // included; the launcher must outlive its child to report its status.
@@ -106,10 +143,7 @@ pub fn run(args: RunArgs, socket: &Path) -> Result<ExitCode> {
     }
     let status = child.wait().context("waiting for the command")?;
     let (exit_code, sig) = (status.code(), status.signal());
-    if let Err(err) = client.call(Request::SessionClose {
-        exit_code,
-        signal: sig,
-    }) {
+    if let Err(err) = watch.finish(exit_code, sig) {
         eprintln!("agent-guard run: could not report the run's end to the daemon: {err:#}");
     }
     Ok(match (exit_code, sig) {
@@ -126,10 +160,18 @@ struct JoinRequest {
     failure: CString,
     /// Seccomp filter to install before joining, when the daemon asked.
     filter: Option<FilterProgram>,
+    /// Where the launcher receives its copy of the listener (-1: none).
+    keep: RawFd,
 }
 
 impl JoinRequest {
-    fn new(socket: &Path, session: String, token: String, supervise: bool) -> Result<Self> {
+    fn new(
+        socket: &Path,
+        session: String,
+        token: String,
+        supervise: bool,
+        keep: RawFd,
+    ) -> Result<Self> {
         // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
         let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
         addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
@@ -152,6 +194,7 @@ impl JoinRequest {
                 "agent-guard run: the daemon did not place the command into its agent; not starting it: ",
             )?,
             filter: supervise.then(FilterProgram::new),
+            keep,
         })
     }
 
@@ -165,11 +208,11 @@ impl JoinRequest {
             let listener = match &self.filter {
                 None => -1,
                 Some(filter) => match filter.install() {
-                    Ok(fd) => fd,
-                    Err(_) => {
+                    Ok(fd) if self.keep < 0 || send_with_fd(self.keep, b"L", fd) => fd,
+                    _ => {
                         let _ = write_all(
                             2,
-                            b"agent-guard run: cannot install the seccomp filter that guards deletes; not starting the command\n",
+                            b"agent-guard run: cannot install the seccomp filter that guards deletes, or hand it to the launcher; not starting the command\n",
                         );
                         libc::_exit(EXIT_NOT_PLACED);
                     }

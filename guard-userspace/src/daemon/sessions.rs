@@ -1,0 +1,452 @@
+//! Runs of `agent-guard run` (sessions): opened by a launcher, joined by
+//! its command before exec, resumed by the launcher after a daemon restart,
+//! closed when the command ends.
+//!
+//! Sessions are persisted in `state_dir/sessions.json` (write, fsync,
+//! rename), so a restarted daemon still attributes a run's events to it
+//! and can take back its supervision: the launcher keeps a copy of the
+//! run's seccomp listener and hands it to the successor (`SessionResume`),
+//! which answers the calls its predecessor left waiting (see `journal`).
+use std::{
+    fs,
+    io::Read as _,
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::net::unix::UCred;
+
+use super::{
+    Shared,
+    deletes::SessionDecider,
+    journal::{self, NotifJournal},
+    registry::{Registry, SessionState},
+};
+use crate::{
+    cgroup,
+    events::{self, enrich::Enricher},
+    supervise::{self, Resume},
+};
+
+/// How long a closed session stays known for attributing records still in
+/// the ring buffer.
+const SESSION_LINGER: Duration = Duration::from_secs(2);
+
+/// Per-connection state: at most one session, owned by this connection.
+#[derive(Default)]
+pub struct Conversation {
+    pub session: Option<u64>,
+    pub closed: bool,
+}
+
+/// Where sessions are persisted; saves are serialized so the file always
+/// holds the newest snapshot.
+pub struct Store {
+    file: PathBuf,
+    state_dir: PathBuf,
+    saving: Mutex<()>,
+}
+
+/// A session as persisted. The agent is named, not numbered: numbers are
+/// assigned per daemon start.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    id: String,
+    agent: String,
+    dir: PathBuf,
+    on_behalf_of: Option<String>,
+    argv: Vec<String>,
+    token: String,
+    opener_pid: u32,
+    opener_uid: u32,
+    supervised: bool,
+}
+
+impl Store {
+    pub fn new(state_dir: &Path) -> Self {
+        Self {
+            file: state_dir.join("sessions.json"),
+            state_dir: state_dir.to_owned(),
+            saving: Mutex::new(()),
+        }
+    }
+
+    /// Takes back the sessions a previous daemon left whose cgroup still
+    /// exists and whose agent is still in the policy.
+    pub fn load(&self, registry: &mut Registry) {
+        let saved: Vec<Saved> = match fs::read(&self.file) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(saved) => saved,
+                Err(err) => {
+                    tracing::error!(file = %self.file.display(), %err, "unreadable sessions file; runs started before the restart lose their attribution");
+                    return;
+                }
+            },
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return,
+            Err(err) => {
+                tracing::error!(file = %self.file.display(), %err, "reading the sessions file");
+                return;
+            }
+        };
+        for s in saved {
+            let Some(agent_id) = registry.agent_by_name(&s.agent).map(|a| a.agent_id) else {
+                tracing::warn!(session = %s.id, agent = %s.agent, "a run of an agent no longer in the policy; not taken back");
+                continue;
+            };
+            let Ok(cgroup_id) = cgroup::id(&s.dir) else {
+                continue; // ended while no daemon was running
+            };
+            tracing::info!(session = %s.id, agent = %s.agent, "took back a run started before the restart");
+            registry.sessions.insert(
+                cgroup_id,
+                SessionState {
+                    id: s.id,
+                    agent_id,
+                    dir: s.dir,
+                    on_behalf_of: s.on_behalf_of,
+                    argv: s.argv,
+                    token: s.token,
+                    opener_pid: s.opener_pid,
+                    opener_uid: s.opener_uid,
+                    supervised: s.supervised,
+                },
+            );
+        }
+    }
+
+    /// Writes the registry's sessions.
+    pub fn save(&self, shared: &Shared) {
+        let _saving = self.saving.lock();
+        let list: Vec<Saved> = {
+            let registry = match shared.registry.read() {
+                Ok(r) => r,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            registry
+                .sessions
+                .values()
+                .filter_map(|s| {
+                    Some(Saved {
+                        id: s.id.clone(),
+                        agent: registry.agents.get(&s.agent_id)?.def.name.clone(),
+                        dir: s.dir.clone(),
+                        on_behalf_of: s.on_behalf_of.clone(),
+                        argv: s.argv.clone(),
+                        token: s.token.clone(),
+                        opener_pid: s.opener_pid,
+                        opener_uid: s.opener_uid,
+                        supervised: s.supervised,
+                    })
+                })
+                .collect()
+        };
+        let tmp = self.file.with_extension("json.tmp");
+        let written = serde_json::to_vec(&list)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                let mut f = fs::File::create(&tmp)?;
+                std::io::Write::write_all(&mut f, &bytes)?;
+                f.sync_all()
+            })
+            .and_then(|()| fs::rename(&tmp, &self.file));
+        if let Err(err) = written {
+            tracing::error!(%err, file = %self.file.display(), "saving sessions; a restart would lose their attribution");
+        }
+    }
+
+    /// After a clean stop no launcher resumes (they see the socket gone and
+    /// let their listener go), so nothing in flight can be answered later.
+    pub fn forget_journals(&self) {
+        let _ = fs::remove_dir_all(self.state_dir.join("seccomp"));
+    }
+}
+
+/// Whether the launcher of session `id` is still running (so it still
+/// holds its run's seccomp listener).
+pub fn launcher_alive(shared: &Shared, id: &str) -> bool {
+    let registry = match shared.registry.read() {
+        Ok(r) => r,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    registry
+        .sessions
+        .values()
+        .find(|s| s.id == id)
+        .is_some_and(|s| Path::new(&format!("/proc/{}", s.opener_pid)).exists())
+}
+
+fn random_id() -> Result<String> {
+    let mut bytes = [0u8; 8];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+pub fn open(
+    shared: &Shared,
+    conv: &mut Conversation,
+    cred: &UCred,
+    agent: &str,
+    on_behalf_of: Option<String>,
+    argv: Vec<String>,
+) -> Result<serde_json::Value> {
+    if conv.session.is_some() {
+        bail!("this connection already has a session");
+    }
+    let mut registry = shared
+        .registry
+        .write()
+        .map_err(|_| anyhow::anyhow!("registry lock poisoned"))?;
+    let Some(state) = registry.agent_by_name(agent) else {
+        bail!(
+            "unknown agent {agent:?}; the policy declares: {}",
+            registry.agent_names().join(", ")
+        );
+    };
+    if !super::approvals::is_member(&state.def.runners, cred) {
+        let user = super::approvals::user_name(cred);
+        events::emit_now(
+            &shared.emitter,
+            json!({"kind": "control.refused", "outcome": "denied",
+                   "control": {"op": "run", "agent": agent,
+                               "by": {"uid": cred.uid(), "pid": cred.pid(), "user": user},
+                               "reason": "not a runner of this agent ([[agent]] runners)"}}),
+        );
+        bail!(
+            "uid {} ({user}) may not start runs of agent {agent:?}; see `runners` in its \
+             [[agent]] table",
+            cred.uid()
+        );
+    }
+    let opener_pid = cred.pid().context("peer pid unknown")? as u32;
+    let id = random_id()?;
+    let token = random_id()?;
+    let dir: PathBuf = state.cgroup_dir.join(format!("run-{id}"));
+    fs::create_dir(&dir).with_context(|| format!("creating session cgroup {}", dir.display()))?;
+    let cgroup_id = cgroup::id(&dir)?;
+    let agent_id = state.agent_id;
+    let relative = format!("{}/run-{id}", state.def.cgroup);
+    registry.sessions.insert(
+        cgroup_id,
+        SessionState {
+            id: id.clone(),
+            agent_id,
+            dir,
+            on_behalf_of,
+            argv,
+            token: token.clone(),
+            opener_pid,
+            opener_uid: cred.uid(),
+            supervised: shared.supervise_deletes,
+        },
+    );
+    drop(registry);
+    conv.session = Some(cgroup_id);
+    shared.sessions.save(shared);
+    Ok(json!({
+        "session": id,
+        "token": token,
+        "cgroup": relative,
+        "supervise_deletes": shared.supervise_deletes,
+    }))
+}
+
+/// Moves the calling process (identified by SO_PEERCRED, not by anything it
+/// says) into the session. It must hold the session's token and be a direct
+/// child of the launcher that opened it, so nobody can move strangers.
+pub fn join(
+    shared: &Arc<Shared>,
+    cred: &UCred,
+    session_id: &str,
+    token: &str,
+    mut fds: Vec<OwnedFd>,
+) -> Result<serde_json::Value> {
+    let pid = cred.pid().context("peer pid unknown")? as u32;
+    let registry = shared
+        .registry
+        .read()
+        .map_err(|_| anyhow::anyhow!("registry lock poisoned"))?;
+    let Some((&cgroup_id, session)) = registry.sessions.iter().find(|(_, s)| s.id == session_id)
+    else {
+        bail!("no session {session_id:?}");
+    };
+    if session.token != token {
+        bail!("wrong token for session {session_id}");
+    }
+    let ppid = Enricher::default().details(pid).ppid;
+    if ppid != Some(session.opener_pid) {
+        bail!(
+            "pid {pid} is not a child of the launcher (pid {})",
+            session.opener_pid
+        );
+    }
+    // Fail closed: a run that must be supervised does not start without
+    // its listener.
+    let listener = match (session.supervised, fds.len()) {
+        (true, 1) => fds.pop(),
+        (true, n) => {
+            bail!("this run needs delete supervision; expected its seccomp listener, got {n} fds")
+        }
+        (false, 0) => None,
+        (false, n) => bail!("unexpected {n} fds with the join request"),
+    };
+    cgroup::move_pid(&session.dir, pid)?;
+    if let Some(listener) = listener {
+        supervise_run(shared, session, cgroup_id, listener)?;
+    }
+    let agent = registry.agent_ref(session.agent_id, cgroup_id);
+    events::emit_now(
+        &shared.emitter,
+        json!({
+            "kind": "agent.start",
+            "outcome": "success",
+            "agent": agent,
+            "process": {"pid": pid, "ppid": session.opener_pid, "uid": cred.uid(),
+                        "gid": cred.gid(), "cmdline": session.argv},
+            "session": {"id": session.id, "started_by": {"pid": session.opener_pid,
+                        "uid": session.opener_uid}},
+        }),
+    );
+    Ok(json!({}))
+}
+
+/// The launcher of a run takes its session back from a restarted daemon;
+/// a supervised run hands over its copy of the seccomp listener, and the
+/// calls the previous daemon received and never answered are handled again.
+pub fn resume(
+    shared: &Arc<Shared>,
+    conv: &mut Conversation,
+    cred: &UCred,
+    session_id: &str,
+    token: &str,
+    mut fds: Vec<OwnedFd>,
+) -> Result<serde_json::Value> {
+    if conv.session.is_some() {
+        bail!("this connection already has a session");
+    }
+    let pid = cred.pid().context("peer pid unknown")? as u32;
+    let registry = shared
+        .registry
+        .read()
+        .map_err(|_| anyhow::anyhow!("registry lock poisoned"))?;
+    let Some((&cgroup_id, session)) = registry.sessions.iter().find(|(_, s)| s.id == session_id)
+    else {
+        bail!("no session {session_id:?} (it was not saved, or its cgroup is gone)");
+    };
+    if session.token != token {
+        bail!("wrong token for session {session_id}");
+    }
+    if pid != session.opener_pid {
+        bail!(
+            "only the launcher that opened session {session_id} (pid {}) may resume it",
+            session.opener_pid
+        );
+    }
+    match (session.supervised, fds.len()) {
+        (true, 1) => {
+            let listener = fds.pop().context("listener")?;
+            supervise_run(shared, session, cgroup_id, listener)?;
+        }
+        (true, n) => bail!("this run is supervised; expected its seccomp listener, got {n} fds"),
+        (false, 0) => {}
+        (false, n) => bail!("unexpected {n} fds with the resume request"),
+    }
+    tracing::info!(session = %session_id, pid, "a run's launcher resumed its session");
+    conv.session = Some(cgroup_id);
+    Ok(json!({}))
+}
+
+/// Supervises the deletes of a run behind `listener`, journaled so that a
+/// successor can answer what this daemon leaves waiting.
+fn supervise_run(
+    shared: &Arc<Shared>,
+    session: &SessionState,
+    cgroup_id: u64,
+    listener: OwnedFd,
+) -> Result<()> {
+    let file = journal::path(&shared.sessions.state_dir, &session.id);
+    let (journal, received) = NotifJournal::open(file.clone())
+        .with_context(|| format!("opening the seccomp journal {}", file.display()))?;
+    if !received.is_empty() {
+        tracing::warn!(session = %session.id, calls = received.len(), "answering calls received before the restart");
+    }
+    let decider = Arc::new(SessionDecider::new(
+        shared.clone(),
+        session.agent_id,
+        cgroup_id,
+        session.id.clone(),
+    ));
+    let resume = Resume {
+        journal: Some(Arc::new(journal)),
+        received,
+    };
+    let id = session.id.clone();
+    tokio::spawn(async move {
+        match supervise::supervise_resuming(listener, decider, resume).await {
+            Ok(()) => {
+                tracing::debug!(session = %id, "delete supervision ended: no process left")
+            }
+            Err(err) => tracing::error!(
+                session = %id, %err,
+                "delete supervision failed; the run's deletes now fail (ENOSYS)"
+            ),
+        }
+    });
+    Ok(())
+}
+
+pub fn close(
+    shared: &Arc<Shared>,
+    cgroup_id: u64,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    why: &str,
+) {
+    let (agent, dir, id) = {
+        let registry = match shared.registry.read() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let Some(session) = registry.sessions.get(&cgroup_id) else {
+            return;
+        };
+        (
+            registry.agent_ref(session.agent_id, cgroup_id),
+            session.dir.clone(),
+            session.id.clone(),
+        )
+    };
+    events::emit_now(
+        &shared.emitter,
+        json!({
+            "kind": "agent.exit",
+            "outcome": "success",
+            "agent": agent,
+            "session": {"id": id, "exit_code": exit_code, "signal": signal, "reason": why},
+        }),
+    );
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        // Processes the command left behind keep the session (and its
+        // attribution) alive; only an empty session is removed.
+        if cgroup::populated(&dir).unwrap_or(false) {
+            tracing::info!(session = %id, "run ended but processes remain in its cgroup; keeping it");
+            return;
+        }
+        if let Err(err) = cgroup::remove(&dir) {
+            tracing::warn!(%err, "session cgroup left in place");
+            return;
+        }
+        std::thread::sleep(SESSION_LINGER);
+        if let Ok(mut registry) = shared.registry.write() {
+            registry.sessions.remove(&cgroup_id);
+        }
+        shared.sessions.save(&shared);
+    });
+}
