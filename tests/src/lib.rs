@@ -264,6 +264,10 @@ impl Daemon {
     }
 
     fn terminate(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            // Already reaped (a crash): its pid may belong to another process now.
+            return;
+        }
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         // A daemon that does not stop must not hang the whole suite: say

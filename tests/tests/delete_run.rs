@@ -159,10 +159,20 @@ fn git_clean_in_an_allowed_repository() {
 
 /// Starts the agent with a delete of `file` that waits for stdin to close.
 fn waiting_rm(daemon: &Daemon, file: &std::path::Path) -> std::process::Child {
-    let script = format!("read _; exec rm {}", file.display());
-    let child = daemon.spawn_agent("cleaner", &["sh", "-c", &script]);
-    daemon.wait_event("agent.start", |_| true);
+    let script = format!("echo ready; read _; exec rm {}", file.display());
+    let mut child = daemon.spawn_agent("cleaner", &["sh", "-c", &script]);
+    wait_ready(&mut child);
     child
+}
+
+/// Waits for the agent's first line, "ready": it runs, placed in its agent
+/// (the daemon answered its join), so the daemon may go away now.
+fn wait_ready(child: &mut std::process::Child) {
+    use std::io::Read as _;
+    let out = child.stdout.as_mut().expect("stdout");
+    let mut line = [0u8; 6];
+    out.read_exact(&mut line).expect("ready line");
+    assert_eq!(&line, b"ready\n");
 }
 
 /// Waits until `pid` is blocked inside unlink/unlinkat/rmdir (its
@@ -230,18 +240,27 @@ fn a_supervised_delete_waits_through_a_daemon_crash_for_the_successor() {
     let file = scratch.file("work/tmp.txt");
     let denied = scratch.file("work/precious/keep.txt");
     let script = format!(
-        "read _; rm {} && echo removed; rm {} || echo refused",
+        "echo ready; read _; rm {} && echo removed; rm {} || echo refused",
         file.display(),
         denied.display()
     );
     let mut child = daemon.spawn_agent("cleaner", &["sh", "-c", &script]);
+    wait_ready(&mut child);
     let start_ev = daemon.wait_event("agent.start", |_| true);
     let session = start_ev["agent"]["session"].clone();
     let (cgroups, dir) = daemon.crash();
 
     // No daemon: the delete neither fails nor happens; it waits.
     drop(child.stdin.take());
-    let rm = wait_for_child_rm(&child);
+    let Some(rm) = wait_for_child_rm(&mut child) else {
+        let out = child.wait_with_output().expect("wait");
+        panic!(
+            "the agent's rm never waited for the daemon; the run ended with {:?}: {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out)
+        );
+    };
     wait_in_delete_call(rm);
     assert!(file.exists());
     assert!(child.try_wait().expect("try_wait").is_none());
@@ -270,14 +289,18 @@ fn a_supervised_delete_waits_through_a_daemon_crash_for_the_successor() {
     assert_eq!(exit["agent"]["session"], session);
 }
 
-/// The `rm` the agent's shell is running (the shell's only child).
-fn wait_for_child_rm(launcher: &std::process::Child) -> u64 {
+/// The `rm` the agent's shell is running (the shell's only child); None if
+/// the run ended without one appearing.
+fn wait_for_child_rm(launcher: &mut std::process::Child) -> Option<u64> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         if let Some(pid) = descendants(launcher.id()).into_iter().find(|p| {
             std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "rm")
         }) {
-            return pid;
+            return Some(pid);
+        }
+        if launcher.try_wait().ok().flatten().is_some() {
+            return None;
         }
         assert!(std::time::Instant::now() < deadline, "rm never started");
         std::thread::sleep(std::time::Duration::from_millis(20));
