@@ -67,6 +67,23 @@ stable_enum! {
     Mode: u8 {
         Enforce = 1,
         Audit = 2,
+        /// Enforce, and hold every call no explicit rule allows (see
+        /// [`applied_verdict`]).
+        Freeze = 3,
+    }
+}
+
+/// The verdict a call gets under `mode` (raw numbers, as the kernel holds
+/// them), given the policy's `verdict` and the `rule_id` that gave it.
+/// Freeze holds what only the agent's default allows; an explicit allow
+/// rule still allows, and what is denied stays denied: freezing an agent
+/// only ever tightens it.
+#[inline(always)]
+pub const fn applied_verdict(mode: u8, verdict: u8, rule_id: u32) -> u8 {
+    if mode == Mode::Freeze as u8 && verdict == Verdict::Allow as u8 && rule_id == RULE_DEFAULT {
+        Verdict::Ask as u8
+    } else {
+        verdict
     }
 }
 
@@ -117,3 +134,28 @@ pub const RULE_DEFAULT: u32 = 0;
 /// sit. The kernel checks ancestors at the levels flagged in
 /// [`crate::Config::agent_levels`], which is a 64-bit mask.
 pub const MAX_CGROUP_LEVEL: u32 = 63;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freeze_holds_only_what_the_default_allows() {
+        let (allow, ask, deny) = (
+            Verdict::Allow as u8,
+            Verdict::Ask as u8,
+            Verdict::Deny as u8,
+        );
+        let freeze = Mode::Freeze as u8;
+        assert_eq!(applied_verdict(freeze, allow, RULE_DEFAULT), ask);
+        assert_eq!(applied_verdict(freeze, allow, 7), allow, "explicit allow");
+        assert_eq!(applied_verdict(freeze, deny, RULE_DEFAULT), deny);
+        assert_eq!(applied_verdict(freeze, deny, 7), deny);
+        assert_eq!(applied_verdict(freeze, ask, 7), ask);
+        for mode in [Mode::Enforce as u8, Mode::Audit as u8] {
+            for v in [allow, ask, deny] {
+                assert_eq!(applied_verdict(mode, v, RULE_DEFAULT), v);
+            }
+        }
+    }
+}

@@ -120,6 +120,7 @@ pub fn try_delete<const WALK: bool>(
             None => (agent.entry.delete_default, RULE_DEFAULT),
         }
     };
+    let verdict = guard_common::applied_verdict(agent.entry.mode, verdict, rule_id);
 
     let mut grant_id = 0;
     let (decision, outcome, hold_id) = if agent.entry.mode == Mode::Audit.raw() {

@@ -86,6 +86,7 @@ pub fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<Decision, Guard
 
     let (verdict, rule_id) = lookup(agent.entry.agent_id, &addr, port)
         .unwrap_or((agent.entry.connect_default, RULE_DEFAULT));
+    let verdict = guard_common::applied_verdict(agent.entry.mode, verdict, rule_id);
 
     let audit = agent.entry.mode == Mode::Audit.raw();
     let mut hold_id = 0;

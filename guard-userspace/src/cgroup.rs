@@ -146,6 +146,23 @@ fn kill_procs(dir: &Path) -> Result<(), CgroupError> {
     Ok(())
 }
 
+/// Processes in the cgroup and below it (0 if it cannot be read).
+pub fn count_procs(dir: &Path) -> usize {
+    let own = fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count())
+        .unwrap_or(0);
+    let below: usize = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| count_procs(&e.path()))
+                .sum()
+        })
+        .unwrap_or(0);
+    own + below
+}
+
 /// Whether any process lives in the cgroup or below it.
 pub fn populated(path: &Path) -> Result<bool, CgroupError> {
     let events = path.join("cgroup.events");

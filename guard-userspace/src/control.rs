@@ -48,6 +48,20 @@ pub enum Request {
     },
     /// Daemon status.
     Status {},
+    /// Reload the policy file (approvers only).
+    Reload {
+        #[serde(default)]
+        force: bool,
+    },
+    /// The agent registry.
+    Agents {},
+    /// Freeze an agent, or thaw it back to its policy's mode (approvers only).
+    SetMode {
+        agent: String,
+        freeze: bool,
+        #[serde(default)]
+        reason: Option<String>,
+    },
     /// Held calls waiting for a decision.
     Pending {},
     /// Kill a held call's run (`hold`) or every process of an agent

@@ -43,6 +43,10 @@ fn main() -> ExitCode {
         Command::Grants(args) => cli::grants::run(args, &client_socket()),
         Command::Events(args) => cli::events::run(args, &client_socket()),
         Command::Revoke(args) => cli::revoke::run(args, &client_socket()),
+        Command::Reload(args) => cli::reload::run(args, &client_socket()),
+        Command::Agents(args) => cli::agents::run(args, &client_socket()),
+        Command::Freeze(args) => cli::freeze::run(args, true, &client_socket()),
+        Command::Thaw(args) => cli::thaw::run(args, &client_socket()),
     };
     match result {
         Ok(code) => code,

@@ -99,6 +99,57 @@ pub enum Command {
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Reload the daemon's policy file without a gap in enforcement (the
+    /// same as SIGHUP). An invalid file changes nothing: the error, with
+    /// FILE:LINE:COL, is printed and the old policy stays. Approvers only.
+    ///
+    /// Examples:
+    ///   agent-guard reload
+    ///   agent-guard reload --force     # even if a removed agent still has processes
+    Reload(ReloadArgs),
+    /// List the agents: owner, purpose, labels, mode, cgroup, live
+    /// processes, runs, grants, and calls allowed/denied/held since start.
+    ///
+    /// Examples:
+    ///   agent-guard agents
+    ///   agent-guard agents --json | jq '.[] | {name, mode}'
+    Agents(AgentsArgs),
+    /// Freeze an agent now: every delete and connect no explicit allow
+    /// rule covers is held for a decision (denies stay denies), until
+    /// `thaw`. No policy edit; survives reloads. Approvers only.
+    ///
+    /// Example:
+    ///   agent-guard freeze claims-bot --reason "incident INC-7"
+    Freeze(ModeArgs),
+    /// End a freeze: the agent's mode is the policy's again. Approvers only.
+    ///
+    /// Example:
+    ///   agent-guard thaw claims-bot
+    Thaw(ModeArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ReloadArgs {
+    /// Retire agents the new policy drops even if they have live processes
+    /// ([daemon] on_remove: "unguard", the default, or "kill").
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(clap::Args)]
+pub struct AgentsArgs {
+    /// Print the list as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ModeArgs {
+    /// Agent name.
+    pub agent: String,
+    /// Why; recorded in the agent.mode event.
+    #[arg(long)]
+    pub reason: Option<String>,
 }
 
 #[derive(clap::Args)]

@@ -1,16 +1,20 @@
 //! One file per verb; `args` holds the grammar.
+pub mod agents;
 pub mod approve;
 pub mod args;
 pub mod daemon;
 pub mod deny;
 pub mod doctor;
 pub mod events;
+pub mod freeze;
 pub mod grants;
 pub mod kill;
 pub mod pending;
 pub mod policy;
+pub mod reload;
 pub mod revoke;
 pub mod run;
+pub mod thaw;
 
 use std::path::Path;
 

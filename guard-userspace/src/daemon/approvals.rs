@@ -21,22 +21,8 @@ pub(super) fn decide(
     scope: ScopeRequest,
 ) -> Result<serde_json::Value> {
     let user = user_name(cred);
-    if !is_approver(shared, cred) {
-        events::emit_now(
-            &shared.emitter,
-            json!({
-                "kind": "control.refused",
-                "outcome": "denied",
-                "control": {"op": if approve { "approve" } else { "deny" }, "hold": id,
-                            "by": {"uid": cred.uid(), "pid": cred.pid(), "user": user},
-                            "reason": "not an approver ([daemon] approvers)"},
-            }),
-        );
-        bail!(
-            "uid {} ({user}) is not an approver; see [daemon] approvers in the policy",
-            cred.uid()
-        );
-    }
+    let op = if approve { "approve" } else { "deny" };
+    require_approver(shared, cred, op, ("hold", id.into()))?;
     let hold: u64 = id
         .parse()
         .with_context(|| format!("{id:?} is not a hold id"))?;
@@ -159,19 +145,7 @@ fn grant_for_hold(
 }
 
 pub(super) fn revoke(shared: &Arc<Shared>, cred: &UCred, id: u32) -> Result<serde_json::Value> {
-    if !is_approver(shared, cred) {
-        events::emit_now(
-            &shared.emitter,
-            json!({"kind": "control.refused", "outcome": "denied",
-                   "control": {"op": "revoke", "grant": id,
-                               "by": {"uid": cred.uid(), "pid": cred.pid(), "user": user_name(cred)},
-                               "reason": "not an approver ([daemon] approvers)"}}),
-        );
-        bail!(
-            "uid {} is not an approver; see [daemon] approvers in the policy",
-            cred.uid()
-        );
-    }
+    require_approver(shared, cred, "revoke", ("grant", id.into()))?;
     if !shared.grants.revoke(id) {
         bail!("no live grant {id}");
     }
@@ -192,19 +166,7 @@ pub(super) fn kill(
         _ => bail!("kill takes exactly one of a hold id or an agent name"),
     };
     let user = user_name(cred);
-    if !is_approver(shared, cred) {
-        events::emit_now(
-            &shared.emitter,
-            json!({"kind": "control.refused", "outcome": "denied",
-                   "control": {"op": "kill", "target": what,
-                               "by": {"uid": cred.uid(), "pid": cred.pid(), "user": user},
-                               "reason": "not an approver ([daemon] approvers)"}}),
-        );
-        bail!(
-            "uid {} ({user}) is not an approver; see [daemon] approvers in the policy",
-            cred.uid()
-        );
-    }
+    require_approver(shared, cred, "kill", ("target", what.clone().into()))?;
     let dir: PathBuf = match (&hold, &agent) {
         (Some(h), _) => {
             let id: u64 = h
@@ -282,6 +244,32 @@ pub(super) fn user_name(cred: &UCred) -> String {
         .ok()
         .flatten()
         .map_or_else(|| cred.uid().to_string(), |u| u.name)
+}
+
+/// Refuses (and records a `control.refused` event naming `op` and its
+/// `subject`) unless the caller may approve.
+pub(super) fn require_approver(
+    shared: &Shared,
+    cred: &UCred,
+    op: &str,
+    subject: (&str, serde_json::Value),
+) -> Result<()> {
+    if is_approver(shared, cred) {
+        return Ok(());
+    }
+    let user = user_name(cred);
+    let mut control = json!({"op": op,
+                             "by": {"uid": cred.uid(), "pid": cred.pid(), "user": user},
+                             "reason": "not an approver ([daemon] approvers)"});
+    control[subject.0] = subject.1;
+    events::emit_now(
+        &shared.emitter,
+        json!({"kind": "control.refused", "outcome": "denied", "control": control}),
+    );
+    bail!(
+        "uid {} ({user}) is not an approver; see [daemon] approvers in the policy",
+        cred.uid()
+    )
 }
 
 pub(super) fn is_approver(shared: &Shared, cred: &UCred) -> bool {

@@ -15,7 +15,7 @@ use tokio::{
 };
 
 use super::{
-    Shared,
+    Shared, admin,
     approvals::{ScopeRequest, decide, kill, revoke},
     sessions,
 };
@@ -171,6 +171,13 @@ fn dispatch(
             _ => Err(anyhow::anyhow!("no open session on this connection")),
         },
         Request::Status {} => Ok(status(shared)),
+        Request::Reload { force } => admin::reload(shared, cred, force),
+        Request::Agents {} => Ok(admin::agents(shared)),
+        Request::SetMode {
+            agent,
+            freeze,
+            reason,
+        } => admin::set_mode(shared, cred, &agent, freeze, reason),
         Request::Pending {} => Ok(json!({ "holds": shared.holds.pending() })),
         Request::Decide {
             id,

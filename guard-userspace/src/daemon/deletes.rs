@@ -44,21 +44,35 @@ impl SessionDecider {
             Ok(r) => r,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let Some(agent) = registry.agents.get(&self.agent_id) else {
+        // The run's agent as the policy now has it (a reload gives it a new id).
+        let agent_id = registry
+            .sessions
+            .get(&self.session_cgroup)
+            .map_or(self.agent_id, |s| s.agent_id);
+        let Some(agent) = registry.agents.get(&agent_id) else {
             // The agent left the policy while its run goes on: nothing to
             // judge against, so fail closed.
             tracing::error!(agent_id = self.agent_id, path = %req.path, "delete by a run of an unknown agent; denied");
             return Judged::Now(Decision::Deny);
         };
         let (verdict, rule) = agent.def.delete.evaluate(&req.path);
+        let mode = agent.mode();
+        // The kernel's own rule for freeze, so both backends agree.
+        let rule_id = rule.map_or(guard_common::RULE_DEFAULT, |r| r.id.max(1));
+        let verdict = Verdict::from_raw(guard_common::applied_verdict(
+            mode.raw(),
+            verdict.raw(),
+            rule_id,
+        ))
+        .unwrap_or(Verdict::Deny);
         let timeout = Duration::from_secs(registry.policy.daemon.approval_timeout_secs);
-        let enforce = agent.def.mode != Mode::Audit;
+        let enforce = mode != Mode::Audit;
         let (decision, outcome) = if !enforce {
             (Decision::Allow, Outcome::Audited)
         } else if verdict == Verdict::Allow {
             (Decision::Allow, Outcome::Allowed)
         } else if let Some(grant) = (verdict == Verdict::Ask)
-            .then(|| self.shared.grants.covers_path(self.agent_id, &req.path))
+            .then(|| self.shared.grants.covers_path(agent_id, &req.path))
             .flatten()
         {
             // An approval's scope covers this call: no hold.
@@ -73,6 +87,7 @@ impl SessionDecider {
             );
             body.insert("grant".into(), serde_json::json!({ "id": grant }));
             drop(registry);
+            self.shared.count(&body);
             events::emit_now(&self.shared.emitter, serde_json::Value::Object(body));
             return Judged::Now(Decision::Allow);
         } else if verdict == Verdict::Ask {
@@ -114,6 +129,7 @@ impl SessionDecider {
             rule,
         );
         drop(registry);
+        self.shared.count(&body);
         events::emit_now(&self.shared.emitter, serde_json::Value::Object(body));
         Judged::Now(decision)
     }

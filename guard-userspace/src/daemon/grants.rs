@@ -215,6 +215,96 @@ impl Grants {
         }
     }
 
+    /// A policy reload gave agent `old` the id `new`: copies its grants'
+    /// kernel entries to the new id (call before the new id is in force),
+    /// so no approval lapses over a reload.
+    pub fn copy_to(&self, old: u32, new: u32) -> Result<()> {
+        let inner = self.lock();
+        let mut k = match self.kernel.lock() {
+            Ok(k) => k,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for g in inner.0.values().filter(|g| g.agent_id == old) {
+            match &g.scope {
+                Scope::Agent => {
+                    if let Ok(v) = k.agent.get(&old, 0) {
+                        k.agent.insert(new, v, 0)?;
+                    }
+                }
+                Scope::Subtree { prefix } => {
+                    let (len, key) = path_key(old, prefix);
+                    if let Ok(v) = k.path.get(&Key::new(len, key), 0) {
+                        let (len, key) = path_key(new, prefix);
+                        k.path.insert(&Key::new(len, key), v, 0)?;
+                    }
+                }
+                Scope::Destination { addr, port } => {
+                    let key = |agent_id| NetGrantKey {
+                        agent_id,
+                        port: *port,
+                        _pad: 0,
+                        addr: *addr,
+                    };
+                    if let Ok(v) = k.net.get(&key(old), 0) {
+                        k.net.insert(key(new), v, 0)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After the reload is in force: the grants belong to `new`, and the
+    /// kernel entries under `old` go.
+    pub fn moved(&self, old: u32, new: u32) {
+        let mut inner = self.lock();
+        let mut stale = Vec::new();
+        for g in inner.0.values_mut().filter(|g| g.agent_id == old) {
+            stale.push(GrantInfo {
+                id: g.id,
+                agent_id: old,
+                agent: g.agent.clone(),
+                scope: g.scope.clone(),
+                expires: g.expires,
+                by: String::new(),
+                reason: None,
+            });
+            g.agent_id = new;
+        }
+        drop(inner);
+        for g in &stale {
+            self.unmap(g);
+        }
+    }
+
+    /// The agent `id` left the policy: its grants end.
+    pub fn drop_agent(&self, id: u32) {
+        let gone: Vec<GrantInfo> = {
+            let mut inner = self.lock();
+            let ids: Vec<u32> = inner
+                .0
+                .values()
+                .filter(|g| g.agent_id == id)
+                .map(|g| g.id)
+                .collect();
+            ids.iter().filter_map(|i| inner.0.remove(i)).collect()
+        };
+        for g in &gone {
+            self.unmap(g);
+        }
+    }
+
+    /// Live grants of agent `id`.
+    pub fn of_agent(&self, id: u32) -> Vec<Value> {
+        let now = SystemTime::now();
+        self.lock()
+            .0
+            .values()
+            .filter(|g| g.agent_id == id && g.expires > now)
+            .map(GrantInfo::to_json)
+            .collect()
+    }
+
     fn unmap(&self, g: &GrantInfo) {
         let mut k = match self.kernel.lock() {
             Ok(k) => k,

@@ -1,5 +1,6 @@
 //! The daemon: loads policy and kernel programs, serves the control socket,
 //! and streams events until SIGINT/SIGTERM.
+mod admin;
 mod approvals;
 mod control_server;
 mod deletes;
@@ -9,11 +10,16 @@ pub mod holds;
 mod journal;
 mod reader;
 pub mod registry;
+mod reload;
 mod sessions;
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU32, Ordering},
+    },
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -26,7 +32,7 @@ use crate::{
     kernel::{Kernel, LsmStatus},
     policy::{self, Policy},
 };
-use registry::{AgentState, Registry};
+use registry::{AgentState, Counts, Registry};
 
 /// State the daemon's tasks share.
 pub struct Shared {
@@ -38,6 +44,108 @@ pub struct Shared {
     pub kernel_holds: crate::kernel::KernelHolds,
     pub grants: grants::Grants,
     pub sessions: sessions::Store,
+    /// The loaded programs and maps; taken out on shutdown.
+    pub kernel: Mutex<Option<Kernel>>,
+    pub hierarchy: Hierarchy,
+    /// The policy file (None: the embedded default), for reloads.
+    pub policy_path: Option<PathBuf>,
+    pub lsm: bool,
+    /// Serializes reloads and mode switches.
+    pub reloading: Mutex<()>,
+    /// Next kernel-side agent id; ids are never reused within a run.
+    next_id: AtomicU32,
+    /// Calls per agent name since start, by outcome.
+    pub counts: Mutex<HashMap<String, Counts>>,
+}
+
+impl Shared {
+    pub fn next_agent_id(&self) -> u32 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts a call event for `agent-guard agents`.
+    pub fn count(&self, body: &serde_json::Map<String, serde_json::Value>) {
+        match self.counts.lock() {
+            Ok(mut c) => Counts::tally(&mut c, body),
+            Err(poisoned) => Counts::tally(&mut poisoned.into_inner(), body),
+        }
+    }
+}
+
+/// Writes agent `def`'s rules under `agent_id` (not in force until an
+/// AGENTS entry names that id).
+fn write_rules(kernel: &mut Kernel, agent_id: u32, def: &policy::Agent) -> Result<()> {
+    kernel
+        .insert_net_rules(&policy::compile_net(agent_id, &def.connect))
+        .with_context(|| format!("writing connect rules of agent {}", def.name))?;
+    kernel
+        .insert_path_rules(&policy::compile_path(agent_id, &def.delete))
+        .with_context(|| format!("writing delete rules of agent {}", def.name))?;
+    Ok(())
+}
+
+/// Takes agent `def`'s rules under `agent_id` out (best effort: a rule
+/// left behind is unreachable, since no AGENTS entry names the id).
+fn remove_rules(kernel: &mut Kernel, agent_id: u32, def: &policy::Agent) {
+    let net = kernel.remove_net_rules(&policy::compile_net(agent_id, &def.connect));
+    let path = kernel.remove_path_rules(&policy::compile_path(agent_id, &def.delete));
+    if let Err(err) = net.and(path) {
+        tracing::warn!(%err, agent = %def.name, "removing rules no longer used");
+    }
+}
+
+/// Puts an agent in force whose rules are written under `agent_id`: its
+/// cgroup (made if missing, adopted if it exists), its AGENTS entry, and
+/// the connect programs on its cgroup.
+fn install_agent(
+    kernel: &mut Kernel,
+    hierarchy: &Hierarchy,
+    agent_id: u32,
+    def: &policy::Agent,
+    frozen: bool,
+) -> Result<AgentState> {
+    let created = hierarchy
+        .ensure(&def.cgroup)
+        .with_context(|| format!("agent {}", def.name))?;
+    let dir = hierarchy.path(&def.cgroup);
+    let cgroup_id = cgroup::id(&dir)?;
+    let mut entry = policy::agent_entry(agent_id, def);
+    if frozen {
+        entry.mode = guard_common::Mode::Freeze.raw();
+    }
+    kernel.set_agent(cgroup_id, entry)?;
+    kernel
+        .attach_cgroup(cgroup_id, &dir)
+        .with_context(|| format!("agent {}", def.name))?;
+    tracing::info!(agent = %def.name, cgroup = %dir.display(), cgroup_id, adopted = !created, mode = ?def.mode, "agent guarded");
+    Ok(AgentState {
+        agent_id,
+        def: def.clone(),
+        cgroup_dir: dir,
+        cgroup_id,
+        created,
+        frozen,
+    })
+}
+
+/// The `agent_levels` bits of these agents.
+fn agent_levels<'a>(agents: impl Iterator<Item = &'a policy::Agent>) -> u64 {
+    agents.fold(0, |l, a| l | 1u64 << a.cgroup_level())
+}
+
+/// Whether some agent may hold a connect (an `ask` on connect, or freeze).
+fn needs_connect_holds<'a>(mut agents: impl Iterator<Item = &'a policy::Agent>) -> bool {
+    agents.any(|a| match a.mode {
+        guard_common::Mode::Audit => false,
+        guard_common::Mode::Freeze => true,
+        guard_common::Mode::Enforce => {
+            a.connect.default == guard_common::Verdict::Ask
+                || a.connect
+                    .rules
+                    .iter()
+                    .any(|r| r.verdict == guard_common::Verdict::Ask)
+        }
+    })
 }
 
 pub struct Options {
@@ -110,14 +218,7 @@ pub async fn run(opts: Options) -> Result<()> {
             refused.join(", ")
         );
     }
-    if policy.agents.iter().any(|a| {
-        a.mode == guard_common::Mode::Enforce
-            && (a.connect.default == guard_common::Verdict::Ask
-                || a.connect
-                    .rules
-                    .iter()
-                    .any(|r| r.verdict == guard_common::Verdict::Ask))
-    }) {
+    if needs_connect_holds(policy.agents.iter()) {
         kernel.attach_connect_hold_stopper()?;
     }
     if !lsm {
@@ -125,35 +226,20 @@ pub async fn run(opts: Options) -> Result<()> {
         // cannot be blocked here; at least every delete they make is seen.
         kernel.attach_delete_observer()?;
     }
-    let mut levels = 0u64;
     let mut agents = Vec::new();
     for (index, agent) in policy.agents.iter().enumerate() {
         let agent_id = index as u32 + 1;
-        let created = hierarchy
-            .ensure(&agent.cgroup)
-            .with_context(|| format!("agent {}", agent.name))?;
-        let dir = hierarchy.path(&agent.cgroup);
-        let cgroup_id = cgroup::id(&dir)?;
-        kernel
-            .insert_net_rules(&policy::compile_net(agent_id, &agent.connect))
-            .with_context(|| format!("writing connect rules of agent {}", agent.name))?;
-        kernel
-            .insert_path_rules(&policy::compile_path(agent_id, &agent.delete))
-            .with_context(|| format!("writing delete rules of agent {}", agent.name))?;
-        kernel.set_agent(cgroup_id, policy::agent_entry(agent_id, agent))?;
-        kernel
-            .attach_cgroup(cgroup_id, &dir)
-            .with_context(|| format!("agent {}", agent.name))?;
-        levels |= 1u64 << agent.cgroup_level();
-        tracing::info!(agent = %agent.name, cgroup = %dir.display(), cgroup_id, mode = ?agent.mode, "agent guarded");
-        agents.push(AgentState {
+        write_rules(&mut kernel, agent_id, agent)?;
+        agents.push(install_agent(
+            &mut kernel,
+            &hierarchy,
             agent_id,
-            def: agent.clone(),
-            cgroup_dir: dir,
-            cgroup_id,
-            created,
-        });
+            agent,
+            false,
+        )?);
     }
+    let levels = agent_levels(policy.agents.iter());
+    let next_id = policy.agents.len() as u32 + 1;
     let mut registry = Registry::new(policy);
     for agent in agents {
         registry.agents.insert(agent.agent_id, agent);
@@ -181,6 +267,13 @@ pub async fn run(opts: Options) -> Result<()> {
         kernel_holds: kernel.take_holds()?,
         grants: grants::Grants::new(kernel.take_grants()?),
         sessions,
+        kernel: Mutex::new(None),
+        hierarchy,
+        policy_path: opts.policy_path.clone(),
+        lsm,
+        reloading: Mutex::new(()),
+        next_id: AtomicU32::new(next_id),
+        counts: Mutex::new(HashMap::new()),
     });
     // Every program is attached: pin them all, so that enforcement outlives
     // a crashed daemon, and only then retire a crashed predecessor's pins.
@@ -191,6 +284,9 @@ pub async fn run(opts: Options) -> Result<()> {
     shared.holds.resume(&shared, state_dir.join("holds.json"));
     let ring = kernel.take_events()?;
     let losses = kernel.take_losses()?;
+    if let Ok(mut k) = shared.kernel.lock() {
+        *k = Some(kernel);
+    }
     let listener = control_server::bind(&socket)?;
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -209,6 +305,7 @@ pub async fn run(opts: Options) -> Result<()> {
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tasks.spawn(reload_on_sighup(shared.clone()));
     let result = tokio::select! {
         _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); Ok(()) }
         _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); Ok(()) }
@@ -219,8 +316,22 @@ pub async fn run(opts: Options) -> Result<()> {
         },
     };
     tasks.abort_all();
-    shutdown(&shared, &socket, kernel);
+    shutdown(&shared, &socket);
     result
+}
+
+/// SIGHUP reloads the policy file (as `agent-guard reload` does).
+async fn reload_on_sighup(shared: Arc<Shared>) -> Result<()> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    while hup.recv().await.is_some() {
+        let shared = shared.clone();
+        let by = holds::By {
+            uid: None,
+            user: "SIGHUP".into(),
+        };
+        let _ = tokio::task::spawn_blocking(move || reload::reload(&shared, false, by)).await;
+    }
+    Ok(())
 }
 
 /// Clean shutdown releases enforcement: every pending hold is denied (a
@@ -228,10 +339,16 @@ pub async fn run(opts: Options) -> Result<()> {
 /// programs are unpinned and detach, and agents run unguarded from here on,
 /// which `daemon.stop` says. A crash, by contrast, leaves everything pinned
 /// and enforcing. Removes the cgroups it created.
-fn shutdown(shared: &Arc<Shared>, socket: &Path, kernel: Kernel) {
+fn shutdown(shared: &Arc<Shared>, socket: &Path) {
     shared.holds.deny_all(shared, "the daemon stopped");
     shared.sessions.forget_journals();
-    kernel.release();
+    let kernel = match shared.kernel.lock() {
+        Ok(mut k) => k.take(),
+        Err(poisoned) => poisoned.into_inner().take(),
+    };
+    if let Some(kernel) = kernel {
+        kernel.release();
+    }
     let _ = std::fs::remove_file(socket);
     let registry = match shared.registry.read() {
         Ok(r) => r,

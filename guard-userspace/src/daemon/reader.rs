@@ -60,6 +60,7 @@ fn drain(
                     held.push((body, timeout));
                 }
                 Ok(Some((time, body))) => {
+                    shared.count(&body);
                     let mut emitter = match shared.emitter.lock() {
                         Ok(e) => e,
                         Err(poisoned) => poisoned.into_inner(),

@@ -12,6 +12,31 @@ pub struct AgentState {
     pub cgroup_id: u64,
     /// Whether the daemon created the cgroup (only those are removed).
     pub created: bool,
+    /// Frozen by an operator (`agent-guard freeze`): mode freeze until
+    /// `thaw`, whatever the policy says, across reloads.
+    pub frozen: bool,
+}
+
+impl AgentState {
+    /// The mode in force.
+    pub fn mode(&self) -> guard_common::Mode {
+        if self.frozen {
+            guard_common::Mode::Freeze
+        } else {
+            self.def.mode
+        }
+    }
+
+    pub fn clone_state(&self) -> Self {
+        Self {
+            agent_id: self.agent_id,
+            def: self.def.clone(),
+            cgroup_dir: self.cgroup_dir.clone(),
+            cgroup_id: self.cgroup_id,
+            created: self.created,
+            frozen: self.frozen,
+        }
+    }
 }
 
 /// One `agent-guard run` of an agent: its own child cgroup.
@@ -36,6 +61,48 @@ pub struct Registry {
     pub agents: HashMap<u32, AgentState>,
     /// Keyed by the session cgroup's id, which is what records carry.
     pub sessions: HashMap<u64, SessionState>,
+    /// Agent ids a reload replaced or removed: records still in the ring
+    /// buffer carry them and must still be attributed.
+    pub retired: HashMap<u32, AgentState>,
+}
+
+/// Calls of one agent since the daemon started, by outcome.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Counts {
+    pub allowed: u64,
+    pub denied: u64,
+    pub held: u64,
+    pub audited: u64,
+    pub observed: u64,
+}
+
+impl Counts {
+    /// Counts one call event `body` (`kind` net.* or file.*).
+    pub fn tally(
+        counts: &mut HashMap<String, Counts>,
+        body: &serde_json::Map<String, serde_json::Value>,
+    ) {
+        let kind = body.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+        if !(kind.starts_with("net.") || kind.starts_with("file.")) {
+            return;
+        }
+        let Some(agent) = body
+            .get("agent")
+            .and_then(|a| a.get("name"))
+            .and_then(|n| n.as_str())
+        else {
+            return;
+        };
+        let c = counts.entry(agent.to_owned()).or_default();
+        match body.get("outcome").and_then(|o| o.as_str()) {
+            Some("allowed") => c.allowed += 1,
+            Some("denied") => c.denied += 1,
+            Some("held") => c.held += 1,
+            Some("audited") => c.audited += 1,
+            Some("observed") => c.observed += 1,
+            _ => {}
+        }
+    }
 }
 
 impl Registry {
@@ -44,7 +111,15 @@ impl Registry {
             policy,
             agents: HashMap::new(),
             sessions: HashMap::new(),
+            retired: HashMap::new(),
         }
+    }
+
+    /// Agent `agent_id`, current or retired by a reload.
+    pub fn agent(&self, agent_id: u32) -> Option<&AgentState> {
+        self.agents
+            .get(&agent_id)
+            .or_else(|| self.retired.get(&agent_id))
     }
 
     pub fn agent_by_name(&self, name: &str) -> Option<&AgentState> {
@@ -59,7 +134,7 @@ impl Registry {
 
     /// The agent block of an event for a task in cgroup `task_cgroup`.
     pub fn agent_ref(&self, agent_id: u32, task_cgroup: u64) -> Option<AgentRef> {
-        let agent = self.agents.get(&agent_id)?;
+        let agent = self.agent(agent_id)?;
         let session = self.sessions.get(&task_cgroup);
         Some(AgentRef {
             name: agent.def.name.clone(),

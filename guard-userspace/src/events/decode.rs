@@ -176,7 +176,7 @@ fn observed(rec: &ObservedDeleteRecord, registry: &Registry, body: &mut Map<Stri
     let len = (rec.path_len as usize).min(rec.path.len());
     let raw = String::from_utf8_lossy(&rec.path[..len]).into_owned();
     let path = resolve(rec.header.pid, rec.dirfd, &raw);
-    let agent = registry.agents.get(&rec.header.agent_id);
+    let agent = registry.agent(rec.header.agent_id);
     let (verdict, rule) = match (agent, &path) {
         (Some(a), Some(p)) => {
             let (v, r) = a.def.delete.evaluate(p);
@@ -318,8 +318,7 @@ fn common(
     );
     let rule = if header.rule_id == RULE_DEFAULT {
         let source = registry
-            .agents
-            .get(&header.agent_id)
+            .agent(header.agent_id)
             .map(|a| format!("{}:{}", registry.policy.file, a.def.line));
         json!({ "verdict": verdict_name(header.verdict), "match": "default", "source": source })
     } else {

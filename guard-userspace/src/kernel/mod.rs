@@ -16,6 +16,7 @@ use thiserror::Error;
 mod handles;
 mod lsm;
 mod pins;
+mod policy_maps;
 
 pub use handles::{KernelHolds, LossCounters};
 use lsm::load_lsm;
@@ -26,6 +27,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gu
 
 /// The connect programs, by name in the object, with the section type users
 /// see in error messages.
+/// The program (and attachment name) that stops held connects.
+const CONNECT_HOLD_STOPPER: &str = "sys_exit";
+
 const CONNECT_PROGRAMS: [(&str, &str); 2] = [
     (
         "connect4",
@@ -263,8 +267,15 @@ impl Kernel {
 
     /// Attaches tp_btf/sys_exit, which stops threads whose connect is held.
     /// Needed only when some agent can `ask` on connect.
+    /// Idempotent: a reload or a freeze may ask again.
     pub fn attach_connect_hold_stopper(&mut self) -> Result<(), KernelError> {
-        self.attach_tracepoint("sys_exit", "tp_btf/sys_exit (BPF_PROG_TYPE_TRACING)")
+        if self.has_connect_hold_stopper() {
+            return Ok(());
+        }
+        self.attach_tracepoint(
+            CONNECT_HOLD_STOPPER,
+            "tp_btf/sys_exit (BPF_PROG_TYPE_TRACING)",
+        )
     }
 
     fn attach_tracepoint(
@@ -383,14 +394,19 @@ impl Kernel {
         }
     }
 
-    pub fn set_agent(&mut self, cgroup_id: u64, entry: AgentEntry) -> Result<(), KernelError> {
+    /// The AGENTS map: agent cgroup id to its entry.
+    fn agents_map(
+        &mut self,
+    ) -> Result<BpfHashMap<&mut aya::maps::MapData, u64, AgentEntry>, KernelError> {
         let map = self
             .ebpf
             .map_mut("AGENTS")
             .ok_or(KernelError::Missing("AGENTS"))?;
-        let mut agents: BpfHashMap<_, u64, AgentEntry> =
-            BpfHashMap::try_from(map).map_err(map_err("AGENTS"))?;
-        agents
+        BpfHashMap::try_from(map).map_err(map_err("AGENTS"))
+    }
+
+    pub fn set_agent(&mut self, cgroup_id: u64, entry: AgentEntry) -> Result<(), KernelError> {
+        self.agents_map()?
             .insert(cgroup_id, entry, 0)
             .map_err(map_err("AGENTS"))
     }

@@ -12,7 +12,26 @@ use super::{Kernel, KernelError};
 
 pub(super) enum Attachment {
     Owned(String, FdLink),
-    Pinned(PinnedLink),
+    Pinned(String, PinnedLink),
+}
+
+impl Attachment {
+    pub(super) fn name(&self) -> &str {
+        match self {
+            Attachment::Owned(name, _) | Attachment::Pinned(name, _) => name,
+        }
+    }
+
+    /// Detaches now, pinned or not.
+    pub(super) fn detach(self) {
+        match self {
+            Attachment::Owned(_, link) => drop(link),
+            Attachment::Pinned(name, p) => match p.unpin() {
+                Ok(link) => drop(link),
+                Err(err) => tracing::error!(%err, %name, "unpinning an attachment to detach it"),
+            },
+        }
+    }
 }
 
 /// The bpffs under the state directory: links/ and maps/, and whether we
@@ -77,7 +96,10 @@ impl Kernel {
     /// Keeps an attachment: pinned if pinning is on, else owned.
     pub(super) fn keep(&mut self, name: String, link: FdLink) -> Result<(), KernelError> {
         let attachment = match &self.pins {
-            Some(pins) if self.pinning => Attachment::Pinned(pin(&pins.dir, &name, link)?),
+            Some(pins) if self.pinning => {
+                let pinned = pin(&pins.dir, &name, link)?;
+                Attachment::Pinned(name, pinned)
+            }
             _ => Attachment::Owned(name, link),
         };
         self.links.push(attachment);
@@ -112,10 +134,13 @@ impl Kernel {
         self.pinning = true;
         for attachment in std::mem::take(&mut self.links) {
             let pinned = match attachment {
-                Attachment::Owned(name, link) => pin(&dir, &name, link)?,
-                Attachment::Pinned(p) => p,
+                Attachment::Owned(name, link) => {
+                    let pinned = pin(&dir, &name, link)?;
+                    Attachment::Pinned(name, pinned)
+                }
+                pinned @ Attachment::Pinned(..) => pinned,
             };
-            self.links.push(Attachment::Pinned(pinned));
+            self.links.push(pinned);
         }
         for path in stale {
             tracing::warn!(pin = %path.display(), "removing an attachment left by a daemon that did not shut down cleanly");
@@ -128,7 +153,7 @@ impl Kernel {
     /// the bpffs we mounted. Agents run unguarded from here on.
     pub fn release(mut self) {
         for attachment in std::mem::take(&mut self.links) {
-            if let Attachment::Pinned(p) = attachment {
+            if let Attachment::Pinned(_, p) = attachment {
                 if let Err(err) = p.unpin() {
                     tracing::error!(%err, "unpinning an attachment");
                 }

@@ -57,6 +57,16 @@ pub struct DaemonConfig {
     /// How long an `ask` waits for a human before it is denied. Always > 0.
     pub approval_timeout_secs: u64,
     pub approvers: Approvers,
+    /// What a reload does to the processes of an agent it removes (only
+    /// with `--force`; without it such a reload is refused).
+    pub on_remove: RemovePolicy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemovePolicy {
+    Kill,
+    /// They keep running, no longer an agent's (the default).
+    Unguard,
 }
 
 /// Who may answer an `ask` over the control socket.
@@ -162,7 +172,7 @@ pub fn unenforceable_deletes(policy: &Policy, lsm: bool, seccomp: bool) -> Vec<&
         .agents
         .iter()
         .filter(|a| {
-            a.mode == Mode::Enforce && a.delete.guards_anything() && !a.delete.accept_observe_only
+            a.mode != Mode::Audit && a.delete.guards_anything() && !a.delete.accept_observe_only
         })
         .map(|a| a.name.as_str())
         .collect()
@@ -286,6 +296,7 @@ pub fn mode_str(m: Mode) -> &'static str {
     match m {
         Mode::Enforce => "enforce",
         Mode::Audit => "audit",
+        Mode::Freeze => "freeze",
     }
 }
 

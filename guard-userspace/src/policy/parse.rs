@@ -14,8 +14,8 @@ use toml::Spanned;
 use super::error::Doc;
 use super::{
     Agent, Approvers, DEFAULT_APPROVAL_TIMEOUT_SECS, DEFAULT_CONTROL_SOCKET, DEFAULT_STATE_DIR,
-    DaemonConfig, NetPolicy, NetRule, PathPolicy, PathRule, Policy, PolicyError, compile, net,
-    parse_mode, parse_verdict, path,
+    DaemonConfig, NetPolicy, NetRule, PathPolicy, PathRule, Policy, PolicyError, RemovePolicy,
+    compile, net, parse_mode, parse_verdict, path,
 };
 
 #[derive(Deserialize)]
@@ -55,6 +55,7 @@ struct RawDaemon {
     state_dir: Option<Spanned<String>>,
     approval_timeout_secs: Option<Spanned<u64>>,
     approvers: Option<RawApprovers>,
+    on_remove: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -213,6 +214,7 @@ fn daemon(doc: &Doc<'_>, raw: Option<RawDaemon>) -> Result<DaemonConfig, PolicyE
             state_dir: DEFAULT_STATE_DIR.into(),
             approval_timeout_secs: DEFAULT_APPROVAL_TIMEOUT_SECS,
             approvers: default_approvers(),
+            on_remove: RemovePolicy::Unguard,
         });
     };
     let abs_path = |v: Option<Spanned<String>>, default: &str, what: &str| match v {
@@ -236,11 +238,25 @@ fn daemon(doc: &Doc<'_>, raw: Option<RawDaemon>) -> Result<DaemonConfig, PolicyE
         Some(t) => t.into_inner(),
     };
     let approvers = uid_group_list(doc, raw.approvers, "approver")?;
+    let on_remove = match raw.on_remove {
+        None => RemovePolicy::Unguard,
+        Some(v) => match v.get_ref().as_str() {
+            "kill" => RemovePolicy::Kill,
+            "unguard" => RemovePolicy::Unguard,
+            other => {
+                return Err(doc.error_at(
+                    v.span().start,
+                    format!("on_remove must be \"kill\" or \"unguard\", got {other:?}"),
+                ));
+            }
+        },
+    };
     Ok(DaemonConfig {
         control_socket,
         state_dir,
         approval_timeout_secs,
         approvers,
+        on_remove,
     })
 }
 

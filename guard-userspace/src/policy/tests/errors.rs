@@ -28,6 +28,16 @@ fn connect(line: &str, col: usize, needle: &str) {
 }
 
 #[test]
+fn on_remove_must_be_kill_or_unguard() {
+    check(
+        "[daemon]\non_remove = \"pause\"\n",
+        2,
+        13,
+        "on_remove must be",
+    );
+}
+
+#[test]
 fn unknown_keys() {
     check(
         &format!("{HEAD}colour = \"red\"\n"),

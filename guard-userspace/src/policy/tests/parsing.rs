@@ -261,6 +261,21 @@ fn empty_policy_and_partial_daemon() {
 }
 
 #[test]
+fn on_remove_and_freeze_mode() {
+    use crate::policy::RemovePolicy;
+    let p = parse("d.toml", "").unwrap();
+    assert_eq!(p.daemon.on_remove, RemovePolicy::Unguard);
+    let p = parse("d.toml", "[daemon]\non_remove = \"kill\"\n").unwrap();
+    assert_eq!(p.daemon.on_remove, RemovePolicy::Kill);
+    let p = parse(
+        "f.toml",
+        "[[agent]]\nname = \"a\"\nowner = \"o\"\npurpose = \"p\"\ncgroup = \"x/a\"\nmode = \"freeze\"\n",
+    )
+    .unwrap();
+    assert_eq!(p.agents[0].mode, Mode::Freeze);
+}
+
+#[test]
 fn ids_follow_file_order_across_tables_and_agents() {
     let text = r#"
 [[agent]]

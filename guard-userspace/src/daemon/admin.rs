@@ -1,0 +1,120 @@
+//! Operator requests on the live daemon: reload, the agent registry, and
+//! freezing or thawing an agent.
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
+use tokio::net::unix::UCred;
+
+use super::{
+    Shared,
+    approvals::{require_approver, user_name},
+    holds::By,
+    reload,
+};
+use crate::{cgroup, events, policy};
+
+pub(super) fn reload(shared: &Arc<Shared>, cred: &UCred, force: bool) -> Result<Value> {
+    require_approver(shared, cred, "reload", ("force", force.into()))?;
+    let by = By {
+        uid: Some(cred.uid()),
+        user: user_name(cred),
+    };
+    Ok(reload::reload(shared, force, by)?)
+}
+
+/// `agent-guard agents`: every agent with its live state.
+pub(super) fn agents(shared: &Shared) -> Value {
+    let registry = match shared.registry.read() {
+        Ok(r) => r,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    let counts = match shared.counts.lock() {
+        Ok(c) => c.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    let mut list: Vec<&super::registry::AgentState> = registry.agents.values().collect();
+    list.sort_by(|a, b| a.def.name.cmp(&b.def.name));
+    let agents: Vec<Value> = list
+        .iter()
+        .map(|a| {
+            let sessions: Vec<&str> = registry
+                .sessions
+                .values()
+                .filter(|s| s.agent_id == a.agent_id)
+                .map(|s| s.id.as_str())
+                .collect();
+            json!({
+                "name": a.def.name,
+                "owner": a.def.owner,
+                "purpose": a.def.purpose,
+                "labels": a.def.labels,
+                "mode": policy::mode_str(a.mode()),
+                "policy_mode": policy::mode_str(a.def.mode),
+                "frozen": a.frozen,
+                "cgroup": a.def.cgroup,
+                "cgroup_id": a.cgroup_id,
+                "adopted": !a.created,
+                "processes": cgroup::count_procs(&a.cgroup_dir),
+                "sessions": sessions,
+                "grants": shared.grants.of_agent(a.agent_id),
+                "counts": counts.get(&a.def.name).copied().unwrap_or_default(),
+            })
+        })
+        .collect();
+    json!({ "agents": agents })
+}
+
+/// Freezes an agent (or thaws it back to its policy's mode): one AGENTS
+/// map update, in force for the next call.
+pub(super) fn set_mode(
+    shared: &Arc<Shared>,
+    cred: &UCred,
+    agent: &str,
+    freeze: bool,
+    reason: Option<String>,
+) -> Result<Value> {
+    let op = if freeze { "freeze" } else { "thaw" };
+    require_approver(shared, cred, op, ("agent", agent.into()))?;
+    let _one_at_a_time = shared.reloading.lock();
+    let mut registry = shared
+        .registry
+        .write()
+        .map_err(|_| anyhow::anyhow!("registry lock poisoned"))?;
+    let names = registry.agent_names().join(", ");
+    let Some(state) = registry.agents.values_mut().find(|a| a.def.name == agent) else {
+        bail!("unknown agent {agent:?}; the policy declares: {names}");
+    };
+    let from = state.mode();
+    state.frozen = freeze;
+    let to = state.mode();
+    let mut entry = policy::agent_entry(state.agent_id, &state.def);
+    entry.mode = to.raw();
+    {
+        let mut kernel = match shared.kernel.lock() {
+            Ok(k) => k,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let kernel = kernel.as_mut().context("the daemon is stopping")?;
+        if to == guard_common::Mode::Freeze {
+            // Frozen connects are held: the stopper must be there first.
+            kernel.attach_connect_hold_stopper()?;
+        }
+        if let Err(err) = kernel.set_agent(state.cgroup_id, entry) {
+            state.frozen = !freeze;
+            return Err(err).context("switching the agent's mode in the kernel");
+        }
+    }
+    let agent_id = state.agent_id;
+    let agent_ref = registry.agent_ref(agent_id, 0);
+    drop(registry);
+    tracing::warn!(agent, mode = policy::mode_str(to), by = %user_name(cred), "agent mode switched");
+    events::emit_now(
+        &shared.emitter,
+        json!({"kind": "agent.mode", "outcome": "success", "agent": agent_ref,
+               "mode": {"from": policy::mode_str(from), "to": policy::mode_str(to)},
+               "by": {"uid": cred.uid(), "user": user_name(cred)},
+               "reason": reason}),
+    );
+    Ok(json!({ "mode": policy::mode_str(to) }))
+}
