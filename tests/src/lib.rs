@@ -215,15 +215,50 @@ impl Daemon {
         self.stream.0.lock().expect("lock").events.clone()
     }
 
+    /// Waits until `n` events of `kind` have been emitted.
+    pub fn wait_count(&self, kind: &str, n: usize) {
+        let (lock, cvar) = &*self.stream;
+        let deadline = Instant::now() + PATIENCE;
+        let mut s = lock.lock().expect("lock");
+        // Counted as lines arrive, not rescanned on every wake-up: a busy
+        // agent can make thousands of events.
+        let (mut seen, mut count) = (0, 0);
+        loop {
+            count += s.events[seen..]
+                .iter()
+                .filter(|e| e["kind"] == kind)
+                .count();
+            seen = s.events.len();
+            if count >= n {
+                return;
+            }
+            assert!(
+                !s.closed,
+                "daemon exited after fewer than {n} {kind} events"
+            );
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "fewer than {n} {kind} events within {PATIENCE:?}"
+            );
+            s = cvar.wait_timeout(s, deadline - now).expect("lock").0;
+        }
+    }
+
     /// Waits for the first event of `kind` matching `pred`.
     pub fn wait_event(&self, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let (lock, cvar) = &*self.stream;
         let deadline = Instant::now() + PATIENCE;
         let mut s = lock.lock().expect("lock");
+        let mut seen = 0;
         loop {
-            if let Some(e) = s.events.iter().find(|e| e["kind"] == kind && pred(e)) {
+            if let Some(e) = s.events[seen..]
+                .iter()
+                .find(|e| e["kind"] == kind && pred(e))
+            {
                 return e.clone();
             }
+            seen = s.events.len();
             assert!(
                 !s.closed,
                 "daemon exited before emitting a {kind} event; events: {:#?}",

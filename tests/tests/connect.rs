@@ -330,3 +330,63 @@ fn a_held_connect_survives_a_daemon_crash_and_is_decided_by_its_successor() {
     drop(child.stdin.take());
     let _ = child.wait();
 }
+
+/// An `ask` connect made while no daemon runs: the pinned programs hold it
+/// and record it in the pinned ring buffer; the successor reads the record,
+/// lists the hold, and its approval completes the call.
+#[test]
+fn a_connect_held_while_no_daemon_runs_reaches_the_successor() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    const PY_LATE: &str = r#"
+import os, socket, sys
+print("pid=%d" % os.getpid(), flush=True)
+sys.stdin.readline()
+try:
+    socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=60)
+    print("connected", flush=True)
+except OSError as e:
+    print("errno=%d" % e.errno, flush=True)
+sys.stdin.read()
+"#;
+    let cg = TestCgroups::new("hold-downtime");
+    let l = Listener::v4();
+    let policy = policy(
+        &cg,
+        "enforce",
+        &format!("default = \"allow\"\nask = [\"127.0.0.1/32:{}\"]", l.port),
+    );
+    let daemon = Daemon::start(&policy, cg);
+    let mut child = daemon.spawn_agent("bot", &["python3", "-c", PY_LATE, &l.port.to_string()]);
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("pid line").expect("read");
+    let pid: u32 = first
+        .strip_prefix("pid=")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+
+    let (cg, dir) = daemon.crash();
+    // No daemon: the call is made now, and held by the pinned programs.
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"go\n").expect("go");
+    wait_stopped(pid, "connect held with no daemon");
+
+    let daemon = Daemon::start_in(&policy, cg, dir);
+    let ev = daemon.wait_event("net.connect", |e| {
+        e["outcome"] == "held" && e["process"]["pid"] == pid
+    });
+    let id = ev["hold"]["id"].as_str().expect("hold id").to_string();
+    assert_eq!(ev["target"]["port"], l.port);
+    let out = daemon
+        .cli()
+        .args(["approve", &id])
+        .output()
+        .expect("approve");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lines.next().expect("result").expect("read"), "connected");
+    drop(stdin);
+    let _ = child.wait();
+}

@@ -282,6 +282,10 @@ pub async fn run(opts: Options) -> Result<()> {
         .with_context(|| format!("pinning the programs under {}", state_dir.display()))?;
     // Calls held when a previous daemon died are still held: take them back.
     shared.holds.resume(&shared, state_dir.join("holds.json"));
+    let reused_stream = kernel.reused_stream;
+    if reused_stream {
+        tracing::warn!("reading on the event stream of a daemon that did not stop cleanly");
+    }
     let ring = kernel.take_events()?;
     let losses = kernel.take_losses()?;
     if let Ok(mut k) = shared.kernel.lock() {
@@ -291,7 +295,12 @@ pub async fn run(opts: Options) -> Result<()> {
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(reader::read_events(ring, shared.clone()));
-    tasks.spawn(reader::poll_losses(losses, shared.clone()));
+    tasks.spawn(reader::poll_losses(
+        losses,
+        shared.clone(),
+        state_dir.join("losses.json"),
+        reused_stream,
+    ));
     tasks.spawn(control_server::serve(listener, shared.clone()));
     tasks.spawn(holds::expire_loop(shared.clone()));
 

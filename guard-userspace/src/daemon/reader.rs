@@ -44,65 +44,74 @@ fn drain(
     clock: &decode::BootClock,
     enricher: &mut Enricher,
 ) {
-    let mut held = Vec::new();
-    {
-        let registry = match shared.registry.read() {
-            Ok(r) => r,
-            Err(poisoned) => poisoned.into_inner(),
+    // The registry is read per record, not per drain: under a steady stream
+    // a drain never ends, and neither a reload waiting to write nor a held
+    // call waiting to be registered may starve.
+    while let Some(item) = ring.next() {
+        let (decoded, timeout) = {
+            let registry = match shared.registry.read() {
+                Ok(r) => r,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            (
+                decode::decode(&item, &registry, clock, enricher),
+                Duration::from_secs(registry.policy.daemon.approval_timeout_secs),
+            )
         };
-        let timeout = Duration::from_secs(registry.policy.daemon.approval_timeout_secs);
-        while let Some(item) = ring.next() {
-            match decode::decode(&item, &registry, clock, enricher) {
-                Ok(None) => {}
-                Ok(Some((_, body)))
-                    if body.get("outcome").and_then(|o| o.as_str()) == Some("held") =>
-                {
-                    held.push((body, timeout));
-                }
-                Ok(Some((time, body))) => {
-                    shared.count(&body);
-                    let mut emitter = match shared.emitter.lock() {
-                        Ok(e) => e,
-                        Err(poisoned) => poisoned.into_inner(),
-                    };
-                    emitter.emit(time, body);
-                }
-                Err(err) => {
-                    // Not silent: a record we cannot read is a lost event.
-                    tracing::error!(%err, "undecodable kernel record");
-                    events::emit_now(
-                        &shared.emitter,
-                        json!({"kind": "loss", "outcome": "lost",
-                               "loss": {"reason": "undecodable_record", "count": 1, "detail": err.to_string()}}),
-                    );
-                }
+        drop(item);
+        match decoded {
+            Ok(None) => {}
+            Ok(Some((_, body))) if body.get("outcome").and_then(|o| o.as_str()) == Some("held") => {
+                register_hold(shared, body, timeout);
+            }
+            Ok(Some((time, body))) => {
+                shared.count(&body);
+                let mut emitter = match shared.emitter.lock() {
+                    Ok(e) => e,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                emitter.emit(time, body);
+            }
+            Err(err) => {
+                // Not silent: a record we cannot read is a lost event.
+                tracing::error!(%err, "undecodable kernel record");
+                events::emit_now(
+                    &shared.emitter,
+                    json!({"kind": "loss", "outcome": "lost",
+                           "loss": {"reason": "undecodable_record", "count": 1, "detail": err.to_string()}}),
+                );
             }
         }
     }
-    // A kernel hold: the thread is stopped until the registry releases it.
-    for (body, timeout) in held {
-        let num = |a: &str, b: &str| {
-            body.get(a)
-                .and_then(|v| v.get(b))
-                .and_then(serde_json::Value::as_u64)
-        };
-        let (Some(id), Some(tid), Some(pid)) = (
-            num("hold", "id"),
-            num("process", "tid"),
-            num("process", "pid"),
-        ) else {
-            tracing::error!("held record without hold id or thread");
-            continue;
-        };
-        shared.holds.register(
-            shared,
-            id,
-            body,
-            pid as u32,
-            Release::Kernel { tid: tid as u32 },
-            timeout,
-        );
-    }
+}
+
+/// A kernel hold: the thread is stopped until the registry releases it.
+fn register_hold(
+    shared: &Arc<Shared>,
+    body: serde_json::Map<String, serde_json::Value>,
+    timeout: Duration,
+) {
+    let num = |a: &str, b: &str| {
+        body.get(a)
+            .and_then(|v| v.get(b))
+            .and_then(serde_json::Value::as_u64)
+    };
+    let (Some(id), Some(tid), Some(pid)) = (
+        num("hold", "id"),
+        num("process", "tid"),
+        num("process", "pid"),
+    ) else {
+        tracing::error!("held record without hold id or thread");
+        return;
+    };
+    shared.holds.register(
+        shared,
+        id,
+        body,
+        pid as u32,
+        Release::Kernel { tid: tid as u32 },
+        timeout,
+    );
 }
 
 fn reason_name(index: usize) -> &'static str {
@@ -114,8 +123,26 @@ fn reason_name(index: usize) -> &'static str {
 }
 
 /// Turns every increase of a kernel loss counter into a `loss` event.
-pub async fn poll_losses(counters: LossCounters, shared: Arc<Shared>) -> anyhow::Result<()> {
+/// What was reported is kept in `reported` (state dir): counters taken back
+/// from a crashed predecessor (`reused`) are reported from there on, so a
+/// loss is reported once, including losses while no daemon was running.
+pub async fn poll_losses(
+    counters: LossCounters,
+    shared: Arc<Shared>,
+    reported: std::path::PathBuf,
+    reused: bool,
+) -> anyhow::Result<()> {
     let mut last = [0u64; LOSS_REASONS as usize];
+    if reused {
+        if let Some(saved) = std::fs::read(&reported)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Vec<u64>>(&b).ok())
+        {
+            for (l, s) in last.iter_mut().zip(saved) {
+                *l = s;
+            }
+        }
+    }
     let mut tick = tokio::time::interval(LOSS_POLL_INTERVAL);
     loop {
         tick.tick().await;
@@ -126,8 +153,10 @@ pub async fn poll_losses(counters: LossCounters, shared: Arc<Shared>) -> anyhow:
                 continue;
             }
         };
+        let mut any = false;
         for (i, (now, before)) in totals.iter().zip(last.iter()).enumerate() {
             if now > before {
+                any = true;
                 events::emit_now(
                     &shared.emitter,
                     json!({"kind": "loss", "outcome": "lost",
@@ -136,5 +165,10 @@ pub async fn poll_losses(counters: LossCounters, shared: Arc<Shared>) -> anyhow:
             }
         }
         last = totals;
+        if any {
+            if let Err(err) = std::fs::write(&reported, serde_json::to_vec(&last.to_vec())?) {
+                tracing::warn!(%err, file = %reported.display(), "saving reported loss totals");
+            }
+        }
     }
 }

@@ -124,11 +124,11 @@ fn try_reload(shared: &Arc<Shared>, force: bool) -> Result<(String, Value), Relo
     if !busy.is_empty() && !force {
         return Err(ReloadError::Refused(format!(
             "agent(s) {} would leave the policy while they have live processes; reload with \
-             --force to {} them ([daemon] on_remove)",
+             --force to {} ([daemon] on_remove)",
             busy.join(", "),
             match new.daemon.on_remove {
-                RemovePolicy::Kill => "kill",
-                RemovePolicy::Unguard => "leave unguarded",
+                RemovePolicy::Kill => "kill them",
+                RemovePolicy::Unguard => "leave them running unguarded",
             }
         )));
     }

@@ -27,6 +27,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gu
 
 /// The connect programs, by name in the object, with the section type users
 /// see in error messages.
+/// Maps pinned under `<state_dir>/bpf/maps` and reused by a successor.
+pub(crate) const PINNED_MAPS: [&str; 3] = ["HOLDS", "EVENTS", "LOSSES"];
+
 /// The program (and attachment name) that stops held connects.
 const CONNECT_HOLD_STOPPER: &str = "sys_exit";
 
@@ -139,6 +142,9 @@ fn describe_load_error(err: &ProgramError) -> String {
 
 pub struct Kernel {
     ebpf: Ebpf,
+    /// The event ring buffer and loss counters are a predecessor's, taken
+    /// back from their pins: unread records and counted losses carry over.
+    pub reused_stream: bool,
     /// Every attachment, owned here: dropping one detaches it. Once pinned
     /// (see `pin_links`), an attachment outlives this process.
     links: Vec<Attachment>,
@@ -199,9 +205,15 @@ impl Kernel {
             Some(dir) => Some(Pins::mount(dir)?),
             None => None,
         };
-        let holds_pin = pins.as_ref().map(|p| p.root.join("maps").join("HOLDS"));
-        if let Some(path) = &holds_pin {
-            loader.map_pin_path("HOLDS", path.as_path());
+        // Held calls, and what the programs report while no daemon reads
+        // (a crash): a successor takes the same maps back and reads on.
+        let mut reused = false;
+        if let Some(p) = &pins {
+            for name in PINNED_MAPS {
+                let path = p.root.join("maps").join(name);
+                reused |= name == "EVENTS" && path.exists();
+                loader.map_pin_path(name, path);
+            }
         }
         let mut ebpf = loader.load(OBJECT).map_err(KernelError::Object)?;
         for (name, program) in CONNECT_PROGRAMS {
@@ -219,6 +231,7 @@ impl Kernel {
         };
         Ok(Self {
             ebpf,
+            reused_stream: reused,
             links,
             // Links are pinned once everything is attached (pin_links).
             pins,

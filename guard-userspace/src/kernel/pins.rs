@@ -149,9 +149,16 @@ impl Kernel {
         Ok(())
     }
 
-    /// Clean shutdown: unpins and detaches every attachment, and unmounts
-    /// the bpffs we mounted. Agents run unguarded from here on.
+    /// Clean shutdown: unpins and detaches every attachment, removes the
+    /// map pins (nothing is held any more, and a later daemon starts with a
+    /// fresh stream), and unmounts the bpffs we mounted. Agents run
+    /// unguarded from here on.
     pub fn release(mut self) {
+        if let Some(pins) = &self.pins {
+            for name in super::PINNED_MAPS {
+                let _ = std::fs::remove_file(pins.root.join("maps").join(name));
+            }
+        }
         for attachment in std::mem::take(&mut self.links) {
             if let Attachment::Pinned(_, p) = attachment {
                 if let Err(err) = p.unpin() {
