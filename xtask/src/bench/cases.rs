@@ -117,8 +117,9 @@ pub fn latency(ctx: &Ctx, args: &BenchArgs, port: u16, rows: &mut Vec<Row>) -> R
         "{DAEMON_TOML}{}",
         agent_toml(ctx, "bench", "default = \"allow\"")
     );
-    // (op, case) -> ns per call, one per round.
+    // (op, case) -> ns per call, one per round: mean, and typical call.
     let mut ns: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
+    let mut typical: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
     let mut hooks = BTreeMap::new();
     for round in 0..args.rounds {
         eprintln!("bench:   round {}/{}", round + 1, args.rounds);
@@ -145,6 +146,8 @@ pub fn latency(ctx: &Ctx, args: &BenchArgs, port: u16, rows: &mut Vec<Row>) -> R
                     .as_f64()
                     .context("workload result without ns_per_op")?;
                 ns.entry((op, case)).or_default().push(v);
+                let t = out["ns_per_op_typical"].as_f64().unwrap_or(f64::NAN);
+                typical.entry((op, case)).or_default().push(t);
             }
         }
         if let Some(d) = daemon {
@@ -156,13 +159,18 @@ pub fn latency(ctx: &Ctx, args: &BenchArgs, port: u16, rows: &mut Vec<Row>) -> R
     let mut out = serde_json::Map::new();
     for op in OPS {
         let base = ns.get(&(op, "none")).cloned().unwrap_or_default();
+        let base_t = typical.get(&(op, "none")).cloned().unwrap_or_default();
         let mut cases = serde_json::Map::new();
         for (case, what, _, _) in CASES {
             let v = ns.get(&(op, case)).cloned().unwrap_or_default();
+            let t = typical.get(&(op, case)).cloned().unwrap_or_default();
             // Paired per round, so drift between rounds cancels.
             let ratios: Vec<f64> = v.iter().zip(&base).map(|(a, b)| a / b).collect();
+            let ratios_t: Vec<f64> = t.iter().zip(&base_t).map(|(a, b)| a / b).collect();
             let ratio = median(&ratios);
-            let mut row = Row::new(format!("{op}: {what}"), us(median(&v))).ratio(ratio);
+            let mut row = Row::new(format!("{op}: {what}"), us(median(&v)))
+                .ratio(ratio)
+                .typical(median(&ratios_t));
             match case {
                 "outside" => row = row.target("<= 1.01 (no cost)", ratio <= 1.01),
                 "agent_kernel" | "agent_seccomp" => {
@@ -174,7 +182,9 @@ pub fn latency(ctx: &Ctx, args: &BenchArgs, port: u16, rows: &mut Vec<Row>) -> R
             cases.insert(
                 case.into(),
                 json!({ "what": what, "ns_per_call_rounds": v, "ns_per_call_median": median(&v),
-                        "ratio_to_none_rounds": ratios, "ratio_to_none_median": ratio }),
+                        "ratio_to_none_rounds": ratios, "ratio_to_none_median": ratio,
+                        "typical_ns_per_call_rounds": t, "typical_ratio_to_none_rounds": ratios_t,
+                        "typical_ratio_to_none_median": median(&ratios_t) }),
             );
         }
         out.insert(op.into(), cases.into());

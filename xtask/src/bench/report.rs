@@ -24,6 +24,8 @@ pub struct Row {
     pub what: String,
     pub value: String,
     pub ratio: Option<f64>,
+    /// The same ratio for the typical call (median chunk), see worker.rs.
+    pub typical: Option<f64>,
     pub target: String,
     /// None: no target for this row.
     pub met: Option<bool>,
@@ -35,6 +37,7 @@ impl Row {
             what: what.into(),
             value: value.into(),
             ratio: None,
+            typical: None,
             target: String::new(),
             met: None,
         }
@@ -42,6 +45,11 @@ impl Row {
 
     pub fn ratio(mut self, ratio: f64) -> Self {
         self.ratio = Some(ratio);
+        self
+    }
+
+    pub fn typical(mut self, ratio: f64) -> Self {
+        self.typical = Some(ratio);
         self
     }
 
@@ -63,20 +71,21 @@ pub fn print(rows: &[Row]) {
         .max()
         .unwrap_or(0);
     println!(
-        "{:<w$}  {:>14}  {:>7}  {:<22}  result",
-        "case", "median", "ratio", "target"
+        "{:<w$}  {:>14}  {:>7}  {:>7}  {:<22}  result",
+        "case", "median", "ratio", "typical", "target"
     );
-    println!("{}", "-".repeat(w + 60));
+    println!("{}", "-".repeat(w + 69));
     for r in rows {
         let ratio = r.ratio.map(|x| format!("{x:.3}")).unwrap_or_default();
+        let typical = r.typical.map(|x| format!("{x:.3}")).unwrap_or_default();
         let met = match r.met {
             Some(true) => "met",
             Some(false) => "MISSED",
             None => "",
         };
         println!(
-            "{:<w$}  {:>14}  {:>7}  {:<22}  {met}",
-            r.what, r.value, ratio, r.target
+            "{:<w$}  {:>14}  {:>7}  {:>7}  {:<22}  {met}",
+            r.what, r.value, ratio, typical, r.target
         );
     }
 }
@@ -85,7 +94,7 @@ pub fn write_json(path: &Path, results: &Value, rows: &[Row]) -> Result<()> {
     let table: Vec<Value> = rows
         .iter()
         .map(|r| {
-            json!({ "case": r.what, "value": r.value, "ratio": r.ratio,
+            json!({ "case": r.what, "value": r.value, "ratio": r.ratio, "typical_ratio": r.typical,
                     "target": (!r.target.is_empty()).then_some(&r.target), "met": r.met })
         })
         .collect();
