@@ -13,10 +13,14 @@ use crate::{
     maps::{EVENTS, LOSSES},
 };
 
-/// Wake the reader once this much is queued; below it, the daemon's timer
-/// drains the buffer. Waking per event doubles the cost of a guarded call
-/// (measured, shared KERNEL.md).
-const WAKEUP_BYTES: u64 = 64 * 128;
+/// Wake the reader only once this much is queued; below it, the daemon's
+/// drain timer collects records. A wakeup is not just the helper's cost:
+/// the woken reader preempts the very call that made the record, so each
+/// one charged the guarded connect with the reader's whole slice (measured:
+/// an allowed connect's program took 9.9 us per call with a wakeup every
+/// 8 KiB, 0.96 us with none; docs/performance.md). A quarter of the ring
+/// still leaves the reader three quarters of headroom under a burst.
+const WAKEUP_BYTES: u64 = 1024 * 1024;
 
 /// Fills the parts of a header every record shares.
 #[inline(always)]
@@ -50,15 +54,23 @@ pub fn submit<T: Copy + 'static>(record: &T, urgent: bool) {
     match EVENTS.reserve::<T>(0) {
         Some(mut slot) => {
             slot.write(*record);
-            let flags = if urgent || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
-                BPF_RB_FORCE_WAKEUP
-            } else {
-                BPF_RB_NO_WAKEUP
-            };
-            slot.submit(flags as u64);
+            slot.submit(wakeup(urgent));
         }
         None => count_loss(LossReason::RingbufFull),
     }
+}
+
+/// Submit flags: `urgent` records (holds, denials: a human, the daemon or
+/// a test waits for them) wake the reader at once; the rest only when the
+/// ring is filling up.
+#[inline(always)]
+pub fn wakeup(urgent: bool) -> u64 {
+    let flags = if urgent || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    flags as u64
 }
 
 #[inline(always)]

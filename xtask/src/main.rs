@@ -1,5 +1,6 @@
 //! `cargo xtask`: set-up, test runners and the demo. Every verb that builds
 //! runs `setup` first, so a fresh machine needs nothing else.
+mod bench;
 mod build;
 mod setup;
 mod vm;
@@ -35,6 +36,16 @@ enum Cmd {
     ///
     /// Example: sudo cargo xtask vm-test --all-kernels
     VmTest(vm::VmTestArgs),
+    /// Set up, build release binaries, and measure what the guard costs
+    /// against no guard: unlink and connect latency, event throughput, the
+    /// approval round trip, daemon memory and per-hook kernel time. Prints a
+    /// table and writes target/bench/results.json. Takes a few minutes.
+    ///
+    /// Example: sudo cargo xtask bench --rounds 5
+    Bench(bench::BenchArgs),
+    /// A benchmark workload (run by `bench` inside agents; not for humans).
+    #[command(hide = true)]
+    BenchWorker(bench::worker::WorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +55,8 @@ fn main() -> ExitCode {
         Cmd::Test(args) => build::test(&args),
         Cmd::Run(args) => build::run(&args),
         Cmd::VmTest(args) => setup::setup().and_then(|()| vm::vm_test(&args)),
+        Cmd::Bench(args) => bench::bench(&args),
+        Cmd::BenchWorker(args) => bench::worker::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

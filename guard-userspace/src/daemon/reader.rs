@@ -13,8 +13,9 @@ use crate::{
     kernel::LossCounters,
 };
 
-/// The kernel wakes us only every few dozen records (batched wakeups); this
-/// timer bounds how long a quiet stream's last records wait.
+/// The kernel wakes us at once only for holds and denials, and otherwise
+/// only when a quarter of the ring is queued (see guard-ebpf emit.rs); this
+/// timer is what collects ordinary records, and bounds how long they wait.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(25);
 const LOSS_POLL_INTERVAL: Duration = Duration::from_millis(500);
 

@@ -1,0 +1,279 @@
+//! `cargo xtask bench`: what the guard costs, measured against no guard in
+//! one run. Every figure is a median over rounds, and the cases of a round
+//! run one after another (no guard, then the guarded cases, then no guard
+//! again in the next round), so drift of a shared machine hits all alike.
+mod approver;
+mod cases;
+mod daemon;
+mod load;
+mod report;
+pub mod worker;
+
+use std::{
+    net::TcpListener,
+    os::fd::FromRawFd as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::json;
+
+use crate::{build::workspace_root, setup};
+use daemon::BenchDaemon;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Rounds per latency case; each figure is the median over rounds.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: u32,
+    /// Calls per latency case and round.
+    #[arg(long, default_value_t = 20_000)]
+    pub calls: u32,
+    /// Calls per round for supervised (seccomp) deletes, which cost about a
+    /// hundred times more.
+    #[arg(long, default_value_t = 2_000)]
+    pub seccomp_calls: u32,
+    /// Held connects approved in the round-trip case.
+    #[arg(long, default_value_t = 200)]
+    pub holds: u32,
+    /// Events the daemon carries before its memory is measured again.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rss_events: u64,
+}
+
+/// Where a workload runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// Outside every agent (the guard may or may not be loaded).
+    Outside,
+    /// In a cgroup below the agent's: the kernel programs judge it.
+    Agent,
+    /// Started by `agent-guard run`: deletes go through seccomp supervision.
+    Run,
+}
+
+/// What every phase needs.
+pub struct Ctx {
+    pub daemon_bin: PathBuf,
+    pub worker_bin: PathBuf,
+    /// Scratch directory on tmpfs.
+    pub scratch: PathBuf,
+    /// Cgroup prefix (relative to the cgroup2 mount) for this run's agents.
+    pub cgroups: String,
+    pub cgroup_root: PathBuf,
+}
+
+impl Ctx {
+    /// Runs one workload and returns its JSON result line.
+    pub fn work(
+        &self,
+        place: Place,
+        daemon: Option<&BenchDaemon>,
+        agent: &str,
+        job: &[String],
+    ) -> Result<serde_json::Value> {
+        let mut cmd = match (place, daemon) {
+            (Place::Run, Some(d)) => {
+                let mut c = Command::new(&self.daemon_bin);
+                c.arg("--socket")
+                    .arg(&d.socket)
+                    .args(["run", "--agent", agent, "--"])
+                    .arg(&self.worker_bin);
+                c
+            }
+            (Place::Run, None) => bail!("`run` needs a daemon"),
+            _ => Command::new(&self.worker_bin),
+        };
+        cmd.arg("bench-worker").args(job);
+        if place == Place::Agent {
+            daemon::in_cgroup(&mut cmd, &self.direct_cgroup(agent))?;
+        }
+        let out = cmd
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .context("starting a bench workload")?;
+        if !out.status.success() {
+            bail!("bench workload {job:?} failed: {}", out.status);
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .with_context(|| format!("workload {job:?} printed no result: {text:?}"))?;
+        Ok(serde_json::from_str(line)?)
+    }
+
+    /// A cgroup below `agent`'s, for workloads the kernel path judges.
+    pub fn direct_cgroup(&self, agent: &str) -> PathBuf {
+        self.cgroup_root
+            .join(&self.cgroups)
+            .join(agent)
+            .join("direct")
+    }
+
+    pub fn make_direct(&self, agent: &str) -> Result<()> {
+        let dir = self.direct_cgroup(agent);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating cgroup {}", dir.display()))
+    }
+
+    pub fn remove_direct(&self, agent: &str) {
+        let _ = std::fs::remove_dir(self.direct_cgroup(agent));
+    }
+
+    pub fn daemon_dir(&self, name: &str) -> PathBuf {
+        self.scratch.join(format!("daemon-{name}"))
+    }
+}
+
+/// A loopback listener that accepts and drops connections on a thread.
+pub fn listener() -> Result<u16> {
+    // std's listen backlog is small; a full accept queue would make connects
+    // wait for SYN retransmits and wreck the timing, so listen with 4096.
+    // SAFETY: plain socket calls on a fresh fd, handed to std right after.
+    let listener = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            bail!("socket: {}", std::io::Error::last_os_error());
+        }
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        if libc::bind(
+            fd,
+            (&raw const addr).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        ) != 0
+            || libc::listen(fd, 4096) != 0
+        {
+            bail!("bind/listen: {}", std::io::Error::last_os_error());
+        }
+        TcpListener::from_raw_fd(fd)
+    };
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            drop(conn);
+        }
+    });
+    Ok(port)
+}
+
+/// Turns on kernel.bpf_stats_enabled for the run and restores it after.
+struct BpfStats {
+    before: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        let before =
+            std::fs::read_to_string(BPF_STATS).with_context(|| format!("reading {BPF_STATS}"))?;
+        std::fs::write(BPF_STATS, "1").with_context(|| format!("enabling {BPF_STATS}"))?;
+        Ok(Self { before })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS, self.before.trim());
+    }
+}
+
+fn build_release() -> Result<(PathBuf, PathBuf)> {
+    eprintln!("bench: building agent-guard and the workloads (release)");
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "--bin",
+        "agent-guard",
+        "--bin",
+        "xtask",
+    ]);
+    setup::run(&mut cmd)?;
+    let dir = workspace_root().join("target/release");
+    Ok((dir.join("agent-guard"), dir.join("xtask")))
+}
+
+pub fn bench(args: &BenchArgs) -> Result<()> {
+    setup::setup()?;
+    let (daemon_bin, worker_bin) = build_release()?;
+    let tag = format!("agent-guard-bench-{}", std::process::id());
+    let ctx = Ctx {
+        daemon_bin,
+        worker_bin,
+        scratch: Path::new("/dev/shm").join(&tag),
+        cgroups: tag,
+        cgroup_root: daemon::cgroup2_root()?,
+    };
+    let _ = std::fs::remove_dir_all(&ctx.scratch);
+    std::fs::create_dir_all(&ctx.scratch)?;
+    let stats = BpfStats::enable()?;
+    let result = run_phases(&ctx, args);
+    drop(stats);
+    let _ = std::fs::remove_dir_all(&ctx.scratch);
+    let _ = std::fs::remove_dir(ctx.cgroup_root.join(&ctx.cgroups));
+    let (results, rows) = result?;
+    println!();
+    report::print(&rows);
+    let path = workspace_root().join("target/bench/results.json");
+    report::write_json(&path, &results, &rows)?;
+    eprintln!("bench: wrote {}", path.display());
+    Ok(())
+}
+
+fn run_phases(ctx: &Ctx, args: &BenchArgs) -> Result<(serde_json::Value, Vec<report::Row>)> {
+    let mut rows = Vec::new();
+    let port = listener()?;
+    eprintln!(
+        "bench: latency, {} rounds x {} calls per case",
+        args.rounds, args.calls
+    );
+    let latency = cases::latency(ctx, args, port, &mut rows)?;
+    eprintln!("bench: approval round trip, {} holds", args.holds);
+    let approval = cases::approval(ctx, args, &mut rows)?;
+    eprintln!("bench: event throughput");
+    let throughput = load::throughput(ctx, &mut rows)?;
+    let rate = throughput["sustained_events_per_s"].as_f64().unwrap_or(0.0);
+    eprintln!(
+        "bench: daemon memory, 100 agents, {} events",
+        args.rss_events
+    );
+    let memory = load::memory(ctx, args, rate, &mut rows)?;
+    let results = json!({
+        "machine": machine(),
+        "args": { "rounds": args.rounds, "calls": args.calls, "seccomp_calls": args.seccomp_calls, "holds": args.holds, "rss_events": args.rss_events },
+        "latency": latency,
+        "approval": approval,
+        "throughput": throughput,
+        "memory": memory,
+    });
+    Ok((results, rows))
+}
+
+fn machine() -> serde_json::Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned());
+    json!({
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+        "cpu": model,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "bpf_lsm": read("/sys/kernel/security/lsm").contains("bpf"),
+        // Other work on the machine shows here; ratios are paired per round
+        // to cancel it, absolute times do not.
+        "loadavg_at_end": read("/proc/loadavg").trim(),
+    })
+}
