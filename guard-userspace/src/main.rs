@@ -7,7 +7,9 @@ mod daemon;
 mod events;
 mod kernel;
 mod policy;
+mod rootfile;
 mod supervise;
+mod web;
 
 use std::process::ExitCode;
 

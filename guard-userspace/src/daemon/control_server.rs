@@ -18,7 +18,7 @@ use tokio::{
 
 use super::{
     Shared,
-    approvals::{ScopeRequest, decide, kill, revoke},
+    approvals::{Approver, ScopeRequest, decide, kill, revoke},
     deletes::SessionDecider,
     registry::SessionState,
 };
@@ -192,7 +192,7 @@ fn dispatch(
             path,
         } => decide(
             shared,
-            cred,
+            &Approver::Peer(*cred),
             &id,
             approve,
             reason,
@@ -205,8 +205,8 @@ fn dispatch(
         Request::Grants {} => Ok(json!({ "grants": shared.grants.list() })),
         // Handled before dispatch: it takes over the connection.
         Request::Subscribe { .. } => Err(anyhow::anyhow!("subscribe must be the request's own")),
-        Request::Revoke { id } => revoke(shared, cred, id),
-        Request::Kill { hold, agent } => kill(shared, cred, hold, agent),
+        Request::Revoke { id } => revoke(shared, &Approver::Peer(*cred), id),
+        Request::Kill { hold, agent } => kill(shared, &Approver::Peer(*cred), hold, agent),
     };
     match result {
         Ok(data) => Reply::ok(data),

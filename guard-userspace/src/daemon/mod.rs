@@ -1,6 +1,6 @@
 //! The daemon: loads policy and kernel programs, serves the control socket,
 //! and streams events until SIGINT/SIGTERM.
-mod approvals;
+pub mod approvals;
 mod control_server;
 mod deletes;
 mod demo;
@@ -8,6 +8,7 @@ pub mod grants;
 pub mod holds;
 mod reader;
 pub mod registry;
+mod surfaces;
 
 use std::{
     path::{Path, PathBuf},
@@ -66,6 +67,9 @@ pub fn load_policy(path: Option<&Path>) -> Result<Policy> {
 pub async fn run(opts: Options) -> Result<()> {
     require_root("the daemon")?;
     let policy = load_policy(opts.policy_path.as_deref())?;
+    // Secrets and listening addresses first: a daemon that cannot serve
+    // what the policy asks for refuses to start, before it enforces anything.
+    let surfaces = surfaces::Surfaces::prepare(&policy).await?;
     let socket = opts
         .socket
         .clone()
@@ -191,6 +195,7 @@ pub async fn run(opts: Options) -> Result<()> {
     tasks.spawn(reader::poll_losses(losses, shared.clone()));
     tasks.spawn(control_server::serve(listener, shared.clone()));
     tasks.spawn(holds::expire_loop(shared.clone()));
+    surfaces.spawn(&mut tasks, &shared, &kernel);
 
     events::emit_now(
         &shared.emitter,

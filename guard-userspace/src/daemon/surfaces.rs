@@ -1,0 +1,46 @@
+//! The daemon's on-call and operator surfaces (`[web]`): prepared before
+//! enforcement starts, so a missing secret or a taken port stops the
+//! daemon with a clear error, then run as tasks.
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use tokio::{net::TcpListener, task::JoinSet};
+
+use super::Shared;
+use crate::{kernel::Kernel, policy::Policy, web};
+
+pub struct Surfaces {
+    web: Option<(TcpListener, web::Tokens)>,
+    /// The page's public address, for the log (and links in webhooks).
+    page: Option<String>,
+}
+
+impl Surfaces {
+    pub async fn prepare(policy: &Policy) -> Result<Self> {
+        let web = match &policy.web {
+            None => None,
+            Some(w) => {
+                let tokens = web::Tokens::load(&w.tokens_file).context("[web] tokens_file")?;
+                let listener = TcpListener::bind(w.listen)
+                    .await
+                    .with_context(|| format!("[web] cannot listen on {}", w.listen))?;
+                Some((listener, tokens))
+            }
+        };
+        Ok(Self {
+            web,
+            page: policy.web.as_ref().map(|w| w.public_url()),
+        })
+    }
+
+    pub fn spawn(self, tasks: &mut JoinSet<Result<()>>, shared: &Arc<Shared>, _kernel: &Kernel) {
+        if let Some((listener, tokens)) = self.web {
+            tracing::info!(
+                addr = ?listener.local_addr().ok(),
+                page = self.page.as_deref().unwrap_or_default(),
+                "serving the approval page"
+            );
+            tasks.spawn(web::serve(listener, shared.clone(), tokens));
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! `[web]`: off by default, loopback unless allowed, and every mistake
+//! reported at its FILE:LINE:COL.
+
+use crate::policy::parse;
+
+#[track_caller]
+fn rejected(text: &str, line: usize, col: usize, needle: &str) {
+    let e = parse("p.toml", text).expect_err("policy should be rejected");
+    let shown = e.to_string();
+    assert!(
+        shown.starts_with(&format!("p.toml:{line}:{col}: ")),
+        "expected p.toml:{line}:{col}, got: {shown}"
+    );
+    assert!(
+        shown.contains(needle),
+        "{shown:?} does not mention {needle:?}"
+    );
+}
+
+#[test]
+fn off_unless_written() {
+    let p = parse("p.toml", "").unwrap();
+    assert!(p.web.is_none());
+}
+
+#[test]
+fn web() {
+    let p = parse(
+        "p.toml",
+        r#"
+[web]
+listen = "127.0.0.1:8787"
+tokens_file = "/etc/agent-guard/web-tokens"
+url = "https://guard.example.com/"
+"#,
+    )
+    .unwrap();
+    let web = p.web.unwrap();
+    assert_eq!(web.listen.to_string(), "127.0.0.1:8787");
+    assert_eq!(web.public_url(), "https://guard.example.com");
+    assert_eq!(
+        web.tokens_file.to_str(),
+        Some("/etc/agent-guard/web-tokens")
+    );
+}
+
+#[test]
+fn remote_only_when_allowed() {
+    rejected(
+        "[web]\nlisten = \"0.0.0.0:8787\"\ntokens_file = \"/t\"\n",
+        2,
+        10,
+        "not a loopback address; set allow_remote = true",
+    );
+    let p = parse(
+        "p.toml",
+        "[web]\nlisten = \"0.0.0.0:8787\"\ntokens_file = \"/t\"\nallow_remote = true\n",
+    )
+    .unwrap();
+    assert!(p.web.is_some());
+}
+
+#[test]
+fn mistakes_point_at_the_value() {
+    rejected(
+        "[web]\nlisten = \"localhost\"\ntokens_file = \"/t\"\n",
+        2,
+        10,
+        "address and port",
+    );
+    rejected(
+        "[web]\nlisten = \"127.0.0.1:1\"\ntokens_file = \"t\"\n",
+        3,
+        15,
+        "absolute path",
+    );
+    rejected(
+        "[web]\nlisten = \"127.0.0.1:1\"\ntokens_file = \"/t\"\nurl = \"guard\"\n",
+        4,
+        7,
+        "http:// or https://",
+    );
+    rejected(
+        "[web]\nlisten = \"127.0.0.1:1\"\ntokens_file = \"/t\"\nport = 3\n",
+        4,
+        1,
+        "unknown field `port`",
+    );
+}
