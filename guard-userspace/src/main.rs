@@ -6,6 +6,7 @@ mod control;
 mod daemon;
 mod events;
 mod kernel;
+mod metrics;
 mod policy;
 mod rootfile;
 mod supervise;

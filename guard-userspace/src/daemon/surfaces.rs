@@ -1,17 +1,18 @@
-//! The daemon's on-call and operator surfaces (`[web]`): prepared before
-//! enforcement starts, so a missing secret or a taken port stops the
-//! daemon with a clear error, then run as tasks.
+//! The daemon's on-call and operator surfaces (`[web]`, `[metrics]`):
+//! prepared before enforcement starts, so a missing secret
+//! or a taken port stops the daemon with a clear error, then run as tasks.
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use tokio::{net::TcpListener, task::JoinSet};
 
 use super::Shared;
-use crate::{kernel::Kernel, policy::Policy, web};
+use crate::{kernel::Kernel, metrics, policy::Policy, web};
 
 pub struct Surfaces {
     web: Option<(TcpListener, web::Tokens)>,
-    /// The page's public address, for the log (and links in webhooks).
+    metrics: Option<TcpListener>,
+    /// The page's public address, for the log.
     page: Option<String>,
 }
 
@@ -27,13 +28,27 @@ impl Surfaces {
                 Some((listener, tokens))
             }
         };
+        let metrics = match &policy.metrics {
+            None => None,
+            Some(m) => Some(
+                TcpListener::bind(m.listen)
+                    .await
+                    .with_context(|| format!("[metrics] cannot listen on {}", m.listen))?,
+            ),
+        };
         Ok(Self {
             web,
+            metrics,
             page: policy.web.as_ref().map(|w| w.public_url()),
         })
     }
 
-    pub fn spawn(self, tasks: &mut JoinSet<Result<()>>, shared: &Arc<Shared>, _kernel: &Kernel) {
+    pub fn spawn(self, tasks: &mut JoinSet<Result<()>>, shared: &Arc<Shared>, kernel: &Kernel) {
+        if let Some(listener) = self.metrics {
+            metrics::global().set_programs(kernel.program_ids());
+            tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics on /metrics");
+            tasks.spawn(metrics::serve(listener, shared.clone()));
+        }
         if let Some((listener, tokens)) = self.web {
             tracing::info!(
                 addr = ?listener.local_addr().ok(),

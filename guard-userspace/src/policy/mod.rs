@@ -32,7 +32,7 @@ use guard_common::{Mode, Verdict};
 
 pub use compile::{agent_entry, compile_net, compile_path, path_key};
 pub use error::PolicyError;
-pub use surfaces::WebConfig;
+pub use surfaces::{MetricsConfig, WebConfig};
 
 /// The policy compiled into the binary: one documented demo agent.
 pub const DEFAULT_POLICY: &str = include_str!("default.toml");
@@ -51,6 +51,8 @@ pub struct Policy {
     pub agents: Vec<Agent>,
     /// `[web]`: the approval page (off when absent).
     pub web: Option<WebConfig>,
+    /// `[metrics]`: the Prometheus endpoint (off when absent).
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// The `[daemon]` table.

@@ -25,6 +25,7 @@ struct RawPolicy {
     #[serde(default, deserialize_with = "agent_array")]
     agent: Vec<Spanned<RawAgent>>,
     web: Option<surfaces::RawWeb>,
+    metrics: Option<surfaces::RawMetrics>,
 }
 
 /// A plain `Vec` whose type error names the common mistake of writing
@@ -127,6 +128,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Policy, PolicyError> {
     let raw: RawPolicy = toml::from_str(text).map_err(|e| doc.toml_error(&e))?;
     let daemon = daemon(&doc, raw.daemon)?;
     let web = surfaces::web(&doc, raw.web)?;
+    let metrics = surfaces::metrics(&doc, raw.metrics, web.as_ref())?;
 
     let mut agents: Vec<Agent> = Vec::with_capacity(raw.agent.len());
     let mut seen: Vec<Seen> = Vec::with_capacity(raw.agent.len());
@@ -152,6 +154,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Policy, PolicyError> {
         daemon,
         agents,
         web,
+        metrics,
     })
 }
 

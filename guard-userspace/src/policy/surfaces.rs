@@ -1,6 +1,6 @@
-//! The on-call and operator surfaces of the policy file: `[web]`. Off
-//! unless written; it listens on loopback unless `allow_remote = true`
-//! says otherwise.
+//! The on-call and operator surfaces of the policy file: `[web]` and
+//! `[metrics]`. Both are off unless written; the servers listen on
+//! loopback unless `allow_remote = true` says otherwise.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -31,12 +31,25 @@ impl WebConfig {
     }
 }
 
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a [web] table")]
 pub(super) struct RawWeb {
     listen: Spanned<String>,
     tokens_file: Spanned<String>,
     url: Option<Spanned<String>>,
+    allow_remote: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [metrics] table")]
+pub(super) struct RawMetrics {
+    listen: Spanned<String>,
     allow_remote: Option<bool>,
 }
 
@@ -100,4 +113,20 @@ pub(super) fn web(doc: &Doc<'_>, raw: Option<RawWeb>) -> Result<Option<WebConfig
         tokens_file: abs_path(doc, raw.tokens_file, "tokens_file")?,
         url: raw.url.map(|u| http_url(doc, u, "url")).transpose()?,
     }))
+}
+
+pub(super) fn metrics(
+    doc: &Doc<'_>,
+    raw: Option<RawMetrics>,
+    web: Option<&WebConfig>,
+) -> Result<Option<MetricsConfig>, PolicyError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let addr = listen(doc, &raw.listen, raw.allow_remote, "metrics")?;
+    if web.is_some_and(|w| w.listen == addr) {
+        return Err(doc.error_at(
+            raw.listen.span().start,
+            format!("[metrics] listen {addr} is [web]'s address too; give each its own port"),
+        ));
+    }
+    Ok(Some(MetricsConfig { listen: addr }))
 }

@@ -1,5 +1,5 @@
-//! `[web]`: off by default, loopback unless allowed, and every mistake
-//! reported at its FILE:LINE:COL.
+//! `[web]` and `[metrics]`: off by default, loopback unless allowed, and
+//! every mistake reported at its FILE:LINE:COL.
 
 use crate::policy::parse;
 
@@ -20,7 +20,7 @@ fn rejected(text: &str, line: usize, col: usize, needle: &str) {
 #[test]
 fn off_unless_written() {
     let p = parse("p.toml", "").unwrap();
-    assert!(p.web.is_none());
+    assert!(p.web.is_none() && p.metrics.is_none());
 }
 
 #[test]
@@ -41,6 +41,30 @@ url = "https://guard.example.com/"
     assert_eq!(
         web.tokens_file.to_str(),
         Some("/etc/agent-guard/web-tokens")
+    );
+}
+
+#[test]
+fn metrics() {
+    let p = parse("p.toml", "[metrics]\nlisten = \"[::1]:9477\"\n").unwrap();
+    assert_eq!(p.metrics.unwrap().listen.to_string(), "[::1]:9477");
+    let p = parse(
+        "p.toml",
+        "[metrics]\nlisten = \"0.0.0.0:9477\"\nallow_remote = true\n",
+    )
+    .unwrap();
+    assert!(p.metrics.is_some());
+    rejected(
+        "[metrics]\nlisten = \"0.0.0.0:9477\"\n",
+        2,
+        10,
+        "not a loopback address",
+    );
+    rejected(
+        "[web]\nlisten = \"127.0.0.1:1\"\ntokens_file = \"/t\"\n\n[metrics]\nlisten = \"127.0.0.1:1\"\n",
+        6,
+        10,
+        "give each its own port",
     );
 }
 
