@@ -7,6 +7,7 @@ mod daemon;
 mod events;
 mod kernel;
 mod metrics;
+mod notify;
 mod policy;
 mod rootfile;
 mod supervise;

@@ -1,5 +1,5 @@
-//! The daemon's on-call and operator surfaces (`[web]`, `[metrics]`):
-//! prepared before enforcement starts, so a missing secret
+//! The daemon's on-call and operator surfaces (`[web]`, `[metrics]`,
+//! `[[notify]]`): prepared before enforcement starts, so a missing secret
 //! or a taken port stops the daemon with a clear error, then run as tasks.
 use std::sync::Arc;
 
@@ -7,12 +7,13 @@ use anyhow::{Context as _, Result};
 use tokio::{net::TcpListener, task::JoinSet};
 
 use super::Shared;
-use crate::{kernel::Kernel, metrics, policy::Policy, web};
+use crate::{kernel::Kernel, metrics, notify, policy::Policy, web};
 
 pub struct Surfaces {
     web: Option<(TcpListener, web::Tokens)>,
     metrics: Option<TcpListener>,
-    /// The page's public address, for the log.
+    hooks: Vec<Arc<notify::Webhook>>,
+    /// The page's public address, for the log and links in webhooks.
     page: Option<String>,
 }
 
@@ -36,9 +37,15 @@ impl Surfaces {
                     .with_context(|| format!("[metrics] cannot listen on {}", m.listen))?,
             ),
         };
+        let hooks = policy
+            .notify
+            .iter()
+            .map(|n| notify::Webhook::new(n).map(Arc::new))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             web,
             metrics,
+            hooks,
             page: policy.web.as_ref().map(|w| w.public_url()),
         })
     }
@@ -56,6 +63,9 @@ impl Surfaces {
                 "serving the approval page"
             );
             tasks.spawn(web::serve(listener, shared.clone(), tokens));
+        }
+        if !self.hooks.is_empty() {
+            tasks.spawn(notify::run(shared.clone(), self.hooks, self.page));
         }
     }
 }

@@ -53,6 +53,11 @@ struct Program {
     id: u32,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Webhook {
+    url: String,
+}
+
 /// Every metric the daemon exports.
 pub struct Metrics {
     registry: Registry,
@@ -64,6 +69,9 @@ pub struct Metrics {
     bpf_stats_enabled: Gauge,
     prog_run_time: Family<Program, Counter<f64, AtomicU64>>,
     prog_run_count: Family<Program, Counter>,
+    webhook_delivered: Family<Webhook, Counter>,
+    webhook_failures: Family<Webhook, Counter>,
+    webhook_dropped: Family<Webhook, Counter>,
     /// Our kernel programs, by id (set once they are loaded).
     programs: Mutex<HashMap<u32, String>>,
 }
@@ -125,6 +133,24 @@ impl Metrics {
             "Runs of each agent-guard program (needs kernel.bpf_stats_enabled=1)",
             prog_run_count.clone(),
         );
+        let webhook_delivered = Family::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook documents delivered (2xx), by URL",
+            webhook_delivered.clone(),
+        );
+        let webhook_failures = Family::default();
+        registry.register(
+            "webhook_failures",
+            "Failed webhook attempts (each retry counts), by URL",
+            webhook_failures.clone(),
+        );
+        let webhook_dropped = Family::default();
+        registry.register(
+            "webhook_dropped",
+            "Webhook documents given up after every retry, by URL",
+            webhook_dropped.clone(),
+        );
         Self {
             registry,
             events,
@@ -135,6 +161,9 @@ impl Metrics {
             bpf_stats_enabled,
             prog_run_time,
             prog_run_count,
+            webhook_delivered,
+            webhook_failures,
+            webhook_dropped,
             programs: Mutex::new(HashMap::new()),
         }
     }
@@ -241,6 +270,31 @@ impl Metrics {
         if let Ok(mut p) = self.programs.lock() {
             *p = ids.into_iter().map(|(name, id)| (id, name)).collect();
         }
+    }
+
+    pub fn webhook_delivered(&self, url: &str) {
+        self.webhook_delivered
+            .get_or_create(&Webhook { url: url.into() })
+            .inc();
+    }
+
+    pub fn webhook_failed_attempt(&self, url: &str) {
+        self.webhook_failures
+            .get_or_create(&Webhook { url: url.into() })
+            .inc();
+    }
+
+    pub fn webhook_dropped(&self, url: &str) {
+        self.webhook_dropped
+            .get_or_create(&Webhook { url: url.into() })
+            .inc();
+    }
+
+    /// Failed webhook attempts so far, for `notify.failed` events.
+    pub fn webhook_failures(&self, url: &str) -> u64 {
+        self.webhook_failures
+            .get_or_create(&Webhook { url: url.into() })
+            .get()
     }
 }
 

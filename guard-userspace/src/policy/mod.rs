@@ -32,7 +32,7 @@ use guard_common::{Mode, Verdict};
 
 pub use compile::{agent_entry, compile_net, compile_path, path_key};
 pub use error::PolicyError;
-pub use surfaces::{MetricsConfig, WebConfig};
+pub use surfaces::{MetricsConfig, NotifyConfig, NotifyEvent, WebConfig};
 
 /// The policy compiled into the binary: one documented demo agent.
 pub const DEFAULT_POLICY: &str = include_str!("default.toml");
@@ -53,6 +53,8 @@ pub struct Policy {
     pub web: Option<WebConfig>,
     /// `[metrics]`: the Prometheus endpoint (off when absent).
     pub metrics: Option<MetricsConfig>,
+    /// `[[notify]]` webhooks, in file order.
+    pub notify: Vec<NotifyConfig>,
 }
 
 /// The `[daemon]` table.

@@ -26,6 +26,8 @@ struct RawPolicy {
     agent: Vec<Spanned<RawAgent>>,
     web: Option<surfaces::RawWeb>,
     metrics: Option<surfaces::RawMetrics>,
+    #[serde(default)]
+    notify: Vec<surfaces::RawNotify>,
 }
 
 /// A plain `Vec` whose type error names the common mistake of writing
@@ -129,6 +131,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Policy, PolicyError> {
     let daemon = daemon(&doc, raw.daemon)?;
     let web = surfaces::web(&doc, raw.web)?;
     let metrics = surfaces::metrics(&doc, raw.metrics, web.as_ref())?;
+    let notify = surfaces::notify(&doc, raw.notify)?;
 
     let mut agents: Vec<Agent> = Vec::with_capacity(raw.agent.len());
     let mut seen: Vec<Seen> = Vec::with_capacity(raw.agent.len());
@@ -155,6 +158,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Policy, PolicyError> {
         agents,
         web,
         metrics,
+        notify,
     })
 }
 

@@ -1,6 +1,6 @@
-//! The on-call and operator surfaces of the policy file: `[web]` and
-//! `[metrics]`. Both are off unless written; the servers listen on
-//! loopback unless `allow_remote = true` says otherwise.
+//! The on-call and operator surfaces of the policy file: `[web]`,
+//! `[metrics]` and `[[notify]]`. All are off unless written; the servers
+//! listen on loopback unless `allow_remote = true` says otherwise.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -37,6 +37,32 @@ pub struct MetricsConfig {
     pub listen: SocketAddr,
 }
 
+/// One `[[notify]]` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotifyConfig {
+    pub url: String,
+    pub events: Vec<NotifyEvent>,
+    /// Root-only file whose contents key the HMAC-SHA256 signature.
+    pub secret_file: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotifyEvent {
+    /// A call was held for a decision.
+    Held,
+    /// A hold ended (approved, denied, expired, killed).
+    Decision,
+}
+
+impl NotifyEvent {
+    pub fn name(self) -> &'static str {
+        match self {
+            NotifyEvent::Held => "held",
+            NotifyEvent::Decision => "decision",
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a [web] table")]
 pub(super) struct RawWeb {
@@ -51,6 +77,16 @@ pub(super) struct RawWeb {
 pub(super) struct RawMetrics {
     listen: Spanned<String>,
     allow_remote: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [[notify]] table")]
+pub(super) struct RawNotify {
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    url: Spanned<String>,
+    events: Spanned<Vec<Spanned<String>>>,
+    secret_file: Spanned<String>,
 }
 
 fn listen(
@@ -129,4 +165,50 @@ pub(super) fn metrics(
         ));
     }
     Ok(Some(MetricsConfig { listen: addr }))
+}
+
+pub(super) fn notify(doc: &Doc<'_>, raw: Vec<RawNotify>) -> Result<Vec<NotifyConfig>, PolicyError> {
+    let mut out = Vec::with_capacity(raw.len());
+    for n in raw {
+        if n.kind.get_ref() != "webhook" {
+            return Err(doc.error_at(
+                n.kind.span().start,
+                format!(
+                    "unknown notify type {:?}; expected \"webhook\"",
+                    n.kind.get_ref()
+                ),
+            ));
+        }
+        let events_at = n.events.span().start;
+        let mut events = Vec::new();
+        for e in n.events.into_inner() {
+            let event = match e.get_ref().as_str() {
+                "held" => NotifyEvent::Held,
+                "decision" => NotifyEvent::Decision,
+                other => {
+                    return Err(doc.error_at(
+                        e.span().start,
+                        format!(
+                            "unknown notify event {other:?}; expected \"held\" or \"decision\""
+                        ),
+                    ));
+                }
+            };
+            if !events.contains(&event) {
+                events.push(event);
+            }
+        }
+        if events.is_empty() {
+            return Err(doc.error_at(
+                events_at,
+                "events must name at least one of \"held\" and \"decision\"",
+            ));
+        }
+        out.push(NotifyConfig {
+            url: http_url(doc, n.url, "url")?,
+            events,
+            secret_file: abs_path(doc, n.secret_file, "secret_file")?,
+        });
+    }
+    Ok(out)
 }

@@ -1,7 +1,7 @@
-//! `[web]` and `[metrics]`: off by default, loopback unless allowed, and
-//! every mistake reported at its FILE:LINE:COL.
+//! `[web]`, `[metrics]` and `[[notify]]`: off by default, loopback unless
+//! allowed, and every mistake reported at its FILE:LINE:COL.
 
-use crate::policy::parse;
+use crate::policy::{NotifyEvent, parse};
 
 #[track_caller]
 fn rejected(text: &str, line: usize, col: usize, needle: &str) {
@@ -20,7 +20,7 @@ fn rejected(text: &str, line: usize, col: usize, needle: &str) {
 #[test]
 fn off_unless_written() {
     let p = parse("p.toml", "").unwrap();
-    assert!(p.web.is_none() && p.metrics.is_none());
+    assert!(p.web.is_none() && p.metrics.is_none() && p.notify.is_empty());
 }
 
 #[test]
@@ -109,5 +109,74 @@ fn mistakes_point_at_the_value() {
         4,
         1,
         "unknown field `port`",
+    );
+}
+
+#[test]
+fn notify() {
+    let p = parse(
+        "p.toml",
+        r#"
+[[notify]]
+type = "webhook"
+url = "https://pager.example.com/hook"
+events = ["held", "decision", "held"]
+secret_file = "/etc/agent-guard/webhook.key"
+
+[[notify]]
+type = "webhook"
+url = "http://127.0.0.1:9000/"
+events = ["decision"]
+secret_file = "/k"
+"#,
+    )
+    .unwrap();
+    assert_eq!(p.notify.len(), 2);
+    assert_eq!(p.notify[0].url, "https://pager.example.com/hook");
+    assert_eq!(
+        p.notify[0].events,
+        [NotifyEvent::Held, NotifyEvent::Decision]
+    );
+    assert_eq!(p.notify[1].events, [NotifyEvent::Decision]);
+    assert_eq!(p.notify[1].secret_file.to_str(), Some("/k"));
+}
+
+#[test]
+fn notify_mistakes() {
+    rejected(
+        "[[notify]]\ntype = \"email\"\nurl = \"https://x\"\nevents = [\"held\"]\nsecret_file = \"/k\"\n",
+        2,
+        8,
+        "unknown notify type",
+    );
+    rejected(
+        "[[notify]]\ntype = \"webhook\"\nurl = \"ftp://x\"\nevents = [\"held\"]\nsecret_file = \"/k\"\n",
+        3,
+        7,
+        "http:// or https://",
+    );
+    rejected(
+        "[[notify]]\ntype = \"webhook\"\nurl = \"https://x\"\nevents = [\"held\", \"paged\"]\nsecret_file = \"/k\"\n",
+        4,
+        19,
+        "unknown notify event",
+    );
+    rejected(
+        "[[notify]]\ntype = \"webhook\"\nurl = \"https://x\"\nevents = []\nsecret_file = \"/k\"\n",
+        4,
+        10,
+        "at least one",
+    );
+    rejected(
+        "[[notify]]\ntype = \"webhook\"\nurl = \"https://x\"\nevents = [\"held\"]\nsecret_file = \"k\"\n",
+        5,
+        15,
+        "absolute path",
+    );
+    rejected(
+        "[[notify]]\ntype = \"webhook\"\nurl = \"https://x\"\nevents = [\"held\"]\n",
+        1,
+        1,
+        "missing field `secret_file`",
     );
 }
