@@ -14,6 +14,8 @@ pub enum RootFileError {
          (it is owned by uid {uid}, mode {mode:04o}); fix with: chown root:root {path} && chmod 600 {path}"
     )]
     Exposed { path: String, uid: u32, mode: u32 },
+    #[error("{path} must be a regular file (not a symlink, directory or device)")]
+    NotAFile { path: String },
     #[error("{path} is empty")]
     Empty { path: String },
 }
@@ -27,8 +29,11 @@ pub fn read(path: &Path) -> Result<String, RootFileError> {
     };
     // Metadata of the file itself, not a symlink's target chosen by someone else.
     let meta = fs::symlink_metadata(path).map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(RootFileError::NotAFile { path: shown });
+    }
     let mode = meta.mode() & 0o7777;
-    if meta.uid() != 0 || mode & 0o077 != 0 || !meta.is_file() {
+    if meta.uid() != 0 || mode & 0o077 != 0 {
         return Err(RootFileError::Exposed {
             path: shown,
             uid: meta.uid(),
@@ -40,4 +45,32 @@ pub fn read(path: &Path) -> Result<String, RootFileError> {
         return Err(RootFileError::Empty { path: shown });
     }
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn only_root_may_read_it() {
+        let dir = std::env::temp_dir().join(format!("agent-guard-rootfile-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("key");
+        fs::write(&file, "secret\n").expect("write");
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = read(&file).expect_err("group/world-readable is refused");
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).expect("chmod");
+        let owned_by_root = nix::unistd::geteuid().is_root();
+        match read(&file) {
+            Ok(text) => assert!(owned_by_root && text == "secret\n"),
+            Err(err) => assert!(!owned_by_root && err.to_string().contains("owned by root")),
+        }
+        let err = read(&dir).expect_err("a directory is refused");
+        assert!(err.to_string().contains("regular file"), "{err}");
+        let _ = fs::remove_dir_all(&dir);
+    }
 }

@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, LazyLock, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
@@ -300,7 +300,7 @@ impl Metrics {
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 /// Whether anyone reads the metrics; counting is skipped otherwise.
-static ENABLED: AtomicU64 = AtomicU64::new(0);
+static ENABLED: AtomicBool = AtomicBool::new(false);
 
 /// The daemon's metrics.
 pub fn global() -> &'static Metrics {
@@ -309,19 +309,27 @@ pub fn global() -> &'static Metrics {
 
 /// Counts one emitted event (cheap no-op unless `[metrics]` is on).
 pub fn observe(line: &Map<String, Value>) {
-    if ENABLED.load(Ordering::Relaxed) != 0 {
+    if ENABLED.load(Ordering::Relaxed) {
         METRICS.observe(line);
     }
 }
 
-/// Serves `GET /metrics` on `listener` until the daemon stops.
-pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> Result<()> {
+/// Serves `GET /metrics` on `listener` until the daemon stops. Counting
+/// starts at once, so events emitted before the task first runs count too.
+pub fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+) -> impl std::future::Future<Output = Result<()>> {
+    ENABLED.store(true, Ordering::Relaxed);
+    serve_http(listener, shared)
+}
+
+async fn serve_http(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> Result<()> {
     use axum::{
         http::{StatusCode, header},
         response::IntoResponse as _,
         routing::get,
     };
-    ENABLED.store(1, Ordering::Relaxed);
     let app = axum::Router::new().route(
         "/metrics",
         get(move || {
