@@ -280,6 +280,67 @@ fn on_call_decides_from_a_phone_browser() {
         &format!("#decisions li[data-hold=\"{id}\"]"),
         "denied",
     ));
+    // A scoped approval made on the page becomes a grant, listed there and
+    // revocable there.
+    let file = scratch.file("prod/tree/one.db");
+    let path = file.display().to_string();
+    let (child, id) = held_delete(&daemon, &["rm", &path], &path);
+    let card = format!("[data-hold=\"{id}\"]");
+    rt.block_on(wait_text(&c, &card, &path));
+    rt.block_on(async {
+        let card = c.find(Locator::Css(&card)).await.expect("card");
+        card.find(Locator::Css(".scope"))
+            .await
+            .expect("scope")
+            .select_by_value("subtree")
+            .await
+            .expect("choose subtree");
+        card.find(Locator::Css(".duration"))
+            .await
+            .expect("duration")
+            .select_by_value("600")
+            .await
+            .expect("choose 10 minutes");
+        card.find(Locator::Css("button.approve"))
+            .await
+            .expect("approve button")
+            .click()
+            .await
+            .expect("click approve");
+    });
+    assert!(child.wait_with_output().expect("rm").status.success());
+    let ev = daemon.wait_event("hold.decision", |e| e["hold"]["id"] == id.as_str());
+    assert_eq!(ev["hold"]["decision"], "approved");
+    assert_ne!(ev["hold"]["scope"], "once", "{ev}");
+    let grant = rt.block_on(wait_text(&c, "[data-grant]", "deletes under"));
+    assert!(
+        grant.contains(&scratch.s("prod")) && grant.contains("alice"),
+        "{grant}"
+    );
+    rt.block_on(async {
+        c.find(Locator::Css("[data-grant] button.revoke"))
+            .await
+            .expect("revoke button")
+            .click()
+            .await
+            .expect("click revoke");
+        let deadline = Instant::now() + PATIENCE;
+        while c.find(Locator::Css("[data-grant]")).await.is_ok() {
+            assert!(Instant::now() < deadline, "the revoked grant stays listed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let out = daemon
+        .cli()
+        .args(["grants", "--json"])
+        .output()
+        .expect("grants");
+    assert!(out.status.success());
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("subtree"),
+        "revoked from the page, gone for the CLI too: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     artifact(
         "web-approval-decided.png",
         &rt.block_on(c.screenshot()).expect("screenshot"),

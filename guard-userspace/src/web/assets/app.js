@@ -202,7 +202,8 @@ function renderDecisions(list) {
     li.dataset.hold = d.hold;
     li.append(el("span", d.decision, d.decision));
     li.append(document.createTextNode(" " + (d.agent || "") + " " + target(d.target) +
-      " by " + d.by + (d.reason ? " (" + d.reason + ")" : "") + " · " + when(d.time)));
+      " by " + d.by + (d.reason ? " (" + d.reason + ")" : "") +
+      (d.scope && typeof d.scope === "object" ? " · with a grant" : "") + " · " + when(d.time)));
     box.append(li);
   }
 }
