@@ -6,8 +6,12 @@ mod control;
 mod daemon;
 mod events;
 mod kernel;
+mod metrics;
+mod notify;
 mod policy;
+mod rootfile;
 mod supervise;
+mod web;
 
 use std::process::ExitCode;
 

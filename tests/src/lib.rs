@@ -20,6 +20,9 @@ use std::{
 
 use serde_json::Value;
 
+mod surfaces;
+pub use surfaces::*;
+
 /// Generous bound for things that normally take milliseconds; only reached
 /// when something is broken, so it is a liveness check, not a timing test.
 pub const PATIENCE: Duration = Duration::from_secs(60);

@@ -13,6 +13,8 @@ pub fn setup() -> Result<()> {
     ensure_root_for_install()?;
     ensure_nightly_rust_src()?;
     ensure_bpf_linker()?;
+    // The web approval page's browser test drives real headless Chromium.
+    apt_install(&["chromium", "chromium-driver"])?;
     Ok(())
 }
 

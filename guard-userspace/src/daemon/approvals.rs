@@ -1,6 +1,7 @@
-//! Decisions on the control socket: approve, deny (with scopes that become
-//! grants), revoke and kill. Approvers only, from SO_PEERCRED; every refusal
-//! is a `control.refused` event as well as an error reply.
+//! Decisions: approve, deny (with scopes that become grants), revoke and
+//! kill. The one decision path for every surface: the control socket
+//! (approvers from SO_PEERCRED) and the web page (a token's user). Every
+//! refusal is a `control.refused` event as well as an error reply.
 use std::{fs, path::PathBuf, sync::Arc};
 
 use anyhow::{Context as _, Result, bail};
@@ -10,19 +11,89 @@ use tokio::net::unix::UCred;
 use super::Shared;
 use crate::{cgroup, events};
 
-/// Approves or denies a hold, for approvers only: root, or a uid or group
-/// listed in `[daemon] approvers`. A refusal is an event, not just a reply.
-pub(super) fn decide(
+/// Who asks for a decision.
+pub enum Approver {
+    /// A control-socket peer, as SO_PEERCRED says; an approver if root or
+    /// listed in `[daemon] approvers`.
+    Peer(UCred),
+    /// A web token's user; the root-only tokens file is the list of who may
+    /// decide there, so holding a token is being an approver.
+    Token { user: String },
+}
+
+impl Approver {
+    fn user(&self) -> String {
+        match self {
+            Approver::Peer(cred) => user_name(cred),
+            Approver::Token { user } => user.clone(),
+        }
+    }
+
+    fn uid(&self) -> Option<u32> {
+        match self {
+            Approver::Peer(cred) => Some(cred.uid()),
+            Approver::Token { .. } => None,
+        }
+    }
+
+    fn allowed(&self, shared: &Shared) -> bool {
+        match self {
+            Approver::Peer(cred) => is_approver(shared, cred),
+            Approver::Token { .. } => true,
+        }
+    }
+
+    /// The `by` of refusal events.
+    fn by_json(&self) -> serde_json::Value {
+        match self {
+            Approver::Peer(cred) => {
+                json!({"uid": cred.uid(), "pid": cred.pid(), "user": user_name(cred)})
+            }
+            Approver::Token { user } => json!({"user": user, "via": "web"}),
+        }
+    }
+
+    fn by(&self) -> super::holds::By {
+        super::holds::By {
+            uid: self.uid(),
+            user: self.user(),
+        }
+    }
+
+    /// Refuses a non-approver: an event and an error.
+    fn check(&self, shared: &Shared, control: serde_json::Value) -> Result<()> {
+        if self.allowed(shared) {
+            return Ok(());
+        }
+        let mut control = control;
+        control["by"] = self.by_json();
+        control["reason"] = "not an approver ([daemon] approvers)".into();
+        events::emit_now(
+            &shared.emitter,
+            json!({"kind": "control.refused", "outcome": "denied", "control": control}),
+        );
+        let uid = self.uid().map_or_else(String::new, |u| format!("uid {u} "));
+        bail!(
+            "{uid}({}) is not an approver; see [daemon] approvers in the policy",
+            self.user()
+        );
+    }
+}
+
+/// Approves or denies a hold, for approvers only (see [`Approver`]). A
+/// refusal is an event, not just a reply.
+pub fn decide(
     shared: &Arc<Shared>,
-    cred: &UCred,
+    who: &Approver,
     id: &str,
     approve: bool,
     reason: Option<String>,
     scope: ScopeRequest,
 ) -> Result<serde_json::Value> {
-    let user = user_name(cred);
-    let op = if approve { "approve" } else { "deny" };
-    require_approver(shared, cred, op, ("hold", id.into()))?;
+    who.check(
+        shared,
+        json!({"op": if approve { "approve" } else { "deny" }, "hold": id}),
+    )?;
     let hold: u64 = id
         .parse()
         .with_context(|| format!("{id:?} is not a hold id"))?;
@@ -31,10 +102,7 @@ pub(super) fn decide(
     } else {
         super::holds::Verdict::Denied
     };
-    let by = super::holds::By {
-        uid: Some(cred.uid()),
-        user,
-    };
+    let by = who.by();
     // A scoped approval first becomes a grant, so that calls it covers and
     // that arrive right after the release already pass.
     let granted = match scope.scope.as_deref() {
@@ -52,7 +120,7 @@ pub(super) fn decide(
 }
 
 /// The scope part of an approval, as asked.
-pub(super) struct ScopeRequest {
+pub struct ScopeRequest {
     pub scope: Option<String>,
     pub for_secs: Option<u64>,
     pub path: Option<String>,
@@ -144,8 +212,8 @@ fn grant_for_hold(
         .add(agent_id, agent_name, scope, lasts, by.to_owned(), reason)
 }
 
-pub(super) fn revoke(shared: &Arc<Shared>, cred: &UCred, id: u32) -> Result<serde_json::Value> {
-    require_approver(shared, cred, "revoke", ("grant", id.into()))?;
+pub fn revoke(shared: &Arc<Shared>, who: &Approver, id: u32) -> Result<serde_json::Value> {
+    who.check(shared, json!({"op": "revoke", "grant": id}))?;
     if !shared.grants.revoke(id) {
         bail!("no live grant {id}");
     }
@@ -154,9 +222,9 @@ pub(super) fn revoke(shared: &Arc<Shared>, cred: &UCred, id: u32) -> Result<serd
 
 /// Kills a held call's run (its session cgroup, or the agent's cgroup for a
 /// process started without `run`), or every process of an agent.
-pub(super) fn kill(
+pub fn kill(
     shared: &Arc<Shared>,
-    cred: &UCred,
+    who: &Approver,
     hold: Option<String>,
     agent: Option<String>,
 ) -> Result<serde_json::Value> {
@@ -165,8 +233,8 @@ pub(super) fn kill(
         (None, Some(a)) => format!("agent {a}"),
         _ => bail!("kill takes exactly one of a hold id or an agent name"),
     };
-    let user = user_name(cred);
-    require_approver(shared, cred, "kill", ("target", what.clone().into()))?;
+    who.check(shared, json!({"op": "kill", "target": what}))?;
+    let user = who.user();
     let dir: PathBuf = match (&hold, &agent) {
         (Some(h), _) => {
             let id: u64 = h
@@ -218,23 +286,16 @@ pub(super) fn kill(
     };
     cgroup::kill_all(&dir)?;
     if let Some(h) = hold.as_deref().and_then(|h| h.parse().ok()) {
-        shared.holds.decide(
-            shared,
-            h,
-            super::holds::Verdict::Killed,
-            super::holds::By {
-                uid: Some(cred.uid()),
-                user: user.clone(),
-            },
-            None,
-        );
+        shared
+            .holds
+            .decide(shared, h, super::holds::Verdict::Killed, who.by(), None);
     }
     tracing::warn!(%what, by = %user, cgroup = %dir.display(), "killed");
     events::emit_now(
         &shared.emitter,
         json!({"kind": "agent.kill", "outcome": "success",
                "control": {"target": what, "cgroup": dir.display().to_string(),
-                           "by": {"uid": cred.uid(), "user": user}}}),
+                           "by": {"uid": who.uid(), "user": user}}}),
     );
     Ok(json!({ "cgroup": dir.display().to_string() }))
 }
@@ -246,30 +307,17 @@ pub(super) fn user_name(cred: &UCred) -> String {
         .map_or_else(|| cred.uid().to_string(), |u| u.name)
 }
 
-/// Refuses (and records a `control.refused` event naming `op` and its
-/// `subject`) unless the caller may approve.
+/// Refuses (with a `control.refused` event naming `op` and its `subject`)
+/// unless the control-socket peer may approve.
 pub(super) fn require_approver(
     shared: &Shared,
     cred: &UCred,
     op: &str,
     subject: (&str, serde_json::Value),
 ) -> Result<()> {
-    if is_approver(shared, cred) {
-        return Ok(());
-    }
-    let user = user_name(cred);
-    let mut control = json!({"op": op,
-                             "by": {"uid": cred.uid(), "pid": cred.pid(), "user": user},
-                             "reason": "not an approver ([daemon] approvers)"});
+    let mut control = json!({ "op": op });
     control[subject.0] = subject.1;
-    events::emit_now(
-        &shared.emitter,
-        json!({"kind": "control.refused", "outcome": "denied", "control": control}),
-    );
-    bail!(
-        "uid {} ({user}) is not an approver; see [daemon] approvers in the policy",
-        cred.uid()
-    )
+    Approver::Peer(*cred).check(shared, control)
 }
 
 pub(super) fn is_approver(shared: &Shared, cred: &UCred) -> bool {

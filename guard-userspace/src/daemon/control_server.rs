@@ -16,7 +16,7 @@ use tokio::{
 
 use super::{
     Shared, admin,
-    approvals::{ScopeRequest, decide, kill, revoke},
+    approvals::{Approver, ScopeRequest, decide, kill, revoke},
     sessions,
 };
 use crate::{
@@ -188,7 +188,7 @@ fn dispatch(
             path,
         } => decide(
             shared,
-            cred,
+            &Approver::Peer(*cred),
             &id,
             approve,
             reason,
@@ -201,8 +201,8 @@ fn dispatch(
         Request::Grants {} => Ok(json!({ "grants": shared.grants.list() })),
         // Handled before dispatch: it takes over the connection.
         Request::Subscribe { .. } => Err(anyhow::anyhow!("subscribe must be the request's own")),
-        Request::Revoke { id } => revoke(shared, cred, id),
-        Request::Kill { hold, agent } => kill(shared, cred, hold, agent),
+        Request::Revoke { id } => revoke(shared, &Approver::Peer(*cred), id),
+        Request::Kill { hold, agent } => kill(shared, &Approver::Peer(*cred), hold, agent),
     };
     match result {
         Ok(data) => Reply::ok(data),

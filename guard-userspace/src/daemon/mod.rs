@@ -1,7 +1,7 @@
 //! The daemon: loads policy and kernel programs, serves the control socket,
 //! and streams events until SIGINT/SIGTERM.
 mod admin;
-mod approvals;
+pub mod approvals;
 mod control_server;
 mod deletes;
 mod demo;
@@ -12,6 +12,7 @@ mod reader;
 pub mod registry;
 mod reload;
 mod sessions;
+mod surfaces;
 
 use std::{
     collections::HashMap,
@@ -177,6 +178,9 @@ pub fn load_policy(path: Option<&Path>) -> Result<Policy> {
 pub async fn run(opts: Options) -> Result<()> {
     require_root("the daemon")?;
     let policy = load_policy(opts.policy_path.as_deref())?;
+    // Secrets and listening addresses first: a daemon that cannot serve
+    // what the policy asks for refuses to start, before it enforces anything.
+    let surfaces = surfaces::Surfaces::prepare(&policy).await?;
     let socket = opts
         .socket
         .clone()
@@ -288,6 +292,7 @@ pub async fn run(opts: Options) -> Result<()> {
     }
     let ring = kernel.take_events()?;
     let losses = kernel.take_losses()?;
+    let program_ids = kernel.program_ids();
     if let Ok(mut k) = shared.kernel.lock() {
         *k = Some(kernel);
     }
@@ -303,6 +308,7 @@ pub async fn run(opts: Options) -> Result<()> {
     ));
     tasks.spawn(control_server::serve(listener, shared.clone()));
     tasks.spawn(holds::expire_loop(shared.clone()));
+    surfaces.spawn(&mut tasks, &shared, program_ids);
 
     events::emit_now(
         &shared.emitter,

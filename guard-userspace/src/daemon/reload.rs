@@ -83,7 +83,11 @@ fn try_reload(shared: &Arc<Shared>, force: bool) -> Result<(String, Value), Relo
     };
     let bytes = std::fs::read(path)
         .map_err(|e| ReloadError::Invalid(format!("reading {}: {e}", path.display())))?;
-    let digest = format!("sha256:{:x}", Sha256::digest(&bytes));
+    let digest: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let digest = format!("sha256:{digest}");
     let new = policy::load(path).map_err(|e| ReloadError::Invalid(e.to_string()))?;
     let refused = policy::unenforceable_deletes(
         &new,

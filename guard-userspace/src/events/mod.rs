@@ -79,6 +79,7 @@ impl Emitter {
         );
         line.insert("host".into(), self.host.clone().into());
         line.extend(body);
+        crate::metrics::observe(&line);
         let mut bytes = match serde_json::to_vec(&Value::Object(line)) {
             Ok(bytes) => bytes,
             Err(err) => {

@@ -440,6 +440,14 @@ impl Kernel {
         self.insert_lpm("NET_RULES", entries)
     }
 
+    /// Our loaded programs by name and kernel id, for run-time metrics.
+    pub fn program_ids(&self) -> Vec<(String, u32)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| Some((name.to_owned(), p.info().ok()?.id())))
+            .collect()
+    }
+
     /// Hands the event ring buffer to its reader task.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, KernelError> {
         let map = self

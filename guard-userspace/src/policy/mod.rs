@@ -15,6 +15,7 @@ mod error;
 mod net;
 mod parse;
 mod path;
+mod surfaces;
 #[cfg(test)]
 mod tests;
 /// Test vectors shared by the userspace matcher, the kernel-map simulator and
@@ -31,6 +32,7 @@ use guard_common::{Mode, Verdict};
 
 pub use compile::{agent_entry, compile_net, compile_path, path_key};
 pub use error::PolicyError;
+pub use surfaces::{MetricsConfig, NotifyConfig, NotifyEvent, WebConfig};
 
 /// The policy compiled into the binary: one documented demo agent.
 pub const DEFAULT_POLICY: &str = include_str!("default.toml");
@@ -47,6 +49,12 @@ pub struct Policy {
     pub daemon: DaemonConfig,
     /// In file order.
     pub agents: Vec<Agent>,
+    /// `[web]`: the approval page (off when absent).
+    pub web: Option<WebConfig>,
+    /// `[metrics]`: the Prometheus endpoint (off when absent).
+    pub metrics: Option<MetricsConfig>,
+    /// `[[notify]]` webhooks, in file order.
+    pub notify: Vec<NotifyConfig>,
 }
 
 /// The `[daemon]` table.

@@ -15,7 +15,7 @@ use super::error::Doc;
 use super::{
     Agent, Approvers, DEFAULT_APPROVAL_TIMEOUT_SECS, DEFAULT_CONTROL_SOCKET, DEFAULT_STATE_DIR,
     DaemonConfig, NetPolicy, NetRule, PathPolicy, PathRule, Policy, PolicyError, RemovePolicy,
-    compile, net, parse_mode, parse_verdict, path,
+    compile, net, parse_mode, parse_verdict, path, surfaces,
 };
 
 #[derive(Deserialize)]
@@ -24,6 +24,10 @@ struct RawPolicy {
     daemon: Option<RawDaemon>,
     #[serde(default, deserialize_with = "agent_array")]
     agent: Vec<Spanned<RawAgent>>,
+    web: Option<surfaces::RawWeb>,
+    metrics: Option<surfaces::RawMetrics>,
+    #[serde(default)]
+    notify: Vec<surfaces::RawNotify>,
 }
 
 /// A plain `Vec` whose type error names the common mistake of writing
@@ -126,6 +130,9 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Policy, PolicyError> {
     let doc = Doc { file, text };
     let raw: RawPolicy = toml::from_str(text).map_err(|e| doc.toml_error(&e))?;
     let daemon = daemon(&doc, raw.daemon)?;
+    let web = surfaces::web(&doc, raw.web)?;
+    let metrics = surfaces::metrics(&doc, raw.metrics, web.as_ref())?;
+    let notify = surfaces::notify(&doc, raw.notify)?;
 
     let mut agents: Vec<Agent> = Vec::with_capacity(raw.agent.len());
     let mut seen: Vec<Seen> = Vec::with_capacity(raw.agent.len());
@@ -150,6 +157,9 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Policy, PolicyError> {
         file: file.to_owned(),
         daemon,
         agents,
+        web,
+        metrics,
+        notify,
     })
 }
 

@@ -1,0 +1,397 @@
+//! Prometheus metrics: counted from the event stream itself (one call in
+//! `Emitter::emit`), so they move exactly with the events operators see,
+//! plus values read at scrape time (holds pending, kernel program run time).
+//! Served as OpenMetrics text on `[metrics] listen`.
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, LazyLock, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use anyhow::{Context as _, Result};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+use serde_json::{Map, Value};
+
+use crate::daemon::Shared;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindOutcome {
+    kind: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentOutcome {
+    agent: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Decision {
+    decision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Program {
+    program: String,
+    id: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Webhook {
+    url: String,
+}
+
+/// Every metric the daemon exports.
+pub struct Metrics {
+    registry: Registry,
+    events: Family<KindOutcome, Counter>,
+    agent_events: Family<AgentOutcome, Counter>,
+    lost: Family<Reason, Counter>,
+    decision_latency: Family<Decision, Histogram>,
+    holds_pending: Gauge,
+    bpf_stats_enabled: Gauge,
+    prog_run_time: Family<Program, Counter<f64, AtomicU64>>,
+    prog_run_count: Family<Program, Counter>,
+    webhook_delivered: Family<Webhook, Counter>,
+    webhook_failures: Family<Webhook, Counter>,
+    webhook_dropped: Family<Webhook, Counter>,
+    /// Our kernel programs, by id (set once they are loaded).
+    programs: Mutex<HashMap<u32, String>>,
+}
+
+fn decision_histogram() -> Histogram {
+    // 50 ms .. ~27 min: a human answering, or the approval timeout.
+    Histogram::new(exponential_buckets(0.05, 2.0, 16))
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("agent_guard");
+        let events = Family::default();
+        registry.register(
+            "events",
+            "Events emitted, by kind and outcome",
+            events.clone(),
+        );
+        let agent_events = Family::default();
+        registry.register(
+            "agent_events",
+            "Events attributed to an agent, by agent and outcome",
+            agent_events.clone(),
+        );
+        let lost = Family::default();
+        registry.register(
+            "lost_events",
+            "Events lost, by reason (from loss events)",
+            lost.clone(),
+        );
+        let decision_latency =
+            Family::<Decision, Histogram>::new_with_constructor(decision_histogram as fn() -> _);
+        registry.register(
+            "decision_latency_seconds",
+            "Time from a hold to its decision, by decision",
+            decision_latency.clone(),
+        );
+        let holds_pending = Gauge::default();
+        registry.register(
+            "holds_pending",
+            "Calls held now, waiting for a decision",
+            holds_pending.clone(),
+        );
+        let bpf_stats_enabled = Gauge::default();
+        registry.register(
+            "bpf_stats_enabled",
+            "1 if kernel.bpf_stats_enabled is on, so program run times are counted",
+            bpf_stats_enabled.clone(),
+        );
+        let prog_run_time = Family::default();
+        registry.register(
+            "bpf_program_run_time_seconds",
+            "Time the kernel spent in each agent-guard program (needs kernel.bpf_stats_enabled=1)",
+            prog_run_time.clone(),
+        );
+        let prog_run_count = Family::default();
+        registry.register(
+            "bpf_program_runs",
+            "Runs of each agent-guard program (needs kernel.bpf_stats_enabled=1)",
+            prog_run_count.clone(),
+        );
+        let webhook_delivered = Family::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook documents delivered (2xx), by URL",
+            webhook_delivered.clone(),
+        );
+        let webhook_failures = Family::default();
+        registry.register(
+            "webhook_failures",
+            "Failed webhook attempts (each retry counts), by URL",
+            webhook_failures.clone(),
+        );
+        let webhook_dropped = Family::default();
+        registry.register(
+            "webhook_dropped",
+            "Webhook documents given up after every retry, by URL",
+            webhook_dropped.clone(),
+        );
+        Self {
+            registry,
+            events,
+            agent_events,
+            lost,
+            decision_latency,
+            holds_pending,
+            bpf_stats_enabled,
+            prog_run_time,
+            prog_run_count,
+            webhook_delivered,
+            webhook_failures,
+            webhook_dropped,
+            programs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one event (called with every line the emitter writes).
+    fn observe(&self, line: &Map<String, Value>) {
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_owned();
+        let kind = text(line.get("kind"));
+        let outcome = text(line.get("outcome"));
+        self.events
+            .get_or_create(&KindOutcome {
+                kind: kind.clone(),
+                outcome: outcome.clone(),
+            })
+            .inc();
+        if let Some(agent) = line
+            .get("agent")
+            .and_then(|a| a.get("name"))
+            .and_then(Value::as_str)
+        {
+            self.agent_events
+                .get_or_create(&AgentOutcome {
+                    agent: agent.to_owned(),
+                    outcome,
+                })
+                .inc();
+        }
+        match kind.as_str() {
+            "loss" => {
+                let loss = line.get("loss");
+                let count = loss
+                    .and_then(|l| l.get("count"))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(1);
+                self.lost
+                    .get_or_create(&Reason {
+                        reason: text(loss.and_then(|l| l.get("reason"))),
+                    })
+                    .inc_by(count);
+            }
+            "hold.decision" => {
+                let hold = line.get("hold");
+                if let Some(ms) = hold
+                    .and_then(|h| h.get("waited_ms"))
+                    .and_then(Value::as_u64)
+                {
+                    self.decision_latency
+                        .get_or_create(&Decision {
+                            decision: text(hold.and_then(|h| h.get("decision"))),
+                        })
+                        .observe(ms as f64 / 1000.0);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Renders the OpenMetrics text, refreshing the values read at scrape time.
+    pub fn render(&self, shared: &Shared) -> Result<String> {
+        self.holds_pending.set(shared.holds.pending().len() as i64);
+        self.refresh_programs();
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .context("encoding metrics")?;
+        Ok(out)
+    }
+
+    fn refresh_programs(&self) {
+        let enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+            .is_ok_and(|s| s.trim() == "1");
+        self.bpf_stats_enabled.set(i64::from(enabled));
+        if !enabled {
+            return;
+        }
+        let programs = match self.programs.lock() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        for info in aya::programs::loaded_programs().flatten() {
+            let Some(name) = programs.get(&info.id()) else {
+                continue;
+            };
+            let labels = Program {
+                program: name.clone(),
+                id: info.id(),
+            };
+            // The kernel's totals only grow while the program is loaded;
+            // the counters follow them.
+            let time = self.prog_run_time.get_or_create(&labels);
+            let seconds = info.run_time().as_secs_f64();
+            if seconds > time.get() {
+                time.inc_by(seconds - time.get());
+            }
+            let runs = self.prog_run_count.get_or_create(&labels);
+            let count = info.run_count();
+            if count > runs.get() {
+                runs.inc_by(count - runs.get());
+            }
+        }
+    }
+
+    /// Names our loaded kernel programs, for run-time metrics.
+    pub fn set_programs(&self, ids: Vec<(String, u32)>) {
+        if let Ok(mut p) = self.programs.lock() {
+            *p = ids.into_iter().map(|(name, id)| (id, name)).collect();
+        }
+    }
+
+    pub fn webhook_delivered(&self, url: &str) {
+        self.webhook_delivered
+            .get_or_create(&Webhook { url: url.into() })
+            .inc();
+    }
+
+    pub fn webhook_failed_attempt(&self, url: &str) {
+        self.webhook_failures
+            .get_or_create(&Webhook { url: url.into() })
+            .inc();
+    }
+
+    pub fn webhook_dropped(&self, url: &str) {
+        self.webhook_dropped
+            .get_or_create(&Webhook { url: url.into() })
+            .inc();
+    }
+
+    /// Failed webhook attempts so far, for `notify.failed` events.
+    pub fn webhook_failures(&self, url: &str) -> u64 {
+        self.webhook_failures
+            .get_or_create(&Webhook { url: url.into() })
+            .get()
+    }
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+/// Whether anyone reads the metrics; counting is skipped otherwise.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// The daemon's metrics.
+pub fn global() -> &'static Metrics {
+    &METRICS
+}
+
+/// Counts one emitted event (cheap no-op unless `[metrics]` is on).
+pub fn observe(line: &Map<String, Value>) {
+    if ENABLED.load(Ordering::Relaxed) {
+        METRICS.observe(line);
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until the daemon stops. Counting
+/// starts at once, so events emitted before the task first runs count too.
+pub fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+) -> impl std::future::Future<Output = Result<()>> {
+    ENABLED.store(true, Ordering::Relaxed);
+    serve_http(listener, shared)
+}
+
+async fn serve_http(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> Result<()> {
+    use axum::{
+        http::{StatusCode, header},
+        response::IntoResponse as _,
+        routing::get,
+    };
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let shared = shared.clone();
+            async move {
+                match global().render(&shared) {
+                    Ok(text) => (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        text,
+                    )
+                        .into_response(),
+                    Err(err) => {
+                        (StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}\n")).into_response()
+                    }
+                }
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .await
+        .context("serving [metrics]")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn counts_follow_events() {
+        let m = Metrics::new();
+        let Value::Object(held) = json!({"kind": "file.unlink", "outcome": "held",
+            "agent": {"name": "bot"}, "hold": {"id": "1"}})
+        else {
+            unreachable!("an object literal")
+        };
+        m.observe(&held);
+        let Value::Object(decided) = json!({"kind": "hold.decision", "outcome": "allowed",
+            "agent": {"name": "bot"}, "hold": {"id": "1", "decision": "approved", "waited_ms": 1500}})
+        else {
+            unreachable!("an object literal")
+        };
+        m.observe(&decided);
+        let Value::Object(loss) =
+            json!({"kind": "loss", "outcome": "lost", "loss": {"reason": "ring_full", "count": 7}})
+        else {
+            unreachable!("an object literal")
+        };
+        m.observe(&loss);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &m.registry).expect("encodes");
+        for needle in [
+            r#"agent_guard_events_total{kind="file.unlink",outcome="held"} 1"#,
+            r#"agent_guard_agent_events_total{agent="bot",outcome="allowed"} 1"#,
+            r#"agent_guard_lost_events_total{reason="ring_full"} 7"#,
+            r#"agent_guard_decision_latency_seconds_count{decision="approved"} 1"#,
+        ] {
+            assert!(out.contains(needle), "{needle} missing from:\n{out}");
+        }
+    }
+}

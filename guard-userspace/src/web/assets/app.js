@@ -1,0 +1,243 @@
+// agent-guard approval page. No inline script (strict CSP); the token lives
+// in sessionStorage and travels only in the Authorization header. Data from
+// the daemon is put on the page with textContent, never as HTML.
+"use strict";
+
+const KEY = "agent-guard-token";
+const POLL_MS = 1000;
+const $ = (id) => document.getElementById(id);
+let timer = null;
+
+function token() { return sessionStorage.getItem(KEY); }
+
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  return e;
+}
+
+async function api(method, path, body) {
+  const opts = { method, headers: { "Authorization": "Bearer " + token() } };
+  if (body !== undefined) {
+    opts.headers["Content-Type"] = "application/json";
+    opts.body = JSON.stringify(body);
+  }
+  const resp = await fetch(path, opts);
+  let data = {};
+  try { data = await resp.json(); } catch (_) { data = { error: "HTTP " + resp.status }; }
+  if (resp.status === 401) {
+    signOut("Token refused: " + (data.error || "unauthorized"));
+    throw new Error("unauthorized");
+  }
+  if (!resp.ok || data.ok === false) throw new Error(data.error || ("HTTP " + resp.status));
+  return data;
+}
+
+function signOut(message) {
+  sessionStorage.removeItem(KEY);
+  if (timer) { clearInterval(timer); timer = null; }
+  $("app").hidden = true;
+  $("logout").hidden = true;
+  $("who").textContent = "";
+  $("login").hidden = false;
+  $("login-error").textContent = message || "";
+  $("holds").replaceChildren();
+}
+
+function target(t) {
+  if (!t) return "";
+  if (t.path) return t.path;
+  if (t.address !== undefined) return t.address + ":" + t.port;
+  return JSON.stringify(t);
+}
+
+function secs(ms) {
+  const s = Math.max(0, Math.round(ms / 1000));
+  return s >= 60 ? Math.floor(s / 60) + "m " + (s % 60) + "s" : s + "s";
+}
+
+function when(rfc3339) {
+  const t = new Date(rfc3339);
+  return isNaN(t) ? String(rfc3339) : t.toLocaleString();
+}
+
+function option(select, value, label) {
+  const o = el("option", null, label);
+  o.value = value;
+  select.append(o);
+}
+
+// One card per hold, created once and then only updated, so polling never
+// wipes a reason being typed or a scope being chosen.
+function holdCard(h) {
+  const card = el("div", "card hold");
+  card.dataset.hold = h.id;
+  card.append(el("div", "what", h.kind + " " + target(h.target)));
+  card.append(el("div", "meta", "agent " + h.agent + " (" + h.owner + ")"));
+  card.append(el("div", "meta", "pid " + h.pid + (h.exe ? " " + h.exe : "") + " · hold " + h.id));
+  const left = el("div", "left");
+  left.dataset.role = "left";
+  card.append(left);
+
+  const controls = el("div", "controls");
+  const scopeLabel = el("label", null, "Scope");
+  const scope = el("select", "scope");
+  option(scope, "once", "this call only");
+  if (String(h.kind).startsWith("file.")) option(scope, "subtree", "this subtree");
+  if (h.kind === "net.connect") option(scope, "destination", "this destination");
+  option(scope, "agent", "everything this agent asks");
+  scopeLabel.append(scope);
+  const durLabel = el("label", null, "For");
+  const dur = el("select", "duration");
+  for (const [v, l] of [[600, "10 minutes"], [3600, "1 hour"], [28800, "8 hours"], [86400, "1 day"]]) option(dur, v, l);
+  dur.disabled = true;
+  scope.addEventListener("change", () => { dur.disabled = scope.value === "once"; });
+  durLabel.append(dur);
+  const reasonLabel = el("label", null, "Reason");
+  const reason = el("input", "reason");
+  reason.type = "text";
+  reason.placeholder = "ticket, context";
+  reasonLabel.append(reason);
+  controls.append(scopeLabel, durLabel, reasonLabel);
+  card.append(controls);
+
+  const buttons = el("div", "buttons");
+  const approve = el("button", "approve", "Approve");
+  const deny = el("button", "deny", "Deny");
+  const kill = el("button", "kill", "Kill run");
+  for (const b of [approve, deny, kill]) b.type = "button";
+  buttons.append(approve, deny, kill);
+  card.append(buttons);
+  const msg = el("div", "error");
+  msg.setAttribute("role", "alert");
+  card.append(msg);
+
+  const act = async (what, body) => {
+    for (const b of [approve, deny, kill]) b.disabled = true;
+    msg.textContent = "";
+    try {
+      if (what === "kill") await api("POST", "/api/holds/" + h.id + "/kill");
+      else await api("POST", "/api/holds/" + h.id + "/decide", body);
+      card.classList.add("decided");
+      refresh();
+    } catch (e) {
+      msg.textContent = e.message;
+      for (const b of [approve, deny, kill]) b.disabled = false;
+    }
+  };
+  const decision = (approveIt) => {
+    const body = { approve: approveIt, reason: reason.value };
+    if (approveIt && scope.value !== "once") {
+      body.scope = scope.value;
+      body.for_secs = Number(dur.value);
+    }
+    return body;
+  };
+  approve.addEventListener("click", () => act("decide", decision(true)));
+  deny.addEventListener("click", () => act("decide", decision(false)));
+  kill.addEventListener("click", () => {
+    if (window.confirm("Kill the whole run of hold " + h.id + "?")) act("kill");
+  });
+  return card;
+}
+
+function renderHolds(holds) {
+  const box = $("holds");
+  const seen = new Set();
+  for (const h of holds) {
+    seen.add(h.id);
+    let card = box.querySelector('[data-hold="' + CSS.escape(h.id) + '"]');
+    if (!card) {
+      card = holdCard(h);
+      box.append(card);
+      if (location.hash === "#hold=" + h.id) {
+        card.classList.add("highlight");
+        card.scrollIntoView();
+      }
+    }
+    card.querySelector('[data-role="left"]').textContent =
+      "waiting " + secs(h.waited_ms) + " · denied automatically in " + secs(h.left_ms);
+  }
+  for (const card of Array.from(box.children)) {
+    if (!seen.has(card.dataset.hold)) card.remove();
+  }
+  $("hold-count").textContent = holds.length ? "(" + holds.length + ")" : "";
+  $("no-holds").hidden = holds.length > 0;
+}
+
+function renderGrants(grants) {
+  const box = $("grants");
+  box.replaceChildren();
+  for (const g of grants) {
+    const card = el("div", "card grant");
+    card.dataset.grant = g.id;
+    const s = g.scope || {};
+    const what = s.kind === "subtree" ? "deletes under " + s.path
+      : s.kind === "destination" ? "connects to " + s.address + ":" + s.port
+      : "everything held";
+    card.append(el("div", "what", "agent " + g.agent + ": " + what));
+    card.append(el("div", "meta", "by " + g.by + (g.reason ? " (" + g.reason + ")" : "") +
+      " · ends in " + secs(g.left_secs * 1000)));
+    const revoke = el("button", "revoke", "Revoke");
+    revoke.type = "button";
+    revoke.addEventListener("click", async () => {
+      revoke.disabled = true;
+      try { await api("POST", "/api/grants/" + g.id + "/revoke"); refresh(); }
+      catch (e) { revoke.disabled = false; $("status").textContent = e.message; }
+    });
+    const b = el("div", "buttons");
+    b.append(revoke);
+    card.append(b);
+    box.append(card);
+  }
+  $("no-grants").hidden = grants.length > 0;
+}
+
+function renderDecisions(list) {
+  const box = $("decisions");
+  box.replaceChildren();
+  for (const d of list) {
+    const li = el("li");
+    li.dataset.hold = d.hold;
+    li.append(el("span", d.decision, d.decision));
+    li.append(document.createTextNode(" " + (d.agent || "") + " " + target(d.target) +
+      " by " + d.by + (d.reason ? " (" + d.reason + ")" : "") +
+      (d.scope && typeof d.scope === "object" ? " · with a grant" : "") + " · " + when(d.time)));
+    box.append(li);
+  }
+}
+
+async function refresh() {
+  if (!token()) return;
+  try {
+    const s = await api("GET", "/api/state");
+    $("login").hidden = true;
+    $("app").hidden = false;
+    $("logout").hidden = false;
+    $("who").textContent = "signed in as " + s.user;
+    renderHolds(s.holds);
+    renderGrants(s.grants);
+    renderDecisions(s.decisions);
+    $("status").textContent = "updated " + new Date().toLocaleTimeString();
+  } catch (e) {
+    if (e.message !== "unauthorized") $("status").textContent = "cannot reach the daemon: " + e.message;
+  }
+}
+
+function start() {
+  refresh();
+  if (!timer) timer = setInterval(refresh, POLL_MS);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("login-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    sessionStorage.setItem(KEY, $("token").value.trim());
+    $("token").value = "";
+    $("login-error").textContent = "";
+    start();
+  });
+  $("logout").addEventListener("click", () => signOut(""));
+  if (token()) start(); else signOut("");
+});

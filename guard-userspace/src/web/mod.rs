@@ -1,0 +1,296 @@
+//! The web approval page (`[web]`): static HTML, JS and CSS under a strict
+//! Content-Security-Policy, and a small JSON API behind a bearer token.
+//! Decisions go through the same functions as the control socket
+//! ([`crate::daemon::approvals`]); the approver is the token's user.
+//!
+//! CSRF: the token travels only in an `Authorization` header that the
+//! page's script sets (no cookies), which a cross-site form or script cannot
+//! send without a CORS preflight this server never grants; POSTs also need
+//! a JSON body and are refused when the browser marks them cross-site.
+mod tokens;
+
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context as _, Result};
+use axum::{
+    Json, Router,
+    extract::{ConnectInfo, Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+pub use tokens::Tokens;
+
+use crate::{
+    daemon::{
+        Shared,
+        approvals::{self, Approver, ScopeRequest},
+    },
+    events,
+};
+
+/// Decisions kept for the page's "recent decisions".
+const RECENT: usize = 50;
+
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+                   connect-src 'self'; img-src 'self'; base-uri 'none'; \
+                   form-action 'none'; frame-ancestors 'none'";
+
+struct App {
+    shared: Arc<Shared>,
+    tokens: Tokens,
+    recent: Mutex<VecDeque<Value>>,
+}
+
+/// Serves the page on `listener` until the daemon stops.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    tokens: Tokens,
+) -> Result<()> {
+    let app = Arc::new(App {
+        shared: shared.clone(),
+        tokens,
+        recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+    });
+    tokio::spawn(follow_decisions(app.clone()));
+    let router = Router::new()
+        .route("/", get(|| asset("text/html; charset=utf-8", INDEX)))
+        .route(
+            "/app.js",
+            get(|| asset("text/javascript; charset=utf-8", APP_JS)),
+        )
+        .route(
+            "/app.css",
+            get(|| asset("text/css; charset=utf-8", APP_CSS)),
+        )
+        .route("/api/state", get(state))
+        .route("/api/holds/{id}/decide", post(decide))
+        .route("/api/holds/{id}/kill", post(kill))
+        .route("/api/grants/{id}/revoke", post(revoke))
+        .layer(axum::middleware::map_response(secure_headers))
+        .with_state(app);
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+    .context("serving [web]")
+}
+
+const INDEX: &str = include_str!("assets/index.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const APP_CSS: &str = include_str!("assets/app.css");
+
+async fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+async fn secure_headers(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Keeps the last decisions, from the event stream.
+async fn follow_decisions(app: Arc<App>) {
+    let mut rx = match app.shared.emitter.lock() {
+        Ok(mut e) => e.subscribe(None),
+        Err(poisoned) => poisoned.into_inner().subscribe(None),
+    };
+    while let Some(line) = rx.recv().await {
+        let Ok(event) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if event["kind"] != "hold.decision" {
+            continue;
+        }
+        let entry = json!({
+            "time": event["time"],
+            "hold": event["hold"]["id"],
+            "agent": event["agent"]["name"],
+            "target": event["target"],
+            "decision": event["hold"]["decision"],
+            "by": event["hold"]["by"]["user"],
+            "reason": event["hold"]["reason"],
+            "scope": event["hold"]["scope"],
+        });
+        if let Ok(mut recent) = app.recent.lock() {
+            if recent.len() == RECENT {
+                recent.pop_back();
+            }
+            recent.push_front(entry);
+        }
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"ok": false, "error": message.into()}))).into_response()
+}
+
+/// The token's user, or the refusal to send. A wrong token is an event.
+fn authorize(
+    app: &App,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    op: &str,
+) -> Result<Approver, Box<Response>> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = presented.filter(|t| !t.is_empty()) else {
+        return Err(Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "a token is required (Authorization: Bearer TOKEN)",
+        )));
+    };
+    match app.tokens.user(token) {
+        Some(user) => Ok(Approver::Token {
+            user: user.to_owned(),
+        }),
+        None => {
+            events::emit_now(
+                &app.shared.emitter,
+                json!({"kind": "control.refused", "outcome": "denied",
+                       "control": {"op": op, "by": {"remote": peer.to_string(), "via": "web"},
+                                   "reason": "unknown web token"}}),
+            );
+            Err(Box::new(error(StatusCode::UNAUTHORIZED, "token refused")))
+        }
+    }
+}
+
+/// A state-changing request must not be one a browser flagged cross-site.
+fn same_origin(headers: &HeaderMap) -> Result<(), Box<Response>> {
+    match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        Some("cross-site" | "same-site") => Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "cross-site requests are refused",
+        ))),
+        _ => Ok(()),
+    }
+}
+
+async fn state(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let who = match authorize(&app, &headers, peer, "web.view") {
+        Ok(who) => who,
+        Err(resp) => return *resp,
+    };
+    let user = match &who {
+        Approver::Token { user } => user.clone(),
+        Approver::Peer(_) => String::new(),
+    };
+    let recent: Vec<Value> = app
+        .recent
+        .lock()
+        .map(|r| r.iter().cloned().collect())
+        .unwrap_or_default();
+    Json(json!({
+        "ok": true,
+        "user": user,
+        "holds": app.shared.holds.pending(),
+        "grants": app.shared.grants.list(),
+        "decisions": recent,
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecideBody {
+    approve: bool,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    for_secs: Option<u64>,
+    #[serde(default)]
+    path: Option<String>,
+}
+
+fn outcome(result: Result<Value>) -> Response {
+    match result {
+        Ok(data) => Json(json!({"ok": true, "result": data})).into_response(),
+        Err(err) => error(StatusCode::CONFLICT, format!("{err:#}")),
+    }
+}
+
+async fn decide(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<DecideBody>,
+) -> Response {
+    let op = if body.approve { "approve" } else { "deny" };
+    let who = match same_origin(&headers).and_then(|()| authorize(&app, &headers, peer, op)) {
+        Ok(who) => who,
+        Err(resp) => return *resp,
+    };
+    let reason = body.reason.filter(|r| !r.trim().is_empty());
+    outcome(approvals::decide(
+        &app.shared,
+        &who,
+        &id,
+        body.approve,
+        reason,
+        ScopeRequest {
+            scope: body.scope,
+            for_secs: body.for_secs,
+            path: body.path,
+        },
+    ))
+}
+
+async fn kill(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let who = match same_origin(&headers).and_then(|()| authorize(&app, &headers, peer, "kill")) {
+        Ok(who) => who,
+        Err(resp) => return *resp,
+    };
+    outcome(approvals::kill(&app.shared, &who, Some(id), None))
+}
+
+async fn revoke(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<u32>,
+    headers: HeaderMap,
+) -> Response {
+    let who = match same_origin(&headers).and_then(|()| authorize(&app, &headers, peer, "revoke")) {
+        Ok(who) => who,
+        Err(resp) => return *resp,
+    };
+    outcome(approvals::revoke(&app.shared, &who, id))
+}
