@@ -43,6 +43,7 @@ fn main() -> ExitCode {
         Command::Grants(args) => cli::grants::run(args, &client_socket()),
         Command::Events(args) => cli::events::run(args, &client_socket()),
         Command::Revoke(args) => cli::revoke::run(args, &client_socket()),
+        Command::Status(args) => cli::status::run(args, &client_socket()),
     };
     match result {
         Ok(code) => code,

@@ -11,6 +11,7 @@ pub mod pending;
 pub mod policy;
 pub mod revoke;
 pub mod run;
+pub mod status;
 
 use std::path::Path;
 

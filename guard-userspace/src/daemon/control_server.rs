@@ -25,8 +25,7 @@ use super::{
 use crate::{
     cgroup,
     control::{Envelope, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Reply, Request},
-    events::{self, enrich::Enricher},
-    supervise,
+    events, supervise,
 };
 
 /// How long a closed session stays known for attributing records still in
@@ -114,13 +113,12 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> Result<()> {
                 request: Request::Subscribe { agent },
             }) => {
                 // From here on this connection carries the event stream.
-                let mut rx = match shared.emitter.lock() {
-                    Ok(mut e) => e.subscribe(agent),
-                    Err(poisoned) => poisoned.into_inner().subscribe(agent),
-                };
+                let mut rx = events::with(&shared.emitter, |e| {
+                    e.subscribe("control", agent, crate::policy::sink::Format::V1)
+                });
                 send(&mut write, &Reply::ok(json!({}))).await?;
                 while let Some(line) = rx.recv().await {
-                    if write.write_all(line.as_bytes()).await.is_err() {
+                    if write.write_all(&line.bytes).await.is_err() {
                         break;
                     }
                 }
@@ -311,7 +309,7 @@ fn join(
     if session.token != token {
         bail!("wrong token for session {session_id}");
     }
-    let ppid = Enricher::default().details(pid).ppid;
+    let ppid = super::lock_enricher(shared).details(pid).ppid;
     if ppid != Some(session.opener_pid) {
         bail!(
             "pid {pid} is not a child of the launcher (pid {})",
@@ -349,6 +347,10 @@ fn join(
         });
     }
     let agent = registry.agent_ref(session.agent_id, cgroup_id);
+    let (user, group) = {
+        let mut e = super::lock_enricher(shared);
+        (e.user(cred.uid()), e.group(cred.gid()))
+    };
     events::emit_now(
         &shared.emitter,
         json!({
@@ -356,7 +358,8 @@ fn join(
             "outcome": "success",
             "agent": agent,
             "process": {"pid": pid, "ppid": session.opener_pid, "uid": cred.uid(),
-                        "gid": cred.gid(), "cmdline": session.argv},
+                        "gid": cred.gid(), "user": user, "group": group,
+                        "cmdline": session.argv},
             "session": {"id": session.id, "started_by": {"pid": session.opener_pid,
                         "uid": session.opener_uid}},
         }),
@@ -394,6 +397,8 @@ fn close_session(
             "session": {"id": id, "exit_code": exit_code, "signal": signal, "reason": why},
         }),
     );
+    // The run's processes are gone or going: their cached details with them.
+    super::lock_enricher(shared).sweep();
     let shared = shared.clone();
     tokio::task::spawn_blocking(move || {
         // Processes the command left behind keep the session (and its
@@ -418,10 +423,19 @@ fn status(shared: &Shared) -> serde_json::Value {
         Ok(r) => r,
         Err(poisoned) => poisoned.into_inner(),
     };
-    json!({
+    let mut out = json!({
         "pid": std::process::id(),
         "policy": registry.policy.file,
         "agents": registry.agent_names(),
         "sessions": registry.sessions.len(),
-    })
+        "held": shared.holds.count(),
+        "uptime_secs": shared.started.elapsed().as_secs(),
+    });
+    drop(registry);
+    if let (serde_json::Value::Object(out), serde_json::Value::Object(stream)) =
+        (&mut out, events::with(&shared.emitter, |e| e.status()))
+    {
+        out.extend(stream);
+    }
+    out
 }

@@ -59,9 +59,8 @@ impl SessionDecider {
                 agent,
                 self.session_cgroup,
                 req,
-                Outcome::Allowed,
-                verdict,
-                rule,
+                (Outcome::Allowed, verdict, rule),
+                &mut super::lock_enricher(&self.shared),
             );
             body.insert("grant".into(), serde_json::json!({ "id": grant }));
             drop(registry);
@@ -73,9 +72,8 @@ impl SessionDecider {
                 agent,
                 self.session_cgroup,
                 req,
-                Outcome::Held,
-                verdict,
-                rule,
+                (Outcome::Held, verdict, rule),
+                &mut super::lock_enricher(&self.shared),
             );
             drop(registry);
             let (tx, rx) = oneshot::channel();
@@ -97,9 +95,8 @@ impl SessionDecider {
             agent,
             self.session_cgroup,
             req,
-            outcome,
-            verdict,
-            rule,
+            (outcome, verdict, rule),
+            &mut super::lock_enricher(&self.shared),
         );
         drop(registry);
         events::emit_now(&self.shared.emitter, serde_json::Value::Object(body));

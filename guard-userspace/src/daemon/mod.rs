@@ -35,6 +35,9 @@ pub struct Shared {
     pub holds: holds::Holds,
     pub kernel_holds: crate::kernel::KernelHolds,
     pub grants: grants::Grants,
+    pub started: std::time::Instant,
+    /// Process details, read once per process (pid + start time).
+    pub enricher: std::sync::Mutex<events::enrich::Enricher>,
 }
 
 pub struct Options {
@@ -43,6 +46,18 @@ pub struct Options {
     /// Overrides the policy's [daemon] state_dir.
     pub state_dir: Option<PathBuf>,
     pub demo: bool,
+    /// Format of sinks that do not name one.
+    pub format: crate::policy::sink::Format,
+    /// HMAC key for the event chain (a root-only file).
+    pub chain_key: Option<PathBuf>,
+}
+
+/// The shared process-details cache, even if a panicking holder poisoned it.
+pub fn lock_enricher(shared: &Shared) -> std::sync::MutexGuard<'_, events::enrich::Enricher> {
+    match shared.enricher.lock() {
+        Ok(e) => e,
+        Err(poisoned) => poisoned.into_inner(),
+    }
 }
 
 pub fn require_root(what: &str) -> Result<()> {
@@ -166,10 +181,27 @@ pub async fn run(opts: Options) -> Result<()> {
         "socket": socket.display().to_string(),
         "agents": registry.agent_names(),
         "backends": {"connect": "cgroup_sock_addr", "delete": delete_backend},
+        "sinks": registry.policy.sinks.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+        "chain": {"alg": if opts.chain_key.is_some() { "hmac-sha256" } else { "sha256" },
+                  "state": state_dir.join("chain.json").display().to_string()},
     });
+    let alg = match &opts.chain_key {
+        Some(path) => events::chain::Alg::HmacSha256(events::chain::read_key(path)?),
+        None => events::chain::Alg::Sha256,
+    };
+    let sinks = registry.policy.sinks.clone();
+    let emitter = Emitter::start(events::Config {
+        sinks,
+        format: opts.format,
+        alg,
+        state_file: Some(state_dir.join("chain.json")),
+    })?;
+    let unix_sinks = events::with(&emitter, |e| std::mem::take(&mut e.unix_sinks));
     let shared = Arc::new(Shared {
         registry: RwLock::new(registry),
-        emitter: Emitter::stdout(),
+        emitter,
+        started: std::time::Instant::now(),
+        enricher: std::sync::Mutex::new(events::enrich::Enricher::default()),
         supervise_deletes: delete_backend == "seccomp",
         holds: holds::Holds::default(),
         kernel_holds: kernel.take_holds()?,
@@ -191,6 +223,18 @@ pub async fn run(opts: Options) -> Result<()> {
     tasks.spawn(reader::poll_losses(losses, shared.clone()));
     tasks.spawn(control_server::serve(listener, shared.clone()));
     tasks.spawn(holds::expire_loop(shared.clone()));
+    let mut sink_names = Vec::new();
+    for (name, path, format) in unix_sinks {
+        let listener =
+            events::sinks::stream::bind(&path).with_context(|| format!("event sink {name:?}"))?;
+        sink_names.push(path.clone());
+        tasks.spawn(events::sinks::stream::serve(
+            listener,
+            name,
+            format,
+            shared.emitter.clone(),
+        ));
+    }
 
     events::emit_now(
         &shared.emitter,
@@ -213,6 +257,9 @@ pub async fn run(opts: Options) -> Result<()> {
     };
     tasks.abort_all();
     shutdown(&shared, &socket, kernel);
+    for path in sink_names {
+        let _ = std::fs::remove_file(path);
+    }
     result
 }
 
@@ -246,6 +293,8 @@ fn shutdown(shared: &Arc<Shared>, socket: &Path, kernel: Kernel) {
             }
         }
     }
+    // Losses not yet reported are reported before the last word.
+    events::with(&shared.emitter, events::Emitter::report_losses);
     events::emit_now(
         &shared.emitter,
         events::daemon_event(
@@ -253,4 +302,5 @@ fn shutdown(shared: &Arc<Shared>, socket: &Path, kernel: Kernel) {
             json!({"pid": std::process::id(), "enforcement": "released"}),
         ),
     );
+    events::with(&shared.emitter, events::Emitter::close);
 }

@@ -1,6 +1,10 @@
-//! Process details the kernel record does not carry (exe, cmdline, ppid),
-//! read from /proc once per process and cached by pid *and* start time, so
-//! a reused pid is never attributed to the previous owner.
+//! Process details the kernel record does not carry (exe, cmdline, ppid,
+//! user and group names), read from /proc once per process and cached by
+//! pid *and* start time, so a reused pid is never attributed to the
+//! previous owner. Each lookup reads only /proc/PID/stat (to check the
+//! start time); exe, cmdline and names are read once. Entries of processes
+//! that are gone are evicted by [`Enricher::sweep`] (on run exits and
+//! periodically) and when a lookup finds the pid gone or reused.
 use std::{collections::HashMap, fs};
 
 use serde::Serialize;
@@ -24,6 +28,10 @@ const MAX_CACHED: usize = 8192;
 #[derive(Default)]
 pub struct Enricher {
     cache: HashMap<u32, Cached>,
+    users: HashMap<u32, Option<String>>,
+    groups: HashMap<u32, Option<String>>,
+    /// /proc reads of exe+cmdline, for tests of the cache.
+    misses: u64,
 }
 
 impl Enricher {
@@ -43,6 +51,7 @@ impl Enricher {
                 return c.details.clone();
             }
         }
+        self.misses += 1;
         let details = ProcessDetails {
             ppid: Some(ppid),
             exe: fs::read_link(format!("/proc/{pid}/exe"))
@@ -66,6 +75,46 @@ impl Enricher {
             },
         );
         details
+    }
+
+    /// The user name of `uid`, looked up once.
+    pub fn user(&mut self, uid: u32) -> Option<String> {
+        self.users
+            .entry(uid)
+            .or_insert_with(|| {
+                nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+            })
+            .clone()
+    }
+
+    /// The group name of `gid`, looked up once.
+    pub fn group(&mut self, gid: u32) -> Option<String> {
+        self.groups
+            .entry(gid)
+            .or_insert_with(|| {
+                nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+                    .ok()
+                    .flatten()
+                    .map(|g| g.name)
+            })
+            .clone()
+    }
+
+    /// Drops entries whose process is gone or whose pid now belongs to
+    /// another process. Names are dropped too: /etc/passwd may change.
+    pub fn sweep(&mut self) {
+        self.cache
+            .retain(|pid, c| read_stat(*pid).is_some_and(|(_, start)| start == c.start_time));
+        self.users.clear();
+        self.groups.clear();
+    }
+
+    #[cfg(test)]
+    pub fn cached(&self) -> usize {
+        self.cache.len()
     }
 }
 
@@ -96,11 +145,45 @@ mod tests {
     }
 
     #[test]
-    fn reads_own_process() {
+    fn reads_own_process_once() {
         let mut e = Enricher::default();
         let me = std::process::id();
         let d = e.details(me);
         assert!(d.exe.is_some());
         assert_eq!(d.ppid, Some(std::os::unix::process::parent_id()));
+        e.details(me);
+        e.details(me);
+        assert_eq!(e.misses, 1, "exe and cmdline are read once per process");
+        assert_eq!(e.user(0).as_deref(), Some("root"));
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_the_old_process() {
+        let mut e = Enricher::default();
+        let me = std::process::id();
+        e.details(me);
+        // As if the pid had belonged to an older process.
+        if let Some(c) = e.cache.get_mut(&me) {
+            c.start_time = c.start_time.wrapping_sub(1);
+            c.details.exe = Some("/old/process".into());
+        }
+        assert_ne!(e.details(me).exe.as_deref(), Some("/old/process"));
+        assert_eq!(e.misses, 2);
+    }
+
+    #[test]
+    fn sweep_evicts_exited_processes() {
+        let mut e = Enricher::default();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        e.details(child.id());
+        e.details(std::process::id());
+        assert_eq!(e.cached(), 2);
+        let _ = child.kill();
+        let _ = child.wait();
+        e.sweep();
+        assert_eq!(e.cached(), 1);
     }
 }

@@ -15,6 +15,7 @@ mod error;
 mod net;
 mod parse;
 mod path;
+pub mod sink;
 #[cfg(test)]
 mod tests;
 /// Test vectors shared by the userspace matcher, the kernel-map simulator and
@@ -47,6 +48,8 @@ pub struct Policy {
     pub daemon: DaemonConfig,
     /// In file order.
     pub agents: Vec<Agent>,
+    /// `[[sink]]` tables; none means stdout only.
+    pub sinks: Vec<sink::SinkConfig>,
 }
 
 /// The `[daemon]` table.

@@ -24,6 +24,8 @@ struct RawPolicy {
     daemon: Option<RawDaemon>,
     #[serde(default, deserialize_with = "agent_array")]
     agent: Vec<Spanned<RawAgent>>,
+    #[serde(default)]
+    sink: Vec<Spanned<super::sink::RawSink>>,
 }
 
 /// A plain `Vec` whose type error names the common mistake of writing
@@ -145,10 +147,12 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Policy, PolicyError> {
     }
 
     assign_ids(&mut agents);
+    let sinks = super::sink::sinks(&doc, raw.sink)?;
     Ok(Policy {
         file: file.to_owned(),
         daemon,
         agents,
+        sinks,
     })
 }
 

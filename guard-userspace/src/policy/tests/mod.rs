@@ -12,3 +12,4 @@ mod kernel_maps;
 mod kernel_sim;
 mod matching;
 mod parsing;
+mod sinks;
