@@ -101,6 +101,18 @@ fn remove_tree(dir: &Path) {
 struct Stream {
     events: Vec<Value>,
     closed: bool,
+    /// Events counted, not kept (see [`Daemon::start_with`]), by kind.
+    counted: std::collections::BTreeMap<String, u64>,
+}
+
+/// How to start a daemon beyond its policy.
+#[derive(Default)]
+pub struct Options {
+    /// Extra `agent-guard daemon` arguments (e.g. `--chain-key FILE`).
+    pub args: Vec<String>,
+    /// Events for which this returns true are counted by kind, not kept:
+    /// for bursts too large to hold as parsed JSON.
+    pub count_only: Option<fn(&Value) -> bool>,
 }
 
 /// A running daemon; SIGTERM and reaped on drop.
@@ -113,21 +125,32 @@ pub struct Daemon {
     // Dropped after the daemon, so cgroups are removed last.
     cgroups: Option<TestCgroups>,
     keep_dir: bool,
+    validated: bool,
 }
 
 impl Daemon {
     /// Starts a daemon with `policy` (TOML) and waits for `daemon.start`.
     pub fn start(policy: &str, cgroups: TestCgroups) -> Self {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("agent-guard-test-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("test dir");
-        Self::start_in(policy, cgroups, dir)
+        Self::start_in(policy, cgroups, Self::fresh_dir())
     }
 
     /// Starts a daemon whose socket and state live in `dir` (for example the
     /// directory a crashed daemon left, see [`Daemon::crash`]).
     pub fn start_in(policy: &str, cgroups: TestCgroups, dir: PathBuf) -> Self {
+        Self::start_with(policy, cgroups, dir, Options::default())
+    }
+
+    /// A fresh per-test directory, as [`Daemon::start`] uses.
+    pub fn fresh_dir() -> PathBuf {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("agent-guard-test-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("test dir");
+        dir
+    }
+
+    /// [`Daemon::start_in`] with [`Options`].
+    pub fn start_with(policy: &str, cgroups: TestCgroups, dir: PathBuf, opts: Options) -> Self {
         require_root();
         let socket = dir.join("control.sock");
         let policy_path = dir.join("policy.toml");
@@ -140,6 +163,7 @@ impl Daemon {
             .arg(&policy_path)
             .arg("--state-dir")
             .arg(dir.join("state"))
+            .args(&opts.args)
             // Warnings and errors only, unless the caller asks for more.
             .env(
                 "AGENT_GUARD_LOG",
@@ -151,7 +175,7 @@ impl Daemon {
             .expect("spawn agent-guard daemon");
         let stdout = child.stdout.take().expect("stdout");
         let stream = Arc::new((Mutex::new(Stream::default()), Condvar::new()));
-        spawn_reader(stdout, stream.clone());
+        spawn_reader(stdout, stream.clone(), opts.count_only);
         let daemon = Self {
             child,
             socket,
@@ -160,6 +184,7 @@ impl Daemon {
             stream,
             cgroups: Some(cgroups),
             keep_dir: false,
+            validated: false,
         };
         daemon.wait_event("daemon.start", |_| true);
         daemon
@@ -208,6 +233,38 @@ impl Daemon {
     /// The daemon's pid.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Events counted but not kept ([`Options::count_only`]), by kind.
+    pub fn counted(&self, kind: &str) -> u64 {
+        let s = self.stream.0.lock().expect("lock");
+        s.counted.get(kind).copied().unwrap_or(0)
+    }
+
+    /// Waits until `done` holds for the events so far (kept and counted).
+    pub fn wait_until(&self, what: &str, done: impl Fn(&[Value], u64) -> bool, kind: &str) {
+        let (lock, cvar) = &*self.stream;
+        let deadline = Instant::now() + PATIENCE;
+        let mut s = lock.lock().expect("lock");
+        loop {
+            if done(&s.events, s.counted.get(kind).copied().unwrap_or(0)) {
+                return;
+            }
+            assert!(!s.closed, "daemon exited before {what}");
+            let now = Instant::now();
+            assert!(now < deadline, "{what}: not within {PATIENCE:?}");
+            s = cvar.wait_timeout(s, deadline - now).expect("lock").0;
+        }
+    }
+
+    /// Like [`Daemon::stop`], but keeps the daemon's directory (its state,
+    /// and the chain tip in it) for a successor started with
+    /// [`Daemon::start_in`].
+    pub fn stop_keeping_dir(mut self) -> (Vec<Value>, TestCgroups, PathBuf) {
+        self.terminate();
+        self.keep_dir = true;
+        let cgroups = self.cgroups.take().expect("cgroups");
+        (self.events(), cgroups, self.dir.clone())
     }
 
     /// All events so far.
@@ -305,6 +362,12 @@ impl Daemon {
                 .expect("lock")
                 .0;
         }
+        // Every event of every privileged test must match the written
+        // schema (checked once, when the daemon has stopped).
+        if !thread::panicking() && !self.validated {
+            self.validated = true;
+            assert_schema(&s.events);
+        }
     }
 }
 
@@ -322,14 +385,25 @@ impl Drop for Daemon {
     }
 }
 
-fn spawn_reader(stdout: ChildStdout, stream: Arc<(Mutex<Stream>, Condvar)>) {
+fn spawn_reader(
+    stdout: ChildStdout,
+    stream: Arc<(Mutex<Stream>, Condvar)>,
+    count_only: Option<fn(&Value) -> bool>,
+) {
     thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             let value: Value = serde_json::from_str(&line)
                 .unwrap_or_else(|e| panic!("daemon stdout carried a non-JSON line {line:?}: {e}"));
             let (lock, cvar) = &*stream;
-            lock.lock().expect("lock").events.push(value);
+            let mut s = lock.lock().expect("lock");
+            if count_only.is_some_and(|f| f(&value)) {
+                let kind = value["kind"].as_str().unwrap_or("").to_owned();
+                *s.counted.entry(kind).or_default() += 1;
+            } else {
+                s.events.push(value);
+            }
+            drop(s);
             cvar.notify_all();
         }
         let (lock, cvar) = &*stream;
@@ -456,6 +530,26 @@ pub fn connect_unguarded(host: &str, port: u16) -> i32 {
     let errno = run.errno;
     run.finish();
     errno
+}
+
+/// docs/events.schema.json, the written contract of every event line.
+pub const EVENT_SCHEMA: &str = include_str!("../../docs/events.schema.json");
+
+/// Asserts every event validates against [`EVENT_SCHEMA`] (a real JSON
+/// Schema validator; unknown kinds and undocumented members fail).
+pub fn assert_schema(events: &[Value]) {
+    let schema: Value = serde_json::from_str(EVENT_SCHEMA).expect("schema is JSON");
+    let validator = jsonschema::draft202012::new(&schema).expect("schema compiles");
+    for e in events {
+        let errors: Vec<String> = validator
+            .iter_errors(e)
+            .map(|err| format!("{err} (at {})", err.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "event does not match docs/events.schema.json:\n{e}\n{errors:#?}"
+        );
+    }
 }
 
 /// Asserts `seq` runs 1, 2, 3, ... with no gap or repeat.

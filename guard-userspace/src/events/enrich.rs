@@ -2,7 +2,9 @@
 //! user and group names), read from /proc once per process and cached by
 //! pid *and* start time, so a reused pid is never attributed to the
 //! previous owner. Each lookup reads only /proc/PID/stat (to check the
-//! start time); exe, cmdline and names are read once. Entries of processes
+//! start time, and the comm, which an exec changes); exe, cmdline and names
+//! are read once per process image. An exec that keeps the comm (a shell
+//! exec'ing another shell) keeps the cached details. Entries of processes
 //! that are gone are evicted by [`Enricher::sweep`] (on run exits and
 //! periodically) and when a lookup finds the pid gone or reused.
 use std::{collections::HashMap, fs};
@@ -18,6 +20,7 @@ pub struct ProcessDetails {
 
 struct Cached {
     start_time: u64,
+    comm: String,
     details: ProcessDetails,
 }
 
@@ -37,7 +40,12 @@ pub struct Enricher {
 impl Enricher {
     /// Details for `pid`, or empty ones if it has already exited.
     pub fn details(&mut self, pid: u32) -> ProcessDetails {
-        let Some((ppid, start_time)) = read_stat(pid) else {
+        let Some(Stat {
+            comm,
+            ppid,
+            start_time,
+        }) = read_stat(pid)
+        else {
             // Gone: whatever we cached may still be right only if it was the
             // same process, which we can no longer check.
             return self
@@ -47,7 +55,7 @@ impl Enricher {
                 .unwrap_or_default();
         };
         if let Some(c) = self.cache.get(&pid) {
-            if c.start_time == start_time {
+            if c.start_time == start_time && c.comm == comm {
                 return c.details.clone();
             }
         }
@@ -71,6 +79,7 @@ impl Enricher {
             pid,
             Cached {
                 start_time,
+                comm,
                 details: details.clone(),
             },
         );
@@ -107,7 +116,7 @@ impl Enricher {
     /// another process. Names are dropped too: /etc/passwd may change.
     pub fn sweep(&mut self) {
         self.cache
-            .retain(|pid, c| read_stat(*pid).is_some_and(|(_, start)| start == c.start_time));
+            .retain(|pid, c| read_stat(*pid).is_some_and(|s| s.start_time == c.start_time));
         self.users.clear();
         self.groups.clear();
     }
@@ -118,20 +127,30 @@ impl Enricher {
     }
 }
 
-/// (ppid, starttime) from /proc/PID/stat. The comm field may hold spaces and
-/// parentheses, so fields are counted from the last ')'.
-fn read_stat(pid: u32) -> Option<(u32, u64)> {
+#[derive(Debug, PartialEq, Eq)]
+struct Stat {
+    comm: String,
+    ppid: u32,
+    start_time: u64,
+}
+
+/// comm, ppid and starttime from /proc/PID/stat. The comm field may hold
+/// spaces and parentheses, so fields are counted from the last ')'.
+fn read_stat(pid: u32) -> Option<Stat> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_stat(&stat)
 }
 
-fn parse_stat(stat: &str) -> Option<(u32, u64)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state); ppid is field 4, starttime field 22.
-    let ppid = fields.get(1)?.parse().ok()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((ppid, start))
+fn parse_stat(stat: &str) -> Option<Stat> {
+    let close = stat.rfind(')')?;
+    let comm = stat.get(stat.find('(')? + 1..close)?.to_owned();
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    // Fields from 3 (state) on; ppid is field 4, starttime field 22.
+    Some(Stat {
+        comm,
+        ppid: fields.get(1)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
 }
 
 #[cfg(test)]
@@ -141,7 +160,14 @@ mod tests {
     #[test]
     fn parses_stat_with_hostile_comm() {
         let stat = "1234 (a) b (c) S 77 1234 1234 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 555 0 0";
-        assert_eq!(parse_stat(stat), Some((77, 555)));
+        assert_eq!(
+            parse_stat(stat),
+            Some(Stat {
+                comm: "a) b (c".into(),
+                ppid: 77,
+                start_time: 555
+            })
+        );
     }
 
     #[test]

@@ -13,6 +13,9 @@ pub mod ocsf;
 pub mod sinks;
 pub mod verify;
 
+#[cfg(test)]
+mod schema_tests;
+
 use std::{
     collections::{BTreeMap, VecDeque},
     path::PathBuf,
@@ -156,15 +159,8 @@ impl Emitter {
     /// `kind`, `outcome` and the kind's own fields.
     pub fn emit(&mut self, time: SystemTime, body: Map<String, Value>) {
         self.seq += 1;
-        let mut ev = Map::new();
-        ev.insert("schema".into(), SCHEMA.into());
-        ev.insert("seq".into(), self.seq.into());
         let time = humantime::format_rfc3339_nanos(time).to_string();
-        ev.insert("time".into(), time.clone().into());
-        ev.insert("host".into(), self.host.clone().into());
-        ev.extend(body);
-        let ocsf = ocsf::object(&ev);
-        ev.insert("ocsf".into(), ocsf);
+        let mut ev = assemble(self.seq, &time, &self.host, body);
         let text = |k: &str| ev.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
         let (kind, outcome) = (text("kind"), text("outcome"));
         let is_loss = kind == "loss";
@@ -342,6 +338,20 @@ impl Emitter {
             "chain": { "alg": self.alg_name, "last": self.chains.get(&Format::V1).map(|c| c.last().to_owned()) },
         })
     }
+}
+
+/// A native event without its chain link: the common members, the kind's
+/// own (`body`), and the `ocsf` object derived from them.
+pub fn assemble(seq: u64, time: &str, host: &str, body: Map<String, Value>) -> Map<String, Value> {
+    let mut ev = Map::new();
+    ev.insert("schema".into(), SCHEMA.into());
+    ev.insert("seq".into(), seq.into());
+    ev.insert("time".into(), time.into());
+    ev.insert("host".into(), host.into());
+    ev.extend(body);
+    let ocsf = ocsf::object(&ev);
+    ev.insert("ocsf".into(), ocsf);
+    ev
 }
 
 fn rendered(ev: &Map<String, Value>, kind: &str, time: &str, outcome: &str) -> Line {
