@@ -81,6 +81,11 @@ pub fn load_policy(path: Option<&Path>) -> Result<Policy> {
 pub async fn run(opts: Options) -> Result<()> {
     require_root("the daemon")?;
     let policy = load_policy(opts.policy_path.as_deref())?;
+    // A bad key is a start-up error before anything is loaded.
+    let alg = match &opts.chain_key {
+        Some(path) => events::chain::Alg::HmacSha256(events::chain::read_key(path)?),
+        None => events::chain::Alg::Sha256,
+    };
     let socket = opts
         .socket
         .clone()
@@ -185,10 +190,6 @@ pub async fn run(opts: Options) -> Result<()> {
         "chain": {"alg": if opts.chain_key.is_some() { "hmac-sha256" } else { "sha256" },
                   "state": state_dir.join("chain.json").display().to_string()},
     });
-    let alg = match &opts.chain_key {
-        Some(path) => events::chain::Alg::HmacSha256(events::chain::read_key(path)?),
-        None => events::chain::Alg::Sha256,
-    };
     let sinks = registry.policy.sinks.clone();
     let emitter = Emitter::start(events::Config {
         sinks,

@@ -46,6 +46,8 @@ pub struct SinkStats {
     pub write_failed: AtomicU64,
     /// Reachable (a connected collector; always true for local sinks).
     pub up: AtomicBool,
+    /// Set at daemon exit: stop retrying a collector that is down.
+    pub closing: AtomicBool,
     pub last_error: Mutex<Option<String>>,
 }
 
@@ -251,6 +253,7 @@ impl Writer {
     /// the daemon's exit.
     pub fn close(&mut self, patience: Duration) {
         let deadline = Instant::now() + patience;
+        self.stats.closing.store(true, Ordering::Relaxed);
         // Loss lines still waiting get their chance before the queue closes.
         if let Some(tx) = self.tx.take() {
             for mut line in self.queue.take_backlog() {

@@ -60,6 +60,13 @@ impl Syslog {
     }
 }
 
+fn sleep_unless_closing(d: Duration, stats: &SinkStats) {
+    let until = std::time::Instant::now() + d;
+    while std::time::Instant::now() < until && !stats.closing.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn header_field(s: &str, max: usize) -> String {
     let f: String = s
         .chars()
@@ -105,8 +112,13 @@ impl Collector {
                     stats.set_error(format!("{}: {e}", self.address));
                     // Queued lines wait; the emitter counts what overflows.
                     // A closed queue (daemon exit) ends the retries.
+                    if stats.closing.load(Ordering::Relaxed) {
+                        // Daemon exit with the collector down: what is
+                        // still queued cannot be delivered.
+                        return;
+                    }
                     if pending.is_some() {
-                        std::thread::sleep(backoff);
+                        sleep_unless_closing(backoff, stats);
                     } else {
                         // Holding one line out of the queue tells a closed
                         // queue (daemon exit, which ends the retries) from
