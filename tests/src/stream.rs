@@ -55,18 +55,37 @@ impl Daemon {
         s.counted.get(kind).copied().unwrap_or(0)
     }
 
-    /// Waits until `done` holds for the events so far (kept and counted).
-    pub fn wait_until(&self, what: &str, done: impl Fn(&[Value], u64) -> bool, kind: &str) {
+    /// Waits until `measure` (over the events so far, kept and counted as
+    /// `kind`) reaches `target`. Fails only when it stops growing for
+    /// [`PATIENCE`]: a liveness bound, however long the work takes.
+    pub fn wait_until(
+        &self,
+        what: &str,
+        measure: impl Fn(&[Value], u64) -> u64,
+        kind: &str,
+        target: u64,
+    ) {
         let (lock, cvar) = &*self.stream;
-        let deadline = Instant::now() + PATIENCE;
+        let mut last = (0, Instant::now());
         let mut s = lock.lock().expect("lock");
         loop {
-            if done(&s.events, s.counted.get(kind).copied().unwrap_or(0)) {
+            let now_at = measure(&s.events, s.counted.get(kind).copied().unwrap_or(0));
+            if now_at >= target {
                 return;
             }
-            assert!(!s.closed, "daemon exited before {what}");
             let now = Instant::now();
-            assert!(now < deadline, "{what}: not within {PATIENCE:?}");
+            if now_at > last.0 {
+                last = (now_at, now);
+            }
+            assert!(
+                !s.closed,
+                "daemon exited before {what} ({now_at} of {target})"
+            );
+            let deadline = last.1 + PATIENCE;
+            assert!(
+                now < deadline,
+                "{what}: stuck at {now_at} of {target} for {PATIENCE:?}"
+            );
             s = cvar.wait_timeout(s, deadline - now).expect("lock").0;
         }
     }

@@ -6,8 +6,9 @@
 //! The deleter is placed in the agent cgroup directly (no `run`), so on a
 //! kernel without BPF LSM its deletes reach the daemon through the kernel
 //! ring buffer (observed), and with BPF LSM through the LSM hooks: either
-//! way the kernel path, where drops can happen. 200k calls on the host; the
-//! VM tier (software-emulated, one CPU, ~17x slower) makes 20k.
+//! way the kernel path, where drops can happen. 200k calls on the host
+//! (~20 s); the VM tier (software-emulated, one CPU, ~17x slower, a debug
+//! daemon reading a few hundred events/s) makes 5k.
 //! Needs: tp_btf programs (or BPF LSM), and /dev/shm.
 use std::path::PathBuf;
 
@@ -52,7 +53,7 @@ fn accounted(events: &[Value], counted: u64) -> u64 {
 
 #[test]
 fn every_call_of_a_burst_is_an_event_or_a_reported_loss() {
-    let n: u64 = if tier() == "vm" { 20_000 } else { 200_000 };
+    let n: u64 = if tier() == "vm" { 5_000 } else { 200_000 };
     let dir = PathBuf::from(format!("/dev/shm/agent-guard-burst-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("tmpfs dir");
@@ -84,11 +85,7 @@ fn every_call_of_a_burst_is_an_event_or_a_reported_loss() {
     let status = child.wait().expect("python");
     assert!(status.success());
 
-    daemon.wait_until(
-        "every call accounted for",
-        |events, counted| accounted(events, counted) >= n,
-        "file.unlink",
-    );
+    daemon.wait_until("every call accounted for", accounted, "file.unlink", n);
     let seen = daemon.counted("file.unlink");
     let events = daemon.stop();
     let lost = accounted(&events, 0);

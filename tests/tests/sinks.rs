@@ -233,7 +233,7 @@ fn a_stalled_reader_stalls_neither_enforcement_nor_the_other_sinks() {
     let sock = scratch.path("events.sock");
     let sinks = format!(
         "[[sink]]\nname = \"audit\"\ntype = \"file\"\npath = \"{}\"\n\n\
-         [[sink]]\nname = \"stream\"\ntype = \"unix\"\npath = \"{}\"\n",
+         [[sink]]\nname = \"stream\"\ntype = \"unix\"\npath = \"{}\"\nqueue = 16\n",
         log.display(),
         sock.display()
     );
@@ -267,7 +267,11 @@ fn a_stalled_reader_stalls_neither_enforcement_nor_the_other_sinks() {
         thread::sleep(Duration::from_millis(20));
     }
 
-    let n = 8000;
+    // Enough to overflow a reader's queue and its socket buffer: the unix
+    // sink's 16 lines quickly; `events --follow`'s 4096 only with thousands,
+    // which the VM tier (a debug daemon under emulation) is too slow for.
+    let follow_too = tier() != "vm";
+    let n: u64 = if follow_too { 8000 } else { 1000 };
     scratch.dir("churn");
     let out = daemon.run_agent(
         "bot",
@@ -287,7 +291,12 @@ fn a_stalled_reader_stalls_neither_enforcement_nor_the_other_sinks() {
     daemon.wait_event("file.unlink", |e| {
         e["outcome"] == "denied" && e["target"]["path"] == scratch.s("keep/b")
     });
-    for sink in ["control", "stream"] {
+    let stalled: &[&str] = if follow_too {
+        &["control", "stream"]
+    } else {
+        &["stream"]
+    };
+    for &sink in stalled {
         let ev = daemon.wait_event("loss", |e| e["loss"]["sink"] == sink);
         assert_eq!(ev["loss"]["reason"], "subscriber_slow");
         assert!(ev["loss"]["count"].as_u64().is_some_and(|c| c > 0));

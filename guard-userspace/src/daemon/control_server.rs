@@ -114,7 +114,12 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> Result<()> {
             }) => {
                 // From here on this connection carries the event stream.
                 let mut rx = events::with(&shared.emitter, |e| {
-                    e.subscribe("control", agent, crate::policy::sink::Format::V1)
+                    e.subscribe(
+                        "control",
+                        agent,
+                        crate::policy::sink::Format::V1,
+                        events::sinks::stream::SUBSCRIBER_QUEUE,
+                    )
                 });
                 send(&mut write, &Reply::ok(json!({}))).await?;
                 while let Some(line) = rx.recv().await {

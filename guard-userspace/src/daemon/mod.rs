@@ -225,14 +225,15 @@ pub async fn run(opts: Options) -> Result<()> {
     tasks.spawn(control_server::serve(listener, shared.clone()));
     tasks.spawn(holds::expire_loop(shared.clone()));
     let mut sink_names = Vec::new();
-    for (name, path, format) in unix_sinks {
-        let listener =
-            events::sinks::stream::bind(&path).with_context(|| format!("event sink {name:?}"))?;
-        sink_names.push(path.clone());
+    for sink in unix_sinks {
+        let listener = events::sinks::stream::bind(&sink.path)
+            .with_context(|| format!("event sink {:?}", sink.name))?;
+        sink_names.push(sink.path.clone());
         tasks.spawn(events::sinks::stream::serve(
             listener,
-            name,
-            format,
+            sink.name,
+            sink.format,
+            sink.queue,
             shared.emitter.clone(),
         ));
     }

@@ -58,6 +58,15 @@ pub struct Config {
     pub state_file: Option<PathBuf>,
 }
 
+/// A `type = "unix"` sink, served by `sinks::stream::serve`.
+pub struct UnixSink {
+    pub name: String,
+    pub path: PathBuf,
+    pub format: Format,
+    /// Queue of each reader.
+    pub queue: usize,
+}
+
 /// Assigns seq and chain links, renders, and fans lines out to the sinks.
 pub struct Emitter {
     seq: u64,
@@ -74,8 +83,8 @@ pub struct Emitter {
     rate: VecDeque<(Instant, u64)>,
     state_file: Option<PathBuf>,
     persisted_seq: u64,
-    /// Unix sinks to serve once the runtime runs: (name, path, format).
-    pub unix_sinks: Vec<(String, PathBuf, Format)>,
+    /// Unix sinks to serve once the runtime runs.
+    pub unix_sinks: Vec<UnixSink>,
 }
 
 pub type SharedEmitter = Arc<Mutex<Emitter>>;
@@ -94,7 +103,7 @@ impl Emitter {
                 name: "stdout".into(),
                 kind: SinkKind::Stdout,
                 format: None,
-                queue: crate::policy::sink::DEFAULT_QUEUE,
+                queue: None,
             }]
         } else {
             config.sinks
@@ -116,9 +125,12 @@ impl Emitter {
             let format = cfg.format.unwrap_or(config.format);
             formats.push(format);
             match &cfg.kind {
-                SinkKind::Unix { path } => {
-                    unix_sinks.push((cfg.name.clone(), path.clone(), format))
-                }
+                SinkKind::Unix { path } => unix_sinks.push(UnixSink {
+                    name: cfg.name.clone(),
+                    path: path.clone(),
+                    format,
+                    queue: cfg.queue.unwrap_or(sinks::stream::SUBSCRIBER_QUEUE),
+                }),
                 _ => writers.push(
                     Writer::start(cfg, format, &host)
                         .with_context(|| format!("starting event sink {:?}", cfg.name))?,
@@ -217,6 +229,7 @@ impl Emitter {
         sink: &str,
         agent: Option<String>,
         format: Format,
+        queue: usize,
     ) -> tokio::sync::mpsc::Receiver<Line> {
         let id = self.next_subscriber;
         self.next_subscriber += 1;
@@ -225,7 +238,7 @@ impl Emitter {
             let alg = self.alg();
             self.chains.insert(format, Chain::new(alg, None));
         }
-        let (sub, rx) = Subscriber::new(id, sink.to_owned(), agent, format);
+        let (sub, rx) = Subscriber::new(id, sink.to_owned(), agent, format, queue);
         self.subscribers.push(sub);
         rx
     }
@@ -239,9 +252,9 @@ impl Emitter {
     pub fn report_losses(&mut self) {
         let mut due = Vec::new();
         for w in &mut self.writers {
-            for (reason, count) in w.take_losses() {
+            for (reason, count, total) in w.take_losses() {
                 due.push(json!({"reason": reason, "count": count, "sink": w.name,
-                                "total": w.queue.dropped_total}));
+                                "total": total}));
             }
         }
         for s in &mut self.subscribers {
@@ -333,7 +346,7 @@ impl Emitter {
             "events": { "emitted": self.seq, "per_sec": (per_sec * 10.0).round() / 10.0 },
             "drops": self.losses,
             "sinks": self.writers.iter().map(Writer::status).collect::<Vec<_>>(),
-            "unix_sinks": self.unix_sinks.iter().map(|(n, p, f)| json!({"name": n, "path": p, "format": f.name()})).collect::<Vec<_>>(),
+            "unix_sinks": self.unix_sinks.iter().map(|u| json!({"name": u.name, "path": u.path, "format": u.format.name(), "queue": u.queue})).collect::<Vec<_>>(),
             "readers": readers,
             "chain": { "alg": self.alg_name, "last": self.chains.get(&Format::V1).map(|c| c.last().to_owned()) },
         })

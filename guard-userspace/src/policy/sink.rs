@@ -7,7 +7,8 @@ use toml::Spanned;
 
 use super::{PolicyError, error::Doc};
 
-/// Lines a sink may lag behind before it starts losing (reported) events.
+/// Lines a writer sink may lag behind before it starts losing (reported)
+/// events. A unix sink's readers each get 4096 unless `queue` says otherwise.
 pub const DEFAULT_QUEUE: usize = 65_536;
 /// Rotate a file sink at this size unless `max_bytes` says otherwise.
 pub const DEFAULT_MAX_BYTES: u64 = 100 * 1024 * 1024;
@@ -84,7 +85,8 @@ pub struct SinkConfig {
     pub kind: SinkKind,
     /// None: the daemon's `--format` (default v1).
     pub format: Option<Format>,
-    pub queue: usize,
+    /// None: the default of the sink's kind.
+    pub queue: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -248,14 +250,14 @@ fn sink(doc: &Doc<'_>, raw: RawSink) -> Result<SinkConfig, PolicyError> {
         })?),
     };
     let queue = match &raw.queue {
-        None => DEFAULT_QUEUE,
+        None => None,
         Some(q) if !(16..=1 << 24).contains(q.get_ref()) => {
             return Err(doc.error_at(
                 q.span().start,
                 "queue must be between 16 and 16777216 lines",
             ));
         }
-        Some(q) => *q.get_ref(),
+        Some(q) => Some(*q.get_ref()),
     };
     let name = match &raw.name {
         None => ty.to_owned(),

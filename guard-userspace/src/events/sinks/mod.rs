@@ -145,7 +145,8 @@ impl Writer {
     /// Starts the sink's thread. A file that cannot be opened is an error
     /// now, at start-up; a collector that is down is retried in the thread.
     pub fn start(cfg: &SinkConfig, format: Format, host: &str) -> io::Result<Self> {
-        let (tx, rx) = sync_channel::<Line>(cfg.queue);
+        let capacity = cfg.queue.unwrap_or(crate::policy::sink::DEFAULT_QUEUE);
+        let (tx, rx) = sync_channel::<Line>(capacity);
         let stats = Arc::new(SinkStats::default());
         let name = cfg.name.clone();
         let thread_stats = stats.clone();
@@ -191,7 +192,7 @@ impl Writer {
             format,
             tx: Some(tx),
             queue: Queue::new(),
-            capacity: cfg.queue,
+            capacity,
             stats,
             thread: Some(thread),
             reported_failed: 0,
@@ -212,8 +213,9 @@ impl Writer {
         }
     }
 
-    /// Loss reports due: (reason, count) pairs, resetting the counters.
-    pub fn take_losses(&mut self) -> Vec<(&'static str, u64)> {
+    /// Loss reports due: (reason, count, total so far for that reason),
+    /// resetting the counters.
+    pub fn take_losses(&mut self) -> Vec<(&'static str, u64, u64)> {
         let mut out = Vec::new();
         if self.queue.unreported > 0 {
             let reason = if self.stats.up.load(Ordering::Relaxed) {
@@ -221,11 +223,12 @@ impl Writer {
             } else {
                 "sink_down"
             };
-            out.push((reason, std::mem::take(&mut self.queue.unreported)));
+            let count = std::mem::take(&mut self.queue.unreported);
+            out.push((reason, count, self.queue.dropped_total));
         }
         let failed = self.stats.write_failed.load(Ordering::Relaxed);
         if failed > self.reported_failed {
-            out.push(("sink_write_failed", failed - self.reported_failed));
+            out.push(("sink_write_failed", failed - self.reported_failed, failed));
             self.reported_failed = failed;
         }
         out
@@ -287,8 +290,22 @@ impl Writer {
 
 /// Writes lines to stdout, flushing when the queue runs dry.
 fn stdout(rx: &Receiver<Line>, stats: &SinkStats) {
-    let out = io::stdout();
-    let mut out = io::BufWriter::with_capacity(256 * 1024, out.lock());
+    // A duplicate of fd 1 with our own buffer, rather than std's stdout
+    // lock held for the daemon's life (anything else printing would hang).
+    use std::os::fd::AsFd as _;
+    let file = match io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(e) => {
+            stats.up.store(false, Ordering::Relaxed);
+            stats.set_error(format!("stdout: {e}"));
+            // Nothing can be written: every line is a failed write.
+            while rx.recv().is_ok() {
+                stats.write_failed.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+    };
+    let mut out = io::BufWriter::with_capacity(256 * 1024, file);
     while let Ok(line) = rx.recv() {
         let mut next = Some(line);
         while let Some(line) = next {

@@ -14,7 +14,8 @@ use tokio::{
 use super::{Line, Queue};
 use crate::{events::SharedEmitter, policy::sink::Format};
 
-/// Lines a reader may lag behind before it starts losing events.
+/// Lines a reader may lag behind before it starts losing events (unless
+/// its unix sink sets `queue`).
 pub const SUBSCRIBER_QUEUE: usize = 4096;
 
 pub struct Subscriber {
@@ -34,8 +35,9 @@ impl Subscriber {
         sink: String,
         agent: Option<String>,
         format: Format,
+        queue: usize,
     ) -> (Self, mpsc::Receiver<Line>) {
-        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+        let (tx, rx) = mpsc::channel(queue.max(1));
         (
             Self {
                 id,
@@ -96,6 +98,7 @@ pub async fn serve(
     listener: UnixListener,
     name: String,
     format: Format,
+    queue: usize,
     emitter: SharedEmitter,
 ) -> Result<()> {
     loop {
@@ -103,10 +106,7 @@ pub async fn serve(
             .accept()
             .await
             .with_context(|| format!("accepting on event sink {name}"))?;
-        let mut rx = match emitter.lock() {
-            Ok(mut e) => e.subscribe(&name, None, format),
-            Err(poisoned) => poisoned.into_inner().subscribe(&name, None, format),
-        };
+        let mut rx = crate::events::with(&emitter, |e| e.subscribe(&name, None, format, queue));
         tokio::spawn(async move {
             while let Some(line) = rx.recv().await {
                 if stream.write_all(&line.bytes).await.is_err() {

@@ -2,7 +2,7 @@
 
 use crate::policy::{
     parse,
-    sink::{DEFAULT_KEEP, DEFAULT_QUEUE, Format, SinkKind},
+    sink::{DEFAULT_KEEP, Format, SinkKind},
 };
 
 #[test]
@@ -42,10 +42,10 @@ queue = 1024
             keep: DEFAULT_KEEP
         }
     );
-    assert_eq!(p.sinks[1].queue, DEFAULT_QUEUE);
+    assert_eq!(p.sinks[1].queue, None);
     assert_eq!(p.sinks[2].name, "unix");
     assert_eq!(p.sinks[3].format, Some(Format::Ecs));
-    assert_eq!(p.sinks[3].queue, 1024);
+    assert_eq!(p.sinks[3].queue, Some(1024));
     assert!(parse("p.toml", "").unwrap().sinks.is_empty());
 }
 
@@ -111,4 +111,23 @@ fn bad_sinks_point_at_the_value() {
         1,
         "unknown field",
     );
+}
+
+#[test]
+fn the_default_policys_commented_sinks_are_valid() {
+    let text = crate::policy::DEFAULT_POLICY;
+    let at = text.find("# Where events go").unwrap();
+    let mut uncommented = text[..at].to_owned();
+    for line in text[at..].lines() {
+        let body = line.strip_prefix("# ").unwrap_or("");
+        let key = body.split(" = ").next().unwrap_or("");
+        if body == "[[sink]]"
+            || (!key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        {
+            uncommented.push_str(body);
+        }
+        uncommented.push('\n');
+    }
+    let p = parse("default.toml", &uncommented).unwrap();
+    assert_eq!(p.sinks.len(), 3, "{uncommented}");
 }
