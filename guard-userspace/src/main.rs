@@ -51,6 +51,7 @@ fn main() -> ExitCode {
         Command::Agents(args) => cli::agents::run(args, &client_socket()),
         Command::Freeze(args) => cli::freeze::run(args, true, &client_socket()),
         Command::Thaw(args) => cli::thaw::run(args, &client_socket()),
+        Command::Status(args) => cli::status::run(args, &client_socket()),
     };
     match result {
         Ok(code) => code,

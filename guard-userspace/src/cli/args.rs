@@ -90,12 +90,22 @@ pub enum Command {
     ///   agent-guard kill 1732421234567890123
     ///   agent-guard kill --agent claims-bot
     Kill(KillArgs),
-    /// Stream events from the daemon as JSON lines, from now on.
+    /// Stream events from the daemon as JSON lines, from now on; or check
+    /// that a log's hash chain is intact.
     ///
     /// Examples:
     ///   agent-guard events --follow
     ///   agent-guard events --follow --agent claims-bot | jq .kind
+    ///   agent-guard events --follow --from /run/agent-guard/events.sock
+    ///   agent-guard events verify /var/log/agent-guard/events.jsonl
     Events(EventsArgs),
+    /// Show the daemon's health: uptime, events/s, losses by reason, held
+    /// calls, and the state of every event sink.
+    ///
+    /// Examples:
+    ///   agent-guard status
+    ///   agent-guard status --json | jq .events.per_sec
+    Status(StatusArgs),
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -164,6 +174,15 @@ pub struct DaemonArgs {
     /// pinned in a bpffs under it.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Line format of every sink that does not set its own `format`:
+    /// v1 (agent-guard/v1 with an `ocsf` object) or ecs (Elastic Common
+    /// Schema).
+    #[arg(long, default_value = "v1", value_parser = ["v1", "ecs"])]
+    pub format: String,
+    /// Key the event chain with HMAC-SHA256, from this root-only file (mode
+    /// 0600 or 0400): a log rebuilt without the key does not verify.
+    #[arg(long, value_name = "FILE")]
+    pub chain_key: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -198,13 +217,57 @@ pub struct ApproveArgs {
 }
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct EventsArgs {
+    #[command(subcommand)]
+    pub command: Option<EventsCommand>,
     /// Keep the connection open and print events as they happen.
     #[arg(long)]
     pub follow: bool,
-    /// Only this agent's events.
+    /// Only this agent's events (and `loss` events, which explain gaps).
     #[arg(long, value_name = "NAME")]
     pub agent: Option<String>,
+    /// Read a `type = "unix"` sink's socket instead of the control socket.
+    #[arg(long, value_name = "SOCKET", conflicts_with = "agent")]
+    pub from: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum EventsCommand {
+    /// Recompute the hash chain of event log files, oldest first (rotated
+    /// files included), and report the first broken link with its line.
+    /// Exit 0: intact; 1: broken or unreadable.
+    ///
+    /// Examples:
+    ///   agent-guard events verify events.jsonl
+    ///   agent-guard events verify events.jsonl.3 events.jsonl.2 events.jsonl.1 events.jsonl
+    ///   agent-guard events verify --rotated /var/log/agent-guard/events.jsonl
+    ///   agent-guard events verify --key /etc/agent-guard/chain.key events.jsonl
+    Verify(VerifyArgs),
+}
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// Log files, oldest first.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Take FILE as a rotated log's current file and check FILE.N .. FILE.1
+    /// before it.
+    #[arg(long)]
+    pub rotated: bool,
+    /// The HMAC key the daemon was given with --chain-key.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// Print the daemon's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args)]

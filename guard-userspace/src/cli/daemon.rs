@@ -17,6 +17,9 @@ pub fn run(args: DaemonArgs, socket: Option<PathBuf>) -> Result<ExitCode> {
         socket,
         state_dir: args.state_dir,
         demo: args.demo,
+        format: crate::policy::sink::Format::parse(&args.format)
+            .context("--format takes v1 or ecs")?,
+        chain_key: args.chain_key,
     }))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,30 +1,108 @@
-//! `agent-guard events --follow [--agent NAME]`: the live event stream.
+//! `agent-guard events --follow [--agent NAME | --from SOCKET]`: the live
+//! event stream; `agent-guard events verify FILE...`: the chain check.
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
+    io::{BufRead as _, BufReader, Read, Write as _},
+    os::unix::net::UnixStream,
     path::Path,
     process::ExitCode,
 };
 
 use anyhow::{Context as _, Result, bail};
 
-use super::args::EventsArgs;
-use crate::control::{Client, Request};
+use super::args::{EventsArgs, EventsCommand, VerifyArgs};
+use crate::{
+    control::{Client, Request},
+    events::{chain, verify},
+};
 
 pub fn run(args: EventsArgs, socket: &Path) -> Result<ExitCode> {
+    if let Some(EventsCommand::Verify(v)) = args.command {
+        return run_verify(v);
+    }
     if !args.follow {
         bail!(
-            "the daemon keeps no history: use --follow for the live stream, or read the \
-             daemon's stdout (or its log file)"
+            "the daemon keeps no history: use --follow for the live stream, or read a file \
+             sink's log (`events verify` checks one)"
         );
     }
-    let mut client = Client::connect(socket)?;
-    client.call(Request::Subscribe { agent: args.agent })?;
+    let stream: Box<dyn Read> = match &args.from {
+        Some(path) => Box::new(UnixStream::connect(path).with_context(|| {
+            format!(
+                "cannot reach the event socket {}; is a [[sink]] of type \"unix\" serving it?",
+                path.display()
+            )
+        })?),
+        None => {
+            let mut client = Client::connect(socket)?;
+            client.call(Request::Subscribe { agent: args.agent })?;
+            Box::new(client.into_stream())
+        }
+    };
     let mut out = std::io::stdout().lock();
-    for line in BufReader::new(client.into_stream()).lines() {
+    for line in BufReader::new(stream).lines() {
         let line = line.context("reading the event stream")?;
         writeln!(out, "{line}")?;
         out.flush()?;
     }
     eprintln!("agent-guard events: the daemon closed the stream");
     Ok(ExitCode::FAILURE)
+}
+
+fn run_verify(args: VerifyArgs) -> Result<ExitCode> {
+    let files = if args.rotated {
+        if args.files.len() != 1 {
+            bail!("--rotated takes exactly one FILE: the log's current file");
+        }
+        verify::rotated_set(&args.files[0])
+    } else {
+        args.files
+    };
+    let key = match &args.key {
+        Some(path) => Some(chain::read_key_for_verify(path)?),
+        None => None,
+    };
+    let shown: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    match verify::verify(&files, key.as_deref()) {
+        Ok(report) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": true, "files": shown, "lines": report.lines,
+                        "runs": report.runs, "first_prev": report.first_prev,
+                        "starts_at_genesis": report.starts_at_genesis(),
+                        "last_hash": report.last_hash})
+                );
+            } else {
+                println!(
+                    "ok: {} lines in {} file(s), chain intact; {}; last hash {}",
+                    report.lines,
+                    files.len(),
+                    if report.starts_at_genesis() {
+                        "starts at the beginning of the chain".to_owned()
+                    } else {
+                        format!(
+                            "continues a chain whose earlier part is not in these files (prev {})",
+                            report.first_prev
+                        )
+                    },
+                    report.last_hash
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(broken) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "files": shown,
+                        "file": broken.place().map(|p| p.file.display().to_string()),
+                        "line": broken.place().map(|p| p.line),
+                        "error": broken.to_string()})
+                );
+            } else {
+                eprintln!("agent-guard events verify: BROKEN: {broken}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }

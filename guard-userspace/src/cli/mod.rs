@@ -14,6 +14,7 @@ pub mod policy;
 pub mod reload;
 pub mod revoke;
 pub mod run;
+pub mod status;
 pub mod thaw;
 
 use std::path::Path;

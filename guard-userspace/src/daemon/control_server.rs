@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     control::{Envelope, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Reply, Request},
-    supervise,
+    events, supervise,
 };
 
 /// Binds the socket. A leftover socket file from a dead daemon is replaced;
@@ -98,13 +98,17 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) -> Result<()> {
                 request: Request::Subscribe { agent },
             }) => {
                 // From here on this connection carries the event stream.
-                let mut rx = match shared.emitter.lock() {
-                    Ok(mut e) => e.subscribe(agent),
-                    Err(poisoned) => poisoned.into_inner().subscribe(agent),
-                };
+                let mut rx = events::with(&shared.emitter, |e| {
+                    e.subscribe(
+                        "control",
+                        agent,
+                        crate::policy::sink::Format::V1,
+                        events::sinks::stream::SUBSCRIBER_QUEUE,
+                    )
+                });
                 send(&mut write, &Reply::ok(json!({}))).await?;
                 while let Some(line) = rx.recv().await {
-                    if write.write_all(line.as_bytes()).await.is_err() {
+                    if write.write_all(&line.bytes).await.is_err() {
                         break;
                     }
                 }
@@ -215,10 +219,19 @@ fn status(shared: &Shared) -> serde_json::Value {
         Ok(r) => r,
         Err(poisoned) => poisoned.into_inner(),
     };
-    json!({
+    let mut out = json!({
         "pid": std::process::id(),
         "policy": registry.policy.file,
         "agents": registry.agent_names(),
         "sessions": registry.sessions.len(),
-    })
+        "held": shared.holds.count(),
+        "uptime_secs": shared.started.elapsed().as_secs(),
+    });
+    drop(registry);
+    if let (serde_json::Value::Object(out), serde_json::Value::Object(stream)) =
+        (&mut out, events::with(&shared.emitter, |e| e.status()))
+    {
+        out.extend(stream);
+    }
+    out
 }

@@ -81,9 +81,8 @@ impl SessionDecider {
                 agent,
                 self.session_cgroup,
                 req,
-                Outcome::Allowed,
-                verdict,
-                rule,
+                (Outcome::Allowed, verdict, rule),
+                &mut super::lock_enricher(&self.shared),
             );
             body.insert("grant".into(), serde_json::json!({ "id": grant }));
             drop(registry);
@@ -96,9 +95,8 @@ impl SessionDecider {
                 agent,
                 self.session_cgroup,
                 req,
-                Outcome::Held,
-                verdict,
-                rule,
+                (Outcome::Held, verdict, rule),
+                &mut super::lock_enricher(&self.shared),
             );
             drop(registry);
             let (tx, rx) = oneshot::channel();
@@ -124,9 +122,8 @@ impl SessionDecider {
             agent,
             self.session_cgroup,
             req,
-            outcome,
-            verdict,
-            rule,
+            (outcome, verdict, rule),
+            &mut super::lock_enricher(&self.shared),
         );
         drop(registry);
         self.shared.count(&body);

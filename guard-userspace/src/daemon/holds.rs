@@ -303,6 +303,11 @@ impl Holds {
             .collect()
     }
 
+    /// How many calls are held now.
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
     /// The pid holding hold `id`, if pending.
     pub fn pid_of(&self, id: u64) -> Option<u32> {
         self.lock().get(&id).map(|h| h.pid)
@@ -374,6 +379,8 @@ impl Holds {
         scope: Value,
     ) {
         let allow = verdict == Verdict::Approved;
+        // The held call's own kind (net.connect, file.unlink, ...).
+        let call = event.get("kind").cloned().unwrap_or(Value::Null);
         event.insert("kind".into(), "hold.decision".into());
         event.insert(
             "outcome".into(),
@@ -383,6 +390,7 @@ impl Holds {
             "hold".into(),
             json!({
                 "id": id.to_string(),
+                "call": call,
                 "decision": verdict.name(),
                 "by": { "uid": by.uid, "user": by.user },
                 "reason": reason,
@@ -434,12 +442,17 @@ impl Holds {
     }
 }
 
-/// Expires holds once a second.
+/// Expires holds once a second; evicts stale process details every 30 s.
 pub async fn expire_loop(shared: Arc<Shared>) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n = 0u32;
     loop {
         tick.tick().await;
         shared.holds.expire(&shared);
         shared.grants.expire();
+        n = n.wrapping_add(1);
+        if n.is_multiple_of(30) {
+            super::lock_enricher(&shared).sweep();
+        }
     }
 }

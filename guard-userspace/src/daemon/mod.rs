@@ -57,6 +57,9 @@ pub struct Shared {
     next_id: AtomicU32,
     /// Calls per agent name since start, by outcome.
     pub counts: Mutex<HashMap<String, Counts>>,
+    pub started: std::time::Instant,
+    /// Process details, read once per process (pid + start time).
+    pub enricher: std::sync::Mutex<events::enrich::Enricher>,
 }
 
 impl Shared {
@@ -155,6 +158,18 @@ pub struct Options {
     /// Overrides the policy's [daemon] state_dir.
     pub state_dir: Option<PathBuf>,
     pub demo: bool,
+    /// Format of sinks that do not name one.
+    pub format: crate::policy::sink::Format,
+    /// HMAC key for the event chain (a root-only file).
+    pub chain_key: Option<PathBuf>,
+}
+
+/// The shared process-details cache, even if a panicking holder poisoned it.
+pub fn lock_enricher(shared: &Shared) -> std::sync::MutexGuard<'_, events::enrich::Enricher> {
+    match shared.enricher.lock() {
+        Ok(e) => e,
+        Err(poisoned) => poisoned.into_inner(),
+    }
 }
 
 pub fn require_root(what: &str) -> Result<()> {
@@ -181,6 +196,11 @@ pub async fn run(opts: Options) -> Result<()> {
     // Secrets and listening addresses first: a daemon that cannot serve
     // what the policy asks for refuses to start, before it enforces anything.
     let surfaces = surfaces::Surfaces::prepare(&policy).await?;
+    // A bad key is a start-up error before anything is loaded.
+    let alg = match &opts.chain_key {
+        Some(path) => events::chain::Alg::HmacSha256(events::chain::read_key(path)?),
+        None => events::chain::Alg::Sha256,
+    };
     let socket = opts
         .socket
         .clone()
@@ -262,10 +282,23 @@ pub async fn run(opts: Options) -> Result<()> {
         "socket": socket.display().to_string(),
         "agents": registry.agent_names(),
         "backends": {"connect": "cgroup_sock_addr", "delete": delete_backend},
+        "sinks": registry.policy.sinks.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+        "chain": {"alg": if opts.chain_key.is_some() { "hmac-sha256" } else { "sha256" },
+                  "state": state_dir.join("chain.json").display().to_string()},
     });
+    let sinks = registry.policy.sinks.clone();
+    let emitter = Emitter::start(events::Config {
+        sinks,
+        format: opts.format,
+        alg,
+        state_file: Some(state_dir.join("chain.json")),
+    })?;
+    let unix_sinks = events::with(&emitter, |e| std::mem::take(&mut e.unix_sinks));
     let shared = Arc::new(Shared {
         registry: RwLock::new(registry),
-        emitter: Emitter::stdout(),
+        emitter,
+        started: std::time::Instant::now(),
+        enricher: std::sync::Mutex::new(events::enrich::Enricher::default()),
         supervise_deletes: delete_backend == "seccomp",
         holds: holds::Holds::default(),
         kernel_holds: kernel.take_holds()?,
@@ -308,6 +341,19 @@ pub async fn run(opts: Options) -> Result<()> {
     ));
     tasks.spawn(control_server::serve(listener, shared.clone()));
     tasks.spawn(holds::expire_loop(shared.clone()));
+    let mut sink_names = Vec::new();
+    for sink in unix_sinks {
+        let listener = events::sinks::stream::bind(&sink.path)
+            .with_context(|| format!("event sink {:?}", sink.name))?;
+        sink_names.push(sink.path.clone());
+        tasks.spawn(events::sinks::stream::serve(
+            listener,
+            sink.name,
+            sink.format,
+            sink.queue,
+            shared.emitter.clone(),
+        ));
+    }
     surfaces.spawn(&mut tasks, &shared, program_ids);
 
     events::emit_now(
@@ -332,6 +378,9 @@ pub async fn run(opts: Options) -> Result<()> {
     };
     tasks.abort_all();
     shutdown(&shared, &socket);
+    for path in sink_names {
+        let _ = std::fs::remove_file(path);
+    }
     result
 }
 
@@ -386,6 +435,8 @@ fn shutdown(shared: &Arc<Shared>, socket: &Path) {
             }
         }
     }
+    // Losses not yet reported are reported before the last word.
+    events::with(&shared.emitter, events::Emitter::report_losses);
     events::emit_now(
         &shared.emitter,
         events::daemon_event(
@@ -393,4 +444,5 @@ fn shutdown(shared: &Arc<Shared>, socket: &Path) {
             json!({"pid": std::process::id(), "enforcement": "released"}),
         ),
     );
+    events::with(&shared.emitter, events::Emitter::close);
 }

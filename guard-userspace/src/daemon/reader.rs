@@ -9,7 +9,7 @@ use tokio::io::unix::AsyncFd;
 
 use super::{Shared, holds::Release};
 use crate::{
-    events::{self, decode, enrich::Enricher},
+    events::{self, decode},
     kernel::LossCounters,
 };
 
@@ -24,27 +24,21 @@ pub async fn read_events(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow:
     // unchanged until the AsyncFd (which owns the RingBuf) is dropped.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("registering the event ring buffer: {e}"))?;
-    let mut enricher = Enricher::default();
     let clock = decode::BootClock::new();
     let mut tick = tokio::time::interval(DRAIN_INTERVAL);
     loop {
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &shared, &clock, &mut enricher);
+                drain(guard.get_inner_mut(), &shared, &clock);
                 guard.clear_ready();
             }
-            _ = tick.tick() => drain(fd.get_mut(), &shared, &clock, &mut enricher),
+            _ = tick.tick() => drain(fd.get_mut(), &shared, &clock),
         }
     }
 }
 
-fn drain(
-    ring: &mut RingBuf<MapData>,
-    shared: &Arc<Shared>,
-    clock: &decode::BootClock,
-    enricher: &mut Enricher,
-) {
+fn drain(ring: &mut RingBuf<MapData>, shared: &Arc<Shared>, clock: &decode::BootClock) {
     // The registry is read per record, not per drain: under a steady stream
     // a drain never ends, and neither a reload waiting to write nor a held
     // call waiting to be registered may starve.
@@ -54,8 +48,10 @@ fn drain(
                 Ok(r) => r,
                 Err(poisoned) => poisoned.into_inner(),
             };
+            // Lock order everywhere: registry, then enricher, then emitter.
+            let mut enricher = super::lock_enricher(shared);
             (
-                decode::decode(&item, &registry, clock, enricher),
+                decode::decode(&item, &registry, clock, &mut enricher),
                 Duration::from_secs(registry.policy.daemon.approval_timeout_secs),
             )
         };
@@ -169,6 +165,12 @@ pub async fn poll_losses(
         if any {
             if let Err(err) = std::fs::write(&reported, serde_json::to_vec(&last.to_vec())?) {
                 tracing::warn!(%err, file = %reported.display(), "saving reported loss totals");
+            }
+        }
+        // Sink and reader losses, and the chain tip (written outside the lock).
+        if let Some((path, tip)) = events::with(&shared.emitter, events::Emitter::tick) {
+            if let Err(err) = tip.save(&path) {
+                tracing::error!(%err, file = %path.display(), "persisting the event chain");
             }
         }
     }

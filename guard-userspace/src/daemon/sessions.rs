@@ -28,8 +28,7 @@ use super::{
     registry::{Registry, SessionState},
 };
 use crate::{
-    cgroup,
-    events::{self, enrich::Enricher},
+    cgroup, events,
     supervise::{self, Resume},
 };
 
@@ -279,7 +278,7 @@ pub fn join(
     if session.token != token {
         bail!("wrong token for session {session_id}");
     }
-    let ppid = Enricher::default().details(pid).ppid;
+    let ppid = super::lock_enricher(shared).details(pid).ppid;
     if ppid != Some(session.opener_pid) {
         bail!(
             "pid {pid} is not a child of the launcher (pid {})",
@@ -301,6 +300,10 @@ pub fn join(
         supervise_run(shared, session, cgroup_id, listener)?;
     }
     let agent = registry.agent_ref(session.agent_id, cgroup_id);
+    let (user, group) = {
+        let mut e = super::lock_enricher(shared);
+        (e.user(cred.uid()), e.group(cred.gid()))
+    };
     events::emit_now(
         &shared.emitter,
         json!({
@@ -308,7 +311,8 @@ pub fn join(
             "outcome": "success",
             "agent": agent,
             "process": {"pid": pid, "ppid": session.opener_pid, "uid": cred.uid(),
-                        "gid": cred.gid(), "cmdline": session.argv},
+                        "gid": cred.gid(), "user": user, "group": group,
+                        "cmdline": session.argv},
             "session": {"id": session.id, "started_by": {"pid": session.opener_pid,
                         "uid": session.opener_uid}},
         }),
@@ -431,6 +435,8 @@ pub fn close(
             "session": {"id": id, "exit_code": exit_code, "signal": signal, "reason": why},
         }),
     );
+    // The run's processes are gone or going: their cached details with them.
+    super::lock_enricher(shared).sweep();
     let shared = shared.clone();
     tokio::task::spawn_blocking(move || {
         // Processes the command left behind keep the session (and its

@@ -235,15 +235,14 @@ pub fn supervised_delete(
     agent: &AgentState,
     session_cgroup: u64,
     req: &DeleteRequest,
-    outcome: Outcome,
-    verdict: Verdict,
-    rule: Option<&PathRule>,
+    (outcome, verdict, rule): (Outcome, Verdict, Option<&PathRule>),
+    enricher: &mut Enricher,
 ) -> Map<String, Value> {
     let kind = match req.op {
         DeleteOp::Unlink => EventKind::FileUnlink,
         DeleteOp::Rmdir => EventKind::FileRmdir,
     };
-    let details = Enricher::default().details(req.pid);
+    let details = enricher.details(req.pid);
     let agent_ref = registry.agent_ref(agent.agent_id, session_cgroup);
     let mut body = Map::new();
     body.insert("kind".into(), file_kind(kind).into());
@@ -256,6 +255,7 @@ pub fn supervised_delete(
         "process".into(),
         json!({
             "pid": req.pid, "tid": req.tid, "ppid": details.ppid, "uid": req.uid, "gid": req.gid,
+            "user": enricher.user(req.uid), "group": enricher.group(req.gid),
             "exe": details.exe, "cmdline": details.cmdline,
         }),
     );
@@ -311,6 +311,8 @@ fn common(
             "ppid": details.ppid,
             "uid": header.uid,
             "gid": header.gid,
+            "user": enricher.user(header.uid),
+            "group": enricher.group(header.gid),
             "comm": comm(&header.comm),
             "exe": details.exe,
             "cmdline": details.cmdline,

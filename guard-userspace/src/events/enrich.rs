@@ -1,6 +1,12 @@
-//! Process details the kernel record does not carry (exe, cmdline, ppid),
-//! read from /proc once per process and cached by pid *and* start time, so
-//! a reused pid is never attributed to the previous owner.
+//! Process details the kernel record does not carry (exe, cmdline, ppid,
+//! user and group names), read from /proc once per process and cached by
+//! pid *and* start time, so a reused pid is never attributed to the
+//! previous owner. Each lookup reads only /proc/PID/stat (to check the
+//! start time, and the comm, which an exec changes); exe, cmdline and names
+//! are read once per process image. An exec that keeps the comm (a shell
+//! exec'ing another shell) keeps the cached details. Entries of processes
+//! that are gone are evicted by [`Enricher::sweep`] (on run exits and
+//! periodically) and when a lookup finds the pid gone or reused.
 use std::{collections::HashMap, fs};
 
 use serde::Serialize;
@@ -14,6 +20,7 @@ pub struct ProcessDetails {
 
 struct Cached {
     start_time: u64,
+    comm: String,
     details: ProcessDetails,
 }
 
@@ -24,12 +31,21 @@ const MAX_CACHED: usize = 8192;
 #[derive(Default)]
 pub struct Enricher {
     cache: HashMap<u32, Cached>,
+    users: HashMap<u32, Option<String>>,
+    groups: HashMap<u32, Option<String>>,
+    /// /proc reads of exe+cmdline, for tests of the cache.
+    misses: u64,
 }
 
 impl Enricher {
     /// Details for `pid`, or empty ones if it has already exited.
     pub fn details(&mut self, pid: u32) -> ProcessDetails {
-        let Some((ppid, start_time)) = read_stat(pid) else {
+        let Some(Stat {
+            comm,
+            ppid,
+            start_time,
+        }) = read_stat(pid)
+        else {
             // Gone: whatever we cached may still be right only if it was the
             // same process, which we can no longer check.
             return self
@@ -39,10 +55,11 @@ impl Enricher {
                 .unwrap_or_default();
         };
         if let Some(c) = self.cache.get(&pid) {
-            if c.start_time == start_time {
+            if c.start_time == start_time && c.comm == comm {
                 return c.details.clone();
             }
         }
+        self.misses += 1;
         let details = ProcessDetails {
             ppid: Some(ppid),
             exe: fs::read_link(format!("/proc/{pid}/exe"))
@@ -62,27 +79,78 @@ impl Enricher {
             pid,
             Cached {
                 start_time,
+                comm,
                 details: details.clone(),
             },
         );
         details
     }
+
+    /// The user name of `uid`, looked up once.
+    pub fn user(&mut self, uid: u32) -> Option<String> {
+        self.users
+            .entry(uid)
+            .or_insert_with(|| {
+                nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+            })
+            .clone()
+    }
+
+    /// The group name of `gid`, looked up once.
+    pub fn group(&mut self, gid: u32) -> Option<String> {
+        self.groups
+            .entry(gid)
+            .or_insert_with(|| {
+                nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+                    .ok()
+                    .flatten()
+                    .map(|g| g.name)
+            })
+            .clone()
+    }
+
+    /// Drops entries whose process is gone or whose pid now belongs to
+    /// another process. Names are dropped too: /etc/passwd may change.
+    pub fn sweep(&mut self) {
+        self.cache
+            .retain(|pid, c| read_stat(*pid).is_some_and(|s| s.start_time == c.start_time));
+        self.users.clear();
+        self.groups.clear();
+    }
+
+    #[cfg(test)]
+    pub fn cached(&self) -> usize {
+        self.cache.len()
+    }
 }
 
-/// (ppid, starttime) from /proc/PID/stat. The comm field may hold spaces and
-/// parentheses, so fields are counted from the last ')'.
-fn read_stat(pid: u32) -> Option<(u32, u64)> {
+#[derive(Debug, PartialEq, Eq)]
+struct Stat {
+    comm: String,
+    ppid: u32,
+    start_time: u64,
+}
+
+/// comm, ppid and starttime from /proc/PID/stat. The comm field may hold
+/// spaces and parentheses, so fields are counted from the last ')'.
+fn read_stat(pid: u32) -> Option<Stat> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_stat(&stat)
 }
 
-fn parse_stat(stat: &str) -> Option<(u32, u64)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state); ppid is field 4, starttime field 22.
-    let ppid = fields.get(1)?.parse().ok()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((ppid, start))
+fn parse_stat(stat: &str) -> Option<Stat> {
+    let close = stat.rfind(')')?;
+    let comm = stat.get(stat.find('(')? + 1..close)?.to_owned();
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    // Fields from 3 (state) on; ppid is field 4, starttime field 22.
+    Some(Stat {
+        comm,
+        ppid: fields.get(1)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
 }
 
 #[cfg(test)]
@@ -92,15 +160,56 @@ mod tests {
     #[test]
     fn parses_stat_with_hostile_comm() {
         let stat = "1234 (a) b (c) S 77 1234 1234 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 555 0 0";
-        assert_eq!(parse_stat(stat), Some((77, 555)));
+        assert_eq!(
+            parse_stat(stat),
+            Some(Stat {
+                comm: "a) b (c".into(),
+                ppid: 77,
+                start_time: 555
+            })
+        );
     }
 
     #[test]
-    fn reads_own_process() {
+    fn reads_own_process_once() {
         let mut e = Enricher::default();
         let me = std::process::id();
         let d = e.details(me);
         assert!(d.exe.is_some());
         assert_eq!(d.ppid, Some(std::os::unix::process::parent_id()));
+        e.details(me);
+        e.details(me);
+        assert_eq!(e.misses, 1, "exe and cmdline are read once per process");
+        assert_eq!(e.user(0).as_deref(), Some("root"));
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_the_old_process() {
+        let mut e = Enricher::default();
+        let me = std::process::id();
+        e.details(me);
+        // As if the pid had belonged to an older process.
+        if let Some(c) = e.cache.get_mut(&me) {
+            c.start_time = c.start_time.wrapping_sub(1);
+            c.details.exe = Some("/old/process".into());
+        }
+        assert_ne!(e.details(me).exe.as_deref(), Some("/old/process"));
+        assert_eq!(e.misses, 2);
+    }
+
+    #[test]
+    fn sweep_evicts_exited_processes() {
+        let mut e = Enricher::default();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        e.details(child.id());
+        e.details(std::process::id());
+        assert_eq!(e.cached(), 2);
+        let _ = child.kill();
+        let _ = child.wait();
+        e.sweep();
+        assert_eq!(e.cached(), 1);
     }
 }

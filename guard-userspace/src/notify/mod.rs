@@ -165,16 +165,20 @@ pub fn run(
     hooks: Vec<Arc<Webhook>>,
     page: Option<String>,
 ) -> impl std::future::Future<Output = Result<()>> {
-    let rx = match shared.emitter.lock() {
-        Ok(mut e) => e.subscribe(None),
-        Err(poisoned) => poisoned.into_inner().subscribe(None),
-    };
+    let rx = events::with(&shared.emitter, |e| {
+        e.subscribe(
+            "webhooks",
+            None,
+            crate::policy::sink::Format::V1,
+            events::sinks::stream::SUBSCRIBER_QUEUE,
+        )
+    });
     follow(shared, rx, hooks, page)
 }
 
 async fn follow(
     shared: Arc<Shared>,
-    mut rx: tokio::sync::mpsc::Receiver<Arc<str>>,
+    mut rx: tokio::sync::mpsc::Receiver<crate::events::sinks::Line>,
     hooks: Vec<Arc<Webhook>>,
     page: Option<String>,
 ) -> Result<()> {
@@ -182,7 +186,7 @@ async fn follow(
     // held call's body under kind `hold.decision`.
     let mut kinds: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     while let Some(line) = rx.recv().await {
-        let Ok(event) = serde_json::from_str::<Value>(&line) else {
+        let Ok(event) = serde_json::from_slice::<Value>(&line.bytes) else {
             continue;
         };
         if event["kind"] == "loss" && event["loss"]["reason"] == "subscriber_slow" {

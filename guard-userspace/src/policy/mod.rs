@@ -15,6 +15,7 @@ mod error;
 mod net;
 mod parse;
 mod path;
+pub mod sink;
 mod surfaces;
 #[cfg(test)]
 mod tests;
@@ -55,6 +56,8 @@ pub struct Policy {
     pub metrics: Option<MetricsConfig>,
     /// `[[notify]]` webhooks, in file order.
     pub notify: Vec<NotifyConfig>,
+    /// `[[sink]]` tables; none means stdout only.
+    pub sinks: Vec<sink::SinkConfig>,
 }
 
 /// The `[daemon]` table.

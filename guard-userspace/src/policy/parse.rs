@@ -28,6 +28,8 @@ struct RawPolicy {
     metrics: Option<surfaces::RawMetrics>,
     #[serde(default)]
     notify: Vec<surfaces::RawNotify>,
+    #[serde(default)]
+    sink: Vec<Spanned<super::sink::RawSink>>,
 }
 
 /// A plain `Vec` whose type error names the common mistake of writing
@@ -153,6 +155,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Policy, PolicyError> {
     }
 
     assign_ids(&mut agents);
+    let sinks = super::sink::sinks(&doc, raw.sink)?;
     Ok(Policy {
         file: file.to_owned(),
         daemon,
@@ -160,6 +163,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Policy, PolicyError> {
         web,
         metrics,
         notify,
+        sinks,
     })
 }
 

@@ -114,12 +114,16 @@ async fn secure_headers(mut resp: Response) -> Response {
 
 /// Keeps the last decisions, from the event stream.
 async fn follow_decisions(app: Arc<App>) {
-    let mut rx = match app.shared.emitter.lock() {
-        Ok(mut e) => e.subscribe(None),
-        Err(poisoned) => poisoned.into_inner().subscribe(None),
-    };
+    let mut rx = crate::events::with(&app.shared.emitter, |e| {
+        e.subscribe(
+            "web",
+            None,
+            crate::policy::sink::Format::V1,
+            crate::events::sinks::stream::SUBSCRIBER_QUEUE,
+        )
+    });
     while let Some(line) = rx.recv().await {
-        let Ok(event) = serde_json::from_str::<Value>(&line) else {
+        let Ok(event) = serde_json::from_slice::<Value>(&line.bytes) else {
             continue;
         };
         if event["kind"] != "hold.decision" {

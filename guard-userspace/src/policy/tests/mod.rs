@@ -12,4 +12,5 @@ mod kernel_maps;
 mod kernel_sim;
 mod matching;
 mod parsing;
+mod sinks;
 mod surfaces;

@@ -1,0 +1,98 @@
+//! docs/events.schema.json against events built the way the emitter builds
+//! them, including kinds other parts of the daemon emit (policy.reload,
+//! agent.mode). The privileged suite validates every event of real runs.
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test should fail loudly on a broken fixture"
+)]
+
+use serde_json::{Map, Value, json};
+
+use super::{assemble, chain::Alg, chain::Chain};
+
+const SCHEMA: &str = include_str!("../../../docs/events.schema.json");
+
+fn validator() -> jsonschema::Validator {
+    let schema: Value = serde_json::from_str(SCHEMA).unwrap();
+    jsonschema::draft202012::new(&schema).unwrap()
+}
+
+fn event(chain: &mut Chain, seq: u64, body: Value) -> Value {
+    let Value::Object(body) = body else {
+        unreachable!("bodies are objects")
+    };
+    let mut ev: Map<String, Value> = assemble(seq, "2026-11-24T07:00:00.123456789Z", "h", body);
+    chain.link(&mut ev);
+    Value::Object(ev)
+}
+
+fn agent() -> Value {
+    json!({"name": "bot", "owner": "o", "purpose": "p", "labels": {"env": "prod"},
+           "cgroup": "g/bot", "cgroup_id": 7, "session": "ab", "on_behalf_of": "alice"})
+}
+
+#[test]
+fn every_kind_validates() {
+    let v = validator();
+    let mut chain = Chain::new(Alg::Sha256, None);
+    let process = json!({"pid": 1, "tid": 1, "ppid": 0, "uid": 0, "gid": 0, "user": "root",
+                         "group": "root", "comm": "rm", "exe": "/usr/bin/rm", "cmdline": ["rm", "x"]});
+    let rule = json!({"verdict": "ask", "match": "/srv", "source": "p.toml:9"});
+    let bodies = [
+        json!({"kind": "net.connect", "outcome": "denied", "agent": agent(), "process": process,
+               "rule": rule, "target": {"family": "ipv4", "address": "10.0.0.1", "port": 443}}),
+        json!({"kind": "file.unlink", "outcome": "held", "agent": agent(), "process": process,
+               "rule": rule, "target": {"path": "/srv/x", "raw_path": "x"}, "backend": "seccomp",
+               "hold": {"id": "12", "timeout_secs": 300}}),
+        json!({"kind": "hold.decision", "outcome": "allowed", "agent": agent(), "process": process,
+               "rule": rule, "target": {"path": "/srv/x"},
+               "hold": {"id": "12", "call": "file.unlink", "decision": "approved",
+                        "by": {"uid": 0, "user": "root"}, "reason": null, "waited_ms": 5,
+                        "scope": {"id": 1, "kind": "subtree"}}}),
+        json!({"kind": "policy.reload", "outcome": "success",
+               "policy": {"path": "/etc/p.toml", "digest": format!("sha256:{}", "a".repeat(64)),
+                          "error": null, "diff": {"added": ["x"], "removed": [], "changed": ["bot"]}},
+               "by": {"uid": 0, "user": "root"}}),
+        json!({"kind": "policy.reload", "outcome": "failure",
+               "policy": {"path": "/etc/p.toml", "digest": null, "error": "p.toml:3:1: bad", "diff": null},
+               "by": null}),
+        json!({"kind": "agent.mode", "outcome": "success", "agent": agent(),
+               "mode": {"from": "enforce", "to": "freeze"}, "by": {"uid": 0, "user": null}}),
+        json!({"kind": "loss", "outcome": "lost", "loss": {"reason": "sink_slow", "count": 3, "sink": "siem", "total": 3}}),
+    ];
+    for (i, body) in bodies.into_iter().enumerate() {
+        let ev = event(&mut chain, i as u64 + 1, body);
+        let errors: Vec<String> = v
+            .iter_errors(&ev)
+            .map(|e| format!("{e} at {}", e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{ev}\n{errors:#?}");
+    }
+}
+
+#[test]
+fn unknown_kinds_and_members_fail() {
+    let v = validator();
+    let mut chain = Chain::new(Alg::Sha256, None);
+    let unknown = event(
+        &mut chain,
+        1,
+        json!({"kind": "file.chmod", "outcome": "allowed"}),
+    );
+    assert!(!v.is_valid(&unknown), "an unknown kind must not validate");
+    let stray = event(
+        &mut chain,
+        2,
+        json!({"kind": "loss", "outcome": "lost", "loss": {"reason": "sink_slow", "count": 1}, "colour": 1}),
+    );
+    assert!(
+        !v.is_valid(&stray),
+        "an undocumented member must not validate"
+    );
+    let wrong = event(
+        &mut chain,
+        3,
+        json!({"kind": "daemon.stop", "outcome": "success", "daemon": {"pid": 1}}),
+    );
+    assert!(!v.is_valid(&wrong), "a missing member must not validate");
+}

@@ -1,0 +1,118 @@
+//! Stream readers: each connection to a unix sink, and each `events
+//! --follow` on the control socket, is a subscriber with its own bounded
+//! queue. A reader that stops reading loses lines (counted and reported as
+//! `loss` events), never holds anything else up.
+use std::{fs, os::unix::fs::PermissionsExt as _, path::Path};
+
+use anyhow::{Context as _, Result, bail};
+use tokio::{
+    io::AsyncWriteExt as _,
+    net::UnixListener,
+    sync::mpsc::{self, error::TrySendError},
+};
+
+use super::{Line, Queue};
+use crate::{events::SharedEmitter, policy::sink::Format};
+
+/// Lines a reader may lag behind before it starts losing events (unless
+/// its unix sink sets `queue`).
+pub const SUBSCRIBER_QUEUE: usize = 4096;
+
+pub struct Subscriber {
+    pub id: u64,
+    /// The sink it reads from: "control" (`events --follow`) or a unix
+    /// sink's name.
+    pub sink: String,
+    pub agent: Option<String>,
+    pub format: Format,
+    tx: mpsc::Sender<Line>,
+    pub queue: Queue<Line>,
+}
+
+impl Subscriber {
+    pub fn new(
+        id: u64,
+        sink: String,
+        agent: Option<String>,
+        format: Format,
+        queue: usize,
+    ) -> (Self, mpsc::Receiver<Line>) {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        (
+            Self {
+                id,
+                sink,
+                agent,
+                format,
+                tx,
+                queue: Queue::new(),
+            },
+            rx,
+        )
+    }
+
+    /// Whether an event of `agent` goes to this reader. Loss events go to
+    /// every reader: they explain gaps in what it sees.
+    pub fn wants(&self, agent: Option<&str>, is_loss: bool) -> bool {
+        is_loss || self.agent.is_none() || self.agent.as_deref() == agent
+    }
+
+    /// False once the reader has gone.
+    pub fn offer(&mut self, line: Line, priority: bool) -> bool {
+        if self.tx.is_closed() {
+            return false;
+        }
+        let tx = &self.tx;
+        self.queue.offer(line, priority, |l| match tx.try_send(l) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(l)) => Err((l, true)),
+            Err(TrySendError::Closed(l)) => Err((l, false)),
+        })
+    }
+}
+
+/// Binds a unix sink's socket (replacing a stale file; refusing a live one).
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "another process is already serving the event socket {}",
+                path.display()
+            );
+        }
+        fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    // Events name agents, owners and paths: root and its group only.
+    fs::set_permissions(path, fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Serves a unix sink: every connection gets the stream from now on.
+pub async fn serve(
+    listener: UnixListener,
+    name: String,
+    format: Format,
+    queue: usize,
+    emitter: SharedEmitter,
+) -> Result<()> {
+    loop {
+        let (mut stream, _) = listener
+            .accept()
+            .await
+            .with_context(|| format!("accepting on event sink {name}"))?;
+        let mut rx = crate::events::with(&emitter, |e| e.subscribe(&name, None, format, queue));
+        tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                if stream.write_all(&line.bytes).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
