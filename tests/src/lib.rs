@@ -331,18 +331,10 @@ impl Daemon {
         let deadline = Instant::now() + PATIENCE;
         while matches!(self.child.try_wait(), Ok(None)) {
             if Instant::now() >= deadline {
-                let read = |f: &str| {
-                    fs::read_to_string(format!("/proc/{}/{f}", self.child.id())).unwrap_or_default()
-                };
                 eprintln!(
-                    "agent-guard daemon {} ignored SIGTERM for {PATIENCE:?}; state: {}; wchan: {}; stack:\n{}",
+                    "agent-guard daemon {} ignored SIGTERM for {PATIENCE:?}; its threads:\n{}",
                     self.child.id(),
-                    read("status")
-                        .lines()
-                        .find(|l| l.starts_with("State:"))
-                        .unwrap_or("?"),
-                    read("wchan"),
-                    read("stack")
+                    thread_report(self.child.id())
                 );
                 let _ = self.child.kill();
                 let _ = self.child.wait();
@@ -372,6 +364,33 @@ impl Daemon {
             assert_schema(&s.events);
         }
     }
+}
+
+/// Every thread of `pid`: name, state, wchan, the system call it is in,
+/// and its kernel stack, to say where a daemon is stuck.
+fn thread_report(pid: u32) -> String {
+    let mut out = String::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return "(gone)".into();
+    };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let state = read("status")
+            .lines()
+            .find(|l| l.starts_with("State:"))
+            .unwrap_or("?")
+            .to_owned();
+        out.push_str(&format!(
+            "- tid {} {} {state} wchan={} syscall={}\n{}",
+            task.file_name().to_string_lossy(),
+            read("comm").trim(),
+            read("wchan"),
+            read("syscall").trim(),
+            read("stack")
+        ));
+    }
+    out
 }
 
 impl Drop for Daemon {

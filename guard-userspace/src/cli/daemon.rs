@@ -12,14 +12,19 @@ pub fn run(args: DaemonArgs, socket: Option<PathBuf>) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(daemon::run(daemon::Options {
+    let format =
+        crate::policy::sink::Format::parse(&args.format).context("--format takes v1 or ecs")?;
+    let result = runtime.block_on(daemon::run(daemon::Options {
         policy_path: args.policy,
         socket,
         state_dir: args.state_dir,
         demo: args.demo,
-        format: crate::policy::sink::Format::parse(&args.format)
-            .context("--format takes v1 or ecs")?,
+        format,
         chain_key: args.chain_key,
-    }))?;
+    }));
+    // Blocking work still running (a session's cgroup clean-up, a sink
+    // writer) gets a moment to finish; the daemon does not wait forever.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    result?;
     Ok(ExitCode::SUCCESS)
 }
