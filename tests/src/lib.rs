@@ -7,7 +7,6 @@
 use std::{
     fs,
     io::{BufRead as _, BufReader, Write as _},
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, Output, Stdio},
     sync::{
@@ -100,7 +99,9 @@ fn remove_tree(dir: &Path) {
     }
 }
 
+mod net;
 mod stream;
+pub use net::*;
 pub use stream::*;
 
 #[derive(Default)]
@@ -434,126 +435,6 @@ fn spawn_reader(
     });
 }
 
-/// A TCP listener on loopback that accepts and holds connections.
-pub struct Listener {
-    pub port: u16,
-}
-
-impl Listener {
-    pub fn v4() -> Self {
-        Self::bind("127.0.0.1:0")
-    }
-
-    pub fn v6() -> Self {
-        Self::bind("[::1]:0")
-    }
-
-    fn bind(addr: &str) -> Self {
-        let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-        let port = l.local_addr().expect("addr").port();
-        thread::spawn(move || {
-            let mut held = Vec::new();
-            for s in l.incoming().flatten() {
-                held.push(s);
-            }
-        });
-        Self { port }
-    }
-}
-
-/// Python that connects to HOST PORT, prints `pid=<pid> exe=<exe>` and then
-/// `connected` or `errno=<n>`, waits for stdin to close, and exits 0 on
-/// success or with the errno.
-pub const PY_CONNECT: &str = r#"
-import os, socket, sys
-host, port = sys.argv[1], int(sys.argv[2])
-print("pid=%d exe=%s" % (os.getpid(), os.readlink("/proc/self/exe")), flush=True)
-try:
-    s = socket.create_connection((host, port), timeout=30)
-    print("connected", flush=True)
-    rc = 0
-except OSError as e:
-    print("errno=%d" % e.errno, flush=True)
-    rc = e.errno
-sys.stdin.read()
-sys.exit(rc)
-"#;
-
-/// Outcome of one agent connect run through [`connect_as`].
-pub struct ConnectRun {
-    pub pid: u32,
-    pub exe: String,
-    /// 0 when connected, else the errno.
-    pub errno: i32,
-    child: Child,
-}
-
-impl ConnectRun {
-    /// Lets the agent process exit and checks `run` passed its status through.
-    pub fn finish(mut self) {
-        drop(self.child.stdin.take());
-        let status = self.child.wait().expect("wait");
-        assert_eq!(
-            status.code(),
-            Some(self.errno),
-            "agent-guard run must exit with the command's own status"
-        );
-    }
-}
-
-fn read_connect(mut child: Child) -> ConnectRun {
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let first = lines.next().expect("pid line").expect("read");
-    let (pid, exe) = first
-        .strip_prefix("pid=")
-        .and_then(|r| r.split_once(" exe="))
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
-    let second = lines.next().expect("result line").expect("read");
-    let errno = if second == "connected" {
-        0
-    } else {
-        second
-            .strip_prefix("errno=")
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected result line {second:?}"))
-    };
-    ConnectRun {
-        pid: pid.parse().expect("pid"),
-        exe: exe.to_string(),
-        errno,
-        child,
-    }
-}
-
-/// Connects as `agent` through `agent-guard run`, optionally wrapped (e.g.
-/// in `bash -c`), keeping the process alive until [`ConnectRun::finish`].
-pub fn connect_as(daemon: &Daemon, agent: &str, host: &str, port: u16) -> ConnectRun {
-    let port = port.to_string();
-    read_connect(daemon.spawn_agent(agent, &["python3", "-c", PY_CONNECT, host, &port]))
-}
-
-/// The same connect, but from a `bash -c` child of the agent process.
-pub fn connect_as_grandchild(daemon: &Daemon, agent: &str, host: &str, port: u16) -> ConnectRun {
-    let script = format!("python3 -c '{PY_CONNECT}' {host} {port}; exit $?");
-    read_connect(daemon.spawn_agent(agent, &["bash", "-c", &script]))
-}
-
-/// The same connect from a process outside every agent.
-pub fn connect_unguarded(host: &str, port: u16) -> i32 {
-    let mut child = Command::new("python3")
-        .args(["-c", PY_CONNECT, host, &port.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child.stdin.as_mut().map(|s| s.write_all(b""));
-    let run = read_connect(child);
-    let errno = run.errno;
-    run.finish();
-    errno
-}
-
 /// Which test tier this is: "vm" inside the QEMU guest, "host" otherwise.
 pub fn tier() -> String {
     std::env::var("AGENT_GUARD_TIER").unwrap_or_else(|_| "host".into())
@@ -690,25 +571,4 @@ pub fn stray_sigcont_keeps_it_held(pid: u32) {
     .expect("SIGCONT");
     thread::sleep(Duration::from_millis(300));
     wait_stopped(pid, "after a stray SIGCONT");
-}
-
-/// A connect started as `agent` by [`PY_CONNECT`] that is (about to be)
-/// held: the child, its output lines after the pid line, and its pid.
-pub struct PendingConnect {
-    pub child: Child,
-    pub lines: std::io::Lines<BufReader<ChildStdout>>,
-    pub pid: u32,
-}
-
-pub fn spawn_connect(daemon: &Daemon, agent: &str, host: &str, port: u16) -> PendingConnect {
-    let port = port.to_string();
-    let mut child = daemon.spawn_agent(agent, &["python3", "-c", PY_CONNECT, host, &port]);
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let first = lines.next().expect("pid line").expect("read");
-    let pid = first
-        .strip_prefix("pid=")
-        .and_then(|r| r.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
-    PendingConnect { child, lines, pid }
 }
