@@ -268,6 +268,11 @@ deny = ["127.0.0.1/32:{bad}"]
     let ev = daemon.wait_event("net.connect", |e| e["target"]["port"] == bad);
     assert_eq!(ev["outcome"], "denied");
     assert_eq!(ev["agent"]["name"], "claims-bot");
+    let list: Value = serde_json::from_str(&cli_ok(&daemon, &["agents", "--json"])).expect("json");
+    assert_eq!(
+        list[0]["counts"]["denied"], 1,
+        "the registry counts calls: {list}"
+    );
 
     let (_, cg) = daemon.stop_keeping_cgroups();
     assert!(

@@ -29,10 +29,7 @@ pub(super) fn agents(shared: &Shared) -> Value {
         Ok(r) => r,
         Err(poisoned) => poisoned.into_inner(),
     };
-    let counts = match shared.counts.lock() {
-        Ok(c) => c.clone(),
-        Err(poisoned) => poisoned.into_inner().clone(),
-    };
+    let counts = events::with(&shared.emitter, |e| e.calls().clone());
     let mut list: Vec<&super::registry::AgentState> = registry.agents.values().collect();
     list.sort_by(|a, b| a.def.name.cmp(&b.def.name));
     let agents: Vec<Value> = list

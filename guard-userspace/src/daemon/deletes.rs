@@ -86,7 +86,6 @@ impl SessionDecider {
             );
             body.insert("grant".into(), serde_json::json!({ "id": grant }));
             drop(registry);
-            self.shared.count(&body);
             events::emit_now(&self.shared.emitter, serde_json::Value::Object(body));
             return Judged::Now(Decision::Allow);
         } else if verdict == Verdict::Ask {
@@ -126,7 +125,6 @@ impl SessionDecider {
             &mut super::lock_enricher(&self.shared),
         );
         drop(registry);
-        self.shared.count(&body);
         events::emit_now(&self.shared.emitter, serde_json::Value::Object(body));
         Judged::Now(decision)
     }

@@ -121,7 +121,6 @@ impl Holds {
             "hold".into(),
             json!({ "id": id.to_string(), "timeout_secs": timeout.as_secs() }),
         );
-        shared.count(&event);
         let announce = Value::Object(event.clone());
         let now = Instant::now();
         let mut held = self.lock();

@@ -15,7 +15,6 @@ mod sessions;
 mod surfaces;
 
 use std::{
-    collections::HashMap,
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex, RwLock,
@@ -33,7 +32,7 @@ use crate::{
     kernel::{Kernel, LsmStatus},
     policy::{self, Policy},
 };
-use registry::{AgentState, Counts, Registry};
+use registry::{AgentState, Registry};
 
 /// State the daemon's tasks share.
 pub struct Shared {
@@ -55,8 +54,6 @@ pub struct Shared {
     pub reloading: Mutex<()>,
     /// Next kernel-side agent id; ids are never reused within a run.
     next_id: AtomicU32,
-    /// Calls per agent name since start, by outcome.
-    pub counts: Mutex<HashMap<String, Counts>>,
     pub started: std::time::Instant,
     /// Process details, read once per process (pid + start time).
     pub enricher: std::sync::Mutex<events::enrich::Enricher>,
@@ -65,14 +62,6 @@ pub struct Shared {
 impl Shared {
     pub fn next_agent_id(&self) -> u32 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Counts a call event for `agent-guard agents`.
-    pub fn count(&self, body: &serde_json::Map<String, serde_json::Value>) {
-        match self.counts.lock() {
-            Ok(mut c) => Counts::tally(&mut c, body),
-            Err(poisoned) => Counts::tally(&mut poisoned.into_inner(), body),
-        }
     }
 }
 
@@ -310,7 +299,6 @@ pub async fn run(opts: Options) -> Result<()> {
         lsm,
         reloading: Mutex::new(()),
         next_id: AtomicU32::new(next_id),
-        counts: Mutex::new(HashMap::new()),
     });
     // Every program is attached: pin them all, so that enforcement outlives
     // a crashed daemon, and only then retire a crashed predecessor's pins.

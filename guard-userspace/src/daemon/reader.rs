@@ -62,7 +62,6 @@ fn drain(ring: &mut RingBuf<MapData>, shared: &Arc<Shared>, clock: &decode::Boot
                 register_hold(shared, body, timeout);
             }
             Ok(Some((time, body))) => {
-                shared.count(&body);
                 let mut emitter = match shared.emitter.lock() {
                     Ok(e) => e,
                     Err(poisoned) => poisoned.into_inner(),

@@ -6,6 +6,7 @@
 //! the daemon's whole run and each chain follows `seq` order. Sinks get the
 //! rendered line through bounded queues and never block this lock.
 pub mod chain;
+pub mod counts;
 pub mod decode;
 pub mod ecs;
 pub mod enrich;
@@ -79,6 +80,8 @@ pub struct Emitter {
     next_subscriber: u64,
     /// Every loss reported, by reason.
     losses: BTreeMap<String, u64>,
+    /// Calls per agent, by outcome.
+    calls: std::collections::HashMap<String, counts::Counts>,
     /// (when, seq) samples for events/s.
     rate: VecDeque<(Instant, u64)>,
     state_file: Option<PathBuf>,
@@ -88,6 +91,13 @@ pub struct Emitter {
 }
 
 pub type SharedEmitter = Arc<Mutex<Emitter>>;
+
+impl Emitter {
+    /// Calls per agent name since start, by outcome.
+    pub fn calls(&self) -> &std::collections::HashMap<String, counts::Counts> {
+        &self.calls
+    }
+}
 
 /// How long a closing daemon waits for its sinks to write what is queued.
 const CLOSE_PATIENCE: Duration = Duration::from_secs(5);
@@ -154,6 +164,7 @@ impl Emitter {
             subscribers: Vec::new(),
             next_subscriber: 1,
             losses: BTreeMap::new(),
+            calls: std::collections::HashMap::new(),
             rate: VecDeque::new(),
             state_file: config.state_file,
             persisted_seq: 0,
@@ -174,6 +185,7 @@ impl Emitter {
         let time = humantime::format_rfc3339_nanos(time).to_string();
         let mut ev = assemble(self.seq, &time, &self.host, body);
         crate::metrics::observe(&ev);
+        counts::Counts::tally(&mut self.calls, &ev);
         let text = |k: &str| ev.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
         let (kind, outcome) = (text("kind"), text("outcome"));
         let is_loss = kind == "loss";
