@@ -11,6 +11,7 @@ mod notify;
 mod policy;
 mod rootfile;
 mod supervise;
+mod unix_socket;
 mod web;
 
 use std::process::ExitCode;

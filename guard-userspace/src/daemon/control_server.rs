@@ -1,13 +1,8 @@
 //! Serving the control socket. Each connection is a conversation of JSON
 //! lines; malformed input gets an error reply and never ends the daemon.
-use std::{
-    fs,
-    os::{fd::OwnedFd, unix::fs::PermissionsExt as _},
-    path::Path,
-    sync::Arc,
-};
+use std::{os::fd::OwnedFd, path::Path, sync::Arc};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use serde_json::json;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
@@ -27,24 +22,13 @@ use crate::{
 /// Binds the socket. A leftover socket file from a dead daemon is replaced;
 /// a live daemon on the same path is an error, not a takeover.
 pub fn bind(path: &Path) -> Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!(
-                "another agent-guard daemon is already serving {}; stop it or pass --socket",
-                path.display()
-            );
-        }
-        fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
-    }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     // Anyone may connect; each request is authorized from SO_PEERCRED.
-    fs::set_permissions(path, fs::Permissions::from_mode(0o666))
-        .with_context(|| format!("chmod {}", path.display()))?;
-    Ok(listener)
+    crate::unix_socket::bind(path, 0o666, |path| {
+        format!(
+            "another agent-guard daemon is already serving {}; stop it or pass --socket",
+            path.display()
+        )
+    })
 }
 
 pub async fn serve(listener: UnixListener, shared: Arc<Shared>) -> Result<()> {

@@ -2,9 +2,9 @@
 //! --follow` on the control socket, is a subscriber with its own bounded
 //! queue. A reader that stops reading loses lines (counted and reported as
 //! `loss` events), never holds anything else up.
-use std::{fs, os::unix::fs::PermissionsExt as _, path::Path};
+use std::path::Path;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use tokio::{
     io::AsyncWriteExt as _,
     net::UnixListener,
@@ -73,24 +73,13 @@ impl Subscriber {
 
 /// Binds a unix sink's socket (replacing a stale file; refusing a live one).
 pub fn bind(path: &Path) -> Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!(
-                "another process is already serving the event socket {}",
-                path.display()
-            );
-        }
-        fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
-    }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     // Events name agents, owners and paths: root and its group only.
-    fs::set_permissions(path, fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("chmod {}", path.display()))?;
-    Ok(listener)
+    crate::unix_socket::bind(path, 0o660, |path| {
+        format!(
+            "another process is already serving the event socket {}",
+            path.display()
+        )
+    })
 }
 
 /// Serves a unix sink: every connection gets the stream from now on.
