@@ -271,13 +271,7 @@ pub fn join(
         .registry
         .read()
         .map_err(|_| anyhow::anyhow!("registry lock poisoned"))?;
-    let Some((&cgroup_id, session)) = registry.sessions.iter().find(|(_, s)| s.id == session_id)
-    else {
-        bail!("no session {session_id:?}");
-    };
-    if session.token != token {
-        bail!("wrong token for session {session_id}");
-    }
+    let (cgroup_id, session) = authenticated(&registry, session_id, token, "")?;
     let ppid = super::lock_enricher(shared).details(pid).ppid;
     if ppid != Some(session.opener_pid) {
         bail!(
@@ -339,13 +333,12 @@ pub fn resume(
         .registry
         .read()
         .map_err(|_| anyhow::anyhow!("registry lock poisoned"))?;
-    let Some((&cgroup_id, session)) = registry.sessions.iter().find(|(_, s)| s.id == session_id)
-    else {
-        bail!("no session {session_id:?} (it was not saved, or its cgroup is gone)");
-    };
-    if session.token != token {
-        bail!("wrong token for session {session_id}");
-    }
+    let (cgroup_id, session) = authenticated(
+        &registry,
+        session_id,
+        token,
+        " (it was not saved, or its cgroup is gone)",
+    )?;
     if pid != session.opener_pid {
         bail!(
             "only the launcher that opened session {session_id} (pid {}) may resume it",
@@ -364,6 +357,23 @@ pub fn resume(
     tracing::info!(session = %session_id, pid, "a run's launcher resumed its session");
     conv.session = Some(cgroup_id);
     Ok(json!({}))
+}
+
+/// Session `id` (with its cgroup id), if `token` is its secret; `missing`
+/// is added to the error when there is no such session.
+fn authenticated<'r>(
+    registry: &'r Registry,
+    id: &str,
+    token: &str,
+    missing: &str,
+) -> Result<(u64, &'r SessionState)> {
+    let Some((&cgroup_id, session)) = registry.sessions.iter().find(|(_, s)| s.id == id) else {
+        bail!("no session {id:?}{missing}");
+    };
+    if session.token != token {
+        bail!("wrong token for session {id}");
+    }
+    Ok((cgroup_id, session))
 }
 
 /// Supervises the deletes of a run behind `listener`, journaled so that a
