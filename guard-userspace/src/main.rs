@@ -1,24 +1,16 @@
-//! agent-guard: the daemon and its CLI.
-mod btf;
-mod cgroup;
-mod cli;
-mod control;
-mod daemon;
-mod events;
-mod kernel;
-mod metrics;
-mod notify;
-mod policy;
-mod rootfile;
-mod supervise;
-mod unix_socket;
-mod web;
+//! agent-guard: the daemon and its CLI (a thin entry over the library).
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
 
-use cli::args::{Cli, Command};
+use guard_userspace::{
+    cli::{
+        self,
+        args::{Cli, Command},
+    },
+    control,
+};
 
 fn main() -> ExitCode {
     // Logs go to stderr; stdout is reserved for event lines.

@@ -45,18 +45,12 @@ pub fn require_root() {
     );
 }
 
-/// Where cgroup2 is mounted, from /proc/self/mountinfo.
+/// Where cgroup2 is mounted (the daemon's own discovery, from mountinfo).
 pub fn cgroup2_root() -> PathBuf {
-    let info = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    for line in info.lines() {
-        if let Some((left, right)) = line.split_once(" - ") {
-            let f: Vec<&str> = left.split_whitespace().collect();
-            if right.starts_with("cgroup2 ") && f.get(3) == Some(&"/") {
-                return PathBuf::from(f[4]);
-            }
-        }
-    }
-    panic!("no cgroup2 mount");
+    guard_host::cgroup::Hierarchy::discover()
+        .expect("a cgroup2 mount")
+        .root()
+        .to_path_buf()
 }
 
 /// A unique cgroup prefix for one test, removed (bottom-up) on drop.
@@ -545,8 +539,7 @@ pub fn run_in_cgroup(cgroup: &str, script: &str) -> Output {
 
 /// The state letter of a process (R, S, T, ...), from /proc/PID/stat.
 pub fn process_state(pid: u32) -> Option<char> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+    guard_host::proc::state(pid)
 }
 
 /// Waits until `pid` is stopped (state T): what a hold looks like.

@@ -2,7 +2,7 @@
 //! kill. The one decision path for every surface: the control socket
 //! (approvers from SO_PEERCRED) and the web page (a token's user). Every
 //! refusal is a `control.refused` event as well as an error reply.
-use std::{fs, path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc};
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::json;
@@ -244,12 +244,7 @@ pub fn kill(
                 .holds
                 .pid_of(id)
                 .with_context(|| format!("no pending hold {h}"))?;
-            let own = fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                .ok()
-                .and_then(|c| {
-                    c.lines()
-                        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
-                })
+            let own = guard_host::proc::cgroup(pid)
                 .with_context(|| format!("cannot read the cgroup of pid {pid}"))?;
             let registry = shared
                 .registry
@@ -338,16 +333,8 @@ pub(super) fn is_member(list: &crate::policy::Approvers, cred: &UCred) -> bool {
     // Group membership of the caller process, as the kernel sees it now.
     let groups: Vec<u32> = cred
         .pid()
-        .and_then(|pid| fs::read_to_string(format!("/proc/{pid}/status")).ok())
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("Groups:").map(|g| {
-                    g.split_whitespace()
-                        .filter_map(|x| x.parse().ok())
-                        .collect()
-                })
-            })
-        })
+        .and_then(|pid| u32::try_from(pid).ok())
+        .and_then(guard_host::proc::groups)
         .unwrap_or_default();
     approvers.groups.iter().any(|name| {
         nix::unistd::Group::from_name(name)

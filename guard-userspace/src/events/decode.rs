@@ -34,6 +34,12 @@ pub struct BootClock {
     offset_ns: i128,
 }
 
+impl Default for BootClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl BootClock {
     pub fn new() -> Self {
         use nix::time::{ClockId, clock_gettime};

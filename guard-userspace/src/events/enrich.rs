@@ -7,7 +7,9 @@
 //! exec'ing another shell) keeps the cached details. Entries of processes
 //! that are gone are evicted by [`Enricher::sweep`] (on run exits and
 //! periodically) and when a lookup finds the pid gone or reused.
-use std::{collections::HashMap, fs};
+use std::collections::HashMap;
+
+use guard_host::proc;
 
 use serde::Serialize;
 
@@ -40,11 +42,12 @@ pub struct Enricher {
 impl Enricher {
     /// Details for `pid`, or empty ones if it has already exited.
     pub fn details(&mut self, pid: u32) -> ProcessDetails {
-        let Some(Stat {
+        let Some(proc::Stat {
             comm,
             ppid,
             start_time,
-        }) = read_stat(pid)
+            ..
+        }) = proc::stat(pid)
         else {
             // Gone: whatever we cached may still be right only if it was the
             // same process, which we can no longer check.
@@ -62,15 +65,8 @@ impl Enricher {
         self.misses += 1;
         let details = ProcessDetails {
             ppid: Some(ppid),
-            exe: fs::read_link(format!("/proc/{pid}/exe"))
-                .ok()
-                .map(|p| p.to_string_lossy().into_owned()),
-            cmdline: fs::read(format!("/proc/{pid}/cmdline")).ok().map(|raw| {
-                raw.split(|b| *b == 0)
-                    .filter(|a| !a.is_empty())
-                    .map(|a| String::from_utf8_lossy(a).into_owned())
-                    .collect()
-            }),
+            exe: proc::exe(pid).map(|p| p.to_string_lossy().into_owned()),
+            cmdline: proc::cmdline(pid),
         };
         if self.cache.len() >= MAX_CACHED {
             self.cache.clear();
@@ -116,7 +112,7 @@ impl Enricher {
     /// another process. Names are dropped too: /etc/passwd may change.
     pub fn sweep(&mut self) {
         self.cache
-            .retain(|pid, c| read_stat(*pid).is_some_and(|s| s.start_time == c.start_time));
+            .retain(|pid, c| proc::stat(*pid).is_some_and(|s| s.start_time == c.start_time));
         self.users.clear();
         self.groups.clear();
     }
@@ -127,48 +123,9 @@ impl Enricher {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
-struct Stat {
-    comm: String,
-    ppid: u32,
-    start_time: u64,
-}
-
-/// comm, ppid and starttime from /proc/PID/stat. The comm field may hold
-/// spaces and parentheses, so fields are counted from the last ')'.
-fn read_stat(pid: u32) -> Option<Stat> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&stat)
-}
-
-fn parse_stat(stat: &str) -> Option<Stat> {
-    let close = stat.rfind(')')?;
-    let comm = stat.get(stat.find('(')? + 1..close)?.to_owned();
-    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-    // Fields from 3 (state) on; ppid is field 4, starttime field 22.
-    Some(Stat {
-        comm,
-        ppid: fields.get(1)?.parse().ok()?,
-        start_time: fields.get(19)?.parse().ok()?,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_stat_with_hostile_comm() {
-        let stat = "1234 (a) b (c) S 77 1234 1234 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 555 0 0";
-        assert_eq!(
-            parse_stat(stat),
-            Some(Stat {
-                comm: "a) b (c".into(),
-                ppid: 77,
-                start_time: 555
-            })
-        );
-    }
 
     #[test]
     fn reads_own_process_once() {

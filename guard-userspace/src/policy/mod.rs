@@ -211,13 +211,6 @@ pub enum RuleKind {
 }
 
 impl RuleKind {
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "used by tests; events name the kind through their own field"
-        )
-    )]
     pub fn as_str(self) -> &'static str {
         match self {
             RuleKind::Connect => "connect",
@@ -240,13 +233,6 @@ pub struct RuleRef {
 }
 
 impl Policy {
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the daemon looks agents up in its registry; tests use this"
-        )
-    )]
     pub fn agent(&self, name: &str) -> Option<&Agent> {
         self.agents.iter().find(|a| a.name == name)
     }

@@ -64,13 +64,6 @@ impl NetRule {
 }
 
 impl NetPolicy {
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the kernel evaluates connects; this reference matcher is checked against it in tests"
-        )
-    )]
     /// The verdict for a connect to `addr:port` and the rule that gave it
     /// (`None`: the default applied). IPv4 is matched as ::ffff:a.b.c.d, so
     /// an IPv4-mapped IPv6 address matches the IPv4 rules.
@@ -88,13 +81,6 @@ impl NetPolicy {
         }
     }
 
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "AF_UNIX connect is not enforced yet (no aya attach type); tests cover the matcher"
-        )
-    )]
     /// The verdict for a connect to a unix socket at `path` (an absolute
     /// filesystem path; abstract sockets match no rule).
     pub fn evaluate_unix(&self, path: &str) -> (Verdict, Option<&NetRule>) {

@@ -211,21 +211,12 @@ fn count_lines(stdout: std::process::ChildStdout, counts: &Counts) {
     }
 }
 
-/// Where cgroup2 is mounted, from /proc/self/mountinfo (hybrid hosts have
-/// it beside the v1 controllers, so it is never assumed).
+/// Where cgroup2 is mounted (the daemon's own discovery: hybrid hosts
+/// have it beside the v1 controllers, so it is never assumed).
 pub fn cgroup2_root() -> Result<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
-    for line in info.lines() {
-        if let Some((left, right)) = line.split_once(" - ") {
-            let f: Vec<&str> = left.split_whitespace().collect();
-            if right.starts_with("cgroup2 ") && f.get(3) == Some(&"/") {
-                if let Some(mount) = f.get(4) {
-                    return Ok(PathBuf::from(mount));
-                }
-            }
-        }
-    }
-    bail!("no cgroup2 mount in /proc/self/mountinfo")
+    Ok(guard_host::cgroup::Hierarchy::discover()?
+        .root()
+        .to_path_buf())
 }
 
 /// Makes `cmd` join cgroup `dir` before it execs, as agent-guard's own

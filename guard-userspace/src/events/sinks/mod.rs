@@ -69,6 +69,12 @@ pub struct Queue<T> {
     pub dropped_total: u64,
 }
 
+impl<T: Clone> Default for Queue<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<T: Clone> Queue<T> {
     pub fn new() -> Self {
         Self {

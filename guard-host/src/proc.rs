@@ -1,0 +1,130 @@
+//! What /proc says about a process: its stat line, cgroup, groups, exe and
+//! command line. Readers return `None` when the process is gone.
+use std::{fs, path::PathBuf};
+
+/// The fields of /proc/PID/stat that agent-guard uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub comm: String,
+    /// The state letter: R, S, D, T (stopped), t, Z, ...
+    pub state: char,
+    pub ppid: u32,
+    /// Clock ticks after boot; with the pid, it names one process.
+    pub start_time: u64,
+}
+
+/// /proc/PID/stat of `pid`.
+pub fn stat(pid: u32) -> Option<Stat> {
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Parses a stat line. The comm field may hold spaces and parentheses, so
+/// fields are counted from the last ')'.
+pub fn parse_stat(stat: &str) -> Option<Stat> {
+    let close = stat.rfind(')')?;
+    let comm = stat.get(stat.find('(')? + 1..close)?.to_owned();
+    let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    // Fields from 3 (state) on: ppid is field 4, starttime field 22.
+    Some(Stat {
+        comm,
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// The state letter of `pid` (T: stopped, as a held call leaves it).
+pub fn state(pid: u32) -> Option<char> {
+    stat(pid).map(|s| s.state)
+}
+
+/// The cgroup v2 path of `pid` relative to the cgroup2 mount ("/a/b"),
+/// from the "0::" line of /proc/PID/cgroup.
+pub fn cgroup(pid: u32) -> Option<String> {
+    parse_cgroup(&fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+}
+
+pub fn parse_cgroup(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+}
+
+/// The supplementary groups of `pid`, as the kernel sees them now.
+pub fn groups(pid: u32) -> Option<Vec<u32>> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        l.strip_prefix("Groups:").map(|g| {
+            g.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+    })
+}
+
+/// The executable of `pid`.
+pub fn exe(pid: u32) -> Option<PathBuf> {
+    fs::read_link(format!("/proc/{pid}/exe")).ok()
+}
+
+/// The arguments of `pid` (empty for a kernel thread or a zombie).
+pub fn cmdline(pid: u32) -> Option<Vec<String>> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        raw.split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
+}
+
+/// The threads of `pid`.
+pub fn threads(pid: u32) -> Vec<u32> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|t| t.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_hostile_comm() {
+        let line = "1234 (a) b (c) S 77 1234 1234 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 555 0 0";
+        assert_eq!(
+            parse_stat(line),
+            Some(Stat {
+                comm: "a) b (c".into(),
+                state: 'S',
+                ppid: 77,
+                start_time: 555
+            })
+        );
+        assert_eq!(parse_stat("1234 (x"), None);
+        assert_eq!(parse_stat("1234 (x) S"), None);
+    }
+
+    #[test]
+    fn reads_own_process() {
+        let me = std::process::id();
+        let s = stat(me).expect("own stat");
+        assert_eq!(s.ppid, std::os::unix::process::parent_id());
+        assert!(exe(me).is_some());
+        assert!(!cmdline(me).unwrap_or_default().is_empty());
+        assert!(threads(me).contains(&me));
+        assert!(groups(me).is_some());
+    }
+
+    #[test]
+    fn cgroup_line() {
+        assert_eq!(
+            parse_cgroup("12:cpu:/x\n0::/agent-guard/a\n").as_deref(),
+            Some("/agent-guard/a")
+        );
+        assert_eq!(parse_cgroup("12:cpu:/x\n"), None);
+    }
+}

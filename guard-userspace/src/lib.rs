@@ -1,0 +1,19 @@
+//! agent-guard as a library: the daemon, its kernel side and its CLI verbs.
+//!
+//! The `agent-guard` binary is a thin `main` over this crate, so that the
+//! privileged tests and xtask reuse its cgroup, /proc and policy code
+//! instead of keeping copies of their own.
+pub mod btf;
+pub use guard_host::cgroup;
+pub mod cli;
+pub mod control;
+pub mod daemon;
+pub mod events;
+pub mod kernel;
+pub mod metrics;
+pub mod notify;
+pub mod policy;
+pub mod rootfile;
+pub mod supervise;
+pub mod unix_socket;
+pub mod web;
