@@ -8,9 +8,13 @@
 #![no_std]
 
 pub mod abi;
+pub mod kconst;
+pub mod ladder;
 pub mod maps;
 pub mod record;
 
 pub use abi::*;
+pub use kconst::*;
+pub use ladder::*;
 pub use maps::*;
 pub use record::*;

@@ -6,9 +6,10 @@ use aya_ebpf::{
         generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
     },
 };
-use guard_common::{EventHeader, LossReason};
+use guard_common::{EventHeader, EventKind, LossReason, Outcome};
 
 use crate::{
+    decide::Report,
     identity::Agent,
     maps::{EVENTS, LOSSES},
 };
@@ -45,6 +46,25 @@ pub fn header(kind: u16, agent: &Agent) -> EventHeader {
         grant_id: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     }
+}
+
+/// The header of a judged call's record.
+#[inline(always)]
+pub fn judged_header(kind: EventKind, agent: &Agent, report: &Report, rule_id: u32) -> EventHeader {
+    let mut h = header(kind.raw(), agent);
+    h.outcome = report.outcome.raw();
+    h.verdict = report.verdict;
+    h.rule_id = rule_id;
+    h.hold_id = report.hold_id;
+    h.grant_id = report.grant_id;
+    h
+}
+
+/// Holds and denials wake the reader now (on-call waits for them);
+/// allowed and audited calls ride the batch.
+#[inline(always)]
+pub fn urgent(report: &Report) -> bool {
+    !matches!(report.outcome, Outcome::Allowed | Outcome::Audited)
 }
 
 /// Submits `record`, or counts it as lost. `urgent` records (decisions a

@@ -12,11 +12,9 @@ use aya_ebpf::helpers::{
     bpf_get_current_pid_tgid,
     generated::{bpf_ktime_get_boot_ns, bpf_send_signal},
 };
-use guard_common::{HoldEntry, HoldState, LossReason};
+use guard_common::{ERESTARTNOINTR, HoldEntry, HoldState, LossReason, SIGSTOP};
 
 use crate::{emit, maps::HOLDS};
-
-const SIGSTOP: u32 = 19;
 
 /// Where a call to hold stands.
 pub enum Hold {
@@ -98,7 +96,7 @@ pub fn hold(stop_now: bool) -> Hold {
 /// system call exit is passed over after one comparison.
 #[inline(always)]
 pub fn stop_at_exit(ret: i64) {
-    if ret != -513 {
+    if ret != -(ERESTARTNOINTR as i64) {
         return;
     }
     let tid = bpf_get_current_pid_tgid() as u32;

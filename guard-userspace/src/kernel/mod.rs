@@ -17,6 +17,7 @@ mod handles;
 mod lsm;
 mod pins;
 mod policy_maps;
+mod unix_programs;
 
 pub use handles::{KernelHolds, LossCounters};
 use lsm::load_lsm;
@@ -25,15 +26,15 @@ use pins::{Attachment, Pins};
 /// The kernel object, built by build.rs through aya-build.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf"));
 
-/// The connect programs, by name in the object, with the section type users
-/// see in error messages.
 /// Maps pinned under `<state_dir>/bpf/maps` and reused by a successor.
 pub(crate) const PINNED_MAPS: [&str; 3] = ["HOLDS", "EVENTS", "LOSSES"];
 
 /// The program (and attachment name) that stops held connects.
 const CONNECT_HOLD_STOPPER: &str = "sys_exit";
 
-const CONNECT_PROGRAMS: [(&str, &str); 2] = [
+/// The socket-address programs on every agent cgroup, by name in the
+/// object, with the section type users see in error messages.
+const CONNECT_PROGRAMS: [(&str, &str); 4] = [
     (
         "connect4",
         "cgroup/connect4 (BPF_PROG_TYPE_CGROUP_SOCK_ADDR)",
@@ -41,6 +42,14 @@ const CONNECT_PROGRAMS: [(&str, &str); 2] = [
     (
         "connect6",
         "cgroup/connect6 (BPF_PROG_TYPE_CGROUP_SOCK_ADDR)",
+    ),
+    (
+        "sendmsg4",
+        "cgroup/sendmsg4 (BPF_PROG_TYPE_CGROUP_SOCK_ADDR)",
+    ),
+    (
+        "sendmsg6",
+        "cgroup/sendmsg6 (BPF_PROG_TYPE_CGROUP_SOCK_ADDR)",
     ),
 ];
 
@@ -92,13 +101,48 @@ pub enum KernelError {
     StaleHold { tid: u32, hold_id: u64 },
 }
 
-/// Whether the BPF LSM delete hooks are in force, and if not, why.
+/// Whether the BPF LSM hooks are in force, and if not, why.
 #[derive(Clone, Debug)]
 pub enum LsmStatus {
-    /// With how paths are built ("bpf_d_path" or "dentry walk").
-    Attached { paths: &'static str },
+    Attached {
+        /// How unlink/rmdir paths are built ("bpf_d_path" or "dentry walk").
+        paths: &'static str,
+        /// Every hook attached.
+        hooks: Vec<&'static str>,
+        /// Optional hooks this kernel refused, with why.
+        missing: Vec<(&'static str, String)>,
+    },
     /// With the reason, naming the program type and errno where the kernel refused.
     Unavailable(String),
+}
+
+impl LsmStatus {
+    pub fn has(&self, hook: &str) -> bool {
+        matches!(self, LsmStatus::Attached { hooks, .. } if hooks.contains(&hook))
+    }
+
+    /// "lsm/a, lsm/b, ..." of the attached hooks.
+    pub fn hook_list(&self) -> String {
+        match self {
+            LsmStatus::Attached { hooks, .. } => hooks
+                .iter()
+                .map(|h| format!("lsm/{h}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            LsmStatus::Unavailable(_) => String::new(),
+        }
+    }
+}
+
+/// How `unix:` rules are enforced on this kernel.
+#[derive(Clone, Debug)]
+pub enum UnixBackend {
+    /// lsm/unix_stream_connect and lsm/unix_may_send: the peer's real path.
+    Lsm,
+    /// cgroup/connect_unix and sendmsg_unix (6.7+): the path as written.
+    Cgroup,
+    /// Neither: unix rules cannot be enforced, with why.
+    None(String),
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> KernelError {
@@ -152,6 +196,9 @@ pub struct Kernel {
     /// Set by pin_links: new attachments are pinned as they are made.
     pinning: bool,
     pub lsm: LsmStatus,
+    pub unix: UnixBackend,
+    /// cgroup/connect_unix and sendmsg_unix, where they are the unix backend.
+    unix_programs: Option<unix_programs::UnixPrograms>,
 }
 
 /// Program `name` of the object, as the type this build expects it to be.
@@ -169,8 +216,23 @@ where
 }
 
 /// Offsets from the running kernel's BTF, or why they are unavailable.
+/// The unix and sock_addr ones are optional: 0 where the kernel lacks them
+/// (the programs that need them are then not used).
 fn kernel_offsets() -> Result<KernelOffsets, btf::BtfError> {
     let btf = btf::Btf::from_sys_fs()?;
+    let optional = |s: &str, m: &str| btf.member_offset(s, m).unwrap_or(0);
+    let unix = [
+        btf.member_offset("unix_sock", "path"),
+        btf.member_offset("unix_sock", "addr"),
+        btf.member_offset("unix_address", "len"),
+        btf.member_offset("unix_address", "name"),
+        btf.member_offset("socket", "sk"),
+    ];
+    let unix = if unix.iter().all(Result::is_ok) {
+        unix.map(|r| r.unwrap_or(0))
+    } else {
+        [0; 5]
+    };
     Ok(KernelOffsets {
         dentry_d_name: btf.member_offset("dentry", "d_name")?,
         qstr_name: btf.member_offset("qstr", "name")?,
@@ -183,6 +245,20 @@ fn kernel_offsets() -> Result<KernelOffsets, btf::BtfError> {
         mount_mnt_mountpoint: btf.member_offset("mount", "mnt_mountpoint")?,
         task_fs: btf.member_offset("task_struct", "fs")?,
         fs_root: btf.member_offset("fs_struct", "root")?,
+        dentry_d_inode: btf.member_offset("dentry", "d_inode")?,
+        inode_i_mode: btf.member_offset("inode", "i_mode")?,
+        task_flags: btf.member_offset("task_struct", "flags")?,
+        mount_mnt_ns: btf.member_offset("mount", "mnt_ns")?,
+        task_nsproxy: btf.member_offset("task_struct", "nsproxy")?,
+        nsproxy_mnt_ns: btf.member_offset("nsproxy", "mnt_ns")?,
+        file_f_path: btf.member_offset("file", "f_path")?,
+        unix_sock_path: unix[0],
+        unix_sock_addr: unix[1],
+        unix_address_len: unix[2],
+        unix_address_name: unix[3],
+        socket_sk: unix[4],
+        sock_addr_kern_uaddr: optional("bpf_sock_addr_kern", "uaddr"),
+        sock_addr_kern_uaddrlen: optional("bpf_sock_addr_kern", "uaddrlen"),
         _pad: 0,
     })
 }
@@ -225,9 +301,34 @@ impl Kernel {
             })?;
         }
         let mut links = Vec::new();
-        let lsm = match offsets {
-            Ok(_) => load_lsm(&mut ebpf, &mut links),
+        let lsm = match &offsets {
+            Ok(o) => load_lsm(&mut ebpf, &mut links, o.unix_sock_path != 0),
             Err(err) => LsmStatus::Unavailable(format!("struct offsets unavailable: {err}")),
+        };
+        let (unix, unix_programs) = if lsm.has("unix_stream_connect") && lsm.has("unix_may_send") {
+            (UnixBackend::Lsm, None)
+        } else {
+            match &offsets {
+                Ok(o) if o.sock_addr_kern_uaddr == 0 => (
+                    UnixBackend::None(
+                        "this kernel's BTF has no struct bpf_sock_addr_kern.uaddr".into(),
+                    ),
+                    None,
+                ),
+                Ok(_) => match unix_programs::UnixPrograms::load(&ebpf, OBJECT) {
+                    Ok(p) => (UnixBackend::Cgroup, Some(p)),
+                    Err(why) => (
+                        UnixBackend::None(format!(
+                            "no BPF LSM, and the kernel refused cgroup/connect_unix (6.7+): {why}"
+                        )),
+                        None,
+                    ),
+                },
+                Err(err) => (
+                    UnixBackend::None(format!("struct offsets unavailable: {err}")),
+                    None,
+                ),
+            }
         };
         Ok(Self {
             ebpf,
@@ -237,6 +338,8 @@ impl Kernel {
             pins,
             pinning: false,
             lsm,
+            unix,
+            unix_programs,
         })
     }
 
@@ -267,6 +370,19 @@ impl Kernel {
                 source,
             })?;
             self.keep(format!("{name}-{cgroup_id}"), link)?;
+        }
+        if let Some(unix) = &self.unix_programs {
+            use std::os::fd::AsRawFd as _;
+            let links = unix
+                .attach(file.as_raw_fd())
+                .map_err(|source| KernelError::Attach {
+                    program: "cgroup/connect_unix, cgroup/sendmsg_unix (BPF_PROG_TYPE_CGROUP_SOCK_ADDR)",
+                    cgroup: dir.display().to_string(),
+                    source: ProgramError::IOError(source),
+                })?;
+            for (name, link) in links {
+                self.keep_raw(format!("{name}-{cgroup_id}"), link)?;
+            }
         }
         Ok(())
     }
@@ -326,6 +442,20 @@ impl Kernel {
         entries: &[(u32, PathKey, PathRuleValue)],
     ) -> Result<(), KernelError> {
         self.insert_lpm("PATH_RULES", entries)
+    }
+
+    pub fn insert_subtree_rules(
+        &mut self,
+        entries: &[(u32, PathKey, PathRuleValue)],
+    ) -> Result<(), KernelError> {
+        self.insert_lpm("SUBTREE_RULES", entries)
+    }
+
+    pub fn insert_unix_rules(
+        &mut self,
+        entries: &[(u32, PathKey, PathRuleValue)],
+    ) -> Result<(), KernelError> {
+        self.insert_lpm("UNIX_RULES", entries)
     }
 
     /// Writes (prefix length, key, value) entries into the LPM trie `name`.

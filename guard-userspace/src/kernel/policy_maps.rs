@@ -20,6 +20,23 @@ impl Kernel {
         self.remove_lpm::<PathKey, PathRuleValue>("PATH_RULES", entries.iter().map(|e| (e.0, e.1)))
     }
 
+    pub fn remove_subtree_rules(
+        &mut self,
+        entries: &[(u32, PathKey, PathRuleValue)],
+    ) -> Result<(), KernelError> {
+        self.remove_lpm::<PathKey, PathRuleValue>(
+            "SUBTREE_RULES",
+            entries.iter().map(|e| (e.0, e.1)),
+        )
+    }
+
+    pub fn remove_unix_rules(
+        &mut self,
+        entries: &[(u32, PathKey, PathRuleValue)],
+    ) -> Result<(), KernelError> {
+        self.remove_lpm::<PathKey, PathRuleValue>("UNIX_RULES", entries.iter().map(|e| (e.0, e.1)))
+    }
+
     fn remove_lpm<K: aya::Pod, V: aya::Pod>(
         &mut self,
         name: &'static str,

@@ -86,6 +86,8 @@ struct RawAgent {
     mode: Option<Spanned<String>>,
     connect: Option<RawRules>,
     delete: Option<RawRules>,
+    allow_mounts: Option<bool>,
+    allow_io_uring: Option<bool>,
     runners: Option<RawApprovers>,
 }
 
@@ -347,6 +349,8 @@ fn agent(doc: &Doc<'_>, raw: RawAgent, line: usize) -> Result<Agent, PolicyError
         mode,
         connect,
         delete,
+        allow_mounts: raw.allow_mounts.unwrap_or(false),
+        allow_io_uring: raw.allow_io_uring.unwrap_or(false),
         runners,
         line,
     })

@@ -1,5 +1,10 @@
 //! The classic BPF seccomp filter and its installation between fork and exec.
+//!
+//! The filter is generated from [`SYSCALLS`], one row per guarded system
+//! call; adding a call is adding a row (and its handling in `calls.rs`).
 use std::{mem::offset_of, os::fd::RawFd};
+
+use guard_common::{CLONE_NEWNS, CLONE_NEWUSER, O_TRUNC};
 
 #[cfg(not(target_arch = "x86_64"))]
 compile_error!(
@@ -13,15 +18,8 @@ pub(super) const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
 pub(super) const AUDIT_ARCH_I386: u32 = 0x4000_0003;
 /// Set in the syscall number of every x32-ABI call.
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
-
-// arch/x86/entry/syscalls/syscall_64.tbl and syscall_32.tbl. Hard-coded rather
-// than libc::SYS_*, which only describe the native table.
-const X64_UNLINK: u32 = 87;
-const X64_RMDIR: u32 = 84;
-const X64_UNLINKAT: u32 = 263;
-const I386_UNLINK: u32 = 10;
-const I386_RMDIR: u32 = 40;
-const I386_UNLINKAT: u32 = 301;
+/// open_tree(2): make a detached copy of the tree.
+const OPEN_TREE_CLONE: u32 = 1;
 
 /// A guarded system call, whatever table it came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,69 +27,358 @@ pub(super) enum Guarded {
     Unlink,
     Rmdir,
     Unlinkat,
+    Rename,
+    Renameat,
+    Renameat2,
+    Link,
+    Linkat,
+    Truncate,
+    Ftruncate,
+    Open,
+    Openat,
+    Creat,
+    Openat2,
+    OpenByHandleAt,
+    Mount,
+    MoveMount,
+    OpenTree,
+    Fsopen,
+    Fsmount,
+    Fspick,
+    MountSetattr,
+    PivotRoot,
+    Chroot,
+    Unshare,
+    Clone,
+    Clone3,
+    Setns,
+    IoUringSetup,
 }
+
+/// Which policy switch lifts a row: rows of a group the agent's policy
+/// allows are left out of its runs' filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Group {
+    /// Destructive file operations: always guarded.
+    Files,
+    /// Second paths to an object: lifted by `allow_mounts = true`.
+    Mounts,
+    /// io_uring, which this backend cannot see: lifted by `allow_io_uring`.
+    IoUring,
+}
+
+/// What the filter does with a matching call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Action {
+    /// The supervisor judges it (and performs it, if allowed).
+    Notify,
+    /// Fails at once with this errno (no event): for calls whose arguments
+    /// the filter cannot read and whose callers fall back to one it can.
+    Errno(i32),
+}
+
+/// When a row applies, beyond its number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum When {
+    Always,
+    /// The argument's low 32 bits have some bit of `mask` set.
+    AnyBit {
+        arg: u8,
+        mask: u32,
+    },
+    /// As AnyBit, or the argument is 0 (setns: any namespace type).
+    AnyBitOrZero {
+        arg: u8,
+        mask: u32,
+    },
+}
+
+pub(super) struct Row {
+    pub call: Guarded,
+    /// arch/x86/entry/syscalls/syscall_64.tbl; None if the table has none.
+    pub x64: Option<u32>,
+    /// arch/x86/entry/syscalls/syscall_32.tbl.
+    pub i386: Option<u32>,
+    pub when: When,
+    pub action: Action,
+    pub group: Group,
+}
+
+const fn row(call: Guarded, x64: u32, i386: u32, when: When, group: Group) -> Row {
+    Row {
+        call,
+        x64: Some(x64),
+        i386: Some(i386),
+        when,
+        action: Action::Notify,
+        group,
+    }
+}
+
+const NS_FLAGS: u32 = CLONE_NEWNS | CLONE_NEWUSER;
+const ALWAYS: When = When::Always;
+use Group::{Files, IoUring, Mounts};
+use Guarded as G;
+
+/// Every guarded call. Numbers from the kernel's syscall tables (user ABI,
+/// never renumbered); the new-API calls share one number on both.
+pub(super) const SYSCALLS: &[Row] = &[
+    row(G::Unlink, 87, 10, ALWAYS, Files),
+    row(G::Rmdir, 84, 40, ALWAYS, Files),
+    row(G::Unlinkat, 263, 301, ALWAYS, Files),
+    row(G::Rename, 82, 38, ALWAYS, Files),
+    row(G::Renameat, 264, 302, ALWAYS, Files),
+    row(G::Renameat2, 316, 353, ALWAYS, Files),
+    row(G::Link, 86, 9, ALWAYS, Files),
+    row(G::Linkat, 265, 303, ALWAYS, Files),
+    row(G::Truncate, 76, 92, ALWAYS, Files),
+    Row {
+        call: G::Truncate,
+        x64: None,
+        i386: Some(193), // truncate64
+        when: ALWAYS,
+        action: Action::Notify,
+        group: Files,
+    },
+    row(G::Ftruncate, 77, 93, ALWAYS, Files),
+    Row {
+        call: G::Ftruncate,
+        x64: None,
+        i386: Some(194), // ftruncate64
+        when: ALWAYS,
+        action: Action::Notify,
+        group: Files,
+    },
+    // Only opens that truncate: every other open runs at full speed.
+    row(
+        G::Open,
+        2,
+        5,
+        When::AnyBit {
+            arg: 1,
+            mask: O_TRUNC,
+        },
+        Files,
+    ),
+    row(
+        G::Openat,
+        257,
+        295,
+        When::AnyBit {
+            arg: 2,
+            mask: O_TRUNC,
+        },
+        Files,
+    ),
+    row(G::Creat, 85, 8, ALWAYS, Files),
+    // Its flags are in memory the filter cannot read; glibc never uses it
+    // for open().
+    row(G::Openat2, 437, 437, ALWAYS, Files),
+    row(
+        G::OpenByHandleAt,
+        304,
+        342,
+        When::AnyBit {
+            arg: 2,
+            mask: O_TRUNC,
+        },
+        Files,
+    ),
+    row(G::Mount, 165, 21, ALWAYS, Mounts),
+    row(G::MoveMount, 429, 429, ALWAYS, Mounts),
+    row(
+        G::OpenTree,
+        428,
+        428,
+        When::AnyBit {
+            arg: 2,
+            mask: OPEN_TREE_CLONE,
+        },
+        Mounts,
+    ),
+    row(G::Fsopen, 430, 430, ALWAYS, Mounts),
+    row(G::Fsmount, 432, 432, ALWAYS, Mounts),
+    row(G::Fspick, 433, 433, ALWAYS, Mounts),
+    row(G::MountSetattr, 442, 442, ALWAYS, Mounts),
+    row(G::PivotRoot, 155, 217, ALWAYS, Mounts),
+    row(G::Chroot, 161, 61, ALWAYS, Mounts),
+    row(
+        G::Unshare,
+        272,
+        310,
+        When::AnyBit {
+            arg: 0,
+            mask: NS_FLAGS,
+        },
+        Mounts,
+    ),
+    row(
+        G::Clone,
+        56,
+        120,
+        When::AnyBit {
+            arg: 0,
+            mask: NS_FLAGS,
+        },
+        Mounts,
+    ),
+    // clone3's flags are in memory: ENOSYS, on which glibc (and every libc
+    // that knows clone3) falls back to clone, whose flags the row above sees.
+    Row {
+        call: G::Clone3,
+        x64: Some(435),
+        i386: Some(435),
+        when: ALWAYS,
+        action: Action::Errno(libc::ENOSYS),
+        group: Mounts,
+    },
+    row(
+        G::Setns,
+        308,
+        346,
+        When::AnyBitOrZero {
+            arg: 1,
+            mask: NS_FLAGS,
+        },
+        Mounts,
+    ),
+    row(G::IoUringSetup, 425, 425, ALWAYS, IoUring),
+];
 
 /// Maps a notification's `(arch, nr)` back to the call; `None` for anything
 /// the filter should not have sent.
 pub(super) fn classify(arch: u32, nr: i32) -> Option<Guarded> {
-    match (arch, nr as u32) {
-        (AUDIT_ARCH_X86_64, X64_UNLINK) | (AUDIT_ARCH_I386, I386_UNLINK) => Some(Guarded::Unlink),
-        (AUDIT_ARCH_X86_64, X64_RMDIR) | (AUDIT_ARCH_I386, I386_RMDIR) => Some(Guarded::Rmdir),
-        (AUDIT_ARCH_X86_64, X64_UNLINKAT) | (AUDIT_ARCH_I386, I386_UNLINKAT) => {
-            Some(Guarded::Unlinkat)
+    let nr = u32::try_from(nr).ok()?;
+    SYSCALLS
+        .iter()
+        .find(|r| match arch {
+            AUDIT_ARCH_X86_64 => r.x64 == Some(nr),
+            AUDIT_ARCH_I386 => r.i386 == Some(nr),
+            _ => false,
+        })
+        .map(|r| r.call)
+}
+
+/// Which groups a run's filter leaves out (from the agent's policy when the
+/// run started).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FilterOptions {
+    pub allow_mounts: bool,
+    pub allow_io_uring: bool,
+}
+
+impl FilterOptions {
+    fn includes(self, group: Group) -> bool {
+        match group {
+            Group::Files => true,
+            Group::Mounts => !self.allow_mounts,
+            Group::IoUring => !self.allow_io_uring,
         }
-        _ => None,
     }
 }
 
 const LD_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
 const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
 const JGE: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+const JSET: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
 const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
 const OFF_NR: u32 = offset_of!(libc::seccomp_data, nr) as u32;
 const OFF_ARCH: u32 = offset_of!(libc::seccomp_data, arch) as u32;
+const OFF_ARGS: u32 = offset_of!(libc::seccomp_data, args) as u32;
 
 const fn ins(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     libc::sock_filter { code, jt, jf, k }
 }
 
-const LEN: usize = 16;
+fn ret(action: Action) -> libc::sock_filter {
+    let k = match action {
+        Action::Notify => libc::SECCOMP_RET_USER_NOTIF,
+        Action::Errno(errno) => libc::SECCOMP_RET_ERRNO | (errno as u32 & libc::SECCOMP_RET_DATA),
+    };
+    ins(RET, k, 0, 0)
+}
 
-/// Jump offsets are relative to the next instruction; the targets are given
-/// by index in the comments. Unit tests run this program on an interpreter.
-const PROGRAM: [libc::sock_filter; LEN] = [
-    /* 0 */ ins(LD_ABS, OFF_ARCH, 0, 0),
-    /* 1 */ ins(JEQ, AUDIT_ARCH_X86_64, 0, 5), // → 2 : 7
-    /* 2 */ ins(LD_ABS, OFF_NR, 0, 0),
-    /* 3 */ ins(JGE, X32_SYSCALL_BIT, 11, 0), // → 15 : 4
-    /* 4 */ ins(JEQ, X64_UNLINK, 8, 0), // → 13 : 5
-    /* 5 */ ins(JEQ, X64_UNLINKAT, 7, 0), // → 13 : 6
-    /* 6 */ ins(JEQ, X64_RMDIR, 6, 5), // → 13 : 12
-    /* 7 */ ins(JEQ, AUDIT_ARCH_I386, 0, 6), // → 8 : 14
-    /* 8 */ ins(LD_ABS, OFF_NR, 0, 0),
-    /* 9 */ ins(JEQ, I386_UNLINK, 3, 0), // → 13 : 10
-    /* 10 */ ins(JEQ, I386_UNLINKAT, 2, 0), // → 13 : 11
-    /* 11 */ ins(JEQ, I386_RMDIR, 1, 0), // → 13 : 12
-    /* 12 */ ins(RET, libc::SECCOMP_RET_ALLOW, 0, 0),
-    /* 13 */ ins(RET, libc::SECCOMP_RET_USER_NOTIF, 0, 0),
-    /* 14 */ ins(RET, libc::SECCOMP_RET_KILL_PROCESS, 0, 0),
-    /* 15 */ ins(RET, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32, 0, 0),
-];
+/// The rows of one table: each a block that returns if its number matches
+/// (after its argument check) and otherwise jumps past itself, then allow.
+/// The accumulator holds the number on entry to every block.
+fn table(out: &mut Vec<libc::sock_filter>, nrs: impl Iterator<Item = (u32, When, Action)>) {
+    let allow = ins(RET, libc::SECCOMP_RET_ALLOW, 0, 0);
+    for (nr, when, action) in nrs {
+        // Low 32 bits of the argument (little endian), as the kernel reads
+        // an int flags argument.
+        let arg = |a: u8| ins(LD_ABS, OFF_ARGS + 8 * u32::from(a), 0, 0);
+        match when {
+            When::Always => out.extend([ins(JEQ, nr, 0, 1), ret(action)]),
+            When::AnyBit { arg: a, mask } => out.extend([
+                ins(JEQ, nr, 0, 4),
+                arg(a),
+                ins(JSET, mask, 0, 1),
+                ret(action),
+                allow,
+            ]),
+            When::AnyBitOrZero { arg: a, mask } => out.extend([
+                ins(JEQ, nr, 0, 5),
+                arg(a),
+                ins(JEQ, 0, 1, 0),
+                ins(JSET, mask, 0, 1),
+                ret(action),
+                allow,
+            ]),
+        }
+    }
+    out.push(allow);
+}
 
 /// The filter, built before the fork so the child only makes system calls.
 pub struct FilterProgram {
-    insns: [libc::sock_filter; LEN],
+    insns: Vec<libc::sock_filter>,
 }
 
 impl Default for FilterProgram {
     fn default() -> Self {
-        Self::new()
+        Self::new(FilterOptions::default())
     }
 }
 
 impl FilterProgram {
-    pub fn new() -> Self {
-        Self { insns: PROGRAM }
+    /// * `AUDIT_ARCH_X86_64`, number below `0x4000_0000`: the x86_64 rows;
+    ///   anything else → allow.
+    /// * `AUDIT_ARCH_X86_64` with the x32 bit: every call → `ERRNO(ENOSYS)`,
+    ///   which is what a kernel without x32 support answers, so an x32
+    ///   binary cannot reach an unguarded call through that table.
+    /// * `AUDIT_ARCH_I386` (`int 0x80`, 32-bit binaries): the i386 rows
+    ///   (`int 0x80` is a real bypass otherwise: it works on this kernel).
+    /// * Any other architecture → `KILL_PROCESS`.
+    pub fn new(options: FilterOptions) -> Self {
+        let rows = || SYSCALLS.iter().filter(|r| options.includes(r.group));
+        let mut x64 = vec![
+            ins(LD_ABS, OFF_NR, 0, 0),
+            ins(JGE, X32_SYSCALL_BIT, 0, 1),
+            ret(Action::Errno(libc::ENOSYS)),
+        ];
+        table(
+            &mut x64,
+            rows().filter_map(|r| Some((r.x64?, r.when, r.action))),
+        );
+        let mut i386 = vec![
+            ins(JEQ, AUDIT_ARCH_I386, 1, 0),
+            ins(RET, libc::SECCOMP_RET_KILL_PROCESS, 0, 0),
+            ins(LD_ABS, OFF_NR, 0, 0),
+        ];
+        table(
+            &mut i386,
+            rows().filter_map(|r| Some((r.i386?, r.when, r.action))),
+        );
+        let mut insns = vec![
+            ins(LD_ABS, OFF_ARCH, 0, 0),
+            ins(JEQ, AUDIT_ARCH_X86_64, 1, 0),
+            // Past the x64 table, to the i386 one.
+            ins(JA, x64.len() as u32, 0, 0),
+        ];
+        insns.extend(x64);
+        insns.extend(i386);
+        Self { insns }
     }
 
     /// Sets `PR_SET_NO_NEW_PRIVS` and installs the filter on the calling
@@ -101,15 +388,15 @@ impl FilterProgram {
     /// # Safety
     ///
     /// Meant for the child between fork and exec (std `pre_exec`). From then
-    /// on every unlink/unlinkat/rmdir of this thread and its descendants
-    /// blocks until the returned fd is supervised (or fails with ENOSYS once
-    /// the fd is closed), and no-new-privs disables setuid binaries; calling
-    /// it in a process that is not about to exec would deadlock its own
-    /// deletions. The caller must pass the fd on and close its copy before
+    /// on every guarded call of this thread and its descendants blocks
+    /// until the returned fd is supervised (or fails with ENOSYS once the fd
+    /// is closed), and no-new-privs disables setuid binaries; calling it in
+    /// a process that is not about to exec would deadlock its own guarded
+    /// calls. The caller must pass the fd on and close its copy before
     /// exec.
     pub unsafe fn install(&self) -> Result<RawFd, i32> {
         let prog = libc::sock_fprog {
-            len: LEN as libc::c_ushort,
+            len: self.insns.len() as libc::c_ushort,
             // The kernel only reads the program (it copies it in).
             filter: self.insns.as_ptr().cast_mut(),
         };
@@ -140,7 +427,7 @@ mod tests {
     use super::*;
 
     /// Runs the subset of classic BPF the filter uses, like the kernel would.
-    fn run(prog: &[libc::sock_filter], arch: u32, nr: u32) -> u32 {
+    fn run(prog: &[libc::sock_filter], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
         let mut acc = 0u32;
         let mut pc = 0usize;
         loop {
@@ -149,59 +436,158 @@ mod tests {
             match i.code {
                 LD_ABS if i.k == OFF_ARCH => acc = arch,
                 LD_ABS if i.k == OFF_NR => acc = nr,
+                LD_ABS if i.k >= OFF_ARGS => acc = args[((i.k - OFF_ARGS) / 8) as usize] as u32,
                 JEQ => pc += usize::from(if acc == i.k { i.jt } else { i.jf }),
                 JGE => pc += usize::from(if acc >= i.k { i.jt } else { i.jf }),
+                JSET => pc += usize::from(if acc & i.k != 0 { i.jt } else { i.jf }),
+                JA => pc += i.k as usize,
                 RET => return i.k,
                 other => panic!("unexpected instruction {other:#x} at {}", pc - 1),
             }
         }
     }
 
+    const NOTIF: u32 = libc::SECCOMP_RET_USER_NOTIF;
+    const ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
+    const ENOSYS: u32 = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+    const X64: u32 = AUDIT_ARCH_X86_64;
+    const I386: u32 = AUDIT_ARCH_I386;
+
     #[test]
     fn filter_routes_each_table() {
-        let p = FilterProgram::new();
-        let notif = libc::SECCOMP_RET_USER_NOTIF;
-        let allow = libc::SECCOMP_RET_ALLOW;
-        let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+        let p = FilterProgram::default();
+        let no = [0; 6];
         let cases = [
-            (AUDIT_ARCH_X86_64, X64_UNLINK, notif),
-            (AUDIT_ARCH_X86_64, X64_UNLINKAT, notif),
-            (AUDIT_ARCH_X86_64, X64_RMDIR, notif),
-            (AUDIT_ARCH_X86_64, 0, allow),
-            (AUDIT_ARCH_X86_64, I386_UNLINK, allow), // x86_64 nr 10 is mprotect
-            (AUDIT_ARCH_X86_64, 82, allow),          // rename: not guarded here
-            (AUDIT_ARCH_X86_64, X32_SYSCALL_BIT + X64_UNLINK, enosys),
-            (AUDIT_ARCH_X86_64, X32_SYSCALL_BIT, enosys),
-            (AUDIT_ARCH_X86_64, u32::MAX, enosys),
-            (AUDIT_ARCH_I386, I386_UNLINK, notif),
-            (AUDIT_ARCH_I386, I386_UNLINKAT, notif),
-            (AUDIT_ARCH_I386, I386_RMDIR, notif),
-            (AUDIT_ARCH_I386, X64_UNLINK, allow),
-            (AUDIT_ARCH_I386, 1, allow),
-            (0xC000_00B7, X64_UNLINK, libc::SECCOMP_RET_KILL_PROCESS), // aarch64
-            (0, 0, libc::SECCOMP_RET_KILL_PROCESS),
+            (X64, 87, no, NOTIF),  // unlink
+            (X64, 263, no, NOTIF), // unlinkat
+            (X64, 84, no, NOTIF),  // rmdir
+            (X64, 82, no, NOTIF),  // rename
+            (X64, 316, no, NOTIF), // renameat2
+            (X64, 77, no, NOTIF),  // ftruncate
+            (X64, 0, no, ALLOW),
+            (X64, 10, no, ALLOW), // x86_64 nr 10 is mprotect
+            (X64, X32_SYSCALL_BIT + 87, no, ENOSYS),
+            (X64, X32_SYSCALL_BIT, no, ENOSYS),
+            (X64, u32::MAX, no, ENOSYS),
+            (I386, 10, no, NOTIF),
+            (I386, 301, no, NOTIF),
+            (I386, 40, no, NOTIF),
+            (I386, 193, no, NOTIF), // truncate64
+            (I386, 87, no, ALLOW),
+            (I386, 1, no, ALLOW),
+            (0xC000_00B7, 87, no, libc::SECCOMP_RET_KILL_PROCESS), // aarch64
+            (0, 0, no, libc::SECCOMP_RET_KILL_PROCESS),
         ];
-        for (arch, nr, want) in cases {
-            assert_eq!(run(&p.insns, arch, nr), want, "arch {arch:#x} nr {nr:#x}");
+        for (arch, nr, args, want) in cases {
+            assert_eq!(
+                run(&p.insns, arch, nr, args),
+                want,
+                "arch {arch:#x} nr {nr}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_truncating_opens_reach_the_supervisor() {
+        let p = FilterProgram::default();
+        let (trunc, plain) = (u64::from(O_TRUNC), 0o1101u64 & !u64::from(O_TRUNC));
+        // open(path, flags): flags are argument 1; openat: argument 2.
+        assert_eq!(run(&p.insns, X64, 2, [0, trunc | 0o101, 0, 0, 0, 0]), NOTIF);
+        assert_eq!(run(&p.insns, X64, 2, [0, plain, 0, 0, 0, 0]), ALLOW);
+        assert_eq!(run(&p.insns, X64, 257, [0, 0, trunc, 0, 0, 0]), NOTIF);
+        assert_eq!(run(&p.insns, X64, 257, [0, 0, 0o2, 0, 0, 0]), ALLOW);
+        // Only the low 32 bits count, as the kernel reads an int.
+        assert_eq!(run(&p.insns, X64, 257, [0, 0, trunc << 32, 0, 0, 0]), ALLOW);
+        assert_eq!(run(&p.insns, I386, 295, [0, 0, trunc, 0, 0, 0]), NOTIF);
+        assert_eq!(
+            run(&p.insns, X64, 85, [0; 6]),
+            NOTIF,
+            "creat always truncates"
+        );
+        assert_eq!(
+            run(&p.insns, X64, 437, [0; 6]),
+            NOTIF,
+            "openat2: flags in memory"
+        );
+    }
+
+    #[test]
+    fn namespaces_and_mounts_by_policy() {
+        let ns = u64::from(CLONE_NEWNS);
+        let user = u64::from(CLONE_NEWUSER);
+        let refuse = FilterProgram::default();
+        let allow = FilterProgram::new(FilterOptions {
+            allow_mounts: true,
+            allow_io_uring: true,
+        });
+        let cases = [
+            (165, [0; 6], NOTIF, ALLOW),                   // mount
+            (272, [ns, 0, 0, 0, 0, 0], NOTIF, ALLOW),      // unshare -m
+            (272, [user, 0, 0, 0, 0, 0], NOTIF, ALLOW),    // unshare -U
+            (272, [0x400, 0, 0, 0, 0, 0], ALLOW, ALLOW),   // unshare(CLONE_FS)
+            (56, [0x3d0f00, 0, 0, 0, 0, 0], ALLOW, ALLOW), // pthread_create's clone
+            (56, [ns | 0x11, 0, 0, 0, 0, 0], NOTIF, ALLOW),
+            (435, [0; 6], ENOSYS, ALLOW),                      // clone3
+            (308, [3, 0, 0, 0, 0, 0], NOTIF, ALLOW),           // setns(fd, 0): any type
+            (308, [3, 0x4000_0000, 0, 0, 0, 0], ALLOW, ALLOW), // setns(fd, CLONE_NEWNET)
+            (308, [3, ns, 0, 0, 0, 0], NOTIF, ALLOW),
+            (428, [0, 0, 1, 0, 0, 0], NOTIF, ALLOW), // open_tree(OPEN_TREE_CLONE)
+            (428, [0, 0, 0, 0, 0, 0], ALLOW, ALLOW),
+            (161, [0; 6], NOTIF, ALLOW), // chroot
+            (425, [0; 6], NOTIF, ALLOW), // io_uring_setup
+            (87, [0; 6], NOTIF, NOTIF),  // unlink: always
+        ];
+        for (nr, args, refused, allowed) in cases {
+            assert_eq!(
+                run(&refuse.insns, X64, nr, args),
+                refused,
+                "nr {nr} {args:?}"
+            );
+            assert_eq!(run(&allow.insns, X64, nr, args), allowed, "nr {nr} allowed");
         }
     }
 
     #[test]
     fn every_jump_lands_inside_the_program() {
-        for (pc, i) in PROGRAM.iter().enumerate() {
-            if i.code == JEQ || i.code == JGE {
-                assert!(pc + 1 + usize::from(i.jt) < LEN && pc + 1 + usize::from(i.jf) < LEN);
+        for options in [
+            FilterOptions::default(),
+            FilterOptions {
+                allow_mounts: true,
+                allow_io_uring: true,
+            },
+        ] {
+            let p = FilterProgram::new(options);
+            let len = p.insns.len();
+            assert!(len <= usize::from(u16::MAX) && len < 4096, "BPF_MAXINSNS");
+            for (pc, i) in p.insns.iter().enumerate() {
+                if matches!(i.code, JEQ | JGE | JSET) {
+                    assert!(pc + 1 + usize::from(i.jt) < len && pc + 1 + usize::from(i.jf) < len);
+                }
+                if i.code == JA {
+                    assert!(pc + 1 + (i.k as usize) < len);
+                }
             }
+            assert_eq!(p.insns[len - 1].code, RET);
         }
-        assert_eq!(PROGRAM[LEN - 1].code, RET);
     }
 
     #[test]
-    fn classify_matches_the_filter() {
-        assert_eq!(classify(AUDIT_ARCH_X86_64, 87), Some(Guarded::Unlink));
-        assert_eq!(classify(AUDIT_ARCH_X86_64, 263), Some(Guarded::Unlinkat));
-        assert_eq!(classify(AUDIT_ARCH_I386, 40), Some(Guarded::Rmdir));
-        assert_eq!(classify(AUDIT_ARCH_I386, 87), None);
-        assert_eq!(classify(AUDIT_ARCH_X86_64, 10), None);
+    fn classify_matches_the_table() {
+        assert_eq!(classify(X64, 87), Some(Guarded::Unlink));
+        assert_eq!(classify(X64, 263), Some(Guarded::Unlinkat));
+        assert_eq!(classify(I386, 40), Some(Guarded::Rmdir));
+        assert_eq!(classify(I386, 194), Some(Guarded::Ftruncate));
+        assert_eq!(classify(X64, 194), None);
+        assert_eq!(classify(I386, 87), None);
+        assert_eq!(classify(X64, 10), None);
+        assert_eq!(classify(X64, -1), None);
+        // Every row's numbers classify back to its call.
+        for r in SYSCALLS {
+            for (arch, nr) in [(X64, r.x64), (I386, r.i386)] {
+                if let Some(nr) = nr {
+                    assert_eq!(classify(arch, nr as i32), Some(r.call), "{arch:#x} {nr}");
+                }
+            }
+        }
     }
 }

@@ -231,9 +231,9 @@ fn defaults() {
             e.mode,
             e.connect_default,
             e.delete_default,
-            e._pad
+            e.flags
         ),
-        (7, 1, 3, 3, 0)
+        (7, 1, 3, 3, guard_common::AGENT_UNIX_GUARDED)
     );
 }
 

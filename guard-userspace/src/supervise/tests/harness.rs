@@ -26,7 +26,7 @@ use tokio::{
 };
 
 use crate::supervise::{
-    Decide, Decision, DeleteRequest, FilterProgram, recv_with_fds, send_with_fd, supervise,
+    Decide, Decision, FilterOptions, FilterProgram, Request, recv_with_fds, send_with_fd, supervise,
 };
 
 /// Liveness bound for anything a test waits for; never a timing assertion.
@@ -112,7 +112,7 @@ pub type Performed = (String, Result<(), i32>);
 pub struct Policy {
     denied: Vec<PathBuf>,
     hold: Option<Arc<Hold>>,
-    pub seen: Arc<Mutex<Vec<DeleteRequest>>>,
+    pub seen: Arc<Mutex<Vec<Request>>>,
     pub performed: Arc<Mutex<Vec<Performed>>>,
 }
 
@@ -136,27 +136,24 @@ impl Policy {
             .lock()
             .expect("lock")
             .iter()
-            .map(|r| r.path.clone())
+            .map(|r| r.object.path.clone())
             .collect()
     }
 }
 
 impl Decide for Policy {
-    fn decide(
-        &self,
-        req: DeleteRequest,
-    ) -> Pin<Box<dyn Future<Output = (DeleteRequest, Decision)> + Send>> {
+    fn decide(&self, req: Request) -> Pin<Box<dyn Future<Output = (Request, Decision)> + Send>> {
         self.seen.lock().expect("lock").push(req.clone());
         let denied = self
             .denied
             .iter()
-            .any(|d| Path::new(&req.path).starts_with(d));
+            .any(|d| Path::new(&req.object.path).starts_with(d));
         let decision = if denied {
             Decision::Deny
         } else {
             Decision::Allow
         };
-        let hold = self.hold.clone().filter(|h| h.path == req.path);
+        let hold = self.hold.clone().filter(|h| h.path == req.object.path);
         Box::pin(async move {
             if let Some(hold) = hold {
                 let _ = hold.called.send(());
@@ -166,20 +163,25 @@ impl Decide for Policy {
         })
     }
 
-    fn performed(&self, req: &DeleteRequest, result: Result<(), i32>) {
+    fn performed(&self, req: &Request, result: Result<(), i32>) {
         self.performed
             .lock()
             .expect("lock")
-            .push((req.path.clone(), result));
+            .push((req.object.path.clone(), result));
     }
 }
 
 /// Spawns `cmd` with the filter installed between fork and exec, and
 /// receives its listener fd the way the daemon will.
-pub async fn spawn_guarded(mut cmd: Command) -> (Child, OwnedFd) {
+pub async fn spawn_guarded(cmd: Command) -> (Child, OwnedFd) {
+    spawn_guarded_with(cmd, FilterOptions::default()).await
+}
+
+/// [`spawn_guarded`] with a filter built with `options`.
+pub async fn spawn_guarded_with(mut cmd: Command, options: FilterOptions) -> (Child, OwnedFd) {
     let (ours, theirs) = StdStream::pair().expect("socketpair");
     let theirs_fd = theirs.as_raw_fd();
-    let program = FilterProgram::new();
+    let program = FilterProgram::new(options);
     // SAFETY: the hook only makes system calls (prctl, seccomp, sendmsg,
     // close) on memory prepared before the fork.
     unsafe {
@@ -213,7 +215,16 @@ pub async fn spawn_guarded(mut cmd: Command) -> (Child, OwnedFd) {
 /// Runs `cmd` under supervision to completion; the supervisor must end by
 /// itself (POLLHUP) once the child is gone.
 pub async fn run_guarded(cmd: Command, decider: Arc<dyn Decide>) -> Output {
-    let (child, listener) = spawn_guarded(cmd).await;
+    run_guarded_with(cmd, decider, FilterOptions::default()).await
+}
+
+/// [`run_guarded`] with a filter built with `options`.
+pub async fn run_guarded_with(
+    cmd: Command,
+    decider: Arc<dyn Decide>,
+    options: FilterOptions,
+) -> Output {
+    let (child, listener) = spawn_guarded_with(cmd, options).await;
     let supervisor = tokio::spawn(supervise(listener, decider));
     let out = timeout(LIVENESS, child.wait_with_output())
         .await

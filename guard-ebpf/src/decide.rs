@@ -1,0 +1,108 @@
+//! From a verdict to what the hook does: the ladder of guard_common
+//! (audit → allow → grant → hold → deny), plus the kernel's part of a hold.
+use aya_ebpf::helpers::generated::bpf_get_current_task;
+use guard_common::{CALL_IO_URING, Outcome, PF_IO_WORKER, Rung, Verdict};
+
+use crate::{
+    hold::{self, Hold},
+    identity::Agent,
+    offsets::{off, read_u32},
+};
+
+/// What the hook does with the call.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    Deny,
+    /// Rewind the call (-ERESTARTNOINTR) with the thread stopped; it runs
+    /// again when resumed (see hold.rs).
+    Hold,
+}
+
+/// What to report about a call; None when it was already reported (a held
+/// call restarting into its decision, or an early SIGCONT).
+#[derive(Clone, Copy)]
+pub struct Report {
+    pub outcome: Outcome,
+    /// The verdict as applied (what the event says).
+    pub verdict: u8,
+    pub hold_id: u64,
+    pub grant_id: u32,
+    /// CALL_* bits for the record.
+    pub flags: u8,
+}
+
+pub struct Climbed {
+    pub decision: Decision,
+    pub report: Option<Report>,
+}
+
+/// How the hook can hold.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum HoldBy {
+    /// Send the stop now (LSM hooks may signal).
+    StopNow,
+    /// Leave the stop to tp_btf/sys_exit (cgroup socket hooks cannot).
+    StopAtExit,
+}
+
+/// Whether the current thread is an io_uring worker: its calls complete
+/// into a ring, not back into a system call a signal could restart, so a
+/// hold's -ERESTARTNOINTR would leak to the application. Holds there fail
+/// closed (deny) instead.
+#[inline(always)]
+pub fn in_io_worker() -> bool {
+    // SAFETY: helper without arguments; the pointer is only probe-read.
+    let task = unsafe { bpf_get_current_task() };
+    read_u32(task + off!(task_flags)) & PF_IO_WORKER != 0
+}
+
+/// Climbs the ladder for `agent`'s call with the policy's `verdict` from
+/// `rule_id`, looking up a grant with `grant` only when it may apply (an
+/// `ask` that is not a held call coming back for its decision).
+#[inline(always)]
+pub fn climb<G: FnOnce() -> u32>(
+    agent: &Agent,
+    verdict: u8,
+    rule_id: u32,
+    grant: G,
+    by: HoldBy,
+) -> Climbed {
+    let judged = guard_common::ladder(agent.entry.mode, verdict, rule_id, || {
+        if hold::in_progress() { 0 } else { grant() }
+    });
+    let report = |outcome, hold_id, grant_id, flags| {
+        Some(Report {
+            outcome,
+            verdict: judged.verdict,
+            hold_id,
+            grant_id,
+            flags,
+        })
+    };
+    let (decision, report) = match judged.rung {
+        Rung::Audit => (Decision::Allow, report(Outcome::Audited, 0, 0, 0)),
+        Rung::Allow => (Decision::Allow, report(Outcome::Allowed, 0, 0, 0)),
+        Rung::Grant(id) => (Decision::Allow, report(Outcome::Allowed, 0, id, 0)),
+        Rung::Deny => (Decision::Deny, report(Outcome::Denied, 0, 0, 0)),
+        Rung::Hold if in_io_worker() => {
+            (Decision::Deny, report(Outcome::Denied, 0, 0, CALL_IO_URING))
+        }
+        Rung::Hold => match hold::hold(by == HoldBy::StopNow) {
+            Hold::Started { hold_id } => (Decision::Hold, report(Outcome::Held, hold_id, 0, 0)),
+            // Restarted early by someone else's SIGCONT: stopped again, and
+            // the hold was already reported.
+            Hold::StillPending => (Decision::Hold, None),
+            // The daemon reported the decision (hold.decision).
+            Hold::Decided { allow: true } => (Decision::Allow, None),
+            Hold::Decided { allow: false } => (Decision::Deny, None),
+            // Could not hold: fail closed, reported as denied.
+            Hold::Failed => (Decision::Deny, report(Outcome::Denied, 0, 0, 0)),
+        },
+    };
+    Climbed { decision, report }
+}
+
+/// The verdict a call gets when its object has no path the policy can
+/// name: refused, whatever the rules (they cannot be matched).
+pub const UNKNOWN_PATH: (u8, u32) = (Verdict::Deny as u8, guard_common::RULE_DEFAULT);

@@ -1,0 +1,381 @@
+//! truncate, ftruncate, and the opens the filter lets through because they
+//! truncate (open/openat/creat with O_TRUNC), plus every openat2.
+//!
+//! The object is opened as the caller (O_PATH, nothing done to it yet),
+//! its real path judged, and the truncation performed on exactly that
+//! inode: an O_TRUNC open is redone through `/proc/self/fd/N` of the O_PATH
+//! handle with the caller's flags, and the resulting fd installed in the
+//! caller. A file that does not exist yet has nothing to truncate: it is
+//! created (O_EXCL, so an object that appears meanwhile is judged again).
+use std::{
+    ffi::CString,
+    io,
+    os::fd::{AsRawFd as _, OwnedFd},
+    sync::Arc,
+};
+
+use guard_common::{O_CREAT, O_EXCL, O_PATH, O_TRUNC};
+use tracing::debug;
+
+use super::{
+    Decide, Decision, Object, Op,
+    calls::Call,
+    identity::run_as,
+    ops::{self, last_errno},
+    supervisor::{Answer, Caller, Failure, Stop, absolute, io_failure, performed},
+    target::stat_fd,
+};
+
+/// How many times an object that appears or changes between the lookup and
+/// the open is looked up again before the call is refused.
+const ATTEMPTS: u32 = 3;
+/// `sizeof(struct open_how)` in its first version (flags, mode, resolve).
+const OPEN_HOW_SIZE_VER0: u64 = 24;
+/// open(2) ignores unknown flags; openat2, which the supervisor uses to
+/// perform it, refuses them: keep only what open(2) would.
+const VALID_OPEN_FLAGS: u32 = (libc::O_ACCMODE
+    | libc::O_CREAT
+    | libc::O_EXCL
+    | libc::O_NOCTTY
+    | libc::O_TRUNC
+    | libc::O_APPEND
+    | libc::O_NONBLOCK
+    | libc::O_SYNC
+    | libc::O_DSYNC
+    | libc::O_ASYNC
+    | libc::O_DIRECT
+    | libc::O_LARGEFILE
+    | libc::O_DIRECTORY
+    | libc::O_NOFOLLOW
+    | libc::O_NOATIME
+    | libc::O_CLOEXEC
+    | libc::O_PATH
+    | libc::O_TMPFILE) as u32;
+/// What O_PATH keeps of the other flags (fs/open.c: O_PATH_FLAGS).
+const O_PATH_FLAGS: u32 =
+    (libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_PATH | libc::O_CLOEXEC) as u32;
+
+pub(super) async fn truncate(
+    caller: &Caller<'_>,
+    decider: &Arc<dyn Decide>,
+    call: Call,
+) -> Result<Answer, Stop> {
+    match call {
+        Call::Truncate { path, length } => by_path(caller, decider, path, length).await,
+        Call::Ftruncate { fd, length } => by_fd(caller, decider, fd, length).await,
+        Call::Open {
+            dirfd,
+            path,
+            flags,
+            mode,
+            how,
+        } => {
+            let how = match how {
+                Some((addr, size)) => read_how(caller, addr, size)?,
+                // As open(2) builds it (fs/open.c: build_open_how).
+                None => {
+                    let flags = if flags & O_PATH != 0 {
+                        flags & O_PATH_FLAGS
+                    } else {
+                        flags & VALID_OPEN_FLAGS
+                    };
+                    let creates = flags & (O_CREAT | libc::O_TMPFILE as u32) != 0;
+                    let mode = if creates { mode & 0o7777 } else { 0 };
+                    (u64::from(flags), u64::from(mode), 0)
+                }
+            };
+            open(caller, decider, dirfd, path, how).await
+        }
+        _ => Err(Stop::Errno(libc::EINVAL)),
+    }
+}
+
+/// Reads openat2's `struct open_how` as the kernel's copy_struct_from_user
+/// does: at least the first version, any bytes past it zero.
+fn read_how(caller: &Caller<'_>, addr: u64, size: u64) -> Result<(u64, u64, u64), Stop> {
+    if size < OPEN_HOW_SIZE_VER0 {
+        return Err(Stop::Errno(libc::EINVAL));
+    }
+    if size > 4096 {
+        return Err(Stop::Errno(libc::E2BIG));
+    }
+    let bytes = caller
+        .target
+        .read_bytes(addr, size as usize)
+        .map_err(|e| match e {
+            super::target::ReadError::Errno(errno) => Stop::Errno(errno),
+            super::target::ReadError::Gone => Stop::Gone,
+            super::target::ReadError::Io(e) => io_failure("reading struct open_how")(e),
+        })?;
+    if bytes[OPEN_HOW_SIZE_VER0 as usize..].iter().any(|b| *b != 0) {
+        return Err(Stop::Errno(libc::E2BIG));
+    }
+    let word = |i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
+        u64::from_ne_bytes(w)
+    };
+    Ok((word(0), word(1), word(2)))
+}
+
+fn cstring(raw: &[u8]) -> Result<CString, Stop> {
+    CString::new(raw.to_vec()).map_err(|e| io_failure("path")(io::Error::other(e)))
+}
+
+/// The judged object's request fields.
+fn object(path: &[u8], raw: &[u8]) -> Result<Object, Stop> {
+    absolute(path)?;
+    Ok(Object {
+        path: String::from_utf8_lossy(path).into_owned(),
+        raw_path: String::from_utf8_lossy(raw).into_owned(),
+        exists: true,
+        dir: false,
+    })
+}
+
+/// Asks about truncating the file at real path `path`; Err(EPERM) if denied.
+async fn judge(
+    caller: &Caller<'_>,
+    decider: &Arc<dyn Decide>,
+    path: &[u8],
+    raw: &[u8],
+) -> Result<super::Request, Stop> {
+    let (req, decision) = caller
+        .ask(decider, Op::Truncate, object(path, raw)?, None)
+        .await?;
+    if decision == Decision::Deny {
+        debug!(path = %req.object.path, "truncation denied");
+        return Err(Stop::Errno(libc::EPERM));
+    }
+    Ok(req)
+}
+
+/// `openat(proc_fd, "N", flags)`: reopens exactly the inode our fd N holds.
+fn reopen(host: &super::target::Host, fd: &OwnedFd, flags: u32) -> Result<OwnedFd, i32> {
+    let n = CString::new(fd.as_raw_fd().to_string()).map_err(|_| libc::EINVAL)?;
+    super::target::open_at(host.proc_fd.as_raw_fd(), &n, flags as i32)
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EPERM))
+}
+
+async fn by_path(
+    caller: &Caller<'_>,
+    decider: &Arc<dyn Decide>,
+    addr: u64,
+    length: i64,
+) -> Result<Answer, Stop> {
+    if length < 0 {
+        return Err(Stop::Errno(libc::EINVAL));
+    }
+    let raw = caller.read_path(addr, false)?;
+    let base = caller.base(guard_common::AT_FDCWD, &raw)?;
+    caller.validate()?;
+    let name = cstring(&raw)?;
+    let host = caller.host.clone();
+    let (fd, path) = run_as(caller.identity.clone(), move || {
+        let fd = ops::open_as(base.as_ref(), &name, u64::from(O_PATH), 0, 0)?;
+        let st = stat_fd(&fd).map_err(|e| e.raw_os_error().unwrap_or(libc::EPERM))?;
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG => {}
+            libc::S_IFDIR => return Err(libc::EISDIR),
+            _ => return Err(libc::EINVAL),
+        }
+        let path = ops::fd_path(&host, fd.as_raw_fd()).map_err(|_| libc::EPERM)?;
+        Ok((fd, path))
+    })
+    .await
+    .map_err(io_failure("running the open thread"))?
+    .map_err(Stop::Errno)?;
+    let req = judge(caller, decider, &path, &raw).await?;
+    let host = caller.host.clone();
+    let result = run_as(caller.identity.clone(), move || {
+        // Opening for write checks what truncate(2) checks (write access,
+        // append-only, ETXTBSY), as the caller.
+        ftruncate(
+            &reopen(&host, &fd, (libc::O_WRONLY | libc::O_CLOEXEC) as u32)?,
+            length,
+        )
+    })
+    .await
+    .map_err(io_failure("running the truncate thread"))?;
+    performed(decider, &req, result);
+    Ok(Answer::Done(result))
+}
+
+async fn by_fd(
+    caller: &Caller<'_>,
+    decider: &Arc<dyn Decide>,
+    fd: i32,
+    length: i64,
+) -> Result<Answer, Stop> {
+    if length < 0 {
+        return Err(Stop::Errno(libc::EINVAL));
+    }
+    // The caller's own open file (its mode decides, as in the kernel).
+    let file = caller.file(fd)?;
+    caller.validate()?;
+    let st = stat_fd(&file).map_err(io_failure("inspecting the caller's fd"))?;
+    // SAFETY: fcntl F_GETFL on a descriptor we own.
+    let fl = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    let writable = fl >= 0 && fl & libc::O_ACCMODE != libc::O_RDONLY;
+    let judged = if st.st_mode & libc::S_IFMT == libc::S_IFREG && writable {
+        let path = ops::fd_path(caller.host, file.as_raw_fd())
+            .map_err(io_failure("reading the file's real path"))?;
+        Some(judge(caller, decider, &path, &[]).await?)
+    } else {
+        // Nothing can be truncated: the kernel's own errno, unasked.
+        None
+    };
+    let result = run_as(caller.identity.clone(), move || ftruncate(&file, length))
+        .await
+        .map_err(io_failure("running the truncate thread"))?;
+    if let Some(req) = &judged {
+        performed(decider, req, result);
+    }
+    Ok(Answer::Done(result))
+}
+
+fn ftruncate(file: &OwnedFd, length: i64) -> Result<(), i32> {
+    // SAFETY: ftruncate on a descriptor we own.
+    if unsafe { libc::ftruncate(file.as_raw_fd(), length) } == 0 {
+        Ok(())
+    } else {
+        Err(last_errno())
+    }
+}
+
+/// An open to perform as the caller: (flags, mode, resolve) as openat2
+/// takes them.
+async fn open(
+    caller: &Caller<'_>,
+    decider: &Arc<dyn Decide>,
+    dirfd: i32,
+    addr: u64,
+    (flags, mode, resolve): (u64, u64, u64),
+) -> Result<Answer, Stop> {
+    let raw = caller.read_path(addr, false)?;
+    let base = caller.base(dirfd, &raw)?;
+    caller.validate()?;
+    let cloexec = flags & libc::O_CLOEXEC as u64 != 0;
+    let trunc = u64::from(O_TRUNC);
+    let tmpfile = libc::O_TMPFILE as u64;
+    let exclusive = u64::from(O_CREAT | O_EXCL);
+    let truncates = flags & trunc != 0
+        && flags & u64::from(O_PATH) == 0
+        && flags & tmpfile != tmpfile
+        && flags & exclusive != exclusive;
+    let name = cstring(&raw)?;
+    if !truncates {
+        // Nothing to truncate (no O_TRUNC, O_PATH, a new unnamed file, or
+        // O_CREAT|O_EXCL, which only ever creates): the open as asked.
+        let flags = if flags & trunc != 0 && flags & u64::from(O_PATH) == 0 {
+            flags & !trunc
+        } else {
+            flags
+        };
+        let file = run_as(caller.identity.clone(), move || {
+            ops::open_as(base.as_ref(), &name, flags, mode, resolve)
+        })
+        .await
+        .map_err(io_failure("running the open thread"))?
+        .map_err(Stop::Errno)?;
+        return Ok(Answer::Fd { file, cloexec });
+    }
+    let base = Arc::new(base);
+    for _ in 0..ATTEMPTS {
+        let (b, n, host) = (base.clone(), name.clone(), caller.host.clone());
+        // The object, held as O_PATH, or a file this call created.
+        let found = run_as(caller.identity.clone(), move || {
+            find_or_create(&host, b.as_ref().as_ref(), &n, flags, mode, resolve)
+        })
+        .await
+        .map_err(io_failure("running the open thread"))?
+        .map_err(Stop::Errno)?;
+        let (held, path) = match found {
+            Found::Again => continue,
+            Found::Done(file) => return Ok(Answer::Fd { file, cloexec }),
+            Found::Existing { held, path } => (held, path),
+        };
+        let req = judge(caller, decider, &path, &raw).await?;
+        let host = caller.host.clone();
+        // The caller's flags on exactly the judged inode: O_TRUNC and all.
+        // O_CREAT/O_EXCL/O_NOFOLLOW/O_DIRECTORY were applied by the lookup.
+        let keep = !u64::from(O_CREAT | O_EXCL) & !(libc::O_NOFOLLOW | libc::O_DIRECTORY) as u64;
+        let reflags = (flags & keep) as u32 | libc::O_CLOEXEC as u32;
+        let reopened = run_as(caller.identity.clone(), move || {
+            reopen(&host, &held, reflags)
+        })
+        .await
+        .map_err(io_failure("running the open thread"))?;
+        performed(decider, &req, reopened.as_ref().map(|_| ()).map_err(|e| *e));
+        let file = reopened.map_err(Stop::Errno)?;
+        return Ok(Answer::Fd { file, cloexec });
+    }
+    Err(Failure::Unstable(ATTEMPTS).into())
+}
+
+enum Found {
+    /// A regular file exists there: held as O_PATH, with its real path.
+    Existing { held: OwnedFd, path: Vec<u8> },
+    /// Opened with nothing to truncate: a file this call created, an empty
+    /// one, or not a regular file (O_TRUNC does nothing to those).
+    Done(OwnedFd),
+    /// It appeared or vanished meanwhile: look again.
+    Again,
+}
+
+/// On the identity thread: what an O_TRUNC open of `name` would truncate.
+fn find_or_create(
+    host: &super::target::Host,
+    base: Option<&OwnedFd>,
+    name: &CString,
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+) -> Result<Found, i32> {
+    let lookup = u64::from(O_PATH) | (flags & (libc::O_NOFOLLOW | libc::O_DIRECTORY) as u64);
+    let trunc = u64::from(O_TRUNC);
+    match ops::open_as(base, name, lookup, 0, resolve) {
+        Ok(held) => {
+            let st = stat_fd(&held).map_err(|e| e.raw_os_error().unwrap_or(libc::EPERM))?;
+            match st.st_mode & libc::S_IFMT {
+                libc::S_IFREG => {
+                    let path = ops::fd_path(host, held.as_raw_fd()).map_err(|_| libc::EPERM)?;
+                    Ok(Found::Existing { held, path })
+                }
+                // open(O_NOFOLLOW) of a symlink.
+                libc::S_IFLNK => Err(libc::ELOOP),
+                // A directory, FIFO or device: open that very object.
+                _ => {
+                    let keep = !u64::from(O_CREAT | O_EXCL) & !(libc::O_NOFOLLOW as u64);
+                    reopen(host, &held, (flags & keep) as u32 | libc::O_CLOEXEC as u32)
+                        .map(Found::Done)
+                }
+            }
+        }
+        Err(libc::ENOENT) if flags & u64::from(O_CREAT) != 0 => {
+            match ops::open_as(
+                base,
+                name,
+                (flags & !trunc) | u64::from(O_EXCL),
+                mode,
+                resolve,
+            ) {
+                Ok(file) => Ok(Found::Done(file)),
+                Err(libc::EEXIST) => {
+                    // Created meanwhile, or a dangling symlink (O_EXCL never
+                    // follows one): open through it without O_EXCL; only a
+                    // file with content has anything to lose.
+                    let file = ops::open_as(base, name, flags & !trunc, mode, resolve)?;
+                    let st = stat_fd(&file).map_err(|e| e.raw_os_error().unwrap_or(libc::EPERM))?;
+                    if st.st_size == 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                        Ok(Found::Done(file))
+                    } else {
+                        Ok(Found::Again)
+                    }
+                }
+                Err(errno) => Err(errno),
+            }
+        }
+        Err(errno) => Err(errno),
+    }
+}
