@@ -509,12 +509,23 @@ impl Kernel {
         agent_id: u32,
         path: &str,
     ) -> Result<Option<PathRuleValue>, KernelError> {
-        let map = self
-            .ebpf
-            .map("PATH_RULES")
-            .ok_or(KernelError::Missing("PATH_RULES"))?;
+        self.lookup_prefix("PATH_RULES", agent_id, path)
+    }
+
+    /// Longest-prefix lookup of "<path>/" and NUL bytes in a path-keyed
+    /// trie, the key the programs build. In PATH_RULES and UNIX_RULES that
+    /// finds the longest rule prefix; SUBTREE_RULES entries end in the NUL,
+    /// so there only the entry of exactly this directory matches.
+    #[cfg(test)]
+    pub fn lookup_prefix(
+        &self,
+        map: &'static str,
+        agent_id: u32,
+        path: &str,
+    ) -> Result<Option<PathRuleValue>, KernelError> {
+        let m = self.ebpf.map(map).ok_or(KernelError::Missing(map))?;
         let trie: LpmTrie<_, PathKey, PathRuleValue> =
-            LpmTrie::try_from(map).map_err(map_err("PATH_RULES"))?;
+            LpmTrie::try_from(m).map_err(map_err(map))?;
         let mut data = PathKey {
             agent_id: agent_id.to_be_bytes(),
             ..PathKey::default()
@@ -533,7 +544,7 @@ impl Kernel {
         match trie.get(&key, 0) {
             Ok(v) => Ok(Some(v)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err("PATH_RULES")(e)),
+            Err(e) => Err(map_err(map)(e)),
         }
     }
 

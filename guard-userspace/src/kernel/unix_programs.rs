@@ -254,3 +254,62 @@ pub fn pin(fd: &OwnedFd, path: &std::path::Path) -> io::Result<()> {
     };
     bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd as _;
+
+    use aya::programs::CgroupSockAddr;
+
+    use super::*;
+    use crate::kernel::{Kernel, OBJECT, typed_program};
+
+    /// Why this file exists, measured: the program aya loads (as the
+    /// cgroup/sendmsg4 it is declared with) cannot be linked as
+    /// cgroup/connect_unix; the same program loaded here can.
+    #[test]
+    fn aya_cannot_link_a_unix_attach_type_and_this_loader_can() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED unix programs: loading BPF programs needs root");
+            return;
+        }
+        let root = guard_host::cgroup::Hierarchy::discover()
+            .expect("cgroup2")
+            .root()
+            .join(format!("agent-guard-unixprog-{}", std::process::id()));
+        std::fs::create_dir_all(&root).expect("test cgroup");
+        let cgroup = std::fs::File::open(&root).expect("open cgroup");
+        let mut kernel = Kernel::load(None).expect("load");
+        let ours = match UnixPrograms::load(&kernel.ebpf, OBJECT) {
+            Ok(p) => p,
+            Err(why) => {
+                let _ = std::fs::remove_dir(&root);
+                eprintln!(
+                    "SKIPPED unix programs: this kernel has no cgroup unix hooks (6.7+): {why}"
+                );
+                return;
+            }
+        };
+        let prog: &mut CgroupSockAddr =
+            typed_program(&mut kernel.ebpf, "connect_unix").expect("prog");
+        prog.load().expect("aya loads it as cgroup/sendmsg4");
+        let mut attr = LinkCreateAttr {
+            prog_fd: prog.fd().expect("fd").as_fd().as_raw_fd() as u32,
+            target_fd: cgroup.as_raw_fd() as u32,
+            attach_type: ATTACH_UNIX_CONNECT,
+            flags: 0,
+            _rest: [0; 48],
+        };
+        let refused = bpf(BPF_LINK_CREATE, &mut attr);
+        assert_eq!(
+            refused.map_err(|e| e.raw_os_error()),
+            Err(Some(libc::EINVAL)),
+            "the kernel links a sock_addr program only to its load-time attach type"
+        );
+        let links = ours.attach(cgroup.as_raw_fd()).expect("attached");
+        assert_eq!(links.len(), 2);
+        drop(links);
+        drop(kernel);
+        let _ = std::fs::remove_dir(&root);
+    }
+}

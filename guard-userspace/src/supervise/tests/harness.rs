@@ -26,7 +26,8 @@ use tokio::{
 };
 
 use crate::supervise::{
-    Decide, Decision, FilterOptions, FilterProgram, Request, recv_with_fds, send_with_fd, supervise,
+    Decide, Decision, FilterOptions, FilterProgram, Op, Request, recv_with_fds, send_with_fd,
+    supervise,
 };
 
 /// Liveness bound for anything a test waits for; never a timing assertion.
@@ -106,8 +107,9 @@ impl Hold {
 /// A path and the outcome `performed` reported for it.
 pub type Performed = (String, Result<(), i32>);
 
-/// Denies everything at or under `denied`; allows the rest. Records what
-/// it was asked and what was performed.
+/// Denies everything at or under `denied` (and renames that would move
+/// such a path or replace one); allows the rest. Records what it was asked
+/// and what was performed.
 #[derive(Default)]
 pub struct Policy {
     denied: Vec<PathBuf>,
@@ -144,10 +146,21 @@ impl Policy {
 impl Decide for Policy {
     fn decide(&self, req: Request) -> Pin<Box<dyn Future<Output = (Request, Decision)> + Send>> {
         self.seen.lock().expect("lock").push(req.clone());
-        let denied = self
-            .denied
-            .iter()
-            .any(|d| Path::new(&req.object.path).starts_with(d));
+        let under = |p: &str| self.denied.iter().any(|d| Path::new(p).starts_with(d));
+        let denied = match req.op {
+            // Refused whatever the policy says.
+            Op::Mount(_) | Op::IoUringSetup => true,
+            // A moved directory takes what is below it along.
+            Op::Rename { exchange } => {
+                let holds = |p: &str| self.denied.iter().any(|d| d.starts_with(p));
+                under(&req.object.path)
+                    || holds(&req.object.path)
+                    || req.second.as_ref().is_some_and(|s| {
+                        s.exists && (under(&s.path) || (exchange && holds(&s.path)))
+                    })
+            }
+            _ => under(&req.object.path),
+        };
         let decision = if denied {
             Decision::Deny
         } else {
@@ -254,6 +267,14 @@ def t(label, fn):
     except OSError as e:
         print(label, e.errno, flush=True)
 D = sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def sys_(nr, *args):
+    r = libc.syscall(ctypes.c_long(nr), *args)
+    if r < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return r
 "#;
 
 pub fn python(script: &str, dir: &Path) -> Command {
