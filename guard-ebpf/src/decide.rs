@@ -71,7 +71,10 @@ pub fn climb<G: FnOnce() -> u32>(
     let judged = guard_common::ladder(agent.entry.mode, verdict, rule_id, || {
         if hold::in_progress() { 0 } else { grant() }
     });
-    let report = |outcome, hold_id, grant_id, flags| {
+    // Every io_uring call says so in its event, whatever the verdict.
+    let io_uring = in_io_worker();
+    let flags = if io_uring { CALL_IO_URING } else { 0 };
+    let report = |outcome, hold_id, grant_id| {
         Some(Report {
             outcome,
             verdict: judged.verdict,
@@ -81,15 +84,15 @@ pub fn climb<G: FnOnce() -> u32>(
         })
     };
     let (decision, report) = match judged.rung {
-        Rung::Audit => (Decision::Allow, report(Outcome::Audited, 0, 0, 0)),
-        Rung::Allow => (Decision::Allow, report(Outcome::Allowed, 0, 0, 0)),
-        Rung::Grant(id) => (Decision::Allow, report(Outcome::Allowed, 0, id, 0)),
-        Rung::Deny => (Decision::Deny, report(Outcome::Denied, 0, 0, 0)),
-        Rung::Hold if in_io_worker() => {
-            (Decision::Deny, report(Outcome::Denied, 0, 0, CALL_IO_URING))
-        }
+        Rung::Audit => (Decision::Allow, report(Outcome::Audited, 0, 0)),
+        Rung::Allow => (Decision::Allow, report(Outcome::Allowed, 0, 0)),
+        Rung::Grant(id) => (Decision::Allow, report(Outcome::Allowed, 0, id)),
+        Rung::Deny => (Decision::Deny, report(Outcome::Denied, 0, 0)),
+        // Verdict ask, outcome denied, and the io_uring flag: the event says
+        // why (events/calls.rs words it).
+        Rung::Hold if io_uring => (Decision::Deny, report(Outcome::Denied, 0, 0)),
         Rung::Hold => match hold::hold(by == HoldBy::StopNow) {
-            Hold::Started { hold_id } => (Decision::Hold, report(Outcome::Held, hold_id, 0, 0)),
+            Hold::Started { hold_id } => (Decision::Hold, report(Outcome::Held, hold_id, 0)),
             // Restarted early by someone else's SIGCONT: stopped again, and
             // the hold was already reported.
             Hold::StillPending => (Decision::Hold, None),
@@ -97,7 +100,7 @@ pub fn climb<G: FnOnce() -> u32>(
             Hold::Decided { allow: true } => (Decision::Allow, None),
             Hold::Decided { allow: false } => (Decision::Deny, None),
             // Could not hold: fail closed, reported as denied.
-            Hold::Failed => (Decision::Deny, report(Outcome::Denied, 0, 0, 0)),
+            Hold::Failed => (Decision::Deny, report(Outcome::Denied, 0, 0)),
         },
     };
     Climbed { decision, report }

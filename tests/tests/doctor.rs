@@ -26,8 +26,14 @@ fn doctor_names_what_this_kernel_refuses_and_the_backends() {
             "{text}"
         );
         assert!(text.contains("lsm/sb_mount"), "{text}");
-        assert!(text.contains("unix sockets: lsm/unix_stream_connect"), "{text}");
-        assert!(text.contains("new mount namespaces (unshare -m, setns): no LSM hook"), "{text}");
+        assert!(
+            text.contains("unix sockets: lsm/unix_stream_connect"),
+            "{text}"
+        );
+        assert!(
+            text.contains("new mount namespaces (unshare -m, setns): no LSM hook"),
+            "{text}"
+        );
         assert_eq!(out.status.code(), Some(0), "{text}");
     } else {
         assert!(tier() != "vm", "the VM tier's kernel has BPF LSM: {text}");
@@ -48,7 +54,9 @@ fn doctor_names_what_this_kernel_refuses_and_the_backends() {
             "{text}"
         );
         assert!(
-            text.contains("processes placed in an agent cgroup by other means than `agent-guard run`"),
+            text.contains(
+                "processes placed in an agent cgroup by other means than `agent-guard run`"
+            ),
             "{text}"
         );
         assert_eq!(out.status.code(), Some(2), "{text}");

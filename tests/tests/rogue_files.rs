@@ -47,7 +47,7 @@ fn denied(daemon: &Daemon, kind: &str, path: &str) -> serde_json::Value {
 }
 
 #[test]
-fn renames_and_links_cannot_move_a_protected_file_away() {
+fn rogue_renames_and_links_cannot_move_a_protected_file_away() {
     let (daemon, s) = start("rogue-rename");
     let f = s.file("vault/f");
     let e = s.file("vault/e");
@@ -114,7 +114,7 @@ t("allowed", lambda: os.rename({a:?}, {a2:?}))
 }
 
 #[test]
-fn truncation_of_a_protected_file_is_refused() {
+fn rogue_truncation_of_a_protected_file_is_refused() {
     let (daemon, s) = start("rogue-trunc");
     let g = s.file("vault/g");
     let i = s.file("vault/i");
@@ -171,7 +171,7 @@ t("allowed", allowed)
 /// them, and a held (ask) one fails closed rather than leak its restart
 /// errno into the completion.
 #[test]
-fn io_uring_cannot_reach_a_protected_file() {
+fn rogue_io_uring_cannot_reach_a_protected_file() {
     let (daemon, s) = start("rogue-uring");
     let h = s.file("vault/h");
     let k = s.file("held/k");
@@ -231,7 +231,7 @@ fn io_uring_cannot_reach_a_protected_file() {
 /// A bind mount, a moved mount, a new root or a chroot would give a
 /// protected file a path no rule names.
 #[test]
-fn mounts_and_namespaces_give_no_second_path() {
+fn rogue_mounts_and_namespaces_give_no_second_path() {
     let (daemon, s) = start("rogue-mount");
     let h = s.file("vault/h");
     s.dir("elsewhere");
@@ -280,12 +280,21 @@ t("userns", lambda: sys_(272, 0x10000000))
     }
     let ev = refused("chroot");
     assert_eq!(ev["rule"]["match"], "allow_mounts = false");
-    refused("user_namespace");
+    if daemon.backend("delete") == "seccomp" || !chrooted() {
+        refused("user_namespace");
+    } else {
+        // unshare(2): EPERM for CLONE_NEWUSER in a chroot, before
+        // lsm/userns_create is asked; the VM tier runs in one.
+        skip(
+            "rogue_mounts_and_namespaces_give_no_second_path (user namespace event)",
+            "in a chroot the kernel refuses a new user namespace before lsm/userns_create",
+        );
+    }
 }
 
 /// An ask on a rename holds it like a delete: approved, it completes.
 #[test]
-fn a_held_rename_completes_when_approved() {
+fn rogue_held_rename_completes_when_approved() {
     let (daemon, s) = start("rogue-held");
     let k = s.file("held/k");
     s.dir("work");

@@ -43,7 +43,7 @@ deny = ["{vault}"]
 /// UDP `sendto` without connect reaches nothing the policy denies; an ask
 /// holds it like a connect; what is allowed arrives.
 #[test]
-fn datagrams_follow_the_connect_rules() {
+fn rogue_datagrams_follow_the_connect_rules() {
     let scratch = Scratch::new("rogue-udp");
     let (allowed, denied, held) = (UdpListener::v4(), UdpListener::v4(), UdpListener::v4());
     let daemon = start("rogue-udp", &scratch, (&allowed, &denied, &held));
@@ -111,13 +111,13 @@ t("allowed", lambda: u.sendto(b"marker", ("127.0.0.1", {a})))
 /// the agent cannot reach it, by path or abstract name; an allowed socket
 /// still answers.
 #[test]
-fn a_root_helper_on_a_unix_socket_is_out_of_reach() {
+fn rogue_root_helper_on_a_unix_socket_is_out_of_reach() {
     let scratch = Scratch::new("rogue-unix");
     let (allowed, denied, held) = (UdpListener::v4(), UdpListener::v4(), UdpListener::v4());
     let daemon = start("rogue-unix", &scratch, (&allowed, &denied, &held));
     if daemon.backend("unix") == "none" {
         skip(
-            "a_root_helper_on_a_unix_socket_is_out_of_reach",
+            "rogue_root_helper_on_a_unix_socket_is_out_of_reach",
             "this kernel has neither BPF LSM nor cgroup/connect_unix (6.7+)",
         );
         return;
