@@ -30,8 +30,8 @@ pub struct BenchArgs {
     /// Calls per latency case and round.
     #[arg(long, default_value_t = 20_000)]
     pub calls: u32,
-    /// Calls per round for supervised (seccomp) deletes, which cost about a
-    /// hundred times more.
+    /// Calls per round for supervised (seccomp) deletes and renames, which
+    /// cost about a hundred times more.
     #[arg(long, default_value_t = 2_000)]
     pub seccomp_calls: u32,
     /// Held connects approved in the round-trip case.
@@ -234,11 +234,18 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
 fn run_phases(ctx: &Ctx, args: &BenchArgs) -> Result<(serde_json::Value, Vec<report::Row>)> {
     let mut rows = Vec::new();
     let port = listener()?;
+    // A UDP socket nobody reads: datagrams past its buffer are dropped at
+    // the receiver, which costs the sender nothing.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").context("udp listener")?;
+    let ports = cases::Ports {
+        tcp: port,
+        udp: udp.local_addr()?.port(),
+    };
     eprintln!(
         "bench: latency, {} rounds x {} calls per case",
         args.rounds, args.calls
     );
-    let latency = cases::latency(ctx, args, port, &mut rows)?;
+    let latency = cases::latency(ctx, args, ports, &mut rows)?;
     eprintln!("bench: approval round trip, {} holds", args.holds);
     let approval = cases::approval(ctx, args, &mut rows)?;
     eprintln!("bench: event throughput");
