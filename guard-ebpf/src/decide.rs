@@ -44,6 +44,10 @@ pub enum HoldBy {
     StopNow,
     /// Leave the stop to tp_btf/sys_exit (cgroup socket hooks cannot).
     StopAtExit,
+    /// Never hold: an `ask` is refused (calls that are only ever refused or
+    /// allowed, such as mounts under freeze). Keeps the hold code, and its
+    /// verification, out of those programs.
+    Never,
 }
 
 /// Whether the current thread is an io_uring worker: its calls complete
@@ -90,7 +94,9 @@ pub fn climb<G: FnOnce() -> u32>(
         Rung::Deny => (Decision::Deny, report(Outcome::Denied, 0, 0)),
         // Verdict ask, outcome denied, and the io_uring flag: the event says
         // why (events/calls.rs words it).
-        Rung::Hold if io_uring => (Decision::Deny, report(Outcome::Denied, 0, 0)),
+        Rung::Hold if io_uring || by == HoldBy::Never => {
+            (Decision::Deny, report(Outcome::Denied, 0, 0))
+        }
         Rung::Hold => match hold::hold(by == HoldBy::StopNow) {
             Hold::Started { hold_id } => (Decision::Hold, report(Outcome::Held, hold_id, 0)),
             // Restarted early by someone else's SIGCONT: stopped again, and

@@ -134,9 +134,12 @@ pub fn try_delete<const WALK: bool>(
 }
 
 /// path_truncate (`ctx.arg(0)` is the `struct path *`) and file_truncate
-/// (`struct file *`; FILE selects).
+/// (`struct file *`; FILE selects). WALK: the dentry walk, where the hook
+/// may not call bpf_d_path.
 #[inline(always)]
-pub fn try_truncate<const FILE: bool>(ctx: &LsmContext) -> Result<Decision, GuardError> {
+pub fn try_truncate<const FILE: bool, const WALK: bool>(
+    ctx: &LsmContext,
+) -> Result<Decision, GuardError> {
     let previous: i32 = ctx.arg(1);
     if previous != 0 {
         return Ok(Decision::Deny);
@@ -146,7 +149,7 @@ pub fn try_truncate<const FILE: bool>(ctx: &LsmContext) -> Result<Decision, Guar
     };
     let arg: u64 = ctx.arg(0);
     let path = if FILE { arg + off!(file_f_path) } else { arg };
-    let built = paths::object(s, SLOT_A, agent.entry.agent_id, path);
+    let built = paths::object::<WALK>(s, SLOT_A, agent.entry.agent_id, path);
     Ok(judge_one(EventKind::FileTruncate, &agent, s, built))
 }
 

@@ -97,25 +97,49 @@ pub fn path_rmdir_walk(ctx: LsmContext) -> i32 {
 /// one (io_uring's RENAMEAT included).
 #[lsm(hook = "path_rename")]
 pub fn path_rename(ctx: LsmContext) -> i32 {
-    fs::lsm_verdict(rename::try_rename(&ctx))
+    fs::lsm_verdict(rename::try_rename::<false>(&ctx))
+}
+
+/// lsm/path_rename for kernels that refuse bpf_d_path there (6.1).
+#[lsm(hook = "path_rename")]
+pub fn path_rename_walk(ctx: LsmContext) -> i32 {
+    fs::lsm_verdict(rename::try_rename::<true>(&ctx))
 }
 
 /// lsm/path_link: a second name for a protected file.
 #[lsm(hook = "path_link")]
 pub fn path_link(ctx: LsmContext) -> i32 {
-    fs::lsm_verdict(rename::try_link(&ctx))
+    fs::lsm_verdict(rename::try_link::<false>(&ctx))
+}
+
+/// lsm/path_link for kernels that refuse bpf_d_path there (6.1).
+#[lsm(hook = "path_link")]
+pub fn path_link_walk(ctx: LsmContext) -> i32 {
+    fs::lsm_verdict(rename::try_link::<true>(&ctx))
 }
 
 /// lsm/path_truncate: truncate(2) (on 6.1 every truncation).
 #[lsm(hook = "path_truncate")]
 pub fn path_truncate(ctx: LsmContext) -> i32 {
-    fs::lsm_verdict(fs::try_truncate::<false>(&ctx))
+    fs::lsm_verdict(fs::try_truncate::<false, false>(&ctx))
+}
+
+/// lsm/path_truncate for kernels that refuse bpf_d_path there (6.1).
+#[lsm(hook = "path_truncate")]
+pub fn path_truncate_walk(ctx: LsmContext) -> i32 {
+    fs::lsm_verdict(fs::try_truncate::<false, true>(&ctx))
 }
 
 /// lsm/file_truncate (6.2+): ftruncate, O_TRUNC opens, io_uring's ftruncate.
 #[lsm(hook = "file_truncate")]
 pub fn file_truncate(ctx: LsmContext) -> i32 {
-    fs::lsm_verdict(fs::try_truncate::<true>(&ctx))
+    fs::lsm_verdict(fs::try_truncate::<true, false>(&ctx))
+}
+
+/// lsm/file_truncate where bpf_d_path is not allowed there.
+#[lsm(hook = "file_truncate")]
+pub fn file_truncate_walk(ctx: LsmContext) -> i32 {
+    fs::lsm_verdict(fs::try_truncate::<true, true>(&ctx))
 }
 
 /// lsm/sb_mount: mount(2) in every form.

@@ -19,6 +19,11 @@
 //! detached tree. A new mount namespace gives no second path without a
 //! mount, which is refused; a detached tree has no path from the task's
 //! root, so every guarded call through it is refused (see path_walk.rs).
+//!
+//! These programs name no path (their events give the operation): every
+//! path would cost each of them the dentry walk's verification at every
+//! daemon start, and the refusal does not depend on where. Under freeze an
+//! allowed mount is refused rather than held.
 use aya_ebpf::programs::LsmContext;
 use guard_common::{
     AGENT_ALLOW_MOUNTS, EventKind, LossReason, MountOp, MountRecord, RULE_DEFAULT, Verdict,
@@ -32,10 +37,9 @@ use crate::{
     paths::{self, UNKNOWN},
 };
 
-/// Judges a mount-family call; `path` is the `struct path *` it would
-/// mount on (or the new root), 0 if the hook has none.
+/// Judges a mount-family call.
 #[inline(always)]
-pub fn try_mount(previous: i32, op: MountOp, path: u64) -> Result<Decision, GuardError> {
+pub fn try_mount(previous: i32, op: MountOp) -> Result<Decision, GuardError> {
     if previous != 0 {
         return Ok(Decision::Deny);
     }
@@ -47,14 +51,9 @@ pub fn try_mount(previous: i32, op: MountOp, path: u64) -> Result<Decision, Guar
     } else {
         Verdict::Deny
     };
-    let climbed = decide::climb(&agent, verdict.raw(), RULE_DEFAULT, || 0, HoldBy::StopNow);
+    let climbed = decide::climb(&agent, verdict.raw(), RULE_DEFAULT, || 0, HoldBy::Never);
     let Some(report) = climbed.report else {
         return Ok(climbed.decision);
-    };
-    let built = if path == 0 {
-        UNKNOWN
-    } else {
-        paths::object(s, SLOT_A, agent.entry.agent_id, path)
     };
     match EVENTS.reserve::<MountRecord>(0) {
         Some(mut entry) => {
@@ -63,7 +62,7 @@ pub fn try_mount(previous: i32, op: MountOp, path: u64) -> Result<Decision, Guar
             // SAFETY: `rec` points at a reserved, exclusively owned record.
             unsafe {
                 (*rec).header = header;
-                paths::copy_into(&raw mut (*rec).path, s, SLOT_A, built, report.flags);
+                paths::copy_into(&raw mut (*rec).path, s, SLOT_A, UNKNOWN, report.flags);
                 (*rec).op = op.raw();
                 (*rec)._pad = [0; 7];
             }
@@ -76,25 +75,25 @@ pub fn try_mount(previous: i32, op: MountOp, path: u64) -> Result<Decision, Guar
 
 #[inline(always)]
 pub fn sb_mount(ctx: &LsmContext) -> Result<Decision, GuardError> {
-    try_mount(ctx.arg(5), MountOp::Mount, ctx.arg(1))
+    try_mount(ctx.arg(5), MountOp::Mount)
 }
 
 #[inline(always)]
 pub fn move_mount(ctx: &LsmContext) -> Result<Decision, GuardError> {
-    try_mount(ctx.arg(2), MountOp::MoveMount, ctx.arg(1))
+    try_mount(ctx.arg(2), MountOp::MoveMount)
 }
 
 #[inline(always)]
 pub fn pivot_root(ctx: &LsmContext) -> Result<Decision, GuardError> {
-    try_mount(ctx.arg(2), MountOp::PivotRoot, ctx.arg(1))
+    try_mount(ctx.arg(2), MountOp::PivotRoot)
 }
 
 #[inline(always)]
 pub fn chroot(ctx: &LsmContext) -> Result<Decision, GuardError> {
-    try_mount(ctx.arg(1), MountOp::Chroot, ctx.arg(0))
+    try_mount(ctx.arg(1), MountOp::Chroot)
 }
 
 #[inline(always)]
 pub fn userns_create(ctx: &LsmContext) -> Result<Decision, GuardError> {
-    try_mount(ctx.arg(1), MountOp::UserNamespace, 0)
+    try_mount(ctx.arg(1), MountOp::UserNamespace)
 }

@@ -2,7 +2,6 @@
 //! the agent, then the path with a '/' after its last component and a NUL
 //! (see guard_common::PathKey), and copying it into a record.
 use aya_ebpf::{
-    bindings::path,
     cty::{c_char, c_void},
     helpers::generated::{bpf_d_path, bpf_probe_read_kernel, bpf_probe_read_kernel_str},
 };
@@ -101,11 +100,34 @@ fn finish(k: &mut KeyBuf, n: i64) -> Built {
 }
 
 /// "<path>/\0" of the object a `struct path *` names (a file to truncate,
-/// a mount point), by the dentry walk.
+/// a unix socket), by bpf_d_path or (`WALK`) the dentry walk.
 #[inline(always)]
-pub fn object(s: &mut Scratch, slot: usize, agent_id: u32, path: u64) -> Built {
+pub fn object<const WALK: bool>(s: &mut Scratch, slot: usize, agent_id: u32, path: u64) -> Built {
     let k = head(s, slot, agent_id);
-    finish(k, path_walk::path(slot, path))
+    let n = if WALK {
+        path_walk::path(slot, path)
+    } else {
+        d_path(k, path)
+    };
+    finish(k, n)
+}
+
+/// bpf_d_path into `k`, refused (no path) for an object outside the
+/// caller's mount namespace, which bpf_d_path would name relative to a
+/// detached tree's root.
+#[inline(always)]
+fn d_path(k: &mut KeyBuf, path: u64) -> i64 {
+    if !path_walk::in_own_namespace(path) {
+        return -1;
+    }
+    // SAFETY: `path` is the hook's trusted argument; the buffer is ours.
+    unsafe {
+        bpf_d_path(
+            path as *mut aya_ebpf::bindings::path,
+            k.path.as_mut_ptr() as *mut c_char,
+            k.path.len() as u32,
+        )
+    }
 }
 
 /// "<path>/\0" of `dentry` in mount `vfsmount` (path_link's existing file,
@@ -131,18 +153,8 @@ pub fn dir_entry<const WALK: bool>(
     let k = head(s, slot, agent_id);
     let n = if WALK {
         path_walk::path(slot, dir)
-    } else if !path_walk::in_own_namespace(dir) {
-        // bpf_d_path would name it relative to a detached tree's root.
-        return UNKNOWN;
     } else {
-        // SAFETY: `dir` is the hook's trusted argument; the buffer is ours.
-        unsafe {
-            bpf_d_path(
-                dir as *mut path,
-                k.path.as_mut_ptr() as *mut c_char,
-                k.path.len() as u32,
-            )
-        }
+        d_path(k, dir)
     };
     let (pos, deep) = match separate(k, n) {
         Ok(at) => at,

@@ -45,8 +45,10 @@ fn moved_rule(agent: &Agent, s: &Scratch, slot: usize, built: Built, dir: bool) 
     }
 }
 
+/// `WALK` selects how paths are built, as for unlink: bpf_d_path where the
+/// kernel allows it in the hook (6.2+), else the dentry walk.
 #[inline(always)]
-pub fn try_rename(ctx: &LsmContext) -> Result<Decision, GuardError> {
+pub fn try_rename<const WALK: bool>(ctx: &LsmContext) -> Result<Decision, GuardError> {
     let previous: i32 = ctx.arg(5);
     if previous != 0 {
         return Ok(Decision::Deny);
@@ -59,8 +61,8 @@ pub fn try_rename(ctx: &LsmContext) -> Result<Decision, GuardError> {
     let flags: u32 = ctx.arg(4);
     let id = agent.entry.agent_id;
     let exchange = flags & RENAME_EXCHANGE != 0;
-    let src = paths::dir_entry::<true>(s, SLOT_A, id, old_dir, old_dentry);
-    let dst = paths::dir_entry::<true>(s, SLOT_B, id, new_dir, new_dentry);
+    let src = paths::dir_entry::<WALK>(s, SLOT_A, id, old_dir, old_dentry);
+    let dst = paths::dir_entry::<WALK>(s, SLOT_B, id, new_dir, new_dentry);
     let src_dir = paths::is_dir(old_dentry).unwrap_or(false);
     let dst_kind = paths::is_dir(new_dentry);
     let mut rename_flags = 0;
@@ -105,8 +107,10 @@ pub fn try_rename(ctx: &LsmContext) -> Result<Decision, GuardError> {
     Ok(climbed.decision)
 }
 
+/// The existing file is a dentry, not a path bpf_d_path could take: it is
+/// named by the walk; `WALK` only selects how the new name is built.
 #[inline(always)]
-pub fn try_link(ctx: &LsmContext) -> Result<Decision, GuardError> {
+pub fn try_link<const WALK: bool>(ctx: &LsmContext) -> Result<Decision, GuardError> {
     let previous: i32 = ctx.arg(3);
     if previous != 0 {
         return Ok(Decision::Deny);
@@ -118,7 +122,7 @@ pub fn try_link(ctx: &LsmContext) -> Result<Decision, GuardError> {
     let id = agent.entry.agent_id;
     let mnt = read_u64(new_dir + off!(path_mnt));
     let src = paths::dentry_in(s, SLOT_A, id, old_dentry, mnt);
-    let dst = paths::dir_entry::<true>(s, SLOT_B, id, new_dir, new_dentry);
+    let dst = paths::dir_entry::<WALK>(s, SLOT_B, id, new_dir, new_dentry);
     let (verdict, rule_id) = path_rule(&agent, s, SLOT_A, src);
     let climbed = decide::climb(
         &agent,

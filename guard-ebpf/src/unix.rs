@@ -28,7 +28,8 @@ use guard_common::{
 
 use crate::{
     decide::{self, Decision, HoldBy},
-    fs::{GuardError, agent_and_scratch, emit_file, path_grant},
+    fs::{GuardError, agent_and_scratch, emit_file},
+    grant,
     identity::Agent,
     maps::{SLOT_A, Scratch, UNIX_RULES},
     offsets::{off, read_u32, read_u64},
@@ -69,12 +70,13 @@ fn judge(kind: EventKind, agent: &Agent, s: &Scratch, peer: Peer, by: HoldBy) ->
             None => (agent.entry.connect_default, RULE_DEFAULT),
         }
     };
-    // Subtree grants name unix paths the same way as files.
+    // Only an agent-wide grant covers a unix socket: subtree grants are
+    // for file calls (a delete approval must not open a socket).
     let climbed = decide::climb(
         agent,
         verdict,
         rule_id,
-        || path_grant(agent, s, SLOT_A, built),
+        || grant::for_agent(agent.entry.agent_id).unwrap_or(0),
         by,
     );
     if let Some(mut report) = climbed.report {
@@ -122,7 +124,8 @@ fn bound(s: &mut Scratch, agent_id: u32, sk: u64) -> Peer {
     let path = sk + off!(unix_sock_path);
     if read_u64(path + off!(path_dentry)) != 0 {
         return Peer::Named {
-            built: paths::object(s, SLOT_A, agent_id, path),
+            // Not a hook that may call bpf_d_path: the walk.
+            built: paths::object::<true>(s, SLOT_A, agent_id, path),
             flags: 0,
         };
     }

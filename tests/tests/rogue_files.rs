@@ -275,8 +275,7 @@ t("userns", lambda: sys_(272, 0x10000000))
     } else {
         // No LSM hook sees a new mount namespace; the mount in it is refused.
         assert!(unshared);
-        let ev = refused("mount");
-        assert_eq!(ev["target"]["path"], s.s("elsewhere"));
+        refused("mount");
     }
     let ev = refused("chroot");
     assert_eq!(ev["rule"]["match"], "allow_mounts = false");

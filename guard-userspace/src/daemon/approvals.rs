@@ -164,11 +164,18 @@ fn grant_for_hold(
         "agent" => Scope::Agent,
         "subtree" => {
             if !call.starts_with("file.") {
-                bail!("scope subtree is for deletes; this hold is a {call}");
+                bail!("scope subtree is for file calls; this hold is a {call}");
             }
-            let target = event["target"]["path"]
+            // The path whose rule held it: a rename's destination when the
+            // object it would replace decided.
+            let held = if event["target"]["decided_by"] == "destination" {
+                "new_path"
+            } else {
+                "path"
+            };
+            let target = event["target"][held]
                 .as_str()
-                .context("held delete without a path")?;
+                .context("held file call without a path")?;
             // Default: the subtree of the ask rule that held the call.
             let prefix = match (&scope.path, event["rule"]["match"].as_str()) {
                 (Some(p), _) => p.trim_end_matches('/').to_owned(),
@@ -189,8 +196,8 @@ fn grant_for_hold(
             Scope::Subtree { prefix }
         }
         "destination" => {
-            if call != "net.connect" {
-                bail!("scope destination is for connects; this hold is a {call}");
+            if !matches!(call, "net.connect" | "net.send") {
+                bail!("scope destination is for connects and datagrams; this hold is a {call}");
             }
             let address: std::net::IpAddr = event["target"]["address"]
                 .as_str()

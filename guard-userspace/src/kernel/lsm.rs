@@ -1,27 +1,9 @@
-//! Loading the BPF LSM hooks: unlink/rmdir in their best variant first,
-//! then the hooks that close the side doors (renames, links, truncation,
-//! mounts, unix sockets), which build paths with the dentry walk.
+//! Loading the BPF LSM hooks: unlink and rmdir, and the hooks that close
+//! the side doors (renames, links, truncation, mounts, unix sockets), each
+//! in the best variant this kernel accepts.
 use aya::{Ebpf, programs::Lsm};
 
 use super::{Attachment, LsmStatus, describe_load_error, typed_program};
-
-/// The unlink/rmdir program pairs, best first: how each builds paths, and
-/// its (program name, hook) pairs. A kernel that does not allow bpf_d_path
-/// in the path hooks (6.1) refuses the first pair at load; the second
-/// builds the path itself with offsets from BTF.
-const LSM_VARIANTS: [(&str, [(&str, &str); 2]); 2] = [
-    (
-        "bpf_d_path",
-        [("path_unlink", "path_unlink"), ("path_rmdir", "path_rmdir")],
-    ),
-    (
-        "dentry walk",
-        [
-            ("path_unlink_walk", "path_unlink"),
-            ("path_rmdir_walk", "path_rmdir"),
-        ],
-    ),
-];
 
 /// Whether a hook must load for the LSM backend to be in force.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -33,24 +15,60 @@ enum Need {
     Optional,
 }
 
-/// Side-door hooks: (program = hook name, need). Each program is named
-/// after its hook.
-const SIDE_DOOR_HOOKS: [(&str, Need); 11] = [
-    ("path_rename", Need::Required),
-    ("path_link", Need::Required),
+/// Every hook: its programs, best first, and whether it is required.
+/// Where a hook has two programs, the first builds paths with bpf_d_path,
+/// which kernels allow only in hooks on their sleepable list (path_unlink
+/// and the other path hooks from 6.2 on; not on 6.1), and the second with
+/// the dentry walk from BTF offsets; a program that merely mentions
+/// bpf_d_path is refused where it is not allowed, so the loader keeps the
+/// first the kernel accepts. Cheap to verify matters: every daemon start
+/// verifies them all.
+const HOOKS: [(&str, &[&str], Need); 13] = [
+    (
+        "path_unlink",
+        &["path_unlink", "path_unlink_walk"],
+        Need::Required,
+    ),
+    (
+        "path_rmdir",
+        &["path_rmdir", "path_rmdir_walk"],
+        Need::Required,
+    ),
+    (
+        "path_rename",
+        &["path_rename", "path_rename_walk"],
+        Need::Required,
+    ),
+    (
+        "path_link",
+        &["path_link", "path_link_walk"],
+        Need::Required,
+    ),
     // truncate(2) everywhere; on 6.1 also ftruncate and O_TRUNC opens.
-    ("path_truncate", Need::Required),
+    (
+        "path_truncate",
+        &["path_truncate", "path_truncate_walk"],
+        Need::Required,
+    ),
     // 6.2+: ftruncate and O_TRUNC opens no longer reach path_truncate.
-    ("file_truncate", Need::Optional),
-    ("sb_mount", Need::Required),
-    ("move_mount", Need::Required),
-    ("sb_pivotroot", Need::Required),
-    ("path_chroot", Need::Required),
+    (
+        "file_truncate",
+        &["file_truncate", "file_truncate_walk"],
+        Need::Optional,
+    ),
+    ("sb_mount", &["sb_mount"], Need::Required),
+    ("move_mount", &["move_mount"], Need::Required),
+    ("sb_pivotroot", &["sb_pivotroot"], Need::Required),
+    ("path_chroot", &["path_chroot"], Need::Required),
     // 6.1+.
-    ("userns_create", Need::Optional),
+    ("userns_create", &["userns_create"], Need::Optional),
     // Need unix_sock offsets from BTF (CONFIG_UNIX=y).
-    ("unix_stream_connect", Need::Optional),
-    ("unix_may_send", Need::Optional),
+    (
+        "unix_stream_connect",
+        &["unix_stream_connect"],
+        Need::Optional,
+    ),
+    ("unix_may_send", &["unix_may_send"], Need::Optional),
 ];
 
 pub(super) fn load_lsm(ebpf: &mut Ebpf, links: &mut Vec<Attachment>, unix: bool) -> LsmStatus {
@@ -67,24 +85,9 @@ pub(super) fn load_lsm(ebpf: &mut Ebpf, links: &mut Vec<Attachment>, unix: bool)
         Ok(btf) => btf,
         Err(err) => return LsmStatus::Unavailable(format!("kernel BTF: {err}")),
     };
-    let mut refusals = Vec::new();
-    let mut chosen = None;
-    for (paths, programs) in LSM_VARIANTS {
-        match load_programs(ebpf, &btf, &programs) {
-            Ok(()) => {
-                chosen = Some((paths, programs));
-                break;
-            }
-            Err(why) => refusals.push(format!("{paths}: {why}")),
-        }
-    }
-    let Some((paths, programs)) = chosen else {
-        return LsmStatus::Unavailable(refusals.join("; "));
-    };
-    let mut hooks: Vec<&'static str> = programs.iter().map(|(_, hook)| *hook).collect();
+    let mut chosen: Vec<(&'static str, &'static str)> = Vec::new();
     let mut missing = Vec::new();
-    let mut side = Vec::new();
-    for (hook, need) in SIDE_DOOR_HOOKS {
+    for (hook, programs, need) in HOOKS {
         if hook.starts_with("unix_") && !unix {
             missing.push((
                 hook,
@@ -92,18 +95,32 @@ pub(super) fn load_lsm(ebpf: &mut Ebpf, links: &mut Vec<Attachment>, unix: bool)
             ));
             continue;
         }
-        match load_programs(ebpf, &btf, &[(hook, hook)]) {
-            Ok(()) => side.push((hook, hook)),
-            Err(why) if need == Need::Optional => missing.push((hook, why)),
-            Err(why) => {
-                return LsmStatus::Unavailable(format!(
-                    "lsm/{hook} is needed to close a side door and {why}"
-                ));
+        let mut refusals = Vec::new();
+        let loaded = programs
+            .iter()
+            .find(|name| match load_program(ebpf, &btf, name, hook) {
+                Ok(()) => true,
+                Err(why) => {
+                    refusals.push(why);
+                    false
+                }
+            });
+        match (loaded, need) {
+            (Some(name), _) => chosen.push((name, hook)),
+            (None, Need::Optional) => missing.push((hook, refusals.join("; "))),
+            (None, Need::Required) => {
+                return LsmStatus::Unavailable(refusals.join("; "));
             }
         }
     }
+    let paths = if chosen.iter().any(|(name, _)| *name == "path_unlink") {
+        "bpf_d_path"
+    } else {
+        "dentry walk"
+    };
     // Attach only once everything needed loaded: all or nothing.
-    for (name, hook) in programs.iter().copied().chain(side) {
+    let mut hooks = Vec::new();
+    for (name, hook) in chosen {
         let attached = typed_program::<Lsm>(ebpf, name)
             .ok()
             .map(|p| p.attach().and_then(|id| p.take_link(id)));
@@ -121,9 +138,7 @@ pub(super) fn load_lsm(ebpf: &mut Ebpf, links: &mut Vec<Attachment>, unix: bool)
                 return LsmStatus::Unavailable(format!("program {name} missing"));
             }
         }
-        if !hooks.contains(&hook) {
-            hooks.push(hook);
-        }
+        hooks.push(hook);
     }
     LsmStatus::Attached {
         paths,
@@ -132,20 +147,18 @@ pub(super) fn load_lsm(ebpf: &mut Ebpf, links: &mut Vec<Attachment>, unix: bool)
     }
 }
 
-/// Loads (verifies) programs; attaches nothing.
-fn load_programs(
+/// Loads (verifies) one program; attaches nothing.
+fn load_program(
     ebpf: &mut Ebpf,
     btf: &aya::Btf,
-    programs: &[(&'static str, &'static str)],
+    name: &'static str,
+    hook: &'static str,
 ) -> Result<(), String> {
-    for &(name, hook) in programs {
-        let prog: &mut Lsm = typed_program(ebpf, name).map_err(|e| e.to_string())?;
-        prog.load(hook, btf).map_err(|err| {
-            format!(
-                "the kernel refused to load lsm/{hook} (BPF_PROG_TYPE_LSM): {}",
-                describe_load_error(&err)
-            )
-        })?;
-    }
-    Ok(())
+    let prog: &mut Lsm = typed_program(ebpf, name).map_err(|e| e.to_string())?;
+    prog.load(hook, btf).map_err(|err| {
+        format!(
+            "the kernel refused to load {name} at lsm/{hook} (BPF_PROG_TYPE_LSM): {}",
+            describe_load_error(&err)
+        )
+    })
 }
