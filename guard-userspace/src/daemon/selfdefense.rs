@@ -26,6 +26,16 @@ pub struct Guard {
 }
 
 impl Guard {
+    /// The protected path that `path` (absolute, resolved) is or lies
+    /// under, if any: whole components only.
+    pub fn covering(&self, path: &str) -> Option<&Path> {
+        let path = Path::new(path);
+        self.protected
+            .iter()
+            .find(|p| path.starts_with(p))
+            .map(PathBuf::as_path)
+    }
+
     /// The `self_defense` object of `daemon.start`.
     pub fn summary(&self) -> Value {
         let state = |r: &Result<(), String>| match r {
@@ -63,6 +73,12 @@ pub fn protected_paths(
     }
     paths.extend(policy.web.as_ref().map(|w| w.tokens_file.clone()));
     paths.extend(policy.notify.iter().map(|n| n.secret_file.clone()));
+    // As the kernel resolves them (symlinks, relative paths).
+    for p in &mut paths {
+        if let Ok(real) = std::fs::canonicalize(&*p) {
+            *p = real;
+        }
+    }
     paths.sort();
     paths.dedup();
     paths

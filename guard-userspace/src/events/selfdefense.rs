@@ -37,6 +37,23 @@ pub fn decode(
     Ok(())
 }
 
+/// Turns a supervised delete's event (`decode::supervised_delete`) into
+/// the `guard.tamper` the daemon reports when a run's delete reaches for
+/// a protected file.
+pub fn supervised_tamper(body: &mut Map<String, Value>, protected: &std::path::Path) {
+    body.insert("kind".into(), "guard.tamper".into());
+    body.remove("backend");
+    body.insert(
+        "rule".into(),
+        json!({"verdict": "deny", "match": "self-defense", "source": null}),
+    );
+    body.insert(
+        "target".into(),
+        json!({"what": "file", "action": "refused",
+               "protected": protected.display().to_string(), "write": true}),
+    );
+}
+
 fn action(raw: u32) -> &'static str {
     match raw {
         ACTION_REFUSED => "refused",
