@@ -249,7 +249,7 @@ mod tests {
             .iter()
             .find(|(p, _)| *p == root.join("cg"))
             .expect("rule on the read-only tree");
-        assert_eq!(cg.1, AccessFs::ReadFile.into());
+        assert_eq!(cg.1, BitFlags::from(AccessFs::ReadFile));
         let _ = std::fs::remove_dir_all(&root);
     }
 

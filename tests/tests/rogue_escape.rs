@@ -11,7 +11,7 @@ use agent_guard_tests::{rogue::*, *};
 /// `echo $$ > <cgroup2 root>/cgroup.procs`, then the denied connect, from
 /// a process placed in the agent's cgroup by other means than `run`.
 #[test]
-fn adopted_agent_writing_the_root_cgroup_procs_is_stopped() {
+fn rogue_adopted_agent_writing_the_root_cgroup_procs_is_stopped() {
     let r = Rogue::start("escape-adopted");
     let script = format!(
         "echo pid=$$; echo $$ > {}; echo moved; {}",
@@ -58,7 +58,7 @@ fn adopted_agent_writing_the_root_cgroup_procs_is_stopped() {
 /// became an agent's: no open to refuse, so on every kernel the move
 /// itself is caught and the process killed before the write returns.
 #[test]
-fn escape_through_an_inherited_descriptor_is_killed() {
+fn rogue_escape_through_an_inherited_descriptor_is_killed() {
     let r = Rogue::start("escape-fd");
     let procs = r.cgroup_dir().join("cgroup.procs");
     let script = format!(
@@ -87,7 +87,7 @@ fn escape_through_an_inherited_descriptor_is_killed() {
 /// One agent process moves another out: the mover is killed at once, the
 /// moved one when it next leaves a system call, before its connect.
 #[test]
-fn agent_moved_out_by_another_agent_process_is_killed() {
+fn rogue_agent_moved_out_by_another_agent_process_is_killed() {
     let r = Rogue::start("escape-other");
     let mut victim = spawn_in_cgroup(
         &r.cgroup,
@@ -129,7 +129,7 @@ fn agent_moved_out_by_another_agent_process_is_killed() {
 /// clone3(CLONE_INTO_CGROUP) with the cgroup2 root: the parent is killed
 /// before clone3 returns, the child before it runs a single instruction.
 #[test]
-fn clone_into_another_cgroup_is_killed() {
+fn rogue_clone_into_another_cgroup_is_killed() {
     let r = Rogue::start("escape-clone3");
     let out = run_in_cgroup(
         &r.cgroup,
@@ -166,7 +166,7 @@ fn clone_into_another_cgroup_is_killed() {
 /// cgroup filesystems read-only and the filter fails clone3 where BPF LSM
 /// is missing; the LSM hooks where it is not).
 #[test]
-fn a_run_cannot_leave_its_cgroup() {
+fn rogue_a_run_cannot_leave_its_cgroup() {
     let r = Rogue::start("escape-run");
     let script = format!(
         "echo $$ > {} && echo ESCAPED; python3 {} {} {}; {}",

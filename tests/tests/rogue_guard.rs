@@ -64,7 +64,7 @@ fn assert_all_failed(r: &Rogue, text: &str) {
 }
 
 #[test]
-fn a_run_cannot_reach_the_guard() {
+fn rogue_a_run_cannot_reach_the_guard() {
     let r = Rogue::start("guard-run");
     let out = r
         .daemon
@@ -89,11 +89,11 @@ fn a_run_cannot_reach_the_guard() {
 }
 
 #[test]
-fn an_adopted_agent_cannot_reach_the_guard() {
+fn rogue_an_adopted_agent_cannot_reach_the_guard() {
     let r = Rogue::start("guard-adopted");
     if skip_unless(
         r.lsm(),
-        "an_adopted_agent_cannot_reach_the_guard",
+        "rogue_an_adopted_agent_cannot_reach_the_guard",
         "BPF LSM (without it nothing refuses signals, ptrace, bpf(2) or file access by a \
          process not started by `run`; `agent-guard doctor` names each)",
     ) {
