@@ -110,7 +110,14 @@ pub fn arm<'a>(
         }
     }
     let lsm = kernel.guard.lsm.is_ok();
-    let confine = if lsm {
+    // Landlock as far as this kernel has it; what it lacks, doctor names.
+    let abi = crate::confine::abi_version();
+    let confine = if lsm || abi < 1 {
+        if !lsm {
+            tracing::warn!(
+                "no BPF LSM and no Landlock: runs cannot be confined (see `agent-guard doctor`)"
+            );
+        }
         Confinement::default()
     } else {
         Confinement {
@@ -119,7 +126,7 @@ pub fn arm<'a>(
                 tracing::warn!(%err, "listing cgroup mounts; confining runs from the cgroup2 root only");
                 vec![hierarchy.root().to_path_buf()]
             }),
-            scope_signals: true,
+            scope_signals: abi >= 6,
         }
     };
     let guard = Guard {
