@@ -14,6 +14,13 @@ fn attempts(r: &Rogue, launcher: bool) -> String {
     let link = guard_link_id(&r.cgroup_dir());
     let policy = r.daemon.policy_path.display().to_string();
     let state = r.daemon.dir.join("state");
+    // One of the guard's pinned links, named from outside every agent.
+    let pin = std::fs::read_dir(state.join("bpf/links"))
+        .expect("the daemon's pinned links")
+        .flatten()
+        .next()
+        .expect("a pinned link")
+        .path();
     format!(
         "kill -9 {daemon} && echo KILLED_DAEMON
 {kill_launcher}
@@ -21,11 +28,12 @@ bpftool link detach id {link} && echo DETACHED
 cat {policy} >/dev/null && echo READ_POLICY
 cat {state}/chain.json >/dev/null && echo READ_STATE
 echo x > {state}/evil && echo WROTE_STATE
-rm -rf {state}/bpf/links/* && echo UNPINNED
+rm {pin} && echo UNPINNED
 python3 {reach} {daemon}
 grep NoNewPrivs /proc/self/status
 {connect}",
         state = state.display(),
+        pin = pin.display(),
         kill_launcher = if launcher {
             "kill -9 $PPID && echo KILLED_LAUNCHER"
         } else {
