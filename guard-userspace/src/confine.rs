@@ -253,6 +253,54 @@ mod tests {
         let _ = std::fs::remove_dir_all(&root);
     }
 
+    /// The real kernel, unprivileged: a command confined the way `run`
+    /// confines it cannot read a hidden file or signal its parent, and
+    /// still reads what is beside it.
+    #[test]
+    fn a_confined_command_cannot_read_hidden_files_or_signal_out() {
+        use std::os::unix::process::CommandExt as _;
+        if abi_version() < 6 {
+            eprintln!("SKIPPED: Landlock ABI {} here, 6 needed", abi_version());
+            return;
+        }
+        let root = tempfile_dir("real");
+        std::fs::create_dir_all(root.join("secret")).expect("mkdir");
+        std::fs::write(root.join("secret/key"), b"k").expect("write");
+        std::fs::write(root.join("open"), b"o").expect("write");
+        let prepared = Confinement {
+            hidden: vec![root.join("secret")],
+            read_only: vec![],
+            scope_signals: true,
+        }
+        .prepare()
+        .expect("ruleset");
+        let script = format!(
+            "cat {0}/secret/key && echo READ_SECRET; cat {0}/open; kill -0 $PPID && echo SIGNALLED; \
+             grep NoNewPrivs /proc/self/status",
+            root.display()
+        );
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", &script]);
+        // SAFETY: restrict_self only makes system calls.
+        unsafe {
+            cmd.pre_exec(move || {
+                prepared
+                    .restrict_self()
+                    .map_err(std::io::Error::from_raw_os_error)
+            });
+        }
+        let out = cmd.output().expect("sh");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!text.contains("READ_SECRET"), "{text}");
+        assert!(!text.contains("SIGNALLED"), "{text}");
+        assert!(
+            text.starts_with('o'),
+            "the file beside it stays readable: {text}"
+        );
+        assert!(text.contains("NoNewPrivs:\t1"), "{text}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
     fn tempfile_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("confine-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
