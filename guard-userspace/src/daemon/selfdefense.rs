@@ -68,7 +68,14 @@ pub fn protected_paths(
     paths.extend(chain_key.map(Path::to_path_buf));
     for sink in &policy.sinks {
         if let SinkKind::File { path, .. } = &sink.kind {
-            paths.extend(path.parent().map(Path::to_path_buf));
+            if let Some(dir) = path.parent() {
+                // The sink makes it a moment later anyway; it has to exist
+                // now to be protected.
+                if let Err(err) = std::fs::create_dir_all(dir) {
+                    tracing::warn!(%err, dir = %dir.display(), "creating a file sink's directory");
+                }
+                paths.push(dir.to_path_buf());
+            }
         }
     }
     paths.extend(policy.web.as_ref().map(|w| w.tokens_file.clone()));
