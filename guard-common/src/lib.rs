@@ -8,12 +8,14 @@
 #![no_std]
 
 pub mod abi;
+pub mod guard;
 pub mod kconst;
 pub mod ladder;
 pub mod maps;
 pub mod record;
 
 pub use abi::*;
+pub use guard::*;
 pub use kconst::*;
 pub use ladder::*;
 pub use maps::*;

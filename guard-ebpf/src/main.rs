@@ -7,8 +7,11 @@
 
 mod decide;
 mod emit;
+// Self-defense (entry points in these modules): escape.rs, tamper.rs.
+mod escape;
 mod fs;
 mod grant;
+mod guard;
 mod hold;
 mod identity;
 mod maps;
@@ -18,6 +21,7 @@ mod offsets;
 mod path_walk;
 mod paths;
 mod rename;
+mod tamper;
 mod unix;
 
 use aya_ebpf::{

@@ -109,22 +109,15 @@ pub fn run(policy_path: Option<&Path>) -> Result<ExitCode> {
     };
     let lsm = kernel.as_ref().map(|k| k.lsm.clone());
     let unix = kernel.as_ref().map(|k| k.unix.clone());
+    let guard = kernel.as_ref().map(|k| k.guard.clone());
     match &lsm {
-        Some(LsmStatus::Attached {
-            paths,
-            hooks,
-            missing,
-        }) => {
+        Some(status @ LsmStatus::Attached { paths, missing, .. }) => {
             report.line(
                 true,
                 "LSM programs (BPF trampolines)",
                 &format!(
                     "{} load and attach (unlink/rmdir paths by {paths})",
-                    hooks
-                        .iter()
-                        .map(|h| format!("lsm/{h}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    status.hook_list()
                 ),
             );
             for (hook, why) in missing {
@@ -262,6 +255,10 @@ pub fn run(policy_path: Option<&Path>) -> Result<ExitCode> {
     }
     for door in &open_doors {
         println!("  - {door}");
+    }
+
+    if !super::doctor_guard::report(guard.as_ref(), seccomp) {
+        report.degraded = true;
     }
 
     if let Some(path) = policy_path {

@@ -174,6 +174,28 @@ impl SessionDecider {
             tracing::error!(agent_id = self.agent_id, path = %req.object.path, "call by a run of an unknown agent; denied");
             return Judged::Now(Decision::Deny);
         };
+        // The guard's own files: refused whatever the policy says (this
+        // daemon performs supervised calls itself, outside the run's
+        // Landlock confinement), on either side of a rename or link.
+        let protected = std::iter::once(&req.object)
+            .chain(req.second.as_ref())
+            .find_map(|o| self.shared.guard.covering(&o.path));
+        if let Some(protected) = protected {
+            let mut body = decode::supervised_call(
+                &registry,
+                agent,
+                self.session_cgroup,
+                req,
+                (Outcome::Denied, Verdict::Deny, RuleOf::Path(None)),
+                false,
+                None,
+                &mut super::lock_enricher(&self.shared),
+            );
+            drop(registry);
+            events::selfdefense::supervised_tamper(&mut body, protected);
+            events::emit_now(&self.shared.emitter, serde_json::Value::Object(body));
+            return Judged::Now(Decision::Deny);
+        }
         let p = self.policy(&agent.def, req);
         let refused_anyway = p.reason.is_some() && p.verdict == Verdict::Allow;
         let judged = guard_common::ladder(agent.mode().raw(), p.verdict.raw(), p.rule_id, || {

@@ -263,6 +263,9 @@ pub fn open(
     drop(registry);
     conv.session = Some(cgroup_id);
     shared.sessions.save(shared);
+    if let Some(kernel) = super::lock_kernel(shared).as_mut() {
+        super::selfdefense::protect_launcher(kernel, opener_pid);
+    }
     Ok(json!({
         "session": id,
         "token": token,
@@ -271,6 +274,7 @@ pub fn open(
         // What the run's seccomp filter leaves out, by the agent's policy.
         "allow_mounts": filter.allow_mounts,
         "allow_io_uring": filter.allow_io_uring,
+        "confine": shared.guard.confine,
     }))
 }
 
@@ -441,7 +445,7 @@ pub fn close(
     signal: Option<i32>,
     why: &str,
 ) {
-    let (agent, dir, id) = {
+    let (agent, dir, id, launcher) = {
         let registry = match shared.registry.read() {
             Ok(r) => r,
             Err(poisoned) => poisoned.into_inner(),
@@ -453,8 +457,12 @@ pub fn close(
             registry.agent_ref(session.agent_id, cgroup_id),
             session.dir.clone(),
             session.id.clone(),
+            session.opener_pid,
         )
     };
+    if let Some(kernel) = super::lock_kernel(shared).as_mut() {
+        kernel.unprotect_process(launcher);
+    }
     events::emit_now(
         &shared.emitter,
         json!({

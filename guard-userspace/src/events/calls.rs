@@ -23,6 +23,8 @@ pub fn kind_name(kind: EventKind) -> &'static str {
         EventKind::FileLink => "file.link",
         EventKind::FileMount => "file.mount",
         EventKind::FileIoUring => "file.io_uring",
+        EventKind::AgentEscape => "agent.escape",
+        EventKind::GuardTamper => "guard.tamper",
     }
 }
 

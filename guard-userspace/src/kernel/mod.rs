@@ -13,12 +13,14 @@ use guard_common::{AgentEntry, Config, KernelOffsets, NetKey, NetRuleSet, PathKe
 use crate::btf;
 use thiserror::Error;
 
+mod guard;
 mod handles;
 mod lsm;
 mod pins;
 mod policy_maps;
 mod unix_programs;
 
+pub use guard::GuardStatus;
 pub use handles::{KernelHolds, LossCounters};
 use lsm::load_lsm;
 use pins::{Attachment, Pins};
@@ -93,6 +95,12 @@ pub enum KernelError {
     #[error("{what} {path}: {source}")]
     Pin {
         what: &'static str,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("protecting {path} from agents: {source}")]
+    Protect {
         path: String,
         #[source]
         source: io::Error,
@@ -199,6 +207,8 @@ pub struct Kernel {
     pub unix: UnixBackend,
     /// cgroup/connect_unix and sendmsg_unix, where they are the unix backend.
     unix_programs: Option<unix_programs::UnixPrograms>,
+    /// Self-defense in the kernel: escape detection and the tamper hooks.
+    pub guard: GuardStatus,
 }
 
 /// Program `name` of the object, as the type this build expects it to be.
@@ -277,6 +287,10 @@ impl Kernel {
         if let Ok(offsets) = &offsets {
             loader.override_global("KERNEL_OFFSETS", offsets, true);
         }
+        let guard_offsets = guard::guard_offsets();
+        if let Ok(offsets) = &guard_offsets {
+            loader.override_global("GUARD_OFFSETS", offsets, true);
+        }
         let pins = match state_dir {
             Some(dir) => Some(Pins::mount(dir)?),
             None => None,
@@ -330,7 +344,12 @@ impl Kernel {
                 ),
             }
         };
-        Ok(Self {
+        let guard_lsm = match (&lsm, &guard_offsets) {
+            (_, Err(err)) => Err(format!("struct offsets unavailable: {err}")),
+            (LsmStatus::Attached { .. }, Ok(_)) => guard::load_tamper(&mut ebpf, &mut links),
+            (LsmStatus::Unavailable(why), Ok(_)) => Err(why.clone()),
+        };
+        let mut kernel = Self {
             ebpf,
             reused_stream: reused,
             links,
@@ -340,7 +359,16 @@ impl Kernel {
             lsm,
             unix,
             unix_programs,
-        })
+            guard: GuardStatus::unavailable("not attached"),
+        };
+        kernel.guard = GuardStatus {
+            escape: match &guard_offsets {
+                Ok(_) => kernel.attach_escape_guard(),
+                Err(err) => Err(format!("struct offsets unavailable: {err}")),
+            },
+            lsm: guard_lsm,
+        };
+        Ok(kernel)
     }
 
     /// Attaches the connect programs to an agent cgroup with a bpf_link. A

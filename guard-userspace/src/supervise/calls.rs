@@ -215,8 +215,8 @@ pub(super) fn decode(notif: &libc::seccomp_notif) -> Result<Call, Stop> {
         Guarded::Chroot => refuse(MountOp::Chroot, Some((AT_FDCWD, ptr(0)))),
         Guarded::Unshare | Guarded::Clone => refuse(ns_op(uint(0)), None),
         Guarded::Setns => refuse(ns_op(uint(1)), None),
-        // The filter answers ENOSYS itself; a notification would be a bug.
-        Guarded::Clone3 => {
+        // The filter answers these itself; a notification would be a bug.
+        Guarded::Clone3 | Guarded::Bpf => {
             return Err(Stop::Failed(Failure::UnexpectedSyscall {
                 arch: data.arch,
                 nr: data.nr,

@@ -53,6 +53,7 @@ pub(super) enum Guarded {
     Clone3,
     Setns,
     IoUringSetup,
+    Bpf,
 }
 
 /// Which policy switch lifts a row: rows of a group the agent's policy
@@ -65,6 +66,8 @@ pub(super) enum Group {
     Mounts,
     /// io_uring, which this backend cannot see: lifted by `allow_io_uring`.
     IoUring,
+    /// The guard's own defence: never lifted.
+    SelfDefense,
 }
 
 /// What the filter does with a matching call.
@@ -117,7 +120,7 @@ const fn row(call: Guarded, x64: u32, i386: u32, when: When, group: Group) -> Ro
 
 const NS_FLAGS: u32 = CLONE_NEWNS | CLONE_NEWUSER;
 const ALWAYS: When = When::Always;
-use Group::{Files, IoUring, Mounts};
+use Group::{Files, IoUring, Mounts, SelfDefense};
 use Guarded as G;
 
 /// Every guarded call. Numbers from the kernel's syscall tables (user ABI,
@@ -270,7 +273,7 @@ pub struct FilterOptions {
 impl FilterOptions {
     fn includes(self, group: Group) -> bool {
         match group {
-            Group::Files => true,
+            Group::Files | Group::SelfDefense => true,
             Group::Mounts => !self.allow_mounts,
             Group::IoUring => !self.allow_io_uring,
         }
@@ -450,6 +453,7 @@ mod tests {
     const NOTIF: u32 = libc::SECCOMP_RET_USER_NOTIF;
     const ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
     const ENOSYS: u32 = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+    const EPERM: u32 = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
     const X64: u32 = AUDIT_ARCH_X86_64;
     const I386: u32 = AUDIT_ARCH_I386;
 
@@ -475,6 +479,11 @@ mod tests {
             (I386, 193, no, NOTIF), // truncate64
             (I386, 87, no, ALLOW),
             (I386, 1, no, ALLOW),
+            (X64, 321, no, EPERM), // bpf
+            (I386, 357, no, EPERM),
+            (X64, 435, no, ENOSYS), // clone3
+            (I386, 435, no, ENOSYS),
+            (X64, 56, no, ALLOW), // clone(2) without namespace flags stays
             (0xC000_00B7, 87, no, libc::SECCOMP_RET_KILL_PROCESS), // aarch64
             (0, 0, no, libc::SECCOMP_RET_KILL_PROCESS),
         ];
