@@ -93,8 +93,8 @@ fn remove_tree(dir: &Path) {
     }
 }
 
-mod net;
 mod doors;
+mod net;
 pub mod rogue;
 mod stream;
 pub use doors::*;

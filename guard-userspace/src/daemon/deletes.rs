@@ -110,7 +110,7 @@ impl SessionDecider {
                 reason: Some("open_by_handle_at with O_TRUNC names no path the policy could judge"),
                 ..one((Verdict::Deny, None))
             },
-            Op::Unlink | Op::Rmdir | Op::Truncate | Op::Link => {
+            Op::Unlink | Op::Rmdir | Op::Truncate | Op::Link | Op::Open => {
                 one(delete.evaluate(&req.object.path))
             }
             Op::Rename { exchange } => {
@@ -195,6 +195,10 @@ impl SessionDecider {
             events::selfdefense::supervised_tamper(&mut body, protected);
             events::emit_now(&self.shared.emitter, serde_json::Value::Object(body));
             return Judged::Now(Decision::Deny);
+        }
+        if req.op == Op::Open {
+            // Not the guard's: an open the policy has nothing to say about.
+            return Judged::Now(Decision::Allow);
         }
         let p = self.policy(&agent.def, req);
         let refused_anyway = p.reason.is_some() && p.verdict == Verdict::Allow;

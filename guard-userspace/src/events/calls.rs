@@ -152,7 +152,9 @@ pub fn supervised_kind(op: Op) -> EventKind {
         Op::Rmdir => EventKind::FileRmdir,
         Op::Rename { .. } => EventKind::FileRename,
         Op::Link => EventKind::FileLink,
-        Op::Truncate => EventKind::FileTruncate,
+        // An open is only ever reported refused, as guard.tamper (which
+        // rewrites the kind).
+        Op::Truncate | Op::Open => EventKind::FileTruncate,
         Op::Mount(_) => EventKind::FileMount,
         Op::IoUringSetup => EventKind::FileIoUring,
     }

@@ -226,14 +226,25 @@ pub(super) const SYSCALLS: &[Row] = &[
         Mounts,
     ),
     // clone3's flags are in memory: ENOSYS, on which glibc (and every libc
-    // that knows clone3) falls back to clone, whose flags the row above sees.
+    // that knows clone3) falls back to clone, whose flags the row above
+    // sees. Always, also with allow_mounts: clone3 could place the child in
+    // any cgroup (CLONE_INTO_CGROUP).
     Row {
         call: G::Clone3,
         x64: Some(435),
         i386: Some(435),
         when: ALWAYS,
         action: Action::Errno(libc::ENOSYS),
-        group: Mounts,
+        group: SelfDefense,
+    },
+    // bpf(2) could detach the guard's links or rewrite its maps.
+    Row {
+        call: G::Bpf,
+        x64: Some(321),
+        i386: Some(357),
+        when: ALWAYS,
+        action: Action::Errno(libc::EPERM),
+        group: SelfDefense,
     },
     row(
         G::Setns,
@@ -536,8 +547,9 @@ mod tests {
             (272, [0x400, 0, 0, 0, 0, 0], ALLOW, ALLOW),   // unshare(CLONE_FS)
             (56, [0x3d0f00, 0, 0, 0, 0, 0], ALLOW, ALLOW), // pthread_create's clone
             (56, [ns | 0x11, 0, 0, 0, 0, 0], NOTIF, ALLOW),
-            (435, [0; 6], ENOSYS, ALLOW),                      // clone3
-            (308, [3, 0, 0, 0, 0, 0], NOTIF, ALLOW),           // setns(fd, 0): any type
+            (435, [0; 6], ENOSYS, ENOSYS), // clone3: also CLONE_INTO_CGROUP
+            (321, [0; 6], EPERM, EPERM),   // bpf
+            (308, [3, 0, 0, 0, 0, 0], NOTIF, ALLOW), // setns(fd, 0): any type
             (308, [3, 0x4000_0000, 0, 0, 0, 0], ALLOW, ALLOW), // setns(fd, CLONE_NEWNET)
             (308, [3, ns, 0, 0, 0, 0], NOTIF, ALLOW),
             (428, [0, 0, 1, 0, 0, 0], NOTIF, ALLOW), // open_tree(OPEN_TREE_CLONE)

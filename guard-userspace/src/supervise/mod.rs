@@ -166,6 +166,10 @@ pub enum Op {
     Link,
     /// truncate, ftruncate, or an open with O_TRUNC of an existing file.
     Truncate,
+    /// An open (or creation) the supervisor performs that truncates
+    /// nothing: not a policy matter, but the daemon performs it outside the
+    /// run's own restrictions, so it is judged against the guard's files.
+    Open,
     /// A mount-family call: always refused here (see the module docs).
     Mount(guard_common::MountOp),
     /// io_uring_setup: always refused here.

@@ -6,7 +6,11 @@
 //! inode: an O_TRUNC open is redone through `/proc/self/fd/N` of the O_PATH
 //! handle with the caller's flags, and the resulting fd installed in the
 //! caller. A file that does not exist yet has nothing to truncate: it is
-//! created (O_EXCL, so an object that appears meanwhile is judged again).
+//! created in its parent, held as the caller (O_EXCL, so an object that
+//! appears meanwhile is judged again; an O_CREAT through a dangling
+//! symlink, which O_EXCL never follows, is therefore refused). What the
+//! daemon opens or creates is outside the run's own restrictions
+//! (Landlock), so every open is judged at least against the guard's files.
 use std::{
     ffi::CString,
     io,
@@ -20,8 +24,10 @@ use tracing::debug;
 use super::{
     Decide, Decision, Object, Op,
     calls::Call,
+    delete::entry,
     identity::run_as,
     ops::{self, last_errno},
+    path,
     supervisor::{Answer, Caller, Failure, Stop, absolute, io_failure, performed},
     target::stat_fd,
 };
@@ -244,7 +250,10 @@ fn ftruncate(file: &OwnedFd, length: i64) -> Result<(), i32> {
 }
 
 /// An open to perform as the caller: (flags, mode, resolve) as openat2
-/// takes them.
+/// takes them. Done outside the run's own restrictions (Landlock), so every
+/// object opened or created is put to the decider: a truncation against the
+/// policy, anything else against the guard's own files only (`Op::Open`,
+/// which reports nothing unless refused).
 async fn open(
     caller: &Caller<'_>,
     decider: &Arc<dyn Decide>,
@@ -253,129 +262,167 @@ async fn open(
     (flags, mode, resolve): (u64, u64, u64),
 ) -> Result<Answer, Stop> {
     let raw = caller.read_path(addr, false)?;
-    let base = caller.base(dirfd, &raw)?;
+    let base = Arc::new(caller.base(dirfd, &raw)?);
     caller.validate()?;
     let cloexec = flags & libc::O_CLOEXEC as u64 != 0;
-    let trunc = u64::from(O_TRUNC);
-    let tmpfile = libc::O_TMPFILE as u64;
-    let exclusive = u64::from(O_CREAT | O_EXCL);
-    let truncates = flags & trunc != 0
-        && flags & u64::from(O_PATH) == 0
-        && flags & tmpfile != tmpfile
-        && flags & exclusive != exclusive;
     let name = cstring(&raw)?;
-    if !truncates {
-        // Nothing to truncate (no O_TRUNC, O_PATH, a new unnamed file, or
-        // O_CREAT|O_EXCL, which only ever creates): the open as asked.
-        let flags = if flags & trunc != 0 && flags & u64::from(O_PATH) == 0 {
-            flags & !trunc
-        } else {
-            flags
-        };
-        let file = run_as(caller.identity.clone(), move || {
-            ops::open_as(base.as_ref(), &name, flags, mode, resolve)
-        })
-        .await
-        .map_err(io_failure("running the open thread"))?
-        .map_err(Stop::Errno)?;
-        return Ok(Answer::Fd { file, cloexec });
-    }
-    let base = Arc::new(base);
     for _ in 0..ATTEMPTS {
         let (b, n, host) = (base.clone(), name.clone(), caller.host.clone());
-        // The object, held as O_PATH, or a file this call created.
         let found = run_as(caller.identity.clone(), move || {
-            find_or_create(&host, b.as_ref().as_ref(), &n, flags, mode, resolve)
+            find(&host, b.as_ref().as_ref(), &n, flags, resolve)
         })
         .await
         .map_err(io_failure("running the open thread"))?
         .map_err(Stop::Errno)?;
-        let (held, path) = match found {
-            Found::Again => continue,
-            Found::Done(file) => return Ok(Answer::Fd { file, cloexec }),
-            Found::Existing { held, path } => (held, path),
+        let answer = match found {
+            Found::Existing { held, path, kind } => {
+                opened(caller, decider, held, (&path, &raw), kind, flags).await?
+            }
+            Found::Missing => create(caller, decider, &base, &raw, flags, mode).await?,
         };
-        let req = judge(caller, decider, &path, &raw).await?;
-        let host = caller.host.clone();
-        // The caller's flags on exactly the judged inode: O_TRUNC and all.
-        // O_CREAT/O_EXCL/O_NOFOLLOW/O_DIRECTORY were applied by the lookup.
-        let keep = !u64::from(O_CREAT | O_EXCL) & !(libc::O_NOFOLLOW | libc::O_DIRECTORY) as u64;
-        let reflags = (flags & keep) as u32 | libc::O_CLOEXEC as u32;
-        let reopened = run_as(caller.identity.clone(), move || {
-            reopen(&host, &held, reflags)
-        })
-        .await
-        .map_err(io_failure("running the open thread"))?;
-        performed(decider, &req, reopened.as_ref().map(|_| ()).map_err(|e| *e));
-        let file = reopened.map_err(Stop::Errno)?;
-        return Ok(Answer::Fd { file, cloexec });
+        if let Some(file) = answer {
+            return Ok(Answer::Fd { file, cloexec });
+        }
     }
     Err(Failure::Unstable(ATTEMPTS).into())
 }
 
+/// What the lookup found, as O_PATH (nothing opened or created yet).
 enum Found {
-    /// A regular file exists there: held as O_PATH, with its real path.
-    Existing { held: OwnedFd, path: Vec<u8> },
-    /// Opened with nothing to truncate: a file this call created, an empty
-    /// one, or not a regular file (O_TRUNC does nothing to those).
-    Done(OwnedFd),
-    /// It appeared or vanished meanwhile: look again.
-    Again,
+    Existing {
+        held: OwnedFd,
+        path: Vec<u8>,
+        kind: Kind,
+    },
+    /// Not there, and the call may create it.
+    Missing,
 }
 
-/// On the identity thread: what an O_TRUNC open of `name` would truncate.
-fn find_or_create(
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A regular file: O_TRUNC would truncate it.
+    Regular,
+    /// A symlink (only with O_NOFOLLOW).
+    Symlink,
+    Other,
+}
+
+/// On the identity thread: the object an open of `name` names, as the
+/// caller's lookup finds it (its O_NOFOLLOW, O_DIRECTORY and resolve flags).
+fn find(
     host: &super::target::Host,
     base: Option<&OwnedFd>,
     name: &CString,
     flags: u64,
-    mode: u64,
     resolve: u64,
 ) -> Result<Found, i32> {
     let lookup = u64::from(O_PATH) | (flags & (libc::O_NOFOLLOW | libc::O_DIRECTORY) as u64);
-    let trunc = u64::from(O_TRUNC);
     match ops::open_as(base, name, lookup, 0, resolve) {
         Ok(held) => {
+            if flags & u64::from(O_CREAT | O_EXCL) == u64::from(O_CREAT | O_EXCL) {
+                return Err(libc::EEXIST);
+            }
             let st = stat_fd(&held).map_err(|e| e.raw_os_error().unwrap_or(libc::EPERM))?;
-            match st.st_mode & libc::S_IFMT {
-                libc::S_IFREG => {
-                    let path = ops::fd_path(host, held.as_raw_fd()).map_err(|_| libc::EPERM)?;
-                    Ok(Found::Existing { held, path })
-                }
-                // open(O_NOFOLLOW) of a symlink.
-                libc::S_IFLNK => Err(libc::ELOOP),
-                // A directory, FIFO or device: open that very object.
-                _ => {
-                    let keep = !u64::from(O_CREAT | O_EXCL) & !(libc::O_NOFOLLOW as u64);
-                    reopen(host, &held, (flags & keep) as u32 | libc::O_CLOEXEC as u32)
-                        .map(Found::Done)
-                }
-            }
+            let kind = match st.st_mode & libc::S_IFMT {
+                libc::S_IFREG => Kind::Regular,
+                libc::S_IFLNK => Kind::Symlink,
+                _ => Kind::Other,
+            };
+            let path = ops::fd_path(host, held.as_raw_fd()).map_err(|_| libc::EPERM)?;
+            Ok(Found::Existing { held, path, kind })
         }
-        Err(libc::ENOENT) if flags & u64::from(O_CREAT) != 0 => {
-            match ops::open_as(
-                base,
-                name,
-                (flags & !trunc) | u64::from(O_EXCL),
-                mode,
-                resolve,
-            ) {
-                Ok(file) => Ok(Found::Done(file)),
-                Err(libc::EEXIST) => {
-                    // Created meanwhile, or a dangling symlink (O_EXCL never
-                    // follows one): open through it without O_EXCL; only a
-                    // file with content has anything to lose.
-                    let file = ops::open_as(base, name, flags & !trunc, mode, resolve)?;
-                    let st = stat_fd(&file).map_err(|e| e.raw_os_error().unwrap_or(libc::EPERM))?;
-                    if st.st_size == 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
-                        Ok(Found::Done(file))
-                    } else {
-                        Ok(Found::Again)
-                    }
-                }
-                Err(errno) => Err(errno),
-            }
-        }
+        Err(libc::ENOENT) if flags & u64::from(O_CREAT) != 0 => Ok(Found::Missing),
         Err(errno) => Err(errno),
+    }
+}
+
+/// An existing object: judged (a truncation by the policy, anything else
+/// against the guard's files), then opened through its O_PATH handle with
+/// the caller's flags, so what was judged is what is opened.
+async fn opened(
+    caller: &Caller<'_>,
+    decider: &Arc<dyn Decide>,
+    held: OwnedFd,
+    (path, raw): (&[u8], &[u8]),
+    kind: Kind,
+    flags: u64,
+) -> Result<Option<OwnedFd>, Stop> {
+    let o_path = flags & u64::from(O_PATH) != 0;
+    let truncates = kind == Kind::Regular && flags & u64::from(O_TRUNC) != 0 && !o_path;
+    let req = if truncates {
+        judge(caller, decider, path, raw).await?
+    } else {
+        let (req, decision) = caller
+            .ask(decider, Op::Open, object(path, raw)?, None)
+            .await?;
+        if decision == Decision::Deny {
+            return Err(Stop::Errno(libc::EACCES));
+        }
+        req
+    };
+    if o_path {
+        // The lookup's own handle is what O_PATH asked for.
+        return Ok(Some(held));
+    }
+    if kind == Kind::Symlink {
+        return Err(Stop::Errno(libc::ELOOP));
+    }
+    let keep = !u64::from(O_CREAT | O_EXCL) & !(libc::O_NOFOLLOW as u64);
+    let reflags = (flags & keep) as u32 | libc::O_CLOEXEC as u32;
+    let host = caller.host.clone();
+    let reopened = run_as(caller.identity.clone(), move || {
+        reopen(&host, &held, reflags)
+    })
+    .await
+    .map_err(io_failure("running the open thread"))?;
+    if truncates {
+        performed(decider, &req, reopened.as_ref().map(|_| ()).map_err(|e| *e));
+    }
+    reopened.map(Some).map_err(Stop::Errno)
+}
+
+/// A file to create: its parent is opened as the caller and its real path
+/// judged against the guard's files, then the file is made there with
+/// O_EXCL (so nothing that appears meanwhile is truncated unjudged: that
+/// is looked up again). None: it appeared; look again.
+async fn create(
+    caller: &Caller<'_>,
+    decider: &Arc<dyn Decide>,
+    base: &Arc<Option<OwnedFd>>,
+    raw: &[u8],
+    flags: u64,
+    mode: u64,
+) -> Result<Option<OwnedFd>, Stop> {
+    let base = base.as_ref().as_ref().map(|b| b.try_clone()).transpose();
+    let base = base.map_err(io_failure("duplicating the base directory"))?;
+    let e = entry(caller, base, raw, |l| path::rename_name(l, libc::EISDIR)).await?;
+    let (_, decision) = caller
+        .ask(
+            decider,
+            Op::Open,
+            Object {
+                path: e.path.clone(),
+                raw_path: e.raw_path.clone(),
+                exists: false,
+                dir: false,
+            },
+            None,
+        )
+        .await?;
+    if decision == Decision::Deny {
+        return Err(Stop::Errno(libc::EACCES));
+    }
+    let cflags = (flags & !u64::from(O_TRUNC)) | u64::from(O_EXCL);
+    let created = run_as(caller.identity.clone(), move || {
+        ops::open_as(Some(&e.held.dir), &e.name, cflags, mode, 0)
+    })
+    .await
+    .map_err(io_failure("running the open thread"))?;
+    match created {
+        Ok(file) => Ok(Some(file)),
+        // It appeared (or is a dangling symlink, which O_EXCL never
+        // follows): look it up again.
+        Err(libc::EEXIST) if flags & u64::from(O_EXCL) == 0 => Ok(None),
+        Err(errno) => Err(Stop::Errno(errno)),
     }
 }

@@ -145,8 +145,18 @@ impl Policy {
 
 impl Decide for Policy {
     fn decide(&self, req: Request) -> Pin<Box<dyn Future<Output = (Request, Decision)> + Send>> {
-        self.seen.lock().expect("lock").push(req.clone());
         let under = |p: &str| self.denied.iter().any(|d| Path::new(p).starts_with(d));
+        if req.op == Op::Open {
+            // Not a policy question (see Op::Open): not recorded; refused
+            // only under a denied path, as the guard's files would be.
+            let decision = if under(&req.object.path) {
+                Decision::Deny
+            } else {
+                Decision::Allow
+            };
+            return Box::pin(async move { (req, decision) });
+        }
+        self.seen.lock().expect("lock").push(req.clone());
         let denied = match req.op {
             // Refused whatever the policy says.
             Op::Mount(_) | Op::IoUringSetup => true,
