@@ -8,14 +8,14 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, ProgramError, links::FdLink},
 };
-use guard_common::{AgentEntry, Config, KernelOffsets, NetKey, NetRuleSet, PathKey, PathRuleValue};
+use guard_common::{AgentEntry, Config, NetKey, NetRuleSet, PathKey, PathRuleValue};
 
-use crate::btf;
 use thiserror::Error;
 
 mod guard;
 mod handles;
 mod lsm;
+mod offsets;
 mod pins;
 mod policy_maps;
 mod unix_programs;
@@ -225,54 +225,6 @@ where
         .map_err(|_| KernelError::WrongType(name))
 }
 
-/// Offsets from the running kernel's BTF, or why they are unavailable.
-/// The unix and sock_addr ones are optional: 0 where the kernel lacks them
-/// (the programs that need them are then not used).
-fn kernel_offsets() -> Result<KernelOffsets, btf::BtfError> {
-    let btf = btf::Btf::from_sys_fs()?;
-    let optional = |s: &str, m: &str| btf.member_offset(s, m).unwrap_or(0);
-    let unix = [
-        btf.member_offset("unix_sock", "path"),
-        btf.member_offset("unix_sock", "addr"),
-        btf.member_offset("unix_address", "len"),
-        btf.member_offset("unix_address", "name"),
-        btf.member_offset("socket", "sk"),
-    ];
-    let unix = if unix.iter().all(Result::is_ok) {
-        unix.map(|r| r.unwrap_or(0))
-    } else {
-        [0; 5]
-    };
-    Ok(KernelOffsets {
-        dentry_d_name: btf.member_offset("dentry", "d_name")?,
-        qstr_name: btf.member_offset("qstr", "name")?,
-        dentry_d_parent: btf.member_offset("dentry", "d_parent")?,
-        path_mnt: btf.member_offset("path", "mnt")?,
-        path_dentry: btf.member_offset("path", "dentry")?,
-        vfsmount_mnt_root: btf.member_offset("vfsmount", "mnt_root")?,
-        mount_mnt: btf.member_offset("mount", "mnt")?,
-        mount_mnt_parent: btf.member_offset("mount", "mnt_parent")?,
-        mount_mnt_mountpoint: btf.member_offset("mount", "mnt_mountpoint")?,
-        task_fs: btf.member_offset("task_struct", "fs")?,
-        fs_root: btf.member_offset("fs_struct", "root")?,
-        dentry_d_inode: btf.member_offset("dentry", "d_inode")?,
-        inode_i_mode: btf.member_offset("inode", "i_mode")?,
-        task_flags: btf.member_offset("task_struct", "flags")?,
-        mount_mnt_ns: btf.member_offset("mount", "mnt_ns")?,
-        task_nsproxy: btf.member_offset("task_struct", "nsproxy")?,
-        nsproxy_mnt_ns: btf.member_offset("nsproxy", "mnt_ns")?,
-        file_f_path: btf.member_offset("file", "f_path")?,
-        unix_sock_path: unix[0],
-        unix_sock_addr: unix[1],
-        unix_address_len: unix[2],
-        unix_address_name: unix[3],
-        socket_sk: unix[4],
-        sock_addr_kern_uaddr: optional("bpf_sock_addr_kern", "uaddr"),
-        sock_addr_kern_uaddrlen: optional("bpf_sock_addr_kern", "uaddrlen"),
-        _pad: 0,
-    })
-}
-
 impl Kernel {
     /// Loads the object and the connect programs (not yet attached), then
     /// tries the LSM delete hooks. A kernel that refuses LSM programs is not
@@ -282,7 +234,7 @@ impl Kernel {
     /// (reused if a previous daemon left it), so held calls outlive a
     /// daemon restart; without one (doctor, tests) nothing is pinned.
     pub fn load(state_dir: Option<&Path>) -> Result<Self, KernelError> {
-        let offsets = kernel_offsets();
+        let offsets = offsets::kernel_offsets();
         let mut loader = EbpfLoader::new();
         if let Ok(offsets) = &offsets {
             loader.override_global("KERNEL_OFFSETS", offsets, true);
@@ -499,81 +451,6 @@ impl Kernel {
                 .map_err(map_err(name))?;
         }
         Ok(())
-    }
-
-    /// Longest-prefix lookup in the kernel's own NET_RULES trie, as the
-    /// connect programs do (tests compare it with the userspace matcher).
-    #[cfg(test)]
-    pub fn lookup_net(
-        &self,
-        agent_id: u32,
-        addr: [u8; 16],
-    ) -> Result<Option<NetRuleSet>, KernelError> {
-        let map = self
-            .ebpf
-            .map("NET_RULES")
-            .ok_or(KernelError::Missing("NET_RULES"))?;
-        let trie: LpmTrie<_, NetKey, NetRuleSet> =
-            LpmTrie::try_from(map).map_err(map_err("NET_RULES"))?;
-        let key = Key::new(
-            guard_common::NET_KEY_AGENT_BITS + 128,
-            NetKey {
-                agent_id: agent_id.to_be_bytes(),
-                addr,
-            },
-        );
-        match trie.get(&key, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err("NET_RULES")(e)),
-        }
-    }
-
-    /// Longest-prefix lookup in PATH_RULES of "<path>/" followed by NUL,
-    /// exactly the key the LSM programs build.
-    #[cfg(test)]
-    pub fn lookup_path(
-        &self,
-        agent_id: u32,
-        path: &str,
-    ) -> Result<Option<PathRuleValue>, KernelError> {
-        self.lookup_prefix("PATH_RULES", agent_id, path)
-    }
-
-    /// Longest-prefix lookup of "<path>/" and NUL bytes in a path-keyed
-    /// trie, the key the programs build. In PATH_RULES and UNIX_RULES that
-    /// finds the longest rule prefix; SUBTREE_RULES entries end in the NUL,
-    /// so there only the entry of exactly this directory matches.
-    #[cfg(test)]
-    pub fn lookup_prefix(
-        &self,
-        map: &'static str,
-        agent_id: u32,
-        path: &str,
-    ) -> Result<Option<PathRuleValue>, KernelError> {
-        let m = self.ebpf.map(map).ok_or(KernelError::Missing(map))?;
-        let trie: LpmTrie<_, PathKey, PathRuleValue> =
-            LpmTrie::try_from(m).map_err(map_err(map))?;
-        let mut data = PathKey {
-            agent_id: agent_id.to_be_bytes(),
-            ..PathKey::default()
-        };
-        let text = if path == "/" {
-            "/".to_owned()
-        } else {
-            format!("{path}/")
-        };
-        let n = text.len().min(data.path.len());
-        data.path[..n].copy_from_slice(&text.as_bytes()[..n]);
-        let key = Key::new(
-            guard_common::NET_KEY_AGENT_BITS + (guard_common::PATH_KEY_BYTES as u32) * 8,
-            data,
-        );
-        match trie.get(&key, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err(map)(e)),
-        }
     }
 
     /// The AGENTS map: agent cgroup id to its entry.
