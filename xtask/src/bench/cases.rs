@@ -57,7 +57,7 @@ const CASES: [(&str, &str, Place, bool); 4] = [
 
 fn job(ctx: &Ctx, op: &str, case: &str, round: u32, ports: Ports, calls: u32) -> Vec<String> {
     let dir = |what: &str| {
-        ctx.scratch
+        ctx.work_dir()
             .join(format!("{what}-{case}-{round}"))
             .display()
             .to_string()

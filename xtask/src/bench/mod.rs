@@ -126,6 +126,14 @@ impl Ctx {
     pub fn daemon_dir(&self, name: &str) -> PathBuf {
         self.scratch.join(format!("daemon-{name}"))
     }
+
+    /// Where workloads make their files. Made before any daemon starts: a
+    /// run's Landlock ruleset (self-defense) grants the entries beside the
+    /// daemon's state dir that exist when the run starts, so a workload
+    /// directory made later beside it would be refused.
+    pub fn work_dir(&self) -> PathBuf {
+        self.scratch.join("work")
+    }
 }
 
 /// A loopback listener that accepts and drops connections on a thread.
@@ -216,7 +224,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         cgroup_root: daemon::cgroup2_root()?,
     };
     let _ = std::fs::remove_dir_all(&ctx.scratch);
-    std::fs::create_dir_all(&ctx.scratch)?;
+    std::fs::create_dir_all(ctx.work_dir())?;
     let stats = BpfStats::enable()?;
     let result = run_phases(&ctx, args);
     drop(stats);
