@@ -449,6 +449,7 @@ pub async fn expire_loop(shared: Arc<Shared>) -> anyhow::Result<()> {
         tick.tick().await;
         shared.holds.expire(&shared);
         shared.grants.expire();
+        shared.refusals.flush();
         n = n.wrapping_add(1);
         if n.is_multiple_of(30) {
             super::lock_enricher(&shared).sweep();

@@ -1,5 +1,6 @@
 //! The daemon: loads policy and kernel programs, serves the control socket,
 //! and streams events until SIGINT/SIGTERM.
+pub mod access;
 mod admin;
 pub mod approvals;
 mod control_server;
@@ -8,7 +9,9 @@ mod demo;
 pub mod grants;
 pub mod holds;
 mod journal;
+mod limits;
 mod reader;
+mod refusals;
 pub mod registry;
 mod reload;
 mod sessions;
@@ -57,9 +60,19 @@ pub struct Shared {
     pub started: std::time::Instant,
     /// Process details, read once per process (pid + start time).
     pub enricher: std::sync::Mutex<events::enrich::Enricher>,
+    /// `control.refused` events, rate-limited per caller.
+    pub refusals: refusals::Refusals,
 }
 
 impl Shared {
+    /// The registry for reading, even if a panicking writer poisoned it.
+    pub fn registry(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        match self.registry.read() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
     pub fn next_agent_id(&self) -> u32 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -181,6 +194,8 @@ pub fn load_policy(path: Option<&Path>) -> Result<Policy> {
 
 pub async fn run(opts: Options) -> Result<()> {
     require_root("the daemon")?;
+    // Before anything is opened: the caps on connections follow this limit.
+    let nofile = limits::raise_nofile();
     let policy = load_policy(opts.policy_path.as_deref())?;
     // Secrets and listening addresses first: a daemon that cannot serve
     // what the policy asks for refuses to start, before it enforces anything.
@@ -285,6 +300,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let unix_sinks = events::with(&emitter, |e| std::mem::take(&mut e.unix_sinks));
     let shared = Arc::new(Shared {
         registry: RwLock::new(registry),
+        refusals: refusals::Refusals::new(emitter.clone()),
         emitter,
         started: std::time::Instant::now(),
         enricher: std::sync::Mutex::new(events::enrich::Enricher::default()),
@@ -327,7 +343,14 @@ pub async fn run(opts: Options) -> Result<()> {
         state_dir.join("losses.json"),
         reused_stream,
     ));
-    tasks.spawn(control_server::serve(listener, shared.clone()));
+    let limits = Arc::new(limits::Limits::for_nofile(nofile));
+    tasks.spawn({
+        let (listener, shared, limits) = (Arc::new(listener), shared.clone(), limits.clone());
+        async move {
+            control_server::serve(listener, shared, limits).await;
+            Ok(())
+        }
+    });
     tasks.spawn(holds::expire_loop(shared.clone()));
     let mut sink_names = Vec::new();
     for sink in unix_sinks {
@@ -340,6 +363,10 @@ pub async fn run(opts: Options) -> Result<()> {
             sink.format,
             sink.queue,
             shared.emitter.clone(),
+            Arc::new(control_server::SinkGate {
+                shared: shared.clone(),
+                limits: limits.clone(),
+            }),
         ));
     }
     surfaces.spawn(&mut tasks, &shared, program_ids);

@@ -28,12 +28,10 @@ use serde_json::{Value, json};
 
 pub use tokens::Tokens;
 
-use crate::{
-    daemon::{
-        Shared,
-        approvals::{self, Approver, ScopeRequest},
-    },
-    events,
+use crate::daemon::{
+    Shared,
+    access::Caller,
+    approvals::{self, ScopeRequest},
 };
 
 /// Decisions kept for the page's "recent decisions".
@@ -158,7 +156,7 @@ fn authorize(
     headers: &HeaderMap,
     peer: SocketAddr,
     op: &str,
-) -> Result<Approver, Box<Response>> {
+) -> Result<Caller, Box<Response>> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -171,15 +169,12 @@ fn authorize(
         )));
     };
     match app.tokens.user(token) {
-        Some(user) => Ok(Approver::Token {
-            user: user.to_owned(),
-        }),
+        Some(user) => Ok(Caller::web(user.to_owned())),
         None => {
-            events::emit_now(
-                &app.shared.emitter,
-                json!({"kind": "control.refused", "outcome": "denied",
-                       "control": {"op": op, "by": {"remote": peer.to_string(), "via": "web"},
-                                   "reason": "unknown web token"}}),
+            app.shared.refusals.report(
+                &format!("web client {}", peer.ip()),
+                json!({"op": op, "by": {"remote": peer.to_string(), "via": "web"},
+                       "reason": "unknown web token"}),
             );
             Err(Box::new(error(StatusCode::UNAUTHORIZED, "token refused")))
         }
@@ -206,10 +201,7 @@ async fn state(
         Ok(who) => who,
         Err(resp) => return *resp,
     };
-    let user = match &who {
-        Approver::Token { user } => user.clone(),
-        Approver::Peer(_) => String::new(),
-    };
+    let user = who.user.clone();
     let recent: Vec<Value> = app
         .recent
         .lock()
