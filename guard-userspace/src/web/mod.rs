@@ -43,7 +43,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
 
 struct App {
     shared: Arc<Shared>,
-    tokens: Tokens,
+    tokens: Arc<Tokens>,
     recent: Mutex<VecDeque<Value>>,
 }
 
@@ -51,7 +51,7 @@ struct App {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
-    tokens: Tokens,
+    tokens: Arc<Tokens>,
 ) -> Result<()> {
     let app = Arc::new(App {
         shared: shared.clone(),

@@ -98,7 +98,7 @@ const WRITE: Duration = Duration::from_secs(10);
 /// Serves a unix sink: every admitted connection gets the stream from now
 /// on. A failed accept is waited out, never fatal.
 pub async fn serve(
-    listener: UnixListener,
+    listener: Arc<UnixListener>,
     name: String,
     format: Format,
     queue: usize,
