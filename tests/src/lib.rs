@@ -94,8 +94,10 @@ fn remove_tree(dir: &Path) {
 }
 
 mod net;
+mod rogue;
 mod stream;
 pub use net::*;
+pub use rogue::*;
 pub use stream::*;
 
 #[derive(Default)]
