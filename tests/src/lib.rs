@@ -148,7 +148,23 @@ impl Daemon {
         let socket = dir.join("control.sock");
         let policy_path = dir.join("policy.toml");
         fs::write(&policy_path, policy).expect("write policy");
-        let mut child = Command::new(agent_guard_bin())
+        let mut cmd = Command::new(agent_guard_bin());
+        if let Some(soft) = opts.nofile_soft {
+            // SAFETY: only setrlimit between fork and exec.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    let (_, hard) =
+                        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        soft.min(hard),
+                        hard,
+                    )?;
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
             .arg("--socket")
             .arg(&socket)
             .arg("daemon")

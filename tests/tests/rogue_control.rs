@@ -127,7 +127,10 @@ fn an_agent_cannot_decide_or_change_enforcement() {
 
     let attempts: [(&str, Vec<&str>); 9] = [
         ("approve", vec!["approve", &id]),
-        ("approve", vec!["approve", &id, "--scope", "agent", "--for", "1h"]),
+        (
+            "approve",
+            vec!["approve", &id, "--scope", "agent", "--for", "1h"],
+        ),
         ("deny", vec!["deny", &id]),
         ("kill", vec!["kill", &id]),
         ("revoke", vec!["revoke", &grant_no]),
@@ -153,7 +156,11 @@ fn an_agent_cannot_decide_or_change_enforcement() {
 
     // Nothing was decided: still held, still there, grant still live.
     assert!(file.exists());
-    let out = d.cli().args(["pending", "--json"]).output().expect("pending");
+    let out = d
+        .cli()
+        .args(["pending", "--json"])
+        .output()
+        .expect("pending");
     let list: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert!(
         list.as_array()
@@ -210,7 +217,9 @@ fn an_agent_sees_only_its_own_holds_and_starts_no_runs() {
     let socket = d.socket.display().to_string();
     let out = d.run_agent(
         "bot",
-        &[&bin, "--socket", &socket, "run", "--agent", "other", "--", "true"],
+        &[
+            &bin, "--socket", &socket, "run", "--agent", "other", "--", "true",
+        ],
     );
     assert!(!out.status.success(), "a run inside a run");
     assert!(String::from_utf8_lossy(&out.stderr).contains("inside agent bot"));
@@ -227,7 +236,11 @@ fn an_agent_sees_only_its_own_holds_and_starts_no_runs() {
     stream
         .read_to_end(&mut got)
         .expect("the daemon hangs up on the agent");
-    assert!(got.is_empty(), "the sink sent the agent {} bytes", got.len());
+    assert!(
+        got.is_empty(),
+        "the sink sent the agent {} bytes",
+        got.len()
+    );
     helper.finish();
 
     // Outside every agent: a reader reads, a stranger does not.
@@ -253,7 +266,10 @@ fn an_agent_sees_only_its_own_holds_and_starts_no_runs() {
     for id in [&mine_id, &their_id] {
         ok(&d.cli().args(["deny", id]).output().expect("deny"));
     }
-    let _ = (mine_child.wait_with_output(), their_child.wait_with_output());
+    let _ = (
+        mine_child.wait_with_output(),
+        their_child.wait_with_output(),
+    );
 }
 
 /// A helper process that waits until told to exit.
@@ -318,7 +334,10 @@ fn receive_fd(sock: &UnixStream) -> std::os::fd::OwnedFd {
         msg.msg_iovlen = 1;
         msg.msg_control = space.as_mut_ptr().cast();
         msg.msg_controllen = space.len();
-        assert!(libc::recvmsg(sock.as_raw_fd(), &raw mut msg, 0) == 1, "recvmsg");
+        assert!(
+            libc::recvmsg(sock.as_raw_fd(), &raw mut msg, 0) == 1,
+            "recvmsg"
+        );
         let hdr = libc::CMSG_FIRSTHDR(&raw const msg);
         assert!(!hdr.is_null(), "no fd passed");
         let fd = std::ptr::read_unaligned(libc::CMSG_DATA(hdr).cast::<i32>());
@@ -352,8 +371,11 @@ fn an_agent_cannot_stop_or_reload_the_daemon_by_signal() {
     // Still up and answering, still enforcing, nothing reloaded.
     ok(&d.cli().arg("status").output().expect("status"));
     assert_connect_denied(&s.bot, s.denied_port);
-    assert!(!d.events().iter().any(|e| e["kind"] == "policy.reload"
-        || e["kind"] == "daemon.stop"));
+    assert!(
+        !d.events()
+            .iter()
+            .any(|e| e["kind"] == "policy.reload" || e["kind"] == "daemon.stop")
+    );
     let events = s.daemon.stop();
     let stop = events
         .iter()

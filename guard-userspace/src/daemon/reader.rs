@@ -10,7 +10,7 @@ use tokio::io::unix::AsyncFd;
 use super::{
     Shared,
     holds::Release,
-    tasks::{Owned, Lease},
+    tasks::{Lease, Owned},
 };
 use crate::{
     events::{self, decode},

@@ -42,8 +42,7 @@ pub fn block() -> Result<()> {
 /// Undoes [`block`] for a child process between fork and exec
 /// (async-signal-safe): children must not inherit the blocked mask.
 pub fn unblock_in_child() -> std::io::Result<()> {
-    pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&handled()), None)
-        .map_err(std::io::Error::from)
+    pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&handled()), None).map_err(std::io::Error::from)
 }
 
 /// Who sent a signal.
