@@ -65,7 +65,7 @@ fn open_fds(pid: u32) -> usize {
 }
 
 #[test]
-fn an_unprivileged_flood_neither_stops_nor_weakens_the_daemon() {
+fn rogue_flood_neither_stops_nor_weakens_the_daemon() {
     let cg = TestCgroups::new("flood");
     let (denied, asked) = (Listener::v4(), Listener::v4());
     let policy = format!(

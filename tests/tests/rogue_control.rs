@@ -105,7 +105,7 @@ fn ok(out: &std::process::Output) {
 /// decide, kill, revoke, reload, retire, freeze and thaw: all refused; the
 /// hold is still pending and the file still there.
 #[test]
-fn an_agent_cannot_decide_or_change_enforcement() {
+fn rogue_agent_cannot_decide_or_change_enforcement() {
     let s = start("rogue-decide");
     let d = &s.daemon;
     let file = s.scratch.file("prod/db.sqlite");
@@ -184,7 +184,7 @@ fn an_agent_cannot_decide_or_change_enforcement() {
 /// Inside an agent: its own pending holds only; every other read refused;
 /// no run of any agent, not even its own.
 #[test]
-fn an_agent_sees_only_its_own_holds_and_starts_no_runs() {
+fn rogue_agent_sees_only_its_own_holds_and_starts_no_runs() {
     let s = start("rogue-read");
     let d = &s.daemon;
     let mine = s.scratch.file("prod/mine");
@@ -348,7 +348,7 @@ fn receive_fd(sock: &UnixStream) -> std::os::fd::OwnedFd {
 /// SIGTERM and SIGHUP to the daemon from inside an agent: refused; the
 /// daemon keeps serving and enforcing. A SIGTERM from outside still stops it.
 #[test]
-fn an_agent_cannot_stop_or_reload_the_daemon_by_signal() {
+fn rogue_agent_cannot_stop_or_reload_the_daemon_by_signal() {
     let s = start("rogue-signal");
     let d = &s.daemon;
     let pid = d.pid().to_string();

@@ -105,11 +105,13 @@ fn register_hold(
             .and_then(|v| v.get(b))
             .and_then(serde_json::Value::as_u64)
     };
-    let (Some(id), Some(tid), Some(pid)) = (
-        num("hold", "id"),
-        num("process", "tid"),
-        num("process", "pid"),
-    ) else {
+    let id = body
+        .get("hold")
+        .and_then(|h| h.get("id"))
+        .and_then(serde_json::Value::as_str)
+        .and_then(|id| id.parse::<u64>().ok());
+    let (Some(id), Some(tid), Some(pid)) = (id, num("process", "tid"), num("process", "pid"))
+    else {
         tracing::error!("held record without hold id or thread");
         return;
     };
