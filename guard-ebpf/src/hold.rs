@@ -102,6 +102,7 @@ impl Call {
 
     /// The second path of a two-path operation (a rename's destination).
     #[inline(always)]
+    #[expect(dead_code, reason = "for the two-path hooks (rename) being added")]
     pub fn second_path(&self, path: *const u8, len: usize) {
         self.copy_path(HOLD_SECOND_PATH, path, len);
     }
