@@ -6,7 +6,12 @@ use std::{net::SocketAddr, sync::Arc};
 use anyhow::{Context as _, Result};
 use tokio::net::TcpListener;
 
-use super::{Shared, tasks::Tasks};
+use super::{
+    Shared,
+    access::Caller,
+    approvals::{self, ScopeRequest},
+    tasks::Tasks,
+};
 use crate::{metrics, notify, policy::Policy, web};
 
 pub struct Surfaces {
@@ -78,9 +83,11 @@ impl Surfaces {
             let first = Arc::new(parking_lot::Mutex::new(Some(listener)));
             let (addr, tokens) = (self.web_addr, Arc::new(tokens));
             let shared = shared.clone();
+            let backend: Arc<dyn web::Backend> = Arc::new(PageBackend(shared.clone()));
             tasks.keep("web page", move || {
-                let (first, shared, tokens) = (first.lock().take(), shared.clone(), tokens.clone());
-                async move { web::serve(listen(first, addr).await?, shared, tokens).await }
+                let (first, backend, tokens) =
+                    (first.lock().take(), backend.clone(), tokens.clone());
+                async move { web::serve(listen(first, addr).await?, backend, tokens).await }
             });
         }
         if !self.hooks.is_empty() {
@@ -101,5 +108,52 @@ async fn listen(first: Option<TcpListener>, addr: Option<SocketAddr>) -> Result<
             .await
             .with_context(|| format!("listening again on {addr}")),
         (None, None) => anyhow::bail!("no address to listen on again"),
+    }
+}
+
+/// The page's narrow handle on the daemon.
+struct PageBackend(Arc<Shared>);
+
+impl web::Backend for PageBackend {
+    fn pending(&self) -> Vec<serde_json::Value> {
+        self.0.holds.pending()
+    }
+
+    fn grants(&self) -> Vec<serde_json::Value> {
+        self.0.grants.list()
+    }
+
+    fn decide(
+        &self,
+        who: &Caller,
+        id: &str,
+        approve: bool,
+        reason: Option<String>,
+        scope: ScopeRequest,
+    ) -> Result<serde_json::Value> {
+        approvals::decide(&self.0, who, id, approve, reason, scope)
+    }
+
+    fn kill(&self, who: &Caller, hold: String) -> Result<serde_json::Value> {
+        approvals::kill(&self.0, who, Some(hold), None)
+    }
+
+    fn revoke(&self, who: &Caller, grant: u32) -> Result<serde_json::Value> {
+        approvals::revoke(&self.0, who, grant)
+    }
+
+    fn refuse(&self, source: &str, control: serde_json::Value) {
+        self.0.refusals.report(source, control);
+    }
+
+    fn events(&self) -> tokio::sync::mpsc::Receiver<crate::events::sinks::Line> {
+        crate::events::with(&self.0.emitter, |e| {
+            e.subscribe(
+                "web",
+                None,
+                crate::policy::sink::Format::V1,
+                crate::events::sinks::stream::SUBSCRIBER_QUEUE,
+            )
+        })
     }
 }
