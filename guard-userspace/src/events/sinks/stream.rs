@@ -2,7 +2,7 @@
 //! --follow` on the control socket, is a subscriber with its own bounded
 //! queue. A reader that stops reading loses lines (counted and reported as
 //! `loss` events), never holds anything else up.
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc};
 
 use anyhow::Result;
 use tokio::{
@@ -91,10 +91,6 @@ pub trait Gate: Send + Sync {
     fn admit(&self, stream: &UnixStream, sink: &str) -> Option<Box<dyn Send>>;
 }
 
-/// A reader that does not take a line within this is dropped; what it
-/// missed until then is reported as its losses.
-const WRITE: Duration = Duration::from_secs(10);
-
 /// Serves a unix sink: every admitted connection gets the stream from now
 /// on. A failed accept is waited out, never fatal.
 pub async fn serve(
@@ -112,10 +108,11 @@ pub async fn serve(
         let mut rx = crate::events::with(&emitter, |e| e.subscribe(&name, None, format, queue));
         tokio::spawn(async move {
             let _held = held;
+            // A reader that stops reading keeps its place: its bounded
+            // queue drops what it cannot take, reported as losses.
             while let Some(line) = rx.recv().await {
-                match tokio::time::timeout(WRITE, stream.write_all(&line.bytes)).await {
-                    Ok(Ok(())) => {}
-                    _ => break,
+                if stream.write_all(&line.bytes).await.is_err() {
+                    break;
                 }
             }
         });
