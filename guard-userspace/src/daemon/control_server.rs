@@ -60,15 +60,21 @@ pub struct SinkGate {
 impl events::sinks::stream::Gate for SinkGate {
     fn admit(&self, stream: &UnixStream, sink: &str) -> Option<Box<dyn Send>> {
         let (_, caller, slot) = admit(&self.shared, &self.limits, stream, sink)?;
-        caller
-            .require(
-                &self.shared,
-                Need::Reader,
-                "subscribe",
-                Some(("target", sink.into())),
-            )
-            .ok()?;
+        let subject = Some(("target", sink.into()));
+        if let Err(err) = caller.require(&self.shared, Need::Reader, "subscribe", subject) {
+            say_once(stream, &format!("{err:#}"));
+            return None;
+        }
         Some(Box::new(slot))
+    }
+}
+
+/// An error reply to a connection about to be closed, written once without
+/// waiting: a peer that does not read loses it.
+fn say_once(stream: &UnixStream, error: &str) {
+    if let Ok(mut line) = serde_json::to_vec(&Reply::err(error)) {
+        line.push(b'\n');
+        let _ = stream.try_write(&line);
     }
 }
 
@@ -96,10 +102,12 @@ pub fn admit(
     match limits.admit(&caller.source(), pool) {
         Ok(slot) => Some((peer, caller, slot)),
         Err(full) => {
+            let reason = format!("connection refused: {full}");
+            say_once(stream, &reason);
             shared.refusals.report(
                 &caller.source(),
                 json!({"op": "connect", "target": socket, "by": caller.by_json(),
-                       "reason": format!("connection refused: {full}")}),
+                       "reason": reason}),
             );
             None
         }
