@@ -17,6 +17,7 @@ fn categories(kind: &str) -> (&'static [&'static str], &'static [&'static str]) 
         "daemon.task" => (&["process"], &["change"]),
         "policy.reload" | "agent.mode" => (&["configuration"], &["change"]),
         "control.refused" => (&["iam"], &["denied"]),
+        "agent.escape" | "guard.tamper" => (&["process", "intrusion_detection"], &["denied"]),
         _ => (&["host"], &["info"]),
     }
 }
