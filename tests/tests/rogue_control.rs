@@ -358,16 +358,33 @@ fn rogue_agent_cannot_stop_or_reload_the_daemon_by_signal() {
         // The sender stays until its refusal is seen, so it is identified
         // (a sender already reaped would be refused too, unnamed).
         let mut cmd = Command::new("sh");
-        cmd.args(["-c", &format!("kill -{sig} {pid} && read _")]);
-        let sender = placed(&s.bot, cmd)
+        cmd.args(["-c", &format!("kill -{sig} {pid}; echo rc=$?; read _")]);
+        let mut sender = placed(&s.bot, cmd)
             .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .spawn()
             .expect("kill");
-        d.wait_event("control.refused", |e| {
-            e["control"]["op"] == op
-                && e["control"]["by"]["agent"] == "bot"
-                && e["control"]["target"] == format!("SIG{sig}")
-        });
+        let mut rc = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(sender.stdout.take().expect("stdout")),
+            &mut rc,
+        )
+        .expect("rc line");
+        if rc.trim() == "rc=0" {
+            // Delivered (no BPF LSM to refuse it in the kernel): the daemon
+            // itself refuses to act on it.
+            d.wait_event("control.refused", |e| {
+                e["control"]["op"] == op
+                    && e["control"]["by"]["agent"] == "bot"
+                    && e["control"]["target"] == format!("SIG{sig}")
+            });
+        } else {
+            // Refused in the kernel (self-defense's task_kill hook).
+            let daemon = u64::from(d.pid());
+            d.wait_event("guard.tamper", |e| {
+                e["target"]["what"] == "signal" && e["target"]["pid"] == daemon
+            });
+        }
         Helper(sender).finish();
     }
     // Still up and answering, still enforcing, nothing reloaded.
