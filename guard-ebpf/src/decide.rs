@@ -4,7 +4,7 @@ use aya_ebpf::helpers::generated::bpf_get_current_task;
 use guard_common::{CALL_IO_URING, Outcome, PF_IO_WORKER, Rung, Verdict};
 
 use crate::{
-    hold::{self, Hold},
+    hold::{self, Call, Hold},
     identity::Agent,
     offsets::{off, read_u32},
 };
@@ -20,7 +20,7 @@ pub enum Decision {
 }
 
 /// What to report about a call; None when it was already reported (a held
-/// call restarting into its decision, or an early SIGCONT).
+/// call restarted early by a SIGCONT, still undecided).
 #[derive(Clone, Copy)]
 pub struct Report {
     pub outcome: Outcome,
@@ -62,21 +62,32 @@ pub fn in_io_worker() -> bool {
 }
 
 /// Climbs the ladder for `agent`'s call with the policy's `verdict` from
-/// `rule_id`, looking up a grant with `grant` only when it may apply (an
-/// `ask` that is not a held call coming back for its decision).
+/// `rule_id`. Only for an `ask`: `call` describes the call as a hold binds
+/// it (hold.rs; None if it cannot be described, which refuses it), and
+/// `grant` looks up a covering grant, unless this is the thread's held
+/// call coming back for its decision.
 #[inline(always)]
-pub fn climb<G: FnOnce() -> u32>(
+pub fn climb<C: FnOnce() -> Option<Call>, G: FnOnce() -> u32>(
     agent: &Agent,
     verdict: u8,
     rule_id: u32,
+    call: C,
     grant: G,
     by: HoldBy,
 ) -> Climbed {
-    let judged = guard_common::ladder(agent.entry.mode, verdict, rule_id, || {
-        if hold::in_progress() { 0 } else { grant() }
-    });
     // Every io_uring call says so in its event, whatever the verdict.
     let io_uring = in_io_worker();
+    let holdable = !io_uring && by != HoldBy::Never;
+    let mut held_call = None;
+    let judged = guard_common::ladder(agent.entry.mode, verdict, rule_id, || {
+        if holdable {
+            held_call = call();
+            if held_call.as_ref().is_some_and(Call::held) {
+                return 0;
+            }
+        }
+        grant()
+    });
     let flags = if io_uring { CALL_IO_URING } else { 0 };
     let report = |outcome, hold_id, grant_id| {
         Some(Report {
@@ -87,24 +98,30 @@ pub fn climb<G: FnOnce() -> u32>(
             flags,
         })
     };
-    let (decision, report) = match judged.rung {
-        Rung::Audit => (Decision::Allow, report(Outcome::Audited, 0, 0)),
-        Rung::Allow => (Decision::Allow, report(Outcome::Allowed, 0, 0)),
-        Rung::Grant(id) => (Decision::Allow, report(Outcome::Allowed, 0, id)),
-        Rung::Deny => (Decision::Deny, report(Outcome::Denied, 0, 0)),
-        // Verdict ask, outcome denied, and the io_uring flag: the event says
-        // why (events/calls.rs words it).
-        Rung::Hold if io_uring || by == HoldBy::Never => {
-            (Decision::Deny, report(Outcome::Denied, 0, 0))
-        }
-        Rung::Hold => match hold::hold(by == HoldBy::StopNow) {
+    let (decision, report) = match (judged.rung, held_call) {
+        (Rung::Audit, _) => (Decision::Allow, report(Outcome::Audited, 0, 0)),
+        (Rung::Allow, _) => (Decision::Allow, report(Outcome::Allowed, 0, 0)),
+        (Rung::Grant(id), _) => (Decision::Allow, report(Outcome::Allowed, 0, id)),
+        (Rung::Deny, _) => (Decision::Deny, report(Outcome::Denied, 0, 0)),
+        // Not holdable (io_uring, or a hook that never holds), or no
+        // scratch to describe the call: verdict ask, outcome denied; with
+        // the io_uring flag the event says why (events/calls.rs words it).
+        (Rung::Hold, None) => (Decision::Deny, report(Outcome::Denied, 0, 0)),
+        (Rung::Hold, Some(call)) => match hold::hold(by == HoldBy::StopNow, &call) {
             Hold::Started { hold_id } => (Decision::Hold, report(Outcome::Held, hold_id, 0)),
             // Restarted early by someone else's SIGCONT: stopped again, and
             // the hold was already reported.
             Hold::StillPending => (Decision::Hold, None),
-            // The daemon reported the decision (hold.decision).
-            Hold::Decided { allow: true } => (Decision::Allow, None),
-            Hold::Decided { allow: false } => (Decision::Deny, None),
+            // The held call itself, decided: its own event, with the
+            // hold's id, says what actually ran.
+            Hold::Decided {
+                allow: true,
+                hold_id,
+            } => (Decision::Allow, report(Outcome::Allowed, hold_id, 0)),
+            Hold::Decided {
+                allow: false,
+                hold_id,
+            } => (Decision::Deny, report(Outcome::Denied, hold_id, 0)),
             // Could not hold: fail closed, reported as denied.
             Hold::Failed => (Decision::Deny, report(Outcome::Denied, 0, 0)),
         },

@@ -60,11 +60,11 @@ pub fn judged_header(kind: EventKind, agent: &Agent, report: &Report, rule_id: u
     h
 }
 
-/// Holds and denials wake the reader now (on-call waits for them);
-/// allowed and audited calls ride the batch.
+/// Holds, denials and decided holds wake the reader now (on-call waits
+/// for them); allowed and audited calls ride the batch.
 #[inline(always)]
 pub fn urgent(report: &Report) -> bool {
-    !matches!(report.outcome, Outcome::Allowed | Outcome::Audited)
+    report.hold_id != 0 || !matches!(report.outcome, Outcome::Allowed | Outcome::Audited)
 }
 
 /// Submits `record`, or counts it as lost. `urgent` records (decisions a

@@ -102,6 +102,7 @@ fn judge_one(kind: EventKind, agent: &Agent, s: &Scratch, built: Built) -> Decis
         agent,
         verdict,
         rule_id,
+        || paths::held_call(kind, s, SLOT_A, built),
         || path_grant(agent, s, SLOT_A, built),
         HoldBy::StopNow,
     );

@@ -51,7 +51,14 @@ pub fn try_mount(previous: i32, op: MountOp) -> Result<Decision, GuardError> {
     } else {
         Verdict::Deny
     };
-    let climbed = decide::climb(&agent, verdict.raw(), RULE_DEFAULT, || 0, HoldBy::Never);
+    let climbed = decide::climb(
+        &agent,
+        verdict.raw(),
+        RULE_DEFAULT,
+        || None,
+        || 0,
+        HoldBy::Never,
+    );
     let Some(report) = climbed.report else {
         return Ok(climbed.decision);
     };

@@ -17,7 +17,9 @@ use guard_common::{
 
 use crate::{
     decide::{self, Decision, HoldBy},
-    emit, grant, identity,
+    emit, grant,
+    hold::Call,
+    identity,
     maps::NET_RULES,
 };
 
@@ -90,6 +92,7 @@ pub fn try_connect(
         &agent,
         verdict,
         rule_id,
+        || Call::connect(kind.raw(), &addr, port),
         || grant::for_destination(agent.entry.agent_id, &addr, port).unwrap_or(0),
         HoldBy::StopAtExit,
     );

@@ -11,6 +11,7 @@ use guard_common::{
 };
 
 use crate::{
+    hold::Call,
     maps::{KeyBuf, SCRATCH, Scratch},
     offsets::{self, off, read_u64},
     path_walk::{self, WALK_DEEP},
@@ -47,6 +48,13 @@ pub fn key(s: &Scratch, slot: usize) -> &aya_ebpf::maps::lpm_trie::Key<PathKey> 
     // SAFETY: KeyBuf starts with the exact layout of Key<PathKey> (prefix
     // length, agent id, path bytes) and is larger than it.
     unsafe { &*k.cast::<aya_ebpf::maps::lpm_trie::Key<PathKey>>() }
+}
+
+/// The call on the path in `slot` as a hold binds it (the rule-lookup
+/// path, as hold.rs compares it).
+#[inline(always)]
+pub fn held_call(kind: guard_common::EventKind, s: &Scratch, slot: usize, built: Built) -> Option<Call> {
+    Call::path(kind.raw(), s.keys[slot & 1].path.as_ptr(), built.len)
 }
 
 #[inline(always)]

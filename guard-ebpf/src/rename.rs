@@ -25,6 +25,7 @@ use crate::{
     decide::{self, Decision, HoldBy, Report},
     emit,
     fs::{GuardError, agent_and_scratch, path_grant, path_rule},
+    hold::Call,
     identity::Agent,
     maps::{EVENTS, SLOT_A, SLOT_B, SUBTREE_RULES, Scratch},
     offsets::{off, read_u64},
@@ -90,6 +91,7 @@ pub fn try_rename<const WALK: bool>(ctx: &LsmContext) -> Result<Decision, GuardE
         &agent,
         verdict,
         rule_id,
+        || pair_call(EventKind::FileRename, s, (src, dst)),
         || path_grant(&agent, s, slot, decided),
         HoldBy::StopNow,
     );
@@ -128,6 +130,7 @@ pub fn try_link<const WALK: bool>(ctx: &LsmContext) -> Result<Decision, GuardErr
         &agent,
         verdict,
         rule_id,
+        || pair_call(EventKind::FileLink, s, (src, dst)),
         || path_grant(&agent, s, SLOT_A, src),
         HoldBy::StopNow,
     );
@@ -143,6 +146,15 @@ pub fn try_link<const WALK: bool>(ctx: &LsmContext) -> Result<Decision, GuardErr
         );
     }
     Ok(climbed.decision)
+}
+
+/// A two-path call as a hold binds it: both paths, so an approval of
+/// `mv a b` does not let the restarted thread do `mv a c`.
+#[inline(always)]
+fn pair_call(kind: EventKind, s: &Scratch, (src, dst): (Built, Built)) -> Option<Call> {
+    let call = paths::held_call(kind, s, SLOT_A, src)?;
+    call.second_path(s.keys[SLOT_B].path.as_ptr(), dst.len);
+    Some(call)
 }
 
 #[inline(always)]

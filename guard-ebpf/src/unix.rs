@@ -76,6 +76,7 @@ fn judge(kind: EventKind, agent: &Agent, s: &Scratch, peer: Peer, by: HoldBy) ->
         agent,
         verdict,
         rule_id,
+        || paths::held_call(kind, s, SLOT_A, built),
         || grant::for_agent(agent.entry.agent_id).unwrap_or(0),
         by,
     );

@@ -3,8 +3,10 @@
 //! mount family and io_uring. The same policy matchers the kernel maps are
 //! checked against, the same decision ladder (guard_common::ladder), the
 //! same event shapes as the LSM backend (events/calls.rs).
-use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc, time::Duration};
 
+use parking_lot::Mutex;
+use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use guard_common::{Outcome, Rung, Verdict};
@@ -31,7 +33,13 @@ pub struct SessionDecider {
     /// The filter of this run left the mount family (io_uring_setup) out:
     /// its policy allowed them when it started.
     started_with: crate::supervise::FilterOptions,
+    /// Held calls by notification id, for the event of the call itself
+    /// once it is decided.
+    held: Arc<Mutex<HashMap<u64, HeldCall>>>,
 }
+
+/// A held call's hold id and event body.
+type HeldCall = (u64, Map<String, Value>);
 
 /// What the policy says about a call, before the mode and the ladder.
 struct Policy<'a> {
@@ -65,6 +73,7 @@ impl SessionDecider {
             session_cgroup,
             session,
             started_with,
+            held: Arc::default(),
         }
     }
 
@@ -231,6 +240,7 @@ impl SessionDecider {
                 drop(registry);
                 let (tx, rx) = oneshot::channel();
                 let id = hold_id();
+                self.held.lock().insert(req.notif_id, (id, body.clone()));
                 self.shared.holds.register(
                     &self.shared,
                     id,
@@ -288,6 +298,9 @@ impl SessionDecider {
             && held("new_path").as_deref() == req.second.as_ref().map(|s| s.path.as_str());
         if same {
             tracing::info!(hold, path = %req.object.path, "a call held before the restart waits again");
+            let mut body = event;
+            body.remove("hold");
+            self.held.lock().insert(req.notif_id, (hold, body));
             return Judged::Held(rx);
         }
         self.shared.holds.decide(
@@ -305,6 +318,19 @@ impl SessionDecider {
         );
         Judged::Now(Decision::Deny)
     }
+}
+
+/// The event of a held call itself, run (`allowed`) or failed (`denied`)
+/// on its decision.
+fn emit_held_call(
+    emitter: &events::SharedEmitter,
+    hold: u64,
+    mut body: Map<String, Value>,
+    outcome: &str,
+) {
+    body.insert("outcome".into(), outcome.into());
+    body.insert("hold".into(), serde_json::json!({ "id": hold.to_string() }));
+    events::emit_now(emitter, Value::Object(body));
 }
 
 enum Judged {
@@ -328,21 +354,35 @@ impl Decide for SessionDecider {
             Judged::Now(decision) => Box::pin(async move { (req, decision) }),
             // The agent's thread waits in the kernel meanwhile. A dropped
             // sender (daemon shutting down) denies: fail closed.
-            Judged::Held(rx) => Box::pin(async move {
-                let allow = rx.await.unwrap_or(false);
-                (
-                    req,
-                    if allow {
-                        Decision::Allow
-                    } else {
-                        Decision::Deny
-                    },
-                )
-            }),
+            Judged::Held(rx) => {
+                let (held, emitter) = (self.held.clone(), self.shared.emitter.clone());
+                Box::pin(async move {
+                    let allow = rx.await.unwrap_or(false);
+                    if !allow {
+                        // The held call fails now (EPERM): its own event says so.
+                        if let Some((id, body)) = held.lock().remove(&req.notif_id) {
+                            emit_held_call(&emitter, id, body, "denied");
+                        }
+                    }
+                    (
+                        req,
+                        if allow {
+                            Decision::Allow
+                        } else {
+                            Decision::Deny
+                        },
+                    )
+                })
+            }
         }
     }
 
     fn performed(&self, req: &Request, result: Result<(), i32>) {
+        // A held call, approved and now performed: its own event, with the
+        // hold's id, says what actually ran.
+        if let Some((id, body)) = self.held.lock().remove(&req.notif_id) {
+            emit_held_call(&self.shared.emitter, id, body, "allowed");
+        }
         if let Err(errno) = result {
             tracing::debug!(path = %req.object.path, errno, op = ?req.op, "an allowed call failed on its own");
         }
