@@ -6,7 +6,7 @@ use aya_ebpf::{
         generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
     },
 };
-use guard_common::{EventHeader, EventKind, LossReason, Outcome};
+use guard_common::{EventHeader, EventKind, LossReason, Outcome, Verdict};
 
 use crate::{
     decide::Report,
@@ -65,6 +65,18 @@ pub fn judged_header(kind: EventKind, agent: &Agent, report: &Report, rule_id: u
 #[inline(always)]
 pub fn urgent(report: &Report) -> bool {
     report.hold_id != 0 || !matches!(report.outcome, Outcome::Allowed | Outcome::Audited)
+}
+
+/// Whether a call of `kind` with this report makes an event. Every call
+/// does, except a datagram the policy simply allows: datagrams are judged
+/// per message, not per flow (a DNS or QUIC client, or syslog on a unix
+/// socket, sends thousands), so only refused, held, granted, decided and
+/// audit-mode ones are reported. Connects are reported whatever the
+/// outcome.
+#[inline(always)]
+pub fn reported(kind: EventKind, report: &Report) -> bool {
+    let datagram = matches!(kind, EventKind::NetSend | EventKind::NetUnixSend);
+    !(datagram && report.verdict == Verdict::Allow.raw() && report.hold_id == 0)
 }
 
 /// Submits `record`, or counts it as lost. `urgent` records (decisions a

@@ -96,7 +96,7 @@ pub fn try_connect(
         || grant::for_destination(agent.entry.agent_id, &addr, port).unwrap_or(0),
         HoldBy::StopAtExit,
     );
-    let Some(report) = climbed.report else {
+    let Some(report) = climbed.report.filter(|r| emit::reported(kind, r)) else {
         return Ok(climbed.decision);
     };
     let record = ConnectRecord {

@@ -53,7 +53,12 @@ pub fn key(s: &Scratch, slot: usize) -> &aya_ebpf::maps::lpm_trie::Key<PathKey> 
 /// The call on the path in `slot` as a hold binds it (the rule-lookup
 /// path, as hold.rs compares it).
 #[inline(always)]
-pub fn held_call(kind: guard_common::EventKind, s: &Scratch, slot: usize, built: Built) -> Option<Call> {
+pub fn held_call(
+    kind: guard_common::EventKind,
+    s: &Scratch,
+    slot: usize,
+    built: Built,
+) -> Option<Call> {
     Call::path(kind.raw(), s.keys[slot & 1].path.as_ptr(), built.len)
 }
 

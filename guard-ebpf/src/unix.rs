@@ -28,6 +28,7 @@ use guard_common::{
 
 use crate::{
     decide::{self, Decision, HoldBy},
+    emit,
     fs::{GuardError, agent_and_scratch, emit_file},
     grant,
     identity::Agent,
@@ -80,7 +81,7 @@ fn judge(kind: EventKind, agent: &Agent, s: &Scratch, peer: Peer, by: HoldBy) ->
         || grant::for_agent(agent.entry.agent_id).unwrap_or(0),
         by,
     );
-    if let Some(mut report) = climbed.report {
+    if let Some(mut report) = climbed.report.filter(|r| emit::reported(kind, r)) {
         report.flags |= flags;
         emit_file(kind, agent, &report, rule_id, s, built);
     }
