@@ -53,8 +53,8 @@ pub fn labels(out: &Output) -> HashMap<String, i32> {
 /// io_uring without liburing: setup, one submission queue entry per
 /// operation, wait for its completion, print "label res" (the CQE's result:
 /// 0 or -errno). If io_uring_setup fails, prints "setup errno" and exits.
-/// Operations (argv): unlink:PATH, rename:OLD:NEW, link:OLD:NEW,
-/// trunc:PATH (openat O_WRONLY|O_TRUNC).
+/// Operations (argv): unlink:PATH, rename:OLD:NEW, exchange:OLD:NEW
+/// (RENAME_EXCHANGE), link:OLD:NEW, trunc:PATH (openat O_WRONLY|O_TRUNC).
 pub const PY_IO_URING: &str = r#"
 import ctypes, mmap, os, struct, sys
 u32, u64 = ctypes.c_uint32, ctypes.c_uint64
@@ -102,6 +102,8 @@ for arg in sys.argv[1:]:
         res = submit(36, AT_FDCWD, c(a[0]))
     elif op == "rename":  # IORING_OP_RENAMEAT: len = new dirfd, off = new path
         res = submit(35, AT_FDCWD, c(a[0]), length=AT_FDCWD & 0xffffffff, off=c(a[1]))
+    elif op == "exchange":  # IORING_OP_RENAMEAT with RENAME_EXCHANGE
+        res = submit(35, AT_FDCWD, c(a[0]), length=AT_FDCWD & 0xffffffff, off=c(a[1]), op_flags=2)
     elif op == "link":    # IORING_OP_LINKAT
         res = submit(39, AT_FDCWD, c(a[0]), length=AT_FDCWD & 0xffffffff, off=c(a[1]))
     elif op == "trunc":   # IORING_OP_OPENAT with O_WRONLY|O_TRUNC

@@ -18,6 +18,10 @@ fn doctor_names_what_this_kernel_refuses_and_the_backends() {
     );
     // Every door a kernel cannot close is named, under one heading.
     assert!(text.contains("doors this kernel cannot close:"), "{text}");
+    assert!(
+        text.contains("raw and packet sockets (SOCK_RAW, AF_PACKET)"),
+        "{text}"
+    );
     if text.contains("[ ok ] LSM programs") {
         // A kernel with BPF LSM: file operations are guarded host-wide,
         // io_uring's included, and unix sockets by their real path.

@@ -52,7 +52,9 @@ fn rogue_renames_and_links_cannot_move_a_protected_file_away() {
     let f = s.file("vault/f");
     let e = s.file("vault/e");
     s.file("box/inner/x");
-    s.file("work/junk");
+    // Its own content, so a swap or replacement would show in vault/.
+    let junk = s.file("work/junk");
+    fs::write(&junk, "junk").expect("write junk");
     s.file("work/a");
     s.dir("elsewhere");
     let script = format!(
@@ -60,6 +62,9 @@ fn rogue_renames_and_links_cannot_move_a_protected_file_away() {
 t("dir_away", lambda: os.rename({vault:?}, {away:?}))
 t("file_away", lambda: os.rename({f:?}, {away_f:?}))
 t("replace", lambda: os.rename({junk:?}, {e:?}))
+# renameat2(AT_FDCWD, junk, AT_FDCWD, vault/f, RENAME_EXCHANGE): a swap
+# moves the protected file out to where junk was.
+t("exchange", lambda: sys_(316, -100, {junk:?}.encode(), -100, {f:?}.encode(), 2))
 t("parent", lambda: os.rename({boxd:?}, {box2:?}))
 t("link", lambda: os.link({f:?}, {alias:?}))
 t("allowed", lambda: os.rename({a:?}, {a2:?}))
@@ -78,7 +83,14 @@ t("allowed", lambda: os.rename({a:?}, {a2:?}))
     );
     let (r, out) = run_py(&daemon, "rogue", &script);
     let err = String::from_utf8_lossy(&out.stderr);
-    for door in ["dir_away", "file_away", "replace", "parent", "link"] {
+    for door in [
+        "dir_away",
+        "file_away",
+        "replace",
+        "exchange",
+        "parent",
+        "link",
+    ] {
         assert_eq!(r.get(door), Some(&libc::EPERM), "{door}: {r:?} {err}");
     }
     assert_eq!(
@@ -86,12 +98,13 @@ t("allowed", lambda: os.rename({a:?}, {a2:?}))
         Some(&0),
         "a rename inside an allowed tree: {err}"
     );
-    assert_eq!(content(&f), "data");
+    assert_eq!(content(&f), "data", "moved away or swapped");
     assert_eq!(
         content(&e),
         "data",
         "a rename over a protected file left it"
     );
+    assert_eq!(content(&junk), "junk");
     assert!(s.path("box/inner/x").exists() && !s.path("work/alias").exists());
     assert!(s.path("work/a2").exists());
 
@@ -99,9 +112,21 @@ t("allowed", lambda: os.rename({a:?}, {a2:?}))
     assert_eq!(ev["target"]["new_path"], s.s("elsewhere/vault"));
     assert_eq!(ev["target"]["decided_by"], "source");
     assert_eq!(ev["rule"]["match"], s.s("vault"));
-    let ev = denied(&daemon, "file.rename", &s.s("work/junk"));
+    let over = |new: &str| {
+        daemon.wait_event("file.rename", |e| {
+            e["target"]["path"] == s.s("work/junk")
+                && e["target"]["new_path"] == s.s(new)
+                && e["outcome"] == "denied"
+        })
+    };
+    let ev = over("vault/e");
     assert_eq!(ev["target"]["decided_by"], "destination", "{ev}");
     assert_eq!(ev["target"]["replaces"], true);
+    assert_eq!(ev["target"]["exchange"], false, "{ev}");
+    let ev = over("vault/f");
+    assert_eq!(ev["target"]["decided_by"], "destination", "{ev}");
+    assert_eq!(ev["target"]["exchange"], true, "{ev}");
+    assert_eq!(ev["rule"]["match"], s.s("vault"));
     let ev = denied(&daemon, "file.rename", &s.s("box"));
     assert_eq!(
         ev["rule"]["match"],
@@ -176,10 +201,14 @@ fn rogue_io_uring_cannot_reach_a_protected_file() {
     let h = s.file("vault/h");
     let k = s.file("held/k");
     let ok = s.file("work/ok");
+    let swap = s.file("work/swap");
+    fs::write(&swap, "swap").expect("write swap");
     let ops = [
         format!("unlink:{}", s.s("vault/h")),
         format!("rename:{}:{}", s.s("vault/h"), s.s("work/h")),
         format!("trunc:{}", s.s("vault/h")),
+        format!("exchange:{}:{}", s.s("work/swap"), s.s("vault/h")),
+        format!("link:{}:{}", s.s("vault/h"), s.s("work/hl")),
         format!("unlink:{}", s.s("held/k")),
         format!("unlink:{}", s.s("work/ok")),
     ];
@@ -197,7 +226,8 @@ fn rogue_io_uring_cannot_reach_a_protected_file() {
         return;
     }
     assert_eq!(r.get("setup"), Some(&0), "{err}");
-    // One line per op, in order: unlink, rename, trunc, unlink (held), unlink.
+    // One line per op, in order: unlink, rename, trunc, exchange, link,
+    // unlink (held), unlink.
     let lines: Vec<(String, i32)> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .skip(1)
@@ -209,7 +239,15 @@ fn rogue_io_uring_cannot_reach_a_protected_file() {
     let res: Vec<i32> = lines.iter().map(|(_, r)| *r).collect();
     assert_eq!(
         res,
-        [-libc::EPERM, -libc::EPERM, -libc::EPERM, -libc::EPERM, 0],
+        [
+            -libc::EPERM,
+            -libc::EPERM,
+            -libc::EPERM,
+            -libc::EPERM,
+            -libc::EPERM,
+            -libc::EPERM,
+            0
+        ],
         "no -513 may reach a completion: {lines:?}"
     );
     assert!(!ok.exists(), "an allowed io_uring unlink works");
@@ -226,6 +264,13 @@ fn rogue_io_uring_cannot_reach_a_protected_file() {
     );
     denied(&daemon, "file.rename", &s.s("vault/h"));
     denied(&daemon, "file.truncate", &s.s("vault/h"));
+    let ev = denied(&daemon, "file.rename", &s.s("work/swap"));
+    assert_eq!(ev["target"]["exchange"], true, "{ev}");
+    assert_eq!(ev["via"], "io_uring");
+    let ev = denied(&daemon, "file.link", &s.s("vault/h"));
+    assert_eq!(ev["via"], "io_uring");
+    assert_eq!(content(&swap), "swap");
+    assert!(!s.path("work/hl").exists());
 }
 
 /// A bind mount, a moved mount, a new root or a chroot would give a

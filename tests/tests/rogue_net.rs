@@ -2,6 +2,11 @@
 //! without connect, and a root service asked over its unix socket to do
 //! what the agent may not. For each door: the destination unreached, the
 //! agent saw EPERM, an event says so; and the allowed form still works.
+use std::os::{
+    linux::net::SocketAddrExt as _,
+    unix::net::{SocketAddr, UnixDatagram},
+};
+
 use agent_guard_tests::*;
 
 fn start(test: &str, scratch: &Scratch, udp: (&UdpListener, &UdpListener, &UdpListener)) -> Daemon {
@@ -20,8 +25,8 @@ cgroup = "{cg}"
 
 [agent.connect]
 default = "deny"
-allow = ["127.0.0.1/32:{a}", "unix:{ok}"]
-deny = ["127.0.0.1/32:{d}", "unix:{helper}", "unix:@agtest-helper-{pid}"]
+allow = ["127.0.0.1/32:{a}", "unix:{ok}", "unix:{dgram_ok}"]
+deny = ["127.0.0.1/32:{d}", "unix:{helper}", "unix:@agtest-helper-{pid}", "unix:{dgram}"]
 ask = ["127.0.0.1/32:{h}"]
 
 [agent.delete]
@@ -34,6 +39,8 @@ deny = ["{vault}"]
         h = held.port,
         ok = scratch.s("sockets/ok.sock"),
         helper = scratch.s("sockets/helper.sock"),
+        dgram = scratch.s("sockets/dgram.sock"),
+        dgram_ok = scratch.s("sockets/dgram-ok.sock"),
         pid = std::process::id(),
         vault = scratch.s("vault"),
     );
@@ -114,9 +121,34 @@ t("allowed", lambda: u.sendto(b"marker", ("127.0.0.1", {a})))
     held.wait_for(b"asked");
 }
 
+/// A unix datagram socket bound by the test, drained without waiting.
+fn unix_dgram(addr: &str) -> UnixDatagram {
+    let sock = match addr.strip_prefix('@') {
+        Some(name) => {
+            let addr = SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract name");
+            UnixDatagram::bind_addr(&addr)
+        }
+        None => UnixDatagram::bind(addr),
+    }
+    .expect("bind unix datagram socket");
+    sock.set_nonblocking(true).expect("nonblocking");
+    sock
+}
+
+/// What arrived on `sock` so far (a unix datagram is queued at the
+/// receiver before sendto returns, so nothing is in flight).
+fn drained(sock: &UnixDatagram) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while let Ok(n) = sock.recv(&mut buf) {
+        got.push(buf[..n].to_vec());
+    }
+    got
+}
+
 /// A root helper on a unix socket would delete what the agent may not:
-/// the agent cannot reach it, by path or abstract name; an allowed socket
-/// still answers.
+/// the agent cannot reach it, by path or abstract name, by stream or
+/// datagram; an allowed socket still answers.
 #[test]
 fn rogue_root_helper_on_a_unix_socket_is_out_of_reach() {
     let scratch = Scratch::new("rogue-unix");
@@ -137,6 +169,27 @@ fn rogue_root_helper_on_a_unix_socket_is_out_of_reach() {
     let _abstract = UnixHelper::start(&abstract_name);
     let _ok = UnixHelper::start(&scratch.s("sockets/ok.sock"));
     let victim_path = victim.display().to_string();
+    let dgram = unix_dgram(&scratch.s("sockets/dgram.sock"));
+    let dgram_ok = unix_dgram(&scratch.s("sockets/dgram-ok.sock"));
+    let dgram_name = format!("agtest-dgram-{}", std::process::id());
+    let dgram_abstract = unix_dgram(&format!("@{dgram_name}"));
+    // Datagrams: sendto by path and by abstract name, and a connected
+    // datagram socket; then the allowed one, last.
+    let datagrams = format!(
+        r#"
+d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+t("dgram", lambda: d.sendto(b"secret", {path:?}))
+t("dgram_abstract", lambda: d.sendto(b"secret", "\0{dgram_name}"))
+def dgram_connected():
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    c.connect({path:?})
+    c.send(b"secret")
+t("dgram_connected", dgram_connected)
+t("dgram_ok", lambda: d.sendto(b"marker", {ok:?}))
+"#,
+        path = scratch.s("sockets/dgram.sock"),
+        ok = scratch.s("sockets/dgram-ok.sock"),
+    );
     let script = [
         py_ask_helper("helper", &scratch.s("sockets/helper.sock"), &victim_path),
         py_ask_helper("abstract", &abstract_name, &victim_path),
@@ -145,6 +198,7 @@ fn rogue_root_helper_on_a_unix_socket_is_out_of_reach() {
             &scratch.s("sockets/ok.sock"),
             &spare.display().to_string(),
         ),
+        datagrams,
     ]
     .concat();
     let (r, out) = run_py(&daemon, "rogue", &script);
@@ -162,6 +216,28 @@ fn rogue_root_helper_on_a_unix_socket_is_out_of_reach() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(victim.exists(), "the helper never got the request");
+    for door in ["dgram", "dgram_abstract", "dgram_connected"] {
+        assert_eq!(r.get(door), Some(&libc::EPERM), "{door}: {r:?} {err}");
+    }
+    assert_eq!(r.get("dgram_ok"), Some(&0), "{err}");
+    assert_eq!(drained(&dgram_ok), [b"marker".to_vec()]);
+    assert!(drained(&dgram).is_empty(), "a denied datagram arrived");
+    assert!(
+        drained(&dgram_abstract).is_empty(),
+        "a denied abstract datagram arrived"
+    );
+    let ev = daemon.wait_event("net.unix_send", |e| {
+        e["target"]["path"] == scratch.s("sockets/dgram.sock") && e["outcome"] == "denied"
+    });
+    assert_eq!(
+        ev["rule"]["match"],
+        format!("unix:{}", scratch.s("sockets/dgram.sock"))
+    );
+    let ev = daemon.wait_event("net.unix_send", |e| {
+        e["target"]["path"] == format!("@{dgram_name}").as_str()
+    });
+    assert_eq!(ev["outcome"], "denied");
+    assert_eq!(ev["target"]["abstract"], true);
     let ev = daemon.wait_event("net.unix_connect", |e| {
         e["target"]["path"] == scratch.s("sockets/helper.sock") && e["outcome"] == "denied"
     });

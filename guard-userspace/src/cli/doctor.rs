@@ -322,6 +322,14 @@ pub fn run(policy_path: Option<&Path>) -> Result<ExitCode> {
         println!("  file operations, mounts, io_uring: none available");
         open_doors.push("file operations, mounts and io_uring are not governed at all".into());
     }
+    // No cgroup hook sees what a raw or packet socket sends (sendmsg4/6
+    // run for UDP only), on any kernel.
+    open_doors.push(
+        "raw and packet sockets (SOCK_RAW, AF_PACKET): no hook of agent-guard judges what they \
+         send, so an agent with CAP_NET_RAW can reach a denied address; run agents without \
+         CAP_NET_RAW"
+            .into(),
+    );
     println!("doors this kernel cannot close:");
     if open_doors.is_empty() {
         println!("  none");
