@@ -1,5 +1,6 @@
 //! `cargo xtask`: set-up, test runners and the demo. Every verb that builds
 //! runs `setup` first, so a fresh machine needs nothing else.
+mod aptlock;
 mod bench;
 mod build;
 mod setup;

@@ -4,6 +4,8 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::aptlock;
+
 /// LLVM major version that bpf-linker must be built against: it has to match
 /// the LLVM inside the nightly rustc that compiles the eBPF crate.
 const LLVM_MAJOR: u32 = 22;
@@ -65,10 +67,27 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
         return Ok(());
     }
     eprintln!("setup: installing {} with apt-get", missing.join(" "));
-    run(Command::new("apt-get").args(["update", "-q"]))?;
+    apt_get(&["update", "-q"])?;
+    apt_get(
+        &["install", "-y", "-q", "--no-install-recommends"]
+            .into_iter()
+            .chain(missing)
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// apt-get, after another package manager run (an unattended upgrade, a
+/// second setup) has let go of its locks: waits, and says so, rather than
+/// failing. apt's own lock timeout covers a run that starts in between.
+fn apt_get(args: &[&str]) -> Result<()> {
+    aptlock::wait_free(aptlock::APT_LOCKS, aptlock::LOCK_WAIT, |s| eprintln!("{s}"))?;
     run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
+        .arg("-o")
+        .arg(format!(
+            "DPkg::Lock::Timeout={}",
+            aptlock::LOCK_WAIT.as_secs()
+        ))
+        .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
