@@ -389,3 +389,64 @@ fn one_subtree_approval_lets_rm_rf_finish_the_tree_and_revoke_ends_it() {
             .success()
     );
 }
+
+/// An agent's own `approval_timeout_secs` decides how long its calls wait,
+/// not [daemon]'s: a held connect (a kernel hold) and a held delete (the
+/// delete backend of this kernel) both expire on the agent's 1 s while the
+/// daemon would wait 300 s.
+#[test]
+fn an_agents_own_approval_timeout_expires_its_holds() {
+    let cg = TestCgroups::new("hold-agent-timeout");
+    let scratch = Scratch::new("hold-agent-timeout");
+    let l = Listener::v4();
+    let policy = format!(
+        r#"
+[daemon]
+approval_timeout_secs = 300
+
+[[agent]]
+name = "cleaner"
+owner = "ops@example.com"
+purpose = "hold tests"
+cgroup = "{}"
+approval_timeout_secs = 1
+
+[agent.connect]
+default = "allow"
+ask = ["127.0.0.1/32:{}"]
+
+[agent.delete]
+default = "allow"
+ask = ["{}"]
+"#,
+        cg.path("cleaner"),
+        l.port,
+        scratch.s("prod"),
+    );
+    let daemon = Daemon::start(&policy, cg);
+
+    let mut connect = spawn_connect(&daemon, "cleaner", "127.0.0.1", l.port);
+    let ev = daemon.wait_event("net.connect", |e| e["outcome"] == "held");
+    assert_eq!(ev["hold"]["timeout_secs"], 1);
+    let id = ev["hold"]["id"].as_str().expect("hold id").to_string();
+    let ev = daemon.wait_event("hold.decision", |e| e["hold"]["id"] == id.as_str());
+    assert_eq!(ev["hold"]["decision"], "expired");
+    let result = connect.lines.next().expect("result line").expect("read");
+    assert!(
+        result.starts_with("errno="),
+        "an expired hold is a deny: {result}"
+    );
+    drop(connect.child.stdin.take());
+    let _ = connect.child.wait();
+
+    let file = scratch.file("prod/x");
+    let path = file.display().to_string();
+    let (child, id) = held(&daemon, &["rm", &path], &path);
+    let ev = daemon.wait_event("hold.decision", |e| e["hold"]["id"] == id.as_str());
+    assert_eq!(ev["hold"]["decision"], "expired");
+    let out = child.wait_with_output().expect("rm");
+    assert!(!out.status.success(), "an expired hold is a deny");
+    assert!(file.exists());
+    let held_ev = daemon.wait_event("file.unlink", |e| e["hold"]["id"] == id.as_str());
+    assert_eq!(held_ev["hold"]["timeout_secs"], 1);
+}
