@@ -28,6 +28,7 @@ pub enum Command {
     /// Examples:
     ///   sudo agent-guard daemon --policy /etc/agent-guard/policy.toml
     ///   sudo agent-guard daemon --demo            # embedded policy + demo agent
+    ///   sudo agent-guard daemon --demo --policy demo-with-web.toml
     Daemon(DaemonArgs),
     /// Run a command as an agent: inside the agent's cgroup, in a run of its
     /// own, before the command starts. Exits with the command's status.
@@ -167,7 +168,11 @@ pub struct DaemonArgs {
     /// Policy file (TOML). Without it, the embedded default policy is used.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
-    /// After start-up, run the embedded policy's `demo` agent once.
+    /// After start-up, run the policy's `demo` agent once (the embedded
+    /// policy has it): connects and deletes allowed and denied, and one
+    /// delete held for a decision; the daemon prints the `agent-guard
+    /// approve ID` that decides it (and the page's address when [web] is
+    /// on). Unanswered, the hold is denied after the agent's 60 s.
     #[arg(long)]
     pub demo: bool,
     /// Where to keep state, overriding [daemon] state_dir; programs are

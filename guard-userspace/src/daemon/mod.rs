@@ -182,6 +182,11 @@ pub fn load_policy(path: Option<&Path>) -> Result<Policy> {
 pub async fn run(opts: Options) -> Result<()> {
     require_root("the daemon")?;
     let policy = load_policy(opts.policy_path.as_deref())?;
+    // `--demo` needs the `demo` agent; it names the approval page if [web] is on.
+    let demo_page = opts
+        .demo
+        .then(|| demo::check(&policy).map(|()| policy.web.as_ref().map(|w| w.public_url())))
+        .transpose()?;
     // Secrets and listening addresses first: a daemon that cannot serve
     // what the policy asks for refuses to start, before it enforces anything.
     let surfaces = surfaces::Surfaces::prepare(&policy).await?;
@@ -349,8 +354,8 @@ pub async fn run(opts: Options) -> Result<()> {
         events::daemon_event("daemon.start", summary),
     );
     tracing::info!(socket = %socket.display(), "agent-guard is guarding");
-    if opts.demo {
-        tasks.spawn(demo::run(socket.clone()));
+    if let Some(page) = demo_page {
+        tasks.spawn(demo::run(socket.clone(), page));
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -257,6 +257,13 @@ fn an_agent_may_set_its_own_approval_timeout() {
 }
 
 #[test]
+fn the_embedded_demo_agent_decides_its_holds_within_a_minute() {
+    let p = parse("default.toml", DEFAULT_POLICY).unwrap();
+    assert_eq!(p.approval_timeout(Some("demo")).as_secs(), 60);
+    assert_eq!(p.daemon.approval_timeout_secs, 300);
+}
+
+#[test]
 fn empty_policy_and_partial_daemon() {
     let p = parse("e.toml", "").unwrap();
     assert!(p.agents.is_empty());
