@@ -96,6 +96,7 @@ pub enum Command {
     ///
     /// Examples:
     ///   agent-guard events --follow
+    ///   agent-guard events --follow --pretty      # one readable line per event
     ///   agent-guard events --follow --agent claims-bot | jq .kind
     ///   agent-guard events --follow --from /run/agent-guard/events.sock
     ///   agent-guard events verify /var/log/agent-guard/events.jsonl
@@ -232,6 +233,12 @@ pub struct EventsArgs {
     /// Only this agent's events (and `loss` events, which explain gaps).
     #[arg(long, value_name = "NAME")]
     pub agent: Option<String>,
+    /// One readable line per event instead of JSON: time (UTC), agent,
+    /// outcome, kind, target, rule, and for a held call the command that
+    /// decides it. Coloured when stdout is a terminal (NO_COLOR turns that
+    /// off). Example: agent-guard events --follow --pretty --agent demo
+    #[arg(long, requires = "follow")]
+    pub pretty: bool,
     /// Read a `type = "unix"` sink's socket instead of the control socket.
     #[arg(long, value_name = "SOCKET", conflicts_with = "agent")]
     pub from: Option<PathBuf>,

@@ -11,6 +11,7 @@ pub mod grants;
 pub mod kill;
 pub mod pending;
 pub mod policy;
+pub mod pretty;
 pub mod reload;
 pub mod revoke;
 pub mod run;
