@@ -85,7 +85,7 @@ fn the_systemd_unit_verifies() {
     let bin = agent_guard_bin();
     fs::write(
         &path,
-        unit.replace("/usr/local/bin/agent-guard", &bin.display().to_string()),
+        unit.replace("/usr/bin/agent-guard", &bin.display().to_string()),
     )
     .expect("unit");
     let out = Command::new(analyze)

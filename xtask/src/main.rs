@@ -3,6 +3,7 @@
 mod aptlock;
 mod bench;
 mod build;
+mod package;
 mod setup;
 mod vm;
 
@@ -28,10 +29,29 @@ enum Cmd {
     /// Example: sudo cargo xtask test
     Test(build::TestArgs),
     /// Set up, build, and start the daemon with the embedded default policy
-    /// plus a demo agent that makes one allowed and one denied connect.
+    /// plus a demo agent: connects and deletes allowed and denied, and one
+    /// delete held until you approve or deny it (denied after 60 s).
     ///
     /// Example: sudo cargo xtask run
     Run(build::RunArgs),
+    /// Set up, build the release binary, and make the Debian package
+    /// target/debian/agent-guard_<version>_amd64.deb: the binary, the
+    /// systemd unit (enabled on install, not started), the default policy
+    /// as /etc/agent-guard/policy.toml (a conffile), and the docs.
+    ///
+    /// Examples:
+    ///   sudo cargo xtask deb
+    ///   sudo apt-get install ./target/debian/agent-guard_*_amd64.deb
+    Deb(package::DebArgs),
+    /// Set up, build the release binary, and install it from source:
+    /// /usr/local/bin/agent-guard, the unit in /etc/systemd/system (enabled,
+    /// not started), /etc/agent-guard/policy.toml unless one exists, and
+    /// the state directory. Refused while the package is installed.
+    ///
+    /// Examples:
+    ///   sudo cargo xtask install
+    ///   sudo cargo xtask install --root /tmp/image-root
+    Install(package::InstallArgs),
     /// Boot Debian kernels under QEMU (TCG) with BPF LSM active and run the
     /// privileged tests inside.
     ///
@@ -55,6 +75,8 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::setup(),
         Cmd::Test(args) => build::test(&args),
         Cmd::Run(args) => build::run(&args),
+        Cmd::Deb(args) => package::deb(&args),
+        Cmd::Install(args) => package::install(&args),
         Cmd::VmTest(args) => setup::setup().and_then(|()| vm::vm_test(&args)),
         Cmd::Bench(args) => bench::bench(&args),
         Cmd::BenchWorker(args) => bench::worker::run(&args),

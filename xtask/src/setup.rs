@@ -10,6 +10,8 @@ use crate::aptlock;
 /// the LLVM inside the nightly rustc that compiles the eBPF crate.
 const LLVM_MAJOR: u32 = 22;
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Builds the Debian package (`cargo xtask deb`).
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 pub fn setup() -> Result<()> {
     ensure_root_for_install()?;
@@ -17,6 +19,10 @@ pub fn setup() -> Result<()> {
     ensure_bpf_linker()?;
     // The web approval page's browser test drives real headless Chromium.
     apt_install(&["chromium", "chromium-driver"])?;
+    // The package and its test: `systemd-analyze verify` checks the unit,
+    // deb-systemd-helper (init-system-helpers) enables it on install.
+    apt_install(&["systemd", "init-system-helpers"])?;
+    ensure_cargo_deb()?;
     Ok(())
 }
 
@@ -89,6 +95,24 @@ fn apt_get(args: &[&str]) -> Result<()> {
         ))
         .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// cargo-deb, which `cargo xtask deb` builds the package with.
+fn ensure_cargo_deb() -> Result<()> {
+    if output(Command::new("cargo-deb").arg("--version"))
+        .is_some_and(|v| v.contains(CARGO_DEB_VERSION))
+    {
+        return Ok(());
+    }
+    eprintln!("setup: building cargo-deb {CARGO_DEB_VERSION} (a minute or two)");
+    run(Command::new("cargo").args([
+        "install",
+        "--locked",
+        "--force",
+        "cargo-deb",
+        "--version",
+        CARGO_DEB_VERSION,
+    ]))
 }
 
 fn ensure_nightly_rust_src() -> Result<()> {
