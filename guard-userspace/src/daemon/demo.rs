@@ -158,6 +158,11 @@ fn hold_notice(event: &Value, cmd: &str, page: Option<&str>) -> Option<String> {
     }
     if event["kind"] == "hold.decision" {
         let hold = &event["hold"];
+        if hold["decision"] == "expired" {
+            return Some(format!(
+                "agent-guard: hold {id} expired: nobody decided in time, so it is denied"
+            ));
+        }
         return Some(format!(
             "agent-guard: hold {id} {} by {}{}",
             hold["decision"].as_str().unwrap_or("decided"),
@@ -203,10 +208,14 @@ mod tests {
                      "reason": "no decision before approval_timeout_secs"}});
         assert_eq!(
             hold_notice(&decided, "agent-guard", None).as_deref(),
-            Some(
-                "agent-guard: hold 77 expired by agent-guard (approval timeout) \
-                 (no decision before approval_timeout_secs)"
-            )
+            Some("agent-guard: hold 77 expired: nobody decided in time, so it is denied")
+        );
+        let approved = serde_json::json!({"kind": "hold.decision", "outcome": "allowed",
+            "hold": {"id": "78", "decision": "approved", "by": {"user": "root"},
+                     "reason": "ticket OPS-1"}});
+        assert_eq!(
+            hold_notice(&approved, "agent-guard", None).as_deref(),
+            Some("agent-guard: hold 78 approved by root (ticket OPS-1)")
         );
         let allowed = serde_json::json!({"kind": "file.unlink", "outcome": "allowed"});
         assert_eq!(hold_notice(&allowed, "agent-guard", None), None);
