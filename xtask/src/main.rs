@@ -21,7 +21,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what building needs, if missing: llvm-22-dev, bpf-linker (LLVM 22), nightly rust-src.
+    /// Install what building and testing need, if missing: llvm-22-dev,
+    /// bpf-linker (LLVM 22), nightly rust-src, chromium and chromium-driver,
+    /// systemd and init-system-helpers, cargo-deb. If another apt or dpkg
+    /// run holds the package lock, it says who and waits (up to 15 minutes).
+    ///
+    /// Example: sudo cargo xtask setup
     Setup,
     /// Set up, then run every test tier: unit tests, privileged tests on this
     /// kernel, and the privileged tests inside a QEMU guest with BPF LSM.
