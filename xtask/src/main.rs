@@ -27,17 +27,20 @@ enum Cmd {
     /// run holds the package lock, it says who and waits (up to 15 minutes).
     ///
     /// Example: sudo cargo xtask setup
+    #[command(verbatim_doc_comment)]
     Setup,
     /// Set up, then run every test tier: unit tests, privileged tests on this
     /// kernel, and the privileged tests inside a QEMU guest with BPF LSM.
     ///
     /// Example: sudo cargo xtask test
+    #[command(verbatim_doc_comment)]
     Test(build::TestArgs),
     /// Set up, build, and start the daemon with the embedded default policy
     /// plus a demo agent: connects and deletes allowed and denied, and one
     /// delete held until you approve or deny it (denied after 60 s).
     ///
     /// Example: sudo cargo xtask run
+    #[command(verbatim_doc_comment)]
     Run(build::RunArgs),
     /// Set up, build the release binary, and make the Debian package
     /// target/debian/agent-guard_<version>_amd64.deb: the binary, the
@@ -47,6 +50,7 @@ enum Cmd {
     /// Examples:
     ///   sudo cargo xtask deb
     ///   sudo apt-get install ./target/debian/agent-guard_*_amd64.deb
+    #[command(verbatim_doc_comment)]
     Deb(package::DebArgs),
     /// Set up, build the release binary, and install it from source:
     /// /usr/local/bin/agent-guard, the unit in /etc/systemd/system (enabled,
@@ -56,11 +60,13 @@ enum Cmd {
     /// Examples:
     ///   sudo cargo xtask install
     ///   sudo cargo xtask install --root /tmp/image-root
+    #[command(verbatim_doc_comment)]
     Install(package::InstallArgs),
     /// Boot Debian kernels under QEMU (TCG) with BPF LSM active and run the
     /// privileged tests inside.
     ///
     /// Example: sudo cargo xtask vm-test --all-kernels
+    #[command(verbatim_doc_comment)]
     VmTest(vm::VmTestArgs),
     /// Set up, build release binaries, and measure what the guard costs
     /// against no guard: unlink and connect latency, event throughput, the
@@ -68,6 +74,7 @@ enum Cmd {
     /// table and writes target/bench/results.json. Takes a few minutes.
     ///
     /// Example: sudo cargo xtask bench --rounds 5
+    #[command(verbatim_doc_comment)]
     Bench(bench::BenchArgs),
     /// A benchmark workload (run by `bench` inside agents; not for humans).
     #[command(hide = true)]

@@ -8,6 +8,8 @@ pub mod doctor;
 pub mod events;
 pub mod freeze;
 pub mod grants;
+#[cfg(test)]
+mod help_tests;
 pub mod kill;
 pub mod pending;
 pub mod policy;
