@@ -180,18 +180,18 @@ fn put(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     fs::rename(&tmp, path).with_context(|| format!("installing {}", path.display()))
 }
 
-/// Enables the unit: offline in a staging root, or on this host (with a
-/// daemon-reload first when systemd is running).
+/// Enables the unit: through the running systemd (after a daemon-reload),
+/// or offline (`systemctl --root`) in a staging root or on a host that was
+/// not booted with systemd.
 fn enable(root: Option<&Path>) -> Result<()> {
     let mut cmd = Command::new("systemctl");
     match root {
-        Some(root) => {
-            cmd.arg("--root").arg(root);
-        }
         None if Path::new("/run/systemd/system").is_dir() => {
             setup::run(Command::new("systemctl").arg("daemon-reload"))?;
         }
-        None => {}
+        root => {
+            cmd.arg("--root").arg(root.unwrap_or(Path::new("/")));
+        }
     }
     setup::run(cmd.args(["enable", "agent-guard.service"]))
 }
