@@ -168,14 +168,21 @@ fn a_held_rm_survives_a_daemon_crash_and_the_successor_decides_it() {
 #[test]
 fn an_unanswered_hold_expires_as_a_deny() {
     let (daemon, scratch) = start("hold-expire", 2);
+    rm_expires(&daemon, &scratch);
+}
+
+/// An `rm` of prod/x is held, nobody answers, and it fails: the file stays.
+/// Returns the hold id.
+fn rm_expires(daemon: &Daemon, scratch: &Scratch) -> String {
     let file = scratch.file("prod/x");
     let path = file.display().to_string();
-    let (child, id) = held(&daemon, &["rm", &path], &path);
+    let (child, id) = held(daemon, &["rm", &path], &path);
     let ev = daemon.wait_event("hold.decision", |e| e["hold"]["id"] == id.as_str());
     assert_eq!(ev["hold"]["decision"], "expired");
     let out = child.wait_with_output().expect("rm");
     assert!(!out.status.success(), "an expired hold is a deny");
     assert!(file.exists());
+    id
 }
 
 #[test]
@@ -439,14 +446,7 @@ ask = ["{}"]
     drop(connect.child.stdin.take());
     let _ = connect.child.wait();
 
-    let file = scratch.file("prod/x");
-    let path = file.display().to_string();
-    let (child, id) = held(&daemon, &["rm", &path], &path);
-    let ev = daemon.wait_event("hold.decision", |e| e["hold"]["id"] == id.as_str());
-    assert_eq!(ev["hold"]["decision"], "expired");
-    let out = child.wait_with_output().expect("rm");
-    assert!(!out.status.success(), "an expired hold is a deny");
-    assert!(file.exists());
+    let id = rm_expires(&daemon, &scratch);
     let held_ev = daemon.wait_event("file.unlink", |e| e["hold"]["id"] == id.as_str());
     assert_eq!(held_ev["hold"]["timeout_secs"], 1);
 }
