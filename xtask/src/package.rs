@@ -17,7 +17,8 @@ use crate::{build, setup};
 pub struct DebArgs {
     /// Package the binary of this cargo profile. The default, release, is
     /// what to ship; `cargo xtask test` packages the dev build it has
-    /// already made, to test the packaging without a second build.
+    /// already made, to test the packaging without a second build. Any
+    /// other profile's package goes to target/debian/PROFILE/.
     #[arg(long, default_value = "release", value_name = "PROFILE")]
     pub profile: String,
 }
@@ -54,7 +55,11 @@ pub fn deb(args: &DebArgs) -> Result<()> {
 /// with light compression: such a package exists to test the packaging.
 pub fn build_deb(profile: &str) -> Result<PathBuf> {
     let root = build::workspace_root();
-    let out_dir = root.join("target/debian");
+    // A test package never takes the place of the one to ship.
+    let out_dir = match profile {
+        "release" => root.join("target/debian"),
+        other => root.join("target/debian").join(other),
+    };
     eprintln!("xtask: building the Debian package ({profile} build of agent-guard, cargo-deb)");
     let mut cmd = Command::new("cargo-deb");
     cmd.current_dir(&root)
@@ -72,10 +77,35 @@ pub fn build_deb(profile: &str) -> Result<PathBuf> {
         // packaging is what is under test, not the binary's profile.
         cmd.args(["--strip", "--fast"]);
     }
+    // cargo-deb deletes every agent-guard_*.deb in target/debian before it
+    // packs, whatever --output says: keep a release package from being
+    // lost to a test package.
+    let shipped: Vec<PathBuf> = if profile == "release" {
+        Vec::new()
+    } else {
+        fs::read_dir(root.join("target/debian"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("agent-guard_") && n.ends_with(".deb"))
+            })
+            .collect()
+    };
+    for deb in &shipped {
+        fs::rename(deb, deb.with_extension("deb.kept"))?;
+    }
     let out = cmd
         .stderr(Stdio::inherit())
         .output()
-        .context("starting cargo-deb (installed by `cargo xtask setup`)")?;
+        .context("starting cargo-deb (installed by `cargo xtask setup`)");
+    for deb in &shipped {
+        fs::rename(deb.with_extension("deb.kept"), deb)?;
+    }
+    let out = out?;
     if !out.status.success() {
         bail!("cargo-deb failed: {}", out.status);
     }
