@@ -23,8 +23,9 @@ struct Cli {
 enum Cmd {
     /// Install what building and testing need, if missing: llvm-22-dev,
     /// bpf-linker (LLVM 22), nightly rust-src, chromium and chromium-driver,
-    /// systemd and init-system-helpers, cargo-deb. If another apt or dpkg
-    /// run holds the package lock, it says who and waits (up to 15 minutes).
+    /// bpftool, systemd and init-system-helpers, cargo-deb. If another apt
+    /// or dpkg run holds the package lock, it says who and waits (up to 15
+    /// minutes).
     ///
     /// Example: sudo cargo xtask setup
     #[command(verbatim_doc_comment)]

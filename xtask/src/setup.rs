@@ -17,8 +17,9 @@ pub fn setup() -> Result<()> {
     ensure_root_for_install()?;
     ensure_nightly_rust_src()?;
     ensure_bpf_linker()?;
-    // The web approval page's browser test drives real headless Chromium.
-    apt_install(&["chromium", "chromium-driver"])?;
+    // The web approval page's browser test drives real headless Chromium;
+    // the rogue-agent tests detach links with bpftool, as an agent would.
+    apt_install(&["chromium", "chromium-driver", "bpftool"])?;
     // The package and its test: `systemd-analyze verify` checks the unit,
     // deb-systemd-helper (init-system-helpers) enables it on install.
     apt_install(&["systemd", "init-system-helpers"])?;

@@ -204,6 +204,30 @@ fn target(kind: &str, e: &Value) -> String {
                 str_of(&d["backends"]["delete"]).unwrap_or("?")
             )
         }
+        "agent.escape" => format!(
+            "pid {} by {}, to {}: {}",
+            t["pid"],
+            str_of(&t["how"]).unwrap_or("?"),
+            str_of(&t["cgroup"])
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("cgroup id {}", t["cgroup_id"])),
+            str_of(&t["action"]).unwrap_or("?")
+        ),
+        "guard.tamper" => {
+            let what = str_of(&t["what"]).unwrap_or("?");
+            let at = match what {
+                "file" => format!(
+                    "{}{}",
+                    str_of(&t["protected"]).unwrap_or("?"),
+                    if t["write"] == true { " (write)" } else { "" }
+                ),
+                "signal" => format!("{} to pid {}", t["signal"], t["pid"]),
+                "ptrace" => format!("pid {}", t["pid"]),
+                "bpf" => format!("command {}", t["command"]),
+                _ => str_of(&t["protected"]).unwrap_or("?").to_owned(),
+            };
+            format!("{what} {at}: {}", str_of(&t["action"]).unwrap_or("?"))
+        }
         "daemon.stop" => format!(
             "pid {}, enforcement {}",
             e["daemon"]["pid"],
@@ -353,6 +377,27 @@ mod tests {
         assert_eq!(
             render(start, false).expect("v1"),
             "07:22:50.000Z -            success  daemon.start   agent-guard 0.1.0 pid 7, agents: demo, deletes by seccomp"
+        );
+    }
+
+    #[test]
+    fn escapes_and_tampering_name_what_was_refused() {
+        let escape = r#"{"schema":"agent-guard/v1","time":"2026-11-24T07:22:50Z","kind":"agent.escape","outcome":"denied","agent":{"name":"bot"},"target":{"how":"cgroup_write","action":"refused","pid":77,"cgroup_id":1,"cgroup":"/"},"rule":{"verdict":"deny","match":"self-defense","source":null}}"#;
+        assert_eq!(
+            render(escape, false).expect("v1"),
+            "07:22:50.000Z bot          denied   agent.escape   pid 77 by cgroup_write, to /: refused  \
+             rule deny self-defense"
+        );
+        let tamper = r#"{"schema":"agent-guard/v1","time":"2026-11-24T07:22:50Z","kind":"guard.tamper","outcome":"denied","agent":{"name":"bot"},"target":{"what":"file","action":"refused","protected":"/var/lib/agent-guard/holds.json","write":true}}"#;
+        assert_eq!(
+            render(tamper, false).expect("v1"),
+            "07:22:50.000Z bot          denied   guard.tamper   file /var/lib/agent-guard/holds.json (write): refused"
+        );
+        let signal = r#"{"schema":"agent-guard/v1","time":"2026-11-24T07:22:50Z","kind":"guard.tamper","outcome":"denied","agent":{"name":"bot"},"target":{"what":"signal","action":"refused","pid":12,"signal":9}}"#;
+        assert!(
+            render(signal, false)
+                .expect("v1")
+                .ends_with("guard.tamper   signal 9 to pid 12: refused")
         );
     }
 

@@ -124,6 +124,7 @@ fn reason_name(index: usize) -> &'static str {
     match LossReason::from_raw(index as u32) {
         Some(LossReason::RingbufFull) => "ringbuf_full",
         Some(LossReason::HoldFailed) => "hold_failed",
+        Some(LossReason::GuardFailed) => "guard_failed",
         None => "unknown",
     }
 }

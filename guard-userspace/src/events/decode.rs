@@ -66,7 +66,7 @@ impl BootClock {
 
 /// Copies a `T` out of a record slice (the ring buffer gives no alignment
 /// guarantee beyond 8 bytes and may hand us a shorter record).
-fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+pub(super) fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
     let need = size_of::<T>();
     if bytes.len() < need {
         return Err(DecodeError::Short {
@@ -141,6 +141,9 @@ pub fn decode(
         EventKind::FileObserved => {
             let rec: ObservedDeleteRecord = read(bytes)?;
             observed(&rec, registry, &mut body);
+        }
+        EventKind::AgentEscape | EventKind::GuardTamper => {
+            super::selfdefense::decode(kind, bytes, registry, &mut body)?;
         }
     }
     Ok(Some((clock.wall(header.ktime_ns), body)))

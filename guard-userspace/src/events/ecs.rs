@@ -16,6 +16,7 @@ fn categories(kind: &str) -> (&'static [&'static str], &'static [&'static str]) 
         "daemon.stop" => (&["process", "configuration"], &["end"]),
         "policy.reload" | "agent.mode" => (&["configuration"], &["change"]),
         "control.refused" => (&["iam"], &["denied"]),
+        "agent.escape" | "guard.tamper" => (&["process", "intrusion_detection"], &["denied"]),
         _ => (&["host"], &["info"]),
     }
 }

@@ -53,6 +53,7 @@ fn class_activity(kind: &str, outcome: &str) -> (Class, u32, &'static str) {
         "daemon.stop" => (APP_LIFECYCLE, 4, "Stop"),
         "policy.reload" | "agent.mode" => (APP_LIFECYCLE, 8, "Update"),
         "control.refused" => (API_ACTIVITY, 99, "Other"),
+        "agent.escape" | "guard.tamper" => (PROCESS_ACTIVITY, 99, "Other"),
         _ => (BASE_EVENT, 99, "Other"),
     }
 }
@@ -100,7 +101,7 @@ pub fn object(ev: &Map<String, Value>) -> Value {
         _ => (0, "Unknown"),
     };
     let severity_id = match (kind, outcome) {
-        ("loss", _) | ("control.refused", _) => 4,
+        ("loss", _) | ("control.refused", _) | ("agent.escape", _) | ("guard.tamper", _) => 4,
         (_, "denied") => 3,
         (_, "held") => 2,
         _ => 1,
