@@ -1,7 +1,8 @@
 //! `agent-guard events --follow --pretty`: what an operator watches in a
 //! terminal. A real daemon, a real agent's allowed, denied and held
 //! connects; the follower's output read from a pipe (plain) and from a real
-//! pseudo-terminal made by script(1) (coloured, unless NO_COLOR).
+//! pseudo-terminal made by script(1) (coloured, unless NO_COLOR). Host
+//! tier only: it tests a client, not the kernel.
 use std::{
     io::Read as _,
     process::{Child, Command, Stdio},
@@ -113,6 +114,15 @@ fn on_a_tty(daemon: &Daemon, argv: &str, env: &[(&str, &str)]) -> Command {
 
 #[test]
 fn pretty_lines_are_readable_and_coloured_only_on_a_terminal() {
+    if tier() == "vm" {
+        // A client's rendering of the stream: nothing kernel-facing, and
+        // the emulated guest's time budget is better spent on what is.
+        skip(
+            "pretty_lines_are_readable_and_coloured_only_on_a_terminal",
+            "--pretty renders the event stream as a client; the host tier runs it",
+        );
+        return;
+    }
     let cg = TestCgroups::new("pretty");
     let open = Listener::v4();
     let held = Listener::v4();
