@@ -228,6 +228,16 @@ fn target(kind: &str, e: &Value) -> String {
             };
             format!("{what} {at}: {}", str_of(&t["action"]).unwrap_or("?"))
         }
+        "daemon.task" => {
+            let task = &e["task"];
+            format!(
+                "{} failed ({} so far): {}; restarting in {} ms",
+                str_of(&task["name"]).unwrap_or("?"),
+                task["failures"],
+                str_of(&task["error"]).unwrap_or("?"),
+                task["restart_in_ms"]
+            )
+        }
         "daemon.stop" => format!(
             "pid {}, enforcement {}",
             e["daemon"]["pid"],
@@ -398,6 +408,15 @@ mod tests {
             render(signal, false)
                 .expect("v1")
                 .ends_with("guard.tamper   signal 9 to pid 12: refused")
+        );
+    }
+
+    #[test]
+    fn a_failed_daemon_task_says_which_and_when_it_restarts() {
+        let task = r#"{"schema":"agent-guard/v1","time":"2026-11-24T07:22:50Z","kind":"daemon.task","outcome":"failure","task":{"name":"web page","error":"bind: address in use","failures":2,"restart_in_ms":400}}"#;
+        assert_eq!(
+            render(task, false).expect("v1"),
+            "07:22:50.000Z -            failure  daemon.task    web page failed (2 so far): bind: address in use; restarting in 400 ms"
         );
     }
 
