@@ -299,7 +299,12 @@ fn kill_ends_a_held_run_and_kill_agent_empties_the_agent() {
     // Every process of the agent, across runs.
     let a = daemon.spawn_agent("cleaner", &["sleep", "1000"]);
     let b = daemon.spawn_agent("cleaner", &["sh", "-c", "sleep 1000 & sleep 1000; wait"]);
-    daemon.wait_event("agent.start", |e| e["process"]["cmdline"][0] == "sh");
+    // Both runs are in the agent before the kill: a run that joins after
+    // it is not killed (cgroup.kill takes the processes there), and would
+    // keep this test waiting on its sleep.
+    for cmd in ["sleep", "sh"] {
+        daemon.wait_event("agent.start", |e| e["process"]["cmdline"][0] == cmd);
+    }
     let out = cli(&daemon, &["kill", "--agent", "cleaner"]);
     assert!(
         out.status.success(),
