@@ -13,6 +13,7 @@ pub mod registry;
 mod reload;
 pub mod selfdefense;
 mod sessions;
+mod suppressed;
 mod surfaces;
 
 use std::{
@@ -291,6 +292,10 @@ pub async fn run(opts: Options) -> Result<()> {
         protected,
     );
     registry.protected = keys;
+    registry.cgroup_mounts = crate::cgroup::Hierarchy::all_mounts().unwrap_or_else(|err| {
+        tracing::warn!(%err, "listing cgroup mounts; refused cgroup writes are named for cgroup2 only");
+        vec![hierarchy.root().to_path_buf()]
+    });
     // Launchers of runs that outlived a crashed daemon are still the guard's.
     for session in registry.sessions.values() {
         selfdefense::protect_launcher(&mut kernel, session.opener_pid);
@@ -347,6 +352,7 @@ pub async fn run(opts: Options) -> Result<()> {
     }
     let ring = kernel.take_events()?;
     let losses = kernel.take_losses()?;
+    let suppressed = kernel.take_refusal_counters()?;
     let program_ids = kernel.program_ids();
     if let Ok(mut k) = shared.kernel.lock() {
         *k = Some(kernel);
@@ -361,6 +367,7 @@ pub async fn run(opts: Options) -> Result<()> {
         state_dir.join("losses.json"),
         reused_stream,
     ));
+    tasks.spawn(suppressed::report(suppressed, shared.clone()));
     tasks.spawn(control_server::serve(listener, shared.clone()));
     tasks.spawn(holds::expire_loop(shared.clone()));
     let mut sink_names = Vec::new();
