@@ -60,6 +60,18 @@ impl RefusalCounters {
 /// The observer's status until the daemon puts it in force.
 pub(super) const NOT_WATCHED: &str = "not put in force (the daemon does where BPF LSM is not)";
 
+impl super::GuardStatus {
+    /// Whether the refusal observer can be put in force on this kernel
+    /// (doctor asks before any daemon did): Ok, or why not.
+    pub fn refusal_observer(&self) -> Result<(), String> {
+        match (&self.escape, &self.refusals) {
+            (Err(why), _) => Err(format!("tp_btf/sys_exit is not attached: {why}")),
+            (_, Err(why)) if why != NOT_WATCHED => Err(why.clone()),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl Kernel {
     /// Puts the observer in force: every refusal of an agent's reach for
     /// the guard is reported from system call exit, except the calls in
@@ -68,12 +80,10 @@ impl Kernel {
     /// the BPF LSM hooks are not in force: they report every refusal.
     /// `guard.refusals` says whether it is in force, and why not.
     pub fn watch_refusals(&mut self, supervised: &[(Call, Option<u32>)]) {
-        let result = match (&self.guard.escape, &self.guard.refusals) {
-            (Err(why), _) => Err(format!("tp_btf/sys_exit is not attached: {why}")),
-            (_, Err(why)) if why != NOT_WATCHED => Err(why.clone()),
-            _ => self.enable_watch(supervised).map_err(|e| e.to_string()),
+        self.guard.refusals = match self.guard.refusal_observer() {
+            Ok(()) => self.enable_watch(supervised).map_err(|e| e.to_string()),
+            Err(why) => Err(why),
         };
-        self.guard.refusals = result;
     }
 
     fn enable_watch(&mut self, supervised: &[(Call, Option<u32>)]) -> Result<(), KernelError> {
