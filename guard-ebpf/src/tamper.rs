@@ -33,6 +33,9 @@ use crate::{
 /// The hooks see the operation, not the system call behind it.
 const CALL_UNKNOWN: u32 = 0;
 
+/// ptrace_may_access mode bit of a silent check (include/linux/ptrace.h,
+/// 0x04 since 4.5).
+const PTRACE_MODE_NOAUDIT: u32 = 0x04;
 /// fmode_t bits (include/linux/fs.h).
 const FMODE_WRITE: u32 = 0x2;
 /// How far up a cgroup file's directory its agent's cgroup is looked for.
@@ -63,14 +66,19 @@ pub fn guard_ptrace(ctx: LsmContext) -> i32 {
         let o = offsets()?;
         let target = is_guard_process(&o, ctx.arg(0))?;
         let mode: u32 = ctx.arg(1);
-        report_tamper(
-            &agent,
-            CALL_UNKNOWN,
-            TAMPER_PTRACE,
-            target,
-            mode,
-            InodeKey::default(),
-        );
+        // Refused either way; but a NOAUDIT check is the kernel probing
+        // (/proc/PID/stat deciding what to show `ps`), not the process
+        // reaching: not an attempt to report.
+        if mode & PTRACE_MODE_NOAUDIT == 0 {
+            report_tamper(
+                &agent,
+                CALL_UNKNOWN,
+                TAMPER_PTRACE,
+                target,
+                mode,
+                InodeKey::default(),
+            );
+        }
         Some(())
     })();
     verdict(deny.is_some())
