@@ -2,29 +2,26 @@
 //! freezing or thawing an agent.
 use std::sync::Arc;
 
-use anyhow::{Context as _, Result, bail};
-use serde_json::{Value, json};
-use tokio::net::unix::UCred;
-
 use super::{
     Shared,
-    approvals::{require_approver, user_name},
-    holds::By,
+    access::{Caller, Need},
     reload,
 };
 use crate::{cgroup, events, policy};
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
 
-pub(super) fn reload(shared: &Arc<Shared>, cred: &UCred, force: bool) -> Result<Value> {
-    require_approver(shared, cred, "reload", ("force", force.into()))?;
-    let by = By {
-        uid: Some(cred.uid()),
-        user: user_name(cred),
-    };
-    Ok(reload::reload(shared, force, by)?)
+/// `reload`; with `force`, also `retire` agents the new policy drops
+/// while they still have processes.
+pub(super) fn reload(shared: &Arc<Shared>, who: &Caller, force: bool) -> Result<Value> {
+    let op = if force { "retire" } else { "reload" };
+    who.require(shared, Need::Approver, op, Some(("force", force.into())))?;
+    Ok(reload::reload(shared, force, who.by())?)
 }
 
-/// `agent-guard agents`: every agent with its live state.
-pub(super) fn agents(shared: &Shared) -> Value {
+/// `agent-guard agents`: every agent with its live state (readers only).
+pub(super) fn agents(shared: &Shared, who: &Caller) -> Result<Value> {
+    who.require(shared, Need::Reader, "agents", None)?;
     let registry = match shared.registry.read() {
         Ok(r) => r,
         Err(poisoned) => poisoned.into_inner(),
@@ -59,20 +56,20 @@ pub(super) fn agents(shared: &Shared) -> Value {
             })
         })
         .collect();
-    json!({ "agents": agents })
+    Ok(json!({ "agents": agents }))
 }
 
 /// Freezes an agent (or thaws it back to its policy's mode): one AGENTS
 /// map update, in force for the next call.
 pub(super) fn set_mode(
     shared: &Arc<Shared>,
-    cred: &UCred,
+    who: &Caller,
     agent: &str,
     freeze: bool,
     reason: Option<String>,
 ) -> Result<Value> {
     let op = if freeze { "freeze" } else { "thaw" };
-    require_approver(shared, cred, op, ("agent", agent.into()))?;
+    who.require(shared, Need::Approver, op, Some(("agent", agent.into())))?;
     let _one_at_a_time = shared.reloading.lock();
     let mut registry = shared
         .registry
@@ -105,12 +102,12 @@ pub(super) fn set_mode(
     let agent_id = state.agent_id;
     let agent_ref = registry.agent_ref(agent_id, 0);
     drop(registry);
-    tracing::warn!(agent, mode = policy::mode_str(to), by = %user_name(cred), "agent mode switched");
+    tracing::warn!(agent, mode = policy::mode_str(to), by = %who.user, "agent mode switched");
     events::emit_now(
         &shared.emitter,
         json!({"kind": "agent.mode", "outcome": "success", "agent": agent_ref,
                "mode": {"from": policy::mode_str(from), "to": policy::mode_str(to)},
-               "by": {"uid": cred.uid(), "user": user_name(cred)},
+               "by": {"uid": who.uid(), "user": who.user},
                "reason": reason}),
     );
     Ok(json!({ "mode": policy::mode_str(to) }))

@@ -49,6 +49,10 @@ pub enum Verdict {
     Expired,
     /// The run (or agent) was killed; the call never completes.
     Killed,
+    /// The held thread made another call that had to be held: the kernel
+    /// holds that one instead, and this call, if it is made again, is
+    /// judged afresh.
+    Superseded,
 }
 
 impl Verdict {
@@ -58,6 +62,7 @@ impl Verdict {
             Verdict::Denied => "denied",
             Verdict::Expired => "expired",
             Verdict::Killed => "killed",
+            Verdict::Superseded => "superseded",
         }
     }
 }
@@ -124,6 +129,20 @@ impl Holds {
         let announce = Value::Object(event.clone());
         let now = Instant::now();
         let mut held = self.lock();
+        // A thread has one kernel hold at a time: a new one for the same
+        // thread means the kernel replaced the old (another call of the
+        // thread was held), which ends the old one here.
+        let superseded: Vec<Hold> = match &release {
+            Release::Kernel { tid } => {
+                let ids: Vec<u64> = held
+                    .values()
+                    .filter(|h| matches!(h.release, Release::Kernel { tid: t } if t == *tid))
+                    .map(|h| h.id)
+                    .collect();
+                ids.iter().filter_map(|i| held.remove(i)).collect()
+            }
+            Release::Seccomp { .. } => Vec::new(),
+        };
         held.insert(
             id,
             Hold {
@@ -140,6 +159,24 @@ impl Holds {
         // crash the daemon right away, and the hold must survive that.
         self.save(&held);
         drop(held);
+        for old in superseded {
+            self.emit_decision(
+                shared,
+                old.id,
+                old.event,
+                Verdict::Superseded,
+                By {
+                    uid: None,
+                    user: "agent-guard".into(),
+                },
+                Some(format!(
+                    "thread made another call that was held (hold {id}); this call, if made \
+                     again, is judged afresh"
+                )),
+                old.since.elapsed(),
+                Value::from("once"),
+            );
+        }
         events::emit_now(&shared.emitter, announce);
     }
 
@@ -204,6 +241,21 @@ impl Holds {
             let release = match p.release {
                 PersistedRelease::Kernel { tid } => {
                     if !shared.kernel_holds.is_pending(tid, p.id) {
+                        // Not in the map (a predecessor of another HOLDS
+                        // layout, or the map was lost): nobody could
+                        // release the stopped thread. Resume it: its call
+                        // restarts and is judged afresh by our programs.
+                        if guard_host::proc::state(p.pid) == Some('T') {
+                            tracing::warn!(
+                                hold = p.id,
+                                pid = p.pid,
+                                "a call held before the restart is no longer in the kernel's table; resuming it to be judged afresh"
+                            );
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(p.pid as i32),
+                                nix::sys::signal::Signal::SIGCONT,
+                            );
+                        }
                         continue;
                     }
                     Release::Kernel { tid }
@@ -368,7 +420,7 @@ impl Holds {
     #[expect(clippy::too_many_arguments, reason = "one field of the event each")]
     fn emit_decision(
         &self,
-        shared: &Arc<Shared>,
+        shared: &Shared,
         id: u64,
         mut event: serde_json::Map<String, Value>,
         verdict: Verdict,
@@ -449,9 +501,14 @@ pub async fn expire_loop(shared: Arc<Shared>) -> anyhow::Result<()> {
         tick.tick().await;
         shared.holds.expire(&shared);
         shared.grants.expire();
+        shared.refusals.flush();
         n = n.wrapping_add(1);
         if n.is_multiple_of(30) {
             super::lock_enricher(&shared).sweep();
+            let swept = shared.kernel_holds.sweep();
+            if swept > 0 {
+                tracing::debug!(swept, "removed kernel hold entries of exited threads");
+            }
         }
     }
 }

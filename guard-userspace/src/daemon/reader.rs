@@ -7,7 +7,11 @@ use guard_common::{LOSS_REASONS, LossReason};
 use serde_json::json;
 use tokio::io::unix::AsyncFd;
 
-use super::{Shared, holds::Release};
+use super::{
+    Shared,
+    holds::Release,
+    tasks::{Lease, Owned},
+};
 use crate::{
     events::{self, decode},
     kernel::LossCounters,
@@ -19,11 +23,20 @@ use crate::{
 const DRAIN_INTERVAL: Duration = Duration::from_millis(25);
 const LOSS_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
-pub async fn read_events(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<()> {
+/// The ring buffer, registered with the runtime once: a restarted reader
+/// takes it up again (see `tasks::Owned`).
+pub type Ring = Owned<AsyncFd<RingBuf<MapData>>>;
+
+pub fn register(ring: RingBuf<MapData>) -> anyhow::Result<Ring> {
     // SAFETY: the ring buffer owns its map fd, which stays open and
     // unchanged until the AsyncFd (which owns the RingBuf) is dropped.
-    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+    let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("registering the event ring buffer: {e}"))?;
+    Ok(Owned::new(fd))
+}
+
+pub async fn read_events(ring: Ring, shared: Arc<Shared>) -> anyhow::Result<()> {
+    let mut fd = ring.lease()?;
     let clock = decode::BootClock::new();
     let mut tick = tokio::time::interval(DRAIN_INTERVAL);
     loop {
@@ -92,11 +105,13 @@ fn register_hold(
             .and_then(|v| v.get(b))
             .and_then(serde_json::Value::as_u64)
     };
-    let (Some(id), Some(tid), Some(pid)) = (
-        num("hold", "id"),
-        num("process", "tid"),
-        num("process", "pid"),
-    ) else {
+    let id = body
+        .get("hold")
+        .and_then(|h| h.get("id"))
+        .and_then(serde_json::Value::as_str)
+        .and_then(|id| id.parse::<u64>().ok());
+    let (Some(id), Some(tid), Some(pid)) = (id, num("process", "tid"), num("process", "pid"))
+    else {
         tracing::error!("held record without hold id or thread");
         return;
     };
@@ -119,19 +134,20 @@ fn reason_name(index: usize) -> &'static str {
     }
 }
 
-/// Turns every increase of a kernel loss counter into a `loss` event.
+/// The loss counters and what of them was reported, kept across restarts
+/// of the poller.
+pub struct LossPoll {
+    counters: LossCounters,
+    last: [u64; LOSS_REASONS as usize],
+}
+
 /// What was reported is kept in `reported` (state dir): counters taken back
 /// from a crashed predecessor (`reused`) are reported from there on, so a
 /// loss is reported once, including losses while no daemon was running.
-pub async fn poll_losses(
-    counters: LossCounters,
-    shared: Arc<Shared>,
-    reported: std::path::PathBuf,
-    reused: bool,
-) -> anyhow::Result<()> {
+pub fn loss_poll(counters: LossCounters, reported: &std::path::Path, reused: bool) -> LossPoll {
     let mut last = [0u64; LOSS_REASONS as usize];
     if reused {
-        if let Some(saved) = std::fs::read(&reported)
+        if let Some(saved) = std::fs::read(reported)
             .ok()
             .and_then(|b| serde_json::from_slice::<Vec<u64>>(&b).ok())
         {
@@ -140,10 +156,20 @@ pub async fn poll_losses(
             }
         }
     }
+    LossPoll { counters, last }
+}
+
+/// Turns every increase of a kernel loss counter into a `loss` event.
+pub async fn poll_losses(
+    poll: Owned<LossPoll>,
+    shared: Arc<Shared>,
+    reported: std::path::PathBuf,
+) -> anyhow::Result<()> {
+    let mut poll: Lease<LossPoll> = poll.lease()?;
     let mut tick = tokio::time::interval(LOSS_POLL_INTERVAL);
     loop {
         tick.tick().await;
-        let totals = match counters.totals() {
+        let totals = match poll.counters.totals() {
             Ok(t) => t,
             Err(err) => {
                 tracing::error!(%err, "reading loss counters");
@@ -151,7 +177,7 @@ pub async fn poll_losses(
             }
         };
         let mut any = false;
-        for (i, (now, before)) in totals.iter().zip(last.iter()).enumerate() {
+        for (i, (now, before)) in totals.iter().zip(poll.last.iter()).enumerate() {
             if now > before {
                 any = true;
                 events::emit_now(
@@ -161,9 +187,9 @@ pub async fn poll_losses(
                 );
             }
         }
-        last = totals;
+        poll.last = totals;
         if any {
-            if let Err(err) = std::fs::write(&reported, serde_json::to_vec(&last.to_vec())?) {
+            if let Err(err) = std::fs::write(&reported, serde_json::to_vec(&poll.last.to_vec())?) {
                 tracing::warn!(%err, file = %reported.display(), "saving reported loss totals");
             }
         }

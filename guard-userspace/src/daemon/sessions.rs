@@ -16,13 +16,9 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
-use serde::{Deserialize, Serialize};
-use serde_json::json;
-use tokio::net::unix::UCred;
-
 use super::{
     Shared,
+    access::{Caller, Need},
     deletes::SessionDecider,
     journal::{self, NotifJournal},
     registry::{Registry, SessionState},
@@ -31,6 +27,9 @@ use crate::{
     cgroup, events,
     supervise::{self, Resume},
 };
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 /// How long a closed session stays known for attributing records still in
 /// the ring buffer.
@@ -187,10 +186,12 @@ fn random_id() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Opens a run of `agent` for the caller (the launcher). A process that is
+/// already inside an agent cannot start a run of any agent.
 pub fn open(
     shared: &Shared,
     conv: &mut Conversation,
-    cred: &UCred,
+    who: &Caller,
     agent: &str,
     on_behalf_of: Option<String>,
     argv: Vec<String>,
@@ -198,6 +199,7 @@ pub fn open(
     if conv.session.is_some() {
         bail!("this connection already has a session");
     }
+    who.require(shared, Need::Outside, "run", Some(("agent", agent.into())))?;
     let mut registry = shared
         .registry
         .write()
@@ -208,22 +210,20 @@ pub fn open(
             registry.agent_names().join(", ")
         );
     };
-    if !super::approvals::is_member(&state.def.runners, cred) {
-        let user = super::approvals::user_name(cred);
-        events::emit_now(
-            &shared.emitter,
-            json!({"kind": "control.refused", "outcome": "denied",
-                   "control": {"op": "run", "agent": agent,
-                               "by": {"uid": cred.uid(), "pid": cred.pid(), "user": user},
-                               "reason": "not a runner of this agent ([[agent]] runners)"}}),
+    if !who.is_member(&state.def.runners) {
+        shared.refusals.report(
+            &who.source(),
+            json!({"op": "run", "agent": agent, "by": who.by_json(),
+                   "reason": "not a runner of this agent ([[agent]] runners)"}),
         );
         bail!(
-            "uid {} ({user}) may not start runs of agent {agent:?}; see `runners` in its \
+            "uid {} ({}) may not start runs of agent {agent:?}; see `runners` in its \
              [[agent]] table",
-            cred.uid()
+            who.uid().unwrap_or_default(),
+            who.user
         );
     }
-    let opener_pid = cred.pid().context("peer pid unknown")? as u32;
+    let opener_pid = who.pid().context("peer pid unknown")?;
     let id = random_id()?;
     let token = random_id()?;
     let dir: PathBuf = state.cgroup_dir.join(format!("run-{id}"));
@@ -241,7 +241,7 @@ pub fn open(
             argv,
             token: token.clone(),
             opener_pid,
-            opener_uid: cred.uid(),
+            opener_uid: who.uid().context("peer uid unknown")?,
             supervised: shared.supervise_deletes,
         },
     );
@@ -262,15 +262,22 @@ pub fn open(
 
 /// Moves the calling process (identified by SO_PEERCRED, not by anything it
 /// says) into the session. It must hold the session's token and be a direct
-/// child of the launcher that opened it, so nobody can move strangers.
+/// child of the launcher that opened it, so nobody can move strangers, and
+/// it must not already be inside an agent.
 pub fn join(
     shared: &Arc<Shared>,
-    cred: &UCred,
+    who: &Caller,
     session_id: &str,
     token: &str,
     mut fds: Vec<OwnedFd>,
 ) -> Result<serde_json::Value> {
-    let pid = cred.pid().context("peer pid unknown")? as u32;
+    who.require(
+        shared,
+        Need::Outside,
+        "join",
+        Some(("session", session_id.into())),
+    )?;
+    let pid = who.pid().context("peer pid unknown")?;
     let registry = shared
         .registry
         .read()
@@ -300,7 +307,8 @@ pub fn join(
     let agent = registry.agent_ref(session.agent_id, cgroup_id);
     let (user, group) = {
         let mut e = super::lock_enricher(shared);
-        (e.user(cred.uid()), e.group(cred.gid()))
+        let (uid, gid) = (who.uid().unwrap_or_default(), who.gid().unwrap_or_default());
+        (e.user(uid), e.group(gid))
     };
     events::emit_now(
         &shared.emitter,
@@ -308,8 +316,8 @@ pub fn join(
             "kind": "agent.start",
             "outcome": "success",
             "agent": agent,
-            "process": {"pid": pid, "ppid": session.opener_pid, "uid": cred.uid(),
-                        "gid": cred.gid(), "user": user, "group": group,
+            "process": {"pid": pid, "ppid": session.opener_pid, "uid": who.uid(),
+                        "gid": who.gid(), "user": user, "group": group,
                         "cmdline": session.argv},
             "session": {"id": session.id, "started_by": {"pid": session.opener_pid,
                         "uid": session.opener_uid}},
@@ -324,7 +332,7 @@ pub fn join(
 pub fn resume(
     shared: &Arc<Shared>,
     conv: &mut Conversation,
-    cred: &UCred,
+    who: &Caller,
     session_id: &str,
     token: &str,
     mut fds: Vec<OwnedFd>,
@@ -332,7 +340,13 @@ pub fn resume(
     if conv.session.is_some() {
         bail!("this connection already has a session");
     }
-    let pid = cred.pid().context("peer pid unknown")? as u32;
+    who.require(
+        shared,
+        Need::Outside,
+        "resume",
+        Some(("session", session_id.into())),
+    )?;
+    let pid = who.pid().context("peer pid unknown")?;
     let registry = shared
         .registry
         .read()

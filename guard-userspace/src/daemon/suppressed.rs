@@ -18,7 +18,10 @@ use guard_common::{
 };
 use serde_json::{Value, json};
 
-use super::Shared;
+use super::{
+    Shared,
+    tasks::{Lease, Owned},
+};
 use crate::{
     events::{self, selfdefense},
     kernel::RefusalCounters,
@@ -37,12 +40,28 @@ struct Reported {
     summarized: Instant,
 }
 
-pub async fn report(counters: RefusalCounters, shared: Arc<Shared>) -> anyhow::Result<()> {
-    let mut seen: HashMap<(u64, usize), Reported> = HashMap::new();
+/// The counts and what has been said of them, kept across restarts of
+/// the reporting task.
+pub struct Suppressed {
+    counters: RefusalCounters,
+    seen: HashMap<(u64, usize), Reported>,
+}
+
+impl Suppressed {
+    pub fn new(counters: RefusalCounters) -> Self {
+        Self {
+            counters,
+            seen: HashMap::new(),
+        }
+    }
+}
+
+pub async fn report(state: Owned<Suppressed>, shared: Arc<Shared>) -> anyhow::Result<()> {
+    let mut state: Lease<Suppressed> = state.lease()?;
     let mut tick = tokio::time::interval(POLL);
     loop {
         tick.tick().await;
-        let totals = match counters.totals() {
+        let totals = match state.counters.totals() {
             Ok(t) => t,
             Err(err) => {
                 tracing::error!(%err, "reading the suppressed self-defense records");
@@ -51,7 +70,7 @@ pub async fn report(counters: RefusalCounters, shared: Arc<Shared>) -> anyhow::R
         };
         for (cgroup_id, counts) in totals {
             for (class, now) in counts.into_iter().enumerate().filter(|(_, n)| *n > 0) {
-                let r = seen.entry((cgroup_id, class)).or_insert(Reported {
+                let r = state.seen.entry((cgroup_id, class)).or_insert(Reported {
                     reported: 0,
                     last: 0,
                     summarized: Instant::now(),

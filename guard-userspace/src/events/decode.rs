@@ -370,7 +370,9 @@ fn common(
     };
     body.insert("rule".into(), rule);
     if header.hold_id != 0 {
-        body.insert("hold".into(), json!({ "id": header.hold_id }));
+        // A hold starting (outcome held), or the held call itself running
+        // on its decision (allowed or denied): the same id either way.
+        body.insert("hold".into(), json!({ "id": header.hold_id.to_string() }));
     }
     if header.grant_id != 0 {
         body.insert("grant".into(), json!({ "id": header.grant_id }));

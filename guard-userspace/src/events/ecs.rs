@@ -14,6 +14,7 @@ fn categories(kind: &str) -> (&'static [&'static str], &'static [&'static str]) 
         "agent.exit" | "agent.kill" => (&["process"], &["end"]),
         "daemon.start" => (&["process", "configuration"], &["start"]),
         "daemon.stop" => (&["process", "configuration"], &["end"]),
+        "daemon.task" => (&["process"], &["change"]),
         "policy.reload" | "agent.mode" => (&["configuration"], &["change"]),
         "control.refused" => (&["iam"], &["denied"]),
         "agent.escape" | "guard.tamper" => (&["process", "intrusion_detection"], &["denied"]),

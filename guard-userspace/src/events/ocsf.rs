@@ -51,6 +51,7 @@ fn class_activity(kind: &str, outcome: &str) -> (Class, u32, &'static str) {
         "agent.exit" | "agent.kill" => (PROCESS_ACTIVITY, 2, "Terminate"),
         "daemon.start" => (APP_LIFECYCLE, 3, "Start"),
         "daemon.stop" => (APP_LIFECYCLE, 4, "Stop"),
+        "daemon.task" => (APP_LIFECYCLE, 5, "Restart"),
         "policy.reload" | "agent.mode" => (APP_LIFECYCLE, 8, "Update"),
         "control.refused" => (API_ACTIVITY, 99, "Other"),
         "agent.escape" | "guard.tamper" => (PROCESS_ACTIVITY, 99, "Other"),

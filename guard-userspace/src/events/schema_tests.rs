@@ -59,6 +59,14 @@ fn every_kind_validates() {
         json!({"kind": "agent.mode", "outcome": "success", "agent": agent(),
                "mode": {"from": "enforce", "to": "freeze"}, "by": {"uid": 0, "user": null}}),
         json!({"kind": "loss", "outcome": "lost", "loss": {"reason": "sink_slow", "count": 3, "sink": "siem", "total": 3}}),
+        json!({"kind": "daemon.task", "outcome": "failure",
+               "task": {"name": "control socket", "error": "boom", "failures": 1, "restart_in_ms": 100}}),
+        json!({"kind": "control.refused", "outcome": "denied",
+               "control": {"op": "approve", "hold": "12", "reason": "inside agent bot",
+                           "by": {"uid": 0, "pid": 9, "user": "root", "agent": "bot"}}}),
+        json!({"kind": "control.refused", "outcome": "denied",
+               "control": {"op": "suppressed", "count": 4990, "reason": "rate limit",
+                           "by": {"uid": 65534, "pid": 9, "user": "nobody"}}}),
     ];
     for (i, body) in bodies.into_iter().enumerate() {
         let ev = event(&mut chain, i as u64 + 1, body);

@@ -29,12 +29,33 @@ use serde_json::{Value, json};
 pub use tokens::Tokens;
 
 use crate::{
-    daemon::{
-        Shared,
-        approvals::{self, Approver, ScopeRequest},
-    },
-    events,
+    daemon::{access::Caller, approvals::ScopeRequest},
+    events::sinks::Line,
 };
+
+/// What the page needs of the daemon, and nothing more: the held calls
+/// and grants to show, the one decision path every surface shares, and
+/// where refusals and decisions go. The daemon implements it
+/// (`daemon::surfaces`); tests and the fuzz tier drive the page with
+/// their own.
+pub trait Backend: Send + Sync + 'static {
+    fn pending(&self) -> Vec<Value>;
+    fn grants(&self) -> Vec<Value>;
+    fn decide(
+        &self,
+        who: &Caller,
+        id: &str,
+        approve: bool,
+        reason: Option<String>,
+        scope: ScopeRequest,
+    ) -> Result<Value>;
+    fn kill(&self, who: &Caller, hold: String) -> Result<Value>;
+    fn revoke(&self, who: &Caller, grant: u32) -> Result<Value>;
+    /// Reports a refused request (rate-limited per `source`).
+    fn refuse(&self, source: &str, control: Value);
+    /// The event stream, from now on (for the page's recent decisions).
+    fn events(&self) -> tokio::sync::mpsc::Receiver<Line>;
+}
 
 /// Decisions kept for the page's "recent decisions".
 const RECENT: usize = 50;
@@ -44,23 +65,44 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
                    form-action 'none'; frame-ancestors 'none'";
 
 struct App {
-    shared: Arc<Shared>,
-    tokens: Tokens,
+    backend: Arc<dyn Backend>,
+    tokens: Arc<Tokens>,
     recent: Mutex<VecDeque<Value>>,
 }
 
 /// Serves the page on `listener` until the daemon stops.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
-    tokens: Tokens,
+    backend: Arc<dyn Backend>,
+    tokens: Arc<Tokens>,
 ) -> Result<()> {
+    let (router, recent) = router(backend, tokens);
+    let follow = tokio::spawn(recent);
+    let served = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+    .context("serving [web]");
+    follow.abort();
+    served
+}
+
+/// The page's routes, and the task that keeps its recent decisions (to be
+/// spawned beside it). Requests need a `ConnectInfo<SocketAddr>`.
+pub fn router(
+    backend: Arc<dyn Backend>,
+    tokens: Arc<Tokens>,
+) -> (
+    Router,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let app = Arc::new(App {
-        shared: shared.clone(),
+        backend,
         tokens,
         recent: Mutex::new(VecDeque::with_capacity(RECENT)),
     });
-    tokio::spawn(follow_decisions(app.clone()));
+    let recent = follow_decisions(app.clone());
     let router = Router::new()
         .route("/", get(|| asset("text/html; charset=utf-8", INDEX)))
         .route(
@@ -77,12 +119,7 @@ pub async fn serve(
         .route("/api/grants/{id}/revoke", post(revoke))
         .layer(axum::middleware::map_response(secure_headers))
         .with_state(app);
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
-    .context("serving [web]")
+    (router, recent)
 }
 
 const INDEX: &str = include_str!("assets/index.html");
@@ -112,16 +149,14 @@ async fn secure_headers(mut resp: Response) -> Response {
     resp
 }
 
-/// Keeps the last decisions, from the event stream.
-async fn follow_decisions(app: Arc<App>) {
-    let mut rx = crate::events::with(&app.shared.emitter, |e| {
-        e.subscribe(
-            "web",
-            None,
-            crate::policy::sink::Format::V1,
-            crate::events::sinks::stream::SUBSCRIBER_QUEUE,
-        )
-    });
+/// Keeps the last decisions, from the event stream. Subscribes at once,
+/// so no decision after the router is built is missed.
+fn follow_decisions(app: Arc<App>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let rx = app.backend.events();
+    follow(app, rx)
+}
+
+async fn follow(app: Arc<App>, mut rx: tokio::sync::mpsc::Receiver<Line>) {
     while let Some(line) = rx.recv().await {
         let Ok(event) = serde_json::from_slice::<Value>(&line.bytes) else {
             continue;
@@ -158,7 +193,7 @@ fn authorize(
     headers: &HeaderMap,
     peer: SocketAddr,
     op: &str,
-) -> Result<Approver, Box<Response>> {
+) -> Result<Caller, Box<Response>> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -171,15 +206,12 @@ fn authorize(
         )));
     };
     match app.tokens.user(token) {
-        Some(user) => Ok(Approver::Token {
-            user: user.to_owned(),
-        }),
+        Some(user) => Ok(Caller::web(user.to_owned())),
         None => {
-            events::emit_now(
-                &app.shared.emitter,
-                json!({"kind": "control.refused", "outcome": "denied",
-                       "control": {"op": op, "by": {"remote": peer.to_string(), "via": "web"},
-                                   "reason": "unknown web token"}}),
+            app.backend.refuse(
+                &format!("web client {}", peer.ip()),
+                json!({"op": op, "by": {"remote": peer.to_string(), "via": "web"},
+                       "reason": "unknown web token"}),
             );
             Err(Box::new(error(StatusCode::UNAUTHORIZED, "token refused")))
         }
@@ -206,10 +238,7 @@ async fn state(
         Ok(who) => who,
         Err(resp) => return *resp,
     };
-    let user = match &who {
-        Approver::Token { user } => user.clone(),
-        Approver::Peer(_) => String::new(),
-    };
+    let user = who.user.clone();
     let recent: Vec<Value> = app
         .recent
         .lock()
@@ -218,8 +247,8 @@ async fn state(
     Json(json!({
         "ok": true,
         "user": user,
-        "holds": app.shared.holds.pending(),
-        "grants": app.shared.grants.list(),
+        "holds": app.backend.pending(),
+        "grants": app.backend.grants(),
         "decisions": recent,
     }))
     .into_response()
@@ -259,8 +288,7 @@ async fn decide(
         Err(resp) => return *resp,
     };
     let reason = body.reason.filter(|r| !r.trim().is_empty());
-    outcome(approvals::decide(
-        &app.shared,
+    outcome(app.backend.decide(
         &who,
         &id,
         body.approve,
@@ -283,7 +311,7 @@ async fn kill(
         Ok(who) => who,
         Err(resp) => return *resp,
     };
-    outcome(approvals::kill(&app.shared, &who, Some(id), None))
+    outcome(app.backend.kill(&who, id))
 }
 
 async fn revoke(
@@ -296,5 +324,5 @@ async fn revoke(
         Ok(who) => who,
         Err(resp) => return *resp,
     };
-    outcome(approvals::revoke(&app.shared, &who, id))
+    outcome(app.backend.revoke(&who, id))
 }
