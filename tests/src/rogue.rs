@@ -76,6 +76,19 @@ refused = sum(1 for _ in range(n) if libc.kill(pid, 0) != 0)
 print("refused=%d" % refused, flush=True)
 "#;
 
+/// unlink(argv[1]) argv[2] times: prints how many were refused.
+pub const PY_UNLINK_LOOP: &str = r#"
+import os, sys
+path, n = sys.argv[1], int(sys.argv[2])
+refused = 0
+for _ in range(n):
+    try:
+        os.unlink(path)
+    except PermissionError:
+        refused += 1
+print("refused=%d" % refused, flush=True)
+"#;
+
 /// clone3(CLONE_INTO_CGROUP) into the cgroup directory argv[1]; the child
 /// would connect to port argv[2] and say so.
 pub const PY_CLONE_INTO: &str = r#"
@@ -103,7 +116,7 @@ pub struct Rogue {
     /// The agent's cgroup, relative to the cgroup2 mount.
     pub cgroup: String,
     /// The scripts above (connect.py, reach.py, clone.py, signals.py,
-    /// kill_loop.py), readable by agents.
+    /// kill_loop.py, unlink_loop.py), readable by agents.
     pub scripts: Scratch,
 }
 
@@ -119,6 +132,7 @@ impl Rogue {
             ("clone.py", PY_CLONE_INTO),
             ("signals.py", PY_SIGNALS),
             ("kill_loop.py", PY_KILL_LOOP),
+            ("unlink_loop.py", PY_UNLINK_LOOP),
         ] {
             std::fs::write(scripts.path(name), text).expect("script");
         }

@@ -23,6 +23,8 @@ pub struct Guard {
     /// What each `run` applies to its command: empty where the tamper
     /// hooks already cover every agent process.
     pub confine: Confinement,
+    /// The per-agent allowance of the refusals the daemon reports itself.
+    pub allowance: super::suppressed::Allowance,
 }
 
 impl Guard {
@@ -154,6 +156,7 @@ pub fn arm<'a>(
         status: kernel.guard.clone(),
         protected,
         confine,
+        allowance: Default::default(),
     };
     (guard, keys)
 }

@@ -13,9 +13,10 @@ use std::{
 };
 
 use guard_common::{
-    REFUSAL_BURST, REFUSAL_CLASSES, REFUSAL_ESCAPE, TAMPER_BPF, TAMPER_FILE, TAMPER_PTRACE,
-    TAMPER_SIGNAL,
+    REFUSAL_BURST, REFUSAL_CLASSES, REFUSAL_ESCAPE, REFUSAL_INTERVAL_NS, TAMPER_BPF, TAMPER_FILE,
+    TAMPER_PTRACE, TAMPER_SIGNAL,
 };
+use parking_lot::Mutex;
 use serde_json::{Value, json};
 
 use super::{
@@ -28,6 +29,46 @@ use crate::{
 };
 
 const POLL: Duration = Duration::from_secs(1);
+
+/// The same allowance for the refusals the daemon itself reports (a run's
+/// supervised delete of a protected file): a loop of them costs the agent
+/// a round trip each, about 13,000 a second, which would still flood.
+#[derive(Default)]
+pub struct Allowance {
+    /// (agent cgroup, class) -> (when one more is within the allowance,
+    /// how many were held back so far).
+    slots: Mutex<HashMap<(u64, usize), (Instant, u64)>>,
+}
+
+impl Allowance {
+    /// Whether one more refusal of `class` by the agent may be reported
+    /// now; if not, it is counted for the next `suppressed` event.
+    pub fn allows(&self, agent_cgroup_id: u64, class: u32) -> bool {
+        let interval = Duration::from_nanos(REFUSAL_INTERVAL_NS);
+        let now = Instant::now();
+        let mut slots = self.slots.lock();
+        let (next, held_back) = slots
+            .entry((agent_cgroup_id, class as usize))
+            .or_insert((now, 0));
+        let tat = (*next).max(now);
+        if tat.duration_since(now) > interval * (REFUSAL_BURST as u32 - 1) {
+            *held_back += 1;
+            return false;
+        }
+        *next = tat + interval;
+        true
+    }
+
+    /// What it held back so far, per agent cgroup and class (monotonic).
+    fn held_back(&self) -> Vec<((u64, usize), u64)> {
+        self.slots
+            .lock()
+            .iter()
+            .filter(|(_, (_, n))| *n > 0)
+            .map(|(k, (_, n))| (*k, *n))
+            .collect()
+    }
+}
 /// While an agent's refusals go on, its count is reported this often.
 const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
@@ -61,13 +102,21 @@ pub async fn report(state: Owned<Suppressed>, shared: Arc<Shared>) -> anyhow::Re
     let mut tick = tokio::time::interval(POLL);
     loop {
         tick.tick().await;
-        let totals = match state.counters.totals() {
+        let mut totals = match state.counters.totals() {
             Ok(t) => t,
             Err(err) => {
                 tracing::error!(%err, "reading the suppressed self-defense records");
                 continue;
             }
         };
+        // Both counts only grow (but for the kernel forgetting an agent),
+        // so their sum does.
+        for ((cgroup_id, class), n) in shared.guard.allowance.held_back() {
+            let sum = totals.entry(cgroup_id).or_default();
+            if let Some(slot) = sum.get_mut(class) {
+                *slot += n;
+            }
+        }
         for (cgroup_id, counts) in totals {
             for (class, now) in counts.into_iter().enumerate().filter(|(_, n)| *n > 0) {
                 let r = state.seen.entry((cgroup_id, class)).or_insert(Reported {
@@ -123,6 +172,14 @@ fn summary(shared: &Shared, agent_cgroup_id: u64, class: usize, count: u64) -> V
     };
     let of = class_name(class);
     debug_assert!(class < REFUSAL_CLASSES);
+    let what = if class as u32 == TAMPER_FILE {
+        // The kernel cannot tell which refused path calls were the guard's
+        // before the daemon resolves them: it counts them all.
+        "refused path calls (the guard's files among them, or ordinary permission failures)"
+            .to_owned()
+    } else {
+        format!("refused {of} attempts")
+    };
     json!({
         "kind": "guard.tamper",
         "outcome": "denied",
@@ -134,9 +191,30 @@ fn summary(shared: &Shared, agent_cgroup_id: u64, class: usize, count: u64) -> V
             "of": of,
             "count": count,
             "reason": format!(
-                "{count} more refused {of} attempts by this agent, not reported one by one \
+                "{count} more {what} by this agent, not reported one by one \
                  (at most {REFUSAL_BURST} at once, then one a second)"
             ),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_allowance_is_a_burst_then_counts() {
+        let a = Allowance::default();
+        let allowed = (0..25).filter(|_| a.allows(42, TAMPER_FILE)).count();
+        // The burst, and perhaps one more if a second passed meanwhile.
+        assert!((REFUSAL_BURST as usize..=REFUSAL_BURST as usize + 1).contains(&allowed));
+        let held: u64 = a.held_back().iter().map(|(_, n)| n).sum();
+        assert_eq!(
+            held as usize + allowed,
+            25,
+            "each refusal reported or counted"
+        );
+        assert!(a.allows(43, TAMPER_FILE), "another agent has its own");
+        assert!(a.allows(42, TAMPER_SIGNAL), "and another kind");
+    }
 }

@@ -212,6 +212,102 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A record of one refused path call by this process.
+    fn record(call: Call, flags: u32, path: &str, base: &str) -> Vec<u8> {
+        let mut rec: RefusedPathRecord =
+            read(&vec![0u8; size_of::<RefusedPathRecord>()]).expect("zeroed record");
+        rec.header.pid = std::process::id();
+        rec.call = call.raw();
+        rec.flags = flags;
+        let p = &mut rec.paths[0];
+        p.dirfd = -100;
+        p.path[..path.len()].copy_from_slice(path.as_bytes());
+        p.path_len = path.len() as u16;
+        p.base[..base.len()].copy_from_slice(base.as_bytes());
+        p.base_len = base.len() as u16;
+        // SAFETY: a plain repr(C) record, viewed as its bytes.
+        unsafe {
+            std::slice::from_raw_parts(
+                (&raw const rec).cast::<u8>(),
+                size_of::<RefusedPathRecord>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn refused_paths_are_the_guards_or_nothing() {
+        let dir = std::env::temp_dir().join(format!("refused-classify-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("secret")).expect("mkdir");
+        std::fs::create_dir_all(dir.join("cg/other")).expect("mkdir");
+        std::fs::create_dir_all(dir.join("open")).expect("mkdir");
+        let dir = std::fs::canonicalize(&dir).expect("canon");
+        let d = |rel: &str| format!("{}/{rel}", dir.display());
+        let policy = crate::policy::parse("test.toml", "").expect("an empty policy");
+        let mut registry = Registry::new(policy);
+        let key = guard_common::InodeKey { dev: 1, ino: 2 };
+        registry.protected = vec![(key, dir.join("secret"))];
+        registry.cgroup_mounts = vec![dir.join("cg")];
+        let classify = |bytes: Vec<u8>| classify(&bytes, &registry).expect("decodes");
+        let rdonly = libc::O_RDONLY as u32;
+
+        let (kind, t) =
+            classify(record(Call::Openat, rdonly, &d("secret/key"), "")).expect("the guard's");
+        assert_eq!(kind, "guard.tamper");
+        assert_eq!(t["what"], "file");
+        assert_eq!(t["protected"], d("secret"));
+        assert_eq!(t["write"], false);
+        assert_eq!(t["call"], "openat");
+        assert_eq!(t["path"], d("secret/key"));
+
+        // Relative, with ".." and the kernel's base directory.
+        let (_, t) =
+            classify(record(Call::Mkdirat, 0, "open/../secret/new", &d(""))).expect("the guard's");
+        assert_eq!(t["protected"], d("secret"));
+        assert_eq!(t["write"], true);
+
+        let (_, t) = classify(record(
+            Call::Openat,
+            rdonly,
+            &format!("/proc/{}/mem", std::process::id()),
+            "",
+        ))
+        .expect("a guard process's /proc entry");
+        assert_eq!(t["what"], "ptrace");
+        assert_eq!(t["pid"], std::process::id());
+
+        // A write to a cgroup file outside the agent; reading one is not.
+        let procs = d("cg/other/cgroup.procs");
+        let (kind, t) =
+            classify(record(Call::Openat, libc::O_WRONLY as u32, &procs, "")).expect("an escape");
+        assert_eq!(kind, "agent.escape");
+        assert_eq!(t["cgroup"], "/other");
+        assert_eq!(t["action"], "refused");
+        assert!(classify(record(Call::Openat, rdonly, &procs, "")).is_none());
+
+        // An ordinary refusal is not the guard's to report.
+        assert!(classify(record(Call::Openat, rdonly, &d("open/x"), "")).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_base_directory_inside_a_protected_one_is_found_by_inode() {
+        let policy = crate::policy::parse("test.toml", "").expect("an empty policy");
+        let mut registry = Registry::new(policy);
+        let key = guard_common::InodeKey { dev: 7, ino: 9 };
+        registry.protected = vec![(key, PathBuf::from("/var/lib/agent-guard"))];
+        let mut bytes = record(Call::Openat, libc::O_RDONLY as u32, "chain.json", "");
+        let mut rec: RefusedPathRecord = read(&bytes).expect("record");
+        rec.paths[0].protected = key;
+        // SAFETY: as in `record`.
+        bytes = unsafe { std::slice::from_raw_parts((&raw const rec).cast::<u8>(), bytes.len()) }
+            .to_vec();
+        let (_, t) = classify(&bytes, &registry)
+            .expect("decodes")
+            .expect("the guard's");
+        assert_eq!(t["protected"], "/var/lib/agent-guard");
+    }
+
     #[test]
     fn proc_entries_of_the_daemon_are_its() {
         let policy = crate::policy::parse("test.toml", "").expect("an empty policy");
