@@ -13,6 +13,7 @@ pub mod kconst;
 pub mod ladder;
 pub mod maps;
 pub mod record;
+pub mod refused;
 
 pub use abi::*;
 pub use guard::*;
@@ -20,3 +21,4 @@ pub use kconst::*;
 pub use ladder::*;
 pub use maps::*;
 pub use record::*;
+pub use refused::*;

@@ -7,7 +7,8 @@
 
 mod decide;
 mod emit;
-// Self-defense (entry points in these modules): escape.rs, tamper.rs.
+// Self-defense (entry points in these modules): escape.rs, tamper.rs;
+// refused.rs reports from escape.rs's sys_exit.
 mod escape;
 mod fs;
 mod grant;
@@ -20,6 +21,7 @@ mod net;
 mod offsets;
 mod path_walk;
 mod paths;
+mod refused;
 mod rename;
 mod tamper;
 mod unix;

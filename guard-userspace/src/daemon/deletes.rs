@@ -3,7 +3,7 @@
 //! mount family and io_uring. The same policy matchers the kernel maps are
 //! checked against, the same decision ladder (guard_common::ladder), the
 //! same event shapes as the LSM backend (events/calls.rs).
-use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc};
 
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
@@ -190,6 +190,14 @@ impl SessionDecider {
             .chain(req.second.as_ref())
             .find_map(|o| self.shared.guard.covering(&o.path));
         if let Some(protected) = protected {
+            if !self
+                .shared
+                .guard
+                .allowance
+                .allows(agent.cgroup_id, guard_common::TAMPER_FILE)
+            {
+                return Judged::Now(Decision::Deny);
+            }
             let mut body = decode::supervised_call(
                 &registry,
                 agent,
@@ -236,7 +244,7 @@ impl SessionDecider {
                     p.reason,
                     &mut super::lock_enricher(&self.shared),
                 );
-                let timeout = Duration::from_secs(registry.policy.daemon.approval_timeout_secs);
+                let timeout = registry.policy.approval_timeout(Some(&agent.def.name));
                 drop(registry);
                 let (tx, rx) = oneshot::channel();
                 let id = hold_id();

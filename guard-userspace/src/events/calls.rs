@@ -24,7 +24,9 @@ pub fn kind_name(kind: EventKind) -> &'static str {
         EventKind::FileMount => "file.mount",
         EventKind::FileIoUring => "file.io_uring",
         EventKind::AgentEscape => "agent.escape",
-        EventKind::GuardTamper => "guard.tamper",
+        // A refused path call's record: decode.rs names it after what it
+        // reached for (guard.tamper, or agent.escape for a cgroup file).
+        EventKind::GuardTamper | EventKind::GuardRefusedPath => "guard.tamper",
     }
 }
 

@@ -7,7 +7,7 @@ use std::{
 };
 
 use guard_common::{
-    AF_INET, AF_INET6, AT_FDCWD, AT_REMOVEDIR, ConnectRecord, EventHeader, EventKind, FileRecord,
+    AF_INET, AF_INET6, AT_REMOVEDIR, ConnectRecord, EventHeader, EventKind, FileRecord,
     MountRecord, NR_RMDIR, ObservedDeleteRecord, Outcome, RULE_DEFAULT, RenameRecord, Verdict,
 };
 use serde_json::{Map, Value, json};
@@ -125,11 +125,27 @@ pub fn decode(
         // Seccomp supervision of this run judges and reports the call.
         return Ok(None);
     }
+    // A refused path call becomes an event only if it reached for the
+    // guard: found out before anything else is looked up.
+    let refused = match kind {
+        EventKind::GuardRefusedPath => match super::refused::classify(bytes, registry)? {
+            Some(found) => Some(found),
+            None => return Ok(None),
+        },
+        _ => None,
+    };
     let mut body = common(&header, registry, enricher);
     body.insert("kind".into(), calls::kind_name(kind).into());
     let held_denied =
         header.outcome == Outcome::Denied.raw() && header.verdict == Verdict::Ask.raw();
     match kind {
+        EventKind::GuardRefusedPath => {
+            if let Some((kind, target)) = refused {
+                body.insert("kind".into(), kind.into());
+                body.insert("target".into(), target);
+                body.insert("rule".into(), super::selfdefense::rule());
+            }
+        }
         EventKind::NetConnect | EventKind::NetSend => {
             let rec: ConnectRecord = read(bytes)?;
             body.insert("target".into(), connect_target(&rec));
@@ -219,16 +235,28 @@ fn resolve(pid: u32, dirfd: i32, raw: &str) -> Option<String> {
     let joined = if raw.starts_with('/') {
         raw.to_owned()
     } else {
-        let base = if dirfd == AT_FDCWD {
-            std::fs::read_link(format!("/proc/{pid}/cwd"))
-        } else {
-            std::fs::read_link(format!("/proc/{pid}/fd/{dirfd}"))
-        }
-        .ok()?;
-        format!("{}/{raw}", base.display())
+        format!("{}/{raw}", proc_base(pid, dirfd)?)
     };
+    Some(normalize(&joined))
+}
+
+/// The directory a relative path of `pid` starts from, read from /proc
+/// while the process is alive: its cwd, or directory descriptor `dirfd`.
+pub(super) fn proc_base(pid: u32, dirfd: i32) -> Option<String> {
+    let link = if dirfd == -100 {
+        format!("/proc/{pid}/cwd")
+    } else {
+        format!("/proc/{pid}/fd/{dirfd}")
+    };
+    let base = std::fs::read_link(link).ok()?;
+    Some(base.display().to_string())
+}
+
+/// `path` made absolute and lexically normalized ("." and ".." folded,
+/// repeated slashes collapsed).
+pub(super) fn normalize(path: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
-    for c in joined.split('/') {
+    for c in path.split('/') {
         match c {
             "" | "." => {}
             ".." => {
@@ -237,7 +265,7 @@ fn resolve(pid: u32, dirfd: i32, raw: &str) -> Option<String> {
             c => parts.push(c),
         }
     }
-    Some(format!("/{}", parts.join("/")))
+    format!("/{}", parts.join("/"))
 }
 
 /// What a supervised call's event says about the rule that decided it.

@@ -90,6 +90,7 @@ struct RawAgent {
     allow_mounts: Option<bool>,
     allow_io_uring: Option<bool>,
     runners: Option<RawApprovers>,
+    approval_timeout_secs: Option<Spanned<u64>>,
 }
 
 /// `[agent.connect]` and `[agent.delete]` have the same shape.
@@ -245,16 +246,8 @@ fn daemon(doc: &Doc<'_>, raw: Option<RawDaemon>) -> Result<DaemonConfig, PolicyE
     };
     let control_socket = abs_path(raw.control_socket, DEFAULT_CONTROL_SOCKET, "control_socket")?;
     let state_dir = abs_path(raw.state_dir, DEFAULT_STATE_DIR, "state_dir")?;
-    let approval_timeout_secs = match raw.approval_timeout_secs {
-        None => DEFAULT_APPROVAL_TIMEOUT_SECS,
-        Some(t) if *t.get_ref() == 0 => {
-            return Err(doc.error_at(
-                t.span().start,
-                "approval_timeout_secs must be greater than 0",
-            ));
-        }
-        Some(t) => t.into_inner(),
-    };
+    let approval_timeout_secs =
+        approval_timeout(doc, raw.approval_timeout_secs)?.unwrap_or(DEFAULT_APPROVAL_TIMEOUT_SECS);
     let approvers = uid_group_list(doc, raw.approvers, "approver")?;
     // Readers add to the approvers: none unless written.
     let readers = match raw.readers {
@@ -288,6 +281,17 @@ fn daemon(doc: &Doc<'_>, raw: Option<RawDaemon>) -> Result<DaemonConfig, PolicyE
         readers,
         on_remove,
     })
+}
+
+/// `approval_timeout_secs`, in [daemon] or an [[agent]]: more than 0.
+fn approval_timeout(doc: &Doc<'_>, raw: Option<Spanned<u64>>) -> Result<Option<u64>, PolicyError> {
+    match raw {
+        Some(t) if *t.get_ref() == 0 => Err(doc.error_at(
+            t.span().start,
+            "approval_timeout_secs must be greater than 0",
+        )),
+        t => Ok(t.map(Spanned::into_inner)),
+    }
 }
 
 /// `{ uids = [...], groups = [...] }` for approvers and runners; omitted
@@ -361,6 +365,7 @@ fn agent(doc: &Doc<'_>, raw: RawAgent, line: usize) -> Result<Agent, PolicyError
     let connect = net_policy(doc, raw.connect.as_ref())?;
     let delete = path_policy(doc, raw.delete.as_ref())?;
     let runners = uid_group_list(doc, raw.runners, "runner")?;
+    let approval_timeout_secs = approval_timeout(doc, raw.approval_timeout_secs)?;
     Ok(Agent {
         name: raw.name.into_inner(),
         owner: raw.owner.into_inner(),
@@ -373,6 +378,7 @@ fn agent(doc: &Doc<'_>, raw: RawAgent, line: usize) -> Result<Agent, PolicyError
         allow_mounts: raw.allow_mounts.unwrap_or(false),
         allow_io_uring: raw.allow_io_uring.unwrap_or(false),
         runners,
+        approval_timeout_secs,
         line,
     })
 }

@@ -21,6 +21,27 @@ const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 /// open_tree(2): make a detached copy of the tree.
 const OPEN_TREE_CLONE: u32 = 1;
 
+/// Calls the refusal observer (guard-ebpf refused.rs) watches that this
+/// filter hands the supervisor, which judges and reports them itself: the
+/// observer leaves them alone, with (for opens) the flags that make the
+/// filter hand them over. A row the filter notifies belongs here, or its
+/// refusals are reported twice (`notified_calls_are_left_to_the_supervisor`).
+pub const SUPERVISED_WATCHED: &[(guard_common::Call, Option<u32>)] = {
+    use guard_common::Call as C;
+    &[
+        (C::Rename, None),
+        (C::Renameat, None),
+        (C::Renameat2, None),
+        (C::Link, None),
+        (C::Linkat, None),
+        (C::Truncate, None),
+        (C::Open, Some(O_TRUNC)),
+        (C::Openat, Some(O_TRUNC)),
+        (C::Creat, None),
+        (C::Openat2, None),
+    ]
+};
+
 /// A guarded system call, whatever table it came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Guarded {

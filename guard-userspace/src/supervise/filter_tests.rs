@@ -172,3 +172,32 @@ fn classify_matches_the_table() {
         }
     }
 }
+
+/// The refusal observer (guard-ebpf refused.rs) leaves to the supervisor
+/// exactly the calls this filter hands it, or their refusals would be
+/// reported twice (or not at all).
+#[test]
+fn notified_calls_are_left_to_the_supervisor() {
+    let p = FilterProgram::default();
+    let t = u64::from(O_TRUNC);
+    let mut seen = Vec::new();
+    for nr in 0..512u32 {
+        let Some(call) = guard_common::Call::from_x86_64(u64::from(nr)) else {
+            continue;
+        };
+        let skip = SUPERVISED_WATCHED
+            .iter()
+            .find(|(c, _)| *c == call)
+            .map(|(_, f)| *f);
+        if run(&p.insns, X64, nr, [0; 6]) == NOTIF {
+            assert_eq!(skip, Some(None), "{call:?} is always notified");
+            seen.push(call);
+        } else if run(&p.insns, X64, nr, [0, t, t, 0, 0, 0]) == NOTIF {
+            assert_eq!(skip, Some(Some(O_TRUNC)), "{call:?} is notified on O_TRUNC");
+            seen.push(call);
+        } else {
+            assert_eq!(skip, None, "{call:?} is never notified");
+        }
+    }
+    assert_eq!(seen.len(), SUPERVISED_WATCHED.len(), "{seen:?}");
+}

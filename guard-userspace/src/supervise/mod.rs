@@ -145,7 +145,7 @@ mod truncate;
 use std::{future::Future, io, pin::Pin};
 
 pub use fdpass::{recv_fds_now, recv_with_fds, send_with_fd};
-pub use filter::{FilterOptions, FilterProgram};
+pub use filter::{FilterOptions, FilterProgram, SUPERVISED_WATCHED};
 #[cfg(test)]
 pub use supervisor::supervise;
 pub use supervisor::{Journal, Resume, supervise_resuming};

@@ -34,9 +34,11 @@ default = "allow"
 pub const DAEMON_TOML: &str = "[daemon]\napproval_timeout_secs = 60\n";
 
 /// unlink and connect; open (ordinary: never supervised), rename (every
-/// one supervised under seccomp, which cannot see paths), and UDP datagrams
-/// sent without connect (cgroup/sendmsg4).
-const OPS: [&str; 5] = ["unlink", "connect", "open", "rename", "udp"];
+/// one supervised under seccomp, which cannot see paths), UDP datagrams
+/// sent without connect (cgroup/sendmsg4), and `refused`: a call the
+/// kernel refuses (EPERM), the worst case of the refusal observer for
+/// processes outside agents.
+const OPS: [&str; 6] = ["unlink", "connect", "open", "rename", "udp", "refused"];
 /// (key, description, place, whether the guard is loaded)
 const CASES: [(&str, &str, Place, bool); 4] = [
     ("none", "no guard", Place::Outside, false),
@@ -63,6 +65,7 @@ fn job(ctx: &Ctx, op: &str, case: &str, round: u32, ports: Ports, calls: u32) ->
             .to_string()
     };
     let (flag, value) = match op {
+        "refused" => return vec!["refused".into(), "--count".into(), calls.to_string()],
         "unlink" | "open" | "rename" => ("--dir", dir(op)),
         "udp" => ("--port", ports.udp.to_string()),
         _ => ("--port", ports.tcp.to_string()),

@@ -71,6 +71,14 @@ pub enum Job {
         #[arg(long, default_value_t = u64::MAX)]
         count: u64,
     },
+    /// Time COUNT calls that fail as refused (EPERM): rt_sigqueueinfo to
+    /// pid 1 with a non-negative si_code, which the kernel refuses to any
+    /// caller before it looks at the target. The most the refusal observer
+    /// at system call exit can cost a process that is not an agent's.
+    Refused {
+        #[arg(long)]
+        count: u32,
+    },
     /// COUNT held connects to 127.0.0.1:PORT, one after another; prints the
     /// CLOCK_BOOTTIME of each return (the kernel's hold ids use that clock).
     HeldConnect {
@@ -112,6 +120,7 @@ pub fn run(args: &WorkerArgs) -> Result<()> {
         Job::Rename { dir, count } => rename(dir, *count)?,
         Job::Udp { port, count } => udp(*port, *count)?,
         Job::Flood { rate, secs, count } => flood(*rate, *secs, *count),
+        Job::Refused { count } => refused(*count)?,
         Job::HeldConnect { port, count } => {
             let mut returned = Vec::new();
             for _ in 0..*count {
@@ -168,6 +177,22 @@ fn timed(count: u32, mut call: impl FnMut(u32) -> Result<()>) -> Result<serde_js
         i += n;
     }
     Ok(result(&chunks, count))
+}
+
+fn refused(count: u32) -> Result<serde_json::Value> {
+    // siginfo_t: si_signo, si_errno, si_code; si_code 0 (SI_USER) may only
+    // be queued to oneself.
+    let mut info = [0i32; 32];
+    info[0] = libc::SIGUSR1;
+    timed(count, |_| {
+        // SAFETY: a siginfo-sized buffer the kernel only reads.
+        let rc =
+            unsafe { libc::syscall(libc::SYS_rt_sigqueueinfo, 1, libc::SIGUSR1, info.as_ptr()) };
+        if rc == 0 {
+            bail!("rt_sigqueueinfo to pid 1 was not refused");
+        }
+        Ok(())
+    })
 }
 
 fn cpath(p: &std::path::Path) -> Result<CString> {
