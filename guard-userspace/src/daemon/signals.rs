@@ -12,13 +12,17 @@
 //! already been reaped cannot be identified, and its signal is refused
 //! too: stop the daemon from a process that waits for it (`systemctl
 //! stop`, `kill` from a shell, Ctrl-C).
+//!
+//! The signalfd is read by a thread of its own, in blocking reads, not by
+//! the async runtime: a stop or a reload must get through however busy the
+//! runtime's workers are (an agent in a tight loop keeps the event reader
+//! busy, and in a 1-CPU guest that once kept a SIGHUP unread for minutes).
 use anyhow::{Context as _, Result};
 use nix::sys::{
     signal::{SigSet, SigmaskHow, Signal, pthread_sigmask},
     signalfd::{SfdFlags, SignalFd},
 };
 use serde_json::json;
-use tokio::io::unix::AsyncFd;
 
 use super::{Shared, access};
 
@@ -66,34 +70,26 @@ pub struct Received {
 }
 
 pub struct Signals {
-    fd: AsyncFd<SignalFd>,
+    fd: SignalFd,
 }
 
 /// `si_code` of signals the kernel itself sends (SI_KERNEL).
 const SI_KERNEL: i32 = 0x80;
 
 impl Signals {
-    /// Reads the signals [`block`] blocked.
+    /// Reads the signals [`block`] blocked, in blocking reads.
     pub fn new() -> Result<Self> {
-        let fd = SignalFd::with_flags(&handled(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .context("signalfd")?;
-        // SAFETY: the SignalFd owns its fd, which stays open and unchanged
-        // until the AsyncFd (which owns the SignalFd) is dropped.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-            .map_err(|e| anyhow::anyhow!("registering the signalfd: {e}"))?;
+        let fd = SignalFd::with_flags(&handled(), SfdFlags::SFD_CLOEXEC).context("signalfd")?;
         Ok(Self { fd })
     }
 
-    /// The next signal, with its sender judged now against `shared`'s agents.
-    pub async fn next(&mut self, shared: &Shared) -> Result<Received> {
+    /// Waits for the next signal, with its sender judged now against
+    /// `shared`'s agents. Blocks the calling thread.
+    pub fn next(&mut self, shared: &Shared) -> Result<Received> {
         loop {
-            let mut guard = self.fd.readable().await?;
-            let info = match guard.get_inner().read_signal() {
+            let info = match self.fd.read_signal() {
                 Ok(Some(info)) => info,
-                Ok(None) => {
-                    guard.clear_ready();
-                    continue;
-                }
+                Ok(None) | Err(nix::errno::Errno::EINTR) => continue,
                 Err(err) => return Err(err).context("reading the signalfd"),
             };
             let Ok(signal) = Signal::try_from(info.ssi_signo as i32) else {
