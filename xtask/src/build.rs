@@ -6,7 +6,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{setup, vm};
+use crate::{setup, timing::Stages, vm};
 
 #[derive(clap::Args, Default)]
 pub struct TestArgs {
@@ -96,10 +96,19 @@ pub fn build_privileged_tests() -> Result<Vec<PathBuf>> {
 const FUZZ_SECS: u64 = 60;
 
 pub fn test(args: &TestArgs) -> Result<()> {
+    let mut stages = Stages::new();
+    let result = test_stages(args, &mut stages);
+    stages.summary();
+    result
+}
+
+fn test_stages(args: &TestArgs, stages: &mut Stages) -> Result<()> {
+    stages.start("setup and build");
     setup::setup()?;
     let bin = build_daemon()?;
 
     eprintln!("xtask: tier 1, unit tests");
+    stages.start("tier 1, unit tests");
     setup::run(cargo().args(["test"]))?;
 
     if args.no_fuzz {
@@ -112,6 +121,7 @@ pub fn test(args: &TestArgs) -> Result<()> {
         eprintln!(
             "xtask: fuzzing what strangers can send, {FUZZ_SECS} s per target, two at a time"
         );
+        stages.start("fuzz tier");
         setup::run(
             cargo()
                 .args(["test", "--package", "guard-userspace", "--test", "fuzz"])
@@ -123,6 +133,7 @@ pub fn test(args: &TestArgs) -> Result<()> {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let kernel = kernel.trim();
     eprintln!("xtask: tier 2, privileged tests on this kernel ({kernel})");
+    stages.start("tier 2, privileged tests on the host");
     let skip_log = workspace_root().join("target/privileged-skips.txt");
     let _ = std::fs::remove_file(&skip_log);
     let mut cmd = cargo();
@@ -144,11 +155,13 @@ pub fn test(args: &TestArgs) -> Result<()> {
         _ => eprintln!("xtask: tier 2 on {kernel}: every privileged test ran"),
     }
 
+    stages.finish();
     if args.no_vm {
         eprintln!("xtask: --no-vm: the QEMU tier (BPF LSM backend) was NOT run");
         return Ok(());
     }
     eprintln!("xtask: tier 3, privileged tests in a QEMU guest with BPF LSM");
+    stages.start("tier 3, privileged tests in QEMU");
     vm::vm_test(&vm::VmTestArgs {
         filter: args.filter.clone(),
         ..vm::VmTestArgs::default()

@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod setup;
+mod timing;
 mod vm;
 
 use std::process::ExitCode;
