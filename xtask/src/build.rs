@@ -107,8 +107,8 @@ fn test_stages(args: &TestArgs, stages: &mut Stages) -> Result<()> {
     setup::setup()?;
     let bin = build_daemon()?;
 
+    stages.start("tier 1, unit tests (with building them)");
     eprintln!("xtask: tier 1, unit tests");
-    stages.start("tier 1, unit tests");
     setup::run(cargo().args(["test"]))?;
 
     if args.no_fuzz {
@@ -118,10 +118,10 @@ fn test_stages(args: &TestArgs, stages: &mut Stages) -> Result<()> {
     } else {
         // What strangers can send: control protocol, web requests, policy
         // parser, kernel-record decoder (guard-userspace/tests/fuzz.rs).
+        stages.start("fuzz tier");
         eprintln!(
             "xtask: fuzzing what strangers can send, {FUZZ_SECS} s per target, two at a time"
         );
-        stages.start("fuzz tier");
         setup::run(
             cargo()
                 .args(["test", "--package", "guard-userspace", "--test", "fuzz"])
@@ -132,8 +132,8 @@ fn test_stages(args: &TestArgs, stages: &mut Stages) -> Result<()> {
 
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let kernel = kernel.trim();
+    stages.start("tier 2, privileged tests on the host (with building them)");
     eprintln!("xtask: tier 2, privileged tests on this kernel ({kernel})");
-    stages.start("tier 2, privileged tests on the host");
     let skip_log = workspace_root().join("target/privileged-skips.txt");
     let _ = std::fs::remove_file(&skip_log);
     let mut cmd = cargo();
@@ -160,8 +160,8 @@ fn test_stages(args: &TestArgs, stages: &mut Stages) -> Result<()> {
         eprintln!("xtask: --no-vm: the QEMU tier (BPF LSM backend) was NOT run");
         return Ok(());
     }
-    eprintln!("xtask: tier 3, privileged tests in a QEMU guest with BPF LSM");
     stages.start("tier 3, privileged tests in QEMU");
+    eprintln!("xtask: tier 3, privileged tests in a QEMU guest with BPF LSM");
     vm::vm_test(&vm::VmTestArgs {
         filter: args.filter.clone(),
         ..vm::VmTestArgs::default()
