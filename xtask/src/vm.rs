@@ -6,16 +6,19 @@ mod console;
 mod guest;
 mod initramfs;
 mod kernel;
+mod split;
 
 use std::{
-    env,
+    env, fs,
     process::Command,
+    thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
 use crate::{build, setup};
+use guest::GuestRun;
 use initramfs::GuestPlan;
 use kernel::Kernel;
 
@@ -30,14 +33,26 @@ pub struct VmTestArgs {
     /// Only run tests whose name contains this filter.
     #[arg(long)]
     pub filter: Option<String>,
+    /// Guests to boot side by side, each running its share of the tests on
+    /// one core [default: one per core, at most 4].
+    #[arg(long)]
+    pub guests: Option<usize>,
 }
 
-/// Hard limit for one kernel, boot to power-off. A boot costs seconds; the
+/// More guests than this need more memory than a small machine has, and
+/// each boot adds its own cost.
+const MAX_DEFAULT_GUESTS: usize = 4;
+
+/// Hard limit for one guest, boot to power-off; the guests of a kernel run
+/// side by side, so it bounds the kernel too. A boot costs seconds; the
 /// rest is the tests, which run about 17x slower than on the host (and
 /// slower still on a busy machine); the bound keeps CI under 40 minutes.
 pub(crate) const VM_TIMEOUT: Duration = Duration::from_secs(22 * 60);
 /// Guest memory. virtio-fs maps all of it from a shared memfd.
 pub(crate) const GUEST_MEM_MIB: u32 = 2048;
+/// Host memory one guest may take: its RAM, QEMU's own (TCG's translation
+/// cache among it) and virtiofsd's.
+const GUEST_HOST_MIB: u64 = GUEST_MEM_MIB as u64 + 512;
 /// BPF LSM must be in the active list; Debian's default lsm= leaves it out.
 /// loglevel=5 hides boot chatter but keeps warnings and oops traces.
 pub(crate) const KERNEL_CMDLINE: &str =
@@ -137,7 +152,15 @@ pub fn vm_test(args: &VmTestArgs) -> Result<()> {
     }
 
     let daemon = build::build_daemon()?;
-    let tests = build::build_privileged_tests()?;
+    let binaries = build::build_privileged_tests()?;
+    let filter = args.filter.as_deref();
+    let listed = split::list(&binaries, filter)?;
+    if listed.is_empty() {
+        bail!(
+            "no privileged test name contains {:?}: nothing to run in the guest",
+            filter.unwrap_or_default()
+        );
+    }
     let path = guest_path();
     let root = build::workspace_root();
     let tests_dir = root.join("tests");
@@ -146,24 +169,70 @@ pub fn vm_test(args: &VmTestArgs) -> Result<()> {
     } else {
         root.clone()
     };
+    let vm_dir = root.join("target/vm");
+    let durations_path = vm_dir.join("durations.txt");
+    let durations = split::Durations::load(&durations_path);
+    let guests = split::assign(&listed, filter, &durations, guest_count(args)?);
 
     let mut outcomes = Vec::new();
     for kernel in &kernels {
         let share = Share::for_kernel(kernel)?;
         let modules = kernel.modules_in_load_order(&share.modules(kernel))?;
-        let plan = GuestPlan {
-            share,
-            modules: &modules,
-            tests: &tests,
-            daemon: &daemon,
-            filter: args.filter.as_deref(),
-            path: &path,
-            workdir: &workdir,
-        };
-        let dir = root.join("target/vm").join(&kernel.release);
-        let label = format!("vm {}", kernel.label());
-        let run = guest::run(kernel, &plan, &dir, &label);
-        outcomes.push((kernel, share, dir.join("console.log"), run));
+        let dir = vm_dir.join(&kernel.release);
+        // Fresh each run: a guest folder left by a run with more guests
+        // would pass for this run's.
+        if dir.exists() {
+            fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        eprintln!(
+            "xtask: vm {}: {} tests of {} binaries in {} guest(s) side by side, one core each; \
+             estimated guest time:",
+            kernel.label(),
+            listed.iter().map(|(_, tests)| tests.len()).sum::<usize>(),
+            listed.len(),
+            guests.len()
+        );
+        for (i, jobs) in guests.iter().enumerate() {
+            let names: Vec<String> = jobs.iter().map(split::Job::describe).collect();
+            eprintln!(
+                "xtask:   guest {} {:>6.0} s  {}",
+                i + 1,
+                jobs.iter().map(|j| j.estimate).sum::<f64>(),
+                names.join(", ")
+            );
+        }
+        let runs: Vec<GuestRun> = thread::scope(|scope| {
+            let handles: Vec<_> = guests
+                .iter()
+                .enumerate()
+                .map(|(i, jobs)| {
+                    let plan = GuestPlan {
+                        share,
+                        modules: &modules,
+                        jobs,
+                        daemon: &daemon,
+                        path: &path,
+                        workdir: &workdir,
+                    };
+                    let guest_dir = dir.join(format!("guest-{}", i + 1));
+                    let label = format!("vm {} g{}", kernel.label(), i + 1);
+                    scope.spawn(move || guest::run(kernel, &plan, &guest_dir, &label))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| {
+                    handle
+                        .join()
+                        .unwrap_or_else(|_| GuestRun::failed("its xtask thread panicked"))
+                })
+                .collect()
+        });
+        let measured: Vec<_> = runs.iter().flat_map(|run| &run.console.tests).collect();
+        if let Err(err) = split::Durations::record(&durations_path, &measured) {
+            eprintln!("xtask: warning: the measured test times were not kept: {err:#}");
+        }
+        outcomes.push((kernel, share, dir, runs));
     }
 
     eprintln!(
@@ -171,33 +240,117 @@ pub fn vm_test(args: &VmTestArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     let mut failures = Vec::new();
-    for (kernel, share, log, run) in &outcomes {
-        let verdict = if run.result.is_ok() { "PASS" } else { "FAIL" };
+    for (kernel, share, dir, runs) in &outcomes {
+        let failed = runs.iter().filter(|run| run.result.is_err()).count();
         eprintln!(
-            "  {verdict}  {}  ({}, {}, {:.1} s)  console: {}",
+            "  {}  {}  ({}, {}, {} guest(s), longest {:.1} s)",
+            if failed == 0 { "PASS" } else { "FAIL" },
             kernel.release,
             kernel.package,
             share.name(),
-            run.took.as_secs_f64(),
-            log.display()
+            runs.len(),
+            runs.iter()
+                .map(|r| r.took.as_secs_f64())
+                .fold(0.0, f64::max),
         );
-        print_times(&run.console);
-        if let Err(err) = &run.result {
-            failures.push(format!("{}: {err:#}", kernel.release));
+        for (i, (run, jobs)) in runs.iter().zip(&guests).enumerate() {
+            let guest = format!("{} guest {}", kernel.release, i + 1);
+            let console = dir.join(format!("guest-{}", i + 1)).join("console.log");
+            let planned: usize = jobs.iter().map(|job| job.tests.len()).sum();
+            let unproven = split::unproven(jobs, &run.console);
+            let verdict = if run.result.is_ok() && unproven.is_empty() {
+                "PASS"
+            } else {
+                "FAIL"
+            };
+            eprintln!(
+                "    guest {}  {verdict}  {:.1} s (estimated {:.0} s), {} of {planned} planned tests reported, {} failed  console: {}",
+                i + 1,
+                run.took.as_secs_f64(),
+                jobs.iter().map(|job| job.estimate).sum::<f64>(),
+                run.console.tests.len(),
+                run.console.failed.len(),
+                console.display()
+            );
+            print_times(&run.console);
+            for test in &run.console.failed {
+                eprintln!("      FAILED   {test}");
+            }
+            for what in &unproven {
+                eprintln!("      NOT RUN  {what}");
+            }
+            // Each guest has its own /tmp, so its own skip log.
+            if run.console.skipped.is_empty() {
+                eprintln!("      every test of this guest ran (no skips)");
+            }
+            for line in &run.console.skipped {
+                eprintln!("      skipped  {line}");
+            }
+            match &run.result {
+                Err(err) => failures.push(format!("{guest}: {err:#}")),
+                Ok(()) if !unproven.is_empty() => failures.push(format!(
+                    "{guest}: exited 0, but not every planned test is proven to have run: {}; see {}",
+                    unproven.join("; "),
+                    console.display()
+                )),
+                Ok(()) => {}
+            }
         }
     }
     if !failures.is_empty() {
         bail!(
-            "vm-test failed on {} of {} kernel(s):\n  {}",
+            "vm-test failed in {} guest(s):\n  {}",
             failures.len(),
-            outcomes.len(),
             failures.join("\n  ")
         );
     }
     Ok(())
 }
 
-/// The guest time of each test binary, longest first, then the slowest tests.
+/// How many guests share the tests: `--guests`, else one per core, at most
+/// [`MAX_DEFAULT_GUESTS`] and as many as the host's free memory holds.
+fn guest_count(args: &VmTestArgs) -> Result<usize> {
+    let available = available_mib();
+    let fits = available.map(|mib| (mib / GUEST_HOST_MIB) as usize);
+    match args.guests {
+        Some(0) => bail!("--guests 0: at least one guest must run the tests"),
+        Some(n) => {
+            if let Some(fits) = fits.filter(|fits| n > *fits) {
+                bail!(
+                    "--guests {n}: each guest needs about {GUEST_HOST_MIB} MiB, and the host has {} MiB \
+                     available, enough for {fits}",
+                    available.unwrap_or_default()
+                );
+            }
+            Ok(n)
+        }
+        None => {
+            let cores = thread::available_parallelism().map_or(1, usize::from);
+            let n = cores.min(MAX_DEFAULT_GUESTS);
+            match fits {
+                Some(fits) if fits < n => {
+                    eprintln!(
+                        "xtask: {} MiB of memory available holds {fits} guest(s) of about {GUEST_HOST_MIB} MiB, \
+                         not one per core ({n}); the guests will take longer",
+                        available.unwrap_or_default()
+                    );
+                    Ok(fits.max(1))
+                }
+                _ => Ok(n),
+            }
+        }
+    }
+}
+
+/// MemAvailable from /proc/meminfo, in MiB.
+fn available_mib() -> Option<u64> {
+    let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+/// The guest time of each test binary, longest first.
 fn print_times(console: &console::Console) {
     let mut binaries: Vec<_> = console.binaries.iter().collect();
     binaries.sort_by(|a, b| b.secs.total_cmp(&a.secs));
@@ -206,12 +359,6 @@ fn print_times(console: &console::Console) {
             "        {:>7.1} s  {} (exit {})",
             run.secs, run.name, run.status
         );
-    }
-    let mut tests: Vec<_> = console.tests.iter().collect();
-    tests.sort_by(|a, b| b.secs.total_cmp(&a.secs));
-    eprintln!("      slowest tests:");
-    for run in tests.iter().take(15) {
-        eprintln!("        {:>7.1} s  {}::{}", run.secs, run.binary, run.test);
     }
 }
 

@@ -10,6 +10,9 @@ pub struct BinaryRun {
     pub name: String,
     pub secs: f64,
     pub status: i32,
+    /// Tests libtest counted in its `test result:` line (passed, failed
+    /// and ignored), if that line came.
+    pub ran: Option<usize>,
 }
 
 /// One test that libtest reported a result for.
@@ -31,6 +34,8 @@ pub struct Console {
     pub skipped: Vec<String>,
     /// The binary that started last and has not ended, and when it started.
     running: Option<(String, f64)>,
+    /// The running binary's `test result:` count.
+    counted: Option<usize>,
     /// A test libtest named whose result has not come yet: its result line
     /// was broken by other output (the daemon's stderr, a kernel message),
     /// or the guest stopped inside it.
@@ -47,6 +52,7 @@ impl Console {
             self.exit = digits.parse().ok();
         } else if let Some(path) = text.strip_prefix("VMTEST: running ") {
             self.running = Some((binary_name(path), at));
+            self.counted = None;
             self.pending = None;
             self.mark = at;
         } else if let Some(rest) = text.strip_prefix("VMTEST: ") {
@@ -56,6 +62,7 @@ impl Console {
                         name,
                         secs: at - since,
                         status: status.trim().parse().unwrap_or(-1),
+                        ran: self.counted.take(),
                     });
                 }
             } else if let Some(what) = rest.strip_prefix("skipped ") {
@@ -63,6 +70,9 @@ impl Console {
                     self.skipped.push(what.to_owned());
                 }
             }
+        } else if let Some(rest) = text.split("test result: ").nth(1) {
+            // Anywhere in the line: a kernel message may come before it.
+            self.counted = tests_counted(rest);
         } else if let Some(rest) = text.strip_prefix("test ") {
             // libtest: `test NAME ... ok` (or FAILED, ignored).
             if let Some((name, result)) = rest.split_once(" ... ") {
@@ -110,6 +120,26 @@ impl Console {
     }
 }
 
+/// passed + failed + ignored from the rest of libtest's summary line,
+/// `ok. 2 passed; 1 failed; 0 ignored; 0 measured; 3 filtered out; ...`.
+fn tests_counted(summary: &str) -> Option<usize> {
+    let mut found = [None; 3];
+    for part in summary.split(';') {
+        let mut words = part.split_whitespace().rev();
+        let (Some(word), Some(count)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let slot = match word {
+            "passed" => 0,
+            "failed" => 1,
+            "ignored" => 2,
+            _ => continue,
+        };
+        found[slot] = Some(count.parse::<usize>().ok()?);
+    }
+    Some(found[0]? + found[1]? + found[2]?)
+}
+
 /// `/x/target/debug/deps/holds-49148434d70dfee6` -> `holds`.
 pub fn binary_name(path: &str) -> String {
     let file = Path::new(path.trim())
@@ -145,7 +175,10 @@ mod tests {
             ),
             (9.0, "ok"),
             (12.0, "test c ... FAILED"),
-            (13.0, "test result: FAILED. 2 passed; 1 failed"),
+            (
+                13.0,
+                "test result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 4 filtered out; finished in 12.00s",
+            ),
             (
                 13.5,
                 "VMTEST: /t/target/debug/deps/holds-49148434d70dfee6 exited with 101",
@@ -162,6 +195,7 @@ mod tests {
         assert_eq!(c.binaries.len(), 1);
         assert_eq!(c.binaries[0].name, "holds");
         assert_eq!(c.binaries[0].status, 101);
+        assert_eq!(c.binaries[0].ran, Some(3));
         assert!((c.binaries[0].secs - 12.5).abs() < 1e-9);
         let tests: Vec<_> = c.tests.iter().map(|t| (t.test.as_str(), t.secs)).collect();
         assert_eq!(tests, [("a", 4.0), ("b", 4.0), ("c", 3.0)]);
@@ -173,6 +207,21 @@ mod tests {
         c.line("VMTEST: exit=101", 22.0);
         assert_eq!(c.skipped, ["x: no y"]);
         assert_eq!(c.exit, Some(101));
+    }
+
+    #[test]
+    fn counts_come_from_the_summary_even_after_a_kernel_message() {
+        let sum = "ok. 4 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 1s";
+        assert_eq!(tests_counted(sum), Some(5));
+        assert_eq!(tests_counted("ok. 4 passed; 0 failed"), None);
+        let mut c = Console::default();
+        c.line("VMTEST: running /d/holds-0a", 0.0);
+        c.line(&format!("[   12.5] clocksource: x test result: {sum}"), 1.0);
+        c.line("VMTEST: /d/holds-0a exited with 0", 2.0);
+        c.line("VMTEST: running /d/burst-0b", 3.0);
+        c.line("VMTEST: /d/burst-0b exited with 0", 4.0);
+        assert_eq!(c.binaries[0].ran, Some(5));
+        assert_eq!(c.binaries[1].ran, None);
     }
 
     #[test]

@@ -56,6 +56,17 @@ impl Drop for VirtioFsd {
     }
 }
 
+impl GuestRun {
+    /// A guest that never got to boot.
+    pub fn failed(why: &str) -> Self {
+        Self {
+            console: Console::default(),
+            took: Duration::ZERO,
+            result: Err(anyhow::anyhow!("{why}")),
+        }
+    }
+}
+
 /// Boots one kernel in `dir` (its own initramfs, console log, virtiofsd and
 /// socket), runs `plan` and waits for it, at most [`VM_TIMEOUT`]. `label`
 /// prefixes its console lines on the terminal.
@@ -193,9 +204,22 @@ fn boot(
             "BPF LSM was not active in the guest, so the LSM backend went untested (exit=97); see {log_path}"
         ),
         Some(98) => bail!("setting up the guest's chroot failed (exit=98); see {log_path}"),
-        Some(n) => bail!(
-            "privileged tests failed in the guest (first non-zero exit status {n}); see {log_path}"
-        ),
+        Some(n) => {
+            // libtest's FAILED lines, else the binaries that died without one.
+            let mut which = parsed.failed.clone();
+            if which.is_empty() {
+                which = parsed
+                    .binaries
+                    .iter()
+                    .filter(|b| b.status != 0)
+                    .map(|b| format!("{} (exit {})", b.name, b.status))
+                    .collect();
+            }
+            bail!(
+                "privileged tests failed in the guest: {} (first non-zero exit status {n}); see {log_path}",
+                which.join(", ")
+            )
+        }
     }
 }
 

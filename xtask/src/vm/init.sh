@@ -90,17 +90,20 @@ mount -t tracefs tracefs /host/sys/kernel/tracing 2>/dev/null
 [ -x "/host$AGENT_GUARD_BIN" ] || fail 98 "$AGENT_GUARD_BIN is not visible in the guest"
 
 status=0
+# run_test BINARY [ARGS...]: ARGS are libtest's (a filter, or --exact NAMES).
 run_test() {
-    echo "VMTEST: running $1"
+    bin=$1
+    shift
+    echo "VMTEST: running $bin"
     # A clean environment, as on the host tier: only what the tests need.
     # The host's /bin/sh changes into the package folder, as cargo test does.
     env -i PATH="$VM_PATH" HOME=/root AGENT_GUARD_BIN="$AGENT_GUARD_BIN" AGENT_GUARD_TIER=vm \
         AGENT_GUARD_SKIP_LOG=/tmp/agent-guard-skips.txt \
         CARGO_MANIFEST_DIR="$VM_WORKDIR" RUST_BACKTRACE=1 NO_COLOR=1 \
         /bin/busybox chroot /host /bin/sh -c 'cd "$1" && shift && exec "$@"' vmtest \
-        "$VM_WORKDIR" "$1" --test-threads=1 ${VM_FILTER:+"$VM_FILTER"} </dev/null
+        "$VM_WORKDIR" "$bin" --test-threads=1 "$@" </dev/null
     rc=$?
-    echo "VMTEST: $1 exited with $rc"
+    echo "VMTEST: $bin exited with $rc"
     if [ "$status" -eq 0 ] && [ "$rc" -ne 0 ]; then
         status=$rc
     fi
