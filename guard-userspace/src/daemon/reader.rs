@@ -22,6 +22,12 @@ use crate::{
 /// timer is what collects ordinary records, and bounds how long they wait.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(25);
 const LOSS_POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Records read before the reader yields. Under a steady stream the ring is
+/// never empty; a drain that ran until it was would keep its worker from
+/// ever polling the runtime's I/O driver, and the signalfd (stop, reload)
+/// and the control socket would go unread for as long as the agent kept
+/// calling.
+const DRAIN_BUDGET: usize = 1024;
 
 /// The ring buffer, registered with the runtime once: a restarted reader
 /// takes it up again (see `tasks::Owned`).
@@ -40,22 +46,35 @@ pub async fn read_events(ring: Ring, shared: Arc<Shared>) -> anyhow::Result<()> 
     let clock = decode::BootClock::new();
     let mut tick = tokio::time::interval(DRAIN_INTERVAL);
     loop {
-        tokio::select! {
+        let more = tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &shared, &clock);
-                guard.clear_ready();
+                let more = drain(guard.get_inner_mut(), &shared, &clock);
+                if !more {
+                    guard.clear_ready();
+                }
+                more
             }
             _ = tick.tick() => drain(fd.get_mut(), &shared, &clock),
+        };
+        if more {
+            // Yielding defers this task until the worker has polled the
+            // I/O driver, so signals and sockets are served between drains.
+            tokio::task::yield_now().await;
         }
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, shared: &Arc<Shared>, clock: &decode::BootClock) {
-    // The registry is read per record, not per drain: under a steady stream
-    // a drain never ends, and neither a reload waiting to write nor a held
-    // call waiting to be registered may starve.
-    while let Some(item) = ring.next() {
+/// Reads up to [`DRAIN_BUDGET`] records; true when the budget ran out
+/// before the ring did.
+fn drain(ring: &mut RingBuf<MapData>, shared: &Arc<Shared>, clock: &decode::BootClock) -> bool {
+    // The registry is read per record, not per drain, so that neither a
+    // reload waiting to write nor a held call waiting to be registered
+    // waits for a whole drain.
+    for _ in 0..DRAIN_BUDGET {
+        let Some(item) = ring.next() else {
+            return false;
+        };
         let (decoded, timeout) = {
             let registry = match shared.registry.read() {
                 Ok(r) => r,
@@ -92,6 +111,7 @@ fn drain(ring: &mut RingBuf<MapData>, shared: &Arc<Shared>, clock: &decode::Boot
             }
         }
     }
+    true
 }
 
 /// A kernel hold: the thread is stopped until the registry releases it.
