@@ -279,6 +279,9 @@ pub fn vm_test(args: &VmTestArgs) -> Result<()> {
             for what in &unproven {
                 eprintln!("      NOT RUN  {what}");
             }
+            for what in &run.console.leftovers {
+                eprintln!("      LEFTOVER {what} (killed before the next binary)");
+            }
             // Each guest has its own /tmp, so its own skip log.
             if run.console.skipped.is_empty() {
                 eprintln!("      every test of this guest ran (no skips)");

@@ -32,6 +32,9 @@ pub struct Console {
     pub failed: Vec<String>,
     /// What the guest's skip log said did not apply to its kernel.
     pub skipped: Vec<String>,
+    /// `binary: processes` that a test binary left running (the guest
+    /// killed them before the next binary).
+    pub leftovers: Vec<String>,
     /// The binary that started last and has not ended, and when it started.
     running: Option<(String, f64)>,
     /// The running binary's `test result:` count.
@@ -65,6 +68,10 @@ impl Console {
                         ran: self.counted.take(),
                     });
                 }
+            } else if let Some(what) = rest.strip_prefix("leftover after ") {
+                let (path, procs) = what.split_once(':').unwrap_or((what, ""));
+                self.leftovers
+                    .push(format!("{}:{procs}", binary_name(path)));
             } else if let Some(what) = rest.strip_prefix("skipped ") {
                 if what != "none" {
                     self.skipped.push(what.to_owned());
@@ -202,6 +209,11 @@ mod tests {
         assert_eq!(c.failed, ["holds::c"]);
         assert_eq!(c.running().as_deref(), Some("connect::d"));
         assert_eq!(c.exit, None);
+        c.line(
+            "VMTEST: leftover after /t/target/debug/deps/connect-1bb88b43664a184b: python3(212) agent-guard(200)",
+            20.5,
+        );
+        assert_eq!(c.leftovers, ["connect: python3(212) agent-guard(200)"]);
         c.line("VMTEST: skipped none", 21.0);
         c.line("VMTEST: skipped x: no y", 21.0);
         c.line("VMTEST: exit=101", 22.0);
