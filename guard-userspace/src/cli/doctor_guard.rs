@@ -28,7 +28,7 @@ pub fn report(guard: Option<&GuardStatus>, seccomp: bool) -> bool {
     };
     let no_lsm =
         "no BPF LSM on this kernel and no other hook reaches a process not started by `run`";
-    let lines = if lsm {
+    let mut lines = if lsm {
         let hook = |h: &str| Ok(format!("refused by {h}"));
         vec![
             Line {
@@ -114,6 +114,35 @@ pub fn report(guard: Option<&GuardStatus>, seccomp: bool) -> bool {
             },
         ]
     };
+    // Every refusal above is an event: the hooks report their own; where
+    // Landlock and the seccomp filter refuse, the observer at system call
+    // exit reports for them.
+    let observer = guard
+        .map(GuardStatus::refusal_observer)
+        .unwrap_or(Err("programs not loaded".into()));
+    lines.push(if lsm {
+        Line {
+            what: "each refusal above is a guard.tamper or agent.escape event",
+            run: Ok("reported by the BPF LSM hooks that refuse".into()),
+            adopted: Ok("reported by the BPF LSM hooks that refuse".into()),
+        }
+    } else {
+        Line {
+            what: "each refusal above is a guard.tamper or agent.escape event",
+            run: observer
+                .map(|()| {
+                    "reported from tp_btf/sys_exit (the call failed; its arguments name the \
+                     target), at most 10 at once per agent and kind, the rest counted"
+                        .to_owned()
+                })
+                .map_err(|why| format!("refusals go unreported: {why}")),
+            // Nothing above is refused to an adopted process here (those
+            // lines fail); the escapes it is killed for are reported.
+            adopted: Ok("nothing above is refused to report but its escapes, \
+                         which are agent.escape events"
+                .into()),
+        }
+    });
     println!("self-defense (what an agent process cannot do to the guard):");
     let mut all = true;
     for line in &lines {

@@ -69,6 +69,14 @@ impl SessionDecider {
         // daemon performs supervised deletes itself, outside the run's
         // Landlock confinement).
         if let Some(protected) = self.shared.guard.covering(&req.path) {
+            if !self
+                .shared
+                .guard
+                .allowance
+                .allows(agent.cgroup_id, guard_common::TAMPER_FILE)
+            {
+                return Judged::Now(Decision::Deny);
+            }
             let mut body = decode::supervised_delete(
                 &registry,
                 agent,

@@ -18,6 +18,7 @@ mod reload;
 pub mod selfdefense;
 mod sessions;
 mod signals;
+mod suppressed;
 mod surfaces;
 mod tasks;
 
@@ -320,6 +321,10 @@ pub async fn run(opts: Options) -> Result<()> {
         protected,
     );
     registry.protected = keys;
+    registry.cgroup_mounts = crate::cgroup::Hierarchy::all_mounts().unwrap_or_else(|err| {
+        tracing::warn!(%err, "listing cgroup mounts; refused cgroup writes are named for cgroup2 only");
+        vec![hierarchy.root().to_path_buf()]
+    });
     // Launchers of runs that outlived a crashed daemon are still the guard's.
     for session in registry.sessions.values() {
         selfdefense::protect_launcher(&mut kernel, session.opener_pid);
@@ -377,6 +382,7 @@ pub async fn run(opts: Options) -> Result<()> {
     }
     let ring = kernel.take_events()?;
     let losses = kernel.take_losses()?;
+    let suppressed = kernel.take_refusal_counters()?;
     let program_ids = kernel.program_ids();
     if let Ok(mut k) = shared.kernel.lock() {
         *k = Some(kernel);
@@ -414,6 +420,11 @@ pub async fn run(opts: Options) -> Result<()> {
     tasks.keep("hold expiry", {
         let shared = shared.clone();
         move || holds::expire_loop(shared.clone())
+    });
+    let suppressed = tasks::Owned::new(suppressed::Suppressed::new(suppressed));
+    tasks.keep("refusal counts", {
+        let shared = shared.clone();
+        move || suppressed::report(suppressed.clone(), shared.clone())
     });
     let mut sink_names = Vec::new();
     for sink in unix_sinks {

@@ -126,8 +126,24 @@ pub fn decode(
         // Seccomp supervision of this run judges and reports the call.
         return Ok(None);
     }
+    // A refused path call becomes an event only if it reached for the
+    // guard: found out before anything else is looked up.
+    let refused = match kind {
+        EventKind::GuardRefusedPath => match super::refused::classify(bytes, registry)? {
+            Some(found) => Some(found),
+            None => return Ok(None),
+        },
+        _ => None,
+    };
     let mut body = common(&header, registry, enricher);
     match kind {
+        EventKind::GuardRefusedPath => {
+            if let Some((kind, target)) = refused {
+                body.insert("kind".into(), kind.into());
+                body.insert("target".into(), target);
+                body.insert("rule".into(), super::selfdefense::rule());
+            }
+        }
         EventKind::NetConnect => {
             let rec: ConnectRecord = read(bytes)?;
             body.insert("kind".into(), "net.connect".into());
@@ -213,16 +229,28 @@ fn resolve(pid: u32, dirfd: i32, raw: &str) -> Option<String> {
     let joined = if raw.starts_with('/') {
         raw.to_owned()
     } else {
-        let base = if dirfd == -100 {
-            std::fs::read_link(format!("/proc/{pid}/cwd"))
-        } else {
-            std::fs::read_link(format!("/proc/{pid}/fd/{dirfd}"))
-        }
-        .ok()?;
-        format!("{}/{raw}", base.display())
+        format!("{}/{raw}", proc_base(pid, dirfd)?)
     };
+    Some(normalize(&joined))
+}
+
+/// The directory a relative path of `pid` starts from, read from /proc
+/// while the process is alive: its cwd, or directory descriptor `dirfd`.
+pub(super) fn proc_base(pid: u32, dirfd: i32) -> Option<String> {
+    let link = if dirfd == -100 {
+        format!("/proc/{pid}/cwd")
+    } else {
+        format!("/proc/{pid}/fd/{dirfd}")
+    };
+    let base = std::fs::read_link(link).ok()?;
+    Some(base.display().to_string())
+}
+
+/// `path` made absolute and lexically normalized ("." and ".." folded,
+/// repeated slashes collapsed).
+pub(super) fn normalize(path: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
-    for c in joined.split('/') {
+    for c in path.split('/') {
         match c {
             "" | "." => {}
             ".." => {
@@ -231,7 +259,7 @@ fn resolve(pid: u32, dirfd: i32, raw: &str) -> Option<String> {
             c => parts.push(c),
         }
     }
-    Some(format!("/{}", parts.join("/")))
+    format!("/{}", parts.join("/"))
 }
 
 /// A delete judged in userspace under seccomp supervision. Not a kernel

@@ -2,8 +2,9 @@
 //! escape.rs and tamper.rs) as events. Called from `decode`, after the
 //! fields every kernel event shares.
 use guard_common::{
-    ACTION_KILL_PENDING, ACTION_KILLED, ACTION_REFUSED, ESCAPE_ATTACH, ESCAPE_CLONE, ESCAPE_OPEN,
-    EscapeRecord, EventKind, TAMPER_BPF, TAMPER_FILE, TAMPER_PTRACE, TAMPER_SIGNAL, TamperRecord,
+    ACTION_KILL_PENDING, ACTION_KILLED, ACTION_REFUSED, Call, ESCAPE_ATTACH, ESCAPE_CLONE,
+    ESCAPE_OPEN, EscapeRecord, EventKind, TAMPER_BPF, TAMPER_FILE, TAMPER_PTRACE, TAMPER_SIGNAL,
+    TamperRecord,
 };
 use serde_json::{Map, Value, json};
 
@@ -17,11 +18,7 @@ pub fn decode(
     registry: &Registry,
     body: &mut Map<String, Value>,
 ) -> Result<(), DecodeError> {
-    // No policy rule decides these: the guard always refuses them.
-    body.insert(
-        "rule".into(),
-        json!({"verdict": "deny", "match": "self-defense", "source": null}),
-    );
+    body.insert("rule".into(), rule());
     match kind {
         EventKind::AgentEscape => {
             let rec: EscapeRecord = read(bytes)?;
@@ -37,16 +34,19 @@ pub fn decode(
     Ok(())
 }
 
+/// The `rule` of every self-defense event: no policy rule decides these,
+/// the guard always refuses them.
+pub fn rule() -> Value {
+    json!({"verdict": "deny", "match": "self-defense", "source": null})
+}
+
 /// Turns a supervised delete's event (`decode::supervised_delete`) into
 /// the `guard.tamper` the daemon reports when a run's delete reaches for
 /// a protected file.
 pub fn supervised_tamper(body: &mut Map<String, Value>, protected: &std::path::Path) {
     body.insert("kind".into(), "guard.tamper".into());
     body.remove("backend");
-    body.insert(
-        "rule".into(),
-        json!({"verdict": "deny", "match": "self-defense", "source": null}),
-    );
+    body.insert("rule".into(), rule());
     body.insert(
         "target".into(),
         json!({"what": "file", "action": "refused",
@@ -72,22 +72,39 @@ fn escape_target(rec: &EscapeRecord) -> Value {
     };
     let len = (rec.path_len as usize).min(rec.path.len());
     let path = (len > 0).then(|| String::from_utf8_lossy(&rec.path[..len]).into_owned());
-    json!({
+    let mut target = json!({
         "how": how,
         "action": action(rec.action),
         "pid": rec.moved_pid,
         "cgroup_id": rec.dst_cgroup_id,
         "cgroup": path,
-    })
+    });
+    if rec.how == ESCAPE_CLONE && rec.action == ACTION_REFUSED {
+        // Only the seccomp filter refuses clone3 (seen at system call exit);
+        // the fork hook lets it happen and kills.
+        target["call"] = "clone3".into();
+    }
+    target
 }
 
 fn tamper_target(rec: &TamperRecord, registry: &Registry) -> Value {
     let action = action(rec.action);
-    match rec.what {
+    // Known where the refusal was seen at system call exit; the BPF LSM
+    // hooks see the operation, not the call.
+    let call = u16::try_from(rec.call).ok().and_then(Call::from_raw);
+    let mut target = match rec.what {
         TAMPER_SIGNAL => json!({"what": "signal", "action": action, "pid": rec.target_pid,
                                 "signal": rec.arg}),
-        TAMPER_PTRACE => json!({"what": "ptrace", "action": action, "pid": rec.target_pid,
-                                "mode": rec.arg}),
+        TAMPER_PTRACE => {
+            let mut t = json!({"what": "ptrace", "action": action, "pid": rec.target_pid});
+            match call {
+                None => t["mode"] = rec.arg.into(),
+                Some(Call::Ptrace) => t["request"] = rec.arg.into(),
+                Some(Call::PidfdGetfd) => t["fd"] = rec.arg.into(),
+                Some(_) => {}
+            }
+            t
+        }
         TAMPER_BPF => json!({"what": "bpf", "action": action, "command": rec.arg}),
         TAMPER_FILE => {
             let path = registry
@@ -99,7 +116,11 @@ fn tamper_target(rec: &TamperRecord, registry: &Registry) -> Value {
                    "write": rec.arg & 2 != 0})
         }
         _ => json!({"what": "unknown", "action": action}),
+    };
+    if let Some(call) = call {
+        target["call"] = call.name().into();
     }
+    target
 }
 
 #[cfg(test)]
