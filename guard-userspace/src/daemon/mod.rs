@@ -3,6 +3,7 @@
 pub mod access;
 mod admin;
 pub mod approvals;
+mod context;
 mod control_server;
 mod deletes;
 mod demo;
