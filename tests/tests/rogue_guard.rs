@@ -349,3 +349,70 @@ fn rogue_an_adopted_agent_cannot_reach_the_guard() {
     expect_attempt_events(&r, None);
     r.assert_enforced("an adopted agent's attempts on the guard");
 }
+
+/// A run's launcher is non-dumpable on every backend: it holds the run's
+/// seccomp listener, and a dumpable process's memory and descriptors are
+/// open to any process of its uid. Run by nobody, its /proc/PID/environ
+/// (a ptrace read check) is refused to another process of nobody's
+/// outside every agent, while that of its command (dumpable) is not.
+#[test]
+fn rogue_a_runs_launcher_is_not_dumpable() {
+    use std::{
+        io::{BufRead as _, BufReader, Write as _},
+        os::unix::process::CommandExt as _,
+        process::Stdio,
+    };
+    let r = Rogue::start("guard-dumpable");
+    let mut run = r
+        .daemon
+        .cli()
+        .args(["run", "--agent", "bot", "--"])
+        .args(["sh", "-c", "echo launcher=$PPID command=$$; read x"])
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("agent-guard run as nobody");
+    let mut line = String::new();
+    BufReader::new(run.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    let pid = |key: &str| -> u32 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+    };
+    let (launcher, command) = (pid("launcher="), pid("command="));
+    let read_as_nobody = |pid: u32| {
+        std::process::Command::new("cat")
+            .arg(format!("/proc/{pid}/environ"))
+            .uid(65534)
+            .gid(65534)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("cat as nobody")
+    };
+    let theirs = read_as_nobody(command);
+    assert!(
+        theirs.status.success(),
+        "nobody reads its own dumpable process's environ: {}",
+        String::from_utf8_lossy(&theirs.stderr)
+    );
+    let out = read_as_nobody(launcher);
+    assert!(
+        !out.status.success(),
+        "the launcher {launcher} is dumpable: nobody read its environ"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = run.stdin.take().expect("stdin").write_all(b"done\n");
+    let status = run.wait().expect("wait");
+    assert!(status.success(), "the run ended: {status}");
+    r.assert_enforced("a run by nobody");
+}
