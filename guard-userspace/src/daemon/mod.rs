@@ -218,6 +218,11 @@ pub async fn run(opts: Options) -> Result<()> {
     // Before anything is opened: the caps on connections follow this limit.
     let nofile = limits::raise_nofile();
     let policy = load_policy(opts.policy_path.as_deref())?;
+    // `--demo` needs the `demo` agent; it names the approval page if [web] is on.
+    let demo_page = opts
+        .demo
+        .then(|| demo::check(&policy).map(|()| policy.web.as_ref().map(|w| w.public_url())))
+        .transpose()?;
     // Secrets and listening addresses first: a daemon that cannot serve
     // what the policy asks for refuses to start, before it enforces anything.
     let surfaces = surfaces::Surfaces::prepare(&policy).await?;
@@ -450,8 +455,13 @@ pub async fn run(opts: Options) -> Result<()> {
         events::daemon_event("daemon.start", summary),
     );
     tracing::info!(socket = %socket.display(), "agent-guard is guarding");
-    if opts.demo {
-        tokio::spawn(demo::run(socket.clone()));
+    if let Some(page) = demo_page {
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            if let Err(err) = demo::run(socket, page).await {
+                tracing::error!("the demo failed: {err:#}");
+            }
+        });
     }
 
     let result = serve_signals(&shared).await;

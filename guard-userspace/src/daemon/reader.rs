@@ -82,10 +82,20 @@ fn drain(ring: &mut RingBuf<MapData>, shared: &Arc<Shared>, clock: &decode::Boot
             };
             // Lock order everywhere: registry, then enricher, then emitter.
             let mut enricher = super::lock_enricher(shared);
-            (
-                decode::decode(&item, &registry, clock, &mut enricher),
-                Duration::from_secs(registry.policy.daemon.approval_timeout_secs),
-            )
+            let decoded = decode::decode(&item, &registry, clock, &mut enricher);
+            // A held call waits as long as its agent's policy says.
+            let timeout = match &decoded {
+                Ok(Some((_, body)))
+                    if body.get("outcome").and_then(|o| o.as_str()) == Some("held") =>
+                {
+                    let agent = body.get("agent").and_then(|a| a.get("name"));
+                    registry
+                        .policy
+                        .approval_timeout(agent.and_then(|n| n.as_str()))
+                }
+                _ => Duration::ZERO,
+            };
+            (decoded, timeout)
         };
         drop(item);
         match decoded {
