@@ -7,6 +7,7 @@ mod context;
 mod control_server;
 mod deletes;
 mod demo;
+mod frozen;
 pub mod grants;
 pub mod holds;
 mod journal;
@@ -69,6 +70,8 @@ pub struct Shared {
     pub refusals: refusals::Refusals,
     /// Self-defense in force (and what runs are confined with).
     pub guard: selfdefense::Guard,
+    /// Which agents on-call froze, kept across restarts.
+    pub frozen: frozen::Frozen,
 }
 
 impl Shared {
@@ -281,16 +284,26 @@ pub async fn run(opts: Options) -> Result<()> {
         // cannot be blocked here; at least every delete they make is seen.
         kernel.attach_delete_observer()?;
     }
+    let frozen = frozen::Frozen::new(&state_dir);
+    let frozen_names = frozen.load()?;
+    if policy.agents.iter().any(|a| frozen_names.contains(&a.name)) {
+        // Frozen connects are held: the stopper must be there first.
+        kernel.attach_connect_hold_stopper()?;
+    }
     let mut agents = Vec::new();
     for (index, agent) in policy.agents.iter().enumerate() {
         let agent_id = index as u32 + 1;
         write_rules(&mut kernel, agent_id, agent)?;
+        let was_frozen = frozen_names.contains(&agent.name);
+        if was_frozen {
+            tracing::warn!(agent = %agent.name, "agent stays frozen, as on-call left it; `agent-guard thaw` ends it");
+        }
         agents.push(install_agent(
             &mut kernel,
             &hierarchy,
             agent_id,
             agent,
-            false,
+            was_frozen,
         )?);
     }
     let levels = agent_levels(policy.agents.iter());
@@ -368,6 +381,7 @@ pub async fn run(opts: Options) -> Result<()> {
         reloading: Mutex::new(()),
         next_id: AtomicU32::new(next_id),
         guard,
+        frozen,
     });
     // Every program is attached: pin them all, so that enforcement outlives
     // a crashed daemon, and only then retire a crashed predecessor's pins.
