@@ -73,8 +73,13 @@ pub struct Signals {
     fd: SignalFd,
 }
 
-/// `si_code` of signals the kernel itself sends (SI_KERNEL).
-const SI_KERNEL: i32 = 0x80;
+/// `si_code` of kill(2) and tgkill(2)/tkill(2): the only codes whose
+/// `si_pid` the kernel fills in itself. With rt_sigqueueinfo(2) a sender
+/// writes its own siginfo, `si_pid` included, and may use any negative code
+/// but these two (the kernel refuses SI_TKILL and codes >= 0 from another
+/// process).
+const SI_USER: i32 = 0;
+const SI_TKILL: i32 = -6;
 
 impl Signals {
     /// Reads the signals [`block`] blocked, in blocking reads.
@@ -103,10 +108,16 @@ impl Signals {
 
 /// Who sent a signal, read as soon as it is received.
 fn identify(shared: &Shared, pid: u32, uid: u32, code: i32) -> Sender {
-    if pid == 0 || code == SI_KERNEL {
+    let unknown = Sender::Unknown { pid, uid };
+    if code > 0 {
+        // Only the kernel sends positive codes (a terminal's Ctrl-C is
+        // SI_KERNEL, 0x80).
         return Sender::Kernel;
     }
-    let unknown = Sender::Unknown { pid, uid };
+    if code != SI_USER && code != SI_TKILL {
+        // Its pid is whatever the sender wrote: a forged "from pid 1".
+        return unknown;
+    }
     // Pinned first, so the pid cannot change owner while we read.
     let Ok(pidfd) = guard_host::peer::pidfd_open(pid) else {
         return unknown;
