@@ -26,8 +26,8 @@ pub(super) enum OpenError {
 }
 
 /// `statfs.f_type` of cgroup2 and of a cgroup v1 hierarchy.
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
+const CGROUP2_SUPER_MAGIC: libc::__fsword_t = 0x6367_7270;
+const CGROUP_SUPER_MAGIC: libc::__fsword_t = 0x0027_e0eb;
 
 /// Whether `fd` lies on a cgroup filesystem (either version), wherever it
 /// is mounted. A run may only read those (its Landlock ruleset), and the
@@ -41,11 +41,7 @@ pub(super) fn on_cgroupfs(fd: &OwnedFd) -> io::Result<bool> {
     if unsafe { libc::fstatfs(fd.as_raw_fd(), &raw mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    #[expect(
-        clippy::unnecessary_cast,
-        reason = "f_type's width differs between architectures"
-    )]
-    let magic = st.f_type as i64;
+    let magic = st.f_type;
     Ok(magic == CGROUP2_SUPER_MAGIC || magic == CGROUP_SUPER_MAGIC)
 }
 

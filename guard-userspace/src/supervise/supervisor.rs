@@ -235,15 +235,15 @@ async fn performed_call(
 ) -> Result<Answer, Stop> {
     match call {
         Call::Delete { op, dirfd, path } => {
-            super::delete::delete(&caller, decider, op, dirfd, path).await
+            super::delete::delete(caller, decider, op, dirfd, path).await
         }
         Call::Rename { .. } | Call::Link { .. } => {
-            super::rename::rename_or_link(&caller, decider, call).await
+            super::rename::rename_or_link(caller, decider, call).await
         }
         Call::Truncate { .. } | Call::Ftruncate { .. } | Call::Open { .. } => {
-            super::truncate::truncate(&caller, decider, call).await
+            super::truncate::truncate(caller, decider, call).await
         }
-        Call::Refuse { op, path, reason } => refuse(&caller, decider, op, path, reason).await,
+        Call::Refuse { op, path, reason } => refuse(caller, decider, op, path, reason).await,
     }
 }
 
