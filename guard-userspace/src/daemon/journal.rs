@@ -4,9 +4,12 @@
 //! A daemon that dies leaves the calls it had received waiting in the
 //! kernel (the run's launcher keeps the listener open). The kernel cannot
 //! list them, so this file does: the successor re-handles each one that is
-//! still valid. Appended without fsync: it must survive the daemon, not the
-//! machine (a reboot ends the waiting calls too). Emptied whenever nothing
-//! is in flight, so it stays small.
+//! still valid. Appended without fsync: it must survive a crash of the
+//! daemon, which leaves the page cache (and so every write made) intact,
+//! not a crash of the host, which ends the waiting calls too. A
+//! notification costs two small writes to the page cache and no disk
+//! flush. Emptied when nothing is in flight and it has grown past
+//! [`RESET_AT`], so it stays small without a truncation per call.
 use std::{
     collections::HashMap,
     fs::{self, File, OpenOptions},
@@ -75,8 +78,13 @@ pub struct NotifJournal {
 
 struct Inner {
     file: File,
+    /// Bytes appended since the file was last emptied.
+    len: u64,
     in_flight: HashMap<u64, Notif>,
 }
+
+/// Size past which the journal is emptied once nothing is in flight.
+const RESET_AT: u64 = 64 * 1024;
 
 /// Where the journal of session `id` lives.
 pub fn path(state_dir: &Path, session: &str) -> PathBuf {
@@ -126,9 +134,10 @@ impl NotifJournal {
             .write(true)
             .truncate(true)
             .open(&path)?;
+        let mut len = 0;
         for id in &order {
             if let Some(notif) = in_flight.get(id) {
-                write_line(&mut file, &Line::Received(*notif))?;
+                len += write_line(&mut file, &Line::Received(*notif))?;
             }
         }
         drop(file);
@@ -136,7 +145,11 @@ impl NotifJournal {
         Ok((
             Self {
                 path,
-                inner: Mutex::new(Inner { file, in_flight }),
+                inner: Mutex::new(Inner {
+                    file,
+                    len,
+                    in_flight,
+                }),
             },
             unanswered,
         ))
@@ -150,18 +163,23 @@ impl NotifJournal {
     }
 
     fn append(&self, inner: &mut Inner, line: &Line) {
-        if let Err(err) = write_line(&mut inner.file, line) {
-            tracing::error!(file = %self.path.display(), %err,
+        match write_line(&mut inner.file, line) {
+            Ok(n) => inner.len += n,
+            Err(err) => {
+                tracing::error!(file = %self.path.display(), %err,
                 "writing the seccomp journal; a call in flight now would not survive a daemon crash");
+            }
         }
     }
 }
 
-fn write_line(file: &mut File, line: &Line) -> io::Result<()> {
+/// Appends `line`; the bytes written.
+fn write_line(file: &mut File, line: &Line) -> io::Result<u64> {
     let mut bytes = serde_json::to_vec(line).map_err(io::Error::other)?;
     bytes.push(b'\n');
     // One write: a crash leaves at most one torn line, at the end.
-    file.write_all(&bytes)
+    file.write_all(&bytes)?;
+    Ok(bytes.len() as u64)
 }
 
 impl Journal for NotifJournal {
@@ -177,12 +195,16 @@ impl Journal for NotifJournal {
         if inner.in_flight.remove(&id).is_none() {
             return;
         }
-        if inner.in_flight.is_empty() {
+        if inner.in_flight.is_empty() && inner.len >= RESET_AT {
             // Nothing in flight: start over instead of growing.
-            if let Err(err) = inner.file.set_len(0) {
-                tracing::warn!(file = %self.path.display(), %err, "truncating the seccomp journal");
-            } else {
-                return;
+            match inner.file.set_len(0) {
+                Ok(()) => {
+                    inner.len = 0;
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(file = %self.path.display(), %err, "truncating the seccomp journal");
+                }
             }
         }
         self.append(&mut inner, &Line::Answered(id));
@@ -234,7 +256,21 @@ mod tests {
         assert_eq!(left[0].data.nr, 263);
         journal.answered(7);
         journal.answered(9);
-        assert_eq!(fs::metadata(&file).expect("stat").len(), 0, "emptied");
+        let (journal, left) = {
+            // Nothing is in flight: a successor would resume nothing.
+            std::mem::forget(journal);
+            NotifJournal::open(file.clone()).expect("reopen")
+        };
+        assert!(left.is_empty());
+        // Past the reset size, answering the last call in flight empties it.
+        for id in 100..2_000 {
+            journal.received(&notif(id));
+            journal.answered(id);
+        }
+        assert!(
+            fs::metadata(&file).expect("stat").len() < RESET_AT,
+            "emptied once it grew"
+        );
         drop(journal);
         assert!(!file.exists(), "removed when supervision ends");
         let _ = fs::remove_dir_all(&dir);

@@ -52,6 +52,27 @@ fn file_id(dir: RawFd, path: &CStr) -> io::Result<FileId> {
     Ok((st.st_dev, st.st_ino))
 }
 
+/// A small /proc file in as few reads as it takes: one, where
+/// `read_to_string`'s probing would make three or four system calls (each
+/// dear on a host whose tracing programs see every system call).
+fn read_whole(mut file: std::fs::File) -> io::Result<String> {
+    use std::io::Read as _;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        let n = file.read(&mut buf[len..])?;
+        len += n;
+        // The kernel renders the file whole and hands out what fits: a
+        // short read is the end (a truncated file would fail to parse).
+        if n == 0 || len < buf.len() {
+            break;
+        }
+        buf.resize(buf.len() * 2, 0);
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 /// What the daemon compares a target against.
 pub(super) struct Host {
     root: FileId,
@@ -60,6 +81,8 @@ pub(super) struct Host {
     /// `/proc/self/fd`, opened while our root is still the real one, so the
     /// path of a held fd can be read from a thread chrooted elsewhere.
     pub proc_fd: OwnedFd,
+    /// The daemon's identity: callers with the same need no switch.
+    pub own: super::identity::Own,
 }
 
 impl Host {
@@ -73,6 +96,7 @@ impl Host {
                 c"/proc/self/fd",
                 libc::O_PATH | libc::O_DIRECTORY,
             )?,
+            own: super::identity::Own::current()?,
         })
     }
 }
@@ -150,7 +174,7 @@ impl Target {
 
     pub(super) fn status(&self) -> io::Result<Status> {
         let fd = open_at(self.dir.as_raw_fd(), c"status", libc::O_RDONLY)?;
-        let text = io::read_to_string(std::fs::File::from(fd))?;
+        let text = read_whole(std::fs::File::from(fd))?;
         parse_status(&text).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -178,10 +202,17 @@ impl Target {
     /// mount namespace (then paths must be resolved from inside it).
     pub(super) fn foreign_root(&self, host: &Host) -> io::Result<Option<OwnedFd>> {
         let dir = self.dir.as_raw_fd();
-        let root = open_at(dir, c"root", libc::O_PATH | libc::O_DIRECTORY)?;
-        let st = stat_at(root.as_raw_fd(), c"", libc::AT_EMPTY_PATH)?;
-        let same = (st.st_dev, st.st_ino) == host.root && file_id(dir, c"ns/mnt")? == host.mnt_ns;
-        Ok((!same).then_some(root))
+        // Compared through the magic link first: the common case (the
+        // daemon's root) needs no fd to open and close.
+        let same = file_id(dir, c"root")? == host.root && file_id(dir, c"ns/mnt")? == host.mnt_ns;
+        if same {
+            return Ok(None);
+        }
+        Ok(Some(open_at(
+            dir,
+            c"root",
+            libc::O_PATH | libc::O_DIRECTORY,
+        )?))
     }
 
     /// Whether the caller lives in the daemon's user namespace.
