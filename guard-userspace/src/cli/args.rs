@@ -133,7 +133,7 @@ pub enum Command {
     ///   agent-guard reload --force     # even if a removed agent still has processes
     #[command(verbatim_doc_comment)]
     Reload(ReloadArgs),
-    /// List the agents: owner, purpose, labels, mode, cgroup, live
+    /// List the agents: owner, purpose, labels, mode, expiry, cgroup, live
     /// processes, runs, grants, and calls allowed/denied/held since start.
     ///
     /// Examples:
@@ -263,6 +263,19 @@ pub struct EventsArgs {
 
 #[derive(Subcommand)]
 pub enum EventsCommand {
+    /// Replay an event log: print the lines of one agent, some kinds, a
+    /// time window, from the log files of a file sink (rotated files
+    /// included), verifying the hash chain as it reads. A broken chain is
+    /// reported with FILE:LINE; lines from there on are not printed.
+    /// Exit 0: read to the end, chain intact; 1: broken or unreadable.
+    ///
+    /// Examples:
+    ///   agent-guard events query --from /var/log/agent-guard/events.jsonl --agent claims-bot
+    ///   agent-guard events query --from events.jsonl --kind 'file.*' --since 24h
+    ///   agent-guard events query --from events.jsonl --agent bot --since 2026-12-01T00:00:00Z --pretty
+    ///   agent-guard events query --from host1.jsonl --from host2.jsonl --kind hold.decision | jq .hold
+    #[command(verbatim_doc_comment)]
+    Query(QueryArgs),
     /// Recompute the hash chain of event log files, oldest first (rotated
     /// files included), and report the first broken link with its line.
     /// Exit 0: intact; 1: broken or unreadable.
@@ -363,4 +376,34 @@ pub enum PolicyCommand {
     ///   agent-guard policy default > policy.toml
     #[command(verbatim_doc_comment)]
     Default,
+}
+
+#[derive(clap::Args)]
+pub struct QueryArgs {
+    /// A log's current file; its rotated files (FILE.N .. FILE.1) are read
+    /// before it. Repeat for several logs (each its own chain).
+    #[arg(long = "from", required = true, value_name = "LOG")]
+    pub from: Vec<PathBuf>,
+    /// Read only the files named, not their rotated predecessors.
+    #[arg(long)]
+    pub no_rotated: bool,
+    /// Only this agent's events.
+    #[arg(long, value_name = "NAME")]
+    pub agent: Option<String>,
+    /// Only this kind (repeatable); `file.*` takes a family.
+    #[arg(long, value_name = "KIND")]
+    pub kind: Vec<String>,
+    /// From this time on: RFC 3339 (2026-12-01T00:00:00Z) or a duration
+    /// before now (30m, 24h, 7d).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Before this time (same forms as --since).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// The HMAC key the daemon was given with --chain-key.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// One readable line per event instead of JSON (as `events --pretty`).
+    #[arg(long)]
+    pub pretty: bool,
 }

@@ -15,6 +15,7 @@ pub mod kill;
 pub mod pending;
 pub mod policy;
 pub mod pretty;
+pub mod query;
 pub mod reload;
 pub mod revoke;
 pub mod run;

@@ -11,6 +11,7 @@ pub mod decode;
 pub mod ecs;
 pub mod enrich;
 pub mod ocsf;
+pub mod query;
 pub mod refused;
 pub mod selfdefense;
 pub mod sinks;
