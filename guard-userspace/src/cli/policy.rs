@@ -20,6 +20,10 @@ pub fn run(command: PolicyCommand) -> Result<ExitCode> {
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
+                // Warnings, not errors: the file is valid and loads.
+                for w in policy::expiry::warnings(&p, std::time::SystemTime::now()) {
+                    eprintln!("{w}");
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(err) => {

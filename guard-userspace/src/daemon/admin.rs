@@ -46,6 +46,8 @@ pub(super) fn agents(shared: &Shared, who: &Caller) -> Result<Value> {
                 "mode": policy::mode_str(a.mode()),
                 "policy_mode": policy::mode_str(a.def.mode),
                 "frozen": a.frozen,
+                "expires": a.def.expires_text(),
+                "expired": a.def.expired(std::time::SystemTime::now()),
                 "cgroup": a.def.cgroup,
                 "cgroup_id": a.cgroup_id,
                 "adopted": !a.created,
@@ -70,6 +72,31 @@ pub(super) fn set_mode(
 ) -> Result<Value> {
     let op = if freeze { "freeze" } else { "thaw" };
     who.require(shared, Need::Approver, op, Some(("agent", agent.into())))?;
+    let switched = switch_mode(shared, agent, freeze)?;
+    tracing::warn!(agent, mode = policy::mode_str(switched.to), by = %who.user, "agent mode switched");
+    events::emit_now(
+        &shared.emitter,
+        json!({"kind": "agent.mode", "outcome": "success", "agent": switched.agent_ref,
+               "mode": {"from": policy::mode_str(switched.from), "to": policy::mode_str(switched.to)},
+               "by": {"uid": who.uid(), "user": who.user},
+               "reason": reason}),
+    );
+    Ok(json!({ "mode": policy::mode_str(switched.to), "warning": switched.warning }))
+}
+
+/// What [`switch_mode`] did.
+pub(super) struct Switched {
+    pub from: guard_common::Mode,
+    pub to: guard_common::Mode,
+    pub agent_ref: Option<events::AgentRef>,
+    /// The freeze is in force but could not be recorded for a restart.
+    pub warning: Option<String>,
+}
+
+/// Freezes or thaws `agent` in the kernel and records the frozen set for
+/// a restarted daemon; the caller reports it. An expired agent is not
+/// thawed: that would give it back the rights its expiry took.
+pub(super) fn switch_mode(shared: &Arc<Shared>, agent: &str, freeze: bool) -> Result<Switched> {
     let _one_at_a_time = shared.reloading.lock();
     let mut registry = shared
         .registry
@@ -79,6 +106,13 @@ pub(super) fn set_mode(
     let Some(state) = registry.agents.values_mut().find(|a| a.def.name == agent) else {
         bail!("unknown agent {agent:?}; the policy declares: {names}");
     };
+    if !freeze && state.def.expired(std::time::SystemTime::now()) {
+        bail!(
+            "agent {agent:?} expired at {}; a thaw would give it its rights back: extend or \
+             remove `expires` in its [[agent]] table and reload first",
+            state.def.expires_text().unwrap_or_default()
+        );
+    }
     let from = state.mode();
     state.frozen = freeze;
     let to = state.mode();
@@ -114,13 +148,10 @@ pub(super) fn set_mode(
         tracing::error!(error = %format!("{err:#}"), "recording the frozen agents; a restarted daemon would not know");
         format!("{err:#}; a restarted daemon would put {agent} back in its policy's mode")
     });
-    tracing::warn!(agent, mode = policy::mode_str(to), by = %who.user, "agent mode switched");
-    events::emit_now(
-        &shared.emitter,
-        json!({"kind": "agent.mode", "outcome": "success", "agent": agent_ref,
-               "mode": {"from": policy::mode_str(from), "to": policy::mode_str(to)},
-               "by": {"uid": who.uid(), "user": who.user},
-               "reason": reason}),
-    );
-    Ok(json!({ "mode": policy::mode_str(to), "warning": warning }))
+    Ok(Switched {
+        from,
+        to,
+        agent_ref,
+        warning,
+    })
 }

@@ -15,7 +15,7 @@ fn categories(kind: &str) -> (&'static [&'static str], &'static [&'static str]) 
         "daemon.start" => (&["process", "configuration"], &["start"]),
         "daemon.stop" => (&["process", "configuration"], &["end"]),
         "daemon.task" => (&["process"], &["change"]),
-        "policy.reload" | "agent.mode" => (&["configuration"], &["change"]),
+        "policy.reload" | "agent.mode" | "agent.expired" => (&["configuration"], &["change"]),
         "control.refused" => (&["iam"], &["denied"]),
         "agent.escape" | "guard.tamper" => (&["process", "intrusion_detection"], &["denied"]),
         _ => (&["host"], &["info"]),

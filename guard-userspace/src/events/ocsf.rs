@@ -53,6 +53,8 @@ fn class_activity(kind: &str, outcome: &str) -> (Class, u32, &'static str) {
         "daemon.stop" => (APP_LIFECYCLE, 4, "Stop"),
         "daemon.task" => (APP_LIFECYCLE, 5, "Restart"),
         "policy.reload" | "agent.mode" => (APP_LIFECYCLE, 8, "Update"),
+        // The agent keeps running, held: disabled, not stopped.
+        "agent.expired" => (APP_LIFECYCLE, 7, "Disable"),
         "control.refused" => (API_ACTIVITY, 99, "Other"),
         "agent.escape" | "guard.tamper" => (PROCESS_ACTIVITY, 99, "Other"),
         _ => (BASE_EVENT, 99, "Other"),

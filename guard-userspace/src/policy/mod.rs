@@ -12,6 +12,7 @@
 
 mod compile;
 mod error;
+pub mod expiry;
 mod net;
 mod parse;
 mod path;
@@ -108,6 +109,9 @@ pub struct Agent {
     pub runners: Approvers,
     /// How long this agent's `ask` waits (None: [daemon]'s). Always > 0.
     pub approval_timeout_secs: Option<u64>,
+    /// `expires`: after it the agent starts no run, and the daemon freezes
+    /// it (an `agent.expired` event), so a retired agent keeps no rights.
+    pub expires: Option<std::time::SystemTime>,
     /// Line of the agent's `[[agent]]` header.
     pub line: usize,
 }

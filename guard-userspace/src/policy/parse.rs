@@ -89,6 +89,7 @@ struct RawAgent {
     delete: Option<RawRules>,
     runners: Option<RawApprovers>,
     approval_timeout_secs: Option<Spanned<u64>>,
+    expires: Option<Spanned<String>>,
 }
 
 /// `[agent.connect]` and `[agent.delete]` have the same shape.
@@ -364,6 +365,7 @@ fn agent(doc: &Doc<'_>, raw: RawAgent, line: usize) -> Result<Agent, PolicyError
     let delete = path_policy(doc, raw.delete.as_ref())?;
     let runners = uid_group_list(doc, raw.runners, "runner")?;
     let approval_timeout_secs = approval_timeout(doc, raw.approval_timeout_secs)?;
+    let expires = raw.expires.as_ref().map(|e| expiry(doc, e)).transpose()?;
     Ok(Agent {
         name: raw.name.into_inner(),
         owner: raw.owner.into_inner(),
@@ -375,8 +377,26 @@ fn agent(doc: &Doc<'_>, raw: RawAgent, line: usize) -> Result<Agent, PolicyError
         delete,
         runners,
         approval_timeout_secs,
+        expires,
         line,
     })
+}
+
+/// `expires`: an RFC 3339 time, with `Z` or an offset.
+fn expiry(doc: &Doc<'_>, raw: &Spanned<String>) -> Result<std::time::SystemTime, PolicyError> {
+    use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+    OffsetDateTime::parse(raw.get_ref(), &Rfc3339)
+        .map(std::time::SystemTime::from)
+        .map_err(|e| {
+            doc.error_at(
+                raw.span().start,
+                format!(
+                    "expires {:?} is not an RFC 3339 time ({e}); write it like \
+                     \"2027-03-31T18:00:00Z\" or \"2027-03-31T20:00:00+02:00\"",
+                    raw.get_ref()
+                ),
+            )
+        })
 }
 
 /// Both tables default to deny: an agent gets only what its policy grants.

@@ -1,0 +1,205 @@
+//! Governance on a real daemon: the per-agent replay of a chained log
+//! (`events query`) and agent expiry (`expires`). Needs: cgroup v2 and the
+//! daemon's programs; the frozen delete needs seccomp user notification or
+//! BPF LSM (as every delete test does).
+use std::{
+    fs,
+    io::Write as _,
+    process::{Output, Stdio},
+    time::{Duration, SystemTime},
+};
+
+use agent_guard_tests::*;
+use serde_json::Value;
+
+fn agent(cgroup: &str, name: &str, extra: &str) -> String {
+    format!(
+        "[[agent]]\nname = \"{name}\"\nowner = \"ops@example.com\"\npurpose = \"governance\"\n\
+         cgroup = \"{cgroup}\"\n{extra}\n[agent.delete]\ndefault = \"allow\"\n\n"
+    )
+}
+
+fn query(args: &[&str]) -> Output {
+    std::process::Command::new(agent_guard_bin())
+        .args(["events", "query"])
+        .args(args)
+        .output()
+        .expect("agent-guard events query")
+}
+
+fn lines(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+#[test]
+fn events_query_replays_one_agent_and_fails_on_an_edited_log() {
+    let cg = TestCgroups::new("gov-query");
+    let scratch = Scratch::new("gov-query");
+    let log = scratch.path("log/events.jsonl");
+    // Small files: the replay must read across rotated ones.
+    let policy = format!(
+        "{}{}[[sink]]\ntype = \"stdout\"\n\n[[sink]]\nname = \"audit\"\ntype = \"file\"\n\
+         path = \"{}\"\nmax_bytes = 4096\nkeep = 100\n",
+        agent(&cg.path("alpha"), "alpha", ""),
+        agent(&cg.path("beta"), "beta", ""),
+        log.display()
+    );
+    let daemon = Daemon::start(&policy, cg);
+    for (who, n) in [("alpha", 3), ("beta", 2), ("alpha", 1)] {
+        for _ in 0..n {
+            let out = daemon.run_agent(who, &["true"]);
+            assert!(out.status.success(), "{out:?}");
+        }
+    }
+    let events = daemon.stop();
+    let alpha: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["agent"]["name"] == "alpha")
+        .collect();
+    assert!(alpha.len() >= 8, "4 runs of alpha: start and exit each");
+    assert!(
+        fs::metadata(format!("{}.1", log.display())).is_ok(),
+        "the log rotated"
+    );
+
+    let out = query(&["--from", &log.display().to_string(), "--agent", "alpha"]);
+    assert!(out.status.success(), "{out:?}");
+    let got = lines(&out);
+    assert!(
+        got.iter().all(|e| e["agent"]["name"] == "alpha"),
+        "{got:#?}"
+    );
+    let seqs = |v: &[&Value]| v.iter().map(|e| e["seq"].clone()).collect::<Vec<_>>();
+    assert_eq!(seqs(&got.iter().collect::<Vec<_>>()), seqs(&alpha));
+
+    let out = query(&[
+        "--from",
+        &log.display().to_string(),
+        "--agent",
+        "beta",
+        "--kind",
+        "agent.start",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(lines(&out).len(), 2, "beta started twice");
+
+    // One byte changed in the current file: found at its line, non-zero.
+    let text = fs::read_to_string(&log).expect("log");
+    let victim = text
+        .lines()
+        .position(|l| l.contains("\"name\":\"beta\"") || l.contains("\"name\":\"alpha\""))
+        .expect("an agent's line in the current file");
+    let edited: Vec<String> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == victim {
+                l.replacen("\"name\":\"beta\"", "\"name\":\"betb\"", 1)
+                    .replacen("\"name\":\"alpha\"", "\"name\":\"alphb\"", 1)
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    fs::write(&log, edited.join("\n") + "\n").expect("edit");
+    let out = query(&["--from", &log.display().to_string(), "--agent", "alpha"]);
+    assert!(!out.status.success(), "an edited log must fail: {out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let place = format!("{}:{}", log.display(), victim + 1);
+    assert!(stderr.contains(&place), "names {place}: {stderr}");
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+#[test]
+fn an_expired_agent_cannot_start_and_a_running_one_is_frozen() {
+    let cg = TestCgroups::new("gov-expiry");
+    let scratch = Scratch::new("gov-expiry");
+    let past = rfc3339(SystemTime::now() - Duration::from_secs(3600));
+    let later = rfc3339(SystemTime::now() + Duration::from_secs(365 * 86400));
+    let (retired_cg, worker_cg) = (cg.path("retired"), cg.path("worker"));
+    let policy = |soon: &str| {
+        format!(
+            "{}{}",
+            agent(&retired_cg, "retired", &format!("expires = \"{past}\"\n")),
+            agent(&worker_cg, "worker", &format!("expires = \"{soon}\"\n"))
+        )
+    };
+    let daemon = Daemon::start(&policy(&later), cg);
+
+    // Expired before it was ever started.
+    let out = daemon.run_agent("retired", &["true"]);
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("expired at") && stderr.contains(&past),
+        "{stderr}"
+    );
+    daemon.wait_event("agent.expired", |e| e["agent"]["name"] == "retired");
+
+    // Running, then its expiry passes (set a few seconds ahead by a reload).
+    let file = scratch.file("keep.txt");
+    let mut worker = daemon.spawn_agent(
+        "worker",
+        &["sh", "-c", &format!("read _; rm '{}'", file.display())],
+    );
+    daemon.wait_event("agent.start", |e| e["agent"]["name"] == "worker");
+    let soon = rfc3339(SystemTime::now() + Duration::from_secs(3));
+    fs::write(&daemon.policy_path, policy(&soon)).expect("policy");
+    let out = daemon.cli().arg("reload").output().expect("reload");
+    assert!(out.status.success(), "{out:?}");
+    let ev = daemon.wait_event("agent.expired", |e| e["agent"]["name"] == "worker");
+    assert_eq!(ev["expiry"]["expires"], soon.as_str());
+    assert_eq!(ev["expiry"]["mode"]["to"], "freeze");
+    assert!(ev["expiry"]["processes"].as_u64() >= Some(1), "{ev}");
+
+    let list = daemon
+        .cli()
+        .args(["agents", "--json"])
+        .output()
+        .expect("agents");
+    let list: Value = serde_json::from_slice(&list.stdout).expect("agents --json");
+    let worker_row = list
+        .as_array()
+        .and_then(|l| l.iter().find(|a| a["name"] == "worker"))
+        .cloned()
+        .expect("worker listed");
+    assert_eq!(worker_row["mode"], "freeze");
+    assert_eq!(worker_row["expires"], soon.as_str());
+    assert_eq!(worker_row["expired"], true);
+
+    // Its live process is frozen: a delete the default allowed is held.
+    worker
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("wake the worker");
+    let path = file.display().to_string();
+    daemon.wait_event("file.unlink", |e| {
+        e["outcome"] == "held" && e["target"]["path"] == path.as_str()
+    });
+    assert!(file.exists());
+
+    // A thaw would hand its rights back: refused while expired.
+    let out = daemon
+        .cli()
+        .args(["thaw", "worker"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("thaw");
+    assert!(!out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expired"));
+    let out = daemon
+        .cli()
+        .args(["kill", "--agent", "worker"])
+        .output()
+        .expect("kill");
+    assert!(out.status.success(), "{out:?}");
+    let _ = worker.wait();
+}
