@@ -9,6 +9,7 @@ pub mod cli;
 pub mod confine;
 pub mod control;
 pub mod daemon;
+pub mod discover;
 pub mod events;
 pub mod kernel;
 pub mod metrics;

@@ -203,3 +203,85 @@ fn an_expired_agent_cannot_start_and_a_running_one_is_frozen() {
     assert!(out.status.success(), "{out:?}");
     let _ = worker.wait();
 }
+
+fn discover(daemon: &Daemon) -> (Output, Vec<Value>) {
+    let out = daemon
+        .cli()
+        .args(["discover", "--json", "--policy"])
+        .arg(&daemon.policy_path)
+        .output()
+        .expect("agent-guard discover");
+    let found: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("discover --json printed {out:?}: {e}"));
+    (out, found.as_array().cloned().unwrap_or_default())
+}
+
+#[test]
+fn discover_finds_an_unguarded_agent_cli_and_its_stanza_adopts_it() {
+    let cg = TestCgroups::new("gov-discover");
+    let scratch = Scratch::new("gov-discover");
+    let policy = agent(&cg.path("bot"), "bot", "");
+    let shadow_cg = cg.path("shadow");
+    fs::create_dir_all(cgroup2_root().join(&shadow_cg)).expect("shadow cgroup");
+    // A shell under the name of a coding-agent CLI, with a child.
+    let claude = scratch.path("bin/claude");
+    fs::create_dir_all(scratch.path("bin")).expect("bin");
+    fs::copy("/bin/sh", &claude).expect("copy sh");
+    let script = format!("exec '{}' -c 'sleep 300; true'", claude.display());
+    let daemon = Daemon::start(&policy, cg);
+    let mut outside = spawn_in_cgroup(&shadow_cg, &script);
+    let bot_cg = shadow_cg.replace("/shadow", "/bot");
+    let mut inside = spawn_in_cgroup(&bot_cg, &script);
+    let (outside_pid, inside_pid) = (outside.id(), inside.id());
+
+    // Both have exec'd and started their child before discover looks.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let (out, found) = loop {
+        let (out, found) = discover(&daemon);
+        let ours = found.iter().find(|f| f["pid"] == outside_pid);
+        if ours.is_some_and(|f| f["children"].as_array().is_some_and(|c| !c.is_empty())) {
+            break (out, found);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not found: {found:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(out.status.code(), Some(3), "found something: exit 3");
+    let ours = found
+        .iter()
+        .find(|f| f["pid"] == outside_pid)
+        .expect("found");
+    assert_eq!(ours["pattern"], "claude");
+    assert_eq!(ours["exe"], claude.display().to_string().as_str());
+    assert_eq!(ours["cgroup"], format!("/{shadow_cg}").as_str());
+    assert_eq!(ours["user"], "root");
+    assert!(
+        ours["children"][0]["cmdline"][0] == "sleep",
+        "its child: {ours:#}"
+    );
+    assert!(
+        found.iter().all(|f| f["pid"] != inside_pid),
+        "a process inside an agent's cgroup is guarded already: {found:#?}"
+    );
+
+    // The stanza it printed adopts the cgroup: after a reload, not found.
+    let stanza = ours["stanza"].as_str().expect("a stanza").to_owned();
+    fs::write(&daemon.policy_path, format!("{policy}\n{stanza}")).expect("policy");
+    let out = daemon.cli().arg("reload").output().expect("reload");
+    assert!(out.status.success(), "{out:?}\n{stanza}");
+    let (_, found) = discover(&daemon);
+    assert!(
+        found.iter().all(|f| f["pid"] != outside_pid),
+        "adopted: {found:#?}"
+    );
+    for child in [&mut outside, &mut inside] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // The sleeps die with their cgroups' kill.
+    for dir in [&shadow_cg, &bot_cg] {
+        let _ = guard_host::cgroup::kill_all(&cgroup2_root().join(dir));
+    }
+}

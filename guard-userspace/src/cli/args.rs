@@ -124,6 +124,19 @@ pub enum Command {
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Find processes that look like AI agents (coding-agent CLIs, agent
+    /// frameworks; `[discover] patterns` in the policy adds names) but run
+    /// in no agent's cgroup: pid, user, executable, command line, cgroup
+    /// (systemd unit or container), children, and an `[[agent]]` table that
+    /// adopts the cgroup. Run as root to see every process's executable.
+    /// Exit 0: none found; 3: some found; 1: an error.
+    ///
+    /// Examples:
+    ///   sudo agent-guard discover
+    ///   sudo agent-guard discover --json | jq '.[] | {pid, exe, cgroup}'
+    ///   sudo agent-guard discover --policy /etc/agent-guard/policy.toml
+    #[command(verbatim_doc_comment)]
+    Discover(DiscoverArgs),
     /// Reload the daemon's policy file without a gap in enforcement (the
     /// same as SIGHUP). An invalid file changes nothing: the error, with
     /// FILE:LINE:COL, is printed and the old policy stays. Approvers only.
@@ -406,4 +419,16 @@ pub struct QueryArgs {
     /// One readable line per event instead of JSON (as `events --pretty`).
     #[arg(long)]
     pub pretty: bool,
+}
+
+#[derive(clap::Args)]
+pub struct DiscoverArgs {
+    /// Print the findings as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The policy whose agents' cgroups are guarded already, and whose
+    /// `[discover] patterns` extend the built-in list. Default:
+    /// /etc/agent-guard/policy.toml, or the embedded policy without it.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
 }

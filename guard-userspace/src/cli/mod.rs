@@ -4,6 +4,7 @@ pub mod approve;
 pub mod args;
 pub mod daemon;
 pub mod deny;
+pub mod discover;
 pub mod doctor;
 mod doctor_guard;
 pub mod events;

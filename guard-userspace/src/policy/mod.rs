@@ -59,6 +59,9 @@ pub struct Policy {
     pub notify: Vec<NotifyConfig>,
     /// `[[sink]]` tables; none means stdout only.
     pub sinks: Vec<sink::SinkConfig>,
+    /// `[discover] patterns`: names `agent-guard discover` looks for on top
+    /// of its built-in list.
+    pub discover: Vec<String>,
 }
 
 /// The `[daemon]` table.

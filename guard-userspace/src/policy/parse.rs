@@ -30,6 +30,15 @@ struct RawPolicy {
     notify: Vec<surfaces::RawNotify>,
     #[serde(default)]
     sink: Vec<Spanned<super::sink::RawSink>>,
+    discover: Option<RawDiscover>,
+}
+
+/// `[discover]`: more names `agent-guard discover` looks for.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [discover] table")]
+struct RawDiscover {
+    #[serde(default)]
+    patterns: Vec<Spanned<String>>,
 }
 
 /// A plain `Vec` whose type error names the common mistake of writing
@@ -159,6 +168,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Policy, PolicyError> {
 
     assign_ids(&mut agents);
     let sinks = super::sink::sinks(&doc, raw.sink)?;
+    let discover = discover_patterns(&doc, raw.discover)?;
     Ok(Policy {
         file: file.to_owned(),
         daemon,
@@ -167,7 +177,19 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Policy, PolicyError> {
         metrics,
         notify,
         sinks,
+        discover,
     })
+}
+
+fn discover_patterns(doc: &Doc<'_>, raw: Option<RawDiscover>) -> Result<Vec<String>, PolicyError> {
+    let mut out = Vec::new();
+    for p in raw.map(|d| d.patterns).unwrap_or_default() {
+        if p.get_ref().trim().is_empty() {
+            return Err(doc.error_at(p.span().start, "a discover pattern must not be empty"));
+        }
+        out.push(p.into_inner());
+    }
+    Ok(out)
 }
 
 /// Rejects a connect table the kernel's fixed-size rule sets cannot hold.
