@@ -11,6 +11,7 @@ pub mod control;
 pub mod daemon;
 pub mod discover;
 pub mod events;
+pub mod governance;
 pub mod kernel;
 pub mod metrics;
 pub mod notify;

@@ -285,3 +285,78 @@ fn discover_finds_an_unguarded_agent_cli_and_its_stanza_adopts_it() {
         let _ = guard_host::cgroup::kill_all(&cgroup2_root().join(dir));
     }
 }
+
+/// Deletes in two directories and a connect to `port`, as one run.
+fn mixed_job(daemon: &Daemon, scratch: &Scratch, port: u16) -> Output {
+    for f in ["work/a/1", "work/a/2", "work/b/3"] {
+        scratch.file(f);
+    }
+    let script = format!(
+        "rm {} {} {} && python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=30)\"",
+        scratch.s("work/a/1"),
+        scratch.s("work/a/2"),
+        scratch.s("work/b/3"),
+    );
+    daemon.run_agent("job", &["sh", "-c", &script])
+}
+
+#[test]
+fn policy_suggest_learns_an_audit_run_that_then_enforces_the_same_job_only() {
+    let cg = TestCgroups::new("gov-suggest");
+    let scratch = Scratch::new("gov-suggest");
+    let log = scratch.path("log/events.jsonl");
+    let (used, other) = (Listener::v4(), Listener::v4());
+    let policy = format!(
+        "[[agent]]\nname = \"job\"\nowner = \"ops@example.com\"\npurpose = \"nightly job\"\n\
+         cgroup = \"{}\"\nmode = \"audit\"\n\n[agent.delete]\ndefault = \"deny\"\n\n\
+         [agent.connect]\ndefault = \"deny\"\n\n[[sink]]\ntype = \"stdout\"\n\n[[sink]]\n\
+         type = \"file\"\npath = \"{}\"\n",
+        cg.path("job"),
+        log.display()
+    );
+    let daemon = Daemon::start(&policy, cg);
+    let out = mixed_job(&daemon, &scratch, used.port);
+    assert!(out.status.success(), "audit mode blocks nothing: {out:?}");
+    let (_, cg) = daemon.stop_keeping_cgroups();
+
+    let policy_file = scratch.path("policy.toml");
+    fs::write(&policy_file, &policy).expect("policy");
+    let out = std::process::Command::new(agent_guard_bin())
+        .args(["policy", "suggest", "--agent", "job", "--from"])
+        .arg(&log)
+        .arg("--policy")
+        .arg(&policy_file)
+        .output()
+        .expect("suggest");
+    assert!(out.status.success(), "{out:?}");
+    let suggested =
+        String::from_utf8_lossy(&out.stdout).replace("mode = \"audit\"", "mode = \"enforce\"");
+    for rule in [
+        format!("\"{}\",  # 2 calls", scratch.s("work/a")),
+        format!("\"{}\",  # 1 call", scratch.s("work/b")),
+        format!("\"127.0.0.1/32:{}\",  # 1 call", used.port),
+    ] {
+        assert!(suggested.contains(&rule), "{rule} in:\n{suggested}");
+    }
+    fs::write(&policy_file, &suggested).expect("suggested policy");
+    let check = std::process::Command::new(agent_guard_bin())
+        .args(["policy", "check"])
+        .arg(&policy_file)
+        .output()
+        .expect("policy check");
+    assert!(check.status.success(), "{check:?}");
+
+    // Enforced: the same job passes; a delete and a destination outside fail.
+    let daemon = Daemon::start(&suggested, cg);
+    let out = mixed_job(&daemon, &scratch, used.port);
+    assert!(
+        out.status.success(),
+        "the learned job runs: {out:?}\n{suggested}"
+    );
+    let outside = scratch.file("work/other/x");
+    let out = daemon.run_agent("job", &["rm", &outside.display().to_string()]);
+    assert!(!out.status.success() && outside.exists(), "{out:?}");
+    let run = connect_as(&daemon, "job", "127.0.0.1", other.port);
+    assert_ne!(run.errno, 0, "an unlearned destination is denied");
+    run.finish();
+}

@@ -383,6 +383,20 @@ pub enum PolicyCommand {
         /// The policy file.
         file: PathBuf,
     },
+    /// Print a complete policy file: the current one, with one agent's
+    /// [agent.delete] and [agent.connect] replaced by the least privilege
+    /// that would have allowed what it did in the event log (an audit run,
+    /// ideally): deletes as directory prefixes, destinations as
+    /// address:port (a /24 or /64 where several hosts of one network were
+    /// used), everything else denied, each rule with the calls it covers.
+    /// The chain is verified as the log is read; the output passes `policy
+    /// check`. Review it before you use it.
+    ///
+    /// Examples:
+    ///   agent-guard policy suggest --agent claims-bot --from /var/log/agent-guard/events.jsonl > new.toml
+    ///   agent-guard policy suggest --agent claims-bot --from events.jsonl --since 7d --policy policy.toml
+    #[command(verbatim_doc_comment)]
+    Suggest(SuggestArgs),
     /// Print the embedded default policy, as a starting point.
     ///
     /// Example:
@@ -431,4 +445,24 @@ pub struct DiscoverArgs {
     /// /etc/agent-guard/policy.toml, or the embedded policy without it.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct SuggestArgs {
+    /// The agent whose rules to learn.
+    #[arg(long, value_name = "NAME")]
+    pub agent: String,
+    /// A log's current file (its rotated files are read first); repeatable.
+    #[arg(long = "from", required = true, value_name = "LOG")]
+    pub from: Vec<PathBuf>,
+    /// Only calls from this time on: RFC 3339 or a duration before now (7d).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// The policy to start from. Default: /etc/agent-guard/policy.toml, or
+    /// the embedded policy without it.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// The HMAC key the daemon was given with --chain-key.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
 }

@@ -1,24 +1,14 @@
 //! `agent-guard discover [--json]`: unguarded processes that look like
 //! agents. Exit 0 when none, 3 when some (a script can alert on it).
-use std::{path::Path, process::ExitCode};
+use std::process::ExitCode;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use super::args::DiscoverArgs;
-use crate::{discover, policy};
-
-/// Where a packaged install keeps its policy.
-const INSTALLED_POLICY: &str = "/etc/agent-guard/policy.toml";
+use crate::discover;
 
 pub fn run(args: DiscoverArgs) -> Result<ExitCode> {
-    let policy = match &args.policy {
-        Some(path) => policy::load(path).context("reading the policy")?,
-        None if Path::new(INSTALLED_POLICY).exists() => {
-            policy::load(Path::new(INSTALLED_POLICY)).context("reading the policy")?
-        }
-        None => policy::parse("<embedded default policy>", policy::DEFAULT_POLICY)
-            .context("the embedded policy")?,
-    };
+    let (policy, _) = super::policy::current(args.policy.as_deref())?;
     let found = discover::discover(&policy);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&found)?);

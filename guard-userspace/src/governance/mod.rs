@@ -1,0 +1,5 @@
+//! Governance over the event log and the policy: least privilege learned
+//! from what an agent did (`policy suggest`). A surface: it reads the
+//! events layer's log reader and the policy, and nothing imports it but
+//! the CLI.
+pub mod suggest;
