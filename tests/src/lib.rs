@@ -93,6 +93,7 @@ fn remove_tree(dir: &Path) {
     }
 }
 
+pub mod browser;
 mod net;
 pub mod rogue;
 mod stream;

@@ -9,7 +9,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use agent_guard_tests::*;
+use agent_guard_tests::{
+    browser::{Driver, desktop_browser},
+    *,
+};
 use serde_json::Value;
 
 fn agent(cgroup: &str, name: &str, extra: &str) -> String {
@@ -359,4 +362,126 @@ fn policy_suggest_learns_an_audit_run_that_then_enforces_the_same_job_only() {
     let run = connect_as(&daemon, "job", "127.0.0.1", other.port);
     assert_ne!(run.errno, 0, "an unlearned destination is denied");
     run.finish();
+}
+
+#[test]
+fn review_counts_denials_names_unused_rules_and_renders_in_chromium() {
+    let cg = TestCgroups::new("gov-review");
+    let scratch = Scratch::new("gov-review");
+    let log = scratch.path("log/events.jsonl");
+    let (used, refused) = (Listener::v4(), Listener::v4());
+    let policy = format!(
+        "[[agent]]\nname = \"rev\"\nowner = \"ops@example.com\"\npurpose = \"reviewed\"\n\
+         cgroup = \"{}\"\n\n[agent.connect]\ndefault = \"deny\"\n\
+         allow = [\"127.0.0.1/32:{}\", \"10.9.9.9/32:443\"]\n\n[agent.delete]\n\
+         default = \"allow\"\nask = [\"{}\"]\n\n\
+         [[agent]]\nname = \"idle\"\nowner = \"unknown\"\npurpose = \"nobody remembers\"\n\
+         cgroup = \"{}\"\n\n[[sink]]\ntype = \"stdout\"\n\n[[sink]]\ntype = \"file\"\npath = \"{}\"\n",
+        cg.path("rev"),
+        used.port,
+        scratch.s("held"),
+        cg.path("idle"),
+        log.display()
+    );
+    let policy_file = scratch.path("policy.toml");
+    fs::write(&policy_file, &policy).expect("policy");
+    let daemon = Daemon::start(&policy, cg);
+    let run = connect_as(&daemon, "rev", "127.0.0.1", used.port);
+    assert_eq!(run.errno, 0);
+    run.finish();
+    for _ in 0..3 {
+        let run = connect_as(&daemon, "rev", "127.0.0.1", refused.port);
+        assert_ne!(run.errno, 0);
+        run.finish();
+    }
+    let file = scratch.file("held/x");
+    let rm = daemon.spawn_agent("rev", &["rm", &file.display().to_string()]);
+    let held = daemon.wait_event("file.unlink", |e| e["outcome"] == "held");
+    let id = held["hold"]["id"].as_str().expect("hold id").to_owned();
+    let out = daemon
+        .cli()
+        .args(["approve", &id, "--reason", "ticket OPS-1"])
+        .output()
+        .expect("approve");
+    assert!(out.status.success(), "{out:?}");
+    assert!(rm.wait_with_output().expect("rm").status.success());
+    daemon.stop();
+
+    let review = |format: &str| {
+        std::process::Command::new(agent_guard_bin())
+            .args(["review", "--format", format, "--since", "1h", "--from"])
+            .arg(&log)
+            .arg("--policy")
+            .arg(&policy_file)
+            .output()
+            .expect("agent-guard review")
+    };
+    let out = review("json");
+    assert!(out.status.success(), "{out:?}");
+    let r: Value = serde_json::from_slice(&out.stdout).expect("review --format json");
+    let agent = |name: &str| {
+        r["agents"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} reviewed: {r:#}"))
+    };
+    let rev = agent("rev");
+    assert_eq!(rev["denials_total"], 3, "{rev:#}");
+    assert_eq!(
+        rev["unused"],
+        serde_json::json!(["[agent.connect] allow \"10.9.9.9/32:443\""])
+    );
+    assert_eq!(rev["holds"][0]["what"], "approved");
+    assert_eq!(rev["holds"][0]["by"], "root");
+    assert_eq!(rev["holds"][0]["reason"], "ticket OPS-1");
+    let used_rule = format!("127.0.0.1/32:{}", used.port);
+    let rule = rev["rules"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|x| x["rule"] == used_rule.as_str()))
+        .cloned()
+        .expect("the used rule");
+    assert_eq!(rule["calls"], 1);
+    let flags = agent("idle")["flags"].to_string();
+    assert!(
+        flags.contains("no activity") && flags.contains("no owner"),
+        "{flags}"
+    );
+
+    let out = review("md");
+    assert!(out.status.success(), "{out:?}");
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        md.contains("## rev") && md.contains("10.9.9.9/32:443"),
+        "{md}"
+    );
+
+    // One self-contained file, read by a real browser.
+    let out = review("html");
+    assert!(out.status.success(), "{out:?}");
+    let page = scratch.path("review.html");
+    fs::write(&page, &out.stdout).expect("html");
+    let html = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !html.contains("<script") && !html.contains("src=\""),
+        "self-contained"
+    );
+    let driver = Driver::start();
+    let rt = tokio::runtime::Runtime::new().expect("tokio");
+    let c = rt.block_on(desktop_browser(&driver));
+    rt.block_on(c.goto(&format!("file://{}", page.display())))
+        .expect("open the review");
+    let bars = rt
+        .block_on(c.find_all(fantoccini::Locator::Css("#agent-rev svg.timeline rect")))
+        .expect("timeline bars");
+    assert!(!bars.is_empty(), "rev's timeline has bars");
+    let heading = rt
+        .block_on(c.find(fantoccini::Locator::Css("#agent-idle h2")))
+        .expect("idle's section");
+    assert_eq!(rt.block_on(heading.text()).expect("text"), "idle");
+    agent_guard_tests::browser::artifact(
+        "review.png",
+        &rt.block_on(c.screenshot()).expect("screenshot"),
+    );
+    let _ = rt.block_on(c.close());
 }

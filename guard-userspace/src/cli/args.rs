@@ -121,6 +121,20 @@ pub enum Command {
     ///   agent-guard status --json | jq .events.per_sec
     #[command(verbatim_doc_comment)]
     Status(StatusArgs),
+    /// Review each agent over a period, from the event log and the policy:
+    /// owner, purpose, expiry, first and last activity, each rule with the
+    /// calls it matched and rules never used (candidates to remove),
+    /// denials, holds with decisions, approvers and reasons, grants,
+    /// escapes and refusals; agents idle in the period or without an owner
+    /// are flagged. The chain is verified as the log is read. HTML is one
+    /// self-contained file with an activity timeline per agent.
+    ///
+    /// Examples:
+    ///   agent-guard review --from /var/log/agent-guard/events.jsonl
+    ///   agent-guard review --from events.jsonl --since 90d --format json | jq '.agents[].flags'
+    ///   agent-guard review --from events.jsonl --format html > review.html
+    #[command(verbatim_doc_comment)]
+    Review(ReviewArgs),
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -465,4 +479,34 @@ pub struct SuggestArgs {
     /// The HMAC key the daemon was given with --chain-key.
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct ReviewArgs {
+    /// A log's current file (its rotated files are read first); repeatable.
+    #[arg(long = "from", required = true, value_name = "LOG")]
+    pub from: Vec<PathBuf>,
+    /// Start of the period: RFC 3339 or a duration before now.
+    #[arg(long, value_name = "TIME", default_value = "30d")]
+    pub since: String,
+    /// End of the period (default: now).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// md (Markdown), json, or html (one self-contained file).
+    #[arg(long, value_enum, default_value = "md")]
+    pub format: ReviewFormat,
+    /// The policy the agents and rules come from. Default:
+    /// /etc/agent-guard/policy.toml, or the embedded policy without it.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// The HMAC key the daemon was given with --chain-key.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ReviewFormat {
+    Md,
+    Json,
+    Html,
 }

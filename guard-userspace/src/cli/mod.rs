@@ -18,6 +18,7 @@ pub mod policy;
 pub mod pretty;
 pub mod query;
 pub mod reload;
+pub mod review;
 pub mod revoke;
 pub mod run;
 pub mod status;
