@@ -198,6 +198,17 @@ fn an_expired_agent_cannot_start_and_a_running_one_is_frozen() {
         .expect("thaw");
     assert!(!out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("expired"));
+    // Rogue: the expired agent itself, as root, tries to thaw itself (and
+    // to start a fresh run): both refused from inside its cgroup.
+    let out = cli_inside(&daemon, &worker_cg, &["thaw", "worker"]);
+    assert_refused(&daemon, &out, "thaw", "worker");
+    let out = cli_inside(
+        &daemon,
+        &worker_cg,
+        &["run", "--agent", "worker", "--", "true"],
+    );
+    assert!(!out.status.success(), "{out:?}");
+    assert!(file.exists(), "the held delete stays held");
     let out = daemon
         .cli()
         .args(["kill", "--agent", "worker"])

@@ -168,35 +168,53 @@ pub fn parse_when(text: &str, now: SystemTime) -> Result<SystemTime, BadWhen> {
         .ok_or_else(|| BadWhen(text.to_owned()))
 }
 
+/// Chained native-looking logs for the tests of the log's readers.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testlog {
     use std::{io::Write as _, path::Path};
 
-    use super::*;
     use crate::events::chain::{self, Alg, Chain};
 
-    /// A chained log of native-looking lines: (agent, kind, time) each.
-    fn write_log(path: &Path, rows: &[(Option<&str>, &str, &str)]) {
+    /// Writes `events` (JSON objects without `chain`) as one chained log.
+    pub fn write(path: &Path, events: &[serde_json::Value]) {
         let mut chain = Chain::new(Alg::Sha256, None);
         let mut f = std::fs::File::create(path).expect("create");
-        for (seq, (agent, kind, time)) in rows.iter().enumerate() {
-            let mut ev = serde_json::Map::new();
-            ev.insert("seq".into(), (seq + 1).into());
-            ev.insert("time".into(), (*time).into());
-            ev.insert("kind".into(), (*kind).into());
-            if let Some(a) = agent {
-                ev.insert("agent".into(), serde_json::json!({ "name": a }));
-            }
+        for ev in events {
+            let mut ev = ev.as_object().cloned().expect("an object");
             chain.link(&mut ev);
             f.write_all(&chain::line(&ev)).expect("write");
         }
     }
 
-    fn scratch(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("ag-query-{name}-{}", std::process::id()));
+    /// A fresh scratch directory for one test.
+    pub fn scratch(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("ag-log-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).expect("dir");
         d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::{testlog::scratch, *};
+
+    /// A chained log of native-looking lines: (agent, kind, time) each.
+    fn write_log(path: &Path, rows: &[(Option<&str>, &str, &str)]) {
+        let events: Vec<serde_json::Value> = rows
+            .iter()
+            .enumerate()
+            .map(|(seq, (agent, kind, time))| {
+                let mut ev = serde_json::json!({"seq": seq + 1, "time": time, "kind": kind});
+                if let Some(a) = agent {
+                    ev["agent"] = serde_json::json!({ "name": a });
+                }
+                ev
+            })
+            .collect();
+        testlog::write(path, &events);
     }
 
     fn kept(logs: &[Vec<PathBuf>], filter: &Filter) -> Result<Vec<u64>, QueryError> {

@@ -546,3 +546,82 @@ fn table(out: &mut String, title: &str, rows: &[Row], heads: [&str; 5]) {
         out.push('\n');
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::events::query::testlog;
+
+    #[test]
+    fn counts_rules_denials_holds_grants_and_flags() {
+        let policy = policy::parse(
+            "p.toml",
+            "[[agent]]\nname = \"bot\"\nowner = \"o@x\"\npurpose = \"p\"\ncgroup = \"t/bot\"\n\
+             [agent.connect]\nallow = [\"10.0.0.1/32:443\", \"10.0.0.2/32:443\"]\n\n\
+             [[agent]]\nname = \"idle\"\nowner = \"TBD\"\npurpose = \"p\"\ncgroup = \"t/idle\"\n",
+        )
+        .expect("policy");
+        let bot = json!({"name": "bot"});
+        let call = |t: &str, outcome: &str, rule: &str| {
+            json!({"time": t, "kind": "net.connect", "outcome": outcome, "agent": bot,
+                   "rule": {"match": rule}, "target": {"address": "10.0.0.1", "port": 443}})
+        };
+        let d = testlog::scratch("review");
+        let log = d.join("events.jsonl");
+        testlog::write(
+            &log,
+            &[
+                json!({"time": "2026-12-01T00:00:00Z", "kind": "daemon.start", "outcome": "success"}),
+                call("2026-12-01T01:00:00Z", "allowed", "10.0.0.1/32:443"),
+                call("2026-12-01T02:00:00Z", "denied", "default"),
+                call("2026-12-01T03:00:00Z", "denied", "default"),
+                json!({"time": "2026-12-01T04:00:00Z", "kind": "hold.decision", "outcome": "allowed",
+                   "agent": bot, "hold": {"call": "file.unlink", "decision": "approved",
+                   "by": {"user": "alice"}, "reason": "OPS-1",
+                   "scope": {"scope": {"kind": "subtree"}, "expires": "2026-12-01T05:00:00Z"}}}),
+                json!({"time": "2026-12-01T05:00:00Z", "kind": "control.refused", "outcome": "denied",
+                   "control": {"op": "thaw", "by": {"agent": "bot"}}}),
+                // Outside the period: not counted.
+                call("2026-12-03T00:00:00Z", "denied", "default"),
+            ],
+        );
+        let at = |t: &str| query::parse_when(t, SystemTime::now()).expect("time");
+        let r = review(
+            &policy,
+            &query::logs(&[log], true),
+            None,
+            at("2026-12-01T00:00:00Z"),
+            at("2026-12-02T00:00:00Z"),
+        )
+        .expect("review");
+        let bot = &r.agents[0];
+        assert_eq!(
+            (bot.name.as_str(), bot.denials_total, bot.holds_total),
+            ("bot", 2, 1)
+        );
+        assert_eq!(bot.unused, ["[agent.connect] allow \"10.0.0.2/32:443\""]);
+        assert_eq!(bot.grants.len(), 1);
+        assert_eq!(bot.holds[0].by, "alice");
+        assert_eq!(bot.refusals, 1);
+        assert_eq!(bot.timeline.iter().map(|b| b[1]).sum::<u64>(), 2);
+        let idle = &r.agents[1];
+        assert!(
+            idle.flags.iter().any(|f| f.contains("no activity")),
+            "{:?}",
+            idle.flags
+        );
+        assert!(
+            idle.flags.iter().any(|f| f.contains("no owner")),
+            "{:?}",
+            idle.flags
+        );
+        let md = markdown(&r);
+        assert!(
+            md.contains("| connect | allow | `10.0.0.2/32:443` | p.toml:7 | 0 |"),
+            "{md}"
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
