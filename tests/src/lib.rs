@@ -94,13 +94,19 @@ fn remove_tree(dir: &Path) {
 }
 
 pub mod browser;
+mod doors;
 mod net;
 pub mod rogue;
 mod stream;
+pub use doors::*;
 pub use net::*;
 pub use rogue::{assert_connect_denied, assert_refused, cli_inside, placed};
 pub use stream::*;
 
+/// The event stream as read so far. Its lock is taken ignoring poison: a
+/// test that fails an assertion while waiting on it must not turn the
+/// daemon's clean-up into a second panic, which would abort the whole test
+/// binary and hide the other tests' results.
 #[derive(Default)]
 pub(crate) struct Stream {
     pub(crate) events: Vec<Value>,
@@ -252,14 +258,21 @@ impl Daemon {
 
     /// All events so far.
     pub fn events(&self) -> Vec<Value> {
-        self.stream.0.lock().expect("lock").events.clone()
+        self.stream
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .events
+            .clone()
     }
 
     /// Waits until `n` events of `kind` have been emitted.
     pub fn wait_count(&self, kind: &str, n: usize) {
         let (lock, cvar) = &*self.stream;
         let deadline = Instant::now() + PATIENCE;
-        let mut s = lock.lock().expect("lock");
+        let mut s = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Counted as lines arrive, not rescanned on every wake-up: a busy
         // agent can make thousands of events.
         let (mut seen, mut count) = (0, 0);
@@ -296,7 +309,10 @@ impl Daemon {
                     thread_report(self.child.id())
                 );
             }
-            s = cvar.wait_timeout(s, deadline - now).expect("lock").0;
+            s = cvar
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -304,7 +320,9 @@ impl Daemon {
     pub fn wait_event(&self, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let (lock, cvar) = &*self.stream;
         let deadline = Instant::now() + PATIENCE;
-        let mut s = lock.lock().expect("lock");
+        let mut s = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut seen = 0;
         loop {
             if let Some(e) = s.events[seen..]
@@ -325,7 +343,10 @@ impl Daemon {
                 "no matching {kind} event within {PATIENCE:?}; events: {:#?}",
                 s.events
             );
-            s = cvar.wait_timeout(s, deadline - now).expect("lock").0;
+            s = cvar
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -384,11 +405,13 @@ impl Daemon {
         let _ = self.child.wait();
         let (lock, cvar) = &*self.stream;
         let deadline = Instant::now() + PATIENCE;
-        let mut s = lock.lock().expect("lock");
+        let mut s = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         while !s.closed && Instant::now() < deadline {
             s = cvar
                 .wait_timeout(s, Duration::from_millis(100))
-                .expect("lock")
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
         }
         // Every event of every privileged test must match the written
@@ -469,7 +492,9 @@ fn spawn_reader(
             let value: Value = serde_json::from_str(&line)
                 .unwrap_or_else(|e| panic!("daemon stdout carried a non-JSON line {line:?}: {e}"));
             let (lock, cvar) = &*stream;
-            let mut s = lock.lock().expect("lock");
+            let mut s = lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if count_only.is_some_and(|f| f(&value)) {
                 let kind = value["kind"].as_str().unwrap_or("").to_owned();
                 *s.counted.entry(kind).or_default() += 1;
@@ -480,9 +505,24 @@ fn spawn_reader(
             cvar.notify_all();
         }
         let (lock, cvar) = &*stream;
-        lock.lock().expect("lock").closed = true;
+        lock.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .closed = true;
         cvar.notify_all();
     });
+}
+
+/// Whether this process runs chrooted (its root is not its mount
+/// namespace's): the VM tier runs the suite in a chroot, where the kernel
+/// itself refuses new user namespaces before any LSM hook sees them.
+pub fn chrooted() -> bool {
+    let id = |p: &str| {
+        std::fs::metadata(p).map(|m| {
+            use std::os::unix::fs::MetadataExt as _;
+            (m.dev(), m.ino())
+        })
+    };
+    matches!((id("/"), id("/proc/1/root/")), (Ok(a), Ok(b)) if a != b)
 }
 
 /// Which test tier this is: "vm" inside the QEMU guest, "host" otherwise.

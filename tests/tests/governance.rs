@@ -198,16 +198,28 @@ fn an_expired_agent_cannot_start_and_a_running_one_is_frozen() {
         .expect("thaw");
     assert!(!out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("expired"));
-    // Rogue: the expired agent itself, as root, tries to thaw itself (and
-    // to start a fresh run): both refused from inside its cgroup.
-    let out = cli_inside(&daemon, &worker_cg, &["thaw", "worker"]);
-    assert_refused(&daemon, &out, "thaw", "worker");
-    let out = cli_inside(
-        &daemon,
-        &worker_cg,
+    // Rogue: the expired agent itself, as root, tries to thaw itself and
+    // to start a fresh run. Both fail from inside its cgroup (refused, or
+    // the frozen agent cannot even reach the socket), and it stays frozen.
+    for args in [
+        &["thaw", "worker"][..],
         &["run", "--agent", "worker", "--", "true"],
+    ] {
+        let out = cli_inside(&daemon, &worker_cg, args);
+        assert!(!out.status.success(), "{args:?} from inside: {out:?}");
+    }
+    let list = daemon
+        .cli()
+        .args(["agents", "--json"])
+        .output()
+        .expect("agents");
+    let list: Value = serde_json::from_slice(&list.stdout).expect("agents --json");
+    assert!(
+        list.as_array().is_some_and(|l| l
+            .iter()
+            .any(|a| a["name"] == "worker" && a["mode"] == "freeze")),
+        "still frozen: {list:#}"
     );
-    assert!(!out.status.success(), "{out:?}");
     assert!(file.exists(), "the held delete stays held");
     let out = daemon
         .cli()

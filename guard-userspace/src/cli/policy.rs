@@ -48,7 +48,12 @@ pub fn run(command: PolicyCommand) -> Result<ExitCode> {
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
-                // Warnings, not errors: the file is valid and loads.
+                // Valid, but some rule could never match here: say so on
+                // stderr; the exit status stays 0 (the file is valid).
+                for warning in policy::path_warnings(&p) {
+                    eprintln!("warning: {warning}");
+                }
+                // Agents retired on schedule: warned ahead, not refused.
                 for w in policy::expiry::warnings(&p, std::time::SystemTime::now()) {
                     eprintln!("{w}");
                 }

@@ -59,7 +59,15 @@ pub fn decide(
 /// narrowed: the path of the `ask` rule that held it, else the held
 /// path's directory. None for a call without a path.
 pub fn default_subtree(event: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
-    let target = event.get("target")?.get("path")?.as_str()?;
+    // The path whose rule held it: a rename's destination when the object
+    // it would replace decided.
+    let target = event.get("target")?;
+    let held = if target.get("decided_by").and_then(|d| d.as_str()) == Some("destination") {
+        "new_path"
+    } else {
+        "path"
+    };
+    let target = target.get(held)?.as_str()?;
     let rule = event
         .get("rule")
         .and_then(|r| r.get("match"))
@@ -116,17 +124,24 @@ fn grant_for_hold(
         "agent" => Scope::Agent,
         "subtree" => {
             if !call.starts_with("file.") {
-                bail!("scope subtree is for deletes; this hold is a {call}");
+                bail!("scope subtree is for file calls; this hold is a {call}");
             }
-            let target = event["target"]["path"]
+            // The path whose rule held it: a rename's destination when the
+            // object it would replace decided.
+            let held = if event["target"]["decided_by"] == "destination" {
+                "new_path"
+            } else {
+                "path"
+            };
+            let target = event["target"][held]
                 .as_str()
-                .context("held delete without a path")?;
+                .context("held file call without a path")?;
             let prefix = match &scope.path {
                 Some(p) => match p.trim_end_matches('/') {
                     "" => "/".to_owned(),
                     p => p.to_owned(),
                 },
-                None => default_subtree(&event).context("held delete without a path")?,
+                None => default_subtree(&event).context("held file call without a path")?,
             };
             if !(prefix == "/" || target == prefix || target.starts_with(&format!("{prefix}/"))) {
                 bail!("{prefix} does not contain the held path {target}");
@@ -134,8 +149,8 @@ fn grant_for_hold(
             Scope::Subtree { prefix }
         }
         "destination" => {
-            if call != "net.connect" {
-                bail!("scope destination is for connects; this hold is a {call}");
+            if !matches!(call, "net.connect" | "net.send") {
+                bail!("scope destination is for connects and datagrams; this hold is a {call}");
             }
             let address: std::net::IpAddr = event["target"]["address"]
                 .as_str()

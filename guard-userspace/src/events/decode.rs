@@ -7,17 +7,16 @@ use std::{
 };
 
 use guard_common::{
-    AF_INET, AF_INET6, AT_REMOVEDIR, ConnectRecord, EventHeader, EventKind, FileRecord, NR_RMDIR,
-    ObservedDeleteRecord, Outcome, PATH_TRUNCATED, PATH_UNKNOWN, RULE_DEFAULT, Verdict,
+    AF_INET, AF_INET6, AT_REMOVEDIR, ConnectRecord, EventHeader, EventKind, FileRecord,
+    MountRecord, NR_RMDIR, ObservedDeleteRecord, Outcome, RULE_DEFAULT, RenameRecord, Verdict,
 };
 use serde_json::{Map, Value, json};
 use thiserror::Error;
 
-use super::enrich::Enricher;
+use super::{calls, enrich::Enricher};
 use crate::{
     daemon::registry::{AgentState, Registry},
-    policy::PathRule,
-    supervise::{DeleteOp, DeleteRequest},
+    supervise::Request,
 };
 
 #[derive(Debug, Error)]
@@ -88,7 +87,7 @@ pub fn verdict_name(raw: u8) -> &'static str {
     }
 }
 
-fn outcome_name(raw: u8) -> &'static str {
+pub fn outcome_name(raw: u8) -> &'static str {
     match Outcome::from_raw(raw) {
         Some(Outcome::Allowed) => "allowed",
         Some(Outcome::Denied) => "denied",
@@ -136,6 +135,9 @@ pub fn decode(
         _ => None,
     };
     let mut body = common(&header, registry, enricher);
+    body.insert("kind".into(), calls::kind_name(kind).into());
+    let held_denied =
+        header.outcome == Outcome::Denied.raw() && header.verdict == Verdict::Ask.raw();
     match kind {
         EventKind::GuardRefusedPath => {
             if let Some((kind, target)) = refused {
@@ -144,45 +146,49 @@ pub fn decode(
                 body.insert("rule".into(), super::selfdefense::rule());
             }
         }
-        EventKind::NetConnect => {
+        EventKind::NetConnect | EventKind::NetSend => {
             let rec: ConnectRecord = read(bytes)?;
-            body.insert("kind".into(), "net.connect".into());
             body.insert("target".into(), connect_target(&rec));
+            calls::io_uring(rec.flags as u8, held_denied, &mut body);
         }
-        EventKind::FileUnlink | EventKind::FileRmdir => {
+        EventKind::FileUnlink
+        | EventKind::FileRmdir
+        | EventKind::FileTruncate
+        | EventKind::NetUnixConnect
+        | EventKind::NetUnixSend => {
             let rec: FileRecord = read(bytes)?;
-            body.insert("kind".into(), file_kind(kind).into());
-            body.insert("target".into(), file_target(&rec));
+            body.insert("target".into(), calls::file_target(kind, &rec.path));
+            calls::io_uring(rec.path.flags, held_denied, &mut body);
+        }
+        EventKind::FileRename | EventKind::FileLink => {
+            let rec: RenameRecord = read(bytes)?;
+            let link = kind == EventKind::FileLink;
+            body.insert(
+                "target".into(),
+                calls::rename_target(&rec.path, &rec.new_path, rec.rename_flags, link),
+            );
+            calls::io_uring(rec.path.flags, held_denied, &mut body);
+        }
+        EventKind::FileMount => {
+            let rec: MountRecord = read(bytes)?;
+            body.insert("target".into(), calls::mount_target(rec.op, &rec.path));
+            // The agent's switch decided, not a rule.
+            let allowed = header.verdict == Verdict::Allow.raw();
+            if let Some(rule) = body.get_mut("rule").and_then(Value::as_object_mut) {
+                rule.insert("match".into(), calls::switch_rule(kind, allowed).into());
+            }
         }
         EventKind::FileObserved => {
             let rec: ObservedDeleteRecord = read(bytes)?;
             observed(&rec, registry, &mut body);
         }
+        // Only the supervisor reports these.
+        EventKind::FileIoUring => return Err(DecodeError::UnknownKind(header.kind)),
         EventKind::AgentEscape | EventKind::GuardTamper => {
             super::selfdefense::decode(kind, bytes, registry, &mut body)?;
         }
     }
     Ok(Some((clock.wall(header.ktime_ns), body)))
-}
-
-pub fn file_kind(kind: EventKind) -> &'static str {
-    match kind {
-        EventKind::FileRmdir => "file.rmdir",
-        _ => "file.unlink",
-    }
-}
-
-fn file_target(rec: &FileRecord) -> Value {
-    if rec.path_state == PATH_UNKNOWN {
-        return json!({ "path": null, "path_error": "the kernel could not resolve the path" });
-    }
-    let len = usize::from(rec.path_len).min(rec.path.len());
-    let path = String::from_utf8_lossy(&rec.path[..len]).into_owned();
-    if rec.path_state == PATH_TRUNCATED {
-        json!({ "path": path, "path_truncated": true })
-    } else {
-        json!({ "path": path })
-    }
 }
 
 /// A delete seen at syscall entry and not blocked: resolve the path as the
@@ -191,7 +197,7 @@ fn observed(rec: &ObservedDeleteRecord, registry: &Registry, body: &mut Map<Stri
     let rmdir = rec.nr == NR_RMDIR as u32 || rec.flags & AT_REMOVEDIR != 0;
     body.insert(
         "kind".into(),
-        file_kind(if rmdir {
+        calls::kind_name(if rmdir {
             EventKind::FileRmdir
         } else {
             EventKind::FileUnlink
@@ -262,27 +268,38 @@ pub(super) fn normalize(path: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
-/// A delete judged in userspace under seccomp supervision. Not a kernel
-/// record, but the same event shape as the LSM backend's, built here so the
-/// shape has one home.
+/// What a supervised call's event says about the rule that decided it.
+pub enum RuleOf<'a> {
+    /// A delete rule of the policy (None: the agent's default).
+    Path(Option<&'a crate::policy::PathRule>),
+    /// The agent's `allow_mounts` / `allow_io_uring` switch.
+    Switch,
+}
+
+/// A call judged in userspace under seccomp supervision. Not a kernel
+/// record, but the same event shape as the LSM backend's (the target comes
+/// from events/calls.rs), built here so the shape has one home.
 /// `session_cgroup` is the run whose supervisor handled the call: the
 /// filter belongs to that run, so that is whose call it is.
-pub fn supervised_delete(
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site per outcome; a struct would only rename them"
+)]
+pub fn supervised_call(
     registry: &Registry,
     agent: &AgentState,
     session_cgroup: u64,
-    req: &DeleteRequest,
-    (outcome, verdict, rule): (Outcome, Verdict, Option<&PathRule>),
+    req: &Request,
+    (outcome, verdict, rule): (Outcome, Verdict, RuleOf<'_>),
+    dest_decided: bool,
+    reason: Option<&str>,
     enricher: &mut Enricher,
 ) -> Map<String, Value> {
-    let kind = match req.op {
-        DeleteOp::Unlink => EventKind::FileUnlink,
-        DeleteOp::Rmdir => EventKind::FileRmdir,
-    };
+    let kind = calls::supervised_kind(req.op);
     let details = enricher.details(req.pid);
     let agent_ref = registry.agent_ref(agent.agent_id, session_cgroup);
     let mut body = Map::new();
-    body.insert("kind".into(), file_kind(kind).into());
+    body.insert("kind".into(), calls::kind_name(kind).into());
     body.insert("outcome".into(), outcome_name(outcome.raw()).into());
     body.insert(
         "agent".into(),
@@ -296,18 +313,26 @@ pub fn supervised_delete(
             "exe": details.exe, "cmdline": details.cmdline,
         }),
     );
-    body.insert(
-        "target".into(),
-        json!({ "path": req.path, "raw_path": req.raw_path }),
-    );
+    body.insert("target".into(), calls::supervised_target(req, dest_decided));
+    let (matched, line) = match rule {
+        RuleOf::Path(Some(r)) => (r.text.clone(), r.line),
+        RuleOf::Path(None) => ("default".to_owned(), agent.def.line),
+        RuleOf::Switch => (
+            calls::switch_rule(kind, verdict == Verdict::Allow).to_owned(),
+            agent.def.line,
+        ),
+    };
     body.insert(
         "rule".into(),
         json!({
             "verdict": verdict_name(verdict.raw()),
-            "match": rule.map_or_else(|| "default".to_owned(), |r| r.text.clone()),
-            "source": Some(format!("{}:{}", registry.policy.file, rule.map_or(agent.def.line, |r| r.line))),
+            "match": matched,
+            "source": Some(format!("{}:{line}", registry.policy.file)),
         }),
     );
+    if let Some(reason) = reason {
+        body.insert("reason".into(), reason.into());
+    }
     body.insert("backend".into(), "seccomp".into());
     body
 }

@@ -9,7 +9,11 @@ pub const ECS_VERSION: &str = "8.11.0";
 fn categories(kind: &str) -> (&'static [&'static str], &'static [&'static str]) {
     match kind {
         "file.unlink" | "file.rmdir" => (&["file"], &["deletion"]),
-        "net.connect" => (&["network"], &["connection", "start"]),
+        "file.rename" | "file.truncate" => (&["file"], &["change"]),
+        "file.link" => (&["file"], &["creation"]),
+        "file.mount" | "file.io_uring" => (&["file", "configuration"], &["change"]),
+        "net.connect" | "net.unix_connect" => (&["network"], &["connection", "start"]),
+        "net.send" | "net.unix_send" => (&["network"], &["protocol"]),
         "agent.start" => (&["process"], &["start"]),
         "agent.exit" | "agent.kill" => (&["process"], &["end"]),
         "daemon.start" => (&["process", "configuration"], &["start"]),
@@ -96,7 +100,13 @@ pub fn render(ev: &Map<String, Value>) -> Map<String, Value> {
             json!({ "path": target.and_then(|t| t.get("path")) }),
         );
     }
-    if call == "net.connect" {
+    if matches!(call, "net.unix_connect" | "net.unix_send") {
+        out.insert(
+            "destination".into(),
+            json!({ "address": target.and_then(|t| t.get("path")) }),
+        );
+    }
+    if matches!(call, "net.connect" | "net.send") {
         out.insert(
             "destination".into(),
             json!({ "ip": target.and_then(|t| t.get("address")), "port": target.and_then(|t| t.get("port")) }),

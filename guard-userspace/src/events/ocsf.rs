@@ -45,8 +45,18 @@ fn s<'a>(ev: &'a Map<String, Value>, path: &[&str]) -> Option<&'a Value> {
 fn class_activity(kind: &str, outcome: &str) -> (Class, u32, &'static str) {
     match kind {
         "file.unlink" | "file.rmdir" => (FILE_ACTIVITY, 4, "Delete"),
-        "net.connect" if outcome == "denied" => (NETWORK_ACTIVITY, 5, "Refuse"),
-        "net.connect" => (NETWORK_ACTIVITY, 1, "Open"),
+        "file.rename" => (FILE_ACTIVITY, 5, "Rename"),
+        "file.truncate" => (FILE_ACTIVITY, 3, "Update"),
+        "file.link" => (FILE_ACTIVITY, 1, "Create"),
+        "file.mount" => (FILE_ACTIVITY, 12, "Mount"),
+        "file.io_uring" => (FILE_ACTIVITY, 99, "Other"),
+        "net.connect" | "net.unix_connect" | "net.send" | "net.unix_send"
+            if outcome == "denied" =>
+        {
+            (NETWORK_ACTIVITY, 5, "Refuse")
+        }
+        "net.connect" | "net.unix_connect" => (NETWORK_ACTIVITY, 1, "Open"),
+        "net.send" | "net.unix_send" => (NETWORK_ACTIVITY, 6, "Traffic"),
         "agent.start" => (PROCESS_ACTIVITY, 1, "Launch"),
         "agent.exit" | "agent.kill" => (PROCESS_ACTIVITY, 2, "Terminate"),
         "daemon.start" => (APP_LIFECYCLE, 3, "Start"),
@@ -131,15 +141,25 @@ pub fn object(ev: &Map<String, Value>) -> Value {
     }
     if held_kind.starts_with("file.") {
         if let Some(path) = s(ev, &["target", "path"]) {
-            o["file"] =
-                json!({ "path": path, "type_id": if held_kind == "file.rmdir" { 2 } else { 1 } });
+            let dir = held_kind == "file.rmdir"
+                || s(ev, &["target", "directory"]).and_then(Value::as_bool) == Some(true);
+            o["file"] = json!({ "path": path, "type_id": if dir { 2 } else { 1 } });
+        }
+        if let Some(new_path) = s(ev, &["target", "new_path"]) {
+            o["file_result"] = json!({ "path": new_path });
         }
     }
-    if held_kind == "net.connect" {
-        o["dst_endpoint"] = json!({
-            "ip": s(ev, &["target", "address"]),
-            "port": s(ev, &["target", "port"]),
-        });
+    match held_kind {
+        "net.connect" | "net.send" => {
+            o["dst_endpoint"] = json!({
+                "ip": s(ev, &["target", "address"]),
+                "port": s(ev, &["target", "port"]),
+            });
+        }
+        "net.unix_connect" | "net.unix_send" => {
+            o["dst_endpoint"] = json!({ "path": s(ev, &["target", "path"]) });
+        }
+        _ => {}
     }
     if let Some(rule) = ev.get("rule") {
         o["policy"] = json!({ "name": rule.get("match"), "desc": rule.get("source") });
@@ -245,6 +265,41 @@ mod tests {
                 4,
                 2,
                 25,
+            ),
+            (
+                json!({"kind":"file.rename","outcome":"denied"}),
+                1001,
+                5,
+                2,
+                2,
+            ),
+            (
+                json!({"kind":"file.truncate","outcome":"held"}),
+                1001,
+                3,
+                99,
+                14,
+            ),
+            (
+                json!({"kind":"file.mount","outcome":"denied"}),
+                1001,
+                12,
+                2,
+                2,
+            ),
+            (
+                json!({"kind":"net.send","outcome":"allowed"}),
+                4001,
+                6,
+                1,
+                1,
+            ),
+            (
+                json!({"kind":"net.unix_connect","outcome":"denied"}),
+                4001,
+                5,
+                2,
+                2,
             ),
             (
                 json!({"kind":"agent.start","outcome":"success"}),

@@ -81,6 +81,7 @@ fn every_kind_validates() {
                "control": {"op": "suppressed", "count": 4990, "reason": "rate limit",
                            "by": {"uid": 65534, "pid": 9, "user": "nobody"}}}),
     ];
+    let bodies = bodies.into_iter().chain(side_door_bodies(&process, &rule));
     for (i, body) in bodies.into_iter().enumerate() {
         let ev = event(&mut chain, i as u64 + 1, body);
         let errors: Vec<String> = v
@@ -89,6 +90,91 @@ fn every_kind_validates() {
             .collect();
         assert!(errors.is_empty(), "{ev}\n{errors:#?}");
     }
+}
+
+/// The side-door kinds, with targets built by the one builder both
+/// backends use (events/calls.rs).
+fn side_door_bodies(process: &Value, rule: &Value) -> Vec<Value> {
+    use guard_common::{
+        CALL_ABSTRACT, EventKind, MountOp, PATH_COMPLETE, PATH_UNKNOWN, RENAME_DIR,
+        RENAME_REPLACES, RecordPath,
+    };
+
+    use super::calls;
+    let path = |text: &str, state, flags| {
+        let mut p = RecordPath {
+            bytes: [0; guard_common::PATH_KEY_BYTES],
+            len: text.len() as u16,
+            state,
+            flags,
+        };
+        p.bytes[..text.len()].copy_from_slice(text.as_bytes());
+        p
+    };
+    let call = |kind: &str, outcome: &str, target: Value| {
+        json!({"kind": kind, "outcome": outcome, "agent": agent(), "process": process,
+               "rule": rule, "target": target})
+    };
+    let src = path("/srv/vault", PATH_COMPLETE, 0);
+    let dst = path("/tmp/elsewhere", PATH_COMPLETE, 0);
+    let mut io_uring = call(
+        "file.unlink",
+        "denied",
+        calls::file_target(EventKind::FileUnlink, &src),
+    );
+    io_uring["via"] = "io_uring".into();
+    io_uring["reason"] = calls::IO_URING_REASON.into();
+    vec![
+        call(
+            "file.rename",
+            "denied",
+            calls::rename_target(&src, &dst, RENAME_DIR | RENAME_REPLACES, false),
+        ),
+        call(
+            "file.link",
+            "held",
+            calls::rename_target(&src, &dst, 0, true),
+        ),
+        call(
+            "file.truncate",
+            "allowed",
+            calls::file_target(EventKind::FileTruncate, &src),
+        ),
+        call(
+            "file.mount",
+            "denied",
+            calls::mount_target(MountOp::Mount.raw(), &dst),
+        ),
+        call(
+            "file.mount",
+            "denied",
+            calls::mount_target(MountOp::UserNamespace.raw(), &path("", PATH_UNKNOWN, 0)),
+        ),
+        call(
+            "net.unix_connect",
+            "denied",
+            calls::file_target(
+                EventKind::NetUnixConnect,
+                &path("@dbus", PATH_COMPLETE, CALL_ABSTRACT),
+            ),
+        ),
+        call(
+            "net.unix_send",
+            "allowed",
+            calls::file_target(EventKind::NetUnixSend, &path("/dev/log", PATH_COMPLETE, 0)),
+        ),
+        call(
+            "net.send",
+            "held",
+            json!({"family": "ipv6", "address": "::1", "port": 53}),
+        ),
+        call(
+            "file.io_uring",
+            "denied",
+            json!({"operation": "io_uring_setup"}),
+        ),
+        io_uring,
+    ]
 }
 
 #[test]

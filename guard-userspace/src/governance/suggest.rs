@@ -99,6 +99,11 @@ pub fn observe(
         if !matches!(call.outcome.as_str(), "allowed" | "audited" | "observed") {
             return;
         }
+        // Mounts and io_uring are governed by allow_mounts / allow_io_uring,
+        // not by path rules: what they touched is no delete right.
+        if matches!(call.kind.as_str(), "file.mount" | "file.io_uring") {
+            return;
+        }
         let t = call.target.unwrap_or_default();
         let counted = if call.kind.starts_with("file.") {
             for p in [&t.path, &t.new_path].into_iter().flatten() {
@@ -106,8 +111,12 @@ pub fn observe(
             }
             t.path.is_some()
         } else if t.family.as_deref() == Some("unix") {
+            // A path, or `@name` for an abstract socket: both are
+            // `unix:` rules.
             match t.path {
-                Some(p) if p.starts_with('/') => *seen.unix.entry(p).or_default() += 1,
+                Some(p) if p.starts_with('/') || p.len() > 1 && p.starts_with('@') => {
+                    *seen.unix.entry(p).or_default() += 1;
+                }
                 _ => return,
             }
             true
@@ -396,5 +405,54 @@ mod tests {
         assert_eq!(p.agents[1].delete.default, guard_common::Verdict::Allow);
         let err = suggest(&policy, text, "zed", &seen).expect_err("no such agent");
         assert!(err.to_string().contains("a, b"), "{err}");
+    }
+
+    #[test]
+    fn observe_learns_renames_unix_sockets_and_skips_mounts_and_denials() {
+        use serde_json::json;
+
+        use crate::events::query::testlog;
+        let ev = |kind: &str, outcome: &str, target: serde_json::Value| {
+            json!({"time": "2026-12-01T00:00:00Z", "kind": kind, "outcome": outcome,
+                   "agent": {"name": "a"}, "target": target})
+        };
+        let d = testlog::scratch("observe");
+        let log = d.join("events.jsonl");
+        testlog::write(
+            &log,
+            &[
+                ev(
+                    "file.rename",
+                    "audited",
+                    json!({"path": "/srv/in/x", "new_path": "/srv/out/x"}),
+                ),
+                ev(
+                    "file.mount",
+                    "audited",
+                    json!({"operation": "mount", "path": "/mnt/x"}),
+                ),
+                ev(
+                    "net.unix_connect",
+                    "allowed",
+                    json!({"family": "unix", "path": "@bus/x"}),
+                ),
+                ev(
+                    "net.connect",
+                    "denied",
+                    json!({"family": "ipv4", "address": "10.0.0.1", "port": 80}),
+                ),
+                ev(
+                    "net.send",
+                    "audited",
+                    json!({"family": "ipv4", "address": "10.0.0.2", "port": 53}),
+                ),
+            ],
+        );
+        let seen = observe(&query::logs(&[log], true), None, "a", None).expect("observe");
+        assert_eq!(seen.paths, counts(&["/srv/in/x", "/srv/out/x"]));
+        assert_eq!(seen.unix, counts(&["@bus/x"]));
+        assert_eq!(seen.hosts.len(), 1);
+        assert_eq!((seen.calls, seen.denied), (3, 1));
+        let _ = std::fs::remove_dir_all(&d);
     }
 }
