@@ -38,7 +38,7 @@ fn lines(out: &Output) -> Vec<Value> {
 }
 
 #[test]
-fn events_query_replays_one_agent_and_fails_on_an_edited_log() {
+fn governance_events_query_replays_one_agent_and_fails_on_an_edited_log() {
     let cg = TestCgroups::new("gov-query");
     let scratch = Scratch::new("gov-query");
     let log = scratch.path("log/events.jsonl");
@@ -120,7 +120,7 @@ fn rfc3339(at: SystemTime) -> String {
 }
 
 #[test]
-fn an_expired_agent_cannot_start_and_a_running_one_is_frozen() {
+fn governance_an_expired_agent_cannot_start_and_a_running_one_is_frozen() {
     let cg = TestCgroups::new("gov-expiry");
     let scratch = Scratch::new("gov-expiry");
     let past = rfc3339(SystemTime::now() - Duration::from_secs(3600));
@@ -243,7 +243,7 @@ fn discover(daemon: &Daemon) -> (Output, Vec<Value>) {
 }
 
 #[test]
-fn discover_finds_an_unguarded_agent_cli_and_its_stanza_adopts_it() {
+fn governance_discover_finds_an_unguarded_agent_cli_and_its_stanza_adopts_it() {
     let cg = TestCgroups::new("gov-discover");
     let scratch = Scratch::new("gov-discover");
     let policy = agent(&cg.path("bot"), "bot", "");
@@ -335,7 +335,7 @@ fn mixed_job(daemon: &Daemon, scratch: &Scratch, port: u16) -> Output {
 }
 
 #[test]
-fn policy_suggest_learns_an_audit_run_that_then_enforces_the_same_job_only() {
+fn governance_policy_suggest_learns_an_audit_run_that_then_enforces_the_same_job_only() {
     let cg = TestCgroups::new("gov-suggest");
     let scratch = Scratch::new("gov-suggest");
     let log = scratch.path("log/events.jsonl");
@@ -396,7 +396,7 @@ fn policy_suggest_learns_an_audit_run_that_then_enforces_the_same_job_only() {
 }
 
 #[test]
-fn review_counts_denials_names_unused_rules_and_renders_in_chromium() {
+fn governance_review_counts_denials_names_unused_rules_and_renders_in_chromium() {
     let cg = TestCgroups::new("gov-review");
     let scratch = Scratch::new("gov-review");
     let log = scratch.path("log/events.jsonl");
@@ -500,7 +500,7 @@ fn review_counts_denials_names_unused_rules_and_renders_in_chromium() {
     if tier() == "vm" {
         // Not kernel-facing; Chromium under TCG would eat the VM budget.
         skip(
-            "review_counts_denials_names_unused_rules_and_renders_in_chromium",
+            "governance_review_counts_denials_names_unused_rules_and_renders_in_chromium",
             "the Chromium part runs on the host tier only",
         );
         return;
