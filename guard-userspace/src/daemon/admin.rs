@@ -47,7 +47,7 @@ pub(super) fn agents(shared: &Shared, who: &Caller) -> Result<Value> {
                 "policy_mode": policy::mode_str(a.def.mode),
                 "frozen": a.frozen,
                 "expires": a.def.expires_text(),
-                "expired": a.def.expired(std::time::SystemTime::now()),
+                "expired": a.def.expired(super::expiry::now()),
                 "cgroup": a.def.cgroup,
                 "cgroup_id": a.cgroup_id,
                 "adopted": !a.created,
@@ -106,7 +106,7 @@ pub(super) fn switch_mode(shared: &Arc<Shared>, agent: &str, freeze: bool) -> Re
     let Some(state) = registry.agents.values_mut().find(|a| a.def.name == agent) else {
         bail!("unknown agent {agent:?}; the policy declares: {names}");
     };
-    if !freeze && state.def.expired(std::time::SystemTime::now()) {
+    if !freeze && state.def.expired(super::expiry::now()) {
         bail!(
             "agent {agent:?} expired at {}; a thaw would give it its rights back: extend or \
              remove `expires` in its [[agent]] table and reload first",

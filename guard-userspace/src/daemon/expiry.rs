@@ -5,8 +5,8 @@
 //! operator's (it survives a restart) and `thaw` refuses while the agent is
 //! still expired; `run` refuses to start it (see `sessions::open`).
 use std::{
-    sync::Arc,
-    time::{Duration, SystemTime},
+    sync::{Arc, OnceLock},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Result;
@@ -19,9 +19,28 @@ use crate::{cgroup, events, policy};
 /// so the loop re-reads the registry rather than sleeping until one time.
 const TICK: Duration = Duration::from_secs(1);
 
+/// Where the daemon's expiry clock started: the wall clock then, and the
+/// monotonic clock then.
+static ANCHOR: OnceLock<(SystemTime, Instant)> = OnceLock::new();
+
+/// The time expiry is judged by: the wall clock, but never behind what the
+/// monotonic clock has counted since the daemon first asked. An agent
+/// running as root may set the system clock back (settimeofday needs only
+/// CAP_SYS_TIME, which no hook here refuses); that must not postpone its
+/// own expiry. A clock set forward only makes it expire sooner. Across a
+/// daemon restart the wall clock is trusted again (docs say so).
+pub fn now() -> SystemTime {
+    let (wall, mono) = *ANCHOR.get_or_init(|| (SystemTime::now(), Instant::now()));
+    trusted(SystemTime::now(), wall, mono.elapsed())
+}
+
+fn trusted(wall_now: SystemTime, anchor: SystemTime, elapsed: Duration) -> SystemTime {
+    wall_now.max(anchor + elapsed)
+}
+
 pub async fn watch(shared: Arc<Shared>) -> Result<()> {
     loop {
-        freeze_expired(&shared, SystemTime::now());
+        freeze_expired(&shared, now());
         tokio::time::sleep(TICK).await;
     }
 }
@@ -62,5 +81,23 @@ fn freeze_expired(shared: &Arc<Shared>, now: SystemTime) {
                 tracing::error!(agent = %name, error = %format!("{err:#}"), "agent expired but could not be frozen");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clock_set_back_does_not_postpone_expiry() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let ten_min = Duration::from_secs(600);
+        // The wall clock set back an hour, ten minutes into the run.
+        let set_back = start + ten_min - Duration::from_secs(3600);
+        assert_eq!(trusted(set_back, start, ten_min), start + ten_min);
+        // Set forward: taken as is (expires sooner, never later).
+        let forward = start + Duration::from_secs(7200);
+        assert_eq!(trusted(forward, start, ten_min), forward);
+        assert!(now() <= now(), "never goes back");
     }
 }

@@ -233,7 +233,7 @@ pub fn open(
             who.user
         );
     }
-    if state.def.expired(std::time::SystemTime::now()) {
+    if state.def.expired(super::expiry::now()) {
         bail!(
             "agent {agent:?} expired at {}: it starts no more runs (its owner is {}); extend \
              or remove `expires` in its [[agent]] table and reload to use it again",
