@@ -244,6 +244,13 @@ pub enum EventsCommand {
     ///   agent-guard events verify --rotated /var/log/agent-guard/events.jsonl
     ///   agent-guard events verify --key /etc/agent-guard/chain.key events.jsonl
     Verify(VerifyArgs),
+    /// Print the JSON Schema (2020-12) of the native event lines, generated
+    /// from the daemon's own event types (docs/events.schema.json is this
+    /// output).
+    ///
+    /// Example:
+    ///   agent-guard events schema > events.schema.json
+    Schema,
 }
 
 #[derive(clap::Args)]

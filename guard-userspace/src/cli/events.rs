@@ -16,8 +16,13 @@ use crate::{
 };
 
 pub fn run(args: EventsArgs, socket: &Path) -> Result<ExitCode> {
-    if let Some(EventsCommand::Verify(v)) = args.command {
-        return run_verify(v);
+    match args.command {
+        Some(EventsCommand::Verify(v)) => return run_verify(v),
+        Some(EventsCommand::Schema) => {
+            std::io::stdout().write_all(crate::events::schema::text().as_bytes())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        None => {}
     }
     if !args.follow {
         bail!(

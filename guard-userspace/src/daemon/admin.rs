@@ -12,10 +12,17 @@ use super::{
     holds::By,
     reload,
 };
-use crate::{cgroup, events, policy};
+use crate::{
+    cgroup,
+    events::{
+        self,
+        model::{AgentMode, ControlOp, DaemonEvent, ModeChange, Success, Text},
+    },
+    policy,
+};
 
 pub(super) fn reload(shared: &Arc<Shared>, cred: &UCred, force: bool) -> Result<Value> {
-    require_approver(shared, cred, "reload", ("force", force.into()))?;
+    require_approver(shared, cred, ControlOp::Reload, |r| r.force = Some(force))?;
     let by = By {
         uid: Some(cred.uid()),
         user: user_name(cred),
@@ -29,7 +36,7 @@ pub(super) fn agents(shared: &Shared) -> Value {
         Ok(r) => r,
         Err(poisoned) => poisoned.into_inner(),
     };
-    let counts = events::with(&shared.emitter, |e| e.calls().clone());
+    let counts = shared.counts.snapshot();
     let mut list: Vec<&super::registry::AgentState> = registry.agents.values().collect();
     list.sort_by(|a, b| a.def.name.cmp(&b.def.name));
     let agents: Vec<Value> = list
@@ -71,8 +78,12 @@ pub(super) fn set_mode(
     freeze: bool,
     reason: Option<String>,
 ) -> Result<Value> {
-    let op = if freeze { "freeze" } else { "thaw" };
-    require_approver(shared, cred, op, ("agent", agent.into()))?;
+    let op = if freeze {
+        ControlOp::Freeze
+    } else {
+        ControlOp::Thaw
+    };
+    require_approver(shared, cred, op, |r| r.agent = Some(Text::name(agent)))?;
     let _one_at_a_time = shared.reloading.lock();
     let mut registry = shared
         .registry
@@ -108,10 +119,19 @@ pub(super) fn set_mode(
     tracing::warn!(agent, mode = policy::mode_str(to), by = %user_name(cred), "agent mode switched");
     events::emit_now(
         &shared.emitter,
-        json!({"kind": "agent.mode", "outcome": "success", "agent": agent_ref,
-               "mode": {"from": policy::mode_str(from), "to": policy::mode_str(to)},
-               "by": {"uid": cred.uid(), "user": user_name(cred)},
-               "reason": reason}),
+        DaemonEvent::AgentMode(AgentMode {
+            outcome: Success::Success,
+            agent: agent_ref,
+            mode: ModeChange {
+                from: from.into(),
+                to: to.into(),
+            },
+            by: By {
+                uid: Some(cred.uid()),
+                user: user_name(cred),
+            },
+            reason: reason.map(Text::message),
+        }),
     );
     Ok(json!({ "mode": policy::mode_str(to) }))
 }

@@ -9,7 +9,16 @@ use serde_json::json;
 use tokio::net::unix::UCred;
 
 use super::Shared;
-use crate::{cgroup, events};
+use crate::{
+    cgroup,
+    events::{
+        self,
+        model::{
+            AgentKill, ControlOp, ControlRefused, DaemonEvent, Killed, Op, Peer, Refusal, Refused,
+            Scope, Success, Text, Via,
+        },
+    },
+};
 
 /// Who asks for a decision.
 pub enum Approver {
@@ -44,12 +53,19 @@ impl Approver {
     }
 
     /// The `by` of refusal events.
-    fn by_json(&self) -> serde_json::Value {
+    fn peer(&self) -> Peer {
         match self {
-            Approver::Peer(cred) => {
-                json!({"uid": cred.uid(), "pid": cred.pid(), "user": user_name(cred)})
-            }
-            Approver::Token { user } => json!({"user": user, "via": "web"}),
+            Approver::Peer(cred) => Peer {
+                uid: Some(cred.uid()),
+                pid: cred.pid(),
+                user: Some(user_name(cred)),
+                ..Peer::default()
+            },
+            Approver::Token { user } => Peer {
+                user: Some(user.clone()),
+                via: Some(Via::Web),
+                ..Peer::default()
+            },
         }
     }
 
@@ -60,17 +76,25 @@ impl Approver {
         }
     }
 
-    /// Refuses a non-approver: an event and an error.
-    fn check(&self, shared: &Shared, control: serde_json::Value) -> Result<()> {
+    /// Refuses a non-approver: an event (`about` says what was asked)
+    /// and an error.
+    fn check(
+        &self,
+        shared: &Shared,
+        op: ControlOp,
+        about: impl FnOnce(&mut Refusal),
+    ) -> Result<()> {
         if self.allowed(shared) {
             return Ok(());
         }
-        let mut control = control;
-        control["by"] = self.by_json();
-        control["reason"] = "not an approver ([daemon] approvers)".into();
+        let mut control = Refusal::new(op, self.peer(), "not an approver ([daemon] approvers)");
+        about(&mut control);
         events::emit_now(
             &shared.emitter,
-            json!({"kind": "control.refused", "outcome": "denied", "control": control}),
+            DaemonEvent::ControlRefused(ControlRefused {
+                outcome: Refused::Denied,
+                control,
+            }),
         );
         let uid = self.uid().map_or_else(String::new, |u| format!("uid {u} "));
         bail!(
@@ -90,10 +114,12 @@ pub fn decide(
     reason: Option<String>,
     scope: ScopeRequest,
 ) -> Result<serde_json::Value> {
-    who.check(
-        shared,
-        json!({"op": if approve { "approve" } else { "deny" }, "hold": id}),
-    )?;
+    let op = if approve {
+        ControlOp::Approve
+    } else {
+        ControlOp::Deny
+    };
+    who.check(shared, op, |r| r.hold = Some(Text::name(id)))?;
     let hold: u64 = id
         .parse()
         .with_context(|| format!("{id:?} is not a hold id"))?;
@@ -106,9 +132,16 @@ pub fn decide(
     // A scoped approval first becomes a grant, so that calls it covers and
     // that arrive right after the release already pass.
     let granted = match scope.scope.as_deref() {
-        None | Some("once") => serde_json::Value::from("once"),
+        None | Some("once") => Scope::once(),
         Some(_) if !approve => bail!("only an approval takes a scope"),
-        Some(kind) => grant_for_hold(shared, hold, kind, &scope, &by.user, reason.clone())?,
+        Some(kind) => Scope::Grant(grant_for_hold(
+            shared,
+            hold,
+            kind,
+            &scope,
+            &by.user,
+            reason.clone(),
+        )?),
     };
     if !shared
         .holds
@@ -134,21 +167,23 @@ fn grant_for_hold(
     scope: &ScopeRequest,
     by: &str,
     reason: Option<String>,
-) -> Result<serde_json::Value> {
+) -> Result<events::model::Grant> {
     use super::grants::Scope;
-    let event = shared
+    let call = shared
         .holds
-        .event_of(hold)
+        .call_of(hold)
         .with_context(|| format!("no pending hold {hold}"))?;
     let lasts = std::time::Duration::from_secs(
         scope
             .for_secs
             .with_context(|| format!("scope {kind} needs a duration (--for, e.g. 10m)"))?,
     );
-    let agent_name = event["agent"]["name"]
-        .as_str()
+    let agent_name = call
+        .agent
+        .known()
         .context("held call without an agent")?
-        .to_owned();
+        .name
+        .clone();
     let agent_id = {
         let registry = shared
             .registry
@@ -159,18 +194,16 @@ fn grant_for_hold(
             .map(|a| a.agent_id)
             .with_context(|| format!("agent {agent_name} is no longer in the policy"))?
     };
-    let call = event["kind"].as_str().unwrap_or_default();
+    let what = call.kind().name();
     let scope = match kind {
         "agent" => Scope::Agent,
         "subtree" => {
-            if !call.starts_with("file.") {
-                bail!("scope subtree is for deletes; this hold is a {call}");
-            }
-            let target = event["target"]["path"]
-                .as_str()
-                .context("held delete without a path")?;
+            let (Op::Unlink(t) | Op::Rmdir(t)) = &call.op else {
+                bail!("scope subtree is for deletes; this hold is a {what}");
+            };
+            let target = t.path.as_deref().context("held delete without a path")?;
             // Default: the subtree of the ask rule that held the call.
-            let prefix = match (&scope.path, event["rule"]["match"].as_str()) {
+            let prefix = match (&scope.path, call.rule.matched.as_deref()) {
                 (Some(p), _) => p.trim_end_matches('/').to_owned(),
                 (None, Some(m)) if m.starts_with('/') => m.trim_end_matches('/').to_owned(),
                 _ => target
@@ -189,21 +222,17 @@ fn grant_for_hold(
             Scope::Subtree { prefix }
         }
         "destination" => {
-            if call != "net.connect" {
-                bail!("scope destination is for connects; this hold is a {call}");
-            }
-            let address: std::net::IpAddr = event["target"]["address"]
-                .as_str()
-                .and_then(|a| a.parse().ok())
-                .context("held connect without an address")?;
-            let addr = match address {
+            let Op::Connect(dst) = &call.op else {
+                bail!("scope destination is for connects; this hold is a {what}");
+            };
+            let addr = match dst.address {
                 std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
                 std::net::IpAddr::V6(v6) => v6.octets(),
             };
-            let port = event["target"]["port"]
-                .as_u64()
-                .context("held connect without a port")? as u16;
-            Scope::Destination { addr, port }
+            Scope::Destination {
+                addr,
+                port: dst.port,
+            }
         }
         other => bail!("unknown scope {other:?}: once, subtree, destination or agent"),
     };
@@ -213,7 +242,7 @@ fn grant_for_hold(
 }
 
 pub fn revoke(shared: &Arc<Shared>, who: &Approver, id: u32) -> Result<serde_json::Value> {
-    who.check(shared, json!({"op": "revoke", "grant": id}))?;
+    who.check(shared, ControlOp::Revoke, |r| r.grant = Some(id))?;
     if !shared.grants.revoke(id) {
         bail!("no live grant {id}");
     }
@@ -233,7 +262,9 @@ pub fn kill(
         (None, Some(a)) => format!("agent {a}"),
         _ => bail!("kill takes exactly one of a hold id or an agent name"),
     };
-    who.check(shared, json!({"op": "kill", "target": what}))?;
+    who.check(shared, ControlOp::Kill, |r| {
+        r.target = Some(Text::name(&what))
+    })?;
     let user = who.user();
     let dir: PathBuf = match (&hold, &agent) {
         (Some(h), _) => {
@@ -288,9 +319,14 @@ pub fn kill(
     tracing::warn!(%what, by = %user, cgroup = %dir.display(), "killed");
     events::emit_now(
         &shared.emitter,
-        json!({"kind": "agent.kill", "outcome": "success",
-               "control": {"target": what, "cgroup": dir.display().to_string(),
-                           "by": {"uid": who.uid(), "user": user}}}),
+        DaemonEvent::AgentKill(AgentKill {
+            outcome: Success::Success,
+            control: Killed {
+                target: what,
+                cgroup: dir.display().to_string(),
+                by: who.by(),
+            },
+        }),
     );
     Ok(json!({ "cgroup": dir.display().to_string() }))
 }
@@ -302,17 +338,15 @@ pub(super) fn user_name(cred: &UCred) -> String {
         .map_or_else(|| cred.uid().to_string(), |u| u.name)
 }
 
-/// Refuses (with a `control.refused` event naming `op` and its `subject`)
-/// unless the control-socket peer may approve.
+/// Refuses (with a `control.refused` event naming `op`, and what `about`
+/// adds) unless the control-socket peer may approve.
 pub(super) fn require_approver(
     shared: &Shared,
     cred: &UCred,
-    op: &str,
-    subject: (&str, serde_json::Value),
+    op: ControlOp,
+    about: impl FnOnce(&mut Refusal),
 ) -> Result<()> {
-    let mut control = json!({ "op": op });
-    control[subject.0] = subject.1;
-    Approver::Peer(*cred).check(shared, control)
+    Approver::Peer(*cred).check(shared, op, about)
 }
 
 pub(super) fn is_approver(shared: &Shared, cred: &UCred) -> bool {

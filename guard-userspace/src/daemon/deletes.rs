@@ -7,12 +7,13 @@ use tokio::sync::oneshot;
 
 use guard_common::{Mode, Outcome, Verdict};
 
+use super::attribute;
 use super::{
     Shared,
     holds::{self, Release},
 };
 use crate::{
-    events::{self, decode},
+    events::{self, model::GrantRef},
     supervise::{Decide, Decision, DeleteOp, DeleteRequest},
 };
 
@@ -76,7 +77,7 @@ impl SessionDecider {
             .flatten()
         {
             // An approval's scope covers this call: no hold.
-            let mut body = decode::supervised_delete(
+            let mut call = attribute::supervised_delete(
                 &registry,
                 agent,
                 self.session_cgroup,
@@ -84,12 +85,12 @@ impl SessionDecider {
                 (Outcome::Allowed, verdict, rule),
                 &mut super::lock_enricher(&self.shared),
             );
-            body.insert("grant".into(), serde_json::json!({ "id": grant }));
+            call.grant = Some(GrantRef { id: grant });
             drop(registry);
-            events::emit_now(&self.shared.emitter, serde_json::Value::Object(body));
+            events::emit_now(&self.shared.emitter, call);
             return Judged::Now(Decision::Allow);
         } else if verdict == Verdict::Ask {
-            let body = decode::supervised_delete(
+            let call = attribute::supervised_delete(
                 &registry,
                 agent,
                 self.session_cgroup,
@@ -103,7 +104,7 @@ impl SessionDecider {
             self.shared.holds.register(
                 &self.shared,
                 id,
-                body,
+                call,
                 req.pid,
                 Release::Seccomp {
                     tx,
@@ -116,7 +117,7 @@ impl SessionDecider {
         } else {
             (Decision::Deny, Outcome::Denied)
         };
-        let body = decode::supervised_delete(
+        let call = attribute::supervised_delete(
             &registry,
             agent,
             self.session_cgroup,
@@ -125,7 +126,7 @@ impl SessionDecider {
             &mut super::lock_enricher(&self.shared),
         );
         drop(registry);
-        events::emit_now(&self.shared.emitter, serde_json::Value::Object(body));
+        events::emit_now(&self.shared.emitter, call);
         Judged::Now(decision)
     }
 }
@@ -136,15 +137,11 @@ impl SessionDecider {
     /// is still the call that was held (the path is read anew from the
     /// caller, whose other threads could have rewritten it meanwhile).
     fn rejoin(&self, req: &DeleteRequest, hold: u64, rx: oneshot::Receiver<bool>) -> Judged {
-        let Some(event) = self.shared.holds.event_of(hold) else {
+        let Some(call) = self.shared.holds.call_of(hold) else {
             // Decided while supervision was down: the verdict is in `rx`.
             return Judged::Held(rx);
         };
-        let held_path = event
-            .get("target")
-            .and_then(|t| t.get("path"))
-            .and_then(|p| p.as_str());
-        if held_path == Some(req.path.as_str()) {
+        if call.op.path() == Some(req.path.as_str()) {
             tracing::info!(hold, path = %req.path, "a call held before the restart waits again");
             return Judged::Held(rx);
         }

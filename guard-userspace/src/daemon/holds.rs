@@ -13,7 +13,11 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use super::Shared;
-use crate::events;
+pub use crate::events::model::{By, Decision as Verdict};
+use crate::events::{
+    self,
+    model::{Call, Decided, HoldDecision, HoldId, HoldRef, Scope, Text},
+};
 
 /// How a held call is released.
 pub enum Release {
@@ -32,40 +36,13 @@ pub enum Release {
 
 pub struct Hold {
     pub id: u64,
-    /// The held event's body: kind, agent, process, target, rule.
-    pub event: serde_json::Map<String, Value>,
+    /// The held call, as its `held` event reported it.
+    pub call: Call,
     pub pid: u32,
     pub since: Instant,
     pub since_wall: SystemTime,
     pub deadline: Instant,
     release: Release,
-}
-
-/// What a decision was, for the event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Approved,
-    Denied,
-    Expired,
-    /// The run (or agent) was killed; the call never completes.
-    Killed,
-}
-
-impl Verdict {
-    fn name(self) -> &'static str {
-        match self {
-            Verdict::Approved => "approved",
-            Verdict::Denied => "denied",
-            Verdict::Expired => "expired",
-            Verdict::Killed => "killed",
-        }
-    }
-}
-
-/// Who decided.
-pub struct By {
-    pub uid: Option<u32>,
-    pub user: String,
 }
 
 /// A held seccomp call taken back after a restart, waiting for its run's
@@ -87,7 +64,7 @@ struct Persisted {
     id: u64,
     pid: u32,
     release: PersistedRelease,
-    event: serde_json::Map<String, Value>,
+    call: Call,
     since_unix_ms: u64,
     deadline_unix_ms: u64,
 }
@@ -105,30 +82,30 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 impl Holds {
-    /// Registers a hold and emits its `held` event (`event` already has
-    /// kind, agent, process, target and rule; outcome and hold are added).
+    /// Registers a hold and emits its `held` event (`call` has its agent,
+    /// process, target and rule; the outcome and the hold are set here).
     pub fn register(
         &self,
         shared: &Shared,
         id: u64,
-        mut event: serde_json::Map<String, Value>,
+        mut call: Call,
         pid: u32,
         release: Release,
         timeout: Duration,
     ) {
-        event.insert("outcome".into(), "held".into());
-        event.insert(
-            "hold".into(),
-            json!({ "id": id.to_string(), "timeout_secs": timeout.as_secs() }),
-        );
-        let announce = Value::Object(event.clone());
+        call.outcome = events::model::CallOutcome::Held;
+        call.hold = Some(HoldRef {
+            id: HoldId(id),
+            timeout_secs: timeout.as_secs(),
+        });
+        let announce = call.clone();
         let now = Instant::now();
         let mut held = self.lock();
         held.insert(
             id,
             Hold {
                 id,
-                event,
+                call,
                 pid,
                 since: now,
                 since_wall: SystemTime::now(),
@@ -163,7 +140,7 @@ impl Holds {
                         notif: *notif,
                     },
                 },
-                event: h.event.clone(),
+                call: h.call.clone(),
                 since_unix_ms: unix_ms(h.since_wall),
                 deadline_unix_ms: unix_ms(wall + h.deadline.saturating_duration_since(now)),
             })
@@ -189,10 +166,15 @@ impl Holds {
     /// it back, see `sessions`). No new `held` event: it was emitted once.
     /// Call after the sessions are loaded.
     pub fn resume(&self, shared: &Arc<Shared>, file: PathBuf) {
-        let previous: Vec<Persisted> = std::fs::read(&file)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let previous: Vec<Persisted> = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|err| {
+                // Their threads stay stopped until the approval timeout of
+                // nobody: say so loudly; an operator can kill them.
+                tracing::error!(%err, file = %file.display(), "unreadable held calls; calls held before the restart cannot be taken back");
+                Vec::new()
+            }),
+            Err(_) => Vec::new(),
+        };
         if let Ok(mut f) = self.file.lock() {
             *f = Some(file);
         }
@@ -212,7 +194,7 @@ impl Holds {
                     if !super::sessions::launcher_alive(shared, &session) {
                         // With the launcher went the last copy of the
                         // listener: the kernel failed the call (ENOSYS).
-                        gone.push((p.id, p.event, wall.saturating_sub(p.since_unix_ms)));
+                        gone.push((p.id, p.call, wall.saturating_sub(p.since_unix_ms)));
                         continue;
                     }
                     let (tx, rx) = oneshot::channel();
@@ -230,7 +212,7 @@ impl Holds {
                 p.id,
                 Hold {
                     id: p.id,
-                    event: p.event,
+                    call: p.call,
                     pid: p.pid,
                     since: now - Duration::from_millis(wall.saturating_sub(p.since_unix_ms)),
                     since_wall: SystemTime::UNIX_EPOCH + Duration::from_millis(p.since_unix_ms),
@@ -241,11 +223,11 @@ impl Holds {
         }
         self.save(&held);
         drop(held);
-        for (id, event, waited_ms) in gone {
+        for (id, call, waited_ms) in gone {
             self.emit_decision(
                 shared,
                 id,
-                event,
+                call,
                 Verdict::Denied,
                 By {
                     uid: None,
@@ -253,7 +235,7 @@ impl Holds {
                 },
                 Some("the run's launcher is gone; the kernel failed the call (ENOSYS)".into()),
                 Duration::from_millis(waited_ms),
-                Value::from("once"),
+                Scope::once(),
             );
         }
     }
@@ -286,20 +268,28 @@ impl Holds {
         list.sort_by_key(|h| h.since);
         list.iter()
             .map(|h| {
+                let agent = h.call.agent.known();
                 json!({
                     "id": h.id.to_string(),
-                    "kind": h.event.get("kind"),
-                    "agent": h.event.get("agent").and_then(|a| a.get("name")),
-                    "owner": h.event.get("agent").and_then(|a| a.get("owner")),
+                    "kind": h.call.kind(),
+                    "agent": agent.map(|a| &a.name),
+                    "owner": agent.map(|a| &a.owner),
                     "pid": h.pid,
-                    "exe": h.event.get("process").and_then(|p| p.get("exe")),
-                    "target": h.event.get("target"),
+                    "exe": h.call.process.exe,
+                    "target": h.call.op.target_json(),
                     "since": humantime::format_rfc3339_seconds(h.since_wall).to_string(),
                     "waited_ms": now.duration_since(h.since).as_millis() as u64,
                     "left_ms": h.deadline.saturating_duration_since(now).as_millis() as u64,
                 })
             })
             .collect()
+    }
+
+    /// How long pending hold `id` has before it expires.
+    pub fn left(&self, id: u64) -> Option<Duration> {
+        self.lock()
+            .get(&id)
+            .map(|h| h.deadline.saturating_duration_since(Instant::now()))
     }
 
     /// How many calls are held now.
@@ -312,9 +302,9 @@ impl Holds {
         self.lock().get(&id).map(|h| h.pid)
     }
 
-    /// The `held` event of pending hold `id` (kind, agent, target, rule).
-    pub fn event_of(&self, id: u64) -> Option<serde_json::Map<String, Value>> {
-        self.lock().get(&id).map(|h| h.event.clone())
+    /// The held call of pending hold `id`.
+    pub fn call_of(&self, id: u64) -> Option<Call> {
+        self.lock().get(&id).map(|h| h.call.clone())
     }
 
     /// Ends hold `id`; false if there is no such pending hold.
@@ -326,7 +316,7 @@ impl Holds {
         by: By,
         reason: Option<String>,
     ) -> bool {
-        self.decide_scoped(shared, id, verdict, by, reason, Value::from("once"))
+        self.decide_scoped(shared, id, verdict, by, reason, Scope::once())
     }
 
     /// Like [`Holds::decide`], recording the approval's scope (a grant).
@@ -337,7 +327,7 @@ impl Holds {
         verdict: Verdict,
         by: By,
         reason: Option<String>,
-        scope: Value,
+        scope: Scope,
     ) -> bool {
         let hold = {
             let mut held = self.lock();
@@ -360,44 +350,36 @@ impl Holds {
             }
         }
         let waited = hold.since.elapsed();
-        self.emit_decision(shared, id, hold.event, verdict, by, reason, waited, scope);
+        self.emit_decision(shared, id, hold.call, verdict, by, reason, waited, scope);
         true
     }
 
-    /// The `hold.decision` event of hold `id`, whose `held` event was `event`.
+    /// The `hold.decision` event of hold `id`, whose held call was `call`.
     #[expect(clippy::too_many_arguments, reason = "one field of the event each")]
     fn emit_decision(
         &self,
         shared: &Arc<Shared>,
         id: u64,
-        mut event: serde_json::Map<String, Value>,
+        call: Call,
         verdict: Verdict,
         by: By,
         reason: Option<String>,
         waited: Duration,
-        scope: Value,
+        scope: Scope,
     ) {
-        let allow = verdict == Verdict::Approved;
-        // The held call's own kind (net.connect, file.unlink, ...).
-        let call = event.get("kind").cloned().unwrap_or(Value::Null);
-        event.insert("kind".into(), "hold.decision".into());
-        event.insert(
-            "outcome".into(),
-            if allow { "allowed" } else { "denied" }.into(),
+        let decided = Decided {
+            id: HoldId(id),
+            call: call.kind(),
+            decision: verdict,
+            by,
+            reason: reason.map(Text::message),
+            waited_ms: waited.as_millis() as u64,
+            scope,
+        };
+        events::emit_now(
+            &shared.emitter,
+            events::model::DaemonEvent::HoldDecision(Box::new(HoldDecision::new(call, decided))),
         );
-        event.insert(
-            "hold".into(),
-            json!({
-                "id": id.to_string(),
-                "call": call,
-                "decision": verdict.name(),
-                "by": { "uid": by.uid, "user": by.user },
-                "reason": reason,
-                "waited_ms": waited.as_millis() as u64,
-                "scope": scope,
-            }),
-        );
-        events::emit_now(&shared.emitter, Value::Object(event));
     }
 
     /// Denies every pending hold (clean shutdown).

@@ -3,13 +3,15 @@
 use std::{sync::Arc, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
-use guard_common::{LOSS_REASONS, LossReason};
-use serde_json::json;
+use guard_common::{LOSS_REASONS, LossReason as KernelLoss};
 use tokio::io::unix::AsyncFd;
 
-use super::{Shared, holds::Release};
+use super::{Shared, attribute, holds::Release};
 use crate::{
-    events::{self, decode},
+    events::{
+        self, decode,
+        model::{CallOutcome, DaemonEvent, Loss, LossReason},
+    },
     kernel::LossCounters,
 };
 
@@ -43,7 +45,22 @@ fn drain(ring: &mut RingBuf<MapData>, shared: &Arc<Shared>, clock: &decode::Boot
     // a drain never ends, and neither a reload waiting to write nor a held
     // call waiting to be registered may starve.
     while let Some(item) = ring.next() {
-        let (decoded, timeout) = {
+        let decoded = decode::decode(&item, clock);
+        drop(item);
+        let record = match decoded {
+            Ok(record) => record,
+            Err(err) => {
+                // Not silent: a record we cannot read is a lost event.
+                tracing::error!(%err, "undecodable kernel record");
+                events::with(&shared.emitter, |e| {
+                    e.lost(LossReason::UndecodableRecord, 1, Some(err.to_string()));
+                });
+                continue;
+            }
+        };
+        let (time, hold) = (record.header.time, record.header.hold_id);
+        let (tid, pid) = (record.header.tid, record.header.pid);
+        let (call, timeout) = {
             let registry = match shared.registry.read() {
                 Ok(r) => r,
                 Err(poisoned) => poisoned.into_inner(),
@@ -51,70 +68,33 @@ fn drain(ring: &mut RingBuf<MapData>, shared: &Arc<Shared>, clock: &decode::Boot
             // Lock order everywhere: registry, then enricher, then emitter.
             let mut enricher = super::lock_enricher(shared);
             (
-                decode::decode(&item, &registry, clock, &mut enricher),
+                attribute::kernel_call(record, &registry, &mut enricher),
                 Duration::from_secs(registry.policy.daemon.approval_timeout_secs),
             )
         };
-        drop(item);
-        match decoded {
-            Ok(None) => {}
-            Ok(Some((_, body))) if body.get("outcome").and_then(|o| o.as_str()) == Some("held") => {
-                register_hold(shared, body, timeout);
+        let Some(call) = call else { continue };
+        match (call.outcome, hold) {
+            // A kernel hold: the thread is stopped until the registry
+            // releases it.
+            (CallOutcome::Held, Some(id)) => {
+                shared
+                    .holds
+                    .register(shared, id, call, pid, Release::Kernel { tid }, timeout);
             }
-            Ok(Some((time, body))) => {
-                let mut emitter = match shared.emitter.lock() {
-                    Ok(e) => e,
-                    Err(poisoned) => poisoned.into_inner(),
-                };
-                emitter.emit(time, body);
+            (CallOutcome::Held, None) => {
+                tracing::error!("held record without a hold id");
+                events::with(&shared.emitter, |e| e.emit(time, call.into()));
             }
-            Err(err) => {
-                // Not silent: a record we cannot read is a lost event.
-                tracing::error!(%err, "undecodable kernel record");
-                events::emit_now(
-                    &shared.emitter,
-                    json!({"kind": "loss", "outcome": "lost",
-                           "loss": {"reason": "undecodable_record", "count": 1, "detail": err.to_string()}}),
-                );
-            }
+            _ => events::with(&shared.emitter, |e| e.emit(time, call.into())),
         }
     }
 }
 
-/// A kernel hold: the thread is stopped until the registry releases it.
-fn register_hold(
-    shared: &Arc<Shared>,
-    body: serde_json::Map<String, serde_json::Value>,
-    timeout: Duration,
-) {
-    let num = |a: &str, b: &str| {
-        body.get(a)
-            .and_then(|v| v.get(b))
-            .and_then(serde_json::Value::as_u64)
-    };
-    let (Some(id), Some(tid), Some(pid)) = (
-        num("hold", "id"),
-        num("process", "tid"),
-        num("process", "pid"),
-    ) else {
-        tracing::error!("held record without hold id or thread");
-        return;
-    };
-    shared.holds.register(
-        shared,
-        id,
-        body,
-        pid as u32,
-        Release::Kernel { tid: tid as u32 },
-        timeout,
-    );
-}
-
-fn reason_name(index: usize) -> &'static str {
-    match LossReason::from_raw(index as u32) {
-        Some(LossReason::RingbufFull) => "ringbuf_full",
-        Some(LossReason::HoldFailed) => "hold_failed",
-        None => "unknown",
+/// The loss reason of the kernel's counter at `index`.
+fn reason(index: usize) -> Option<LossReason> {
+    match KernelLoss::from_raw(index as u32)? {
+        KernelLoss::RingbufFull => Some(LossReason::RingbufFull),
+        KernelLoss::HoldFailed => Some(LossReason::HoldFailed),
     }
 }
 
@@ -153,11 +133,16 @@ pub async fn poll_losses(
         for (i, (now, before)) in totals.iter().zip(last.iter()).enumerate() {
             if now > before {
                 any = true;
-                events::emit_now(
-                    &shared.emitter,
-                    json!({"kind": "loss", "outcome": "lost",
-                           "loss": {"reason": reason_name(i), "count": now - before, "total": now}}),
-                );
+                let Some(reason) = reason(i) else {
+                    tracing::error!(
+                        counter = i,
+                        "a kernel loss counter this build does not know"
+                    );
+                    continue;
+                };
+                let mut loss = Loss::new(reason, now - before);
+                loss.loss.total = Some(*now);
+                events::emit_now(&shared.emitter, DaemonEvent::Loss(loss));
             }
         }
         last = totals;

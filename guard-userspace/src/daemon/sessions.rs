@@ -28,7 +28,14 @@ use super::{
     registry::{Registry, SessionState},
 };
 use crate::{
-    cgroup, events,
+    cgroup,
+    events::{
+        self,
+        model::{
+            AgentExit, AgentStart, Cmdline, ControlOp, ControlRefused, DaemonEvent, Launcher, Peer,
+            Process, Refusal, Refused, RunEnded, RunStarted, Success, Text,
+        },
+    },
     supervise::{self, Resume},
 };
 
@@ -210,12 +217,24 @@ pub fn open(
     };
     if !super::approvals::is_member(&state.def.runners, cred) {
         let user = super::approvals::user_name(cred);
+        let by = Peer {
+            uid: Some(cred.uid()),
+            pid: cred.pid(),
+            user: Some(user.clone()),
+            ..Peer::default()
+        };
+        let mut control = Refusal::new(
+            ControlOp::Run,
+            by,
+            "not a runner of this agent ([[agent]] runners)",
+        );
+        control.agent = Some(Text::name(agent));
         events::emit_now(
             &shared.emitter,
-            json!({"kind": "control.refused", "outcome": "denied",
-                   "control": {"op": "run", "agent": agent,
-                               "by": {"uid": cred.uid(), "pid": cred.pid(), "user": user},
-                               "reason": "not a runner of this agent ([[agent]] runners)"}}),
+            DaemonEvent::ControlRefused(ControlRefused {
+                outcome: Refused::Denied,
+                control,
+            }),
         );
         bail!(
             "uid {} ({user}) may not start runs of agent {agent:?}; see `runners` in its \
@@ -300,15 +319,26 @@ pub fn join(
     };
     events::emit_now(
         &shared.emitter,
-        json!({
-            "kind": "agent.start",
-            "outcome": "success",
-            "agent": agent,
-            "process": {"pid": pid, "ppid": session.opener_pid, "uid": cred.uid(),
-                        "gid": cred.gid(), "user": user, "group": group,
-                        "cmdline": session.argv},
-            "session": {"id": session.id, "started_by": {"pid": session.opener_pid,
-                        "uid": session.opener_uid}},
+        DaemonEvent::AgentStart(AgentStart {
+            outcome: Success::Success,
+            agent,
+            process: Process {
+                pid,
+                ppid: Some(session.opener_pid),
+                uid: cred.uid(),
+                gid: cred.gid(),
+                user,
+                group,
+                cmdline: Some(Cmdline::capped(session.argv.clone())),
+                ..Process::default()
+            },
+            session: RunStarted {
+                id: session.id.clone(),
+                started_by: Launcher {
+                    pid: session.opener_pid,
+                    uid: session.opener_uid,
+                },
+            },
         }),
     );
     Ok(json!({}))
@@ -438,11 +468,15 @@ pub fn close(
     };
     events::emit_now(
         &shared.emitter,
-        json!({
-            "kind": "agent.exit",
-            "outcome": "success",
-            "agent": agent,
-            "session": {"id": id, "exit_code": exit_code, "signal": signal, "reason": why},
+        DaemonEvent::AgentExit(AgentExit {
+            outcome: Success::Success,
+            agent,
+            session: RunEnded {
+                id: id.clone(),
+                exit_code,
+                signal,
+                reason: why.to_owned(),
+            },
         }),
     );
     // The run's processes are gone or going: their cached details with them.

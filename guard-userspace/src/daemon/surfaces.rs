@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 use tokio::{net::TcpListener, task::JoinSet};
 
 use super::Shared;
-use crate::{metrics, notify, policy::Policy, web};
+use crate::{events, metrics, notify, policy::Policy, web};
 
 pub struct Surfaces {
     web: Option<(TcpListener, web::Tokens)>,
@@ -57,10 +57,19 @@ impl Surfaces {
         shared: &Arc<Shared>,
         programs: Vec<(String, u32)>,
     ) {
+        // Webhook delivery counts are kept with or without an endpoint.
+        let counters = Arc::new(metrics::Metrics::new());
         if let Some(listener) = self.metrics {
-            metrics::global().set_programs(programs);
+            counters.set_programs(programs);
+            // Counting starts now, before `daemon.start` is emitted.
+            events::with(&shared.emitter, |e| e.observe(counters.observer()));
             tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics on /metrics");
-            tasks.spawn(metrics::serve(listener, shared.clone()));
+            let holds = shared.clone();
+            tasks.spawn(metrics::serve(
+                listener,
+                counters.clone(),
+                Arc::new(move || holds.holds.count()),
+            ));
         }
         if let Some((listener, tokens)) = self.web {
             tracing::info!(
@@ -71,7 +80,7 @@ impl Surfaces {
             tasks.spawn(web::serve(listener, shared.clone(), tokens));
         }
         if !self.hooks.is_empty() {
-            tasks.spawn(notify::run(shared.clone(), self.hooks, self.page));
+            tasks.spawn(notify::run(shared.clone(), self.hooks, self.page, counters));
         }
     }
 }

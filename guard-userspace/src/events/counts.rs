@@ -1,8 +1,11 @@
-//! Calls per agent since the daemon started, for `agent-guard agents`:
-//! counted where every event passes, the emitter.
-use std::collections::HashMap;
+//! Calls per agent since the daemon started, for `agent-guard agents`: an
+//! observer of the emitter, so every call event counts exactly once.
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+};
 
-use serde_json::{Map, Value};
+use super::{Observer, Stamped, model::CallOutcome};
 
 /// Calls of one agent since the daemon started, by outcome.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -14,28 +17,45 @@ pub struct Counts {
     pub observed: u64,
 }
 
-impl Counts {
-    /// Counts one call event `body` (`kind` net.* or file.*).
-    pub(super) fn tally(counts: &mut HashMap<String, Counts>, body: &Map<String, Value>) {
-        let kind = body.get("kind").and_then(|k| k.as_str()).unwrap_or("");
-        if !(kind.starts_with("net.") || kind.starts_with("file.")) {
-            return;
-        }
-        let Some(agent) = body
-            .get("agent")
-            .and_then(|a| a.get("name"))
-            .and_then(|n| n.as_str())
-        else {
+/// The counts of every agent, shared between the observer (which the
+/// emitter owns) and whoever reads them.
+#[derive(Clone, Default)]
+pub struct CallCounts(Arc<Mutex<HashMap<String, Counts>>>);
+
+impl CallCounts {
+    /// The counts so far, by agent name.
+    pub fn snapshot(&self) -> HashMap<String, Counts> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The observer to register with the emitter.
+    pub fn observer(&self) -> Box<dyn Observer> {
+        Box::new(self.clone())
+    }
+}
+
+impl Observer for CallCounts {
+    fn observe(&mut self, stamped: &Stamped) {
+        let super::Event::Call(call) = &stamped.event else {
             return;
         };
-        let c = counts.entry(agent.to_owned()).or_default();
-        match body.get("outcome").and_then(|o| o.as_str()) {
-            Some("allowed") => c.allowed += 1,
-            Some("denied") => c.denied += 1,
-            Some("held") => c.held += 1,
-            Some("audited") => c.audited += 1,
-            Some("observed") => c.observed += 1,
-            _ => {}
+        let Some(agent) = call.agent.known() else {
+            return;
+        };
+        let mut all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let c = match all.get_mut(&agent.name) {
+            Some(c) => c,
+            None => all.entry(agent.name.clone()).or_default(),
+        };
+        match call.outcome {
+            CallOutcome::Allowed => c.allowed += 1,
+            CallOutcome::Denied => c.denied += 1,
+            CallOutcome::Held => c.held += 1,
+            CallOutcome::Audited => c.audited += 1,
+            CallOutcome::Observed => c.observed += 1,
         }
     }
 }

@@ -1,24 +1,19 @@
-//! The one place where kernel records become JSON. serde never touches the
-//! repr(C) types: records are copied out of the ring buffer and mapped field
-//! by field here.
+//! Kernel records, read: the one place that reads the repr(C) types out of
+//! the ring buffer. serde never touches them; each is copied out and
+//! mapped field by field into a [`Record`]. Who the agent is, which run,
+//! which rule — attribution — happens above this layer, in the daemon.
 use std::{
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, SystemTime},
 };
 
 use guard_common::{
     AF_INET, AF_INET6, AT_REMOVEDIR, ConnectRecord, EventHeader, EventKind, FileRecord, NR_RMDIR,
-    ObservedDeleteRecord, Outcome, PATH_TRUNCATED, PATH_UNKNOWN, RULE_DEFAULT, Verdict,
+    ObservedDeleteRecord, PATH_TRUNCATED, PATH_UNKNOWN, RULE_DEFAULT, Verdict,
 };
-use serde_json::{Map, Value, json};
 use thiserror::Error;
 
-use super::enrich::Enricher;
-use crate::{
-    daemon::registry::{AgentState, Registry},
-    policy::PathRule,
-    supervise::{DeleteOp, DeleteRequest},
-};
+use super::model::{CallOutcome, ConnectTarget, Family, FileTarget};
 
 #[derive(Debug, Error)]
 pub enum DecodeError {
@@ -26,6 +21,10 @@ pub enum DecodeError {
     Short { len: usize, need: usize },
     #[error("unknown event kind {0}")]
     UnknownKind(u16),
+    #[error("unknown outcome {0}")]
+    UnknownOutcome(u8),
+    #[error("connect record of unknown address family {0}")]
+    UnknownFamily(u16),
 }
 
 /// Converts CLOCK_BOOTTIME (what the kernel stamps) to wall-clock time.
@@ -79,272 +78,138 @@ fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-pub fn verdict_name(raw: u8) -> &'static str {
-    match Verdict::from_raw(raw) {
-        Some(Verdict::Allow) => "allow",
-        Some(Verdict::Ask) => "ask",
-        Some(Verdict::Deny) => "deny",
-        None => "unknown",
-    }
+/// What every record says about the call: who made it and what the kernel
+/// decided.
+#[derive(Clone, Debug)]
+pub struct Header {
+    pub outcome: CallOutcome,
+    /// The policy's verdict (None: a number this build does not know).
+    pub verdict: Option<Verdict>,
+    /// The kernel-side agent id the call was judged under.
+    pub agent_id: u32,
+    /// The calling task's own cgroup (a run's session cgroup, or nested).
+    pub cgroup_id: u64,
+    /// The agent cgroup the call was attributed to.
+    pub agent_cgroup_id: u64,
+    /// When it happened.
+    pub time: SystemTime,
+    /// The hold, for `held` outcomes.
+    pub hold_id: Option<u64>,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// The matched rule's id; None for the agent's default.
+    pub rule_id: Option<u32>,
+    /// The grant that let an `ask` through.
+    pub grant_id: Option<u32>,
+    pub comm: String,
 }
 
-fn outcome_name(raw: u8) -> &'static str {
-    match Outcome::from_raw(raw) {
-        Some(Outcome::Allowed) => "allowed",
-        Some(Outcome::Denied) => "denied",
-        Some(Outcome::Held) => "held",
-        Some(Outcome::Audited) => "audited",
-        Some(Outcome::Observed) => "observed",
-        None => "unknown",
-    }
+/// One kernel record.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub header: Header,
+    pub call: RecordCall,
 }
 
-fn comm(raw: &[u8; 16]) -> String {
-    let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
+/// What the record says was called.
+#[derive(Clone, Debug)]
+pub enum RecordCall {
+    Connect(ConnectTarget),
+    /// A delete the kernel judged (BPF LSM): the path as it resolved it.
+    Delete {
+        rmdir: bool,
+        target: FileTarget,
+    },
+    /// A delete seen at syscall entry and not blocked: the raw argument,
+    /// resolved against the process's cwd or dirfd by the daemon.
+    Observed {
+        rmdir: bool,
+        raw_path: String,
+        dirfd: i32,
+    },
 }
 
-/// An event ready for the emitter: when it happened, and its body.
-pub type Event = (SystemTime, Map<String, Value>);
-
-/// Decodes one ring-buffer record into (event time, event body), or None
-/// for a record that another path already reports.
-pub fn decode(
-    bytes: &[u8],
-    registry: &Registry,
-    clock: &BootClock,
-    enricher: &mut Enricher,
-) -> Result<Option<Event>, DecodeError> {
-    let header: EventHeader = read(bytes)?;
-    let kind = EventKind::from_raw(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
-    if kind == EventKind::FileObserved
-        && registry
-            .sessions
-            .get(&header.cgroup_id)
-            .is_some_and(|s| s.supervised)
-    {
-        // Seccomp supervision of this run judges and reports the call.
-        return Ok(None);
-    }
-    let mut body = common(&header, registry, enricher);
-    match kind {
-        EventKind::NetConnect => {
-            let rec: ConnectRecord = read(bytes)?;
-            body.insert("kind".into(), "net.connect".into());
-            body.insert("target".into(), connect_target(&rec));
-        }
-        EventKind::FileUnlink | EventKind::FileRmdir => {
-            let rec: FileRecord = read(bytes)?;
-            body.insert("kind".into(), file_kind(kind).into());
-            body.insert("target".into(), file_target(&rec));
-        }
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8], clock: &BootClock) -> Result<Record, DecodeError> {
+    let raw: EventHeader = read(bytes)?;
+    let kind = EventKind::from_raw(raw.kind).ok_or(DecodeError::UnknownKind(raw.kind))?;
+    let header = header(&raw, clock)?;
+    let call = match kind {
+        EventKind::NetConnect => RecordCall::Connect(connect_target(&read(bytes)?)?),
+        EventKind::FileUnlink | EventKind::FileRmdir => RecordCall::Delete {
+            rmdir: kind == EventKind::FileRmdir,
+            target: file_target(&read(bytes)?),
+        },
         EventKind::FileObserved => {
             let rec: ObservedDeleteRecord = read(bytes)?;
-            observed(&rec, registry, &mut body);
+            let len = (rec.path_len as usize).min(rec.path.len());
+            RecordCall::Observed {
+                rmdir: rec.nr == NR_RMDIR as u32 || rec.flags & AT_REMOVEDIR != 0,
+                raw_path: String::from_utf8_lossy(&rec.path[..len]).into_owned(),
+                dirfd: rec.dirfd,
+            }
         }
-    }
-    Ok(Some((clock.wall(header.ktime_ns), body)))
+    };
+    Ok(Record { header, call })
 }
 
-pub fn file_kind(kind: EventKind) -> &'static str {
-    match kind {
-        EventKind::FileRmdir => "file.rmdir",
-        _ => "file.unlink",
-    }
+fn header(h: &EventHeader, clock: &BootClock) -> Result<Header, DecodeError> {
+    let end = h.comm.iter().position(|b| *b == 0).unwrap_or(h.comm.len());
+    Ok(Header {
+        outcome: CallOutcome::from_kernel(h.outcome)
+            .ok_or(DecodeError::UnknownOutcome(h.outcome))?,
+        verdict: Verdict::from_raw(h.verdict),
+        agent_id: h.agent_id,
+        cgroup_id: h.cgroup_id,
+        agent_cgroup_id: h.agent_cgroup_id,
+        time: clock.wall(h.ktime_ns),
+        hold_id: (h.hold_id != 0).then_some(h.hold_id),
+        pid: h.pid,
+        tid: h.tid,
+        uid: h.uid,
+        gid: h.gid,
+        rule_id: (h.rule_id != RULE_DEFAULT).then_some(h.rule_id),
+        grant_id: (h.grant_id != 0).then_some(h.grant_id),
+        comm: String::from_utf8_lossy(&h.comm[..end]).into_owned(),
+    })
 }
 
-fn file_target(rec: &FileRecord) -> Value {
+fn file_target(rec: &FileRecord) -> FileTarget {
     if rec.path_state == PATH_UNKNOWN {
-        return json!({ "path": null, "path_error": "the kernel could not resolve the path" });
+        return FileTarget {
+            path_error: Some("the kernel could not resolve the path".into()),
+            ..FileTarget::default()
+        };
     }
     let len = usize::from(rec.path_len).min(rec.path.len());
-    let path = String::from_utf8_lossy(&rec.path[..len]).into_owned();
-    if rec.path_state == PATH_TRUNCATED {
-        json!({ "path": path, "path_truncated": true })
-    } else {
-        json!({ "path": path })
+    FileTarget {
+        path: Some(String::from_utf8_lossy(&rec.path[..len]).into_owned()),
+        path_truncated: rec.path_state == PATH_TRUNCATED,
+        ..FileTarget::default()
     }
 }
 
-/// A delete seen at syscall entry and not blocked: resolve the path as the
-/// process sees it and say what the policy would have done.
-fn observed(rec: &ObservedDeleteRecord, registry: &Registry, body: &mut Map<String, Value>) {
-    let rmdir = rec.nr == NR_RMDIR as u32 || rec.flags & AT_REMOVEDIR != 0;
-    body.insert(
-        "kind".into(),
-        file_kind(if rmdir {
-            EventKind::FileRmdir
-        } else {
-            EventKind::FileUnlink
-        })
-        .into(),
-    );
-    let len = (rec.path_len as usize).min(rec.path.len());
-    let raw = String::from_utf8_lossy(&rec.path[..len]).into_owned();
-    let path = resolve(rec.header.pid, rec.dirfd, &raw);
-    let agent = registry.agent(rec.header.agent_id);
-    let (verdict, rule) = match (agent, &path) {
-        (Some(a), Some(p)) => {
-            let (v, r) = a.def.delete.evaluate(p);
-            (Some(v), r)
-        }
-        _ => (None, None),
+fn connect_target(rec: &ConnectRecord) -> Result<ConnectTarget, DecodeError> {
+    let (family, address) = match rec.family {
+        AF_INET => (
+            Family::Ipv4,
+            IpAddr::V4(Ipv4Addr::new(
+                rec.addr[0],
+                rec.addr[1],
+                rec.addr[2],
+                rec.addr[3],
+            )),
+        ),
+        AF_INET6 => (Family::Ipv6, IpAddr::V6(Ipv6Addr::from(rec.addr))),
+        other => return Err(DecodeError::UnknownFamily(other)),
     };
-    body.insert(
-        "rule".into(),
-        json!({
-            "verdict": verdict.map(|v| verdict_name(v.raw())),
-            "match": rule.map(|r| r.text.clone()).or_else(|| verdict.map(|_| "default".into())),
-            "source": rule.map(|r| format!("{}:{}", registry.policy.file, r.line)),
-        }),
-    );
-    body.insert(
-        "target".into(),
-        json!({ "path": path, "raw_path": raw, "enforcement": "none: this kernel has no BPF LSM and the process was not started by `agent-guard run`" }),
-    );
-}
-
-/// The absolute path `raw` names for `pid`, resolved against its cwd or the
-/// directory fd, lexically normalized; None when /proc no longer has them.
-fn resolve(pid: u32, dirfd: i32, raw: &str) -> Option<String> {
-    let joined = if raw.starts_with('/') {
-        raw.to_owned()
-    } else {
-        let base = if dirfd == -100 {
-            std::fs::read_link(format!("/proc/{pid}/cwd"))
-        } else {
-            std::fs::read_link(format!("/proc/{pid}/fd/{dirfd}"))
-        }
-        .ok()?;
-        format!("{}/{raw}", base.display())
-    };
-    let mut parts: Vec<&str> = Vec::new();
-    for c in joined.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    Some(format!("/{}", parts.join("/")))
-}
-
-/// A delete judged in userspace under seccomp supervision. Not a kernel
-/// record, but the same event shape as the LSM backend's, built here so the
-/// shape has one home.
-/// `session_cgroup` is the run whose supervisor handled the call: the
-/// filter belongs to that run, so that is whose call it is.
-pub fn supervised_delete(
-    registry: &Registry,
-    agent: &AgentState,
-    session_cgroup: u64,
-    req: &DeleteRequest,
-    (outcome, verdict, rule): (Outcome, Verdict, Option<&PathRule>),
-    enricher: &mut Enricher,
-) -> Map<String, Value> {
-    let kind = match req.op {
-        DeleteOp::Unlink => EventKind::FileUnlink,
-        DeleteOp::Rmdir => EventKind::FileRmdir,
-    };
-    let details = enricher.details(req.pid);
-    let agent_ref = registry.agent_ref(agent.agent_id, session_cgroup);
-    let mut body = Map::new();
-    body.insert("kind".into(), file_kind(kind).into());
-    body.insert("outcome".into(), outcome_name(outcome.raw()).into());
-    body.insert(
-        "agent".into(),
-        serde_json::to_value(agent_ref).unwrap_or(Value::Null),
-    );
-    body.insert(
-        "process".into(),
-        json!({
-            "pid": req.pid, "tid": req.tid, "ppid": details.ppid, "uid": req.uid, "gid": req.gid,
-            "user": enricher.user(req.uid), "group": enricher.group(req.gid),
-            "exe": details.exe, "cmdline": details.cmdline,
-        }),
-    );
-    body.insert(
-        "target".into(),
-        json!({ "path": req.path, "raw_path": req.raw_path }),
-    );
-    body.insert(
-        "rule".into(),
-        json!({
-            "verdict": verdict_name(verdict.raw()),
-            "match": rule.map_or_else(|| "default".to_owned(), |r| r.text.clone()),
-            "source": Some(format!("{}:{}", registry.policy.file, rule.map_or(agent.def.line, |r| r.line))),
-        }),
-    );
-    body.insert("backend".into(), "seccomp".into());
-    body
-}
-
-fn connect_target(rec: &ConnectRecord) -> Value {
-    match rec.family {
-        AF_INET => {
-            let a = Ipv4Addr::new(rec.addr[0], rec.addr[1], rec.addr[2], rec.addr[3]);
-            json!({ "family": "ipv4", "address": a.to_string(), "port": rec.port })
-        }
-        AF_INET6 => {
-            let a = Ipv6Addr::from(rec.addr);
-            json!({ "family": "ipv6", "address": a.to_string(), "port": rec.port })
-        }
-        other => json!({ "family": other, "port": rec.port }),
-    }
-}
-
-/// Fields every kernel-originated event has: outcome, agent, process, rule.
-fn common(
-    header: &EventHeader,
-    registry: &Registry,
-    enricher: &mut Enricher,
-) -> Map<String, Value> {
-    let mut body = Map::new();
-    body.insert("outcome".into(), outcome_name(header.outcome).into());
-    let agent = registry
-        .agent_ref(header.agent_id, header.cgroup_id)
-        .map(|a| serde_json::to_value(a).unwrap_or(Value::Null))
-        .unwrap_or_else(|| json!({ "name": null, "cgroup_id": header.agent_cgroup_id }));
-    body.insert("agent".into(), agent);
-    let details = enricher.details(header.pid);
-    body.insert(
-        "process".into(),
-        json!({
-            "pid": header.pid,
-            "tid": header.tid,
-            "ppid": details.ppid,
-            "uid": header.uid,
-            "gid": header.gid,
-            "user": enricher.user(header.uid),
-            "group": enricher.group(header.gid),
-            "comm": comm(&header.comm),
-            "exe": details.exe,
-            "cmdline": details.cmdline,
-        }),
-    );
-    let rule = if header.rule_id == RULE_DEFAULT {
-        let source = registry
-            .agent(header.agent_id)
-            .map(|a| format!("{}:{}", registry.policy.file, a.def.line));
-        json!({ "verdict": verdict_name(header.verdict), "match": "default", "source": source })
-    } else {
-        let info = registry.policy.rule_source(header.rule_id);
-        json!({
-            "verdict": verdict_name(header.verdict),
-            "match": info.as_ref().map(|r| r.text.clone()),
-            "source": info.map(|r| r.source),
-        })
-    };
-    body.insert("rule".into(), rule);
-    if header.hold_id != 0 {
-        body.insert("hold".into(), json!({ "id": header.hold_id }));
-    }
-    if header.grant_id != 0 {
-        body.insert("grant".into(), json!({ "id": header.grant_id }));
-    }
-    body
+    Ok(ConnectTarget {
+        family,
+        address,
+        port: rec.port,
+    })
 }
 
 #[cfg(test)]
@@ -367,12 +232,15 @@ mod tests {
             ..Default::default()
         };
         rec.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let t = connect_target(&rec).expect("v4");
         assert_eq!(
-            connect_target(&rec),
-            json!({"family":"ipv4","address":"127.0.0.1","port":8080})
+            serde_json::to_value(&t).expect("json"),
+            serde_json::json!({"family":"ipv4","address":"127.0.0.1","port":8080})
         );
         rec.family = AF_INET6;
         rec.addr = Ipv6Addr::LOCALHOST.octets();
-        assert_eq!(connect_target(&rec)["address"], "::1");
+        assert_eq!(connect_target(&rec).expect("v6").address.to_string(), "::1");
+        rec.family = 1;
+        assert!(connect_target(&rec).is_err());
     }
 }

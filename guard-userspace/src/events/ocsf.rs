@@ -1,262 +1,769 @@
-//! The `ocsf` object every event carries: its OCSF class, activity, action
-//! and disposition, and the agent as the actor, so a SIEM that speaks OCSF
-//! classifies the line without a custom parser. The tables are in
-//! docs/events.md; the numbers are OCSF 1.3's.
-use serde_json::{Map, Value, json};
+//! The `ocsf` member of every line: the event as a complete OCSF event of
+//! the version it declares ([`VERSION`], profiles [`PROFILES`]), so a
+//! consumer that speaks OCSF can take that member alone. A mapping of the
+//! typed [`Event`]: one match, no strings compared. The tables are in
+//! docs/events.md; the privileged suite checks every event against the
+//! published OCSF schema.
+use std::net::IpAddr;
 
-pub const OCSF_VERSION: &str = "1.3.0";
+use schemars::JsonSchema;
+use serde::Serialize;
 
-/// (class_uid, class_name, category_uid, category_name)
-type Class = (u32, &'static str, u32, &'static str);
+use super::model::{
+    Agent, AgentRef, Call, CallKind, CallOutcome, ConnectTarget, ControlOp, DaemonEvent, Decision,
+    Event, Family, HoldDecision, Peer, Process, Rule, Via,
+};
 
-const FILE_ACTIVITY: Class = (1001, "File System Activity", 1, "System Activity");
-const PROCESS_ACTIVITY: Class = (1007, "Process Activity", 1, "System Activity");
-const NETWORK_ACTIVITY: Class = (4001, "Network Activity", 4, "Network Activity");
-const APP_LIFECYCLE: Class = (6002, "Application Lifecycle", 6, "Application Activity");
-const API_ACTIVITY: Class = (6003, "API Activity", 6, "Application Activity");
-const BASE_EVENT: Class = (0, "Base Event", 0, "Uncategorized");
+pub const VERSION: &str = "1.8.0";
+/// `security_control` brings action and disposition, `host` the actor and
+/// device on every class.
+pub const PROFILES: [&str; 2] = ["host", "security_control"];
+const PRODUCT: &str = "agent-guard";
 
-// action_id
-const ACTION_UNKNOWN: (u32, &str) = (0, "Unknown");
-const ALLOWED: (u32, &str) = (1, "Allowed");
-const DENIED: (u32, &str) = (2, "Denied");
-const OBSERVED: (u32, &str) = (3, "Observed");
-const HELD: (u32, &str) = (99, "Held");
-
-// disposition_id
-const D_UNKNOWN: (u32, &str) = (0, "Unknown");
-const D_ALLOWED: (u32, &str) = (1, "Allowed");
-const D_BLOCKED: (u32, &str) = (2, "Blocked");
-const D_APPROVED: (u32, &str) = (8, "Approved");
-const D_DELAYED: (u32, &str) = (14, "Delayed");
-const D_NO_ACTION: (u32, &str) = (16, "No Action");
-const D_LOGGED: (u32, &str) = (17, "Logged");
-const D_REJECTED: (u32, &str) = (25, "Rejected");
-
-fn s<'a>(ev: &'a Map<String, Value>, path: &[&str]) -> Option<&'a Value> {
-    let mut v = ev.get(*path.first()?)?;
-    for p in &path[1..] {
-        v = v.get(p)?;
-    }
-    Some(v)
+/// An OCSF class with its category.
+#[derive(Clone, Copy)]
+struct Class {
+    uid: u32,
+    name: &'static str,
+    category_uid: u32,
+    category_name: &'static str,
 }
 
-/// The class and activity of an event kind (outcome picks a connect's).
-fn class_activity(kind: &str, outcome: &str) -> (Class, u32, &'static str) {
-    match kind {
-        "file.unlink" | "file.rmdir" => (FILE_ACTIVITY, 4, "Delete"),
-        "net.connect" if outcome == "denied" => (NETWORK_ACTIVITY, 5, "Refuse"),
-        "net.connect" => (NETWORK_ACTIVITY, 1, "Open"),
-        "agent.start" => (PROCESS_ACTIVITY, 1, "Launch"),
-        "agent.exit" | "agent.kill" => (PROCESS_ACTIVITY, 2, "Terminate"),
-        "daemon.start" => (APP_LIFECYCLE, 3, "Start"),
-        "daemon.stop" => (APP_LIFECYCLE, 4, "Stop"),
-        "policy.reload" | "agent.mode" => (APP_LIFECYCLE, 8, "Update"),
-        "control.refused" => (API_ACTIVITY, 99, "Other"),
-        _ => (BASE_EVENT, 99, "Other"),
+const FILE_SYSTEM: Class = Class {
+    uid: 1001,
+    name: "File System Activity",
+    category_uid: 1,
+    category_name: "System Activity",
+};
+const PROCESS: Class = Class {
+    uid: 1007,
+    name: "Process Activity",
+    category_uid: 1,
+    category_name: "System Activity",
+};
+const NETWORK: Class = Class {
+    uid: 4001,
+    name: "Network Activity",
+    category_uid: 4,
+    category_name: "Network Activity",
+};
+const APP_LIFECYCLE: Class = Class {
+    uid: 6002,
+    name: "Application Lifecycle",
+    category_uid: 6,
+    category_name: "Application Activity",
+};
+const API: Class = Class {
+    uid: 6003,
+    name: "API Activity",
+    category_uid: 6,
+    category_name: "Application Activity",
+};
+const BASE: Class = Class {
+    uid: 0,
+    name: "Base Event",
+    category_uid: 0,
+    category_name: "Uncategorized",
+};
+
+/// An activity of a class: its id, its caption, and the type's caption
+/// ("<class>: <activity>").
+#[derive(Clone, Copy)]
+struct Activity {
+    class: Class,
+    id: u32,
+    name: &'static str,
+    type_name: &'static str,
+}
+
+macro_rules! activity {
+    ($class:ident, $id:expr, $name:literal, $class_name:literal) => {
+        Activity {
+            class: $class,
+            id: $id,
+            name: $name,
+            type_name: concat!($class_name, ": ", $name),
+        }
+    };
+}
+
+const FILE_DELETE: Activity = activity!(FILE_SYSTEM, 4, "Delete", "File System Activity");
+const NET_OPEN: Activity = activity!(NETWORK, 1, "Open", "Network Activity");
+const NET_REFUSE: Activity = activity!(NETWORK, 5, "Refuse", "Network Activity");
+const PROCESS_LAUNCH: Activity = activity!(PROCESS, 1, "Launch", "Process Activity");
+const PROCESS_TERMINATE: Activity = activity!(PROCESS, 2, "Terminate", "Process Activity");
+const APP_START: Activity = activity!(APP_LIFECYCLE, 3, "Start", "Application Lifecycle");
+const APP_STOP: Activity = activity!(APP_LIFECYCLE, 4, "Stop", "Application Lifecycle");
+const APP_UPDATE: Activity = activity!(APP_LIFECYCLE, 8, "Update", "Application Lifecycle");
+const API_CREATE: Activity = activity!(API, 1, "Create", "API Activity");
+const API_READ: Activity = activity!(API, 2, "Read", "API Activity");
+const API_UPDATE: Activity = activity!(API, 3, "Update", "API Activity");
+const API_DELETE: Activity = activity!(API, 4, "Delete", "API Activity");
+/// Activity 99 (Other): `activity_name` carries the event's own kind.
+const BASE_OTHER: Activity = activity!(BASE, 99, "Other", "Base Event");
+
+/// (id, caption) pairs of OCSF enums.
+type Enum = (u32, &'static str);
+
+const ACTION_ALLOWED: Enum = (1, "Allowed");
+const ACTION_DENIED: Enum = (2, "Denied");
+const ACTION_OBSERVED: Enum = (3, "Observed");
+/// 99 Other: the caption is ours.
+const ACTION_HELD: Enum = (99, "Held");
+
+const DISPOSITION_ALLOWED: Enum = (1, "Allowed");
+const DISPOSITION_BLOCKED: Enum = (2, "Blocked");
+const DISPOSITION_APPROVED: Enum = (8, "Approved");
+const DISPOSITION_DELAYED: Enum = (14, "Delayed");
+const DISPOSITION_NO_ACTION: Enum = (16, "No Action");
+const DISPOSITION_LOGGED: Enum = (17, "Logged");
+const DISPOSITION_REJECTED: Enum = (25, "Rejected");
+const DISPOSITION_UNAUTHORIZED: Enum = (26, "Unauthorized");
+
+const SEVERITY_INFO: Enum = (1, "Informational");
+const SEVERITY_LOW: Enum = (2, "Low");
+const SEVERITY_MEDIUM: Enum = (3, "Medium");
+const SEVERITY_HIGH: Enum = (4, "High");
+
+const STATUS_UNKNOWN: Enum = (0, "Unknown");
+const STATUS_SUCCESS: Enum = (1, "Success");
+const STATUS_FAILURE: Enum = (2, "Failure");
+
+/// The `ocsf` member.
+#[derive(Serialize, JsonSchema)]
+pub struct Ocsf<'a> {
+    /// The event's kind, which names activity 99 (Other).
+    #[serde(skip)]
+    kind: &'a str,
+    pub class_uid: u32,
+    pub class_name: &'static str,
+    pub category_uid: u32,
+    pub category_name: &'static str,
+    pub activity_id: u32,
+    pub activity_name: &'a str,
+    pub type_uid: u64,
+    pub type_name: &'static str,
+    /// Milliseconds since the epoch.
+    pub time: i64,
+    pub severity_id: u32,
+    pub severity: &'static str,
+    pub status_id: u32,
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action_id: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disposition_id: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disposition: Option<&'static str>,
+    pub metadata: Metadata<'a>,
+    pub device: Device<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<Actor<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<OcsfProcess<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<File<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst_endpoint: Option<Endpoint<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src_endpoint: Option<Endpoint<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_info: Option<ConnectionInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<Product>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<Api>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Policy<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unmapped: Option<Unmapped<'a>>,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct Metadata<'a> {
+    pub version: &'static str,
+    pub product: Product,
+    pub profiles: [&'static str; 2],
+    /// The line's `seq`.
+    pub sequence: u64,
+    /// The host's name; with `sequence` it names the event.
+    pub log_provider: &'a str,
+    /// Some string of the event was cut to its cap.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub is_truncated: bool,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct Product {
+    pub name: &'static str,
+    pub vendor_name: &'static str,
+    pub version: &'static str,
+}
+
+const fn product() -> Product {
+    Product {
+        name: PRODUCT,
+        vendor_name: PRODUCT,
+        version: env!("CARGO_PKG_VERSION"),
     }
 }
 
-/// (action, disposition) of a call's outcome.
-fn action_disposition(ev: &Map<String, Value>) -> ((u32, &'static str), (u32, &'static str)) {
-    let outcome = ev.get("outcome").and_then(Value::as_str).unwrap_or("");
-    let kind = ev.get("kind").and_then(Value::as_str).unwrap_or("");
-    if kind == "hold.decision" {
-        return match outcome {
-            "allowed" => (ALLOWED, D_APPROVED),
-            _ => (DENIED, D_REJECTED),
+/// The host the daemon guards (type Unknown: it does not tell a server
+/// from a laptop).
+#[derive(Serialize, JsonSchema)]
+pub struct Device<'a> {
+    pub type_id: u32,
+    #[serde(rename = "type")]
+    pub type_name: &'static str,
+    pub hostname: &'a str,
+}
+
+/// Who acted: the agent (as the application), its run, whom it acts for,
+/// and its process.
+#[derive(Default, Serialize, JsonSchema)]
+pub struct Actor<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_name: Option<&'a str>,
+    /// The agent's cgroup id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_uid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<Session<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<User<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<OcsfProcess<'a>>,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct Session<'a> {
+    pub uid: &'a str,
+}
+
+#[derive(Default, Serialize, JsonSchema)]
+pub struct User<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+}
+
+#[derive(Default, Serialize, JsonSchema)]
+pub struct OcsfProcess<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The thread.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ptid: Option<u32>,
+    /// A run's id, for a process OCSF knows only as the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmd_line: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<File<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<User<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_process: Option<Parent>,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct Parent {
+    pub pid: u32,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct File<'a> {
+    pub name: &'a str,
+    pub type_id: u32,
+    #[serde(rename = "type")]
+    pub type_name: &'static str,
+    pub path: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_folder: Option<&'a str>,
+}
+
+impl<'a> File<'a> {
+    /// A file by its path; `(type_id, type)` from OCSF's file types.
+    fn at(path: &'a str, (type_id, type_name): Enum) -> Self {
+        let (parent, name) = match path.rsplit_once('/') {
+            Some(("", name)) => (Some("/"), name),
+            Some((dir, name)) => (Some(dir), name),
+            None => (None, path),
         };
-    }
-    match outcome {
-        // A call an earlier approval's grant let through was approved.
-        "allowed" if ev.contains_key("grant") => (ALLOWED, D_APPROVED),
-        "allowed" => (ALLOWED, D_ALLOWED),
-        "denied" => (DENIED, D_BLOCKED),
-        "held" => (HELD, D_DELAYED),
-        "audited" => (ALLOWED, D_LOGGED),
-        "observed" => (OBSERVED, D_NO_ACTION),
-        _ => (ACTION_UNKNOWN, D_UNKNOWN),
-    }
-}
-
-/// The `ocsf` object of a native event (which has kind and outcome).
-pub fn object(ev: &Map<String, Value>) -> Value {
-    let kind = ev.get("kind").and_then(Value::as_str).unwrap_or("");
-    let outcome = ev.get("outcome").and_then(Value::as_str).unwrap_or("");
-    // A decision belongs to the class of the call that was held.
-    let held_kind = if kind == "hold.decision" {
-        s(ev, &["hold", "call"])
-            .and_then(Value::as_str)
-            .unwrap_or("")
-    } else {
-        kind
-    };
-    let ((class_uid, class_name, category_uid, category_name), activity_id, activity_name) =
-        class_activity(held_kind, outcome);
-    let ((action_id, action), (disposition_id, disposition)) = action_disposition(ev);
-    let (status_id, status) = match (outcome, action_id) {
-        ("denied" | "lost", _) => (2, "Failure"),
-        (_, 1 | 3) | ("success", _) => (1, "Success"),
-        _ => (0, "Unknown"),
-    };
-    let severity_id = match (kind, outcome) {
-        ("loss", _) | ("control.refused", _) => 4,
-        (_, "denied") => 3,
-        (_, "held") => 2,
-        _ => 1,
-    };
-    let mut o = json!({
-        "class_uid": class_uid,
-        "class_name": class_name,
-        "category_uid": category_uid,
-        "category_name": category_name,
-        "activity_id": activity_id,
-        "activity_name": activity_name,
-        "type_uid": u64::from(class_uid) * 100 + u64::from(activity_id),
-        "action_id": action_id,
-        "action": action,
-        "disposition_id": disposition_id,
-        "disposition": disposition,
-        "status_id": status_id,
-        "status": status,
-        "severity_id": severity_id,
-        "metadata": { "version": OCSF_VERSION, "product": { "name": "agent-guard", "vendor_name": "agent-guard" } },
-    });
-    if let Some(actor) = actor(ev) {
-        o["actor"] = actor;
-    }
-    if held_kind.starts_with("file.") {
-        if let Some(path) = s(ev, &["target", "path"]) {
-            o["file"] =
-                json!({ "path": path, "type_id": if held_kind == "file.rmdir" { 2 } else { 1 } });
+        Self {
+            name,
+            type_id,
+            type_name,
+            path,
+            parent_folder: parent,
         }
     }
-    if held_kind == "net.connect" {
-        o["dst_endpoint"] = json!({
-            "ip": s(ev, &["target", "address"]),
-            "port": s(ev, &["target", "port"]),
-        });
-    }
-    if let Some(rule) = ev.get("rule") {
-        o["policy"] = json!({ "name": rule.get("match"), "desc": rule.get("source") });
+}
+
+const REGULAR_FILE: Enum = (1, "Regular File");
+const FOLDER: Enum = (2, "Folder");
+
+#[derive(Default, Serialize, JsonSchema)]
+pub struct Endpoint<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<&'a str>,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct ConnectionInfo {
+    pub direction_id: u32,
+    pub direction: &'static str,
+    pub protocol_ver_id: u32,
+    pub protocol_ver: &'static str,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct Api {
+    pub operation: &'static str,
+}
+
+/// The rule that decided.
+#[derive(Serialize, JsonSchema)]
+pub struct Policy<'a> {
+    /// The rule as written (`default` for the agent's default).
+    pub name: &'a str,
+    /// FILE:LINE of the rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub desc: Option<&'a str>,
+}
+
+/// What OCSF has no attribute for: the agent's owner, purpose and labels.
+#[derive(Serialize, JsonSchema)]
+pub struct Unmapped<'a> {
+    pub agent: UnmappedAgent<'a>,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct UnmappedAgent<'a> {
+    pub owner: &'a str,
+    pub purpose: &'a str,
+    pub cgroup: &'a str,
+    pub labels: &'a std::collections::BTreeMap<String, String>,
+}
+
+/// The `ocsf` member of `event`, number `seq` of `host`, at `time_ms`.
+pub fn object<'a>(event: &'a Event, seq: u64, time_ms: i64, host: &'a str) -> Ocsf<'a> {
+    let mut o = Ocsf::base(BASE_OTHER, event.kind(), seq, time_ms, host);
+    o.metadata.is_truncated = event.truncated();
+    match event {
+        Event::Call(call) => o.call(call),
+        Event::Daemon(d) => o.daemon(d, host),
     }
     o
 }
 
-/// The acting agent (an OCSF agent of type "AI Agent"), its process and the
-/// user it acts for. None for events no agent caused.
-fn actor(ev: &Map<String, Value>) -> Option<Value> {
-    let agent = ev
-        .get("agent")
-        .filter(|a| a.get("name").is_some_and(Value::is_string));
-    let process = ev.get("process");
-    if agent.is_none() && process.is_none() {
-        return None;
-    }
-    let mut actor = Map::new();
-    if let Some(a) = agent {
-        actor.insert("app_name".into(), a["name"].clone());
-        actor.insert(
-            "agent_list".into(),
-            json!([{
-                "name": a["name"], "type": "AI Agent", "type_id": 99,
-                "uid": a.get("cgroup_id"), "vendor_name": a.get("owner"),
-                "desc": a.get("purpose"), "labels": a.get("labels"),
-            }]),
-        );
-        if let Some(session) = a.get("session").filter(|s| s.is_string()) {
-            actor.insert("session".into(), json!({ "uid": session }));
+impl<'a> Ocsf<'a> {
+    fn base(activity: Activity, kind: &'a str, seq: u64, time: i64, host: &'a str) -> Self {
+        let Activity {
+            class,
+            id,
+            name,
+            type_name,
+        } = activity;
+        Self {
+            kind,
+            class_uid: class.uid,
+            class_name: class.name,
+            category_uid: class.category_uid,
+            category_name: class.category_name,
+            activity_id: id,
+            // Activity 99 (Other) names the event's own kind.
+            activity_name: if id == 99 { kind } else { name },
+            type_uid: u64::from(class.uid) * 100 + u64::from(id),
+            type_name,
+            time,
+            severity_id: SEVERITY_INFO.0,
+            severity: SEVERITY_INFO.1,
+            status_id: STATUS_SUCCESS.0,
+            status: STATUS_SUCCESS.1,
+            action_id: None,
+            action: None,
+            disposition_id: None,
+            disposition: None,
+            metadata: Metadata {
+                version: VERSION,
+                product: product(),
+                profiles: PROFILES,
+                sequence: seq,
+                log_provider: host,
+                is_truncated: false,
+            },
+            device: Device {
+                type_id: 0,
+                type_name: "Unknown",
+                hostname: host,
+            },
+            actor: None,
+            process: None,
+            file: None,
+            dst_endpoint: None,
+            src_endpoint: None,
+            connection_info: None,
+            app: None,
+            api: None,
+            policy: None,
+            exit_code: None,
+            unmapped: None,
         }
-        // The person or system the agent acts for, when the run names one.
-        if let Some(who) = a.get("on_behalf_of").filter(|s| s.is_string()) {
-            actor.insert("user".into(), json!({ "name": who, "type": "User" }));
+    }
+
+    fn set_activity(&mut self, activity: Activity) {
+        let kind = self.kind;
+        let Activity {
+            class,
+            id,
+            name,
+            type_name,
+        } = activity;
+        self.class_uid = class.uid;
+        self.class_name = class.name;
+        self.category_uid = class.category_uid;
+        self.category_name = class.category_name;
+        self.activity_id = id;
+        self.activity_name = if id == 99 { kind } else { name };
+        self.type_uid = u64::from(class.uid) * 100 + u64::from(id);
+        self.type_name = type_name;
+    }
+
+    fn set(&mut self, action: Enum, disposition: Enum, status: Enum, severity: Enum) {
+        self.action_id = Some(action.0);
+        self.action = Some(action.1);
+        self.disposition_id = Some(disposition.0);
+        self.disposition = Some(disposition.1);
+        (self.status_id, self.status) = status;
+        (self.severity_id, self.severity) = severity;
+    }
+
+    fn call(&mut self, call: &'a Call) {
+        let refused = call.outcome == CallOutcome::Denied;
+        self.target(&call.op, refused);
+        let (action, disposition) = match call.outcome {
+            // A call an earlier approval's grant let through was approved.
+            CallOutcome::Allowed if call.grant.is_some() => (ACTION_ALLOWED, DISPOSITION_APPROVED),
+            CallOutcome::Allowed => (ACTION_ALLOWED, DISPOSITION_ALLOWED),
+            CallOutcome::Denied => (ACTION_DENIED, DISPOSITION_BLOCKED),
+            CallOutcome::Held => (ACTION_HELD, DISPOSITION_DELAYED),
+            CallOutcome::Audited => (ACTION_ALLOWED, DISPOSITION_LOGGED),
+            CallOutcome::Observed => (ACTION_OBSERVED, DISPOSITION_NO_ACTION),
+        };
+        let (status, severity) = match call.outcome {
+            CallOutcome::Denied => (STATUS_FAILURE, SEVERITY_MEDIUM),
+            CallOutcome::Held => (STATUS_UNKNOWN, SEVERITY_LOW),
+            _ => (STATUS_SUCCESS, SEVERITY_INFO),
+        };
+        self.set(action, disposition, status, severity);
+        self.actor = Some(actor(&call.agent, Some(&call.process)));
+        self.policy = policy(&call.rule);
+        self.unmapped = unmapped(call.agent.known());
+    }
+
+    /// Class, activity and target of a call (`refused`: a connect that
+    /// did not happen).
+    fn target(&mut self, op: &'a super::model::Op, refused: bool) {
+        match op.kind() {
+            CallKind::Connect => {
+                self.set_activity(if refused { NET_REFUSE } else { NET_OPEN });
+                if let Some(dst) = op.destination() {
+                    self.dst_endpoint = Some(endpoint(dst));
+                    self.connection_info = Some(connection_info(dst.family));
+                }
+            }
+            CallKind::Unlink | CallKind::Rmdir => {
+                self.set_activity(FILE_DELETE);
+                let kind = if op.kind() == CallKind::Rmdir {
+                    FOLDER
+                } else {
+                    REGULAR_FILE
+                };
+                // A path the kernel could not resolve has no name: OCSF's
+                // required name is then empty.
+                self.file = Some(File::at(op.path().unwrap_or_default(), kind));
+            }
         }
     }
-    if let Some(p) = process {
-        actor.insert(
-            "process".into(),
-            json!({
-                "pid": p.get("pid"), "cmd_line": p.get("cmdline").and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" ")),
-                "file": { "path": p.get("exe") },
-                "user": { "uid": p.get("uid"), "name": p.get("user") },
-            }),
-        );
+
+    fn decision(&mut self, d: &'a HoldDecision) {
+        let approved = d.hold.decision == Decision::Approved;
+        self.target(&d.op, !approved);
+        if approved {
+            self.set(
+                ACTION_ALLOWED,
+                DISPOSITION_APPROVED,
+                STATUS_SUCCESS,
+                SEVERITY_INFO,
+            );
+        } else {
+            self.set(
+                ACTION_DENIED,
+                DISPOSITION_REJECTED,
+                STATUS_FAILURE,
+                SEVERITY_MEDIUM,
+            );
+        }
+        self.actor = Some(actor(&d.agent, Some(&d.process)));
+        self.policy = policy(&d.rule);
+        self.unmapped = unmapped(d.agent.known());
     }
-    Some(Value::Object(actor))
+
+    fn daemon(&mut self, event: &'a DaemonEvent, host: &'a str) {
+        match event {
+            DaemonEvent::HoldDecision(d) => self.decision(d),
+            DaemonEvent::AgentStart(s) => {
+                self.set_activity(PROCESS_LAUNCH);
+                let mut a = agent_actor(s.agent.as_ref());
+                a.process = Some(OcsfProcess {
+                    pid: Some(s.session.started_by.pid),
+                    user: Some(User {
+                        uid: Some(s.session.started_by.uid.to_string()),
+                        ..User::default()
+                    }),
+                    ..OcsfProcess::default()
+                });
+                a.session = Some(Session { uid: &s.session.id });
+                self.actor = Some(a);
+                self.process = Some(process(&s.process));
+                self.unmapped = unmapped(s.agent.as_ref());
+            }
+            DaemonEvent::AgentExit(e) => {
+                self.set_activity(PROCESS_TERMINATE);
+                let mut a = agent_actor(e.agent.as_ref());
+                a.session = Some(Session { uid: &e.session.id });
+                self.actor = Some(a);
+                self.process = Some(OcsfProcess {
+                    uid: Some(&e.session.id),
+                    ..OcsfProcess::default()
+                });
+                self.exit_code = e.session.exit_code;
+                self.unmapped = unmapped(e.agent.as_ref());
+            }
+            DaemonEvent::AgentKill(k) => {
+                self.set_activity(PROCESS_TERMINATE);
+                self.actor = Some(Actor {
+                    user: Some(by_user(&k.control.by)),
+                    ..Actor::default()
+                });
+                self.process = Some(OcsfProcess {
+                    uid: Some(&k.control.cgroup),
+                    name: Some(&k.control.target),
+                    ..OcsfProcess::default()
+                });
+            }
+            DaemonEvent::AgentMode(m) => {
+                self.set_activity(APP_UPDATE);
+                self.app = Some(product());
+                self.actor = Some(Actor {
+                    user: Some(by_user(&m.by)),
+                    ..Actor::default()
+                });
+                self.unmapped = unmapped(m.agent.as_ref());
+            }
+            DaemonEvent::PolicyReload(r) => {
+                self.set_activity(APP_UPDATE);
+                self.app = Some(product());
+                self.actor = Some(Actor {
+                    user: Some(by_user(&r.by)),
+                    ..Actor::default()
+                });
+                if r.outcome == super::model::Lifecycle::Failure {
+                    (self.status_id, self.status) = STATUS_FAILURE;
+                    (self.severity_id, self.severity) = SEVERITY_MEDIUM;
+                }
+            }
+            DaemonEvent::ControlRefused(r) => {
+                self.set_activity(api_activity(r.control.op));
+                self.api = Some(Api {
+                    operation: r.control.op.name(),
+                });
+                self.actor = Some(peer_actor(&r.control.by));
+                self.src_endpoint = Some(peer_endpoint(&r.control.by, host));
+                self.set(
+                    ACTION_DENIED,
+                    DISPOSITION_UNAUTHORIZED,
+                    STATUS_FAILURE,
+                    SEVERITY_HIGH,
+                );
+            }
+            DaemonEvent::NotifyFailed(_) => {
+                (self.status_id, self.status) = STATUS_FAILURE;
+                (self.severity_id, self.severity) = SEVERITY_MEDIUM;
+            }
+            DaemonEvent::Loss(_) => {
+                (self.status_id, self.status) = STATUS_FAILURE;
+                (self.severity_id, self.severity) = SEVERITY_HIGH;
+            }
+            DaemonEvent::DaemonStart(_) => {
+                self.set_activity(APP_START);
+                self.app = Some(product());
+            }
+            DaemonEvent::DaemonStop(_) => {
+                self.set_activity(APP_STOP);
+                self.app = Some(product());
+            }
+        }
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ev(v: Value) -> Map<String, Value> {
-        match v {
-            Value::Object(m) => m,
-            _ => Map::new(),
-        }
+/// The API activity of a control request: what it would have done.
+fn api_activity(op: ControlOp) -> Activity {
+    match op {
+        ControlOp::Run => API_CREATE,
+        ControlOp::WebView => API_READ,
+        ControlOp::Approve
+        | ControlOp::Deny
+        | ControlOp::Reload
+        | ControlOp::Freeze
+        | ControlOp::Thaw => API_UPDATE,
+        ControlOp::Revoke | ControlOp::Kill => API_DELETE,
     }
+}
 
-    #[test]
-    fn outcomes_map_to_actions_and_dispositions() {
-        let cases = [
-            (
-                json!({"kind":"file.unlink","outcome":"allowed"}),
-                1001,
-                4,
-                1,
-                1,
-            ),
-            (
-                json!({"kind":"file.rmdir","outcome":"denied"}),
-                1001,
-                4,
-                2,
-                2,
-            ),
-            (
-                json!({"kind":"net.connect","outcome":"denied"}),
-                4001,
-                5,
-                2,
-                2,
-            ),
-            (
-                json!({"kind":"net.connect","outcome":"held"}),
-                4001,
-                1,
-                99,
-                14,
-            ),
-            (
-                json!({"kind":"hold.decision","outcome":"allowed","hold":{"call":"net.connect"}}),
-                4001,
-                1,
-                1,
-                8,
-            ),
-            (
-                json!({"kind":"hold.decision","outcome":"denied","hold":{"call":"file.unlink"}}),
-                1001,
-                4,
-                2,
-                25,
-            ),
-            (
-                json!({"kind":"agent.start","outcome":"success"}),
-                1007,
-                1,
-                0,
-                0,
-            ),
-        ];
-        for (e, class, activity, action, disposition) in cases {
-            let o = object(&ev(e.clone()));
-            assert_eq!(o["class_uid"], class, "{e}");
-            assert_eq!(o["activity_id"], activity, "{e}");
-            assert_eq!(o["type_uid"], class * 100 + activity, "{e}");
-            assert_eq!(o["action_id"], action, "{e}");
-            assert_eq!(o["disposition_id"], disposition, "{e}");
-        }
+fn endpoint(dst: &ConnectTarget) -> Endpoint<'_> {
+    Endpoint {
+        ip: Some(dst.address),
+        port: Some(dst.port),
+        hostname: None,
     }
+}
+
+fn connection_info(family: Family) -> ConnectionInfo {
+    let (protocol_ver_id, protocol_ver) = match family {
+        Family::Ipv4 => (4, "Internet Protocol version 4 (IPv4)"),
+        Family::Ipv6 => (6, "Internet Protocol version 6 (IPv6)"),
+    };
+    ConnectionInfo {
+        direction_id: 2,
+        direction: "Outbound",
+        protocol_ver_id,
+        protocol_ver,
+    }
+}
+
+fn process(p: &Process) -> OcsfProcess<'_> {
+    OcsfProcess {
+        pid: Some(p.pid),
+        ptid: p.tid,
+        uid: None,
+        name: p.comm.as_deref(),
+        cmd_line: p.cmdline.as_ref().map(super::model::Cmdline::joined),
+        file: p.exe.as_deref().map(|exe| File::at(exe, REGULAR_FILE)),
+        user: Some(User {
+            name: p.user.as_deref(),
+            uid: Some(p.uid.to_string()),
+        }),
+        parent_process: p.ppid.map(|pid| Parent { pid }),
+    }
+}
+
+/// The agent as the actor: its name and cgroup id as the application, its
+/// run as the session, whom it acts for as the user.
+fn agent_actor(agent: Option<&AgentRef>) -> Actor<'_> {
+    let Some(a) = agent else {
+        return Actor::default();
+    };
+    Actor {
+        app_name: Some(&a.name),
+        app_uid: Some(a.cgroup_id.to_string()),
+        session: a.session.as_deref().map(|uid| Session { uid }),
+        user: a.on_behalf_of.as_deref().map(|name| User {
+            name: Some(name),
+            uid: None,
+        }),
+        process: None,
+    }
+}
+
+fn actor<'a>(agent: &'a Agent, p: Option<&'a Process>) -> Actor<'a> {
+    let mut a = match agent {
+        Agent::Known(a) => agent_actor(Some(a)),
+        Agent::Unattributed { cgroup_id } => Actor {
+            app_uid: Some(cgroup_id.to_string()),
+            ..Actor::default()
+        },
+    };
+    a.process = p.map(process);
+    a
+}
+
+fn by_user(by: &super::model::By) -> User<'_> {
+    User {
+        name: Some(&by.user),
+        uid: by.uid.map(|u| u.to_string()),
+    }
+}
+
+fn peer_actor(peer: &Peer) -> Actor<'_> {
+    let surface = match peer.via {
+        Some(Via::Web) => "agent-guard web page",
+        None => "agent-guard control socket",
+    };
+    Actor {
+        app_name: Some(surface),
+        user: (peer.user.is_some() || peer.uid.is_some()).then(|| User {
+            name: peer.user.as_deref(),
+            uid: peer.uid.map(|u| u.to_string()),
+        }),
+        process: peer
+            .pid
+            .and_then(|pid| u32::try_from(pid).ok())
+            .map(|pid| OcsfProcess {
+                pid: Some(pid),
+                ..OcsfProcess::default()
+            }),
+        ..Actor::default()
+    }
+}
+
+/// Where a request came from: the web client, or this host (the control
+/// socket is local).
+fn peer_endpoint<'a>(peer: &Peer, host: &'a str) -> Endpoint<'a> {
+    match peer
+        .remote
+        .as_deref()
+        .and_then(|r| r.parse::<std::net::SocketAddr>().ok())
+    {
+        Some(addr) => Endpoint {
+            ip: Some(addr.ip()),
+            port: Some(addr.port()),
+            hostname: None,
+        },
+        None => Endpoint {
+            hostname: Some(host),
+            ..Endpoint::default()
+        },
+    }
+}
+
+fn policy(rule: &Rule) -> Option<Policy<'_>> {
+    Some(Policy {
+        name: rule.matched.as_deref()?,
+        desc: rule.source.as_deref(),
+    })
+}
+
+fn unmapped(agent: Option<&AgentRef>) -> Option<Unmapped<'_>> {
+    agent.map(|a| Unmapped {
+        agent: UnmappedAgent {
+            owner: &a.owner,
+            purpose: &a.purpose,
+            cgroup: &a.cgroup,
+            labels: &a.labels,
+        },
+    })
 }

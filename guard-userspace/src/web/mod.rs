@@ -33,7 +33,10 @@ use crate::{
         Shared,
         approvals::{self, Approver, ScopeRequest},
     },
-    events,
+    events::{
+        self, Event,
+        model::{ControlOp, ControlRefused, DaemonEvent, Peer, Refusal, Refused, Via},
+    },
 };
 
 /// Decisions kept for the page's "recent decisions".
@@ -115,29 +118,21 @@ async fn secure_headers(mut resp: Response) -> Response {
 /// Keeps the last decisions, from the event stream.
 async fn follow_decisions(app: Arc<App>) {
     let mut rx = crate::events::with(&app.shared.emitter, |e| {
-        e.subscribe(
-            "web",
-            None,
-            crate::policy::sink::Format::V1,
-            crate::events::sinks::stream::SUBSCRIBER_QUEUE,
-        )
+        e.watch("web", crate::events::sinks::stream::SUBSCRIBER_QUEUE)
     });
-    while let Some(line) = rx.recv().await {
-        let Ok(event) = serde_json::from_slice::<Value>(&line.bytes) else {
+    while let Some(stamped) = rx.recv().await {
+        let Event::Daemon(DaemonEvent::HoldDecision(d)) = &stamped.event else {
             continue;
         };
-        if event["kind"] != "hold.decision" {
-            continue;
-        }
         let entry = json!({
-            "time": event["time"],
-            "hold": event["hold"]["id"],
-            "agent": event["agent"]["name"],
-            "target": event["target"],
-            "decision": event["hold"]["decision"],
-            "by": event["hold"]["by"]["user"],
-            "reason": event["hold"]["reason"],
-            "scope": event["hold"]["scope"],
+            "time": humantime::format_rfc3339_nanos(stamped.time).to_string(),
+            "hold": d.hold.id,
+            "agent": d.agent.known().map(|a| &a.name),
+            "target": d.op.target_json(),
+            "decision": d.hold.decision,
+            "by": d.hold.by.user,
+            "reason": d.hold.reason,
+            "scope": d.hold.scope,
         });
         if let Ok(mut recent) = app.recent.lock() {
             if recent.len() == RECENT {
@@ -157,7 +152,7 @@ fn authorize(
     app: &App,
     headers: &HeaderMap,
     peer: SocketAddr,
-    op: &str,
+    op: ControlOp,
 ) -> Result<Approver, Box<Response>> {
     let presented = headers
         .get(header::AUTHORIZATION)
@@ -175,11 +170,17 @@ fn authorize(
             user: user.to_owned(),
         }),
         None => {
+            let by = Peer {
+                remote: Some(peer.to_string()),
+                via: Some(Via::Web),
+                ..Peer::default()
+            };
             events::emit_now(
                 &app.shared.emitter,
-                json!({"kind": "control.refused", "outcome": "denied",
-                       "control": {"op": op, "by": {"remote": peer.to_string(), "via": "web"},
-                                   "reason": "unknown web token"}}),
+                DaemonEvent::ControlRefused(ControlRefused {
+                    outcome: Refused::Denied,
+                    control: Refusal::new(op, by, "unknown web token"),
+                }),
             );
             Err(Box::new(error(StatusCode::UNAUTHORIZED, "token refused")))
         }
@@ -202,7 +203,7 @@ async fn state(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let who = match authorize(&app, &headers, peer, "web.view") {
+    let who = match authorize(&app, &headers, peer, ControlOp::WebView) {
         Ok(who) => who,
         Err(resp) => return *resp,
     };
@@ -253,7 +254,11 @@ async fn decide(
     headers: HeaderMap,
     Json(body): Json<DecideBody>,
 ) -> Response {
-    let op = if body.approve { "approve" } else { "deny" };
+    let op = if body.approve {
+        ControlOp::Approve
+    } else {
+        ControlOp::Deny
+    };
     let who = match same_origin(&headers).and_then(|()| authorize(&app, &headers, peer, op)) {
         Ok(who) => who,
         Err(resp) => return *resp,
@@ -279,7 +284,9 @@ async fn kill(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let who = match same_origin(&headers).and_then(|()| authorize(&app, &headers, peer, "kill")) {
+    let who = match same_origin(&headers)
+        .and_then(|()| authorize(&app, &headers, peer, ControlOp::Kill))
+    {
         Ok(who) => who,
         Err(resp) => return *resp,
     };
@@ -292,7 +299,9 @@ async fn revoke(
     Path(id): Path<u32>,
     headers: HeaderMap,
 ) -> Response {
-    let who = match same_origin(&headers).and_then(|()| authorize(&app, &headers, peer, "revoke")) {
+    let who = match same_origin(&headers)
+        .and_then(|()| authorize(&app, &headers, peer, ControlOp::Revoke))
+    {
         Ok(who) => who,
         Err(resp) => return *resp,
     };
