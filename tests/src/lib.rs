@@ -19,7 +19,9 @@ use std::{
 
 use serde_json::Value;
 
+mod conformance;
 mod surfaces;
+pub use conformance::*;
 pub use surfaces::*;
 
 /// Generous bound for things that normally take milliseconds; only reached
@@ -353,10 +355,12 @@ impl Daemon {
                 .0;
         }
         // Every event of every privileged test must match the written
-        // schema (checked once, when the daemon has stopped).
+        // schema and the published OCSF or ECS definitions (checked once,
+        // when the daemon has stopped).
         if !thread::panicking() && !self.validated {
             self.validated = true;
             assert_schema(&s.events);
+            assert_conformance(&s.events);
         }
     }
 }

@@ -117,18 +117,24 @@ fn assert_ocsf(ev: &Value, class: u64, activity: u64, action: u64, disposition: 
     assert_eq!(o["metadata"]["product"]["name"], "agent-guard");
 }
 
-/// The agent as OCSF's actor: an AI agent, its owner, its run and its user.
+/// The agent as OCSF's actor: the agent as the application, its run, its
+/// process; its owner and labels (which OCSF has no attribute for) under
+/// `unmapped`.
 #[track_caller]
 fn assert_actor(ev: &Value) {
     let actor = &ev["ocsf"]["actor"];
     assert_eq!(actor["app_name"], "bot", "{ev}");
-    let agent = &actor["agent_list"][0];
-    assert_eq!(agent["name"], "bot");
-    assert_eq!(agent["type"], "AI Agent");
-    assert_eq!(agent["vendor_name"], "alice@example.com");
+    assert_eq!(actor["app_uid"], ev["agent"]["cgroup_id"].to_string());
+    let agent = &ev["ocsf"]["unmapped"]["agent"];
+    assert_eq!(agent["owner"], "alice@example.com");
     assert_eq!(agent["labels"]["model"], "test-model");
     assert_eq!(actor["session"]["uid"], ev["agent"]["session"]);
     assert_eq!(actor["process"]["pid"], ev["process"]["pid"]);
+    assert_eq!(
+        actor["process"]["user"]["uid"],
+        ev["process"]["uid"].to_string(),
+        "OCSF's user.uid is a string"
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{setup, vm};
+use crate::{conformance, setup, vm};
 
 #[derive(clap::Args, Default)]
 pub struct TestArgs {
@@ -91,6 +91,7 @@ pub fn build_privileged_tests() -> Result<Vec<PathBuf>> {
 pub fn test(args: &TestArgs) -> Result<()> {
     setup::setup()?;
     let bin = build_daemon()?;
+    let definitions = conformance::prepare(&bin)?;
 
     eprintln!("xtask: tier 1, unit tests");
     setup::run(cargo().args(["test"]))?;
@@ -103,6 +104,7 @@ pub fn test(args: &TestArgs) -> Result<()> {
     let mut cmd = cargo();
     cmd.args(["test", "--package", "agent-guard-tests"])
         .env("AGENT_GUARD_BIN", &bin)
+        .env("AGENT_GUARD_CONFORMANCE", &definitions)
         .env("AGENT_GUARD_SKIP_LOG", &skip_log);
     if let Some(filter) = &args.filter {
         cmd.args(["--", filter]);

@@ -2,6 +2,7 @@
 //! runs `setup` first, so a fresh machine needs nothing else.
 mod bench;
 mod build;
+mod conformance;
 mod setup;
 mod vm;
 
@@ -19,7 +20,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what building needs, if missing: llvm-22-dev, bpf-linker (LLVM 22), nightly rust-src.
+    /// Install what building and testing need, if missing: llvm-22-dev,
+    /// bpf-linker (LLVM 22), nightly rust-src, Chromium, and the published
+    /// OCSF and ECS definitions events are checked against.
     Setup,
     /// Set up, then run every test tier: unit tests, privileged tests on this
     /// kernel, and the privileged tests inside a QEMU guest with BPF LSM.

@@ -15,6 +15,9 @@ pub fn setup() -> Result<()> {
     ensure_bpf_linker()?;
     // The web approval page's browser test drives real headless Chromium.
     apt_install(&["chromium", "chromium-driver"])?;
+    // Every event of the privileged suite is checked against OCSF's and
+    // ECS's published definitions.
+    crate::conformance::install()?;
     Ok(())
 }
 

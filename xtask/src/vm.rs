@@ -140,6 +140,7 @@ pub fn vm_test(args: &VmTestArgs) -> Result<()> {
     }
 
     let daemon = build::build_daemon()?;
+    let conformance = crate::conformance::prepare(&daemon)?;
     let tests = build::build_privileged_tests()?;
     let path = guest_path();
     let root = build::workspace_root();
@@ -159,6 +160,7 @@ pub fn vm_test(args: &VmTestArgs) -> Result<()> {
             modules: &modules,
             tests: &tests,
             daemon: &daemon,
+            conformance: &conformance,
             filter: args.filter.as_deref(),
             path: &path,
             workdir: &workdir,

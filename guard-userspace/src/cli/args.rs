@@ -251,6 +251,12 @@ pub enum EventsCommand {
     /// Example:
     ///   agent-guard events schema > events.schema.json
     Schema,
+    /// Print, as JSON, the OCSF version and profiles of the `ocsf` member
+    /// and the ECS version of `format = "ecs"` lines.
+    ///
+    /// Example:
+    ///   agent-guard events versions
+    Versions,
 }
 
 #[derive(clap::Args)]

@@ -22,6 +22,16 @@ pub fn run(args: EventsArgs, socket: &Path) -> Result<ExitCode> {
             std::io::stdout().write_all(crate::events::schema::text().as_bytes())?;
             return Ok(ExitCode::SUCCESS);
         }
+        Some(EventsCommand::Versions) => {
+            use crate::events::{ecs, ocsf};
+            let versions = serde_json::json!({
+                "schema": crate::events::SCHEMA,
+                "ocsf": {"version": ocsf::VERSION, "profiles": ocsf::PROFILES},
+                "ecs": {"version": ecs::VERSION},
+            });
+            println!("{versions}");
+            return Ok(ExitCode::SUCCESS);
+        }
         None => {}
     }
     if !args.follow {

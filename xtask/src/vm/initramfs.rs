@@ -26,6 +26,8 @@ pub struct GuestPlan<'a> {
     pub modules: &'a [PathBuf],
     pub tests: &'a [PathBuf],
     pub daemon: &'a Path,
+    /// The published OCSF and ECS definitions (on the shared root).
+    pub conformance: &'a Path,
     pub filter: Option<&'a str>,
     /// PATH inside the chroot.
     pub path: &'a str,
@@ -126,6 +128,10 @@ fn conf(plan: &GuestPlan<'_>, module_files: &[String]) -> Result<String> {
         ("VM_PATH", plan.path.to_owned()),
         ("VM_WORKDIR", utf8(plan.workdir)?.to_owned()),
         ("AGENT_GUARD_BIN", utf8(plan.daemon)?.to_owned()),
+        (
+            "AGENT_GUARD_CONFORMANCE",
+            utf8(plan.conformance)?.to_owned(),
+        ),
         ("VM_FILTER", plan.filter.unwrap_or_default().to_owned()),
     ];
     for (name, value) in vars {
