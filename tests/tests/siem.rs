@@ -284,3 +284,48 @@ fn daemon_cgroup_prefix(daemon: &Daemon) -> String {
         .map(|(p, _)| p.to_owned())
         .expect("nested cgroup")
 }
+
+/// One process cannot bloat every line: a command line past 4 KiB is cut
+/// to what fits, and the line says so, in the native and OCSF members.
+#[test]
+fn a_huge_command_line_is_capped_and_flagged() {
+    let cg = TestCgroups::new("siem-cap");
+    let scratch = Scratch::new("siem-cap");
+    let (ok, bad, ask) = (Listener::v4(), Listener::v4(), Listener::v4());
+    let daemon = Daemon::start(&policy(&cg, &scratch, ok.port, bad.port, ask.port, ""), cg);
+    let file = scratch.file("free/big");
+    let padding = vec!["x".repeat(1000); 64];
+    let mut argv = vec![
+        "python3",
+        "-c",
+        "import os, sys; os.unlink(sys.argv[1]); sys.stdin.read()",
+        file.to_str().expect("utf8"),
+    ];
+    argv.extend(padding.iter().map(String::as_str));
+    // The process waits on stdin, so /proc still has it when the event is
+    // read.
+    let mut child = daemon.spawn_agent("bot", &argv);
+    let ev = daemon.wait_event("file.unlink", |e| {
+        e["target"]["path"] == file.to_str().expect("utf8")
+    });
+    drop(child.stdin.take());
+    let _ = child.wait();
+    assert_eq!(ev["truncated"], true, "{ev}");
+    assert_eq!(ev["ocsf"]["metadata"]["is_truncated"], true);
+    let args: Vec<&str> = ev["process"]["cmdline"]
+        .as_array()
+        .expect("a command line")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(args[..4], argv[..4], "what fits is kept, in order");
+    assert!(args.len() < argv.len());
+    let joined = args.join(" ");
+    assert!(joined.len() <= 4096, "{} bytes", joined.len());
+    assert_eq!(ev["ocsf"]["actor"]["process"]["cmd_line"], joined);
+    let start = daemon.wait_event("agent.start", |_| true);
+    assert_eq!(
+        start["truncated"], true,
+        "the run's own command line is capped too: {start}"
+    );
+}

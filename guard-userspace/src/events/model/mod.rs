@@ -9,7 +9,9 @@
 //! then the compiler points at every mapping that must say what it is
 //! (OCSF class, ECS categories, its name).
 mod call;
+mod control;
 mod daemon;
+mod runs;
 mod text;
 
 use std::collections::BTreeMap;
@@ -18,7 +20,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use call::*;
+pub use control::*;
 pub use daemon::*;
+pub use runs::*;
 pub use text::{Cmdline, Text, cap};
 
 /// One event, as the emitter takes it (it adds seq, time, host, the OCSF
