@@ -64,6 +64,9 @@ struct Persisted {
     id: u64,
     pid: u32,
     release: PersistedRelease,
+    /// The held call (`event`: as agent-guard/v1 persisted it, which reads
+    /// as the same call).
+    #[serde(alias = "event")]
     call: Call,
     since_unix_ms: u64,
     deadline_unix_ms: u64,

@@ -1,8 +1,10 @@
 //! The tamper-evident chain: every line carries `chain` {alg, prev, hash},
 //! where `hash` = SHA-256 (or HMAC-SHA256 with a key) over `prev` and the
-//! line's bytes without its chain member. The member is written last, so
-//! those bytes are the line as written up to `,"chain":`, closed by `}`:
-//! no re-serialization, no canonical form to agree on. docs/events.md
+//! line's bytes without its chain member. The member is written last (in
+//! an ECS document, last in `agent_guard`, the document's last member, so
+//! that the document has no field ECS does not define), so those bytes are
+//! the line as written with its last `,"chain":{...}` taken out: no
+//! re-serialization, no canonical form to agree on. docs/events.md
 //! defines it; this file is its only implementation, shared by the emitter
 //! and `events verify`. Lines of `agent-guard/v1` used a canonical form
 //! (sorted keys) instead, which `verify` still checks.
@@ -141,22 +143,26 @@ pub fn canonical(event: &Map<String, Value>) -> Vec<u8> {
     out
 }
 
-/// The bytes a line's hash covers: the line without its trailing chain
-/// member (`{...,"chain":{...}}` → `{...}`). None if the line does not end
-/// with a chain member.
+/// The bytes a line's hash covers: the line without its chain member
+/// (the last `,"chain":{...}`, a flat object of names and hex). None if
+/// the line has no such member.
 pub fn hashed_bytes(line: &[u8]) -> Option<Vec<u8>> {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     let at = line
         .windows(LINK_PREFIX.len())
         .rposition(|w| w == LINK_PREFIX)?;
     let link = &line[at + LINK_PREFIX.len()..];
-    // The link is one flat object of hex and names: no nested braces.
-    if !(link.starts_with(b"{") && link.ends_with(b"}}")) || link[1..link.len() - 2].contains(&b'{')
-    {
+    if !link.starts_with(b"{") {
+        return None;
+    }
+    let end = link.iter().position(|b| *b == b'}')?;
+    let rest = &link[end + 1..];
+    // Only closing braces may follow the link: it is the last member.
+    if link[1..end].contains(&b'{') || rest.is_empty() || rest.iter().any(|b| *b != b'}') {
         return None;
     }
     let mut body = line[..at].to_vec();
-    body.push(b'}');
+    body.extend_from_slice(rest);
     Some(body)
 }
 
@@ -222,26 +228,25 @@ impl Chain {
     }
 
     /// Links `line` (one JSON object, without `chain` and without a
-    /// newline): hashes it and appends the member as its last.
-    pub fn link(&mut self, line: &mut Vec<u8>) {
+    /// newline): hashes it and appends the member as the last member of
+    /// the object `depth` levels in from the end (1: the line itself; 2:
+    /// its last member, which must be a non-empty object).
+    pub fn link(&mut self, line: &mut Vec<u8>, depth: usize) {
         let hash = self.alg.digest(&self.prev, line);
-        if line.last() == Some(&b'}') {
+        let mut closing = 0;
+        while closing < depth && line.last() == Some(&b'}') {
             line.pop();
+            closing += 1;
         }
         let link = Link {
             alg: self.alg.name(),
             prev: std::mem::replace(&mut self.prev, hash.clone()),
             hash,
         };
-        // `{}` (an empty object) takes the member without a comma.
-        if line.len() > 1 {
-            line.extend_from_slice(LINK_PREFIX);
-        } else {
-            line.extend_from_slice(&LINK_PREFIX[1..]);
-        }
+        line.extend_from_slice(LINK_PREFIX);
         // A struct of strings serializes infallibly into memory.
         let _ = serde_json::to_writer(&mut *line, &link);
-        line.push(b'}');
+        line.extend(std::iter::repeat_n(b'}', closing));
     }
 }
 
@@ -318,9 +323,9 @@ mod tests {
     fn links_follow_each_other_and_cover_the_bytes_written() {
         let mut chain = Chain::new(Alg::Sha256, None);
         let mut a = br#"{"seq":1}"#.to_vec();
-        chain.link(&mut a);
+        chain.link(&mut a, 1);
         let mut b = br#"{"seq":2,"s":",\"chain\":"}"#.to_vec();
-        chain.link(&mut b);
+        chain.link(&mut b, 1);
         let parse = |l: &[u8]| serde_json::from_slice::<Value>(l).expect("a line is JSON");
         let (a, b) = (parse(&a), parse(&b));
         assert_eq!(a["chain"]["prev"], GENESIS);
@@ -342,10 +347,18 @@ mod tests {
         let mut chain = Chain::new(Alg::Sha256, None);
         let body = br#"{"seq":2,"s":",\"chain\":{"}"#.to_vec();
         let mut line = body.clone();
-        chain.link(&mut line);
+        chain.link(&mut line, 1);
         line.push(b'\n');
+        assert_eq!(hashed_bytes(&line), Some(body));
+        // Nested: last in the document's last member.
+        let body = br#"{"a":1,"agent_guard":{"seq":3}}"#.to_vec();
+        let mut line = body.clone();
+        chain.link(&mut line, 2);
+        let parsed: Value = serde_json::from_slice(&line).expect("json");
+        assert_eq!(parsed["agent_guard"]["chain"]["alg"], "sha256");
         assert_eq!(hashed_bytes(&line), Some(body));
         assert_eq!(hashed_bytes(br#"{"seq":1}"#), None);
         assert_eq!(hashed_bytes(br#"{"chain":{"alg":"x"}}"#), None);
+        assert_eq!(hashed_bytes(br#"{"a":1,"chain":{"alg":"x"},"b":2}"#), None);
     }
 }

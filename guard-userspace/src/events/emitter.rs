@@ -473,7 +473,7 @@ pub(crate) fn render_native(
         ocsf: ocsf::object(event, stamp.seq, unix_ms(stamp.time), stamp.host),
         chain: None,
     };
-    render(buf, &line, chain)
+    render(buf, &line, chain, 1)
 }
 
 /// The ECS document of `event`, as written.
@@ -484,12 +484,19 @@ pub(crate) fn render_ecs(
     chain: Option<&mut Chain>,
 ) -> Vec<u8> {
     let doc = ecs::document(stamp.native(event), stamp.time_text);
-    render(buf, &doc, chain)
+    // The link goes last in `agent_guard`, the document's last member: a
+    // top-level `chain` would be a field ECS does not define.
+    render(buf, &doc, chain, 2)
 }
 
 /// Serializes `doc` into `buf` (reused), links it into `chain`, and hands
 /// back the line's bytes.
-fn render<T: Serialize>(buf: &mut Vec<u8>, doc: &T, chain: Option<&mut Chain>) -> Vec<u8> {
+fn render<T: Serialize>(
+    buf: &mut Vec<u8>,
+    doc: &T,
+    chain: Option<&mut Chain>,
+    depth: usize,
+) -> Vec<u8> {
     buf.clear();
     if let Err(err) = serde_json::to_writer(&mut *buf, doc) {
         // The event types serialize infallibly into memory; this is a bug.
@@ -498,7 +505,7 @@ fn render<T: Serialize>(buf: &mut Vec<u8>, doc: &T, chain: Option<&mut Chain>) -
         buf.extend_from_slice(b"{}");
     }
     if let Some(chain) = chain {
-        chain.link(buf);
+        chain.link(buf, depth);
     }
     buf.push(b'\n');
     buf.as_slice().to_vec()

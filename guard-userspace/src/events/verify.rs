@@ -120,7 +120,14 @@ pub fn verify(files: &[PathBuf], key: Option<&[u8]>) -> Result<Report, Broken> {
 fn first_prev(text: &str) -> String {
     serde_json::from_str::<Value>(text)
         .ok()
-        .and_then(|v| v[chain::MEMBER]["prev"].as_str().map(str::to_owned))
+        .and_then(|v| {
+            let link = if v[chain::MEMBER].is_object() {
+                &v[chain::MEMBER]
+            } else {
+                &v["agent_guard"][chain::MEMBER]
+            };
+            link["prev"].as_str().map(str::to_owned)
+        })
         .unwrap_or_default()
 }
 
@@ -146,7 +153,11 @@ fn check_line(
     } else {
         chain::hashed_bytes(text.as_bytes()).ok_or_else(|| Broken::NoChain { at: at.clone() })?
     };
-    let link = event.get(chain::MEMBER);
+    // Native lines (and v1 ECS lines) carry the link at the top; ECS lines
+    // since v2 last in `agent_guard`.
+    let link = event
+        .get(chain::MEMBER)
+        .or_else(|| event.get("agent_guard").and_then(|a| a.get(chain::MEMBER)));
     let field = |name: &str| link.and_then(|l| l.get(name)).and_then(Value::as_str);
     let (Some(alg), Some(found_prev), Some(hash)) = (field("alg"), field("prev"), field("hash"))
     else {
@@ -206,7 +217,7 @@ mod tests {
         let mut f = File::create(&path).expect("create");
         for seq in 1..=n {
             let mut line = format!(r#"{{"seq":{seq},"kind":"file.unlink"}}"#).into_bytes();
-            chain.link(&mut line);
+            chain.link(&mut line, 1);
             line.push(b'\n');
             f.write_all(&line).expect("write");
         }
