@@ -192,8 +192,13 @@ fn ocsf_classifies_allowed_denied_approved_and_rejected_calls() {
     assert_ocsf(&rejected, 1001, 4, 2, 25);
 
     let start = daemon.wait_event("agent.start", |_| true);
-    assert_ocsf(&start, 1007, 1, 0, 0);
-    assert_eq!(start["ocsf"]["actor"]["app_name"], "bot");
+    let o = &start["ocsf"];
+    assert_eq!((&o["class_uid"], &o["activity_id"]), (&1007.into(), &1.into()));
+    assert_eq!(o["type_uid"], 100_701);
+    // A run starting is no security control's decision.
+    assert!(o.get("action_id").is_none() && o.get("disposition_id").is_none());
+    assert_eq!(o["actor"]["app_name"], "bot");
+    assert_eq!(o["process"]["pid"], start["process"]["pid"]);
 }
 
 #[test]
@@ -318,7 +323,8 @@ fn a_huge_command_line_is_capped_and_flagged() {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    assert_eq!(args[..4], argv[..4], "what fits is kept, in order");
+    // argv[0] is the interpreter's own (pyenv execs the real python).
+    assert_eq!(args[1..4], argv[1..4], "what fits is kept, in order");
     assert!(args.len() < argv.len());
     let joined = args.join(" ");
     assert!(joined.len() <= 4096, "{} bytes", joined.len());
