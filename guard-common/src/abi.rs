@@ -25,7 +25,8 @@ macro_rules! stable_enum {
 }
 
 stable_enum! {
-    /// What an event record describes. 1xx network, 2xx files, 9xx bookkeeping.
+    /// What an event record describes. 1xx network, 2xx files, 3xx the
+    /// guard defending itself, 9xx bookkeeping.
     EventKind: u16 {
         NetConnect = 100,
         FileUnlink = 200,
@@ -33,6 +34,12 @@ stable_enum! {
         /// An unlink/unlinkat/rmdir seen at syscall entry (sys_enter) by a
         /// process no backend can block: see [`crate::ObservedDeleteRecord`].
         FileObserved = 210,
+        /// An agent process left, or tried to leave, its agent's cgroup
+        /// tree: see [`crate::EscapeRecord`].
+        AgentEscape = 300,
+        /// An agent process reached for the guard's processes, files or
+        /// kernel objects: see [`crate::TamperRecord`].
+        GuardTamper = 301,
     }
 }
 
@@ -108,6 +115,9 @@ stable_enum! {
         /// A call to hold could not be held (hold table full, or the stop
         /// signal could not be sent): it was denied instead.
         HoldFailed = 1,
+        /// Self-defense could not do its part: an agent process could not
+        /// be tracked (table full) or an escaping one could not be killed.
+        GuardFailed = 2,
     }
 }
 

@@ -8,9 +8,11 @@
 #![no_std]
 
 pub mod abi;
+pub mod guard;
 pub mod maps;
 pub mod record;
 
 pub use abi::*;
+pub use guard::*;
 pub use maps::*;
 pub use record::*;

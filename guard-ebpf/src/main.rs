@@ -6,13 +6,17 @@
 #![no_main]
 
 mod emit;
+// Self-defense (entry points in these modules): escape.rs, tamper.rs.
+mod escape;
 mod fs;
 mod grant;
+mod guard;
 mod hold;
 mod identity;
 mod maps;
 mod net;
 mod path_walk;
+mod tamper;
 
 use aya_ebpf::{
     macros::{btf_tracepoint, cgroup_sock_addr, lsm},

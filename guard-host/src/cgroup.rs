@@ -74,6 +74,22 @@ impl Hierarchy {
         Err(CgroupError::NoCgroup2)
     }
 
+    /// Every cgroup filesystem mounted on this host (v2 and v1
+    /// hierarchies): where an agent must not write.
+    pub fn all_mounts() -> Result<Vec<PathBuf>, CgroupError> {
+        let info = fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
+        Ok(info
+            .lines()
+            .filter_map(|line| {
+                let (left, right) = line.split_once(" - ")?;
+                let fstype = right.split_whitespace().next()?;
+                let mount_point = left.split_whitespace().nth(4)?;
+                matches!(fstype, "cgroup" | "cgroup2")
+                    .then(|| PathBuf::from(unescape_mountinfo(mount_point)))
+            })
+            .collect())
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

@@ -6,6 +6,7 @@
 pub mod btf;
 pub use guard_host::cgroup;
 pub mod cli;
+pub mod confine;
 pub mod control;
 pub mod daemon;
 pub mod events;

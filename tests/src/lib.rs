@@ -96,6 +96,7 @@ fn remove_tree(dir: &Path) {
 }
 
 mod net;
+pub mod rogue;
 mod stream;
 pub use net::*;
 pub use stream::*;
@@ -133,10 +134,15 @@ impl Daemon {
         Self::start_with(policy, cgroups, dir, Options::default())
     }
 
-    /// A fresh per-test directory, as [`Daemon::start`] uses.
+    /// A fresh per-test directory, as [`Daemon::start`] uses. Under /run,
+    /// not /tmp: where BPF LSM is missing, runs are confined with Landlock,
+    /// and a confined run cannot create entries directly in the directories
+    /// on the way to the daemon's state (here `/run`), which must not be
+    /// the /tmp the agents under test work in.
     pub fn fresh_dir() -> PathBuf {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("agent-guard-test-{}-{n}", std::process::id()));
+        let dir =
+            PathBuf::from("/run").join(format!("agent-guard-test-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("test dir");
         dir

@@ -45,6 +45,8 @@ fn every_documented_kind_is_valid_ocsf_and_matches_the_schema() {
         "loss",
         "daemon.start",
         "daemon.stop",
+        "agent.escape",
+        "guard.tamper",
     ] {
         assert!(kinds.contains(&kind), "docs/events.md shows no {kind}");
     }

@@ -193,7 +193,10 @@ fn ocsf_classifies_allowed_denied_approved_and_rejected_calls() {
 
     let start = daemon.wait_event("agent.start", |_| true);
     let o = &start["ocsf"];
-    assert_eq!((&o["class_uid"], &o["activity_id"]), (&1007.into(), &1.into()));
+    assert_eq!(
+        (&o["class_uid"], &o["activity_id"]),
+        (&1007.into(), &1.into())
+    );
     assert_eq!(o["type_uid"], 100_701);
     // A run starting is no security control's decision.
     assert!(o.get("action_id").is_none() && o.get("disposition_id").is_none());

@@ -13,8 +13,9 @@ pub fn setup() -> Result<()> {
     ensure_root_for_install()?;
     ensure_nightly_rust_src()?;
     ensure_bpf_linker()?;
-    // The web approval page's browser test drives real headless Chromium.
-    apt_install(&["chromium", "chromium-driver"])?;
+    // The web approval page's browser test drives real headless Chromium;
+    // the rogue-agent tests detach links with bpftool, as an agent would.
+    apt_install(&["chromium", "chromium-driver", "bpftool"])?;
     // Every event of the privileged suite is checked against OCSF's and
     // ECS's published definitions.
     crate::conformance::install()?;

@@ -103,6 +103,7 @@ pub fn run(policy_path: Option<&Path>) -> Result<ExitCode> {
         }
     };
     let lsm = kernel.as_ref().map(|k| k.lsm.clone());
+    let guard = kernel.as_ref().map(|k| k.guard.clone());
     match &lsm {
         Some(LsmStatus::Attached { paths }) => report.line(
             true,
@@ -132,6 +133,10 @@ pub fn run(policy_path: Option<&Path>) -> Result<ExitCode> {
         );
     } else {
         println!("  unlink/rmdir: none available");
+    }
+
+    if !super::doctor_guard::report(guard.as_ref(), seccomp) {
+        report.degraded = true;
     }
 
     if let Some(path) = policy_path {

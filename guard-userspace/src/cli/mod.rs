@@ -5,6 +5,7 @@ pub mod args;
 pub mod daemon;
 pub mod deny;
 pub mod doctor;
+mod doctor_guard;
 pub mod events;
 pub mod freeze;
 pub mod grants;

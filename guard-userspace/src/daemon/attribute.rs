@@ -9,7 +9,10 @@ use crate::{
     events::{
         decode::{Header, Record, RecordCall},
         enrich::Enricher,
-        model::{Agent, Backend, Call, FileTarget, GrantRef, Op, Process, Rule},
+        model::{
+            Agent, Backend, Call, FileTarget, GrantRef, GuardAction, Op, Process, Rule,
+            TamperTarget, Verdict as RuleVerdict,
+        },
     },
     policy::PathRule,
     supervise::{DeleteOp, DeleteRequest},
@@ -26,6 +29,26 @@ pub fn kernel_call(rec: Record, registry: &Registry, enricher: &mut Enricher) ->
     let (op, rule) = match call {
         RecordCall::Connect(target) => (Op::Connect(target), kernel_rule(&h, registry)),
         RecordCall::Delete { rmdir, target } => (delete(rmdir, target), kernel_rule(&h, registry)),
+        RecordCall::Escape(target) => (Op::Escape(target), self_defense_rule()),
+        RecordCall::Tamper {
+            mut target,
+            protected,
+        } => {
+            if let (
+                TamperTarget::File {
+                    protected: path, ..
+                },
+                Some(key),
+            ) = (&mut target, protected)
+            {
+                *path = registry
+                    .protected
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, p)| p.display().to_string());
+            }
+            (Op::Tamper(target), self_defense_rule())
+        }
         RecordCall::Observed {
             rmdir,
             raw_path,
@@ -82,6 +105,28 @@ fn delete(rmdir: bool, target: FileTarget) -> Op {
     } else {
         Op::Unlink(target)
     }
+}
+
+/// No policy rule decides self-defense: the guard always refuses.
+fn self_defense_rule() -> Rule {
+    Rule {
+        verdict: Some(RuleVerdict::Deny),
+        matched: Some("self-defense".into()),
+        source: None,
+    }
+}
+
+/// A supervised delete of a file under `protected`, which the daemon
+/// refuses whatever the policy says: the `guard.tamper` it reports.
+pub fn supervised_tamper(mut call: Call, protected: &std::path::Path) -> Call {
+    call.op = Op::Tamper(TamperTarget::File {
+        action: GuardAction::Refused,
+        protected: Some(protected.display().to_string()),
+        write: true,
+    });
+    call.backend = None;
+    call.rule = self_defense_rule();
+    call
 }
 
 /// The ids of a calling thread.

@@ -56,6 +56,23 @@ impl SessionDecider {
             tracing::error!(agent_id = self.agent_id, path = %req.path, "delete by a run of an unknown agent; denied");
             return Judged::Now(Decision::Deny);
         };
+        // The guard's own files: refused whatever the policy says (this
+        // daemon performs supervised deletes itself, outside the run's
+        // Landlock confinement).
+        if let Some(protected) = self.shared.guard.covering(&req.path) {
+            let call = attribute::supervised_delete(
+                &registry,
+                agent,
+                self.session_cgroup,
+                req,
+                (Outcome::Denied, Verdict::Deny, None),
+                &mut super::lock_enricher(&self.shared),
+            );
+            drop(registry);
+            let call = attribute::supervised_tamper(call, protected);
+            events::emit_now(&self.shared.emitter, call);
+            return Judged::Now(Decision::Deny);
+        }
         let (verdict, rule) = agent.def.delete.evaluate(&req.path);
         let mode = agent.mode();
         // The kernel's own rule for freeze, so both backends agree.

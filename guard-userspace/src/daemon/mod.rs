@@ -12,6 +12,7 @@ mod journal;
 mod reader;
 pub mod registry;
 mod reload;
+pub mod selfdefense;
 mod sessions;
 mod surfaces;
 
@@ -65,6 +66,8 @@ pub struct Shared {
     pub enricher: std::sync::Mutex<events::enrich::Enricher>,
     /// Calls per agent, counted by an observer of the emitter.
     pub counts: events::counts::CallCounts,
+    /// Self-defense in force (and what runs are confined with).
+    pub guard: selfdefense::Guard,
 }
 
 impl Shared {
@@ -159,6 +162,15 @@ pub struct Options {
     pub format: crate::policy::sink::Format,
     /// HMAC key for the event chain (a root-only file).
     pub chain_key: Option<PathBuf>,
+}
+
+/// The loaded kernel (None once shut down), even if a panicking holder
+/// poisoned the lock.
+pub fn lock_kernel(shared: &Shared) -> std::sync::MutexGuard<'_, Option<Kernel>> {
+    match shared.kernel.lock() {
+        Ok(k) => k,
+        Err(poisoned) => poisoned.into_inner(),
+    }
 }
 
 /// The shared process-details cache, even if a panicking holder poisoned it.
@@ -271,6 +283,26 @@ pub async fn run(opts: Options) -> Result<()> {
     kernel.set_config(Config {
         agent_levels: levels,
     })?;
+    let protected = selfdefense::protected_paths(
+        &registry.policy,
+        &state_dir,
+        opts.policy_path.as_deref(),
+        opts.chain_key.as_deref(),
+    );
+    let (guard, keys) = selfdefense::arm(
+        &mut kernel,
+        &hierarchy,
+        registry
+            .agents
+            .values()
+            .map(|a| (a.cgroup_id, a.cgroup_dir.as_path())),
+        protected,
+    );
+    registry.protected = keys;
+    // Launchers of runs that outlived a crashed daemon are still the guard's.
+    for session in registry.sessions.values() {
+        selfdefense::protect_launcher(&mut kernel, session.opener_pid);
+    }
 
     let summary = Started {
         pid: std::process::id(),
@@ -296,6 +328,7 @@ pub async fn run(opts: Options) -> Result<()> {
             alg: alg.name().into(),
             state: state_dir.join("chain.json").display().to_string(),
         },
+        self_defense: guard.summary(),
     };
     let sinks = registry.policy.sinks.clone();
     let emitter = Emitter::start(events::Config {
@@ -326,6 +359,7 @@ pub async fn run(opts: Options) -> Result<()> {
         lsm,
         reloading: Mutex::new(()),
         next_id: AtomicU32::new(next_id),
+        guard,
     });
     // Every program is attached: pin them all, so that enforcement outlives
     // a crashed daemon, and only then retire a crashed predecessor's pins.

@@ -95,6 +95,7 @@ fn reason(index: usize) -> Option<LossReason> {
     match KernelLoss::from_raw(index as u32)? {
         KernelLoss::RingbufFull => Some(LossReason::RingbufFull),
         KernelLoss::HoldFailed => Some(LossReason::HoldFailed),
+        KernelLoss::GuardFailed => Some(LossReason::GuardFailed),
     }
 }
 

@@ -58,6 +58,9 @@ pub struct SessionState {
 pub struct Registry {
     /// The policy in force; events cite its rules.
     pub policy: policy::Policy,
+    /// Files and directories kept from agents, by the kernel's key for
+    /// them: `guard.tamper` events name the one an agent reached for.
+    pub protected: Vec<(guard_common::InodeKey, PathBuf)>,
     pub agents: HashMap<u32, AgentState>,
     /// Keyed by the session cgroup's id, which is what records carry.
     pub sessions: HashMap<u64, SessionState>,
@@ -70,6 +73,7 @@ impl Registry {
     pub fn new(policy: policy::Policy) -> Self {
         Self {
             policy,
+            protected: Vec::new(),
             agents: HashMap::new(),
             sessions: HashMap::new(),
             retired: HashMap::new(),

@@ -310,6 +310,8 @@ fn apply(
             Change::Add(def) => {
                 let id = ids[def.name.as_str()];
                 let state = super::install_agent(kernel, &shared.hierarchy, id, def, false)?;
+                // An adopted cgroup may already have processes.
+                super::selfdefense::track(kernel, state.cgroup_id, &state.cgroup_dir);
                 installed.push((None, state));
             }
             Change::Rewrite(old, def) => {

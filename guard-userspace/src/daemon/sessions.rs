@@ -267,11 +267,15 @@ pub fn open(
     drop(registry);
     conv.session = Some(cgroup_id);
     shared.sessions.save(shared);
+    if let Some(kernel) = super::lock_kernel(shared).as_mut() {
+        super::selfdefense::protect_launcher(kernel, opener_pid);
+    }
     Ok(json!({
         "session": id,
         "token": token,
         "cgroup": relative,
         "supervise_deletes": shared.supervise_deletes,
+        "confine": shared.guard.confine,
     }))
 }
 
@@ -452,7 +456,7 @@ pub fn close(
     signal: Option<i32>,
     why: &str,
 ) {
-    let (agent, dir, id) = {
+    let (agent, dir, id, launcher) = {
         let registry = match shared.registry.read() {
             Ok(r) => r,
             Err(poisoned) => poisoned.into_inner(),
@@ -464,8 +468,12 @@ pub fn close(
             registry.agent_ref(session.agent_id, cgroup_id),
             session.dir.clone(),
             session.id.clone(),
+            session.opener_pid,
         )
     };
+    if let Some(kernel) = super::lock_kernel(shared).as_mut() {
+        kernel.unprotect_process(launcher);
+    }
     events::emit_now(
         &shared.emitter,
         DaemonEvent::AgentExit(AgentExit {

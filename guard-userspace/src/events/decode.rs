@@ -13,7 +13,15 @@ use guard_common::{
 };
 use thiserror::Error;
 
-use super::model::{CallOutcome, ConnectTarget, Family, FileTarget};
+use guard_common::{
+    ACTION_KILL_PENDING, ACTION_KILLED, ACTION_REFUSED, ESCAPE_ATTACH, ESCAPE_CLONE, ESCAPE_OPEN,
+    EscapeRecord, InodeKey, TAMPER_BPF, TAMPER_FILE, TAMPER_PTRACE, TAMPER_SIGNAL, TamperRecord,
+};
+
+use super::model::{
+    CallOutcome, ConnectTarget, EscapeHow, EscapeTarget, Family, FileTarget, GuardAction,
+    TamperTarget,
+};
 
 #[derive(Debug, Error)]
 pub enum DecodeError {
@@ -25,6 +33,8 @@ pub enum DecodeError {
     UnknownOutcome(u8),
     #[error("connect record of unknown address family {0}")]
     UnknownFamily(u16),
+    #[error("self-defense record with unknown {what} {value}")]
+    UnknownGuard { what: &'static str, value: u32 },
 }
 
 /// Converts CLOCK_BOOTTIME (what the kernel stamps) to wall-clock time.
@@ -129,6 +139,14 @@ pub enum RecordCall {
         raw_path: String,
         dirfd: i32,
     },
+    /// An agent process left its agent's cgroup.
+    Escape(EscapeTarget),
+    /// An agent process reached for the guard; for a file, `protected`
+    /// is the kernel's key of the protected path (named by attribution).
+    Tamper {
+        target: TamperTarget,
+        protected: Option<InodeKey>,
+    },
 }
 
 /// Decodes one ring-buffer record.
@@ -142,6 +160,13 @@ pub fn decode(bytes: &[u8], clock: &BootClock) -> Result<Record, DecodeError> {
             rmdir: kind == EventKind::FileRmdir,
             target: file_target(&read(bytes)?),
         },
+        EventKind::AgentEscape => RecordCall::Escape(escape_target(&read(bytes)?)?),
+        EventKind::GuardTamper => {
+            let rec: TamperRecord = read(bytes)?;
+            let target = tamper_target(&rec)?;
+            let protected = matches!(target, TamperTarget::File { .. }).then_some(rec.protected);
+            RecordCall::Tamper { target, protected }
+        }
         EventKind::FileObserved => {
             let rec: ObservedDeleteRecord = read(bytes)?;
             let len = (rec.path_len as usize).min(rec.path.len());
@@ -212,6 +237,69 @@ fn connect_target(rec: &ConnectRecord) -> Result<ConnectTarget, DecodeError> {
     })
 }
 
+fn guard_action(raw: u32) -> Result<GuardAction, DecodeError> {
+    Ok(match raw {
+        ACTION_REFUSED => GuardAction::Refused,
+        ACTION_KILLED => GuardAction::Killed,
+        ACTION_KILL_PENDING => GuardAction::KillPending,
+        value => {
+            return Err(DecodeError::UnknownGuard {
+                what: "action",
+                value,
+            });
+        }
+    })
+}
+
+fn escape_target(rec: &EscapeRecord) -> Result<EscapeTarget, DecodeError> {
+    let how = match rec.how {
+        ESCAPE_ATTACH => EscapeHow::CgroupWrite,
+        ESCAPE_CLONE => EscapeHow::CloneIntoCgroup,
+        ESCAPE_OPEN => EscapeHow::CgroupOpen,
+        value => return Err(DecodeError::UnknownGuard { what: "how", value }),
+    };
+    let len = (rec.path_len as usize).min(rec.path.len());
+    Ok(EscapeTarget {
+        how,
+        action: guard_action(rec.action)?,
+        pid: rec.moved_pid,
+        cgroup_id: rec.dst_cgroup_id,
+        cgroup: (len > 0).then(|| String::from_utf8_lossy(&rec.path[..len]).into_owned()),
+    })
+}
+
+fn tamper_target(rec: &TamperRecord) -> Result<TamperTarget, DecodeError> {
+    let action = guard_action(rec.action)?;
+    Ok(match rec.what {
+        TAMPER_SIGNAL => TamperTarget::Signal {
+            action,
+            pid: rec.target_pid,
+            signal: rec.arg,
+        },
+        TAMPER_PTRACE => TamperTarget::Ptrace {
+            action,
+            pid: rec.target_pid,
+            mode: rec.arg,
+        },
+        TAMPER_BPF => TamperTarget::Bpf {
+            action,
+            command: rec.arg,
+        },
+        TAMPER_FILE => TamperTarget::File {
+            action,
+            protected: None,
+            // FMODE_WRITE.
+            write: rec.arg & 2 != 0,
+        },
+        value => {
+            return Err(DecodeError::UnknownGuard {
+                what: "what",
+                value,
+            });
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,5 +330,29 @@ mod tests {
         assert_eq!(connect_target(&rec).expect("v6").address.to_string(), "::1");
         rec.family = 1;
         assert!(connect_target(&rec).is_err());
+    }
+
+    #[test]
+    fn escape_names_where_it_went() {
+        let mut rec = EscapeRecord {
+            header: Default::default(),
+            moved_pid: 42,
+            how: ESCAPE_ATTACH,
+            action: ACTION_KILLED,
+            path_len: 1,
+            dst_cgroup_id: 1,
+            path: [0; guard_common::ESCAPE_PATH_BYTES],
+        };
+        rec.path[0] = b'/';
+        let t = serde_json::to_value(escape_target(&rec).expect("an escape")).expect("json");
+        assert_eq!(t["how"], "cgroup_write");
+        assert_eq!(t["action"], "killed");
+        assert_eq!(t["pid"], 42);
+        assert_eq!(t["cgroup"], "/");
+        rec.action = 9;
+        assert!(
+            escape_target(&rec).is_err(),
+            "an unknown action is an error"
+        );
     }
 }

@@ -273,7 +273,7 @@ pub fn document<'a>(native: super::Native<'a>, time: &'a str) -> Ecs<'a> {
                 direction: "egress",
             });
         }
-        None => {}
+        Some(Op::Escape(_) | Op::Tamper(_)) | None => {}
     }
     doc
 }
@@ -285,6 +285,8 @@ fn categories(event: &Event) -> (Vec<&'static str>, Vec<&'static str>) {
         match kind {
             CallKind::Connect => ("network", &["connection", "start"]),
             CallKind::Unlink | CallKind::Rmdir => ("file", &["deletion"]),
+            // Always refused: `denied` comes with intrusion_detection.
+            CallKind::Escape | CallKind::Tamper => ("process", &[]),
         }
     };
     // A call the policy or a person decided on is also an

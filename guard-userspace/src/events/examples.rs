@@ -73,6 +73,28 @@ fn unlink(outcome: CallOutcome, path: &str) -> Call {
     }
 }
 
+/// A process of the agent reached past its cgroup or for the guard.
+fn self_defense(op: Op) -> Call {
+    Call {
+        op,
+        outcome: CallOutcome::Denied,
+        agent: Agent::Known(agent()),
+        process: process(
+            "sh",
+            "/usr/bin/dash",
+            &["sh", "-c", "echo $$ > /sys/fs/cgroup/cgroup.procs"],
+        ),
+        rule: Rule {
+            verdict: Some(Verdict::Deny),
+            matched: Some("self-defense".into()),
+            source: None,
+        },
+        hold: None,
+        grant: None,
+        backend: None,
+    }
+}
+
 const HOLD: u64 = 1_732_421_234_567_890_123;
 
 fn by_root() -> By {
@@ -163,6 +185,20 @@ pub fn all() -> Vec<Event> {
         rmdir.into(),
         supervised.into(),
         observed.into(),
+        self_defense(Op::Escape(EscapeTarget {
+            how: EscapeHow::CgroupWrite,
+            action: GuardAction::Killed,
+            pid: 31337,
+            cgroup_id: 1,
+            cgroup: Some("/".into()),
+        }))
+        .into(),
+        self_defense(Op::Tamper(TamperTarget::Signal {
+            action: GuardAction::Refused,
+            pid: 812,
+            signal: 9,
+        }))
+        .into(),
         DaemonEvent::AgentStart(AgentStart {
             outcome: Success::Success,
             agent: Some(agent()),
@@ -277,6 +313,15 @@ pub fn all() -> Vec<Event> {
                 chain: ChainSetup {
                     alg: "sha256".into(),
                     state: "/var/lib/agent-guard/chain.json".into(),
+                },
+                self_defense: SelfDefense {
+                    escape: "in force".into(),
+                    lsm: "in force".into(),
+                    run_confinement: "none (BPF LSM hooks)".into(),
+                    protected: vec![
+                        "/var/lib/agent-guard".into(),
+                        "/etc/agent-guard/policy.toml".into(),
+                    ],
                 },
             },
         })

@@ -13,11 +13,13 @@ use guard_common::{AgentEntry, Config, KernelOffsets, NetKey, NetRuleSet, PathKe
 use crate::btf;
 use thiserror::Error;
 
+mod guard;
 mod handles;
 mod lsm;
 mod pins;
 mod policy_maps;
 
+pub use guard::GuardStatus;
 pub use handles::{KernelHolds, LossCounters};
 use lsm::load_lsm;
 use pins::{Attachment, Pins};
@@ -88,6 +90,12 @@ pub enum KernelError {
         #[source]
         source: io::Error,
     },
+    #[error("protecting {path} from agents: {source}")]
+    Protect {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("thread {tid} no longer holds hold {hold_id}")]
     StaleHold { tid: u32, hold_id: u64 },
 }
@@ -152,6 +160,8 @@ pub struct Kernel {
     /// Set by pin_links: new attachments are pinned as they are made.
     pinning: bool,
     pub lsm: LsmStatus,
+    /// Self-defense in the kernel: escape detection and the tamper hooks.
+    pub guard: GuardStatus,
 }
 
 /// Program `name` of the object, as the type this build expects it to be.
@@ -201,6 +211,10 @@ impl Kernel {
         if let Ok(offsets) = &offsets {
             loader.override_global("KERNEL_OFFSETS", offsets, true);
         }
+        let guard_offsets = guard::guard_offsets();
+        if let Ok(offsets) = &guard_offsets {
+            loader.override_global("GUARD_OFFSETS", offsets, true);
+        }
         let pins = match state_dir {
             Some(dir) => Some(Pins::mount(dir)?),
             None => None,
@@ -229,7 +243,12 @@ impl Kernel {
             Ok(_) => load_lsm(&mut ebpf, &mut links),
             Err(err) => LsmStatus::Unavailable(format!("struct offsets unavailable: {err}")),
         };
-        Ok(Self {
+        let guard_lsm = match (&lsm, &guard_offsets) {
+            (_, Err(err)) => Err(format!("struct offsets unavailable: {err}")),
+            (LsmStatus::Attached { .. }, Ok(_)) => guard::load_tamper(&mut ebpf, &mut links),
+            (LsmStatus::Unavailable(why), Ok(_)) => Err(why.clone()),
+        };
+        let mut kernel = Self {
             ebpf,
             reused_stream: reused,
             links,
@@ -237,7 +256,16 @@ impl Kernel {
             pins,
             pinning: false,
             lsm,
-        })
+            guard: GuardStatus::unavailable("not attached"),
+        };
+        kernel.guard = GuardStatus {
+            escape: match &guard_offsets {
+                Ok(_) => kernel.attach_escape_guard(),
+                Err(err) => Err(format!("struct offsets unavailable: {err}")),
+            },
+            lsm: guard_lsm,
+        };
+        Ok(kernel)
     }
 
     /// Attaches the connect programs to an agent cgroup with a bpf_link. A

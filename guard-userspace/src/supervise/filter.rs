@@ -22,6 +22,14 @@ const X64_UNLINKAT: u32 = 263;
 const I386_UNLINK: u32 = 10;
 const I386_RMDIR: u32 = 40;
 const I386_UNLINKAT: u32 = 301;
+// Refused outright (self-defense): bpf(2) could detach the guard's links or
+// rewrite its maps; clone3 can place a child in any cgroup
+// (CLONE_INTO_CGROUP) and its flags sit behind a pointer a filter cannot
+// read, so it fails with ENOSYS and libc falls back to clone(2).
+const X64_BPF: u32 = 321;
+const X64_CLONE3: u32 = 435;
+const I386_BPF: u32 = 357;
+const I386_CLONE3: u32 = 435;
 
 /// A guarded system call, whatever table it came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,27 +63,32 @@ const fn ins(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     libc::sock_filter { code, jt, jf, k }
 }
 
-const LEN: usize = 16;
+const LEN: usize = 21;
 
 /// Jump offsets are relative to the next instruction; the targets are given
 /// by index in the comments. Unit tests run this program on an interpreter.
 const PROGRAM: [libc::sock_filter; LEN] = [
     /* 0 */ ins(LD_ABS, OFF_ARCH, 0, 0),
-    /* 1 */ ins(JEQ, AUDIT_ARCH_X86_64, 0, 5), // → 2 : 7
+    /* 1 */ ins(JEQ, AUDIT_ARCH_X86_64, 0, 7), // → 2 : 9
     /* 2 */ ins(LD_ABS, OFF_NR, 0, 0),
-    /* 3 */ ins(JGE, X32_SYSCALL_BIT, 11, 0), // → 15 : 4
-    /* 4 */ ins(JEQ, X64_UNLINK, 8, 0), // → 13 : 5
-    /* 5 */ ins(JEQ, X64_UNLINKAT, 7, 0), // → 13 : 6
-    /* 6 */ ins(JEQ, X64_RMDIR, 6, 5), // → 13 : 12
-    /* 7 */ ins(JEQ, AUDIT_ARCH_I386, 0, 6), // → 8 : 14
-    /* 8 */ ins(LD_ABS, OFF_NR, 0, 0),
-    /* 9 */ ins(JEQ, I386_UNLINK, 3, 0), // → 13 : 10
-    /* 10 */ ins(JEQ, I386_UNLINKAT, 2, 0), // → 13 : 11
-    /* 11 */ ins(JEQ, I386_RMDIR, 1, 0), // → 13 : 12
-    /* 12 */ ins(RET, libc::SECCOMP_RET_ALLOW, 0, 0),
-    /* 13 */ ins(RET, libc::SECCOMP_RET_USER_NOTIF, 0, 0),
-    /* 14 */ ins(RET, libc::SECCOMP_RET_KILL_PROCESS, 0, 0),
-    /* 15 */ ins(RET, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32, 0, 0),
+    /* 3 */ ins(JGE, X32_SYSCALL_BIT, 15, 0), // → 19 : 4
+    /* 4 */ ins(JEQ, X64_UNLINK, 12, 0), // → 17 : 5
+    /* 5 */ ins(JEQ, X64_UNLINKAT, 11, 0), // → 17 : 6
+    /* 6 */ ins(JEQ, X64_RMDIR, 10, 0), // → 17 : 7
+    /* 7 */ ins(JEQ, X64_BPF, 12, 0), // → 20 : 8
+    /* 8 */ ins(JEQ, X64_CLONE3, 10, 7), // → 19 : 16
+    /* 9 */ ins(JEQ, AUDIT_ARCH_I386, 0, 8), // → 10 : 18
+    /* 10 */ ins(LD_ABS, OFF_NR, 0, 0),
+    /* 11 */ ins(JEQ, I386_UNLINK, 5, 0), // → 17 : 12
+    /* 12 */ ins(JEQ, I386_UNLINKAT, 4, 0), // → 17 : 13
+    /* 13 */ ins(JEQ, I386_RMDIR, 3, 0), // → 17 : 14
+    /* 14 */ ins(JEQ, I386_BPF, 5, 0), // → 20 : 15
+    /* 15 */ ins(JEQ, I386_CLONE3, 3, 0), // → 19 : 16
+    /* 16 */ ins(RET, libc::SECCOMP_RET_ALLOW, 0, 0),
+    /* 17 */ ins(RET, libc::SECCOMP_RET_USER_NOTIF, 0, 0),
+    /* 18 */ ins(RET, libc::SECCOMP_RET_KILL_PROCESS, 0, 0),
+    /* 19 */ ins(RET, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32, 0, 0),
+    /* 20 */ ins(RET, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32, 0, 0),
 ];
 
 /// The filter, built before the fork so the child only makes system calls.
@@ -163,6 +176,7 @@ mod tests {
         let notif = libc::SECCOMP_RET_USER_NOTIF;
         let allow = libc::SECCOMP_RET_ALLOW;
         let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+        let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
         let cases = [
             (AUDIT_ARCH_X86_64, X64_UNLINK, notif),
             (AUDIT_ARCH_X86_64, X64_UNLINKAT, notif),
@@ -170,6 +184,12 @@ mod tests {
             (AUDIT_ARCH_X86_64, 0, allow),
             (AUDIT_ARCH_X86_64, I386_UNLINK, allow), // x86_64 nr 10 is mprotect
             (AUDIT_ARCH_X86_64, 82, allow),          // rename: not guarded here
+            (AUDIT_ARCH_X86_64, X64_BPF, eperm),
+            (AUDIT_ARCH_X86_64, X64_CLONE3, enosys),
+            (AUDIT_ARCH_X86_64, 56, allow), // clone(2) stays
+            (AUDIT_ARCH_I386, I386_BPF, eperm),
+            (AUDIT_ARCH_I386, I386_CLONE3, enosys),
+            (AUDIT_ARCH_I386, 120, allow), // i386 clone(2)
             (AUDIT_ARCH_X86_64, X32_SYSCALL_BIT + X64_UNLINK, enosys),
             (AUDIT_ARCH_X86_64, X32_SYSCALL_BIT, enosys),
             (AUDIT_ARCH_X86_64, u32::MAX, enosys),

@@ -13,6 +13,13 @@
 //! privileges inside such a run. The child also hands a copy of the
 //! listener to the launcher, which keeps the run's held deletes alive
 //! across a daemon crash (see `handover`).
+//!
+//! On every backend the command runs with no_new_privs and the launcher is
+//! non-dumpable, so that agent processes can neither gain privileges
+//! through setuid programs nor read the launcher. Where the daemon's BPF LSM
+//! self-defense hooks are not in force, it also names a Landlock
+//! confinement (see `confine`), which the child puts in force after joining
+//! and before exec; a run that cannot be confined does not start.
 mod handover;
 
 use std::{
@@ -35,6 +42,7 @@ use nix::sys::signal::{self, SigHandler, Signal};
 
 use super::args::RunArgs;
 use crate::{
+    confine::{Confinement, Prepared},
     control::{Client, Envelope, OK_PREFIX, PROTOCOL_VERSION, Request},
     supervise::{FilterProgram, recv_fds_now, send_with_fd},
 };
@@ -78,9 +86,29 @@ pub fn run(args: RunArgs, socket: &Path) -> Result<ExitCode> {
         .and_then(|v| v.as_bool())
         .context("daemon reply lacks supervise_deletes")?;
     let (session, token) = (field("session")?, field("token")?);
+    let confinement: Confinement = match reply.data.get("confine") {
+        Some(v) => serde_json::from_value(v.clone()).context("daemon reply: confine")?,
+        None => Confinement::default(),
+    };
+    // Built before the fork: the child only makes system calls.
+    let confine = if confinement.is_empty() {
+        None
+    } else {
+        match confinement.prepare() {
+            Ok(prepared) => Some(prepared),
+            Err(err) => {
+                eprintln!("agent-guard run: not starting {:?}: {err}", args.command[0]);
+                let _ = client.call(Request::SessionClose {
+                    exit_code: Some(EXIT_NOT_PLACED),
+                    signal: None,
+                });
+                return Ok(ExitCode::from(EXIT_NOT_PLACED as u8));
+            }
+        }
+    };
+    handover::protect_launcher().context("making the launcher non-dumpable")?;
     // The child sends the launcher its copy of the listener over this pair.
     let keep = if supervise {
-        handover::protect_launcher().context("making the launcher non-dumpable")?;
         Some(UnixStream::pair().context("socketpair for the seccomp listener")?)
     } else {
         None
@@ -88,7 +116,8 @@ pub fn run(args: RunArgs, socket: &Path) -> Result<ExitCode> {
     let keep_fd = keep
         .as_ref()
         .map_or(-1, |(_, child_end)| child_end.as_raw_fd());
-    let join = JoinRequest::new(socket, session.clone(), token.clone(), supervise, keep_fd)?;
+    let mut join = JoinRequest::new(socket, session.clone(), token.clone(), supervise, keep_fd)?;
+    join.confine = confine;
 
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..]);
@@ -162,6 +191,8 @@ struct JoinRequest {
     filter: Option<FilterProgram>,
     /// Where the launcher receives its copy of the listener (-1: none).
     keep: RawFd,
+    /// Landlock ruleset to put in force once placed (None: no_new_privs only).
+    confine: Option<Prepared>,
 }
 
 impl JoinRequest {
@@ -195,6 +226,7 @@ impl JoinRequest {
             )?,
             filter: supervise.then(FilterProgram::new),
             keep,
+            confine: None,
         })
     }
 
@@ -260,6 +292,24 @@ impl JoinRequest {
                     } else {
                         b"no answer\n"
                     },
+                );
+                libc::_exit(EXIT_NOT_PLACED);
+            }
+            // Placed: now out of reach of the guard, and no privileges to gain.
+            let confined = match &self.confine {
+                Some(prepared) => prepared.restrict_self(),
+                None => {
+                    if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) == 0 {
+                        Ok(())
+                    } else {
+                        Err(*libc::__errno_location())
+                    }
+                }
+            };
+            if confined.is_err() {
+                let _ = write_all(
+                    2,
+                    b"agent-guard run: cannot confine the command (no_new_privs, Landlock); not starting it\n",
                 );
                 libc::_exit(EXIT_NOT_PLACED);
             }

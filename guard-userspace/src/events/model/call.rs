@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::{Agent, HoldId, Process, Rule};
+use super::{Agent, EscapeTarget, HoldId, Process, Rule, TamperTarget};
 
 /// One guarded call.
 #[derive(Clone, Debug, Serialize, JsonSchema, Deserialize)]
@@ -46,6 +46,12 @@ pub enum Op {
     Unlink(FileTarget),
     #[serde(rename = "file.rmdir")]
     Rmdir(FileTarget),
+    /// An agent process left (or tried to leave) its agent's cgroup.
+    #[serde(rename = "agent.escape")]
+    Escape(EscapeTarget),
+    /// An agent process reached for the guard itself.
+    #[serde(rename = "guard.tamper")]
+    Tamper(TamperTarget),
 }
 
 impl Op {
@@ -54,14 +60,16 @@ impl Op {
             Op::Connect(_) => CallKind::Connect,
             Op::Unlink(_) => CallKind::Unlink,
             Op::Rmdir(_) => CallKind::Rmdir,
+            Op::Escape(_) => CallKind::Escape,
+            Op::Tamper(_) => CallKind::Tamper,
         }
     }
 
     /// The path of a file operation.
     pub fn path(&self) -> Option<&str> {
         match self {
-            Op::Connect(_) => None,
             Op::Unlink(t) | Op::Rmdir(t) => t.path.as_deref(),
+            Op::Connect(_) | Op::Escape(_) | Op::Tamper(_) => None,
         }
     }
 
@@ -69,7 +77,7 @@ impl Op {
     pub fn destination(&self) -> Option<&ConnectTarget> {
         match self {
             Op::Connect(t) => Some(t),
-            Op::Unlink(_) | Op::Rmdir(_) => None,
+            Op::Unlink(_) | Op::Rmdir(_) | Op::Escape(_) | Op::Tamper(_) => None,
         }
     }
 
@@ -78,6 +86,8 @@ impl Op {
         let value = match self {
             Op::Connect(t) => serde_json::to_value(t),
             Op::Unlink(t) | Op::Rmdir(t) => serde_json::to_value(t),
+            Op::Escape(t) => serde_json::to_value(t),
+            Op::Tamper(t) => serde_json::to_value(t),
         };
         value.unwrap_or_default()
     }
@@ -88,6 +98,8 @@ impl Op {
         match op {
             Op::Connect(t) => t.serialize(s),
             Op::Unlink(t) | Op::Rmdir(t) => t.serialize(s),
+            Op::Escape(t) => t.serialize(s),
+            Op::Tamper(t) => t.serialize(s),
         }
     }
 }
@@ -99,6 +111,8 @@ impl Op {
 pub(super) enum AnyTarget {
     Connect(ConnectTarget),
     File(FileTarget),
+    Escape(EscapeTarget),
+    Tamper(TamperTarget),
 }
 
 /// The kinds of guarded calls.
@@ -110,6 +124,10 @@ pub enum CallKind {
     Unlink,
     #[serde(rename = "file.rmdir")]
     Rmdir,
+    #[serde(rename = "agent.escape")]
+    Escape,
+    #[serde(rename = "guard.tamper")]
+    Tamper,
 }
 
 impl CallKind {
@@ -118,6 +136,8 @@ impl CallKind {
             CallKind::Connect => "net.connect",
             CallKind::Unlink => "file.unlink",
             CallKind::Rmdir => "file.rmdir",
+            CallKind::Escape => "agent.escape",
+            CallKind::Tamper => "guard.tamper",
         }
     }
 }

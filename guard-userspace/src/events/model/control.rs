@@ -232,6 +232,9 @@ pub enum LossReason {
     RingbufFull,
     /// A hold could not be set up and became a deny.
     HoldFailed,
+    /// Self-defense could not track an agent process or kill an escaping
+    /// one.
+    GuardFailed,
     /// A kernel record the daemon could not read.
     UndecodableRecord,
     /// A writer sink's queue was full.
@@ -249,6 +252,7 @@ impl LossReason {
         match self {
             LossReason::RingbufFull => "ringbuf_full",
             LossReason::HoldFailed => "hold_failed",
+            LossReason::GuardFailed => "guard_failed",
             LossReason::UndecodableRecord => "undecodable_record",
             LossReason::SinkSlow => "sink_slow",
             LossReason::SinkDown => "sink_down",

@@ -150,6 +150,20 @@ pub struct Started {
     pub backends: Backends,
     pub sinks: Vec<String>,
     pub chain: ChainSetup,
+    pub self_defense: SelfDefense,
+}
+
+/// What self-defense is in force.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct SelfDefense {
+    /// Escape detection: `in force` or `unavailable: <why>`.
+    pub escape: String,
+    /// The tamper LSM hooks: `in force` or `unavailable: <why>`.
+    pub lsm: String,
+    /// `landlock` or `none (BPF LSM hooks)`.
+    pub run_confinement: String,
+    /// Paths kept from agents.
+    pub protected: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, JsonSchema)]

@@ -91,6 +91,8 @@ const NET_OPEN: Activity = activity!(NETWORK, 1, "Open", "Network Activity");
 const NET_REFUSE: Activity = activity!(NETWORK, 5, "Refuse", "Network Activity");
 const PROCESS_LAUNCH: Activity = activity!(PROCESS, 1, "Launch", "Process Activity");
 const PROCESS_TERMINATE: Activity = activity!(PROCESS, 2, "Terminate", "Process Activity");
+/// 99 Other: `activity_name` is the event's kind (agent.escape, guard.tamper).
+const PROCESS_OTHER: Activity = activity!(PROCESS, 99, "Other", "Process Activity");
 const APP_START: Activity = activity!(APP_LIFECYCLE, 3, "Start", "Application Lifecycle");
 const APP_STOP: Activity = activity!(APP_LIFECYCLE, 4, "Stop", "Application Lifecycle");
 const APP_UPDATE: Activity = activity!(APP_LIFECYCLE, 8, "Update", "Application Lifecycle");
@@ -239,6 +241,12 @@ impl<'a> Ocsf<'a> {
             _ => (STATUS_SUCCESS, SEVERITY_INFO),
         };
         self.set(action, disposition, status, severity);
+        if let Some(p) = guarded_process(&call.op, &call.process) {
+            // Process Activity's process: the one that left, or the guard
+            // process aimed at (the caller itself for bpf and files).
+            self.process = Some(p);
+            (self.severity_id, self.severity) = SEVERITY_HIGH;
+        }
         self.actor = Some(actor(&call.agent, Some(&call.process)));
         self.policy = policy(&call.rule);
         self.unmapped = unmapped(call.agent.known());
@@ -255,6 +263,9 @@ impl<'a> Ocsf<'a> {
                     self.connection_info = Some(connection_info(dst.family));
                 }
             }
+            // Self-defense: an agent process acted on a process (itself
+            // leaving, or a guard process) or on the guard's objects.
+            CallKind::Escape | CallKind::Tamper => self.set_activity(PROCESS_OTHER),
             CallKind::Unlink | CallKind::Rmdir => {
                 self.set_activity(FILE_DELETE);
                 let kind = if op.kind() == CallKind::Rmdir {
@@ -388,6 +399,23 @@ impl<'a> Ocsf<'a> {
             }
         }
     }
+}
+
+/// The process a self-defense event is about, if it is one.
+fn guarded_process<'a>(op: &super::model::Op, caller: &'a Process) -> Option<OcsfProcess<'a>> {
+    use super::model::Op;
+    let pid = match op {
+        Op::Escape(t) => Some(t.pid),
+        Op::Tamper(t) => t.pid(),
+        Op::Connect(_) | Op::Unlink(_) | Op::Rmdir(_) => return None,
+    };
+    Some(match pid {
+        Some(pid) => OcsfProcess {
+            pid: Some(pid),
+            ..OcsfProcess::default()
+        },
+        None => process(caller),
+    })
 }
 
 /// The API activity of a control request: what it would have done.

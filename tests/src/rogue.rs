@@ -1,0 +1,190 @@
+//! The rogue-agent suite's harness: an agent whose connect to one port is
+//! denied, scripts a hostile agent runs, and the check that enforcement
+//! is still in force, made by placing a process straight into the agent's
+//! cgroup (not through the daemon).
+use std::{
+    os::unix::process::ExitStatusExt as _,
+    process::{Command, ExitStatus, Output, Stdio},
+};
+
+use serde_json::Value;
+
+use crate::{Daemon, Listener, PY_CONNECT, Scratch, TestCgroups, cgroup2_root, run_in_cgroup};
+
+/// ptrace(PTRACE_ATTACH), process_vm_readv, /proc/PID/mem and pidfd_getfd
+/// on PID: prints one `name=errno` line each (0: it worked).
+pub const PY_REACH: &str = r#"
+import ctypes, os, sys
+pid = int(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def report(name, ok):
+    print("%s=%d" % (name, 0 if ok else ctypes.get_errno()), flush=True)
+r = libc.ptrace(16, pid, 0, 0)
+report("ptrace", r == 0)
+if r == 0:
+    os.waitpid(pid, 0); libc.ptrace(17, pid, 0, 0)
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+buf = ctypes.create_string_buffer(8)
+local, remote = iovec(ctypes.cast(buf, ctypes.c_void_p), 8), iovec(0x400000, 8)
+libc.process_vm_readv.restype = ctypes.c_ssize_t
+report("process_vm_readv", libc.process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0) >= 0)
+try:
+    open("/proc/%d/mem" % pid, "rb").close(); print("mem=0", flush=True)
+except OSError as e:
+    print("mem=%d" % e.errno, flush=True)
+fd = libc.syscall(434, pid, 0)
+report("pidfd_getfd", fd >= 0 and libc.syscall(438, fd, 0, 0) >= 0)
+"#;
+
+/// clone3(CLONE_INTO_CGROUP) into the cgroup directory argv[1]; the child
+/// would connect to port argv[2] and say so.
+pub const PY_CLONE_INTO: &str = r#"
+import ctypes, os, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+names = ("flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack",
+         "stack_size", "tls", "set_tid", "set_tid_size", "cgroup")
+class CloneArgs(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in names]
+args = CloneArgs(flags=0x200000000, exit_signal=17, cgroup=fd)
+print("pid=%d" % os.getpid(), flush=True)
+r = libc.syscall(435, ctypes.byref(args), ctypes.sizeof(args))
+if r == 0:
+    s = socket.socket(); s.connect(("127.0.0.1", int(sys.argv[2])))
+    print("child connected", flush=True); os._exit(0)
+print("clone3=%d errno=%d" % (r, ctypes.get_errno()), flush=True)
+"#;
+
+/// A daemon guarding agent "bot", whose connects to `bad` are denied.
+pub struct Rogue {
+    pub daemon: Daemon,
+    pub bad: Listener,
+    /// The agent's cgroup, relative to the cgroup2 mount.
+    pub cgroup: String,
+    /// connect.py, reach.py and clone.py, readable by agents.
+    pub scripts: Scratch,
+}
+
+impl Rogue {
+    pub fn start(test: &str) -> Self {
+        let cg = TestCgroups::new(test);
+        let cgroup = cg.path("bot");
+        let bad = Listener::v4();
+        let scripts = Scratch::new(test);
+        for (name, text) in [
+            ("connect.py", PY_CONNECT),
+            ("reach.py", PY_REACH),
+            ("clone.py", PY_CLONE_INTO),
+        ] {
+            std::fs::write(scripts.path(name), text).expect("script");
+        }
+        let policy = format!(
+            r#"
+[[agent]]
+name = "bot"
+owner = "mallory@example.com"
+purpose = "rogue agent tests"
+cgroup = "{cgroup}"
+
+[agent.connect]
+default = "allow"
+deny = ["127.0.0.1/32:{}"]
+"#,
+            bad.port
+        );
+        let daemon = Daemon::start(&policy, cg);
+        Self {
+            daemon,
+            bad,
+            cgroup,
+            scripts,
+        }
+    }
+
+    /// Whether the BPF LSM self-defense hooks are in force (the VM tier).
+    pub fn lsm(&self) -> bool {
+        let start = self.daemon.wait_event("daemon.start", |_| true);
+        start["daemon"]["self_defense"]["lsm"] == "in force"
+    }
+
+    /// `python3 connect.py 127.0.0.1 <denied port>`, for shell scripts.
+    pub fn connect_cmd(&self) -> String {
+        format!(
+            "python3 {} 127.0.0.1 {} </dev/null",
+            self.scripts.s("connect.py"),
+            self.bad.port
+        )
+    }
+
+    pub fn script(&self, name: &str) -> String {
+        self.scripts.s(name)
+    }
+
+    /// The agent cgroup's absolute directory.
+    pub fn cgroup_dir(&self) -> std::path::PathBuf {
+        cgroup2_root().join(&self.cgroup)
+    }
+
+    /// The cgroup2 root's cgroup.procs: where an escaping agent writes.
+    pub fn root_procs(&self) -> String {
+        cgroup2_root().join("cgroup.procs").display().to_string()
+    }
+
+    /// Enforcement is still in force: a process placed straight into the
+    /// agent's cgroup (no daemon involved) is still denied the connect.
+    pub fn assert_enforced(&self, after: &str) {
+        let out = run_in_cgroup(&self.cgroup, &self.connect_cmd());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("errno=1"),
+            "after {after}, a process placed in the agent's cgroup must still be denied: {text} / {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Waits for an `agent.escape` or `guard.tamper` event matching `pred`.
+    pub fn expect_event(&self, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let ev = self.daemon.wait_event(kind, pred);
+        assert_eq!(ev["outcome"], "denied", "{ev}");
+        assert_eq!(ev["agent"]["name"], "bot", "{ev}");
+        assert_eq!(ev["rule"]["match"], "self-defense", "{ev}");
+        ev
+    }
+}
+
+/// Killed by SIGKILL (what self-defense does to an escaping process).
+pub fn killed(status: ExitStatus) -> bool {
+    status.signal() == Some(9)
+}
+
+/// Runs `script` with `sh -c`, without placing it anywhere first (the
+/// script places itself, after opening what it wants to keep).
+pub fn sh(script: &str) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .output()
+        .expect("sh")
+}
+
+/// The kernel id of the guard's cgroup/connect4 link on `cgroup_dir`, from
+/// `bpftool link show` run outside every agent.
+pub fn guard_link_id(cgroup_dir: &std::path::Path) -> u64 {
+    let id = guard_host::cgroup::id(cgroup_dir).expect("cgroup id");
+    let out = Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .expect("bpftool (installed by `cargo xtask setup`)");
+    let links: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l["type"] == "cgroup" && l["cgroup_id"] == id)
+        .and_then(|l| l["id"].as_u64())
+        .unwrap_or_else(|| panic!("no cgroup link on cgroup {id}: {links}"))
+}
