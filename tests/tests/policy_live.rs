@@ -140,6 +140,9 @@ fn two_hundred_reloads_under_load_never_open_a_gap() {
         ],
     );
     daemon.wait_event("agent.start", |_| true);
+    // The loop is running (its first denied connect is in), so the reloads
+    // below really race its calls, however slowly python starts.
+    daemon.wait_event("net.connect", |e| e["outcome"] == "denied");
     // SIGHUP, as an admin (or systemd's ExecReload) would; each reload is
     // waited for through its event before the file changes again.
     for n in 1..=200 {
