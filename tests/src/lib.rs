@@ -107,6 +107,10 @@ pub(crate) struct Stream {
     pub(crate) closed: bool,
     /// Events counted, not kept (see [`Daemon::start_with`]), by kind.
     pub(crate) counted: std::collections::BTreeMap<String, u64>,
+    /// Every event read, kept or counted, by kind.
+    pub(crate) by_kind: std::collections::BTreeMap<String, u64>,
+    /// Lines read.
+    pub(crate) lines: u64,
 }
 
 /// A running daemon; SIGTERM and reaped on drop.
@@ -239,21 +243,17 @@ impl Daemon {
         self.stream.0.lock().expect("lock").events.clone()
     }
 
-    /// Waits until `n` events of `kind` have been emitted.
+    /// Waits until `n` events of `kind` have been emitted. Fails when the
+    /// stream stalls (no line at all for [`PATIENCE`]), not while a busy
+    /// daemon's backlog is still being read, with a hard bound of ten
+    /// times that.
     pub fn wait_count(&self, kind: &str, n: usize) {
         let (lock, cvar) = &*self.stream;
-        let deadline = Instant::now() + PATIENCE;
+        let started = Instant::now();
         let mut s = lock.lock().expect("lock");
-        // Counted as lines arrive, not rescanned on every wake-up: a busy
-        // agent can make thousands of events.
-        let (mut seen, mut count) = (0, 0);
+        let mut progress = (s.lines, started);
         loop {
-            count += s.events[seen..]
-                .iter()
-                .filter(|e| e["kind"] == kind)
-                .count();
-            seen = s.events.len();
-            if count >= n {
+            if s.by_kind.get(kind).copied().unwrap_or(0) >= n as u64 {
                 return;
             }
             assert!(
@@ -261,9 +261,15 @@ impl Daemon {
                 "daemon exited after fewer than {n} {kind} events"
             );
             let now = Instant::now();
+            if s.lines > progress.0 {
+                progress = (s.lines, now);
+            }
+            let deadline = (progress.1 + PATIENCE).min(started + 10 * PATIENCE);
             assert!(
                 now < deadline,
-                "fewer than {n} {kind} events within {PATIENCE:?}"
+                "fewer than {n} {kind} events: the stream stalled for {PATIENCE:?} (or ran \
+                 for {:?})",
+                10 * PATIENCE
             );
             s = cvar.wait_timeout(s, deadline - now).expect("lock").0;
         }
@@ -424,8 +430,16 @@ fn spawn_reader(
                 .unwrap_or_else(|e| panic!("daemon stdout carried a non-JSON line {line:?}: {e}"));
             let (lock, cvar) = &*stream;
             let mut s = lock.lock().expect("lock");
+            let kind = value["kind"].as_str().unwrap_or("");
+            s.lines += 1;
+            match s.by_kind.get_mut(kind) {
+                Some(n) => *n += 1,
+                None => {
+                    s.by_kind.insert(kind.to_owned(), 1);
+                }
+            }
             if count_only.is_some_and(|f| f(&value)) {
-                let kind = value["kind"].as_str().unwrap_or("").to_owned();
+                let kind = kind.to_owned();
                 *s.counted.entry(kind).or_default() += 1;
             } else {
                 s.events.push(value);

@@ -20,6 +20,11 @@ use crate::{
 /// timer is what collects ordinary records, and bounds how long they wait.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(25);
 const LOSS_POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Records read before the reader yields to the daemon's other tasks: a
+/// ring that never runs dry (an agent calling as fast as it can) must not
+/// keep a reload, a decision or the control socket waiting, which on a
+/// one-CPU host share this task's one worker thread.
+const DRAIN_BATCH: usize = 256;
 
 pub async fn read_events(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its map fd, which stays open and
@@ -32,19 +37,28 @@ pub async fn read_events(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow:
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &shared, &clock);
-                guard.clear_ready();
+                // Readiness is cleared only once the ring is empty, so a
+                // partial batch comes straight back here.
+                if drain(guard.get_inner_mut(), &shared, &clock) {
+                    guard.clear_ready();
+                }
             }
-            _ = tick.tick() => drain(fd.get_mut(), &shared, &clock),
+            _ = tick.tick() => {
+                drain(fd.get_mut(), &shared, &clock);
+            }
         }
+        tokio::task::yield_now().await;
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, shared: &Arc<Shared>, clock: &decode::BootClock) {
-    // The registry is read per record, not per drain: under a steady stream
-    // a drain never ends, and neither a reload waiting to write nor a held
-    // call waiting to be registered may starve.
-    while let Some(item) = ring.next() {
+/// Reads up to [`DRAIN_BATCH`] records; true if the ring ran dry.
+fn drain(ring: &mut RingBuf<MapData>, shared: &Arc<Shared>, clock: &decode::BootClock) -> bool {
+    // The registry is read per record, not per batch: neither a reload
+    // waiting to write nor a held call waiting to be registered may starve.
+    for _ in 0..DRAIN_BATCH {
+        let Some(item) = ring.next() else {
+            return true;
+        };
         let decoded = decode::decode(&item, clock);
         drop(item);
         let record = match decoded {
@@ -88,6 +102,7 @@ fn drain(ring: &mut RingBuf<MapData>, shared: &Arc<Shared>, clock: &decode::Boot
             _ => events::with(&shared.emitter, |e| e.emit(time, call.into())),
         }
     }
+    false
 }
 
 /// The loss reason of the kernel's counter at `index`.
