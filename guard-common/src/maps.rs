@@ -22,9 +22,50 @@ pub struct AgentEntry {
 }
 const _: () = assert!(core::mem::size_of::<AgentEntry>() == 8);
 
+/// Bytes of a held call's target: room for two paths of
+/// [`PATH_KEY_BYTES`] (a rename's source and destination).
+pub const HOLD_TARGET_BYTES: usize = 512;
+/// Where a second path (a rename's destination) starts in
+/// [`HeldCall::target`].
+pub const HOLD_SECOND_PATH: usize = 256;
+
+/// What a held call does, and to what: a decision applies only to the call
+/// that was held, so a restarted call is compared with this whole (with
+/// the thread, which keys the map, and its process).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldCall {
+    /// [`crate::EventKind`] of the call.
+    pub kind: u16,
+    /// Connects: the destination port (host byte order); 0 otherwise.
+    pub port: u16,
+    pub _pad: u32,
+    /// Connects: the address (IPv6, or IPv4-mapped) in the first 16
+    /// bytes. File operations: the path as the rule lookup reads it (see
+    /// [`PathKey`]), and a second path from [`HOLD_SECOND_PATH`] for
+    /// operations with two. Every byte past the target is zero.
+    pub target: [u8; HOLD_TARGET_BYTES],
+}
+const _: () = assert!(core::mem::size_of::<HeldCall>() == 8 + HOLD_TARGET_BYTES);
+const _: () = assert!(HOLD_SECOND_PATH >= PATH_KEY_BYTES);
+const _: () = assert!(HOLD_SECOND_PATH + PATH_KEY_BYTES <= HOLD_TARGET_BYTES);
+
+impl Default for HeldCall {
+    fn default() -> Self {
+        Self {
+            kind: 0,
+            port: 0,
+            _pad: 0,
+            target: [0; HOLD_TARGET_BYTES],
+        }
+    }
+}
+
 /// Value of the `HOLDS` hash map, keyed by the held thread's id. The kernel
 /// creates it (Pending) when it stops a thread for an `ask`; the daemon
-/// writes the decision, then sends SIGCONT; the restarted call consumes it.
+/// writes the decision, then sends SIGCONT; the restarted call consumes it,
+/// provided it is the same call (same process, kind and target). Any other
+/// call of the thread is judged afresh.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HoldEntry {
@@ -36,8 +77,15 @@ pub struct HoldEntry {
     /// Connect holds: SIGSTOP still to be sent at this thread's sys_exit.
     pub stop_pending: u8,
     pub _pad: [u8; 2],
+    /// The call this hold is for.
+    pub call: HeldCall,
 }
-const _: () = assert!(core::mem::size_of::<HoldEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<HoldEntry>() == 16 + size_of::<HeldCall>());
+
+/// Version of the [`HoldEntry`] layout, part of the HOLDS map's pin name:
+/// a daemon never takes up a pinned map whose entries it would misread.
+/// Bump it with every change to [`HoldEntry`] or [`HeldCall`].
+pub const HOLDS_LAYOUT: u32 = 2;
 
 /// Value of the grant maps: an approval that lets later `ask` calls of the
 /// same agent through without a hold until `expires_ns` (CLOCK_BOOTTIME,
@@ -216,6 +264,7 @@ mod user {
     // SAFETY: plain repr(C) integers and arrays with explicit padding fields.
     unsafe impl aya::Pod for AgentEntry {}
     unsafe impl aya::Pod for HoldEntry {}
+    unsafe impl aya::Pod for HeldCall {}
     unsafe impl aya::Pod for Grant {}
     unsafe impl aya::Pod for NetGrantKey {}
     unsafe impl aya::Pod for Config {}

@@ -127,24 +127,40 @@ pub fn try_delete<const WALK: bool>(
         (Decision::Allow, Outcome::Audited, 0)
     } else if verdict == Verdict::Allow.raw() {
         (Decision::Allow, Outcome::Allowed, 0)
-    } else if verdict == Verdict::Ask.raw() && state != PATH_UNKNOWN && !hold::in_progress() && {
-        // SAFETY: as for the rule lookup above.
-        let key = unsafe { &*(scratch as *const aya_ebpf::maps::lpm_trie::Key<PathKey>) };
-        grant_id = grant::for_path(agent.entry.agent_id, key).unwrap_or(0);
-        grant_id != 0
-    } {
-        // An approval's scope covers this call: no hold.
-        (Decision::Allow, Outcome::Allowed, 0)
-    } else if verdict == Verdict::Ask.raw() {
-        match hold::hold(true) {
-            Hold::Started { hold_id } => (Decision::Hold, Outcome::Held, hold_id),
-            // Restarted early by someone else's SIGCONT: stopped again, and
-            // the hold was already reported.
-            Hold::StillPending => return Ok(Decision::Hold),
-            // The daemon reported the decision (hold.decision).
-            Hold::Decided { allow: true } => return Ok(Decision::Allow),
-            Hold::Decided { allow: false } => return Ok(Decision::Deny),
-            Hold::Failed => (Decision::Deny, Outcome::Denied, 0),
+    } else if verdict == Verdict::Ask.raw() && state != PATH_UNKNOWN {
+        match hold::Call::path(kind.raw(), s.path.as_ptr(), len) {
+            // Not this thread's held call: an approval's scope may cover it.
+            Some(call)
+                if !call.held() && {
+                    // SAFETY: as for the rule lookup above.
+                    let key =
+                        unsafe { &*(scratch as *const aya_ebpf::maps::lpm_trie::Key<PathKey>) };
+                    grant_id = grant::for_path(agent.entry.agent_id, key).unwrap_or(0);
+                    grant_id != 0
+                } =>
+            {
+                (Decision::Allow, Outcome::Allowed, 0)
+            }
+            Some(call) => match hold::hold(true, &call) {
+                Hold::Started { hold_id } => (Decision::Hold, Outcome::Held, hold_id),
+                // Restarted early by someone else's SIGCONT: stopped again,
+                // and the hold was already reported.
+                Hold::StillPending => return Ok(Decision::Hold),
+                // The held call itself, decided: its own event, with the
+                // hold's id, says what actually ran.
+                Hold::Decided {
+                    allow: true,
+                    hold_id,
+                } => (Decision::Allow, Outcome::Allowed, hold_id),
+                Hold::Decided {
+                    allow: false,
+                    hold_id,
+                } => (Decision::Deny, Outcome::Denied, hold_id),
+                Hold::Failed => (Decision::Deny, Outcome::Denied, 0),
+            },
+            // No scratch to describe the call: it cannot be held; fail
+            // closed (cannot happen for index 0 of a per-CPU array).
+            None => (Decision::Deny, Outcome::Denied, 0),
         }
     } else {
         (Decision::Deny, Outcome::Denied, 0)
@@ -286,12 +302,11 @@ fn emit_file(
             s.path.as_ptr().cast::<c_void>(),
         );
     }
-    // Holds and denials wake the reader now (on-call waits for them);
-    // allowed and audited deletes ride the batch, like connects.
-    entry.submit(emit::wakeup(!matches!(
-        outcome,
-        Outcome::Allowed | Outcome::Audited
-    )));
+    // Holds, denials and decided holds wake the reader now (on-call waits
+    // for them); allowed and audited deletes ride the batch, like connects.
+    entry.submit(emit::wakeup(
+        hold_id != 0 || !matches!(outcome, Outcome::Allowed | Outcome::Audited),
+    ));
 }
 
 /// tp_btf/sys_enter (`void sys_enter(struct pt_regs *regs, long id)`), only

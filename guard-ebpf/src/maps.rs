@@ -14,9 +14,15 @@ use guard_common::{
 #[map]
 pub static AGENTS: HashMap<u64, AgentEntry> = HashMap::with_max_entries(4096, 0);
 
-/// Held thread id -> its hold (see guard_common::HoldEntry).
+/// Held thread id -> its hold and the call it is for (see
+/// guard_common::HoldEntry).
 #[map]
 pub static HOLDS: HashMap<u32, HoldEntry> = HashMap::with_max_entries(4096, 0);
+
+/// Per-CPU work area for the current call's hold entry (larger than the
+/// BPF stack); see hold.rs.
+#[map]
+pub static HOLD_SCRATCH: PerCpuArray<HoldEntry> = PerCpuArray::with_max_entries(1, 0);
 
 /// Agent id -> grant covering every held kind of that agent.
 #[map]

@@ -95,24 +95,41 @@ pub fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<Decision, Guard
         (Decision::Allow, Outcome::Audited)
     } else if verdict == Verdict::Allow.raw() {
         (Decision::Allow, Outcome::Allowed)
-    } else if verdict == Verdict::Ask.raw() && !hold::in_progress() && {
-        grant_id = grant::for_destination(agent.entry.agent_id, &addr, port).unwrap_or(0);
-        grant_id != 0
-    } {
-        // An approval's scope covers this destination: no hold.
-        (Decision::Allow, Outcome::Allowed)
     } else if verdict == Verdict::Ask.raw() {
-        // No signals from this hook: sys_exit sends the stop.
-        match hold::hold(false) {
-            Hold::Started { hold_id: id } => {
-                hold_id = id;
-                (Decision::Hold, Outcome::Held)
+        match hold::Call::connect(EventKind::NetConnect.raw(), &addr, port) {
+            // Not this thread's held call: an approval's scope may cover it.
+            Some(call)
+                if !call.held() && {
+                    grant_id =
+                        grant::for_destination(agent.entry.agent_id, &addr, port).unwrap_or(0);
+                    grant_id != 0
+                } =>
+            {
+                (Decision::Allow, Outcome::Allowed)
             }
-            Hold::StillPending => return Ok(Decision::Hold),
-            Hold::Decided { allow: true } => return Ok(Decision::Allow),
-            Hold::Decided { allow: false } => return Ok(Decision::Deny),
-            // Could not hold: fail closed, reported as denied.
-            Hold::Failed => (Decision::Deny, Outcome::Denied),
+            // No signals from this hook: sys_exit sends the stop.
+            Some(call) => match hold::hold(false, &call) {
+                Hold::Started { hold_id: id } => {
+                    hold_id = id;
+                    (Decision::Hold, Outcome::Held)
+                }
+                Hold::StillPending => return Ok(Decision::Hold),
+                // The held call itself, decided: its own event, with the
+                // hold's id, says what actually ran.
+                Hold::Decided { allow, hold_id: id } => {
+                    hold_id = id;
+                    if allow {
+                        (Decision::Allow, Outcome::Allowed)
+                    } else {
+                        (Decision::Deny, Outcome::Denied)
+                    }
+                }
+                // Could not hold: fail closed, reported as denied.
+                Hold::Failed => (Decision::Deny, Outcome::Denied),
+            },
+            // No scratch to describe the call: it cannot be held, so fail
+            // closed (cannot happen for index 0 of a per-CPU array).
+            None => (Decision::Deny, Outcome::Denied),
         }
     } else {
         (Decision::Deny, Outcome::Denied)
@@ -137,7 +154,11 @@ pub fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<Decision, Guard
             addr
         },
     };
-    emit::submit(&record, !matches!(decision, Decision::Allow));
+    // Denials, holds and decided holds wake the reader at once.
+    emit::submit(
+        &record,
+        hold_id != 0 || !matches!(decision, Decision::Allow),
+    );
     Ok(decision)
 }
 

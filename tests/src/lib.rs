@@ -99,6 +99,7 @@ mod net;
 pub mod rogue;
 mod stream;
 pub use net::*;
+pub use rogue::{assert_connect_denied, assert_refused, cli_inside, placed};
 pub use stream::*;
 
 #[derive(Default)]
@@ -158,7 +159,23 @@ impl Daemon {
         let socket = dir.join("control.sock");
         let policy_path = dir.join("policy.toml");
         fs::write(&policy_path, policy).expect("write policy");
-        let mut child = Command::new(agent_guard_bin())
+        let mut cmd = Command::new(agent_guard_bin());
+        if let Some(soft) = opts.nofile_soft {
+            // SAFETY: only setrlimit between fork and exec.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    let (_, hard) =
+                        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        soft.min(hard),
+                        hard,
+                    )?;
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
             .arg("--socket")
             .arg(&socket)
             .arg("daemon")

@@ -3,13 +3,14 @@
 //! is still in force, made by placing a process straight into the agent's
 //! cgroup (not through the daemon).
 use std::{
-    os::unix::process::ExitStatusExt as _,
+    ffi::CString,
+    os::unix::process::{CommandExt as _, ExitStatusExt as _},
     process::{Command, ExitStatus, Output, Stdio},
 };
 
 use serde_json::Value;
 
-use crate::{Daemon, Listener, PY_CONNECT, Scratch, TestCgroups, cgroup2_root, run_in_cgroup};
+use crate::{Daemon, Listener, PY_CONNECT, Scratch, TestCgroups, agent_guard_bin, cgroup2_root};
 
 /// ptrace(PTRACE_ATTACH), process_vm_readv, /proc/PID/mem and pidfd_getfd
 /// on PID: prints one `name=errno` line each (0: it worked).
@@ -136,13 +137,8 @@ deny = ["127.0.0.1/32:{}"]
     /// Enforcement is still in force: a process placed straight into the
     /// agent's cgroup (no daemon involved) is still denied the connect.
     pub fn assert_enforced(&self, after: &str) {
-        let out = run_in_cgroup(&self.cgroup, &self.connect_cmd());
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            text.contains("errno=1"),
-            "after {after}, a process placed in the agent's cgroup must still be denied: {text} / {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        eprintln!("checking enforcement after {after}");
+        assert_connect_denied(&self.cgroup, self.bad.port);
     }
 
     /// Waits for an `agent.escape` or `guard.tamper` event matching `pred`.
@@ -187,4 +183,74 @@ pub fn guard_link_id(cgroup_dir: &std::path::Path) -> u64 {
         .find(|l| l["type"] == "cgroup" && l["cgroup_id"] == id)
         .and_then(|l| l["id"].as_u64())
         .unwrap_or_else(|| panic!("no cgroup link on cgroup {id}: {links}"))
+}
+
+/// `command`, moved into `cgroup` (relative to the cgroup2 mount) between
+/// fork and exec, by writing "0" to its cgroup.procs.
+pub fn placed(cgroup: &str, mut command: Command) -> Command {
+    let procs = cgroup2_root().join(cgroup).join("cgroup.procs");
+    let procs = CString::new(procs.display().to_string()).expect("path");
+    // SAFETY: between fork and exec only open/write/close on memory
+    // prepared before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+            libc::close(fd);
+            if ok {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    command
+}
+
+/// The agent-guard CLI aimed at `daemon`, run as root from inside `cgroup`.
+pub fn cli_inside(daemon: &Daemon, cgroup: &str, args: &[&str]) -> Output {
+    let mut cmd = Command::new(agent_guard_bin());
+    cmd.arg("--socket").arg(&daemon.socket).args(args);
+    placed(cgroup, cmd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("agent-guard inside the agent")
+}
+
+/// Asserts that a connect to 127.0.0.1:`port`, made by a process placed
+/// straight into `cgroup`, is refused by the kernel (EPERM): enforcement is
+/// in force whatever happened to the daemon's control plane.
+pub fn assert_connect_denied(cgroup: &str, port: u16) {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", PY_CONNECT, "127.0.0.1", &port.to_string()]);
+    let out = placed(cgroup, cmd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3 in the agent cgroup");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().any(|l| l == "errno=1"),
+        "a connect from inside the agent must still be denied: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Asserts `out` is `op` refused for a caller inside `agent`: a failure
+/// exit, the reason on stderr, and a `control.refused` event naming the op
+/// and the agent the caller sits in. Returns the event.
+pub fn assert_refused(daemon: &Daemon, out: &Output, op: &str, agent: &str) -> Value {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{op} from inside {agent} must fail");
+    assert!(
+        err.contains(&format!("inside agent {agent}")),
+        "{op}: the refusal says why: {err}"
+    );
+    let ev = daemon.wait_event("control.refused", |e| {
+        e["control"]["op"] == op && e["control"]["by"]["agent"] == agent
+    });
+    assert_eq!(ev["control"]["by"]["uid"], 0, "refused whatever its uid");
+    ev
 }

@@ -35,6 +35,9 @@ pub struct Options {
     /// Events for which this returns true are counted by kind, not kept:
     /// for bursts too large to hold as parsed JSON.
     pub count_only: Option<fn(&Value) -> bool>,
+    /// Starts the daemon with this soft RLIMIT_NOFILE (its hard limit
+    /// unchanged), as systemd's default of 1024 would.
+    pub nofile_soft: Option<u64>,
 }
 
 /// Asserts `seq` runs 1, 2, 3, ... with no gap or repeat.

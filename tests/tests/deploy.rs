@@ -43,7 +43,13 @@ fn the_systemd_unit_verifies() {
             .find(|(key, _)| key == k)
             .map(|(_, v)| v.as_str())
     };
-    assert_eq!(get("ExecReload"), Some("/bin/kill -HUP $MAINPID"));
+    assert_eq!(get("ExecReload"), Some("/usr/local/bin/agent-guard reload"));
+    // systemd's default soft limit (1024) is what an idle-connection flood
+    // once exhausted.
+    let nofile: u64 = get("LimitNOFILE")
+        .and_then(|n| n.parse().ok())
+        .expect("LimitNOFILE set to a number");
+    assert!(nofile >= 65536, "LimitNOFILE={nofile}");
     assert!(get("ExecStart").is_some_and(|s| s.contains(" daemon --policy ")));
     // Directives that would hide the host's file system or cgroups from a
     // daemon that pins BPF, manages cgroups and deletes for agents.

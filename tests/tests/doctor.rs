@@ -37,3 +37,40 @@ fn doctor_names_what_this_kernel_refuses_and_the_backends() {
         assert_eq!(out.status.code(), Some(2), "{text}");
     }
 }
+
+/// The guard's own defences, per backend, each in force or named as a limit.
+#[test]
+fn doctor_lists_the_protections_of_the_control_plane_and_holds() {
+    require_root();
+    let out = std::process::Command::new(agent_guard_bin())
+        .arg("doctor")
+        .output()
+        .expect("doctor");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "[ ok ] agents have no say in the control plane",
+        "[ ok ] failures do not release enforcement",
+        "[ ok ] connect holds bound to the held call",
+        // A limit no kernel closes is named, not hidden.
+        "[note] web page callers",
+    ] {
+        assert!(text.contains(line), "{line:?} missing:\n{text}");
+    }
+    let pinning = if guard_host::peer::peer_pidfd_supported() {
+        "[ ok ] control-plane callers pinned against pid reuse: SO_PEERPIDFD"
+    } else {
+        "[note] control-plane callers pinned against pid reuse: no SO_PEERPIDFD"
+    };
+    assert!(text.contains(pinning), "{text}");
+    if text.contains("[ ok ] LSM programs") {
+        assert!(
+            text.contains("[ ok ] LSM delete holds bound to the held call"),
+            "{text}"
+        );
+    } else {
+        assert!(
+            text.contains("[ ok ] supervised delete holds bound to the held call"),
+            "{text}"
+        );
+    }
+}

@@ -47,6 +47,7 @@ fn every_documented_kind_is_valid_ocsf_and_matches_the_schema() {
         "daemon.stop",
         "agent.escape",
         "guard.tamper",
+        "daemon.task",
     ] {
         assert!(kinds.contains(&kind), "docs/events.md shows no {kind}");
     }

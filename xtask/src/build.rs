@@ -13,6 +13,10 @@ pub struct TestArgs {
     /// Skip the QEMU tier (the LSM backend then goes untested: CI never sets this).
     #[arg(long)]
     pub no_vm: bool,
+    /// Skip the fuzz tier's timed run (its corpus still replays in tier 1;
+    /// CI never sets this).
+    #[arg(long)]
+    pub no_fuzz: bool,
     /// Only run privileged tests whose name contains this filter.
     pub filter: Option<String>,
 }
@@ -88,6 +92,9 @@ pub fn build_privileged_tests() -> Result<Vec<PathBuf>> {
     Ok(bins)
 }
 
+/// How long the fuzz tier runs each target.
+const FUZZ_SECS: u64 = 60;
+
 pub fn test(args: &TestArgs) -> Result<()> {
     setup::setup()?;
     let bin = build_daemon()?;
@@ -95,6 +102,24 @@ pub fn test(args: &TestArgs) -> Result<()> {
 
     eprintln!("xtask: tier 1, unit tests");
     setup::run(cargo().args(["test"]))?;
+
+    if args.no_fuzz {
+        eprintln!(
+            "xtask: --no-fuzz: the timed fuzz run was NOT done (the corpus replayed in tier 1)"
+        );
+    } else {
+        // What strangers can send: control protocol, web requests, policy
+        // parser, kernel-record decoder (guard-userspace/tests/fuzz.rs).
+        eprintln!(
+            "xtask: fuzzing what strangers can send, {FUZZ_SECS} s per target, two at a time"
+        );
+        setup::run(
+            cargo()
+                .args(["test", "--package", "guard-userspace", "--test", "fuzz"])
+                .args(["--", "--test-threads", "2", "--nocapture"])
+                .env("AGENT_GUARD_FUZZ_SECS", FUZZ_SECS.to_string()),
+        )?;
+    }
 
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let kernel = kernel.trim();

@@ -7,6 +7,9 @@ use super::args::DaemonArgs;
 use crate::daemon;
 
 pub fn run(args: DaemonArgs, socket: Option<PathBuf>) -> Result<ExitCode> {
+    // Before the runtime starts its threads, which inherit the mask: stop
+    // and reload signals are read, with their sender, from a signalfd.
+    daemon::block_signals()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -28,6 +28,79 @@ impl Report {
     }
 }
 
+/// The guard's own defences this kernel gives (control plane, holds,
+/// staying up), per backend, and what it cannot close.
+fn protections(lsm: bool, seccomp: bool) {
+    println!("protections:");
+    let line = |ok: bool, what: &str, detail: &str| {
+        println!("  [{}] {what}: {detail}", if ok { " ok " } else { "note" });
+    };
+    let pidfd = guard_host::peer::peer_pidfd_supported();
+    line(
+        true,
+        "agents have no say in the control plane",
+        "a caller inside any agent cgroup is refused every decision, change, read (but \
+         its own pending holds) and run, whatever its uid; stop and reload signals from \
+         inside an agent are refused",
+    );
+    line(
+        pidfd,
+        "control-plane callers pinned against pid reuse",
+        if pidfd {
+            "SO_PEERPIDFD: the connecting process itself, checked at each request"
+        } else {
+            "no SO_PEERPIDFD (Linux < 6.5): a pidfd opened at accept and the start time; a \
+             pid reused between connect and accept cannot be told apart"
+        },
+    );
+    line(
+        false,
+        "web page callers",
+        "a token holder is an approver; the page cannot tell whether a request comes from \
+         inside an agent, so keep the tokens file out of agents' reach",
+    );
+    let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .unwrap_or((0, 0));
+    line(
+        hard >= 65536,
+        "open files",
+        &format!(
+            "soft {soft}, hard {hard}: the daemon raises its soft limit to the hard one and \
+             caps connections per caller and overall from it{}",
+            if hard >= 65536 {
+                ""
+            } else {
+                " (set LimitNOFILE, as deploy/agent-guard.service does)"
+            }
+        ),
+    );
+    line(
+        true,
+        "failures do not release enforcement",
+        "a failed task is restarted and reported (daemon.task); only a stop from outside \
+         every agent releases enforcement",
+    );
+    line(
+        true,
+        "connect holds bound to the held call",
+        "a decision applies to the same thread, process, address and port only",
+    );
+    if lsm {
+        line(
+            true,
+            "LSM delete holds bound to the held call",
+            "a decision applies to the same thread, process, operation and path only \
+             (paths longer than 250 bytes by their first 250)",
+        );
+    } else if seccomp {
+        line(
+            true,
+            "supervised delete holds bound to the held call",
+            "the daemon performs exactly the call it held, in the directory it held open",
+        );
+    }
+}
+
 pub fn run(policy_path: Option<&Path>) -> Result<ExitCode> {
     daemon::require_root("doctor (it probes by loading eBPF programs)")?;
     let mut report = Report {
@@ -158,6 +231,8 @@ pub fn run(policy_path: Option<&Path>) -> Result<ExitCode> {
     } else if !lsm_ok {
         report.degraded = true;
     }
+
+    protections(lsm_ok, seccomp);
 
     if !lsm_ok {
         println!(

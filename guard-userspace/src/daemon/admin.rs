@@ -2,36 +2,33 @@
 //! freezing or thawing an agent.
 use std::sync::Arc;
 
-use anyhow::{Context as _, Result, bail};
-use serde_json::{Value, json};
-use tokio::net::unix::UCred;
-
 use super::{
     Shared,
-    approvals::{require_approver, user_name},
-    holds::By,
+    access::{Caller, Need},
     reload,
 };
 use crate::{
     cgroup,
     events::{
         self,
-        model::{AgentMode, ControlOp, DaemonEvent, ModeChange, Success, Text},
+        model::{AgentMode, DaemonEvent, ModeChange, Subject, Success, Text},
     },
     policy,
 };
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
 
-pub(super) fn reload(shared: &Arc<Shared>, cred: &UCred, force: bool) -> Result<Value> {
-    require_approver(shared, cred, ControlOp::Reload, |r| r.force = Some(force))?;
-    let by = By {
-        uid: Some(cred.uid()),
-        user: user_name(cred),
-    };
-    Ok(reload::reload(shared, force, by)?)
+/// `reload`; with `force`, also `retire` agents the new policy drops
+/// while they still have processes.
+pub(super) fn reload(shared: &Arc<Shared>, who: &Caller, force: bool) -> Result<Value> {
+    let op = if force { "retire" } else { "reload" };
+    who.require(shared, Need::Approver, op, Some(Subject::Force(force)))?;
+    Ok(reload::reload(shared, force, who.by())?)
 }
 
-/// `agent-guard agents`: every agent with its live state.
-pub(super) fn agents(shared: &Shared) -> Value {
+/// `agent-guard agents`: every agent with its live state (readers only).
+pub(super) fn agents(shared: &Shared, who: &Caller) -> Result<Value> {
+    who.require(shared, Need::Reader, "agents", None)?;
     let registry = match shared.registry.read() {
         Ok(r) => r,
         Err(poisoned) => poisoned.into_inner(),
@@ -66,24 +63,25 @@ pub(super) fn agents(shared: &Shared) -> Value {
             })
         })
         .collect();
-    json!({ "agents": agents })
+    Ok(json!({ "agents": agents }))
 }
 
 /// Freezes an agent (or thaws it back to its policy's mode): one AGENTS
 /// map update, in force for the next call.
 pub(super) fn set_mode(
     shared: &Arc<Shared>,
-    cred: &UCred,
+    who: &Caller,
     agent: &str,
     freeze: bool,
     reason: Option<String>,
 ) -> Result<Value> {
-    let op = if freeze {
-        ControlOp::Freeze
-    } else {
-        ControlOp::Thaw
-    };
-    require_approver(shared, cred, op, |r| r.agent = Some(Text::name(agent)))?;
+    let op = if freeze { "freeze" } else { "thaw" };
+    who.require(
+        shared,
+        Need::Approver,
+        op,
+        Some(Subject::Agent(agent.into())),
+    )?;
     let _one_at_a_time = shared.reloading.lock();
     let mut registry = shared
         .registry
@@ -116,7 +114,7 @@ pub(super) fn set_mode(
     let agent_id = state.agent_id;
     let agent_ref = registry.agent_ref(agent_id, 0);
     drop(registry);
-    tracing::warn!(agent, mode = policy::mode_str(to), by = %user_name(cred), "agent mode switched");
+    tracing::warn!(agent, mode = policy::mode_str(to), by = %who.user, "agent mode switched");
     events::emit_now(
         &shared.emitter,
         DaemonEvent::AgentMode(AgentMode {
@@ -126,10 +124,7 @@ pub(super) fn set_mode(
                 from: from.into(),
                 to: to.into(),
             },
-            by: By {
-                uid: Some(cred.uid()),
-                user: user_name(cred),
-            },
+            by: who.by(),
             reason: reason.map(Text::message),
         }),
     );

@@ -1,125 +1,41 @@
 //! Decisions: approve, deny (with scopes that become grants), revoke and
 //! kill. The one decision path for every surface: the control socket
-//! (approvers from SO_PEERCRED) and the web page (a token's user). Every
-//! refusal is a `control.refused` event as well as an error reply.
+//! (approvers from SO_PEERCRED, never from inside an agent) and the web
+//! page (a token's user); see `access`. Every refusal is a
+//! `control.refused` event as well as an error reply.
 use std::{path::PathBuf, sync::Arc};
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::json;
-use tokio::net::unix::UCred;
 
-use super::Shared;
+use super::{
+    Shared,
+    access::{Caller, Need},
+};
 use crate::{
     cgroup,
     events::{
         self,
-        model::{
-            AgentKill, ControlOp, ControlRefused, DaemonEvent, Killed, Op, Peer, Refusal, Refused,
-            Scope, Success, Text, Via,
-        },
+        model::{AgentKill, DaemonEvent, Killed, Op, Scope, Subject, Success},
     },
 };
 
-/// Who asks for a decision.
-pub enum Approver {
-    /// A control-socket peer, as SO_PEERCRED says; an approver if root or
-    /// listed in `[daemon] approvers`.
-    Peer(UCred),
-    /// A web token's user; the root-only tokens file is the list of who may
-    /// decide there, so holding a token is being an approver.
-    Token { user: String },
-}
-
-impl Approver {
-    fn user(&self) -> String {
-        match self {
-            Approver::Peer(cred) => user_name(cred),
-            Approver::Token { user } => user.clone(),
-        }
-    }
-
-    fn uid(&self) -> Option<u32> {
-        match self {
-            Approver::Peer(cred) => Some(cred.uid()),
-            Approver::Token { .. } => None,
-        }
-    }
-
-    fn allowed(&self, shared: &Shared) -> bool {
-        match self {
-            Approver::Peer(cred) => is_approver(shared, cred),
-            Approver::Token { .. } => true,
-        }
-    }
-
-    /// The `by` of refusal events.
-    fn peer(&self) -> Peer {
-        match self {
-            Approver::Peer(cred) => Peer {
-                uid: Some(cred.uid()),
-                pid: cred.pid(),
-                user: Some(user_name(cred)),
-                ..Peer::default()
-            },
-            Approver::Token { user } => Peer {
-                user: Some(user.clone()),
-                via: Some(Via::Web),
-                ..Peer::default()
-            },
-        }
-    }
-
-    fn by(&self) -> super::holds::By {
-        super::holds::By {
-            uid: self.uid(),
-            user: self.user(),
-        }
-    }
-
-    /// Refuses a non-approver: an event (`about` says what was asked)
-    /// and an error.
-    fn check(
-        &self,
-        shared: &Shared,
-        op: ControlOp,
-        about: impl FnOnce(&mut Refusal),
-    ) -> Result<()> {
-        if self.allowed(shared) {
-            return Ok(());
-        }
-        let mut control = Refusal::new(op, self.peer(), "not an approver ([daemon] approvers)");
-        about(&mut control);
-        events::emit_now(
-            &shared.emitter,
-            DaemonEvent::ControlRefused(ControlRefused {
-                outcome: Refused::Denied,
-                control,
-            }),
-        );
-        let uid = self.uid().map_or_else(String::new, |u| format!("uid {u} "));
-        bail!(
-            "{uid}({}) is not an approver; see [daemon] approvers in the policy",
-            self.user()
-        );
-    }
-}
-
-/// Approves or denies a hold, for approvers only (see [`Approver`]). A
+/// Approves or denies a hold, for approvers only (see `access`). A
 /// refusal is an event, not just a reply.
 pub fn decide(
     shared: &Arc<Shared>,
-    who: &Approver,
+    who: &Caller,
     id: &str,
     approve: bool,
     reason: Option<String>,
     scope: ScopeRequest,
 ) -> Result<serde_json::Value> {
-    let op = if approve {
-        ControlOp::Approve
-    } else {
-        ControlOp::Deny
-    };
-    who.check(shared, op, |r| r.hold = Some(Text::name(id)))?;
+    who.require(
+        shared,
+        Need::Approver,
+        if approve { "approve" } else { "deny" },
+        Some(Subject::Hold(id.into())),
+    )?;
     let hold: u64 = id
         .parse()
         .with_context(|| format!("{id:?} is not a hold id"))?;
@@ -241,8 +157,8 @@ fn grant_for_hold(
         .add(agent_id, agent_name, scope, lasts, by.to_owned(), reason)
 }
 
-pub fn revoke(shared: &Arc<Shared>, who: &Approver, id: u32) -> Result<serde_json::Value> {
-    who.check(shared, ControlOp::Revoke, |r| r.grant = Some(id))?;
+pub fn revoke(shared: &Arc<Shared>, who: &Caller, id: u32) -> Result<serde_json::Value> {
+    who.require(shared, Need::Approver, "revoke", Some(Subject::Grant(id)))?;
     if !shared.grants.revoke(id) {
         bail!("no live grant {id}");
     }
@@ -253,7 +169,7 @@ pub fn revoke(shared: &Arc<Shared>, who: &Approver, id: u32) -> Result<serde_jso
 /// process started without `run`), or every process of an agent.
 pub fn kill(
     shared: &Arc<Shared>,
-    who: &Approver,
+    who: &Caller,
     hold: Option<String>,
     agent: Option<String>,
 ) -> Result<serde_json::Value> {
@@ -262,10 +178,13 @@ pub fn kill(
         (None, Some(a)) => format!("agent {a}"),
         _ => bail!("kill takes exactly one of a hold id or an agent name"),
     };
-    who.check(shared, ControlOp::Kill, |r| {
-        r.target = Some(Text::name(&what))
-    })?;
-    let user = who.user();
+    who.require(
+        shared,
+        Need::Approver,
+        "kill",
+        Some(Subject::Target(what.clone())),
+    )?;
+    let user = who.user.clone();
     let dir: PathBuf = match (&hold, &agent) {
         (Some(h), _) => {
             let id: u64 = h
@@ -329,51 +248,4 @@ pub fn kill(
         }),
     );
     Ok(json!({ "cgroup": dir.display().to_string() }))
-}
-
-pub(super) fn user_name(cred: &UCred) -> String {
-    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(cred.uid()))
-        .ok()
-        .flatten()
-        .map_or_else(|| cred.uid().to_string(), |u| u.name)
-}
-
-/// Refuses (with a `control.refused` event naming `op`, and what `about`
-/// adds) unless the control-socket peer may approve.
-pub(super) fn require_approver(
-    shared: &Shared,
-    cred: &UCred,
-    op: ControlOp,
-    about: impl FnOnce(&mut Refusal),
-) -> Result<()> {
-    Approver::Peer(*cred).check(shared, op, about)
-}
-
-pub(super) fn is_approver(shared: &Shared, cred: &UCred) -> bool {
-    let registry = match shared.registry.read() {
-        Ok(r) => r,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    is_member(&registry.policy.daemon.approvers, cred)
-}
-
-/// Whether the caller is root, or listed in `list` by uid or by a group it
-/// is in (primary or supplementary, as the kernel sees the process now).
-pub(super) fn is_member(list: &crate::policy::Approvers, cred: &UCred) -> bool {
-    let approvers = list;
-    if cred.uid() == 0 || approvers.uids.contains(&cred.uid()) {
-        return true;
-    }
-    // Group membership of the caller process, as the kernel sees it now.
-    let groups: Vec<u32> = cred
-        .pid()
-        .and_then(|pid| u32::try_from(pid).ok())
-        .and_then(guard_host::proc::groups)
-        .unwrap_or_default();
-    approvers.groups.iter().any(|name| {
-        nix::unistd::Group::from_name(name)
-            .ok()
-            .flatten()
-            .is_some_and(|g| g.gid.as_raw() == cred.gid() || groups.contains(&g.gid.as_raw()))
-    })
 }

@@ -10,8 +10,8 @@ use crate::{
         decode::{Header, Record, RecordCall},
         enrich::Enricher,
         model::{
-            Agent, Backend, Call, FileTarget, GrantRef, GuardAction, Op, Process, Rule,
-            TamperTarget, Verdict as RuleVerdict,
+            Agent, Backend, Call, FileTarget, GrantRef, GuardAction, HoldId, HoldRef, Op, Process,
+            Rule, TamperTarget, Verdict as RuleVerdict,
         },
     },
     policy::PathRule,
@@ -93,7 +93,12 @@ pub fn kernel_call(rec: Record, registry: &Registry, enricher: &mut Enricher) ->
             Some(h.comm),
         ),
         rule,
-        hold: None,
+        // A hold starting (the registry adds its timeout), or a held call
+        // running on its decision: the same id either way.
+        hold: h.hold_id.map(|id| HoldRef {
+            id: HoldId(id),
+            timeout_secs: None,
+        }),
         grant: h.grant_id.map(|id| GrantRef { id }),
         backend: None,
     })

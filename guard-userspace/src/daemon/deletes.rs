@@ -1,7 +1,9 @@
 //! Deciding the deletes that seccomp supervision hands the daemon (kernels
 //! without BPF LSM): the same policy matcher the kernel maps are checked
 //! against, the same event shape as the LSM backend.
-use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use parking_lot::Mutex;
 
 use tokio::sync::oneshot;
 
@@ -13,7 +15,10 @@ use super::{
     holds::{self, Release},
 };
 use crate::{
-    events::{self, model::GrantRef},
+    events::{
+        self,
+        model::{Call, CallOutcome, GrantRef, HoldId, HoldRef},
+    },
     supervise::{Decide, Decision, DeleteOp, DeleteRequest},
 };
 
@@ -23,7 +28,13 @@ pub struct SessionDecider {
     /// The run this supervisor serves (its session cgroup's id).
     session_cgroup: u64,
     session: String,
+    /// Held calls by notification id, for the event of the call itself
+    /// once it is decided.
+    held: Arc<Mutex<HashMap<u64, HeldCall>>>,
 }
+
+/// A held call's hold id and the call.
+type HeldCall = (u64, Call);
 
 impl SessionDecider {
     pub fn new(shared: Arc<Shared>, agent_id: u32, session_cgroup: u64, session: String) -> Self {
@@ -32,6 +43,7 @@ impl SessionDecider {
             agent_id,
             session_cgroup,
             session,
+            held: Arc::default(),
         }
     }
 
@@ -118,6 +130,7 @@ impl SessionDecider {
             drop(registry);
             let (tx, rx) = oneshot::channel();
             let id = hold_id();
+            self.held.lock().insert(req.notif_id, (id, call.clone()));
             self.shared.holds.register(
                 &self.shared,
                 id,
@@ -160,6 +173,7 @@ impl SessionDecider {
         };
         if call.op.path() == Some(req.path.as_str()) {
             tracing::info!(hold, path = %req.path, "a call held before the restart waits again");
+            self.held.lock().insert(req.notif_id, (hold, call));
             return Judged::Held(rx);
         }
         self.shared.holds.decide(
@@ -177,6 +191,22 @@ impl SessionDecider {
         );
         Judged::Now(Decision::Deny)
     }
+}
+
+/// The event of a held call itself, run (`allowed`) or failed (`denied`)
+/// on its decision, with its hold's id.
+fn emit_held_call(
+    emitter: &events::SharedEmitter,
+    hold: u64,
+    mut call: Call,
+    outcome: CallOutcome,
+) {
+    call.outcome = outcome;
+    call.hold = Some(HoldRef {
+        id: HoldId(hold),
+        timeout_secs: None,
+    });
+    events::emit_now(emitter, call);
 }
 
 enum Judged {
@@ -203,21 +233,35 @@ impl Decide for SessionDecider {
             Judged::Now(decision) => Box::pin(async move { (req, decision) }),
             // The agent's thread waits in the kernel meanwhile. A dropped
             // sender (daemon shutting down) denies: fail closed.
-            Judged::Held(rx) => Box::pin(async move {
-                let allow = rx.await.unwrap_or(false);
-                (
-                    req,
-                    if allow {
-                        Decision::Allow
-                    } else {
-                        Decision::Deny
-                    },
-                )
-            }),
+            Judged::Held(rx) => {
+                let (held, emitter) = (self.held.clone(), self.shared.emitter.clone());
+                Box::pin(async move {
+                    let allow = rx.await.unwrap_or(false);
+                    if !allow {
+                        // The held call fails now (EPERM): its own event says so.
+                        if let Some((id, body)) = held.lock().remove(&req.notif_id) {
+                            emit_held_call(&emitter, id, body, CallOutcome::Denied);
+                        }
+                    }
+                    (
+                        req,
+                        if allow {
+                            Decision::Allow
+                        } else {
+                            Decision::Deny
+                        },
+                    )
+                })
+            }
         }
     }
 
     fn performed(&self, req: &DeleteRequest, result: Result<(), i32>) {
+        // A held call, approved and now performed: its own event, with the
+        // hold's id, says what actually ran.
+        if let Some((id, body)) = self.held.lock().remove(&req.notif_id) {
+            emit_held_call(&self.shared.emitter, id, body, CallOutcome::Allowed);
+        }
         if let Err(errno) = result {
             let op = match req.op {
                 DeleteOp::Unlink => "unlink",

@@ -32,7 +32,12 @@ pub async fn run(socket: PathBuf) -> Result<()> {
     );
     let exe = std::env::current_exe().context("locating agent-guard")?;
     let stderr = std::io::stderr().as_fd().try_clone_to_owned()?;
-    let status = tokio::process::Command::new(exe)
+    let mut cmd = tokio::process::Command::new(exe);
+    // SAFETY: only sigprocmask between fork and exec.
+    unsafe {
+        cmd.pre_exec(super::signals::unblock_in_child);
+    }
+    let status = cmd
         .arg("--socket")
         .arg(&socket)
         .args([
@@ -51,7 +56,5 @@ pub async fn run(socket: PathBuf) -> Result<()> {
         .await
         .context("starting the demo agent")?;
     tracing::info!(%status, "demo agent finished; the daemon keeps guarding (Ctrl-C stops it)");
-    // Keep this task alive: the daemon ends when any task ends.
-    std::future::pending::<()>().await;
     Ok(())
 }

@@ -16,7 +16,7 @@ use super::Shared;
 pub use crate::events::model::{By, Decision as Verdict};
 use crate::events::{
     self,
-    model::{Call, Decided, HoldDecision, HoldId, HoldRef, Scope, Text},
+    model::{Call, CallOutcome, Decided, HoldDecision, HoldId, HoldRef, Scope, Text},
 };
 
 /// How a held call is released.
@@ -96,14 +96,28 @@ impl Holds {
         release: Release,
         timeout: Duration,
     ) {
-        call.outcome = events::model::CallOutcome::Held;
+        call.outcome = CallOutcome::Held;
         call.hold = Some(HoldRef {
             id: HoldId(id),
-            timeout_secs: timeout.as_secs(),
+            timeout_secs: Some(timeout.as_secs()),
         });
         let announce = call.clone();
         let now = Instant::now();
         let mut held = self.lock();
+        // A thread has one kernel hold at a time: a new one for the same
+        // thread means the kernel replaced the old (another call of the
+        // thread was held), which ends the old one here.
+        let superseded: Vec<Hold> = match &release {
+            Release::Kernel { tid } => {
+                let ids: Vec<u64> = held
+                    .values()
+                    .filter(|h| matches!(h.release, Release::Kernel { tid: t } if t == *tid))
+                    .map(|h| h.id)
+                    .collect();
+                ids.iter().filter_map(|i| held.remove(i)).collect()
+            }
+            Release::Seccomp { .. } => Vec::new(),
+        };
         held.insert(
             id,
             Hold {
@@ -120,6 +134,24 @@ impl Holds {
         // crash the daemon right away, and the hold must survive that.
         self.save(&held);
         drop(held);
+        for old in superseded {
+            self.emit_decision(
+                shared,
+                old.id,
+                old.call,
+                Verdict::Superseded,
+                By {
+                    uid: None,
+                    user: "agent-guard".into(),
+                },
+                Some(format!(
+                    "thread made another call that was held (hold {id}); this call, if made \
+                     again, is judged afresh"
+                )),
+                old.since.elapsed(),
+                Scope::once(),
+            );
+        }
         events::emit_now(&shared.emitter, announce);
     }
 
@@ -171,8 +203,8 @@ impl Holds {
     pub fn resume(&self, shared: &Arc<Shared>, file: PathBuf) {
         let previous: Vec<Persisted> = match std::fs::read(&file) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|err| {
-                // Their threads stay stopped until the approval timeout of
-                // nobody: say so loudly; an operator can kill them.
+                // Their threads stay stopped until an operator kills them:
+                // say so loudly.
                 tracing::error!(%err, file = %file.display(), "unreadable held calls; calls held before the restart cannot be taken back");
                 Vec::new()
             }),
@@ -189,6 +221,21 @@ impl Holds {
             let release = match p.release {
                 PersistedRelease::Kernel { tid } => {
                     if !shared.kernel_holds.is_pending(tid, p.id) {
+                        // Not in the map (a predecessor of another HOLDS
+                        // layout, or the map was lost): nobody could
+                        // release the stopped thread. Resume it: its call
+                        // restarts and is judged afresh by our programs.
+                        if guard_host::proc::state(p.pid) == Some('T') {
+                            tracing::warn!(
+                                hold = p.id,
+                                pid = p.pid,
+                                "a call held before the restart is no longer in the kernel's table; resuming it to be judged afresh"
+                            );
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(p.pid as i32),
+                                nix::sys::signal::Signal::SIGCONT,
+                            );
+                        }
                         continue;
                     }
                     Release::Kernel { tid }
@@ -288,13 +335,6 @@ impl Holds {
             .collect()
     }
 
-    /// How long pending hold `id` has before it expires.
-    pub fn left(&self, id: u64) -> Option<Duration> {
-        self.lock()
-            .get(&id)
-            .map(|h| h.deadline.saturating_duration_since(Instant::now()))
-    }
-
     /// How many calls are held now.
     pub fn count(&self) -> usize {
         self.lock().len()
@@ -308,6 +348,13 @@ impl Holds {
     /// The held call of pending hold `id`.
     pub fn call_of(&self, id: u64) -> Option<Call> {
         self.lock().get(&id).map(|h| h.call.clone())
+    }
+
+    /// How long pending hold `id` has before it expires.
+    pub fn left(&self, id: u64) -> Option<Duration> {
+        self.lock()
+            .get(&id)
+            .map(|h| h.deadline.saturating_duration_since(Instant::now()))
     }
 
     /// Ends hold `id`; false if there is no such pending hold.
@@ -361,7 +408,7 @@ impl Holds {
     #[expect(clippy::too_many_arguments, reason = "one field of the event each")]
     fn emit_decision(
         &self,
-        shared: &Arc<Shared>,
+        shared: &Shared,
         id: u64,
         call: Call,
         verdict: Verdict,
@@ -434,9 +481,14 @@ pub async fn expire_loop(shared: Arc<Shared>) -> anyhow::Result<()> {
         tick.tick().await;
         shared.holds.expire(&shared);
         shared.grants.expire();
+        shared.refusals.flush();
         n = n.wrapping_add(1);
         if n.is_multiple_of(30) {
             super::lock_enricher(&shared).sweep();
+            let swept = shared.kernel_holds.sweep();
+            if swept > 0 {
+                tracing::debug!(swept, "removed kernel hold entries of exited threads");
+            }
         }
     }
 }

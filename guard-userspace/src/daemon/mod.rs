@@ -1,20 +1,25 @@
 //! The daemon: loads policy and kernel programs, serves the control socket,
 //! and streams events until SIGINT/SIGTERM.
+pub mod access;
 mod admin;
 pub mod approvals;
-mod attribute;
+pub mod attribute;
 mod control_server;
 mod deletes;
 mod demo;
 pub mod grants;
 pub mod holds;
 mod journal;
+mod limits;
 mod reader;
+mod refusals;
 pub mod registry;
 mod reload;
 pub mod selfdefense;
 mod sessions;
+mod signals;
 mod surfaces;
+mod tasks;
 
 use std::{
     path::{Path, PathBuf},
@@ -66,11 +71,21 @@ pub struct Shared {
     pub enricher: std::sync::Mutex<events::enrich::Enricher>,
     /// Calls per agent, counted by an observer of the emitter.
     pub counts: events::counts::CallCounts,
+    /// `control.refused` events, rate-limited per caller.
+    pub refusals: refusals::Refusals,
     /// Self-defense in force (and what runs are confined with).
     pub guard: selfdefense::Guard,
 }
 
 impl Shared {
+    /// The registry for reading, even if a panicking writer poisoned it.
+    pub fn registry(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        match self.registry.read() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
     pub fn next_agent_id(&self) -> u32 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -181,6 +196,12 @@ pub fn lock_enricher(shared: &Shared) -> std::sync::MutexGuard<'_, events::enric
     }
 }
 
+/// Blocks the stop and reload signals in the calling thread (see `signals`);
+/// call it before the runtime starts.
+pub fn block_signals() -> Result<()> {
+    signals::block()
+}
+
 pub fn require_root(what: &str) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!(
@@ -201,6 +222,8 @@ pub fn load_policy(path: Option<&Path>) -> Result<Policy> {
 
 pub async fn run(opts: Options) -> Result<()> {
     require_root("the daemon")?;
+    // Before anything is opened: the caps on connections follow this limit.
+    let nofile = limits::raise_nofile();
     let policy = load_policy(opts.policy_path.as_deref())?;
     // Secrets and listening addresses first: a daemon that cannot serve
     // what the policy asks for refuses to start, before it enforces anything.
@@ -344,6 +367,7 @@ pub async fn run(opts: Options) -> Result<()> {
     });
     let shared = Arc::new(Shared {
         registry: RwLock::new(registry),
+        refusals: refusals::Refusals::new(emitter.clone()),
         emitter,
         started: std::time::Instant::now(),
         enricher: std::sync::Mutex::new(events::enrich::Enricher::default()),
@@ -380,28 +404,60 @@ pub async fn run(opts: Options) -> Result<()> {
     }
     let listener = control_server::bind(&socket)?;
 
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(reader::read_events(ring, shared.clone()));
-    tasks.spawn(reader::poll_losses(
+    // Every task is kept running: a failure is reported and the task
+    // restarted, never a reason to stop (let alone release enforcement).
+    let mut tasks = tasks::Tasks::new(shared.emitter.clone());
+    let ring = reader::register(ring)?;
+    tasks.keep("event reader", {
+        let shared = shared.clone();
+        move || reader::read_events(ring.clone(), shared.clone())
+    });
+    let losses = tasks::Owned::new(reader::loss_poll(
         losses,
-        shared.clone(),
-        state_dir.join("losses.json"),
+        &state_dir.join("losses.json"),
         reused_stream,
     ));
-    tasks.spawn(control_server::serve(listener, shared.clone()));
-    tasks.spawn(holds::expire_loop(shared.clone()));
+    tasks.keep("loss poller", {
+        let (shared, file) = (shared.clone(), state_dir.join("losses.json"));
+        move || reader::poll_losses(losses.clone(), shared.clone(), file.clone())
+    });
+    let limits = Arc::new(limits::Limits::for_nofile(nofile));
+    tasks.keep("control socket", {
+        let (listener, shared, limits) = (Arc::new(listener), shared.clone(), limits.clone());
+        move || {
+            let (listener, shared, limits) = (listener.clone(), shared.clone(), limits.clone());
+            async move {
+                control_server::serve(listener, shared, limits).await;
+                Ok(())
+            }
+        }
+    });
+    tasks.keep("hold expiry", {
+        let shared = shared.clone();
+        move || holds::expire_loop(shared.clone())
+    });
     let mut sink_names = Vec::new();
     for sink in unix_sinks {
-        let listener = events::sinks::stream::bind(&sink.path)
-            .with_context(|| format!("event sink {:?}", sink.name))?;
+        let listener = Arc::new(
+            events::sinks::stream::bind(&sink.path)
+                .with_context(|| format!("event sink {:?}", sink.name))?,
+        );
         sink_names.push(sink.path.clone());
-        tasks.spawn(events::sinks::stream::serve(
-            listener,
-            sink.name,
-            sink.format,
-            sink.queue,
-            shared.emitter.clone(),
-        ));
+        let gate: Arc<dyn events::sinks::stream::Gate> = Arc::new(control_server::SinkGate {
+            shared: shared.clone(),
+            limits: limits.clone(),
+        });
+        let emitter = shared.emitter.clone();
+        tasks.keep(&format!("event sink {}", sink.name), move || {
+            events::sinks::stream::serve(
+                listener.clone(),
+                sink.name.clone(),
+                sink.format,
+                sink.queue,
+                emitter.clone(),
+                gate.clone(),
+            )
+        });
     }
     surfaces.spawn(&mut tasks, &shared, program_ids);
 
@@ -414,20 +470,10 @@ pub async fn run(opts: Options) -> Result<()> {
     );
     tracing::info!(socket = %socket.display(), "agent-guard is guarding");
     if opts.demo {
-        tasks.spawn(demo::run(socket.clone()));
+        tokio::spawn(demo::run(socket.clone()));
     }
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tasks.spawn(reload_on_sighup(shared.clone()));
-    let result = tokio::select! {
-        _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); Ok(()) }
-        _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); Ok(()) }
-        Some(done) = tasks.join_next() => match done {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err(err.context("a daemon task failed")),
-            Err(err) => Err(anyhow::anyhow!("a daemon task panicked: {err}")),
-        },
-    };
+    let result = serve_signals(&shared).await;
     tasks.abort_all();
     shutdown(&shared, &socket);
     for path in sink_names {
@@ -436,18 +482,43 @@ pub async fn run(opts: Options) -> Result<()> {
     result
 }
 
-/// SIGHUP reloads the policy file (as `agent-guard reload` does).
-async fn reload_on_sighup(shared: Arc<Shared>) -> Result<()> {
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    while hup.recv().await.is_some() {
-        let shared = shared.clone();
+/// Acts on SIGTERM, SIGINT (stop) and SIGHUP (reload) until a stop from
+/// outside every agent; the same signals from inside an agent, or from a
+/// sender that cannot be identified, are refused.
+async fn serve_signals(shared: &Arc<Shared>) -> Result<()> {
+    let mut signals = signals::Signals::new()?;
+    loop {
+        let received = match signals.next(shared).await {
+            Ok(received) => received,
+            Err(err) => {
+                // The signals stay blocked and queued: nothing is lost by
+                // waiting, and failing here must not release enforcement.
+                tracing::error!(error = %format!("{err:#}"), "reading signals; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                if let Ok(fresh) = signals::Signals::new() {
+                    signals = fresh;
+                }
+                continue;
+            }
+        };
+        if !received.sender.may_control() {
+            signals::refuse(shared, &received);
+            continue;
+        }
+        if received.signal != nix::sys::signal::Signal::SIGHUP {
+            tracing::info!(signal = ?received.signal, sender = ?received.sender, "shutting down");
+            return Ok(());
+        }
+        // SIGHUP reloads the policy file (as `agent-guard reload` does).
         let by = holds::By {
             uid: None,
             user: "SIGHUP".into(),
         };
-        let _ = tokio::task::spawn_blocking(move || reload::reload(&shared, false, by)).await;
+        let shared = shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = reload::reload(&shared, false, by);
+        });
     }
-    Ok(())
 }
 
 /// Clean shutdown releases enforcement: every pending hold is denied (a

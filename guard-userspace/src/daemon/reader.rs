@@ -6,7 +6,11 @@ use aya::maps::{MapData, RingBuf};
 use guard_common::{LOSS_REASONS, LossReason as KernelLoss};
 use tokio::io::unix::AsyncFd;
 
-use super::{Shared, attribute, holds::Release};
+use super::{
+    Shared, attribute,
+    holds::Release,
+    tasks::{Lease, Owned},
+};
 use crate::{
     events::{
         self, decode,
@@ -26,11 +30,20 @@ const LOSS_POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// one-CPU host share this task's one worker thread.
 const DRAIN_BATCH: usize = 256;
 
-pub async fn read_events(ring: RingBuf<MapData>, shared: Arc<Shared>) -> anyhow::Result<()> {
+/// The ring buffer, registered with the runtime once: a restarted reader
+/// takes it up again (see `tasks::Owned`).
+pub type Ring = Owned<AsyncFd<RingBuf<MapData>>>;
+
+pub fn register(ring: RingBuf<MapData>) -> anyhow::Result<Ring> {
     // SAFETY: the ring buffer owns its map fd, which stays open and
     // unchanged until the AsyncFd (which owns the RingBuf) is dropped.
-    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+    let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("registering the event ring buffer: {e}"))?;
+    Ok(Owned::new(fd))
+}
+
+pub async fn read_events(ring: Ring, shared: Arc<Shared>) -> anyhow::Result<()> {
+    let mut fd = ring.lease()?;
     let clock = decode::BootClock::new();
     let mut tick = tokio::time::interval(DRAIN_INTERVAL);
     loop {
@@ -114,19 +127,20 @@ fn reason(index: usize) -> Option<LossReason> {
     }
 }
 
-/// Turns every increase of a kernel loss counter into a `loss` event.
+/// The loss counters and what of them was reported, kept across restarts
+/// of the poller.
+pub struct LossPoll {
+    counters: LossCounters,
+    last: [u64; LOSS_REASONS as usize],
+}
+
 /// What was reported is kept in `reported` (state dir): counters taken back
 /// from a crashed predecessor (`reused`) are reported from there on, so a
 /// loss is reported once, including losses while no daemon was running.
-pub async fn poll_losses(
-    counters: LossCounters,
-    shared: Arc<Shared>,
-    reported: std::path::PathBuf,
-    reused: bool,
-) -> anyhow::Result<()> {
+pub fn loss_poll(counters: LossCounters, reported: &std::path::Path, reused: bool) -> LossPoll {
     let mut last = [0u64; LOSS_REASONS as usize];
     if reused {
-        if let Some(saved) = std::fs::read(&reported)
+        if let Some(saved) = std::fs::read(reported)
             .ok()
             .and_then(|b| serde_json::from_slice::<Vec<u64>>(&b).ok())
         {
@@ -135,10 +149,20 @@ pub async fn poll_losses(
             }
         }
     }
+    LossPoll { counters, last }
+}
+
+/// Turns every increase of a kernel loss counter into a `loss` event.
+pub async fn poll_losses(
+    poll: Owned<LossPoll>,
+    shared: Arc<Shared>,
+    reported: std::path::PathBuf,
+) -> anyhow::Result<()> {
+    let mut poll: Lease<LossPoll> = poll.lease()?;
     let mut tick = tokio::time::interval(LOSS_POLL_INTERVAL);
     loop {
         tick.tick().await;
-        let totals = match counters.totals() {
+        let totals = match poll.counters.totals() {
             Ok(t) => t,
             Err(err) => {
                 tracing::error!(%err, "reading loss counters");
@@ -146,7 +170,7 @@ pub async fn poll_losses(
             }
         };
         let mut any = false;
-        for (i, (now, before)) in totals.iter().zip(last.iter()).enumerate() {
+        for (i, (now, before)) in totals.iter().zip(poll.last.iter()).enumerate() {
             if now > before {
                 any = true;
                 let Some(reason) = reason(i) else {
@@ -161,9 +185,9 @@ pub async fn poll_losses(
                 events::emit_now(&shared.emitter, DaemonEvent::Loss(loss));
             }
         }
-        last = totals;
+        poll.last = totals;
         if any {
-            if let Err(err) = std::fs::write(&reported, serde_json::to_vec(&last.to_vec())?) {
+            if let Err(err) = std::fs::write(&reported, serde_json::to_vec(&poll.last.to_vec())?) {
                 tracing::warn!(%err, file = %reported.display(), "saving reported loss totals");
             }
         }

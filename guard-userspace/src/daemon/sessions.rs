@@ -16,13 +16,9 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
-use serde::{Deserialize, Serialize};
-use serde_json::json;
-use tokio::net::unix::UCred;
-
 use super::{
     Shared,
+    access::{Caller, Need},
     deletes::SessionDecider,
     journal::{self, NotifJournal},
     registry::{Registry, SessionState},
@@ -32,12 +28,15 @@ use crate::{
     events::{
         self,
         model::{
-            AgentExit, AgentStart, Cmdline, ControlOp, ControlRefused, DaemonEvent, Launcher, Peer,
-            Process, Refusal, Refused, RunEnded, RunStarted, Success, Text,
+            AgentExit, AgentStart, Cmdline, DaemonEvent, Launcher, Process, Refusal, RunEnded,
+            RunStarted, Subject, Success,
         },
     },
     supervise::{self, Resume},
 };
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 /// How long a closed session stays known for attributing records still in
 /// the ring buffer.
@@ -194,10 +193,12 @@ fn random_id() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Opens a run of `agent` for the caller (the launcher). A process that is
+/// already inside an agent cannot start a run of any agent.
 pub fn open(
     shared: &Shared,
     conv: &mut Conversation,
-    cred: &UCred,
+    who: &Caller,
     agent: &str,
     on_behalf_of: Option<String>,
     argv: Vec<String>,
@@ -205,6 +206,12 @@ pub fn open(
     if conv.session.is_some() {
         bail!("this connection already has a session");
     }
+    who.require(
+        shared,
+        Need::Outside,
+        "run",
+        Some(Subject::Agent(agent.into())),
+    )?;
     let mut registry = shared
         .registry
         .write()
@@ -215,34 +222,24 @@ pub fn open(
             registry.agent_names().join(", ")
         );
     };
-    if !super::approvals::is_member(&state.def.runners, cred) {
-        let user = super::approvals::user_name(cred);
-        let by = Peer {
-            uid: Some(cred.uid()),
-            pid: cred.pid(),
-            user: Some(user.clone()),
-            ..Peer::default()
-        };
-        let mut control = Refusal::new(
-            ControlOp::Run,
-            by,
-            "not a runner of this agent ([[agent]] runners)",
-        );
-        control.agent = Some(Text::name(agent));
-        events::emit_now(
-            &shared.emitter,
-            DaemonEvent::ControlRefused(ControlRefused {
-                outcome: Refused::Denied,
-                control,
-            }),
+    if !who.is_member(&state.def.runners) {
+        shared.refusals.report(
+            &who.source(),
+            Refusal::new(
+                "run",
+                who.peer(),
+                "not a runner of this agent ([[agent]] runners)",
+            )
+            .about(Some(Subject::Agent(agent.into()))),
         );
         bail!(
-            "uid {} ({user}) may not start runs of agent {agent:?}; see `runners` in its \
+            "uid {} ({}) may not start runs of agent {agent:?}; see `runners` in its \
              [[agent]] table",
-            cred.uid()
+            who.uid().unwrap_or_default(),
+            who.user
         );
     }
-    let opener_pid = cred.pid().context("peer pid unknown")? as u32;
+    let opener_pid = who.pid().context("peer pid unknown")?;
     let id = random_id()?;
     let token = random_id()?;
     let dir: PathBuf = state.cgroup_dir.join(format!("run-{id}"));
@@ -260,7 +257,7 @@ pub fn open(
             argv,
             token: token.clone(),
             opener_pid,
-            opener_uid: cred.uid(),
+            opener_uid: who.uid().context("peer uid unknown")?,
             supervised: shared.supervise_deletes,
         },
     );
@@ -281,15 +278,22 @@ pub fn open(
 
 /// Moves the calling process (identified by SO_PEERCRED, not by anything it
 /// says) into the session. It must hold the session's token and be a direct
-/// child of the launcher that opened it, so nobody can move strangers.
+/// child of the launcher that opened it, so nobody can move strangers, and
+/// it must not already be inside an agent.
 pub fn join(
     shared: &Arc<Shared>,
-    cred: &UCred,
+    who: &Caller,
     session_id: &str,
     token: &str,
     mut fds: Vec<OwnedFd>,
 ) -> Result<serde_json::Value> {
-    let pid = cred.pid().context("peer pid unknown")? as u32;
+    who.require(
+        shared,
+        Need::Outside,
+        "join",
+        Some(Subject::Session(session_id.into())),
+    )?;
+    let pid = who.pid().context("peer pid unknown")?;
     let registry = shared
         .registry
         .read()
@@ -319,7 +323,8 @@ pub fn join(
     let agent = registry.agent_ref(session.agent_id, cgroup_id);
     let (user, group) = {
         let mut e = super::lock_enricher(shared);
-        (e.user(cred.uid()), e.group(cred.gid()))
+        let (uid, gid) = (who.uid().unwrap_or_default(), who.gid().unwrap_or_default());
+        (e.user(uid), e.group(gid))
     };
     events::emit_now(
         &shared.emitter,
@@ -329,8 +334,8 @@ pub fn join(
             process: Process {
                 pid,
                 ppid: Some(session.opener_pid),
-                uid: cred.uid(),
-                gid: cred.gid(),
+                uid: who.uid().unwrap_or_default(),
+                gid: who.gid().unwrap_or_default(),
                 user,
                 group,
                 cmdline: Some(Cmdline::capped(session.argv.clone())),
@@ -354,7 +359,7 @@ pub fn join(
 pub fn resume(
     shared: &Arc<Shared>,
     conv: &mut Conversation,
-    cred: &UCred,
+    who: &Caller,
     session_id: &str,
     token: &str,
     mut fds: Vec<OwnedFd>,
@@ -362,7 +367,13 @@ pub fn resume(
     if conv.session.is_some() {
         bail!("this connection already has a session");
     }
-    let pid = cred.pid().context("peer pid unknown")? as u32;
+    who.require(
+        shared,
+        Need::Outside,
+        "resume",
+        Some(Subject::Session(session_id.into())),
+    )?;
+    let pid = who.pid().context("peer pid unknown")?;
     let registry = shared
         .registry
         .read()

@@ -318,6 +318,7 @@ fn categories(event: &Event) -> (Vec<&'static str>, Vec<&'static str>) {
             DaemonEvent::AgentExit(_) | DaemonEvent::AgentKill(_) => (vec!["process"], vec!["end"]),
             DaemonEvent::DaemonStart(_) => (vec!["process"], vec!["start"]),
             DaemonEvent::DaemonStop(_) => (vec!["process"], vec!["end"]),
+            DaemonEvent::DaemonTask(_) => (vec!["process"], vec!["change"]),
             DaemonEvent::PolicyReload(_) | DaemonEvent::AgentMode(_) => {
                 (vec!["configuration"], vec!["change"])
             }
@@ -338,8 +339,10 @@ fn outcome(event: &Event) -> &'static str {
         Event::Daemon(d) => match d {
             DaemonEvent::HoldDecision(h) if h.hold.decision == Decision::Approved => "success",
             DaemonEvent::PolicyReload(r) if r.outcome == Lifecycle::Success => "success",
+            DaemonEvent::DaemonTask(t) if t.outcome == Lifecycle::Success => "success",
             DaemonEvent::HoldDecision(_)
             | DaemonEvent::PolicyReload(_)
+            | DaemonEvent::DaemonTask(_)
             | DaemonEvent::ControlRefused(_)
             | DaemonEvent::NotifyFailed(_)
             | DaemonEvent::Loss(_) => "failure",

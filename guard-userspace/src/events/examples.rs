@@ -109,7 +109,7 @@ pub fn all() -> Vec<Event> {
     let mut held = unlink(CallOutcome::Held, "/srv/claims/2024/claim-17.pdf");
     held.hold = Some(HoldRef {
         id: HoldId(HOLD),
-        timeout_secs: 300,
+        timeout_secs: Some(300),
     });
     let mut rmdir = unlink(CallOutcome::Denied, "/srv/claims/2024");
     rmdir.op = Op::Rmdir(FileTarget::path("/srv/claims/2024".into()));
@@ -158,17 +158,18 @@ pub fn all() -> Vec<Event> {
             }),
         },
     );
-    let mut refusal = Refusal::new(
-        ControlOp::Approve,
+    let refusal = Refusal::new(
+        "approve",
         Peer {
             uid: Some(1003),
             pid: Some(40001),
             user: Some("mallory".into()),
+            agent: Some("claims-bot".into()),
             ..Peer::default()
         },
-        "not an approver ([daemon] approvers)",
-    );
-    refusal.hold = Some(Text::name(HOLD.to_string()));
+        "the caller is inside agent claims-bot: agents have no say in the control plane",
+    )
+    .about(Some(Subject::Hold(HOLD.to_string())));
     let mut loss = Loss::new(LossReason::SinkSlow, 12);
     loss.loss.sink = Some("siem".into());
     loss.loss.total = Some(12);
@@ -323,6 +324,16 @@ pub fn all() -> Vec<Event> {
                         "/etc/agent-guard/policy.toml".into(),
                     ],
                 },
+            },
+        })
+        .into(),
+        DaemonEvent::DaemonTask(DaemonTask {
+            outcome: Lifecycle::Failure,
+            task: TaskFailure {
+                name: "webhooks".into(),
+                error: Text::message("panicked: connection pool poisoned"),
+                failures: 1,
+                restart_in_ms: 100,
             },
         })
         .into(),

@@ -59,6 +59,30 @@ impl KernelHolds {
     }
 }
 
+impl KernelHolds {
+    /// Removes the entries of threads that no longer exist: a decided hold
+    /// whose call was abandoned (the thread died, or never made the call
+    /// again) must not wait for a reused thread id. Returns how many.
+    pub fn sweep(&self) -> usize {
+        let mut map = match self.0.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let dead: Vec<u32> = map
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(tid, entry)| {
+                !std::path::Path::new(&format!("/proc/{}/task/{tid}", entry.pid)).exists()
+            })
+            .map(|(tid, _)| tid)
+            .collect();
+        for tid in &dead {
+            let _ = map.remove(tid);
+        }
+        dead.len()
+    }
+}
+
 pub struct LossCounters(pub(super) PerCpuArray<MapData, u64>);
 
 impl LossCounters {

@@ -27,14 +27,26 @@ use pins::{Attachment, Pins};
 /// The kernel object, built by build.rs through aya-build.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf"));
 
-/// The connect programs, by name in the object, with the section type users
-/// see in error messages.
 /// Maps pinned under `<state_dir>/bpf/maps` and reused by a successor.
 pub(crate) const PINNED_MAPS: [&str; 3] = ["HOLDS", "EVENTS", "LOSSES"];
+
+/// The pin file of map `name`: the HOLDS map's carries its entry layout,
+/// so that a daemon never takes up held calls it would misread (a
+/// predecessor's pin of another layout is retired, see `pin_links`).
+/// bpffs refuses names with a dot.
+pub(crate) fn pin_file(name: &str) -> String {
+    if name == "HOLDS" {
+        format!("HOLDS_v{}", guard_common::HOLDS_LAYOUT)
+    } else {
+        name.to_owned()
+    }
+}
 
 /// The program (and attachment name) that stops held connects.
 const CONNECT_HOLD_STOPPER: &str = "sys_exit";
 
+/// The connect programs, by name in the object, with the section type users
+/// see in error messages.
 const CONNECT_PROGRAMS: [(&str, &str); 2] = [
     (
         "connect4",
@@ -224,7 +236,7 @@ impl Kernel {
         let mut reused = false;
         if let Some(p) = &pins {
             for name in PINNED_MAPS {
-                let path = p.root.join("maps").join(name);
+                let path = p.root.join("maps").join(pin_file(name));
                 reused |= name == "EVENTS" && path.exists();
                 loader.map_pin_path(name, path);
             }

@@ -119,6 +119,7 @@ impl Kernel {
             });
         };
         let dir = pins.dir.clone();
+        let maps_dir = pins.root.join("maps");
         let ours = format!("{}-", std::process::id());
         let stale: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map(|d| {
@@ -146,6 +147,22 @@ impl Kernel {
             tracing::warn!(pin = %path.display(), "removing an attachment left by a daemon that did not shut down cleanly");
             let _ = std::fs::remove_file(&path);
         }
+        // Map pins this build does not use: a predecessor's HOLDS of
+        // another layout. Its held threads are restarted by the hold
+        // registry and judged afresh (see `Holds::resume`).
+        let ours: Vec<String> = super::PINNED_MAPS
+            .iter()
+            .map(|n| super::pin_file(n))
+            .collect();
+        if let Ok(maps) = std::fs::read_dir(&maps_dir) {
+            for entry in maps.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !ours.contains(&name) {
+                    tracing::warn!(pin = %entry.path().display(), "removing a map pin of another agent-guard version");
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         Ok(())
     }
 
@@ -156,7 +173,7 @@ impl Kernel {
     pub fn release(mut self) {
         if let Some(pins) = &self.pins {
             for name in super::PINNED_MAPS {
-                let _ = std::fs::remove_file(pins.root.join("maps").join(name));
+                let _ = std::fs::remove_file(pins.root.join("maps").join(super::pin_file(name)));
             }
         }
         for attachment in std::mem::take(&mut self.links) {

@@ -198,7 +198,7 @@ pub fn document<'a>(
     let name = agent.map_or("?", |a| a.name.as_str());
     let (hold, summary, time_left_secs) = match about {
         About::Held(_, h) => {
-            let left = left_ms.map_or(h.timeout_secs, |ms| ms / 1000);
+            let left = left_ms.map_or(h.timeout_secs.unwrap_or_default(), |ms| ms / 1000);
             let summary = format!(
                 "agent-guard on {}: agent {name} ({}) is held on {what} {shown_target}; \
                  decide within {left} s or it is denied",

@@ -68,6 +68,10 @@ pub struct DaemonConfig {
     /// How long an `ask` waits for a human before it is denied. Always > 0.
     pub approval_timeout_secs: u64,
     pub approvers: Approvers,
+    /// Who may read (pending holds, grants, agents, status, the event
+    /// stream and the unix event sinks) without being an approver. Empty
+    /// unless written; approvers may always read.
+    pub readers: Approvers,
     /// What a reload does to the processes of an agent it removes (only
     /// with `--force`; without it such a reload is refused).
     pub on_remove: RemovePolicy,
@@ -80,7 +84,7 @@ pub enum RemovePolicy {
     Unguard,
 }
 
-/// Who may answer an `ask` over the control socket.
+/// A list of users by uid and by group name: approvers, readers, runners.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Approvers {
     pub uids: Vec<u32>,

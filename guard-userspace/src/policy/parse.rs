@@ -61,6 +61,7 @@ struct RawDaemon {
     state_dir: Option<Spanned<String>>,
     approval_timeout_secs: Option<Spanned<u64>>,
     approvers: Option<RawApprovers>,
+    readers: Option<RawApprovers>,
     on_remove: Option<Spanned<String>>,
 }
 
@@ -228,6 +229,7 @@ fn daemon(doc: &Doc<'_>, raw: Option<RawDaemon>) -> Result<DaemonConfig, PolicyE
             state_dir: DEFAULT_STATE_DIR.into(),
             approval_timeout_secs: DEFAULT_APPROVAL_TIMEOUT_SECS,
             approvers: default_approvers(),
+            readers: no_one(),
             on_remove: RemovePolicy::Unguard,
         });
     };
@@ -252,6 +254,17 @@ fn daemon(doc: &Doc<'_>, raw: Option<RawDaemon>) -> Result<DaemonConfig, PolicyE
         Some(t) => t.into_inner(),
     };
     let approvers = uid_group_list(doc, raw.approvers, "approver")?;
+    // Readers add to the approvers: none unless written.
+    let readers = match raw.readers {
+        None => no_one(),
+        Some(r) => {
+            let uids = r.uids.clone().unwrap_or_default();
+            Approvers {
+                uids,
+                ..uid_group_list(doc, Some(r), "reader")?
+            }
+        }
+    };
     let on_remove = match raw.on_remove {
         None => RemovePolicy::Unguard,
         Some(v) => match v.get_ref().as_str() {
@@ -270,6 +283,7 @@ fn daemon(doc: &Doc<'_>, raw: Option<RawDaemon>) -> Result<DaemonConfig, PolicyE
         state_dir,
         approval_timeout_secs,
         approvers,
+        readers,
         on_remove,
     })
 }
@@ -295,6 +309,13 @@ fn uid_group_list(
         uids: a.uids.unwrap_or_else(|| default_approvers().uids),
         groups,
     })
+}
+
+fn no_one() -> Approvers {
+    Approvers {
+        uids: Vec::new(),
+        groups: Vec::new(),
+    }
 }
 
 fn default_approvers() -> Approvers {

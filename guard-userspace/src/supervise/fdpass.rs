@@ -12,8 +12,11 @@ use tokio::{io::Interest, net::UnixStream};
 // SAFETY: CMSG_SPACE only does arithmetic on its argument.
 const ONE_FD_SPACE: usize = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
 
-/// Most fds accepted in one received chunk; more is a protocol error.
-const MAX_FDS: usize = 16;
+/// Most fds taken in from one received chunk; the kernel closes any more
+/// (MSG_CTRUNC), and that is a protocol error. Small on purpose: whoever
+/// connects can send fds, and each one taken in is one of ours until it is
+/// dropped.
+const MAX_FDS: usize = 2;
 // SAFETY: as above.
 const MANY_FDS_SPACE: usize =
     unsafe { libc::CMSG_SPACE((MAX_FDS * size_of::<RawFd>()) as u32) } as usize;
@@ -100,10 +103,15 @@ pub fn send_with_fd(sock: RawFd, bytes: &[u8], fd: RawFd) -> bool {
 }
 
 /// Reads one line (through `'\n'`, inclusive) of at most `max` bytes from
-/// `stream`, collecting every fd that arrives with it (close-on-exec).
-/// Never consumes bytes after the newline: it peeks first, then reads
-/// exactly up to the newline.
-pub async fn recv_with_fds(stream: &UnixStream, max: usize) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+/// `stream`, collecting the fds that arrive with it (close-on-exec); more
+/// than `max_fds` of them is an error (and they are closed). Never
+/// consumes bytes after the newline: it peeks first, then reads exactly up
+/// to the newline.
+pub async fn recv_with_fds(
+    stream: &UnixStream,
+    max: usize,
+    max_fds: usize,
+) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     let fd = stream.as_raw_fd();
     let mut data = Vec::new();
     let mut fds = Vec::new();
@@ -133,6 +141,12 @@ pub async fn recv_with_fds(stream: &UnixStream, max: usize) -> io::Result<(Vec<u
             .await?;
         if got == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if fds.len() > max_fds {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("more than {max_fds} file descriptors passed with one request"),
+            ));
         }
         data.extend_from_slice(&chunk[..got]);
     }
@@ -244,13 +258,13 @@ mod tests {
         (&a).write_all(b"second\n").expect("write");
         b.set_nonblocking(true).expect("nonblocking");
         let b = UnixStream::from_std(b).expect("tokio stream");
-        let (line, fds) = recv_with_fds(&b, 100).await.expect("first");
+        let (line, fds) = recv_with_fds(&b, 100, 1).await.expect("first");
         assert_eq!(line, b"first line\n");
         assert_eq!(fds.len(), 1);
         // SAFETY: fcntl F_GETFD on an fd we own.
         let flags = unsafe { libc::fcntl(fds[0].as_raw_fd(), libc::F_GETFD) };
         assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
-        let (line, fds) = recv_with_fds(&b, 100).await.expect("second");
+        let (line, fds) = recv_with_fds(&b, 100, 1).await.expect("second");
         assert_eq!(line, b"second\n");
         assert!(fds.is_empty());
     }
@@ -261,11 +275,24 @@ mod tests {
         (&a).write_all(b"0123456789").expect("write");
         b.set_nonblocking(true).expect("nonblocking");
         let b = UnixStream::from_std(b).expect("tokio stream");
-        let err = recv_with_fds(&b, 4).await.expect_err("too long");
+        let err = recv_with_fds(&b, 4, 1).await.expect_err("too long");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         drop(a);
-        let err = recv_with_fds(&b, 100).await.expect_err("eof");
+        let err = recv_with_fds(&b, 100, 1).await.expect_err("eof");
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn refuses_more_fds_than_allowed() {
+        let (a, b) = StdStream::pair().expect("socketpair");
+        let file = std::fs::File::open("/proc/self/stat").expect("open");
+        // Two messages of one line, each with an fd: two fds for one request.
+        assert!(send_with_fd(a.as_raw_fd(), b"one ", file.as_raw_fd()));
+        assert!(send_with_fd(a.as_raw_fd(), b"line\n", file.as_raw_fd()));
+        b.set_nonblocking(true).expect("nonblocking");
+        let b = UnixStream::from_std(b).expect("tokio stream");
+        let err = recv_with_fds(&b, 100, 1).await.expect_err("two fds");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 
     #[test]

@@ -29,15 +29,37 @@ use serde_json::{Value, json};
 pub use tokens::Tokens;
 
 use crate::{
-    daemon::{
-        Shared,
-        approvals::{self, Approver, ScopeRequest},
-    },
+    daemon::{access::Caller, approvals::ScopeRequest},
     events::{
-        self, Event,
-        model::{ControlOp, ControlRefused, DaemonEvent, Peer, Refusal, Refused, Via},
+        Event, Stamped,
+        model::{DaemonEvent, Peer, Refusal, Via},
     },
 };
+
+/// What the page needs of the daemon, and nothing more: the held calls
+/// and grants to show, the one decision path every surface shares, and
+/// where refusals and decisions go. The daemon implements it
+/// (`daemon::surfaces`); tests and the fuzz tier drive the page with
+/// their own.
+pub trait Backend: Send + Sync + 'static {
+    fn pending(&self) -> Vec<Value>;
+    fn grants(&self) -> Vec<Value>;
+    fn decide(
+        &self,
+        who: &Caller,
+        id: &str,
+        approve: bool,
+        reason: Option<String>,
+        scope: ScopeRequest,
+    ) -> Result<Value>;
+    fn kill(&self, who: &Caller, hold: String) -> Result<Value>;
+    fn revoke(&self, who: &Caller, grant: u32) -> Result<Value>;
+    /// Reports a refused request (rate-limited per `source`).
+    fn refuse(&self, source: &str, control: Refusal);
+    /// The typed event stream, from now on (for the page's recent
+    /// decisions).
+    fn events(&self) -> tokio::sync::mpsc::Receiver<std::sync::Arc<Stamped>>;
+}
 
 /// Decisions kept for the page's "recent decisions".
 const RECENT: usize = 50;
@@ -47,23 +69,44 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
                    form-action 'none'; frame-ancestors 'none'";
 
 struct App {
-    shared: Arc<Shared>,
-    tokens: Tokens,
+    backend: Arc<dyn Backend>,
+    tokens: Arc<Tokens>,
     recent: Mutex<VecDeque<Value>>,
 }
 
 /// Serves the page on `listener` until the daemon stops.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
-    tokens: Tokens,
+    backend: Arc<dyn Backend>,
+    tokens: Arc<Tokens>,
 ) -> Result<()> {
+    let (router, recent) = router(backend, tokens);
+    let follow = tokio::spawn(recent);
+    let served = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+    .context("serving [web]");
+    follow.abort();
+    served
+}
+
+/// The page's routes, and the task that keeps its recent decisions (to be
+/// spawned beside it). Requests need a `ConnectInfo<SocketAddr>`.
+pub fn router(
+    backend: Arc<dyn Backend>,
+    tokens: Arc<Tokens>,
+) -> (
+    Router,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let app = Arc::new(App {
-        shared: shared.clone(),
+        backend,
         tokens,
         recent: Mutex::new(VecDeque::with_capacity(RECENT)),
     });
-    tokio::spawn(follow_decisions(app.clone()));
+    let recent = follow_decisions(app.clone());
     let router = Router::new()
         .route("/", get(|| asset("text/html; charset=utf-8", INDEX)))
         .route(
@@ -80,12 +123,7 @@ pub async fn serve(
         .route("/api/grants/{id}/revoke", post(revoke))
         .layer(axum::middleware::map_response(secure_headers))
         .with_state(app);
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
-    .context("serving [web]")
+    (router, recent)
 }
 
 const INDEX: &str = include_str!("assets/index.html");
@@ -115,11 +153,14 @@ async fn secure_headers(mut resp: Response) -> Response {
     resp
 }
 
-/// Keeps the last decisions, from the event stream.
-async fn follow_decisions(app: Arc<App>) {
-    let mut rx = crate::events::with(&app.shared.emitter, |e| {
-        e.watch("web", crate::events::sinks::stream::SUBSCRIBER_QUEUE)
-    });
+/// Keeps the last decisions, from the event stream. Subscribes at once,
+/// so no decision after the router is built is missed.
+fn follow_decisions(app: Arc<App>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let rx = app.backend.events();
+    follow(app, rx)
+}
+
+async fn follow(app: Arc<App>, mut rx: tokio::sync::mpsc::Receiver<Arc<Stamped>>) {
     while let Some(stamped) = rx.recv().await {
         let Event::Daemon(DaemonEvent::HoldDecision(d)) = &stamped.event else {
             continue;
@@ -152,8 +193,8 @@ fn authorize(
     app: &App,
     headers: &HeaderMap,
     peer: SocketAddr,
-    op: ControlOp,
-) -> Result<Approver, Box<Response>> {
+    op: &str,
+) -> Result<Caller, Box<Response>> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -166,21 +207,16 @@ fn authorize(
         )));
     };
     match app.tokens.user(token) {
-        Some(user) => Ok(Approver::Token {
-            user: user.to_owned(),
-        }),
+        Some(user) => Ok(Caller::web(user.to_owned())),
         None => {
             let by = Peer {
                 remote: Some(peer.to_string()),
                 via: Some(Via::Web),
                 ..Peer::default()
             };
-            events::emit_now(
-                &app.shared.emitter,
-                DaemonEvent::ControlRefused(ControlRefused {
-                    outcome: Refused::Denied,
-                    control: Refusal::new(op, by, "unknown web token"),
-                }),
+            app.backend.refuse(
+                &format!("web client {}", peer.ip()),
+                Refusal::new(op, by, "unknown web token"),
             );
             Err(Box::new(error(StatusCode::UNAUTHORIZED, "token refused")))
         }
@@ -203,14 +239,11 @@ async fn state(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let who = match authorize(&app, &headers, peer, ControlOp::WebView) {
+    let who = match authorize(&app, &headers, peer, "web.view") {
         Ok(who) => who,
         Err(resp) => return *resp,
     };
-    let user = match &who {
-        Approver::Token { user } => user.clone(),
-        Approver::Peer(_) => String::new(),
-    };
+    let user = who.user.clone();
     let recent: Vec<Value> = app
         .recent
         .lock()
@@ -219,8 +252,8 @@ async fn state(
     Json(json!({
         "ok": true,
         "user": user,
-        "holds": app.shared.holds.pending(),
-        "grants": app.shared.grants.list(),
+        "holds": app.backend.pending(),
+        "grants": app.backend.grants(),
         "decisions": recent,
     }))
     .into_response()
@@ -254,18 +287,13 @@ async fn decide(
     headers: HeaderMap,
     Json(body): Json<DecideBody>,
 ) -> Response {
-    let op = if body.approve {
-        ControlOp::Approve
-    } else {
-        ControlOp::Deny
-    };
+    let op = if body.approve { "approve" } else { "deny" };
     let who = match same_origin(&headers).and_then(|()| authorize(&app, &headers, peer, op)) {
         Ok(who) => who,
         Err(resp) => return *resp,
     };
     let reason = body.reason.filter(|r| !r.trim().is_empty());
-    outcome(approvals::decide(
-        &app.shared,
+    outcome(app.backend.decide(
         &who,
         &id,
         body.approve,
@@ -284,13 +312,11 @@ async fn kill(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let who = match same_origin(&headers)
-        .and_then(|()| authorize(&app, &headers, peer, ControlOp::Kill))
-    {
+    let who = match same_origin(&headers).and_then(|()| authorize(&app, &headers, peer, "kill")) {
         Ok(who) => who,
         Err(resp) => return *resp,
     };
-    outcome(approvals::kill(&app.shared, &who, Some(id), None))
+    outcome(app.backend.kill(&who, id))
 }
 
 async fn revoke(
@@ -299,11 +325,9 @@ async fn revoke(
     Path(id): Path<u32>,
     headers: HeaderMap,
 ) -> Response {
-    let who = match same_origin(&headers)
-        .and_then(|()| authorize(&app, &headers, peer, ControlOp::Revoke))
-    {
+    let who = match same_origin(&headers).and_then(|()| authorize(&app, &headers, peer, "revoke")) {
         Ok(who) => who,
         Err(resp) => return *resp,
     };
-    outcome(approvals::revoke(&app.shared, &who, id))
+    outcome(app.backend.revoke(&who, id))
 }

@@ -231,12 +231,14 @@ impl FileTarget {
     }
 }
 
-/// A held call's hold.
+/// A call's hold: when held, the hold starting; on a held call that then
+/// ran on its decision (allowed or denied), the same id.
 #[derive(Clone, Copy, Debug, Serialize, JsonSchema, Deserialize)]
 pub struct HoldRef {
     pub id: HoldId,
-    /// Denied after this long without a decision.
-    pub timeout_secs: u64,
+    /// Held calls: denied after this long without a decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
 }
 
 /// The grant that let a call through.

@@ -21,7 +21,11 @@ pub enum Refused {
 /// What was asked, by whom, and why it was refused.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct Refusal {
-    pub op: ControlOp,
+    /// The request: `approve`, `deny`, `revoke`, `kill`, `run`, `join`,
+    /// `resume`, `reload`, `retire`, `freeze`, `thaw`, `pending`, `grants`,
+    /// `agents`, `status`, `subscribe`, `connect`, `stop`, `web.view`; or
+    /// `suppressed` for refusals counted, not reported one by one.
+    pub op: Text,
     /// The hold it was about, as the client named it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hold: Option<Text>,
@@ -29,80 +33,85 @@ pub struct Refusal {
     pub grant: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<Text>,
-    /// `agent.kill`'s target (`hold ID` or `agent NAME`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<Text>,
+    /// `kill`'s target (`hold ID` or `agent NAME`), a socket, a signal.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub force: Option<bool>,
+    /// `suppressed`: how many refusals this one stands for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
     pub by: Peer,
-    pub reason: String,
+    pub reason: Text,
+}
+
+/// What a refused request was about.
+#[derive(Clone, Debug)]
+pub enum Subject {
+    Hold(String),
+    Grant(u32),
+    Agent(String),
+    Session(String),
+    Target(String),
+    Force(bool),
 }
 
 impl Refusal {
     /// A refusal of `op` by `by`, about nothing in particular yet.
-    pub fn new(op: ControlOp, by: Peer, reason: impl Into<String>) -> Self {
+    pub fn new(op: &str, by: Peer, reason: impl Into<String>) -> Self {
         Self {
-            op,
+            op: Text::name(op),
             hold: None,
             grant: None,
             agent: None,
+            session: None,
             target: None,
             force: None,
+            count: None,
             by,
-            reason: reason.into(),
+            reason: Text::message(reason),
         }
+    }
+
+    /// The refusal, about `subject`.
+    pub fn about(mut self, subject: Option<Subject>) -> Self {
+        match subject {
+            Some(Subject::Hold(h)) => self.hold = Some(Text::name(h)),
+            Some(Subject::Grant(g)) => self.grant = Some(g),
+            Some(Subject::Agent(a)) => self.agent = Some(Text::name(a)),
+            Some(Subject::Session(s)) => self.session = Some(Text::name(s)),
+            Some(Subject::Target(t)) => self.target = Some(Text::name(t)),
+            Some(Subject::Force(f)) => self.force = Some(f),
+            None => {}
+        }
+        self
+    }
+
+    /// Whether a cap cut some string of it.
+    pub fn truncated(&self) -> bool {
+        [&self.hold, &self.agent, &self.session, &self.target]
+            .into_iter()
+            .flatten()
+            .chain([&self.op, &self.reason])
+            .any(Text::was_cut)
     }
 }
 
-/// The requests that need a right the caller may not have.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
-pub enum ControlOp {
-    #[serde(rename = "approve")]
-    Approve,
-    #[serde(rename = "deny")]
-    Deny,
-    #[serde(rename = "revoke")]
-    Revoke,
-    #[serde(rename = "kill")]
-    Kill,
-    #[serde(rename = "run")]
-    Run,
-    #[serde(rename = "reload")]
-    Reload,
-    #[serde(rename = "freeze")]
-    Freeze,
-    #[serde(rename = "thaw")]
-    Thaw,
-    /// Reading the web page's state.
-    #[serde(rename = "web.view")]
-    WebView,
-}
-
-impl ControlOp {
-    pub fn name(self) -> &'static str {
-        match self {
-            ControlOp::Approve => "approve",
-            ControlOp::Deny => "deny",
-            ControlOp::Revoke => "revoke",
-            ControlOp::Kill => "kill",
-            ControlOp::Run => "run",
-            ControlOp::Reload => "reload",
-            ControlOp::Freeze => "freeze",
-            ControlOp::Thaw => "thaw",
-            ControlOp::WebView => "web.view",
-        }
-    }
-}
-
-/// Who asked: a control-socket peer (SO_PEERCRED), or a web client.
+/// Who asked: a control-socket peer (SO_PEERCRED), a signal's sender, or
+/// a web client.
 #[derive(Clone, Debug, Default, Serialize, JsonSchema)]
 pub struct Peer {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pid: Option<i32>,
+    pub pid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The agent the caller is inside, if any (agents have no say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
     /// `web` for the approval page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub via: Option<Via>,
@@ -115,6 +124,23 @@ pub struct Peer {
 #[serde(rename_all = "snake_case")]
 pub enum Via {
     Web,
+}
+
+/// `daemon.task`: a daemon task failed and is being restarted.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct DaemonTask {
+    pub outcome: super::Lifecycle,
+    pub task: TaskFailure,
+}
+
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct TaskFailure {
+    /// The task (`control socket`, `event reader`, ...).
+    pub name: String,
+    pub error: Text,
+    /// Failures of this task since the daemon started.
+    pub failures: u64,
+    pub restart_in_ms: u64,
 }
 
 /// `notify.failed`.

@@ -5,8 +5,8 @@ use serde::Serialize;
 
 use super::{
     Agent, AgentExit, AgentKill, AgentMode, AgentRef, AgentStart, By, Call, CallKind,
-    ControlRefused, DaemonStart, DaemonStop, HoldId, Loss, NotifyFailed, NotifyFailure, Op,
-    PolicyReload, Process, Rule, Text,
+    ControlRefused, DaemonStart, DaemonStop, DaemonTask, HoldId, Loss, NotifyFailed, NotifyFailure,
+    Op, PolicyReload, Process, Rule, Text,
     call::{AnyTarget, Backend, GrantRef},
 };
 
@@ -44,6 +44,10 @@ pub enum DaemonEvent {
     DaemonStart(DaemonStart),
     #[serde(rename = "daemon.stop")]
     DaemonStop(DaemonStop),
+    /// A daemon task failed; it is restarted (enforcement is never
+    /// released for it).
+    #[serde(rename = "daemon.task")]
+    DaemonTask(DaemonTask),
 }
 
 impl DaemonEvent {
@@ -60,6 +64,7 @@ impl DaemonEvent {
             DaemonEvent::Loss(_) => "loss",
             DaemonEvent::DaemonStart(_) => "daemon.start",
             DaemonEvent::DaemonStop(_) => "daemon.stop",
+            DaemonEvent::DaemonTask(_) => "daemon.task",
         }
     }
 
@@ -67,6 +72,7 @@ impl DaemonEvent {
         match self {
             DaemonEvent::HoldDecision(d) => d.outcome.name(),
             DaemonEvent::PolicyReload(r) => r.outcome.name(),
+            DaemonEvent::DaemonTask(t) => t.outcome.name(),
             DaemonEvent::ControlRefused(_) => "denied",
             DaemonEvent::NotifyFailed(_) => "failed",
             DaemonEvent::Loss(_) => "lost",
@@ -91,7 +97,8 @@ impl DaemonEvent {
             | DaemonEvent::NotifyFailed(_)
             | DaemonEvent::Loss(_)
             | DaemonEvent::DaemonStart(_)
-            | DaemonEvent::DaemonStop(_) => None,
+            | DaemonEvent::DaemonStop(_)
+            | DaemonEvent::DaemonTask(_) => None,
         }
     }
 
@@ -102,10 +109,8 @@ impl DaemonEvent {
             DaemonEvent::AgentStart(s) => s.process.truncated(),
             DaemonEvent::AgentMode(m) => cut(&m.reason),
             DaemonEvent::PolicyReload(r) => cut(&r.policy.error),
-            DaemonEvent::ControlRefused(r) => {
-                let c = &r.control;
-                cut(&c.hold) || cut(&c.agent) || cut(&c.target)
-            }
+            DaemonEvent::ControlRefused(r) => r.control.truncated(),
+            DaemonEvent::DaemonTask(t) => t.task.error.was_cut(),
             DaemonEvent::NotifyFailed(n) => match &n.notify {
                 NotifyFailure::Attempt { error, .. } => error.was_cut(),
                 NotifyFailure::EventsLost { .. } => false,
@@ -198,6 +203,10 @@ pub enum Decision {
     Expired,
     /// The run (or agent) was killed; the call never completes.
     Killed,
+    /// The held thread made another call that had to be held: the kernel
+    /// holds that one instead, and this call, if made again, is judged
+    /// afresh.
+    Superseded,
 }
 
 impl Decision {
@@ -207,6 +216,7 @@ impl Decision {
             Decision::Denied => "denied",
             Decision::Expired => "expired",
             Decision::Killed => "killed",
+            Decision::Superseded => "superseded",
         }
     }
 }

@@ -9,8 +9,8 @@ mod object;
 pub use object::*;
 
 use super::model::{
-    Agent, AgentRef, Call, CallKind, CallOutcome, ConnectTarget, ControlOp, DaemonEvent, Decision,
-    Event, Family, HoldDecision, Peer, Process, Rule, Via,
+    Agent, AgentRef, Call, CallKind, CallOutcome, ConnectTarget, DaemonEvent, Decision, Event,
+    Family, HoldDecision, Peer, Process, Rule, Via,
 };
 
 pub const VERSION: &str = "1.8.0";
@@ -96,10 +96,9 @@ const PROCESS_OTHER: Activity = activity!(PROCESS, 99, "Other", "Process Activit
 const APP_START: Activity = activity!(APP_LIFECYCLE, 3, "Start", "Application Lifecycle");
 const APP_STOP: Activity = activity!(APP_LIFECYCLE, 4, "Stop", "Application Lifecycle");
 const APP_UPDATE: Activity = activity!(APP_LIFECYCLE, 8, "Update", "Application Lifecycle");
-const API_CREATE: Activity = activity!(API, 1, "Create", "API Activity");
-const API_READ: Activity = activity!(API, 2, "Read", "API Activity");
-const API_UPDATE: Activity = activity!(API, 3, "Update", "API Activity");
-const API_DELETE: Activity = activity!(API, 4, "Delete", "API Activity");
+/// 99 Other: what was asked is `api.operation`.
+const API_OTHER: Activity = activity!(API, 99, "Other", "API Activity");
+const APP_RESTART: Activity = activity!(APP_LIFECYCLE, 5, "Restart", "Application Lifecycle");
 /// Activity 99 (Other): `activity_name` carries the event's own kind.
 const BASE_OTHER: Activity = activity!(BASE, 99, "Other", "Base Event");
 
@@ -368,9 +367,9 @@ impl<'a> Ocsf<'a> {
                 }
             }
             DaemonEvent::ControlRefused(r) => {
-                self.set_activity(api_activity(r.control.op));
+                self.set_activity(API_OTHER);
                 self.api = Some(Api {
-                    operation: r.control.op.name(),
+                    operation: r.control.op.as_str(),
                 });
                 self.actor = Some(peer_actor(&r.control.by));
                 self.src_endpoint = Some(peer_endpoint(&r.control.by, host));
@@ -397,6 +396,12 @@ impl<'a> Ocsf<'a> {
                 self.set_activity(APP_STOP);
                 self.app = Some(product());
             }
+            DaemonEvent::DaemonTask(_) => {
+                self.set_activity(APP_RESTART);
+                self.app = Some(product());
+                (self.status_id, self.status) = STATUS_FAILURE;
+                (self.severity_id, self.severity) = SEVERITY_MEDIUM;
+            }
         }
     }
 }
@@ -416,20 +421,6 @@ fn guarded_process<'a>(op: &super::model::Op, caller: &'a Process) -> Option<Ocs
         },
         None => process(caller),
     })
-}
-
-/// The API activity of a control request: what it would have done.
-fn api_activity(op: ControlOp) -> Activity {
-    match op {
-        ControlOp::Run => API_CREATE,
-        ControlOp::WebView => API_READ,
-        ControlOp::Approve
-        | ControlOp::Deny
-        | ControlOp::Reload
-        | ControlOp::Freeze
-        | ControlOp::Thaw => API_UPDATE,
-        ControlOp::Revoke | ControlOp::Kill => API_DELETE,
-    }
 }
 
 fn endpoint(dst: &ConnectTarget) -> Endpoint<'_> {
@@ -517,13 +508,10 @@ fn peer_actor(peer: &Peer) -> Actor<'_> {
             name: peer.user.as_deref(),
             uid: peer.uid.map(|u| u.to_string()),
         }),
-        process: peer
-            .pid
-            .and_then(|pid| u32::try_from(pid).ok())
-            .map(|pid| OcsfProcess {
-                pid: Some(pid),
-                ..OcsfProcess::default()
-            }),
+        process: peer.pid.map(|pid| OcsfProcess {
+            pid: Some(pid),
+            ..OcsfProcess::default()
+        }),
         ..Actor::default()
     }
 }

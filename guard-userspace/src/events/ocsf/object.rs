@@ -52,7 +52,7 @@ pub struct Ocsf<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app: Option<Product>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub api: Option<Api>,
+    pub api: Option<Api<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<Policy<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -208,8 +208,8 @@ pub struct ConnectionInfo {
 }
 
 #[derive(Serialize, JsonSchema)]
-pub struct Api {
-    pub operation: &'static str,
+pub struct Api<'a> {
+    pub operation: &'a str,
 }
 
 /// The rule that decided.

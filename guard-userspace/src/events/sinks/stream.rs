@@ -2,12 +2,12 @@
 //! --follow` on the control socket, is a subscriber with its own bounded
 //! queue. A reader that stops reading loses lines (counted and reported as
 //! `loss` events), never holds anything else up.
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use tokio::{
     io::AsyncWriteExt as _,
-    net::UnixListener,
+    net::{UnixListener, UnixStream},
     sync::mpsc::{self, error::TrySendError},
 };
 
@@ -73,8 +73,9 @@ impl Subscriber {
 
 /// Binds a unix sink's socket (replacing a stale file; refusing a live one).
 pub fn bind(path: &Path) -> Result<UnixListener> {
-    // Events name agents, owners and paths: root and its group only.
-    crate::unix_socket::bind(path, 0o660, |path| {
+    // Anyone may connect: the daemon's [`Gate`] serves readers only, as on
+    // the control socket (events name agents, owners and paths).
+    crate::unix_socket::bind(path, 0o666, |path| {
         format!(
             "another process is already serving the event socket {}",
             path.display()
@@ -82,26 +83,40 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     })
 }
 
-/// Serves a unix sink: every connection gets the stream from now on.
+/// Who may read a unix sink, decided by the daemon for each connection
+/// (the same rule as `events --follow`, and the same connection caps).
+pub trait Gate: Send + Sync {
+    /// Whether `stream` is served on sink `sink`; what it returns is held
+    /// for as long as the connection lasts.
+    fn admit(&self, stream: &UnixStream, sink: &str) -> Option<Box<dyn Send>>;
+}
+
+/// Serves a unix sink: every admitted connection gets the stream from now
+/// on. A failed accept is waited out, never fatal.
 pub async fn serve(
-    listener: UnixListener,
+    listener: Arc<UnixListener>,
     name: String,
     format: Format,
     queue: usize,
     emitter: SharedEmitter,
+    gate: Arc<dyn Gate>,
 ) -> Result<()> {
-    loop {
-        let (mut stream, _) = listener
-            .accept()
-            .await
-            .with_context(|| format!("accepting on event sink {name}"))?;
+    crate::unix_socket::accept_loop(&listener, &name, |mut stream| {
+        let Some(held) = gate.admit(&stream, &name) else {
+            return;
+        };
         let mut rx = crate::events::with(&emitter, |e| e.subscribe(&name, None, format, queue));
         tokio::spawn(async move {
+            let _held = held;
+            // A reader that stops reading keeps its place: its bounded
+            // queue drops what it cannot take, reported as losses.
             while let Some(line) = rx.recv().await {
                 if stream.write_all(&line.bytes).await.is_err() {
                     break;
                 }
             }
         });
-    }
+    })
+    .await;
+    Ok(())
 }

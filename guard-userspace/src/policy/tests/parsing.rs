@@ -208,6 +208,7 @@ fn defaults() {
     assert_eq!(p.daemon.approval_timeout_secs, 300);
     assert_eq!(p.daemon.approvers.uids, vec![0]);
     assert!(p.daemon.approvers.groups.is_empty());
+    assert!(p.daemon.readers.uids.is_empty() && p.daemon.readers.groups.is_empty());
     let a = &p.agents[0];
     assert_eq!(a.line, 2);
     assert_eq!(a.mode, Mode::Enforce);
@@ -368,4 +369,21 @@ fn verdict_and_mode_names_round_trip() {
     }
     assert_eq!(parse_verdict("Deny"), None);
     assert_eq!(parse_mode(""), None);
+}
+
+#[test]
+fn readers_are_nobody_unless_written() {
+    let p = parse(
+        "r.toml",
+        "[daemon]\nreaders = { uids = [1001], groups = [\"audit\"] }\n",
+    )
+    .unwrap();
+    assert_eq!(p.daemon.readers.uids, vec![1001]);
+    assert_eq!(p.daemon.readers.groups, vec!["audit".to_owned()]);
+    let p = parse("r.toml", "[daemon]\nreaders = { groups = [\"audit\"] }\n").unwrap();
+    assert!(
+        p.daemon.readers.uids.is_empty(),
+        "no uid is a reader by default"
+    );
+    assert_eq!(p.daemon.approvers.uids, vec![0]);
 }

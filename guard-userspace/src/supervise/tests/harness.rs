@@ -201,7 +201,7 @@ pub async fn spawn_guarded(mut cmd: Command) -> (Child, OwnedFd) {
     drop(theirs);
     ours.set_nonblocking(true).expect("nonblocking");
     let ours = UnixStream::from_std(ours).expect("tokio socket");
-    let (line, mut fds) = timeout(LIVENESS, recv_with_fds(&ours, 64))
+    let (line, mut fds) = timeout(LIVENESS, recv_with_fds(&ours, 64, 1))
         .await
         .expect("listener arrives")
         .expect("listener received");
