@@ -24,11 +24,12 @@ use crate::{
 /// timer is what collects ordinary records, and bounds how long they wait.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(25);
 const LOSS_POLL_INTERVAL: Duration = Duration::from_millis(500);
-/// Records read before the reader yields to the daemon's other tasks: a
-/// ring that never runs dry (an agent calling as fast as it can) must not
-/// keep a reload, a decision or the control socket waiting, which on a
-/// one-CPU host share this task's one worker thread.
-const DRAIN_BATCH: usize = 256;
+/// Records read before the reader yields. Under a steady stream the ring is
+/// never empty; a drain that ran until it was would keep its worker from
+/// ever polling the runtime's I/O driver, and the signalfd (stop, reload)
+/// and the control socket would go unread for as long as the agent kept
+/// calling.
+const DRAIN_BUDGET: usize = 1024;
 
 /// The ring buffer, registered with the runtime once: a restarted reader
 /// takes it up again (see `tasks::Owned`).
@@ -47,30 +48,36 @@ pub async fn read_events(ring: Ring, shared: Arc<Shared>) -> anyhow::Result<()> 
     let clock = decode::BootClock::new();
     let mut tick = tokio::time::interval(DRAIN_INTERVAL);
     loop {
-        tokio::select! {
+        let more = tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
+                let more = drain(guard.get_inner_mut(), &shared, &clock);
                 // Readiness is cleared only once the ring is empty, so a
-                // partial batch comes straight back here.
-                if drain(guard.get_inner_mut(), &shared, &clock) {
+                // partial drain comes straight back here.
+                if !more {
                     guard.clear_ready();
                 }
+                more
             }
-            _ = tick.tick() => {
-                drain(fd.get_mut(), &shared, &clock);
-            }
+            _ = tick.tick() => drain(fd.get_mut(), &shared, &clock),
+        };
+        if more {
+            // Yielding defers this task until the worker has polled the
+            // I/O driver, so signals and sockets are served between drains.
+            tokio::task::yield_now().await;
         }
-        tokio::task::yield_now().await;
     }
 }
 
-/// Reads up to [`DRAIN_BATCH`] records; true if the ring ran dry.
+/// Reads up to [`DRAIN_BUDGET`] records; true when the budget ran out
+/// before the ring did.
 fn drain(ring: &mut RingBuf<MapData>, shared: &Arc<Shared>, clock: &decode::BootClock) -> bool {
-    // The registry is read per record, not per batch: neither a reload
-    // waiting to write nor a held call waiting to be registered may starve.
-    for _ in 0..DRAIN_BATCH {
+    // The registry is read per record, not per drain, so that neither a
+    // reload waiting to write nor a held call waiting to be registered
+    // waits for a whole drain.
+    for _ in 0..DRAIN_BUDGET {
         let Some(item) = ring.next() else {
-            return true;
+            return false;
         };
         let decoded = decode::decode(&item, clock);
         drop(item);
@@ -115,7 +122,7 @@ fn drain(ring: &mut RingBuf<MapData>, shared: &Arc<Shared>, clock: &decode::Boot
             _ => events::with(&shared.emitter, |e| e.emit(time, call.into())),
         }
     }
-    false
+    true
 }
 
 /// The loss reason of the kernel's counter at `index`.
