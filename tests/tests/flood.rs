@@ -114,6 +114,9 @@ ask = ["127.0.0.1/32:{}"]
         "the daemon raised its soft limit of 1024 and sized its caps from that: {status}"
     );
 
+    // Refusals are reported one by one at most ten at once, then one a
+    // second, for as long as the flood lasts (minutes in a loaded VM).
+    let flood_started = std::time::Instant::now();
     let mut flood = Command::new("python3");
     flood
         .args(["-c", FLOOD, &daemon.socket.display().to_string()])
@@ -192,9 +195,11 @@ ask = ["127.0.0.1/32:{}"]
                 && e["control"]["op"] != "suppressed"
         })
         .count();
+    let allowance = 10 + flood_started.elapsed().as_secs() + 1;
     assert!(
-        one_by_one < 100,
-        "{one_by_one} refusals of one flooding user were reported one by one"
+        (one_by_one as u64) <= allowance,
+        "{one_by_one} refusals of one flooding user were reported one by one (allowed: \
+         {allowance}, ten and one a second)"
     );
 
     drop(flood.stdin.take());
