@@ -32,8 +32,16 @@ fn every_documented_kind_is_valid_ocsf_and_matches_the_schema() {
     kinds.dedup();
     for kind in [
         "net.connect",
+        "net.send",
+        "net.unix_connect",
+        "net.unix_send",
         "file.unlink",
         "file.rmdir",
+        "file.rename",
+        "file.truncate",
+        "file.link",
+        "file.mount",
+        "file.io_uring",
         "hold.decision",
         "agent.start",
         "agent.exit",
@@ -53,6 +61,33 @@ fn every_documented_kind_is_valid_ocsf_and_matches_the_schema() {
     }
     assert_schema(&events);
     assert_conformance(&events);
+}
+
+/// The same events as ECS documents, from `agent-guard events examples
+/// --format ecs`, against Elastic's published field definitions; and the
+/// native ones it prints are the documented ones.
+#[test]
+fn every_example_is_valid_ecs_and_the_cli_prints_the_documented_ones() {
+    let print = |format: &str| -> Vec<Value> {
+        let out = std::process::Command::new(agent_guard_bin())
+            .args(["events", "examples", "--format", format])
+            .output()
+            .expect("agent-guard events examples");
+        assert!(
+            out.status.success(),
+            "events examples --format {format}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    };
+    assert_eq!(print("native"), documented());
+    let docs = print("ecs");
+    assert_eq!(docs.len(), documented().len());
+    assert!(docs.iter().all(|d| d.get("ecs").is_some()));
+    assert_conformance(&docs);
 }
 
 #[test]

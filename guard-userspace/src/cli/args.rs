@@ -257,6 +257,23 @@ pub enum EventsCommand {
     /// Example:
     ///   agent-guard events versions
     Versions,
+    /// Print one event of each kind, as the daemon writes them (the ones
+    /// docs/events.md shows): sample data for a SIEM's parser.
+    ///
+    /// Examples:
+    ///   agent-guard events examples
+    ///   agent-guard events examples --format ecs > sample.ndjson
+    Examples {
+        /// `native` (with the `ocsf` member) or `ecs`.
+        #[arg(long, value_enum, default_value = "native")]
+        format: ExampleFormat,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ExampleFormat {
+    Native,
+    Ecs,
 }
 
 #[derive(clap::Args)]

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::args::{EventsArgs, EventsCommand, VerifyArgs};
+use super::args::{EventsArgs, EventsCommand, ExampleFormat, VerifyArgs};
 use crate::{
     control::{Client, Request},
     events::{chain, verify},
@@ -20,6 +20,14 @@ pub fn run(args: EventsArgs, socket: &Path) -> Result<ExitCode> {
         Some(EventsCommand::Verify(v)) => return run_verify(v),
         Some(EventsCommand::Schema) => {
             std::io::stdout().write_all(crate::events::schema::text().as_bytes())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(EventsCommand::Examples { format }) => {
+            let ecs = matches!(format, ExampleFormat::Ecs);
+            let mut out = std::io::stdout().lock();
+            for line in crate::events::examples::lines(ecs) {
+                out.write_all(line.as_bytes())?;
+            }
             return Ok(ExitCode::SUCCESS);
         }
         Some(EventsCommand::Versions) => {

@@ -114,10 +114,15 @@ fn grant_for_hold(
     let scope = match kind {
         "agent" => Scope::Agent,
         "subtree" => {
-            let (Op::Unlink(t) | Op::Rmdir(t)) = &call.op else {
-                bail!("scope subtree is for deletes; this hold is a {what}");
-            };
-            let target = t.path.as_deref().context("held delete without a path")?;
+            if !what.starts_with("file.") {
+                bail!("scope subtree is for file calls; this hold is a {what}");
+            }
+            // The path whose rule held it: a rename's destination when the
+            // object it would replace decided.
+            let target = call
+                .op
+                .decided_path()
+                .context("held file call without a path")?;
             // Default: the subtree of the ask rule that held the call.
             let prefix = match (&scope.path, call.rule.matched.as_deref()) {
                 (Some(p), _) => p.trim_end_matches('/').to_owned(),
@@ -138,8 +143,8 @@ fn grant_for_hold(
             Scope::Subtree { prefix }
         }
         "destination" => {
-            let Op::Connect(dst) = &call.op else {
-                bail!("scope destination is for connects; this hold is a {what}");
+            let (Op::Connect(dst) | Op::Send(dst)) = &call.op else {
+                bail!("scope destination is for connects and datagrams; this hold is a {what}");
             };
             let addr = match dst.address {
                 std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),

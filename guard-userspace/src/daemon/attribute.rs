@@ -101,6 +101,8 @@ pub fn kernel_call(rec: Record, registry: &Registry, enricher: &mut Enricher) ->
         }),
         grant: h.grant_id.map(|id| GrantRef { id }),
         backend: None,
+        via: None,
+        reason: None,
     })
 }
 
@@ -278,5 +280,7 @@ pub fn supervised_delete(
         hold: None,
         grant: None,
         backend: Some(Backend::Seccomp),
+        via: None,
+        reason: None,
     }
 }

@@ -10,8 +10,8 @@ use schemars::JsonSchema;
 use serde::{Serialize, Serializer, ser::SerializeMap as _};
 
 use super::model::{
-    AgentRef, Call, CallKind, CallOutcome, DaemonEvent, Decision, Event, Family, Lifecycle, Op,
-    Process, Rule,
+    AgentRef, CallKind, CallOutcome, DaemonEvent, Decision, Event, Family, Lifecycle, Op, Process,
+    Rule,
 };
 
 pub const VERSION: &str = "9.4.0";
@@ -31,7 +31,7 @@ pub struct Ecs<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<File<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub destination: Option<Destination>,
+    pub destination: Option<Destination<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network: Option<Network>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -125,15 +125,21 @@ pub struct File<'a> {
 }
 
 #[derive(Serialize, JsonSchema)]
-pub struct Destination {
-    pub ip: IpAddr,
-    pub port: u16,
+pub struct Destination<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// A unix socket's path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<&'a str>,
 }
 
 #[derive(Serialize, JsonSchema)]
 pub struct Network {
-    #[serde(rename = "type")]
-    pub network_type: &'static str,
+    /// `ipv4` or `ipv6`; absent for unix sockets.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub network_type: Option<&'static str>,
     pub direction: &'static str,
 }
 
@@ -241,39 +247,60 @@ pub fn document<'a>(native: super::Native<'a>, time: &'a str) -> Ecs<'a> {
     }
     doc.rule = rule.and_then(ecs_rule);
     match op {
-        Some(op @ (Op::Unlink(_) | Op::Rmdir(_))) => {
+        Some(
+            op @ (Op::Unlink(_)
+            | Op::Rmdir(_)
+            | Op::Truncate(_)
+            | Op::Rename(_)
+            | Op::Link(_)
+            | Op::Mount(_)),
+        ) => {
             if let Some(path) = op.path() {
                 let (dir, name) = match path.rsplit_once('/') {
                     Some(("", name)) => (Some("/"), name),
                     Some((dir, name)) => (Some(dir), name),
                     None => (None, path),
                 };
+                let is_dir = match op {
+                    Op::Rmdir(_) | Op::Mount(_) => true,
+                    Op::Rename(t) => t.directory,
+                    _ => false,
+                };
                 doc.file = Some(File {
                     path,
                     name,
                     directory: dir,
-                    file_type: if op.kind() == CallKind::Rmdir {
-                        "dir"
-                    } else {
-                        "file"
-                    },
+                    file_type: if is_dir { "dir" } else { "file" },
                 });
             }
         }
-        Some(Op::Connect(dst)) => {
+        Some(Op::Connect(dst) | Op::Send(dst)) => {
             doc.destination = Some(Destination {
-                ip: dst.address,
-                port: dst.port,
+                ip: Some(dst.address),
+                port: Some(dst.port),
+                address: None,
             });
             doc.network = Some(Network {
-                network_type: match dst.family {
+                network_type: Some(match dst.family {
                     Family::Ipv4 => "ipv4",
                     Family::Ipv6 => "ipv6",
-                },
+                }),
                 direction: "egress",
             });
         }
-        Some(Op::Escape(_) | Op::Tamper(_)) | None => {}
+        Some(Op::UnixConnect(t) | Op::UnixSend(t)) => {
+            // ECS's address holds what is neither an IP nor a domain.
+            doc.destination = t.path.as_deref().map(|path| Destination {
+                ip: None,
+                port: None,
+                address: Some(path),
+            });
+            doc.network = Some(Network {
+                network_type: None,
+                direction: "egress",
+            });
+        }
+        Some(Op::Escape(_) | Op::Tamper(_) | Op::IoUring(_)) | None => {}
     }
     doc
 }
@@ -281,18 +308,24 @@ pub fn document<'a>(native: super::Native<'a>, time: &'a str) -> Ecs<'a> {
 /// event.category and event.type, with ECS's allowed values only, each
 /// type one its categories expect.
 fn categories(event: &Event) -> (Vec<&'static str>, Vec<&'static str>) {
-    let call = |kind: CallKind| -> (&'static str, &'static [&'static str]) {
+    let call = |kind: CallKind| -> (&'static [&'static str], &'static [&'static str]) {
         match kind {
-            CallKind::Connect => ("network", &["connection", "start"]),
-            CallKind::Unlink | CallKind::Rmdir => ("file", &["deletion"]),
+            CallKind::Connect | CallKind::UnixConnect => (&["network"], &["connection", "start"]),
+            CallKind::Send | CallKind::UnixSend => (&["network"], &["protocol"]),
+            CallKind::Unlink | CallKind::Rmdir => (&["file"], &["deletion"]),
+            CallKind::Rename | CallKind::Truncate => (&["file"], &["change"]),
+            CallKind::Link => (&["file"], &["creation"]),
+            CallKind::Mount => (&["file", "configuration"], &["change"]),
+            CallKind::IoUring => (&["process"], &["change"]),
             // Always refused: `denied` comes with intrusion_detection.
-            CallKind::Escape | CallKind::Tamper => ("process", &[]),
+            CallKind::Escape | CallKind::Tamper => (&["process"], &[]),
         }
     };
     // A call the policy or a person decided on is also an
     // intrusion-detection event, which is where ECS puts allowed/denied.
-    let decided = |(category, types): (&'static str, &'static [&'static str]), verdict| {
-        let mut c = vec![category];
+    let decided = |(categories, types): (&'static [&'static str], &'static [&'static str]),
+                   verdict| {
+        let mut c = categories.to_vec();
         let mut t = types.to_vec();
         if let Some(v) = verdict {
             c.push("intrusion_detection");
@@ -301,9 +334,9 @@ fn categories(event: &Event) -> (Vec<&'static str>, Vec<&'static str>) {
         (c, t)
     };
     match event {
-        Event::Call(Call { op, outcome, .. }) => decided(
-            call(op.kind()),
-            (*outcome == CallOutcome::Denied).then_some("denied"),
+        Event::Call(c) => decided(
+            call(c.op.kind()),
+            (c.outcome == CallOutcome::Denied).then_some("denied"),
         ),
         Event::Daemon(d) => match d {
             DaemonEvent::HoldDecision(h) => decided(

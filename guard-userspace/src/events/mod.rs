@@ -20,8 +20,7 @@ pub mod schema;
 pub mod sinks;
 pub mod verify;
 
-#[cfg(test)]
-pub(crate) mod examples;
+pub mod examples;
 #[cfg(test)]
 mod schema_tests;
 
@@ -34,7 +33,6 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 pub use emitter::{Config, Emitter, UnixSink};
-#[cfg(test)]
 pub(crate) use emitter::{Stamp, render_ecs, render_native};
 pub use model::Event;
 

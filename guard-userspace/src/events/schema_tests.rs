@@ -8,39 +8,14 @@
 
 use serde_json::Value;
 
-use super::{
-    Stamp,
-    chain::{Alg, Chain},
-    examples, render_ecs, render_native, schema,
-};
+use super::{examples, schema};
 
 fn validator() -> jsonschema::Validator {
     jsonschema::draft202012::new(&schema::native()).unwrap()
 }
 
 fn lines(ecs: bool) -> Vec<String> {
-    let mut chain = Chain::new(Alg::Sha256, None);
-    let time = examples::time();
-    let text = humantime::format_rfc3339_nanos(time).to_string();
-    let mut buf = Vec::new();
-    examples::all()
-        .iter()
-        .enumerate()
-        .map(|(i, event)| {
-            let stamp = Stamp {
-                seq: i as u64 + 1,
-                time,
-                time_text: &text,
-                host: examples::HOST,
-            };
-            let bytes = if ecs {
-                render_ecs(&mut buf, event, &stamp, Some(&mut chain))
-            } else {
-                render_native(&mut buf, event, &stamp, Some(&mut chain))
-            };
-            String::from_utf8(bytes).unwrap()
-        })
-        .collect()
+    examples::lines(ecs)
 }
 
 fn errors(v: &jsonschema::Validator, ev: &Value) -> Vec<String> {

@@ -190,9 +190,10 @@ pub fn document<'a>(
     let about = About::of(&stamped.event)?;
     let (agent, process, rule, op) = about.parts();
     let id = about.id().0;
-    let shown_target = match op.destination() {
-        Some(d) => format!("{}:{}", d.address, d.port),
-        None => op.path().unwrap_or_default().to_owned(),
+    let shown_target = match (op.destination(), op.new_path()) {
+        (Some(d), _) => format!("{}:{}", d.address, d.port),
+        (None, Some(to)) => format!("{} -> {to}", op.path().unwrap_or("?")),
+        (None, None) => op.path().unwrap_or_default().to_owned(),
     };
     let what = op.kind().name();
     let name = agent.map_or("?", |a| a.name.as_str());

@@ -11,6 +11,7 @@
 mod call;
 mod control;
 mod daemon;
+mod doors;
 mod guard;
 mod runs;
 mod text;
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 pub use call::*;
 pub use control::*;
 pub use daemon::*;
+pub use doors::*;
 pub use guard::*;
 pub use runs::*;
 pub use text::{Cmdline, Text, cap};

@@ -86,9 +86,14 @@ macro_rules! activity {
     };
 }
 
+const FILE_CREATE: Activity = activity!(FILE_SYSTEM, 1, "Create", "File System Activity");
+const FILE_UPDATE: Activity = activity!(FILE_SYSTEM, 3, "Update", "File System Activity");
 const FILE_DELETE: Activity = activity!(FILE_SYSTEM, 4, "Delete", "File System Activity");
+const FILE_RENAME: Activity = activity!(FILE_SYSTEM, 5, "Rename", "File System Activity");
+const FILE_MOUNT: Activity = activity!(FILE_SYSTEM, 12, "Mount", "File System Activity");
 const NET_OPEN: Activity = activity!(NETWORK, 1, "Open", "Network Activity");
 const NET_REFUSE: Activity = activity!(NETWORK, 5, "Refuse", "Network Activity");
+const NET_TRAFFIC: Activity = activity!(NETWORK, 6, "Traffic", "Network Activity");
 const PROCESS_LAUNCH: Activity = activity!(PROCESS, 1, "Launch", "Process Activity");
 const PROCESS_TERMINATE: Activity = activity!(PROCESS, 2, "Terminate", "Process Activity");
 /// 99 Other: `activity_name` is the event's kind (agent.escape, guard.tamper).
@@ -164,6 +169,7 @@ impl<'a> Ocsf<'a> {
             severity: SEVERITY_INFO.1,
             status_id: STATUS_SUCCESS.0,
             status: STATUS_SUCCESS.1,
+            status_detail: None,
             action_id: None,
             action: None,
             disposition_id: None,
@@ -184,6 +190,7 @@ impl<'a> Ocsf<'a> {
             actor: None,
             process: None,
             file: None,
+            file_result: None,
             dst_endpoint: None,
             src_endpoint: None,
             connection_info: None,
@@ -245,28 +252,53 @@ impl<'a> Ocsf<'a> {
             // process aimed at (the caller itself for bpf and files).
             self.process = Some(p);
             (self.severity_id, self.severity) = SEVERITY_HIGH;
+        } else if call.kind() == CallKind::IoUring {
+            // Process Activity's process: the caller, which asked for it.
+            self.process = Some(process(&call.process));
         }
         self.actor = Some(actor(&call.agent, Some(&call.process)));
         self.policy = policy(&call.rule);
+        self.status_detail = call.reason.as_deref();
         self.unmapped = unmapped(call.agent.known());
     }
 
     /// Class, activity and target of a call (`refused`: a connect that
     /// did not happen).
     fn target(&mut self, op: &'a super::model::Op, refused: bool) {
-        match op.kind() {
-            CallKind::Connect => {
-                self.set_activity(if refused { NET_REFUSE } else { NET_OPEN });
-                if let Some(dst) = op.destination() {
-                    self.dst_endpoint = Some(endpoint(dst));
-                    self.connection_info = Some(connection_info(dst.family));
-                }
+        use super::model::Op;
+        match op {
+            Op::Connect(dst) | Op::Send(dst) => {
+                self.set_activity(match (refused, op.kind()) {
+                    (true, _) => NET_REFUSE,
+                    (false, CallKind::Send) => NET_TRAFFIC,
+                    (false, _) => NET_OPEN,
+                });
+                self.dst_endpoint = Some(endpoint(dst));
+                self.connection_info = Some(connection_info(Some(dst.family)));
+            }
+            Op::UnixConnect(t) | Op::UnixSend(t) => {
+                self.set_activity(match (refused, op.kind()) {
+                    (true, _) => NET_REFUSE,
+                    (false, CallKind::UnixSend) => NET_TRAFFIC,
+                    (false, _) => NET_OPEN,
+                });
+                self.dst_endpoint = Some(Endpoint {
+                    name: t.path.as_deref(),
+                    ..Endpoint::default()
+                });
+                self.connection_info = Some(connection_info(None));
             }
             // Self-defense: an agent process acted on a process (itself
             // leaving, or a guard process) or on the guard's objects.
-            CallKind::Escape | CallKind::Tamper => self.set_activity(PROCESS_OTHER),
-            CallKind::Unlink | CallKind::Rmdir => {
-                self.set_activity(FILE_DELETE);
+            // io_uring_setup: the process asked for a kernel facility the
+            // supervisor cannot see into; no file is involved.
+            Op::Escape(_) | Op::Tamper(_) | Op::IoUring(_) => self.set_activity(PROCESS_OTHER),
+            Op::Unlink(_) | Op::Rmdir(_) | Op::Truncate(_) => {
+                self.set_activity(if op.kind() == CallKind::Truncate {
+                    FILE_UPDATE
+                } else {
+                    FILE_DELETE
+                });
                 let kind = if op.kind() == CallKind::Rmdir {
                     FOLDER
                 } else {
@@ -275,6 +307,24 @@ impl<'a> Ocsf<'a> {
                 // A path the kernel could not resolve has no name: OCSF's
                 // required name is then empty.
                 self.file = Some(File::at(op.path().unwrap_or_default(), kind));
+            }
+            Op::Rename(t) => {
+                self.set_activity(FILE_RENAME);
+                let kind = if t.directory { FOLDER } else { REGULAR_FILE };
+                self.file = Some(File::at(op.path().unwrap_or_default(), kind));
+                self.file_result = Some(File::at(op.new_path().unwrap_or_default(), kind));
+            }
+            Op::Link(_) => {
+                // The file gains a name: the new name is what is created.
+                self.set_activity(FILE_CREATE);
+                self.file = Some(File::at(op.path().unwrap_or_default(), REGULAR_FILE));
+                self.file_result = Some(File::at(op.new_path().unwrap_or_default(), REGULAR_FILE));
+            }
+            Op::Mount(_) => {
+                // Where it would mount, or the new root (none for a new
+                // namespace).
+                self.set_activity(FILE_MOUNT);
+                self.file = Some(File::at(op.path().unwrap_or_default(), FOLDER));
             }
         }
     }
@@ -412,7 +462,17 @@ fn guarded_process<'a>(op: &super::model::Op, caller: &'a Process) -> Option<Ocs
     let pid = match op {
         Op::Escape(t) => Some(t.pid),
         Op::Tamper(t) => t.pid(),
-        Op::Connect(_) | Op::Unlink(_) | Op::Rmdir(_) => return None,
+        Op::Connect(_)
+        | Op::IoUring(_)
+        | Op::Send(_)
+        | Op::UnixConnect(_)
+        | Op::UnixSend(_)
+        | Op::Unlink(_)
+        | Op::Rmdir(_)
+        | Op::Rename(_)
+        | Op::Truncate(_)
+        | Op::Link(_)
+        | Op::Mount(_) => return None,
     };
     Some(match pid {
         Some(pid) => OcsfProcess {
@@ -427,20 +487,21 @@ fn endpoint(dst: &ConnectTarget) -> Endpoint<'_> {
     Endpoint {
         ip: Some(dst.address),
         port: Some(dst.port),
-        hostname: None,
+        ..Endpoint::default()
     }
 }
 
-fn connection_info(family: Family) -> ConnectionInfo {
-    let (protocol_ver_id, protocol_ver) = match family {
+/// Outbound, over IP of `family` (None: a unix socket).
+fn connection_info(family: Option<Family>) -> ConnectionInfo {
+    let version = family.map(|f| match f {
         Family::Ipv4 => (4, "Internet Protocol version 4 (IPv4)"),
         Family::Ipv6 => (6, "Internet Protocol version 6 (IPv6)"),
-    };
+    });
     ConnectionInfo {
         direction_id: 2,
         direction: "Outbound",
-        protocol_ver_id,
-        protocol_ver,
+        protocol_ver_id: version.map(|v| v.0),
+        protocol_ver: version.map(|v| v.1),
     }
 }
 
@@ -527,7 +588,7 @@ fn peer_endpoint<'a>(peer: &Peer, host: &'a str) -> Endpoint<'a> {
         Some(addr) => Endpoint {
             ip: Some(addr.ip()),
             port: Some(addr.port()),
-            hostname: None,
+            ..Endpoint::default()
         },
         None => Endpoint {
             hostname: Some(host),

@@ -27,6 +27,9 @@ pub struct Ocsf<'a> {
     pub severity: &'static str,
     pub status_id: u32,
     pub status: &'static str,
+    /// Why, where the rule alone does not say it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_detail: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action_id: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -43,6 +46,9 @@ pub struct Ocsf<'a> {
     pub process: Option<OcsfProcess<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<File<'a>>,
+    /// A rename's destination, a link's new name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_result: Option<File<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dst_endpoint: Option<Endpoint<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -197,14 +203,20 @@ pub struct Endpoint<'a> {
     pub port: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hostname: Option<&'a str>,
+    /// A unix socket's path (or `@name` of an abstract one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
 }
 
 #[derive(Serialize, JsonSchema)]
 pub struct ConnectionInfo {
     pub direction_id: u32,
     pub direction: &'static str,
-    pub protocol_ver_id: u32,
-    pub protocol_ver: &'static str,
+    /// IP version; absent for unix sockets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol_ver_id: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol_ver: Option<&'static str>,
 }
 
 #[derive(Serialize, JsonSchema)]
