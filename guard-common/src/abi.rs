@@ -23,6 +23,7 @@ macro_rules! stable_enum {
         }
     };
 }
+pub(crate) use stable_enum;
 
 stable_enum! {
     /// What an event record describes. 1xx network, 2xx files, 3xx the
@@ -40,6 +41,13 @@ stable_enum! {
         /// An agent process reached for the guard's processes, files or
         /// kernel objects: see [`crate::TamperRecord`].
         GuardTamper = 301,
+        /// An agent's path call that the kernel refused, seen at system
+        /// call exit where the BPF LSM hooks are not in force: see
+        /// [`crate::RefusedPathRecord`]. The daemon reports it as
+        /// `guard.tamper` or `agent.escape` when the path is the guard's
+        /// or a cgroup file, and drops it otherwise; never an event kind
+        /// of its own.
+        GuardRefusedPath = 302,
     }
 }
 

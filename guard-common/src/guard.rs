@@ -85,14 +85,18 @@ pub struct AgentProc {
 }
 const _: () = assert!(core::mem::size_of::<AgentProc>() == 16);
 
-/// Value of `GUARD_PIDS`, keyed by tgid: a process of the guard itself.
+/// Value of `GUARD_PIDS`: a process of the guard itself, keyed by its
+/// tgid, and each of its threads, keyed by the thread's id (signals,
+/// ptrace and process_vm_readv name threads as well as processes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GuardProcess {
+    /// The process's start (every thread's entry carries its process's).
     pub start_ticks: u64,
     /// [`ROLE_DAEMON`] or [`ROLE_LAUNCHER`].
     pub role: u32,
-    pub _pad: u32,
+    /// The process (tgid) the entry belongs to.
+    pub tgid: u32,
 }
 const _: () = assert!(core::mem::size_of::<GuardProcess>() == 16);
 
@@ -157,8 +161,12 @@ pub struct TamperRecord {
     pub arg: u32,
     /// File: the protected directory or file that covers it.
     pub protected: InodeKey,
+    /// The system call ([`crate::Call`] as a number), when known: the
+    /// observer at system call exit knows it, the BPF LSM hooks do not (0).
+    pub call: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<TamperRecord>() == 80 + 16 + 16);
+const _: () = assert!(core::mem::size_of::<TamperRecord>() == 80 + 16 + 16 + 8);
 
 #[cfg(feature = "user")]
 mod user {

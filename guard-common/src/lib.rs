@@ -11,8 +11,10 @@ pub mod abi;
 pub mod guard;
 pub mod maps;
 pub mod record;
+pub mod refused;
 
 pub use abi::*;
 pub use guard::*;
 pub use maps::*;
 pub use record::*;
+pub use refused::*;

@@ -18,23 +18,22 @@
 //! Only a move by an agent process counts: an operator or the daemon may
 //! move agent processes wherever they like.
 use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_probe_read_kernel_str_bytes, generated::bpf_send_signal},
+    helpers::{bpf_get_current_task, generated::bpf_send_signal},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
 use guard_common::{
-    ACTION_KILL_PENDING, ACTION_KILLED, AgentProc, ESCAPE_ATTACH, ESCAPE_CLONE, EscapeRecord,
-    EventKind, LossReason, Outcome, Verdict,
+    ACTION_KILL_PENDING, ACTION_KILLED, AgentProc, ESCAPE_ATTACH, ESCAPE_CLONE, LossReason,
+    maybe_refused,
 };
 
 use crate::{
     emit,
     guard::{
-        AGENT_PROCS, ESCAPED, ESCAPES, cgroup_agent, cgroup_id, current_tgid, offsets, start_ticks,
-        task_cgroup, task_ids, tracked,
+        AGENT_PROCS, ESCAPED, ESCAPES, GUARD_PIDS, cgroup_agent, cgroup_id, current_tgid, offsets,
+        report_escape, start_ticks, task_cgroup, task_ids, tracked,
     },
-    identity::{self, Agent},
-    maps::EVENTS,
+    identity, refused,
 };
 
 const SIGKILL: u32 = 9;
@@ -68,10 +67,17 @@ pub fn guard_free(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// tp_btf/sys_exit: kills a process marked in ESCAPED before it is back in
-/// user space. One array read for everyone until the first escape.
+/// tp_btf/sys_exit (`void sys_exit(struct pt_regs *regs, long ret)`):
+/// reports refusals of an agent's reach for the guard (refused.rs), and
+/// kills a process marked in ESCAPED before it is back in user space.
+/// Every other exit costs one comparison and one array read, the latter
+/// until the first escape.
 #[btf_tracepoint(function = "sys_exit")]
-pub fn guard_sys_exit(_ctx: BtfTracePointContext) -> i32 {
+pub fn guard_sys_exit(ctx: BtfTracePointContext) -> i32 {
+    let ret: i64 = ctx.arg(1);
+    if maybe_refused(ret) {
+        let _ = refused::observe(&ctx, ret);
+    }
     if ESCAPES.get(0).is_none_or(|n| *n == 0) {
         return 0;
     }
@@ -137,7 +143,7 @@ fn try_attach(ctx: &BtfTracePointContext) -> Option<()> {
     };
     mark_escaped(moved, start);
     let dst_id = cgroup_id(&o, dst).unwrap_or(0);
-    report(&from, moved, ESCAPE_ATTACH, action, dst_id, path);
+    report_escape(&from, moved, ESCAPE_ATTACH, action, dst_id, path);
     Some(())
 }
 
@@ -147,7 +153,15 @@ fn try_fork(ctx: &BtfTracePointContext) -> Option<()> {
     let child: *const u8 = ctx.arg(1);
     let (tgid, pid) = task_ids(&o, child)?;
     if tgid != pid {
-        return Some(()); // a thread: its process is already known
+        // A thread: its process is already known. A new thread of a guard
+        // process is the guard's too (signals and ptrace can name it).
+        // SAFETY: plain Copy value read whole.
+        if let Some(g) = unsafe { GUARD_PIDS.get(&tgid) }.copied() {
+            if g.tgid == tgid && GUARD_PIDS.insert(&pid, &g, 0).is_err() {
+                emit::count_loss(LossReason::GuardFailed);
+            }
+        }
+        return Some(());
     }
     let parent = identity::current_agent()?;
     let start = start_ticks(&o, child)?;
@@ -161,7 +175,7 @@ fn try_fork(ctx: &BtfTracePointContext) -> Option<()> {
     kill_current();
     mark_escaped(tgid, start);
     let dst_id = cgroup_id(&o, cgrp).unwrap_or(0);
-    report(
+    report_escape(
         &parent,
         tgid,
         ESCAPE_CLONE,
@@ -177,12 +191,17 @@ fn try_free(ctx: &BtfTracePointContext) -> Option<()> {
     let o = offsets()?;
     let task: *const u8 = ctx.arg(0);
     let (tgid, pid) = task_ids(&o, task)?;
+    // SAFETY: plain Copy values read whole. A newer process may already
+    // hold the pid: only this task's own entries go.
+    if let Some(g) = unsafe { GUARD_PIDS.get(&pid) }.copied() {
+        if g.tgid == tgid && start_ticks(&o, task) == Some(g.start_ticks) {
+            let _ = GUARD_PIDS.remove(&pid);
+        }
+    }
     if tgid != pid {
         return Some(());
     }
     let start = start_ticks(&o, task)?;
-    // SAFETY: plain Copy values read whole. A newer process may already
-    // hold the pid: only this process's own entries go.
     if unsafe { AGENT_PROCS.get(&tgid) }.is_some_and(|p| p.start_ticks == start) {
         let _ = AGENT_PROCS.remove(&tgid);
     }
@@ -225,32 +244,4 @@ fn kill_current() -> bool {
         emit::count_loss(LossReason::GuardFailed);
     }
     ok
-}
-
-#[inline(always)]
-fn report(from: &Agent, moved: u32, how: u32, action: u32, dst: u64, path: *const u8) {
-    let Some(mut slot) = EVENTS.reserve::<EscapeRecord>(0) else {
-        emit::count_loss(LossReason::RingbufFull);
-        return;
-    };
-    let rec = slot.as_mut_ptr();
-    let mut header = emit::header(EventKind::AgentEscape.raw(), from);
-    header.outcome = Outcome::Denied.raw();
-    header.verdict = Verdict::Deny.raw();
-    // SAFETY: `rec` is a reserved record we own; the path is read through
-    // the bounded probe helper.
-    unsafe {
-        (*rec).header = header;
-        (*rec).moved_pid = moved;
-        (*rec).how = how;
-        (*rec).action = action;
-        (*rec).dst_cgroup_id = dst;
-        (*rec).path_len = 0;
-        if !path.is_null() {
-            if let Ok(s) = bpf_probe_read_kernel_str_bytes(path, &mut (*rec).path) {
-                (*rec).path_len = s.len() as u32;
-            }
-        }
-    }
-    slot.submit(emit::wakeup(true));
 }

@@ -32,7 +32,7 @@ use crate::{
 /// daemon at load time. Zero means "not provided": the programs then fail
 /// closed for agents instead of reading a wrong field.
 #[unsafe(no_mangle)]
-static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
+pub(crate) static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     dentry_d_name: 0,
     qstr_name: 0,
     dentry_d_parent: 0,

@@ -6,12 +6,19 @@
 //! took from the running kernel's BTF (`GUARD_OFFSETS`); a zero `task_tgid`
 //! means the loader gave none, and every program then stands aside.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+        generated::bpf_ktime_get_boot_ns,
+    },
     macros::map,
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap},
 };
 use guard_common::{
-    AgentProc, GuardOffsets, GuardProcess, InodeKey, MAX_CGROUP_LEVEL, NS_PER_TICK, TamperRecord,
+    ACTION_REFUSED, AgentProc, EscapeRecord, EventKind, GuardOffsets, GuardProcess, InodeKey,
+    LossReason, MAX_CGROUP_LEVEL, MAX_PROTECTED_DEPTH, NS_PER_TICK, Outcome, REFUSAL_BURST,
+    REFUSAL_CLASSES, REFUSAL_ESCAPE, REFUSAL_INTERVAL_NS, RefusalBudget, RefusalCounts,
+    TamperRecord, Verdict,
 };
 
 use crate::{
@@ -60,9 +67,23 @@ pub static ESCAPED: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
 #[map]
 pub static ESCAPES: Array<u64> = Array::with_max_entries(1, 0);
 
-/// tgid -> a process of the guard (the daemon, `run` launchers).
+/// tgid -> a process of the guard (the daemon, `run` launchers), and
+/// thread id -> the same for each of their threads (kept by escape.rs's
+/// fork and free hooks).
 #[map]
-pub static GUARD_PIDS: HashMap<u32, GuardProcess> = HashMap::with_max_entries(4096, 0);
+pub static GUARD_PIDS: HashMap<u32, GuardProcess> = HashMap::with_max_entries(8192, 0);
+
+/// Agent cgroup id -> how many self-defense records each class may still
+/// send (see guard_common::RefusalBudget). LRU: an agent long gone makes
+/// room, and its allowance starts afresh.
+#[map]
+pub static REFUSAL_BUDGET: LruHashMap<u64, RefusalBudget> = LruHashMap::with_max_entries(4096, 0);
+
+/// Agent cgroup id -> records held back by the allowance, per CPU (no
+/// atomics on this target; the daemon sums the CPUs).
+#[map]
+pub static REFUSAL_SUPPRESSED: LruPerCpuHashMap<u64, RefusalCounts> =
+    LruPerCpuHashMap::with_max_entries(4096, 0);
 
 /// Directories and files (state dir, policy, chain key, event logs) that
 /// no agent process may open, keyed by (device, inode).
@@ -168,37 +189,174 @@ pub fn is_guard_process(o: &GuardOffsets, task: *const u8) -> Option<u32> {
     (guard.start_ticks == start_ticks(o, task)?).then_some(tgid)
 }
 
+/// The guard process that pid or thread id `id` (as a system call names
+/// it, in the host's pid namespace) belongs to. Without the task at hand
+/// its start cannot be compared; entries go when their task is freed
+/// (escape.rs), and a thread's only while its process's entry is there.
+#[inline(always)]
+pub fn guard_target(id: u32) -> Option<u32> {
+    // SAFETY: plain Copy values read whole.
+    let entry = unsafe { *GUARD_PIDS.get(&id)? };
+    if entry.tgid != id {
+        let process = unsafe { *GUARD_PIDS.get(&entry.tgid)? };
+        if process.start_ticks != entry.start_ticks {
+            return None;
+        }
+    }
+    Some(entry.tgid)
+}
+
+/// The protected directory or file covering `dentry`, if any: the dentry
+/// itself or a parent in its filesystem (bind mounts share dentries, so
+/// every view of a protected directory is covered).
+#[inline(always)]
+pub fn protected(o: &GuardOffsets, dentry: *const u8) -> Option<InodeKey> {
+    let mut d = dentry;
+    let mut depth = 0u32;
+    while depth < MAX_PROTECTED_DEPTH {
+        let inode: *const u8 = read(d, o.dentry_d_inode)?;
+        // A negative dentry (a name about to be created) has no inode.
+        if !inode.is_null() {
+            let sb: *const u8 = read(d, o.dentry_d_sb)?;
+            let dev: u32 = read(sb, o.super_block_s_dev)?;
+            let ino: u64 = read(inode, o.inode_i_ino)?;
+            let key = InodeKey {
+                dev: dev as u64,
+                ino,
+            };
+            if PROTECTED.get_ptr(&key).is_some() {
+                return Some(key);
+            }
+        }
+        let parent: *const u8 = read(d, o.dentry_d_parent)?;
+        if parent == d {
+            return None;
+        }
+        d = parent;
+        depth += 1;
+    }
+    None
+}
+
+/// Whether the agent may send one more self-defense record of `class`
+/// now: GCRA, [`REFUSAL_BURST`] at once, then one per
+/// [`REFUSAL_INTERVAL_NS`]. A record over the allowance is counted in the
+/// agent's REFUSAL_SUPPRESSED, which the daemon reports in one event.
+/// Racing CPUs may let one extra through; none is both sent and counted.
+#[inline(always)]
+pub fn within_budget(agent_cgroup_id: u64, class: u32) -> bool {
+    let c = class as usize & (REFUSAL_CLASSES - 1);
+    let mut budget = REFUSAL_BUDGET.get_ptr_mut(&agent_cgroup_id);
+    if budget.is_none() {
+        let fresh = RefusalBudget::default();
+        let _ = REFUSAL_BUDGET.insert(&agent_cgroup_id, &fresh, BPF_NOEXIST as u64);
+        budget = REFUSAL_BUDGET.get_ptr_mut(&agent_cgroup_id);
+    }
+    // Without an allowance to draw on, report: a refusal said is better
+    // than one lost.
+    let Some(b) = budget else { return true };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    // SAFETY: a value of our map; `c` is masked into the arrays' bounds.
+    unsafe {
+        let next = (*b).next_ns[c];
+        let tat = if next > now { next } else { now };
+        if tat - now > (REFUSAL_BURST - 1) * REFUSAL_INTERVAL_NS {
+            count_suppressed(agent_cgroup_id, c);
+            return false;
+        }
+        (*b).next_ns[c] = tat + REFUSAL_INTERVAL_NS;
+    }
+    true
+}
+
 /// The current thread group id.
 #[inline(always)]
 pub fn current_tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
-/// Reports a `guard.tamper` record; always urgent (a refusal on-call
-/// wants to see at once).
+#[inline(always)]
+fn count_suppressed(agent_cgroup_id: u64, c: usize) {
+    let mut counts = REFUSAL_SUPPRESSED.get_ptr_mut(&agent_cgroup_id);
+    if counts.is_none() {
+        let fresh = RefusalCounts::default();
+        let _ = REFUSAL_SUPPRESSED.insert(&agent_cgroup_id, &fresh, BPF_NOEXIST as u64);
+        counts = REFUSAL_SUPPRESSED.get_ptr_mut(&agent_cgroup_id);
+    }
+    match counts {
+        // SAFETY: this CPU's value; `c` is within bounds (masked by the caller).
+        Some(n) => unsafe { (*n).suppressed[c] += 1 },
+        // Neither sent nor counted would be a silent loss: say so.
+        None => emit::count_loss(LossReason::RingbufFull),
+    }
+}
+
+/// Reports a `guard.tamper` record within the agent's allowance; always
+/// urgent (a refusal on-call wants to see at once). `call` is a
+/// guard_common::Call number, 0 where the hook does not know it.
 #[inline(always)]
 pub fn report_tamper(
     agent: &Agent,
+    call: u32,
     what: u32,
-    action: u32,
     target_pid: u32,
     arg: u32,
     protected: InodeKey,
 ) {
+    if !within_budget(agent.cgroup_id, what) {
+        return;
+    }
     let Some(mut slot) = EVENTS.reserve::<TamperRecord>(0) else {
-        emit::count_loss(guard_common::LossReason::RingbufFull);
+        emit::count_loss(LossReason::RingbufFull);
         return;
     };
-    let mut header = emit::header(guard_common::EventKind::GuardTamper.raw(), agent);
-    header.outcome = guard_common::Outcome::Denied.raw();
-    header.verdict = guard_common::Verdict::Deny.raw();
+    let mut header = emit::header(EventKind::GuardTamper.raw(), agent);
+    header.outcome = Outcome::Denied.raw();
+    header.verdict = Verdict::Deny.raw();
     slot.write(TamperRecord {
         header,
         what,
-        action,
+        action: ACTION_REFUSED,
         target_pid,
         arg,
         protected,
+        call,
+        _pad: 0,
     });
+    slot.submit(emit::wakeup(true));
+}
+
+/// Reports an `agent.escape` record. A refused attempt draws on the
+/// agent's allowance (a loop of them could flood); a process killed for
+/// leaving cannot loop.
+#[inline(always)]
+pub fn report_escape(from: &Agent, moved: u32, how: u32, action: u32, dst: u64, path: *const u8) {
+    if action == ACTION_REFUSED && !within_budget(from.cgroup_id, REFUSAL_ESCAPE) {
+        return;
+    }
+    let Some(mut slot) = EVENTS.reserve::<EscapeRecord>(0) else {
+        emit::count_loss(LossReason::RingbufFull);
+        return;
+    };
+    let rec = slot.as_mut_ptr();
+    let mut header = emit::header(EventKind::AgentEscape.raw(), from);
+    header.outcome = Outcome::Denied.raw();
+    header.verdict = Verdict::Deny.raw();
+    // SAFETY: `rec` is a reserved record we own; the path is read through
+    // the bounded probe helper.
+    unsafe {
+        (*rec).header = header;
+        (*rec).moved_pid = moved;
+        (*rec).how = how;
+        (*rec).action = action;
+        (*rec).dst_cgroup_id = dst;
+        (*rec).path_len = 0;
+        if !path.is_null() {
+            if let Ok(s) = bpf_probe_read_kernel_str_bytes(path, &mut (*rec).path) {
+                (*rec).path_len = s.len() as u32;
+            }
+        }
+    }
     slot.submit(emit::wakeup(true));
 }

@@ -6,7 +6,8 @@
 #![no_main]
 
 mod emit;
-// Self-defense (entry points in these modules): escape.rs, tamper.rs.
+// Self-defense (entry points in these modules): escape.rs, tamper.rs;
+// refused.rs reports from escape.rs's sys_exit.
 mod escape;
 mod fs;
 mod grant;
@@ -16,6 +17,7 @@ mod identity;
 mod maps;
 mod net;
 mod path_walk;
+mod refused;
 mod tamper;
 
 use aya_ebpf::{

@@ -19,18 +19,23 @@
 //! - `int path_truncate(const struct path *path)`
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use guard_common::{
-    ACTION_REFUSED, CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, ESCAPE_OPEN, EscapeRecord, EventKind,
-    GuardOffsets, InodeKey, LossReason, MAX_PROTECTED_DEPTH, Outcome, TAMPER_BPF, TAMPER_FILE,
-    TAMPER_PTRACE, TAMPER_SIGNAL, Verdict,
+    ACTION_REFUSED, CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, ESCAPE_OPEN, GuardOffsets, InodeKey,
+    TAMPER_BPF, TAMPER_FILE, TAMPER_PTRACE, TAMPER_SIGNAL,
 };
 
 use crate::{
-    emit,
-    guard::{PROTECTED, current_tgid, is_guard_process, offsets, read, report_tamper},
+    guard::{
+        current_tgid, is_guard_process, offsets, protected, read, report_escape, report_tamper,
+    },
     identity::{self, Agent},
-    maps::EVENTS,
 };
 
+/// The hooks see the operation, not the system call behind it.
+const CALL_UNKNOWN: u32 = 0;
+
+/// ptrace_may_access mode bit of a silent check (include/linux/ptrace.h,
+/// 0x04 since 4.5).
+const PTRACE_MODE_NOAUDIT: u32 = 0x04;
 /// fmode_t bits (include/linux/fs.h).
 const FMODE_WRITE: u32 = 0x2;
 /// How far up a cgroup file's directory its agent's cgroup is looked for.
@@ -61,14 +66,19 @@ pub fn guard_ptrace(ctx: LsmContext) -> i32 {
         let o = offsets()?;
         let target = is_guard_process(&o, ctx.arg(0))?;
         let mode: u32 = ctx.arg(1);
-        report_tamper(
-            &agent,
-            TAMPER_PTRACE,
-            ACTION_REFUSED,
-            target,
-            mode,
-            InodeKey::default(),
-        );
+        // Refused either way; but a NOAUDIT check is the kernel probing
+        // (/proc/PID/stat deciding what to show `ps`), not the process
+        // reaching: not an attempt to report.
+        if mode & PTRACE_MODE_NOAUDIT == 0 {
+            report_tamper(
+                &agent,
+                CALL_UNKNOWN,
+                TAMPER_PTRACE,
+                target,
+                mode,
+                InodeKey::default(),
+            );
+        }
         Some(())
     })();
     verdict(deny.is_some())
@@ -84,8 +94,8 @@ pub fn guard_bpf(ctx: LsmContext) -> i32 {
     let cmd: i32 = ctx.arg(0);
     report_tamper(
         &agent,
+        CALL_UNKNOWN,
         TAMPER_BPF,
-        ACTION_REFUSED,
         0,
         cmd as u32,
         InodeKey::default(),
@@ -140,8 +150,8 @@ fn try_signal(target: *const u8, sig: i32, from_agent_only: bool) -> bool {
     if let Some(agent) = agent {
         report_tamper(
             &agent,
+            CALL_UNKNOWN,
             TAMPER_SIGNAL,
-            ACTION_REFUSED,
             pid,
             sig as u32,
             InodeKey::default(),
@@ -174,7 +184,7 @@ fn try_file_open(ctx: &LsmContext) -> Option<()> {
         return Some(());
     }
     let key = protected(&o, dentry)?;
-    report_tamper(&agent, TAMPER_FILE, ACTION_REFUSED, 0, mode, key);
+    report_tamper(&agent, CALL_UNKNOWN, TAMPER_FILE, 0, mode, key);
     Some(())
 }
 
@@ -186,45 +196,13 @@ fn try_protected(dentry: *const u8, mode: u32) -> Option<()> {
     let key = protected(&o, dentry)?;
     report_tamper(
         &agent,
+        CALL_UNKNOWN,
         TAMPER_FILE,
-        ACTION_REFUSED,
         0,
         mode | FMODE_WRITE,
         key,
     );
     Some(())
-}
-
-/// The protected directory or file covering `dentry`, if any: the dentry
-/// itself or a parent in its filesystem (bind mounts share dentries, so
-/// every view of a protected directory is covered).
-#[inline(always)]
-fn protected(o: &GuardOffsets, dentry: *const u8) -> Option<InodeKey> {
-    let mut d = dentry;
-    let mut depth = 0u32;
-    while depth < MAX_PROTECTED_DEPTH {
-        let inode: *const u8 = read(d, o.dentry_d_inode)?;
-        // A negative dentry (a name about to be created) has no inode.
-        if !inode.is_null() {
-            let sb: *const u8 = read(d, o.dentry_d_sb)?;
-            let dev: u32 = read(sb, o.super_block_s_dev)?;
-            let ino: u64 = read(inode, o.inode_i_ino)?;
-            let key = InodeKey {
-                dev: dev as u64,
-                ino,
-            };
-            if PROTECTED.get_ptr(&key).is_some() {
-                return Some(key);
-            }
-        }
-        let parent: *const u8 = read(d, o.dentry_d_parent)?;
-        if parent == d {
-            return None;
-        }
-        d = parent;
-        depth += 1;
-    }
-    None
 }
 
 /// Whether the cgroup directory `dir` is the cgroup `agent_cgroup_id` or
@@ -257,22 +235,12 @@ fn report_escape_open(agent: &Agent, o: &GuardOffsets, dir: *const u8) {
     let dst = read::<*const u8>(dir, o.dentry_d_inode)
         .and_then(|inode| read::<u64>(inode, o.inode_i_ino))
         .unwrap_or(0);
-    let Some(mut slot) = EVENTS.reserve::<EscapeRecord>(0) else {
-        emit::count_loss(LossReason::RingbufFull);
-        return;
-    };
-    let rec = slot.as_mut_ptr();
-    let mut header = emit::header(EventKind::AgentEscape.raw(), agent);
-    header.outcome = Outcome::Denied.raw();
-    header.verdict = Verdict::Deny.raw();
-    // SAFETY: `rec` is a reserved record we own.
-    unsafe {
-        (*rec).header = header;
-        (*rec).moved_pid = current_tgid();
-        (*rec).how = ESCAPE_OPEN;
-        (*rec).action = ACTION_REFUSED;
-        (*rec).dst_cgroup_id = dst;
-        (*rec).path_len = 0;
-    }
-    slot.submit(emit::wakeup(true));
+    report_escape(
+        agent,
+        current_tgid(),
+        ESCAPE_OPEN,
+        ACTION_REFUSED,
+        dst,
+        core::ptr::null(),
+    );
 }

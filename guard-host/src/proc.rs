@@ -77,6 +77,14 @@ pub fn cmdline(pid: u32) -> Option<Vec<String>> {
     )
 }
 
+/// The process (thread group) that thread or process `id` belongs to.
+pub fn tgid(id: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{id}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:").and_then(|t| t.trim().parse().ok()))
+}
+
 /// The threads of `pid`.
 pub fn threads(pid: u32) -> Vec<u32> {
     fs::read_dir(format!("/proc/{pid}/task"))

@@ -22,6 +22,20 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Daemon(_) | Command::Run(_)) {
+        // A listing piped into `head` ends quietly, as other tools do,
+        // instead of panicking on EPIPE. The daemon (whose stdout sinks
+        // count a closed pipe as a failure) and `run` (whose launcher must
+        // outlive its output) keep Rust's default of ignoring SIGPIPE.
+        // SAFETY: single-threaded here, before anything else runs; SIG_DFL
+        // installs no handler.
+        let _ = unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            )
+        };
+    }
     let socket = cli.socket.clone();
     let client_socket = || {
         socket

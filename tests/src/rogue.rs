@@ -4,16 +4,23 @@
 //! cgroup (not through the daemon).
 use std::{
     ffi::CString,
-    os::unix::process::{CommandExt as _, ExitStatusExt as _},
+    os::unix::{
+        fs::PermissionsExt as _,
+        process::{CommandExt as _, ExitStatusExt as _},
+    },
     process::{Command, ExitStatus, Output, Stdio},
 };
 
 use serde_json::Value;
 
-use crate::{Daemon, Listener, PY_CONNECT, Scratch, TestCgroups, agent_guard_bin, cgroup2_root};
+use crate::{
+    Daemon, Listener, Options, PY_CONNECT, Scratch, TestCgroups, agent_guard_bin, cgroup2_root,
+};
 
-/// ptrace(PTRACE_ATTACH), process_vm_readv, /proc/PID/mem and pidfd_getfd
-/// on PID: prints one `name=errno` line each (0: it worked).
+/// ptrace(PTRACE_ATTACH), process_vm_readv, /proc/PID/mem, pidfd_getfd,
+/// kcmp and process_madvise on PID: prints one `name=errno` line each (0:
+/// it worked; for process_madvise, any errno but EPERM and EACCES means
+/// it got past the permission check).
 pub const PY_REACH: &str = r#"
 import ctypes, os, sys
 pid = int(sys.argv[1])
@@ -37,6 +44,59 @@ except OSError as e:
     print("mem=%d" % e.errno, flush=True)
 fd = libc.syscall(434, pid, 0)
 report("pidfd_getfd", fd >= 0 and libc.syscall(438, fd, 0, 0) >= 0)
+report("kcmp", libc.syscall(312, os.getpid(), pid, 0, 0, 0) >= 0)
+MADV_COLD = 20
+fd = libc.syscall(434, pid, 0)
+report("process_madvise", libc.syscall(440, fd, ctypes.byref(remote), 1, MADV_COLD, 0) >= 0)
+"#;
+
+/// Every call that sends a signal, each with SIGTERM at the guard process
+/// argv[1] or one of its threads: prints `tid=N` (the thread aimed at),
+/// then one `name=errno` line each (0: it was delivered).
+pub const PY_SIGNALS: &str = r#"
+import ctypes, os, struct, sys
+pid = int(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def report(name, r):
+    print("%s=%d" % (name, 0 if r == 0 else ctypes.get_errno()), flush=True)
+tid = next(int(t) for t in os.listdir("/proc/%d/task" % pid) if int(t) != pid)
+print("tid=%d" % tid, flush=True)
+SIGTERM = 15
+info = ctypes.create_string_buffer(128)
+struct.pack_into("iii", info, 0, SIGTERM, 0, -1)  # si_code SI_QUEUE
+report("kill", libc.syscall(62, pid, SIGTERM))
+report("tkill", libc.syscall(200, tid, SIGTERM))
+report("tgkill", libc.syscall(234, pid, tid, SIGTERM))
+report("rt_sigqueueinfo", libc.syscall(129, pid, SIGTERM, info))
+report("rt_tgsigqueueinfo", libc.syscall(297, pid, tid, SIGTERM, info))
+pidfd = libc.syscall(434, pid, 0)
+report("pidfd_send_signal", libc.syscall(424, pidfd, SIGTERM, None, 0))
+procfd = os.open("/proc/%d" % pid, os.O_RDONLY | os.O_DIRECTORY)
+report("pidfd_send_signal_proc", libc.syscall(424, procfd, SIGTERM, None, 0))
+"#;
+
+/// kill(argv[1], 0) argv[2] times, as fast as it goes: prints how many
+/// were refused.
+pub const PY_KILL_LOOP: &str = r#"
+import ctypes, sys
+pid, n = int(sys.argv[1]), int(sys.argv[2])
+libc = ctypes.CDLL(None, use_errno=True)
+refused = sum(1 for _ in range(n) if libc.kill(pid, 0) != 0)
+print("refused=%d" % refused, flush=True)
+"#;
+
+/// unlink(argv[1]) argv[2] times: prints how many were refused.
+pub const PY_UNLINK_LOOP: &str = r#"
+import os, sys
+path, n = sys.argv[1], int(sys.argv[2])
+refused = 0
+for _ in range(n):
+    try:
+        os.unlink(path)
+    except PermissionError:
+        refused += 1
+print("refused=%d" % refused, flush=True)
 "#;
 
 /// clone3(CLONE_INTO_CGROUP) into the cgroup directory argv[1]; the child
@@ -65,8 +125,13 @@ pub struct Rogue {
     pub bad: Listener,
     /// The agent's cgroup, relative to the cgroup2 mount.
     pub cgroup: String,
-    /// connect.py, reach.py and clone.py, readable by agents.
+    /// The scripts above (connect.py, reach.py, clone.py, signals.py,
+    /// kill_loop.py, unlink_loop.py), readable by agents.
     pub scripts: Scratch,
+    /// The daemon's chain key (`--chain-key`), protected.
+    pub chain_key: std::path::PathBuf,
+    /// Its event log (a file sink beside stdout), in a protected directory.
+    pub event_log: std::path::PathBuf,
 }
 
 impl Rogue {
@@ -79,9 +144,20 @@ impl Rogue {
             ("connect.py", PY_CONNECT),
             ("reach.py", PY_REACH),
             ("clone.py", PY_CLONE_INTO),
+            ("signals.py", PY_SIGNALS),
+            ("kill_loop.py", PY_KILL_LOOP),
+            ("unlink_loop.py", PY_UNLINK_LOOP),
         ] {
             std::fs::write(scripts.path(name), text).expect("script");
         }
+        // Outside the state directory, as an operator would keep them.
+        let dir = Daemon::fresh_dir();
+        let chain_key = dir.join("keys/chain.key");
+        std::fs::create_dir_all(dir.join("keys")).expect("key dir");
+        std::fs::write(&chain_key, "rogue-suite-chain-key\n").expect("chain key");
+        std::fs::set_permissions(&chain_key, std::fs::Permissions::from_mode(0o600))
+            .expect("chain key mode");
+        let event_log = dir.join("log/events.jsonl");
         let policy = format!(
             r#"
 [[agent]]
@@ -93,15 +169,34 @@ cgroup = "{cgroup}"
 [agent.connect]
 default = "allow"
 deny = ["127.0.0.1/32:{}"]
+
+[[sink]]
+type = "stdout"
+
+[[sink]]
+name = "log"
+type = "file"
+path = "{}"
 "#,
-            bad.port
+            bad.port,
+            event_log.display()
         );
-        let daemon = Daemon::start(&policy, cg);
+        let daemon = Daemon::start_with(
+            &policy,
+            cg,
+            dir,
+            Options {
+                args: vec!["--chain-key".into(), chain_key.display().to_string()],
+                ..Options::default()
+            },
+        );
         Self {
             daemon,
             bad,
             cgroup,
             scripts,
+            chain_key,
+            event_log,
         }
     }
 
@@ -139,6 +234,46 @@ deny = ["127.0.0.1/32:{}"]
     pub fn assert_enforced(&self, after: &str) {
         eprintln!("checking enforcement after {after}");
         assert_connect_denied(&self.cgroup, self.bad.port);
+    }
+
+    /// Waits until `n` self-defense events of `kind` match `pred`, and
+    /// returns them. Exactly `n` is checked by [`Rogue::stop_exactly`].
+    pub fn expect_events(&self, kind: &str, n: usize, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let found: Vec<Value> = self
+                .daemon
+                .events()
+                .into_iter()
+                .filter(|e| e["kind"] == kind && pred(e))
+                .collect();
+            if found.len() >= n {
+                for ev in &found {
+                    assert_eq!(ev["outcome"], "denied", "{ev}");
+                    assert_eq!(ev["agent"]["name"], "bot", "{ev}");
+                    assert_eq!(ev["rule"]["match"], "self-defense", "{ev}");
+                }
+                return found;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} of {n} {kind} events matched, with these targets: {:?}",
+                found.len(),
+                found.iter().map(|e| &e["target"]).collect::<Vec<_>>()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the daemon and checks that exactly `n` events of `kind`
+    /// matched `pred` (one attempt, one event: none reported twice).
+    pub fn stop_exactly(self, kind: &str, n: usize, pred: impl Fn(&Value) -> bool) {
+        let events = self.daemon.stop();
+        let found: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["kind"] == kind && pred(e))
+            .collect();
+        assert_eq!(found.len(), n, "{kind}: {found:#?}");
     }
 
     /// Waits for an `agent.escape` or `guard.tamper` event matching `pred`.

@@ -53,6 +53,29 @@ pub fn assert_gap_free(events: &[Value]) {
 }
 
 impl Daemon {
+    /// Waits until `n` readers follow the event stream (`events --follow`
+    /// subscriptions and unix sink connections, as `status` lists them), so
+    /// no event made afterwards can be missed.
+    pub fn wait_readers(&self, n: usize) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let out = self
+                .cli()
+                .args(["status", "--json"])
+                .output()
+                .expect("status");
+            let s: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if s["readers"].as_array().is_some_and(|r| r.len() >= n) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} stream readers within {PATIENCE:?}: {s}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Events counted but not kept ([`Options::count_only`]), by kind.
     pub fn counted(&self, kind: &str) -> u64 {
         let s = self.stream.0.lock().expect("lock");

@@ -219,3 +219,32 @@ fn only_runners_may_start_an_agent_and_refusals_are_logged() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "65534\n");
 }
+
+/// A listing piped into a reader that has gone (`| head -1`) ends the way
+/// other tools do, killed by SIGPIPE, and does not panic.
+#[test]
+fn a_listing_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let cg = TestCgroups::new("pipe");
+    let daemon = Daemon::start(&demo_policy(&cg), cg);
+    for args in [&["status"][..], &["agents"], &["policy", "default"]] {
+        // The read end is closed before the command starts: its first
+        // write fails, whatever the timing.
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = daemon
+            .cli()
+            .args(args)
+            .stdout(writer)
+            .output()
+            .expect("agent-guard");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {:?} {err}",
+            out.status
+        );
+    }
+}

@@ -43,7 +43,7 @@ fn the_systemd_unit_verifies() {
             .find(|(key, _)| key == k)
             .map(|(_, v)| v.as_str())
     };
-    assert_eq!(get("ExecReload"), Some("/usr/local/bin/agent-guard reload"));
+    assert_eq!(get("ExecReload"), Some("/usr/bin/agent-guard reload"));
     // systemd's default soft limit (1024) is what an idle-connection flood
     // once exhausted.
     let nofile: u64 = get("LimitNOFILE")
@@ -91,7 +91,7 @@ fn the_systemd_unit_verifies() {
     let bin = agent_guard_bin();
     fs::write(
         &path,
-        unit.replace("/usr/local/bin/agent-guard", &bin.display().to_string()),
+        unit.replace("/usr/bin/agent-guard", &bin.display().to_string()),
     )
     .expect("unit");
     let out = Command::new(analyze)

@@ -114,9 +114,6 @@ ask = ["127.0.0.1/32:{}"]
         "the daemon raised its soft limit of 1024 and sized its caps from that: {status}"
     );
 
-    // Refusals are reported one by one at most ten at once, then one a
-    // second, for as long as the flood lasts (minutes in a loaded VM).
-    let flood_started = std::time::Instant::now();
     let mut flood = Command::new("python3");
     flood
         .args(["-c", FLOOD, &daemon.socket.display().to_string()])
@@ -135,6 +132,7 @@ ask = ["127.0.0.1/32:{}"]
             Ok(())
         });
     }
+    let flood_began = std::time::Instant::now();
     let mut flood = flood
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -195,11 +193,13 @@ ask = ["127.0.0.1/32:{}"]
                 && e["control"]["op"] != "suppressed"
         })
         .count();
-    let allowance = 10 + flood_started.elapsed().as_secs() + 1;
+    // The allowance is 10 at once, then one a second: on a slow machine
+    // (the VM tier under load) the flood lasts longer and earns more.
+    let allowance = 10 + flood_began.elapsed().as_secs() as usize + 2;
     assert!(
-        (one_by_one as u64) <= allowance,
-        "{one_by_one} refusals of one flooding user were reported one by one (allowed: \
-         {allowance}, ten and one a second)"
+        one_by_one <= allowance,
+        "{one_by_one} refusals of one flooding user were reported one by one \
+         (at most {allowance} in this flood's time)"
     );
 
     drop(flood.stdin.take());

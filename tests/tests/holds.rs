@@ -168,14 +168,21 @@ fn a_held_rm_survives_a_daemon_crash_and_the_successor_decides_it() {
 #[test]
 fn an_unanswered_hold_expires_as_a_deny() {
     let (daemon, scratch) = start("hold-expire", 2);
+    rm_expires(&daemon, &scratch);
+}
+
+/// An `rm` of prod/x is held, nobody answers, and it fails: the file stays.
+/// Returns the hold id.
+fn rm_expires(daemon: &Daemon, scratch: &Scratch) -> String {
     let file = scratch.file("prod/x");
     let path = file.display().to_string();
-    let (child, id) = held(&daemon, &["rm", &path], &path);
+    let (child, id) = held(daemon, &["rm", &path], &path);
     let ev = daemon.wait_event("hold.decision", |e| e["hold"]["id"] == id.as_str());
     assert_eq!(ev["hold"]["decision"], "expired");
     let out = child.wait_with_output().expect("rm");
     assert!(!out.status.success(), "an expired hold is a deny");
     assert!(file.exists());
+    id
 }
 
 #[test]
@@ -292,7 +299,12 @@ fn kill_ends_a_held_run_and_kill_agent_empties_the_agent() {
     // Every process of the agent, across runs.
     let a = daemon.spawn_agent("cleaner", &["sleep", "1000"]);
     let b = daemon.spawn_agent("cleaner", &["sh", "-c", "sleep 1000 & sleep 1000; wait"]);
-    daemon.wait_event("agent.start", |e| e["process"]["cmdline"][0] == "sh");
+    // Both runs are in the agent before the kill: a run that joins after
+    // it is not killed (cgroup.kill takes the processes there), and would
+    // keep this test waiting on its sleep.
+    for cmd in ["sleep", "sh"] {
+        daemon.wait_event("agent.start", |e| e["process"]["cmdline"][0] == cmd);
+    }
     let out = cli(&daemon, &["kill", "--agent", "cleaner"]);
     assert!(
         out.status.success(),
@@ -388,4 +400,58 @@ fn one_subtree_approval_lets_rm_rf_finish_the_tree_and_revoke_ends_it() {
             .status
             .success()
     );
+}
+
+/// An agent's own `approval_timeout_secs` decides how long its calls wait,
+/// not [daemon]'s: a held connect (a kernel hold) and a held delete (the
+/// delete backend of this kernel) both expire on the agent's 1 s while the
+/// daemon would wait 300 s.
+#[test]
+fn an_agents_own_approval_timeout_expires_its_holds() {
+    let cg = TestCgroups::new("hold-agent-timeout");
+    let scratch = Scratch::new("hold-agent-timeout");
+    let l = Listener::v4();
+    let policy = format!(
+        r#"
+[daemon]
+approval_timeout_secs = 300
+
+[[agent]]
+name = "cleaner"
+owner = "ops@example.com"
+purpose = "hold tests"
+cgroup = "{}"
+approval_timeout_secs = 1
+
+[agent.connect]
+default = "allow"
+ask = ["127.0.0.1/32:{}"]
+
+[agent.delete]
+default = "allow"
+ask = ["{}"]
+"#,
+        cg.path("cleaner"),
+        l.port,
+        scratch.s("prod"),
+    );
+    let daemon = Daemon::start(&policy, cg);
+
+    let mut connect = spawn_connect(&daemon, "cleaner", "127.0.0.1", l.port);
+    let ev = daemon.wait_event("net.connect", |e| e["outcome"] == "held");
+    assert_eq!(ev["hold"]["timeout_secs"], 1);
+    let id = ev["hold"]["id"].as_str().expect("hold id").to_string();
+    let ev = daemon.wait_event("hold.decision", |e| e["hold"]["id"] == id.as_str());
+    assert_eq!(ev["hold"]["decision"], "expired");
+    let result = connect.lines.next().expect("result line").expect("read");
+    assert!(
+        result.starts_with("errno="),
+        "an expired hold is a deny: {result}"
+    );
+    drop(connect.child.stdin.take());
+    let _ = connect.child.wait();
+
+    let id = rm_expires(&daemon, &scratch);
+    let held_ev = daemon.wait_event("file.unlink", |e| e["hold"]["id"] == id.as_str());
+    assert_eq!(held_ev["hold"]["timeout_secs"], 1);
 }

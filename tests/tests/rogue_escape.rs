@@ -164,7 +164,7 @@ fn rogue_clone_into_another_cgroup_is_killed() {
 
 /// The same attempts from `agent-guard run`: refused (Landlock keeps the
 /// cgroup filesystems read-only and the filter fails clone3 where BPF LSM
-/// is missing; the LSM hooks where it is not).
+/// is missing; the LSM hooks where it is not), and each one event.
 #[test]
 fn rogue_a_run_cannot_leave_its_cgroup() {
     let r = Rogue::start("escape-run");
@@ -180,21 +180,35 @@ fn rogue_a_run_cannot_leave_its_cgroup() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains("ESCAPED"), "{text}");
     assert!(!text.contains("connected"), "{text}");
+    // The write to the root's cgroup.procs is refused at open: by the BPF
+    // LSM hook, or here by Landlock, seen at system call exit.
+    let ev = r.expect_event("agent.escape", |e| {
+        e["target"]["how"] == "cgroup_open" && e["target"]["action"] == "refused"
+    });
+    assert_eq!(ev["target"]["pid"], ev["process"]["pid"], "{ev}");
     if r.lsm() {
-        r.expect_event("agent.escape", |e| e["target"]["how"] == "cgroup_open");
         // clone3 works under a run here: the fork hook kills the caller.
         r.expect_event("agent.escape", |e| {
             e["target"]["how"] == "clone_into_cgroup"
         });
     } else {
+        assert_eq!(ev["target"]["cgroup"], "/", "{ev}");
+        assert_eq!(ev["target"]["path"], r.root_procs(), "{ev}");
         assert!(
             text.contains("clone3=-1 errno=38"),
             "the filter fails clone3: {text}"
         );
+        let ev = r.expect_event("agent.escape", |e| {
+            e["target"]["how"] == "clone_into_cgroup"
+        });
+        assert_eq!(ev["target"]["action"], "refused", "{ev}");
+        assert_eq!(ev["target"]["call"], "clone3", "{ev}");
         assert!(
             text.contains("errno=1"),
             "the connect is still denied: {text}"
         );
     }
     r.assert_enforced("a run's escape attempts");
+    // One attempt, one event.
+    r.stop_exactly("agent.escape", 2, |_| true);
 }

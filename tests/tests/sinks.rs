@@ -249,23 +249,7 @@ fn a_stalled_reader_stalls_neither_enforcement_nor_the_other_sinks() {
     assert!(ok.starts_with("{\"v\":1,\"ok\":true"), "{ok}");
     let stream = UnixStream::connect(&sock).expect("unix sink");
     // Its subscription is made when the daemon accepts; wait for it.
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let out = daemon
-            .cli()
-            .args(["status", "--json"])
-            .output()
-            .expect("status");
-        let s: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        if s["readers"].as_array().is_some_and(|r| r.len() == 2) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the unix sink reader never subscribed: {s}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    daemon.wait_readers(2);
 
     // Enough to overflow a reader's queue and its socket buffer: the unix
     // sink's 16 lines quickly; `events --follow`'s 4096 only with thousands,

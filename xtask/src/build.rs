@@ -6,7 +6,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{conformance, setup, vm};
+use crate::{conformance, package, setup, vm};
 
 #[derive(clap::Args, Default)]
 pub struct TestArgs {
@@ -126,10 +126,15 @@ pub fn test(args: &TestArgs) -> Result<()> {
     eprintln!("xtask: tier 2, privileged tests on this kernel ({kernel})");
     let skip_log = workspace_root().join("target/privileged-skips.txt");
     let _ = std::fs::remove_file(&skip_log);
+    // The Debian package for tests/tests/package.rs, packed from the dev
+    // build made above: the packaging is what is under test, and a release
+    // build would add minutes to every run (`cargo xtask deb` makes that).
+    let deb = package::build_deb("dev")?;
     let mut cmd = cargo();
     cmd.args(["test", "--package", "agent-guard-tests"])
         .env("AGENT_GUARD_BIN", &bin)
         .env("AGENT_GUARD_CONFORMANCE", &definitions)
+        .env("AGENT_GUARD_DEB", &deb)
         .env("AGENT_GUARD_SKIP_LOG", &skip_log);
     if let Some(filter) = &args.filter {
         cmd.args(["--", filter]);

@@ -4,10 +4,14 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::aptlock;
+
 /// LLVM major version that bpf-linker must be built against: it has to match
 /// the LLVM inside the nightly rustc that compiles the eBPF crate.
 const LLVM_MAJOR: u32 = 22;
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Builds the Debian package (`cargo xtask deb`).
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 pub fn setup() -> Result<()> {
     ensure_root_for_install()?;
@@ -19,6 +23,10 @@ pub fn setup() -> Result<()> {
     // Every event of the privileged suite is checked against OCSF's and
     // ECS's published definitions.
     crate::conformance::install()?;
+    // The package and its test: `systemd-analyze verify` checks the unit,
+    // deb-systemd-helper (init-system-helpers) enables it on install.
+    apt_install(&["systemd", "init-system-helpers"])?;
+    ensure_cargo_deb()?;
     Ok(())
 }
 
@@ -69,11 +77,46 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
         return Ok(());
     }
     eprintln!("setup: installing {} with apt-get", missing.join(" "));
-    run(Command::new("apt-get").args(["update", "-q"]))?;
+    apt_get(&["update", "-q"])?;
+    apt_get(
+        &["install", "-y", "-q", "--no-install-recommends"]
+            .into_iter()
+            .chain(missing)
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// apt-get, after another package manager run (an unattended upgrade, a
+/// second setup) has let go of its locks: waits, and says so, rather than
+/// failing. apt's own lock timeout covers a run that starts in between.
+fn apt_get(args: &[&str]) -> Result<()> {
+    aptlock::wait_free(aptlock::APT_LOCKS, aptlock::LOCK_WAIT, |s| eprintln!("{s}"))?;
     run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
+        .arg("-o")
+        .arg(format!(
+            "DPkg::Lock::Timeout={}",
+            aptlock::LOCK_WAIT.as_secs()
+        ))
+        .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// cargo-deb, which `cargo xtask deb` builds the package with.
+fn ensure_cargo_deb() -> Result<()> {
+    if output(Command::new("cargo-deb").arg("--version"))
+        .is_some_and(|v| v.contains(CARGO_DEB_VERSION))
+    {
+        return Ok(());
+    }
+    eprintln!("setup: building cargo-deb {CARGO_DEB_VERSION} (a minute or two)");
+    run(Command::new("cargo").args([
+        "install",
+        "--locked",
+        "--force",
+        "cargo-deb",
+        "--version",
+        CARGO_DEB_VERSION,
+    ]))
 }
 
 fn ensure_nightly_rust_src() -> Result<()> {

@@ -28,6 +28,8 @@ pub enum Command {
     /// Examples:
     ///   sudo agent-guard daemon --policy /etc/agent-guard/policy.toml
     ///   sudo agent-guard daemon --demo            # embedded policy + demo agent
+    ///   sudo agent-guard daemon --demo --policy demo-with-web.toml
+    #[command(verbatim_doc_comment)]
     Daemon(DaemonArgs),
     /// Run a command as an agent: inside the agent's cgroup, in a run of its
     /// own, before the command starts. Exits with the command's status.
@@ -35,6 +37,7 @@ pub enum Command {
     /// Examples:
     ///   agent-guard run --agent claims-bot -- python3 bot.py
     ///   agent-guard run --agent demo --on-behalf-of alice -- curl http://127.0.0.1:8080/
+    #[command(verbatim_doc_comment)]
     Run(RunArgs),
     /// Report what this kernel supports (probed by loading the real
     /// programs), which backend guards each operation, and what to change
@@ -44,6 +47,7 @@ pub enum Command {
     /// Examples:
     ///   sudo agent-guard doctor
     ///   sudo agent-guard doctor --policy /etc/agent-guard/policy.toml
+    #[command(verbatim_doc_comment)]
     Doctor {
         /// Also say, per agent of this policy, what can be enforced.
         #[arg(long, value_name = "FILE")]
@@ -57,6 +61,7 @@ pub enum Command {
     ///   agent-guard pending
     ///   agent-guard pending --json | jq '.[].id'
     ///   agent-guard pending --watch
+    #[command(verbatim_doc_comment)]
     Pending(PendingArgs),
     /// Let a held call proceed: it completes as if it had never waited.
     /// With a scope, later calls it covers pass without a hold until the
@@ -66,22 +71,26 @@ pub enum Command {
     ///   agent-guard approve 1732421234567890123 --reason "ticket OPS-42"
     ///   agent-guard approve 1732421234567890123 --scope subtree --for 10m
     ///   agent-guard approve 1732421234567890123 --scope destination --for 1h
+    #[command(verbatim_doc_comment)]
     Approve(ApproveArgs),
     /// List live grants (scoped approvals) with the time they have left.
     ///
     /// Example:
     ///   agent-guard grants
+    #[command(verbatim_doc_comment)]
     Grants(GrantsArgs),
     /// End a grant before it expires. Approvers only.
     ///
     /// Example:
     ///   agent-guard revoke 3
+    #[command(verbatim_doc_comment)]
     Revoke(RevokeArgs),
     /// Refuse a held call: it fails with EPERM ("Operation not permitted").
     /// Approvers only.
     ///
     /// Example:
     ///   agent-guard deny 1732421234567890123 --reason "not during the freeze"
+    #[command(verbatim_doc_comment)]
     Deny(DenyArgs),
     /// Kill a held call's run (every process the run started), or with
     /// --agent every process of the agent. Approvers only. Uses cgroup.kill.
@@ -89,15 +98,18 @@ pub enum Command {
     /// Examples:
     ///   agent-guard kill 1732421234567890123
     ///   agent-guard kill --agent claims-bot
+    #[command(verbatim_doc_comment)]
     Kill(KillArgs),
     /// Stream events from the daemon as JSON lines, from now on; or check
     /// that a log's hash chain is intact.
     ///
     /// Examples:
     ///   agent-guard events --follow
+    ///   agent-guard events --follow --pretty      # one readable line per event
     ///   agent-guard events --follow --agent claims-bot | jq .kind
     ///   agent-guard events --follow --from /run/agent-guard/events.sock
     ///   agent-guard events verify /var/log/agent-guard/events.jsonl
+    #[command(verbatim_doc_comment)]
     Events(EventsArgs),
     /// Show the daemon's health: uptime, events/s, losses by reason, held
     /// calls, and the state of every event sink.
@@ -105,6 +117,7 @@ pub enum Command {
     /// Examples:
     ///   agent-guard status
     ///   agent-guard status --json | jq .events.per_sec
+    #[command(verbatim_doc_comment)]
     Status(StatusArgs),
     /// Work with policy files.
     #[command(subcommand)]
@@ -116,6 +129,7 @@ pub enum Command {
     /// Examples:
     ///   agent-guard reload
     ///   agent-guard reload --force     # even if a removed agent still has processes
+    #[command(verbatim_doc_comment)]
     Reload(ReloadArgs),
     /// List the agents: owner, purpose, labels, mode, cgroup, live
     /// processes, runs, grants, and calls allowed/denied/held since start.
@@ -123,6 +137,7 @@ pub enum Command {
     /// Examples:
     ///   agent-guard agents
     ///   agent-guard agents --json | jq '.[] | {name, mode}'
+    #[command(verbatim_doc_comment)]
     Agents(AgentsArgs),
     /// Freeze an agent now: every delete and connect no explicit allow
     /// rule covers is held for a decision (denies stay denies), until
@@ -130,11 +145,13 @@ pub enum Command {
     ///
     /// Example:
     ///   agent-guard freeze claims-bot --reason "incident INC-7"
+    #[command(verbatim_doc_comment)]
     Freeze(ModeArgs),
     /// End a freeze: the agent's mode is the policy's again. Approvers only.
     ///
     /// Example:
     ///   agent-guard thaw claims-bot
+    #[command(verbatim_doc_comment)]
     Thaw(ModeArgs),
 }
 
@@ -167,7 +184,11 @@ pub struct DaemonArgs {
     /// Policy file (TOML). Without it, the embedded default policy is used.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
-    /// After start-up, run the embedded policy's `demo` agent once.
+    /// After start-up, run the policy's `demo` agent once (the embedded
+    /// policy has it): connects and deletes allowed and denied, and one
+    /// delete held for a decision; the daemon prints the `agent-guard
+    /// approve ID` that decides it (and the page's address when [web] is
+    /// on). Unanswered, the hold is denied after the agent's 60 s.
     #[arg(long)]
     pub demo: bool,
     /// Where to keep state, overriding [daemon] state_dir; programs are
@@ -227,6 +248,12 @@ pub struct EventsArgs {
     /// Only this agent's events (and `loss` events, which explain gaps).
     #[arg(long, value_name = "NAME")]
     pub agent: Option<String>,
+    /// One readable line per event instead of JSON: time (UTC), agent,
+    /// outcome, kind, target, rule, and for a held call the command that
+    /// decides it. Coloured when stdout is a terminal (NO_COLOR turns that
+    /// off). Example: agent-guard events --follow --pretty --agent demo
+    #[arg(long, requires = "follow")]
+    pub pretty: bool,
     /// Read a `type = "unix"` sink's socket instead of the control socket.
     #[arg(long, value_name = "SOCKET", conflicts_with = "agent")]
     pub from: Option<PathBuf>,
@@ -243,6 +270,7 @@ pub enum EventsCommand {
     ///   agent-guard events verify events.jsonl.3 events.jsonl.2 events.jsonl.1 events.jsonl
     ///   agent-guard events verify --rotated /var/log/agent-guard/events.jsonl
     ///   agent-guard events verify --key /etc/agent-guard/chain.key events.jsonl
+    #[command(verbatim_doc_comment)]
     Verify(VerifyArgs),
     /// Print the JSON Schema (2020-12) of the native event lines, generated
     /// from the daemon's own event types (docs/events.schema.json is this
@@ -352,6 +380,7 @@ pub enum PolicyCommand {
     ///
     /// Example:
     ///   agent-guard policy check /etc/agent-guard/policy.toml
+    #[command(verbatim_doc_comment)]
     Check {
         /// The policy file.
         file: PathBuf,
@@ -360,5 +389,6 @@ pub enum PolicyCommand {
     ///
     /// Example:
     ///   agent-guard policy default > policy.toml
+    #[command(verbatim_doc_comment)]
     Default,
 }

@@ -28,7 +28,7 @@ pub fn report(guard: Option<&GuardStatus>, seccomp: bool) -> bool {
     };
     let no_lsm =
         "no BPF LSM on this kernel and no other hook reaches a process not started by `run`";
-    let lines = if lsm {
+    let mut lines = if lsm {
         let hook = |h: &str| Ok(format!("refused by {h}"));
         vec![
             Line {
@@ -46,7 +46,7 @@ pub fn report(guard: Option<&GuardStatus>, seccomp: bool) -> bool {
                 adopted: hook("lsm/task_kill and lsm/file_send_sigiotask"),
             },
             Line {
-                what: "ptrace, process_vm_readv/writev, pidfd_getfd, /proc/PID/mem of guard processes",
+                what: "ptrace, process_vm_readv/writev, pidfd_getfd, process_madvise, /proc/PID/mem of guard processes",
                 run: hook("lsm/ptrace_access_check"),
                 adopted: hook("lsm/ptrace_access_check"),
             },
@@ -98,8 +98,20 @@ pub fn report(guard: Option<&GuardStatus>, seccomp: bool) -> bool {
                 adopted: Err(no_lsm.into()),
             },
             Line {
-                what: "ptrace, process_vm_readv/writev, pidfd_getfd, /proc/PID/mem of guard processes",
-                run: landlock(1, "refused: nothing outside the run can be traced"),
+                what: "ptrace, process_vm_readv/writev, pidfd_getfd, process_madvise, /proc/PID/mem of guard processes",
+                run: landlock(1, "refused: nothing outside the run can be traced").and_then(
+                    |how| {
+                        if seccomp {
+                            Ok(format!(
+                                "{how}; process_madvise fails in the seccomp filter"
+                            ))
+                        } else {
+                            Err("no seccomp user notification, so runs get no filter and \
+                                 process_madvise is not refused"
+                                .to_owned())
+                        }
+                    },
+                ),
                 adopted: Err(no_lsm.into()),
             },
             Line {
@@ -114,6 +126,35 @@ pub fn report(guard: Option<&GuardStatus>, seccomp: bool) -> bool {
             },
         ]
     };
+    // Every refusal above is an event: the hooks report their own; where
+    // Landlock and the seccomp filter refuse, the observer at system call
+    // exit reports for them.
+    let observer = guard
+        .map(GuardStatus::refusal_observer)
+        .unwrap_or(Err("programs not loaded".into()));
+    lines.push(if lsm {
+        Line {
+            what: "each refusal above is a guard.tamper or agent.escape event",
+            run: Ok("reported by the BPF LSM hooks that refuse".into()),
+            adopted: Ok("reported by the BPF LSM hooks that refuse".into()),
+        }
+    } else {
+        Line {
+            what: "each refusal above is a guard.tamper or agent.escape event",
+            run: observer
+                .map(|()| {
+                    "reported from tp_btf/sys_exit (the call failed; its arguments name the \
+                     target), at most 10 at once per agent and kind, the rest counted"
+                        .to_owned()
+                })
+                .map_err(|why| format!("refusals go unreported: {why}")),
+            // Nothing above is refused to an adopted process here (those
+            // lines fail); the escapes it is killed for are reported.
+            adopted: Ok("nothing above is refused to report but its escapes, \
+                         which are agent.escape events"
+                .into()),
+        }
+    });
     println!("self-defense (what an agent process cannot do to the guard):");
     let mut all = true;
     for line in &lines {
@@ -126,6 +167,10 @@ pub fn report(guard: Option<&GuardStatus>, seccomp: bool) -> bool {
             }
         }
     }
+    // What no hook on this backend sees: named, not left silent.
+    for note in unobserved(lsm) {
+        println!("  [note] {note}");
+    }
     println!(
         "  runs: no_new_privs and a non-dumpable launcher on every backend{}",
         if lsm {
@@ -135,4 +180,26 @@ pub fn report(guard: Option<&GuardStatus>, seccomp: bool) -> bool {
         }
     );
     all
+}
+
+/// What an agent can do near the guard that this backend neither refuses
+/// nor reports, or refuses without a word.
+fn unobserved(lsm: bool) -> Vec<&'static str> {
+    if lsm {
+        vec![
+            "not reported: SIGIO/SIGURG aimed at the guard through F_SETOWN when another \
+             process's I/O raises it (refused all the same), and the kernel's own silent \
+             permission probes (ps reading /proc/PID/stat)",
+        ]
+    } else {
+        vec![
+            "not reported for runs: kill(-1) and process-group signals, and SIGIO/SIGURG \
+             through F_SETOWN (Landlock refuses them for the guard, but no call fails: the \
+             kernel delivers what it may)",
+            "not reported for runs: a refused path reached through a symlink the agent swaps \
+             before the daemon reads the record (the daemon judges the new target)",
+            "not refused for runs: reading /proc/PID/environ and cmdline of guard processes \
+             (Landlock allows it)",
+        ]
+    }
 }

@@ -1,5 +1,6 @@
-//! `agent-guard events --follow [--agent NAME | --from SOCKET]`: the live
-//! event stream; `agent-guard events verify FILE...`: the chain check.
+//! `agent-guard events --follow [--agent NAME | --from SOCKET] [--pretty]`:
+//! the live event stream; `agent-guard events verify FILE...`: the chain
+//! check.
 use std::{
     io::{BufRead as _, BufReader, Read, Write as _},
     os::unix::net::UnixStream,
@@ -9,7 +10,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::args::{EventsArgs, EventsCommand, ExampleFormat, VerifyArgs};
+use super::{
+    args::{EventsArgs, EventsCommand, ExampleFormat, VerifyArgs},
+    pretty,
+};
 use crate::{
     control::{Client, Request},
     events::{chain, verify},
@@ -61,10 +65,34 @@ pub fn run(args: EventsArgs, socket: &Path) -> Result<ExitCode> {
             Box::new(client.into_stream())
         }
     };
-    let mut out = std::io::stdout().lock();
+    let stdout = std::io::stdout();
+    // Colour only for a terminal, and never against NO_COLOR (anstream
+    // reads the usual variables: NO_COLOR, CLICOLOR, CLICOLOR_FORCE, TERM).
+    let colour =
+        args.pretty && anstream::AutoStream::choice(&stdout) != anstream::ColorChoice::Never;
+    let mut out = stdout.lock();
+    let mut warned = false;
     for line in BufReader::new(stream).lines() {
         let line = line.context("reading the event stream")?;
-        writeln!(out, "{line}")?;
+        let shown = if args.pretty {
+            pretty::render(&line, colour)
+        } else {
+            None
+        };
+        match shown {
+            Some(text) => writeln!(out, "{text}")?,
+            None => {
+                if args.pretty && !warned {
+                    // Nothing is dropped: the line goes out as it came.
+                    eprintln!(
+                        "agent-guard events: --pretty reads agent-guard/v1 events; printing \
+                         other lines (an ECS sink's, say) unchanged"
+                    );
+                    warned = true;
+                }
+                writeln!(out, "{line}")?;
+            }
+        }
         out.flush()?;
     }
     eprintln!("agent-guard events: the daemon closed the stream");

@@ -9,9 +9,12 @@ mod doctor_guard;
 pub mod events;
 pub mod freeze;
 pub mod grants;
+#[cfg(test)]
+mod help_tests;
 pub mod kill;
 pub mod pending;
 pub mod policy;
+pub mod pretty;
 pub mod reload;
 pub mod revoke;
 pub mod run;

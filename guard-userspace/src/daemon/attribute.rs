@@ -27,6 +27,12 @@ const NOT_ENFORCED: &str =
 pub fn kernel_call(rec: Record, registry: &Registry, enricher: &mut Enricher) -> Option<Call> {
     let Record { header: h, call } = rec;
     let (op, rule) = match call {
+        // Only a refusal that reached for the guard is an event; found out
+        // before anything else is looked up.
+        RecordCall::Refused(rec) => (
+            super::refused::classify(&rec, registry)?,
+            self_defense_rule(),
+        ),
         RecordCall::Connect(target) => (Op::Connect(target), kernel_rule(&h, registry)),
         RecordCall::Delete { rmdir, target } => (delete(rmdir, target), kernel_rule(&h, registry)),
         RecordCall::Escape(target) => (Op::Escape(target), self_defense_rule()),
@@ -115,7 +121,7 @@ fn delete(rmdir: bool, target: FileTarget) -> Op {
 }
 
 /// No policy rule decides self-defense: the guard always refuses.
-fn self_defense_rule() -> Rule {
+pub fn self_defense_rule() -> Rule {
     Rule {
         verdict: Some(RuleVerdict::Deny),
         matched: Some("self-defense".into()),
@@ -130,6 +136,8 @@ pub fn supervised_tamper(mut call: Call, protected: &std::path::Path) -> Call {
         action: GuardAction::Refused,
         protected: Some(protected.display().to_string()),
         write: true,
+        call: None,
+        path: None,
     });
     call.backend = None;
     call.rule = self_defense_rule();
@@ -218,16 +226,28 @@ fn resolve(pid: u32, dirfd: i32, raw: &str) -> Option<String> {
     let joined = if raw.starts_with('/') {
         raw.to_owned()
     } else {
-        let base = if dirfd == libc::AT_FDCWD {
-            std::fs::read_link(format!("/proc/{pid}/cwd"))
-        } else {
-            std::fs::read_link(format!("/proc/{pid}/fd/{dirfd}"))
-        }
-        .ok()?;
-        format!("{}/{raw}", base.display())
+        format!("{}/{raw}", proc_base(pid, dirfd)?)
     };
+    Some(normalize(&joined))
+}
+
+/// The directory a relative path of `pid` starts from, read from /proc
+/// while the process is alive: its cwd, or directory descriptor `dirfd`.
+pub(super) fn proc_base(pid: u32, dirfd: i32) -> Option<String> {
+    let link = if dirfd == libc::AT_FDCWD {
+        format!("/proc/{pid}/cwd")
+    } else {
+        format!("/proc/{pid}/fd/{dirfd}")
+    };
+    let base = std::fs::read_link(link).ok()?;
+    Some(base.display().to_string())
+}
+
+/// `path` made absolute and lexically normalized ("." and ".." folded,
+/// repeated slashes collapsed).
+pub(super) fn normalize(path: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
-    for c in joined.split('/') {
+    for c in path.split('/') {
         match c {
             "" | "." => {}
             ".." => {
@@ -236,7 +256,7 @@ fn resolve(pid: u32, dirfd: i32, raw: &str) -> Option<String> {
             c => parts.push(c),
         }
     }
-    Some(format!("/{}", parts.join("/")))
+    format!("/{}", parts.join("/"))
 }
 
 /// A delete judged in userspace under seccomp supervision: the same call

@@ -1,7 +1,7 @@
 //! Deciding the deletes that seccomp supervision hands the daemon (kernels
 //! without BPF LSM): the same policy matcher the kernel maps are checked
 //! against, the same event shape as the LSM backend.
-use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc};
 
 use parking_lot::Mutex;
 
@@ -72,6 +72,14 @@ impl SessionDecider {
         // daemon performs supervised deletes itself, outside the run's
         // Landlock confinement).
         if let Some(protected) = self.shared.guard.covering(&req.path) {
+            if !self
+                .shared
+                .guard
+                .allowance
+                .allows(agent.cgroup_id, guard_common::TAMPER_FILE)
+            {
+                return Judged::Now(Decision::Deny);
+            }
             let call = attribute::supervised_delete(
                 &registry,
                 agent,
@@ -95,7 +103,7 @@ impl SessionDecider {
             rule_id,
         ))
         .unwrap_or(Verdict::Deny);
-        let timeout = Duration::from_secs(registry.policy.daemon.approval_timeout_secs);
+        let timeout = registry.policy.approval_timeout(Some(&agent.def.name));
         let enforce = mode != Mode::Audit;
         let (decision, outcome) = if !enforce {
             (Decision::Allow, Outcome::Audited)

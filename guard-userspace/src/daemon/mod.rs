@@ -13,11 +13,13 @@ mod journal;
 mod limits;
 mod reader;
 mod refusals;
+mod refused;
 pub mod registry;
 mod reload;
 pub mod selfdefense;
 mod sessions;
 mod signals;
+mod suppressed;
 mod surfaces;
 mod tasks;
 
@@ -225,6 +227,11 @@ pub async fn run(opts: Options) -> Result<()> {
     // Before anything is opened: the caps on connections follow this limit.
     let nofile = limits::raise_nofile();
     let policy = load_policy(opts.policy_path.as_deref())?;
+    // `--demo` needs the `demo` agent; it names the approval page if [web] is on.
+    let demo_page = opts
+        .demo
+        .then(|| demo::check(&policy).map(|()| policy.web.as_ref().map(|w| w.public_url())))
+        .transpose()?;
     // Secrets and listening addresses first: a daemon that cannot serve
     // what the policy asks for refuses to start, before it enforces anything.
     let surfaces = surfaces::Surfaces::prepare(&policy).await?;
@@ -322,6 +329,10 @@ pub async fn run(opts: Options) -> Result<()> {
         protected,
     );
     registry.protected = keys;
+    registry.cgroup_mounts = crate::cgroup::Hierarchy::all_mounts().unwrap_or_else(|err| {
+        tracing::warn!(%err, "listing cgroup mounts; refused cgroup writes are named for cgroup2 only");
+        vec![hierarchy.root().to_path_buf()]
+    });
     // Launchers of runs that outlived a crashed daemon are still the guard's.
     for session in registry.sessions.values() {
         selfdefense::protect_launcher(&mut kernel, session.opener_pid);
@@ -398,6 +409,7 @@ pub async fn run(opts: Options) -> Result<()> {
     }
     let ring = kernel.take_events()?;
     let losses = kernel.take_losses()?;
+    let suppressed = kernel.take_refusal_counters()?;
     let program_ids = kernel.program_ids();
     if let Ok(mut k) = shared.kernel.lock() {
         *k = Some(kernel);
@@ -436,6 +448,11 @@ pub async fn run(opts: Options) -> Result<()> {
         let shared = shared.clone();
         move || holds::expire_loop(shared.clone())
     });
+    let suppressed = tasks::Owned::new(suppressed::Suppressed::new(suppressed));
+    tasks.keep("refusal counts", {
+        let shared = shared.clone();
+        move || suppressed::report(suppressed.clone(), shared.clone())
+    });
     let mut sink_names = Vec::new();
     for sink in unix_sinks {
         let listener = Arc::new(
@@ -469,8 +486,13 @@ pub async fn run(opts: Options) -> Result<()> {
         }),
     );
     tracing::info!(socket = %socket.display(), "agent-guard is guarding");
-    if opts.demo {
-        tokio::spawn(demo::run(socket.clone()));
+    if let Some(page) = demo_page {
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            if let Err(err) = demo::run(socket, page).await {
+                tracing::error!("the demo failed: {err:#}");
+            }
+        });
     }
 
     let result = serve_signals(&shared).await;

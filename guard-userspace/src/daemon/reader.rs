@@ -101,10 +101,15 @@ fn drain(ring: &mut RingBuf<MapData>, shared: &Arc<Shared>, clock: &decode::Boot
             };
             // Lock order everywhere: registry, then enricher, then emitter.
             let mut enricher = super::lock_enricher(shared);
-            (
-                attribute::kernel_call(record, &registry, &mut enricher),
-                Duration::from_secs(registry.policy.daemon.approval_timeout_secs),
-            )
+            let call = attribute::kernel_call(record, &registry, &mut enricher);
+            // A held call waits as long as its agent's policy says.
+            let timeout = match &call {
+                Some(c) if c.outcome == CallOutcome::Held => registry
+                    .policy
+                    .approval_timeout(c.agent.known().map(|a| a.name.as_str())),
+                _ => Duration::ZERO,
+            };
+            (call, timeout)
         };
         let Some(call) = call else { continue };
         match (call.outcome, hold) {

@@ -61,6 +61,9 @@ pub struct Registry {
     /// Files and directories kept from agents, by the kernel's key for
     /// them: `guard.tamper` events name the one an agent reached for.
     pub protected: Vec<(guard_common::InodeKey, PathBuf)>,
+    /// Every cgroup filesystem mount: a refused write under one, outside
+    /// the agent's own tree, is an escape attempt.
+    pub cgroup_mounts: Vec<PathBuf>,
     pub agents: HashMap<u32, AgentState>,
     /// Keyed by the session cgroup's id, which is what records carry.
     pub sessions: HashMap<u64, SessionState>,
@@ -74,6 +77,7 @@ impl Registry {
         Self {
             policy,
             protected: Vec::new(),
+            cgroup_mounts: Vec::new(),
             agents: HashMap::new(),
             sessions: HashMap::new(),
             retired: HashMap::new(),

@@ -22,6 +22,8 @@ pub struct Guard {
     /// What each `run` applies to its command: empty where the tamper
     /// hooks already cover every agent process.
     pub confine: Confinement,
+    /// The per-agent allowance of the refusals the daemon reports itself.
+    pub allowance: super::suppressed::Allowance,
 }
 
 impl Guard {
@@ -44,6 +46,11 @@ impl Guard {
         crate::events::model::SelfDefense {
             escape: state(&self.status.escape),
             lsm: state(&self.status.lsm),
+            refusals: if self.status.lsm.is_ok() {
+                "reported by the BPF LSM hooks".to_owned()
+            } else {
+                state(&self.status.refusals)
+            },
             run_confinement: if self.confine.is_empty() {
                 "none (BPF LSM hooks)"
             } else {
@@ -125,6 +132,15 @@ pub fn arm<'a>(
         }
     }
     let lsm = kernel.guard.lsm.is_ok();
+    if !lsm {
+        // Landlock and the seccomp filter refuse silently: report their
+        // refusals from system call exit, but leave the calls a run's
+        // supervisor judges to it (one attempt, one event).
+        kernel.watch_refusals(crate::supervise::SUPERVISED_WATCHED);
+        if let Err(why) = &kernel.guard.refusals {
+            tracing::warn!(%why, "refusals of agents' reach for the guard are not reported");
+        }
+    }
     // Landlock as far as this kernel has it; what it lacks, doctor names.
     let abi = crate::confine::abi_version();
     let confine = if lsm || abi < 1 {
@@ -148,6 +164,7 @@ pub fn arm<'a>(
         status: kernel.guard.clone(),
         protected,
         confine,
+        allowance: Default::default(),
     };
     (guard, keys)
 }

@@ -14,8 +14,9 @@ use guard_common::{
 use thiserror::Error;
 
 use guard_common::{
-    ACTION_KILL_PENDING, ACTION_KILLED, ACTION_REFUSED, ESCAPE_ATTACH, ESCAPE_CLONE, ESCAPE_OPEN,
-    EscapeRecord, InodeKey, TAMPER_BPF, TAMPER_FILE, TAMPER_PTRACE, TAMPER_SIGNAL, TamperRecord,
+    ACTION_KILL_PENDING, ACTION_KILLED, ACTION_REFUSED, Call, ESCAPE_ATTACH, ESCAPE_CLONE,
+    ESCAPE_OPEN, EscapeRecord, InodeKey, RefusedPathRecord, TAMPER_BPF, TAMPER_FILE, TAMPER_PTRACE,
+    TAMPER_SIGNAL, TamperRecord,
 };
 
 use super::model::{
@@ -139,6 +140,9 @@ pub enum RecordCall {
         raw_path: String,
         dirfd: i32,
     },
+    /// A path call refused by Landlock or the seccomp filter, seen at
+    /// system call exit: an event only if it reached for the guard.
+    Refused(Box<RefusedPathRecord>),
     /// An agent process left its agent's cgroup.
     Escape(EscapeTarget),
     /// An agent process reached for the guard; for a file, `protected`
@@ -155,6 +159,8 @@ pub fn decode(bytes: &[u8], clock: &BootClock) -> Result<Record, DecodeError> {
     let kind = EventKind::from_raw(raw.kind).ok_or(DecodeError::UnknownKind(raw.kind))?;
     let header = header(&raw, clock)?;
     let call = match kind {
+        // Classified by attribution: only a reach for the guard is an event.
+        EventKind::GuardRefusedPath => RecordCall::Refused(Box::new(read(bytes)?)),
         EventKind::NetConnect => RecordCall::Connect(connect_target(&read(bytes)?)?),
         EventKind::FileUnlink | EventKind::FileRmdir => RecordCall::Delete {
             rmdir: kind == EventKind::FileRmdir,
@@ -259,37 +265,55 @@ fn escape_target(rec: &EscapeRecord) -> Result<EscapeTarget, DecodeError> {
         value => return Err(DecodeError::UnknownGuard { what: "how", value }),
     };
     let len = (rec.path_len as usize).min(rec.path.len());
+    let action = guard_action(rec.action)?;
     Ok(EscapeTarget {
         how,
-        action: guard_action(rec.action)?,
+        action,
         pid: rec.moved_pid,
         cgroup_id: rec.dst_cgroup_id,
         cgroup: (len > 0).then(|| String::from_utf8_lossy(&rec.path[..len]).into_owned()),
+        // Only the seccomp filter refuses clone3 (seen at system call
+        // exit); the fork hook lets it happen and kills.
+        call: (how == EscapeHow::CloneIntoCgroup && action == GuardAction::Refused)
+            .then(|| "clone3".to_owned()),
+        path: None,
     })
 }
 
 fn tamper_target(rec: &TamperRecord) -> Result<TamperTarget, DecodeError> {
     let action = guard_action(rec.action)?;
+    // Known where the refusal was seen at system call exit; the BPF LSM
+    // hooks see the operation, not the call.
+    let call = u16::try_from(rec.call).ok().and_then(Call::from_raw);
+    let name = call.map(|c| c.name().to_owned());
     Ok(match rec.what {
         TAMPER_SIGNAL => TamperTarget::Signal {
             action,
             pid: rec.target_pid,
             signal: rec.arg,
+            call: name,
         },
         TAMPER_PTRACE => TamperTarget::Ptrace {
             action,
             pid: rec.target_pid,
-            mode: rec.arg,
+            mode: call.is_none().then_some(rec.arg),
+            request: (call == Some(Call::Ptrace)).then_some(rec.arg),
+            fd: (call == Some(Call::PidfdGetfd)).then_some(rec.arg),
+            call: name,
+            path: None,
         },
         TAMPER_BPF => TamperTarget::Bpf {
             action,
             command: rec.arg,
+            call: name,
         },
         TAMPER_FILE => TamperTarget::File {
             action,
             protected: None,
             // FMODE_WRITE.
             write: rec.arg & 2 != 0,
+            call: name,
+            path: None,
         },
         value => {
             return Err(DecodeError::UnknownGuard {

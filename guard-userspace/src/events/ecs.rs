@@ -357,6 +357,7 @@ fn categories(event: &Event) -> (Vec<&'static str>, Vec<&'static str>) {
             }
             DaemonEvent::ControlRefused(_) => (vec!["api"], vec!["denied"]),
             DaemonEvent::NotifyFailed(_) | DaemonEvent::Loss(_) => (vec!["host"], vec!["info"]),
+            DaemonEvent::TamperSuppressed(_) => (vec!["intrusion_detection"], vec!["denied"]),
         },
     }
 }
@@ -377,6 +378,7 @@ fn outcome(event: &Event) -> &'static str {
             | DaemonEvent::PolicyReload(_)
             | DaemonEvent::DaemonTask(_)
             | DaemonEvent::ControlRefused(_)
+            | DaemonEvent::TamperSuppressed(_)
             | DaemonEvent::NotifyFailed(_)
             | DaemonEvent::Loss(_) => "failure",
             DaemonEvent::AgentStart(_)

@@ -331,12 +331,15 @@ pub fn all() -> Vec<Event> {
             pid: 31337,
             cgroup_id: 1,
             cgroup: Some("/".into()),
+            call: None,
+            path: None,
         }))
         .into(),
         self_defense(Op::Tamper(TamperTarget::Signal {
             action: GuardAction::Refused,
             pid: 812,
             signal: 9,
+            call: None,
         }))
         .into(),
         DaemonEvent::AgentStart(AgentStart {
@@ -457,6 +460,7 @@ pub fn all() -> Vec<Event> {
                 self_defense: SelfDefense {
                     escape: "in force".into(),
                     lsm: "in force".into(),
+                    refusals: "reported by the BPF LSM hooks".into(),
                     run_confinement: "none (BPF LSM hooks)".into(),
                     protected: vec![
                         "/var/lib/agent-guard".into(),

@@ -46,6 +46,9 @@ pub struct GuardStatus {
     pub escape: Result<(), String>,
     /// The tamper LSM hooks: Ok, or why not.
     pub lsm: Result<(), String>,
+    /// The refusal observer at system call exit (where the LSM hooks are
+    /// not in force): Ok once the daemon put it in force, or why not.
+    pub refusals: Result<(), String>,
 }
 
 impl GuardStatus {
@@ -53,6 +56,7 @@ impl GuardStatus {
         Self {
             escape: Err(why.to_owned()),
             lsm: Err(why.to_owned()),
+            refusals: Err(why.to_owned()),
         }
     }
 }
@@ -184,16 +188,27 @@ impl Kernel {
         let entry = GuardProcess {
             start_ticks: stat.start_time,
             role,
-            _pad: 0,
+            tgid: pid,
         };
-        self.guard_map::<u32, GuardProcess>("GUARD_PIDS")?
-            .insert(pid, entry, 0)
-            .map_err(map_err("GUARD_PIDS"))
+        let mut map = self.guard_map::<u32, GuardProcess>("GUARD_PIDS")?;
+        map.insert(pid, entry, 0).map_err(map_err("GUARD_PIDS"))?;
+        // Its threads so far; the kernel adds the ones it starts later.
+        for tid in guard_host::proc::threads(pid) {
+            if tid != pid {
+                map.insert(tid, entry, 0).map_err(map_err("GUARD_PIDS"))?;
+            }
+        }
+        Ok(())
     }
 
     pub fn unprotect_process(&mut self, pid: u32) {
         if let Ok(mut map) = self.guard_map::<u32, GuardProcess>("GUARD_PIDS") {
             let _ = map.remove(&pid);
+            for tid in guard_host::proc::threads(pid) {
+                if map.get(&tid, 0).is_ok_and(|g| g.tgid == pid) {
+                    let _ = map.remove(&tid);
+                }
+            }
         }
     }
 

@@ -18,11 +18,13 @@ mod handles;
 mod lsm;
 mod pins;
 mod policy_maps;
+mod refused;
 
 pub use guard::GuardStatus;
 pub use handles::{KernelHolds, LossCounters};
 use lsm::load_lsm;
 use pins::{Attachment, Pins};
+pub use refused::RefusalCounters;
 
 /// The kernel object, built by build.rs through aya-build.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf"));
@@ -227,6 +229,10 @@ impl Kernel {
         if let Ok(offsets) = &guard_offsets {
             loader.override_global("GUARD_OFFSETS", offsets, true);
         }
+        let refused_offsets = refused::refused_offsets();
+        if let Ok(offsets) = &refused_offsets {
+            loader.override_global("REFUSED_OFFSETS", offsets, true);
+        }
         let pins = match state_dir {
             Some(dir) => Some(Pins::mount(dir)?),
             None => None,
@@ -276,6 +282,11 @@ impl Kernel {
                 Err(err) => Err(format!("struct offsets unavailable: {err}")),
             },
             lsm: guard_lsm,
+            // Put in force by the daemon (watch_refusals) where needed.
+            refusals: match refused_offsets {
+                Ok(_) => Err(refused::NOT_WATCHED.into()),
+                Err(err) => Err(format!("struct offsets unavailable: {err}")),
+            },
         };
         Ok(kernel)
     }

@@ -106,8 +106,23 @@ pub struct Agent {
     pub delete: PathPolicy,
     /// Who may start runs of this agent (`runners`; default root only).
     pub runners: Approvers,
+    /// How long this agent's `ask` waits (None: [daemon]'s). Always > 0.
+    pub approval_timeout_secs: Option<u64>,
     /// Line of the agent's `[[agent]]` header.
     pub line: usize,
+}
+
+impl Policy {
+    /// How long a call of agent `name` is held before it is denied: the
+    /// agent's own `approval_timeout_secs`, else [daemon]'s.
+    pub fn approval_timeout(&self, name: Option<&str>) -> std::time::Duration {
+        let own = self
+            .agents
+            .iter()
+            .find(|a| Some(a.name.as_str()) == name)
+            .and_then(|a| a.approval_timeout_secs);
+        std::time::Duration::from_secs(own.unwrap_or(self.daemon.approval_timeout_secs))
+    }
 }
 
 impl Agent {

@@ -88,6 +88,7 @@ struct RawAgent {
     connect: Option<RawRules>,
     delete: Option<RawRules>,
     runners: Option<RawApprovers>,
+    approval_timeout_secs: Option<Spanned<u64>>,
 }
 
 /// `[agent.connect]` and `[agent.delete]` have the same shape.
@@ -243,16 +244,8 @@ fn daemon(doc: &Doc<'_>, raw: Option<RawDaemon>) -> Result<DaemonConfig, PolicyE
     };
     let control_socket = abs_path(raw.control_socket, DEFAULT_CONTROL_SOCKET, "control_socket")?;
     let state_dir = abs_path(raw.state_dir, DEFAULT_STATE_DIR, "state_dir")?;
-    let approval_timeout_secs = match raw.approval_timeout_secs {
-        None => DEFAULT_APPROVAL_TIMEOUT_SECS,
-        Some(t) if *t.get_ref() == 0 => {
-            return Err(doc.error_at(
-                t.span().start,
-                "approval_timeout_secs must be greater than 0",
-            ));
-        }
-        Some(t) => t.into_inner(),
-    };
+    let approval_timeout_secs =
+        approval_timeout(doc, raw.approval_timeout_secs)?.unwrap_or(DEFAULT_APPROVAL_TIMEOUT_SECS);
     let approvers = uid_group_list(doc, raw.approvers, "approver")?;
     // Readers add to the approvers: none unless written.
     let readers = match raw.readers {
@@ -286,6 +279,17 @@ fn daemon(doc: &Doc<'_>, raw: Option<RawDaemon>) -> Result<DaemonConfig, PolicyE
         readers,
         on_remove,
     })
+}
+
+/// `approval_timeout_secs`, in [daemon] or an [[agent]]: more than 0.
+fn approval_timeout(doc: &Doc<'_>, raw: Option<Spanned<u64>>) -> Result<Option<u64>, PolicyError> {
+    match raw {
+        Some(t) if *t.get_ref() == 0 => Err(doc.error_at(
+            t.span().start,
+            "approval_timeout_secs must be greater than 0",
+        )),
+        t => Ok(t.map(Spanned::into_inner)),
+    }
 }
 
 /// `{ uids = [...], groups = [...] }` for approvers and runners; omitted
@@ -359,6 +363,7 @@ fn agent(doc: &Doc<'_>, raw: RawAgent, line: usize) -> Result<Agent, PolicyError
     let connect = net_policy(doc, raw.connect.as_ref())?;
     let delete = path_policy(doc, raw.delete.as_ref())?;
     let runners = uid_group_list(doc, raw.runners, "runner")?;
+    let approval_timeout_secs = approval_timeout(doc, raw.approval_timeout_secs)?;
     Ok(Agent {
         name: raw.name.into_inner(),
         owner: raw.owner.into_inner(),
@@ -369,6 +374,7 @@ fn agent(doc: &Doc<'_>, raw: RawAgent, line: usize) -> Result<Agent, PolicyError
         connect,
         delete,
         runners,
+        approval_timeout_secs,
         line,
     })
 }

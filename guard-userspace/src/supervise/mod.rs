@@ -135,7 +135,7 @@ mod tests;
 use std::{future::Future, io, pin::Pin};
 
 pub use fdpass::{recv_fds_now, recv_with_fds, send_with_fd};
-pub use filter::FilterProgram;
+pub use filter::{FilterProgram, SUPERVISED_WATCHED};
 #[cfg(test)]
 pub use supervisor::supervise;
 pub use supervisor::{Journal, Resume, supervise_resuming};

@@ -33,7 +33,9 @@ default = "allow"
 
 pub const DAEMON_TOML: &str = "[daemon]\napproval_timeout_secs = 60\n";
 
-const OPS: [&str; 2] = ["unlink", "connect"];
+/// `refused`: a call the kernel refuses (EPERM), the worst case of the
+/// refusal observer for processes outside agents.
+const OPS: [&str; 3] = ["unlink", "connect", "refused"];
 /// (key, description, place, whether the guard is loaded)
 const CASES: [(&str, &str, Place, bool); 4] = [
     ("none", "no guard", Place::Outside, false),
@@ -64,6 +66,7 @@ fn job(ctx: &Ctx, op: &str, case: &str, round: u32, port: u16, calls: u32) -> Ve
             "--count".into(),
             calls.to_string(),
         ],
+        "refused" => vec!["refused".into(), "--count".into(), calls.to_string()],
         _ => vec![
             "connect".into(),
             "--port".into(),

@@ -47,6 +47,14 @@ pub enum Job {
         #[arg(long, default_value_t = u64::MAX)]
         count: u64,
     },
+    /// Time COUNT calls that fail as refused (EPERM): rt_sigqueueinfo to
+    /// pid 1 with a non-negative si_code, which the kernel refuses to any
+    /// caller before it looks at the target. The most the refusal observer
+    /// at system call exit can cost a process that is not an agent's.
+    Refused {
+        #[arg(long)]
+        count: u32,
+    },
     /// COUNT held connects to 127.0.0.1:PORT, one after another; prints the
     /// CLOCK_BOOTTIME of each return (the kernel's hold ids use that clock).
     HeldConnect {
@@ -85,6 +93,7 @@ pub fn run(args: &WorkerArgs) -> Result<()> {
             result(&chunks, *count)
         }
         Job::Flood { rate, secs, count } => flood(*rate, *secs, *count),
+        Job::Refused { count } => refused(*count)?,
         Job::HeldConnect { port, count } => {
             let mut returned = Vec::new();
             for _ in 0..*count {
@@ -120,6 +129,29 @@ fn unlink(dir: &std::path::Path, count: u32) -> Result<serde_json::Value> {
             // SAFETY: NUL-terminated path.
             if unsafe { libc::unlink(p.as_ptr()) } != 0 {
                 bail!("unlink {p:?}: {}", std::io::Error::last_os_error());
+            }
+        }
+        chunks.push(start.elapsed());
+    }
+    Ok(result(&chunks, count))
+}
+
+fn refused(count: u32) -> Result<serde_json::Value> {
+    // siginfo_t: si_signo, si_errno, si_code; si_code 0 (SI_USER) may only
+    // be queued to oneself.
+    let mut info = [0i32; 32];
+    info[0] = libc::SIGUSR1;
+    let mut chunks = Vec::new();
+    for chunk in 0..count.div_ceil(CHUNK) {
+        let n = CHUNK.min(count - chunk * CHUNK);
+        let start = Instant::now();
+        for _ in 0..n {
+            // SAFETY: a siginfo-sized buffer the kernel only reads.
+            let rc = unsafe {
+                libc::syscall(libc::SYS_rt_sigqueueinfo, 1, libc::SIGUSR1, info.as_ptr())
+            };
+            if rc == 0 {
+                bail!("rt_sigqueueinfo to pid 1 was not refused");
             }
         }
         chunks.push(start.elapsed());

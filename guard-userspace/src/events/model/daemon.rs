@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::{
     Agent, AgentExit, AgentKill, AgentMode, AgentRef, AgentStart, By, Call, CallKind,
     ControlRefused, DaemonStart, DaemonStop, DaemonTask, HoldId, Loss, NotifyFailed, NotifyFailure,
-    Op, PolicyReload, Process, Rule, Text,
+    Op, PolicyReload, Process, Rule, TamperSuppressed, Text,
     call::{AnyTarget, Backend, GrantRef},
 };
 
@@ -48,6 +48,10 @@ pub enum DaemonEvent {
     /// released for it).
     #[serde(rename = "daemon.task")]
     DaemonTask(DaemonTask),
+    /// An agent's self-defense refusals held back by the allowance, counted
+    /// (`target.what` `suppressed`).
+    #[serde(rename = "guard.tamper")]
+    TamperSuppressed(TamperSuppressed),
 }
 
 impl DaemonEvent {
@@ -65,6 +69,7 @@ impl DaemonEvent {
             DaemonEvent::DaemonStart(_) => "daemon.start",
             DaemonEvent::DaemonStop(_) => "daemon.stop",
             DaemonEvent::DaemonTask(_) => "daemon.task",
+            DaemonEvent::TamperSuppressed(_) => "guard.tamper",
         }
     }
 
@@ -73,7 +78,7 @@ impl DaemonEvent {
             DaemonEvent::HoldDecision(d) => d.outcome.name(),
             DaemonEvent::PolicyReload(r) => r.outcome.name(),
             DaemonEvent::DaemonTask(t) => t.outcome.name(),
-            DaemonEvent::ControlRefused(_) => "denied",
+            DaemonEvent::ControlRefused(_) | DaemonEvent::TamperSuppressed(_) => "denied",
             DaemonEvent::NotifyFailed(_) => "failed",
             DaemonEvent::Loss(_) => "lost",
             DaemonEvent::AgentStart(_)
@@ -91,6 +96,7 @@ impl DaemonEvent {
             DaemonEvent::AgentStart(s) => s.agent.as_ref(),
             DaemonEvent::AgentExit(e) => e.agent.as_ref(),
             DaemonEvent::AgentMode(m) => m.agent.as_ref(),
+            DaemonEvent::TamperSuppressed(s) => s.agent.known(),
             DaemonEvent::AgentKill(_)
             | DaemonEvent::PolicyReload(_)
             | DaemonEvent::ControlRefused(_)
@@ -119,7 +125,8 @@ impl DaemonEvent {
             DaemonEvent::AgentExit(_)
             | DaemonEvent::AgentKill(_)
             | DaemonEvent::DaemonStart(_)
-            | DaemonEvent::DaemonStop(_) => false,
+            | DaemonEvent::DaemonStop(_)
+            | DaemonEvent::TamperSuppressed(_) => false,
         }
     }
 }

@@ -29,6 +29,13 @@ pub struct EscapeTarget {
     /// gives it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    /// The system call, where the refusal was seen at its exit (Landlock
+    /// or the seccomp filter refused it; BPF LSM hooks see the operation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call: Option<String>,
+    /// The path the refused call named, as resolved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -42,7 +49,9 @@ pub enum EscapeHow {
     CgroupOpen,
 }
 
-/// `guard.tamper`'s target: what was reached for.
+/// `guard.tamper`'s target: what was reached for. `call` names the system
+/// call where the refusal was seen at its exit (Landlock or the seccomp
+/// filter refused it; BPF LSM hooks see the operation, not the call).
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "what", rename_all = "snake_case")]
 pub enum TamperTarget {
@@ -51,15 +60,35 @@ pub enum TamperTarget {
         action: GuardAction,
         pid: u32,
         signal: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        call: Option<String>,
     },
-    /// ptrace of a guard process.
+    /// ptrace of a guard process, or its /proc entries.
     Ptrace {
         action: GuardAction,
         pid: u32,
-        mode: u32,
+        /// The LSM hook's access mode.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
+        /// ptrace(2)'s request.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request: Option<u32>,
+        /// pidfd_getfd(2)'s descriptor.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fd: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        call: Option<String>,
+        /// The /proc path the refused call named.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
     },
     /// bpf(2) on the guard's programs or maps.
-    Bpf { action: GuardAction, command: u32 },
+    Bpf {
+        action: GuardAction,
+        command: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        call: Option<String>,
+    },
     /// A protected file or directory.
     File {
         action: GuardAction,
@@ -67,10 +96,27 @@ pub enum TamperTarget {
         #[serde(skip_serializing_if = "Option::is_none")]
         protected: Option<String>,
         write: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        call: Option<String>,
+        /// The path the refused call named, as resolved.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
     },
 }
 
 impl TamperTarget {
+    /// Records the system call the refusal was seen at, and the path it
+    /// named (where the target has one).
+    pub fn seen(&mut self, name: Option<String>, named: Option<String>) {
+        match self {
+            TamperTarget::Signal { call, .. } | TamperTarget::Bpf { call, .. } => *call = name,
+            TamperTarget::Ptrace { call, path, .. } | TamperTarget::File { call, path, .. } => {
+                *call = name;
+                *path = named;
+            }
+        }
+    }
+
     /// The guard process aimed at, for signals and ptrace.
     pub fn pid(&self) -> Option<u32> {
         match self {
@@ -78,4 +124,25 @@ impl TamperTarget {
             TamperTarget::Bpf { .. } | TamperTarget::File { .. } => None,
         }
     }
+}
+
+/// `guard.tamper`, what `suppressed`: an agent's refusals of one class
+/// held back by the allowance (ten at once, then one a second), counted
+/// and reported in one event. Not a call: no process made it.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct TamperSuppressed {
+    pub outcome: super::Refused,
+    pub agent: super::Agent,
+    pub rule: super::Rule,
+    pub target: SuppressedTarget,
+}
+
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[serde(tag = "what", rename = "suppressed")]
+pub struct SuppressedTarget {
+    pub action: GuardAction,
+    /// The class: `signal`, `ptrace`, `bpf`, `file`, `escape`.
+    pub of: &'static str,
+    pub count: u64,
+    pub reason: String,
 }

@@ -160,6 +160,10 @@ pub struct SelfDefense {
     pub escape: String,
     /// The tamper LSM hooks: `in force` or `unavailable: <why>`.
     pub lsm: String,
+    /// How refusals of an agent's reach for the guard are reported: `reported
+    /// by the BPF LSM hooks`, `in force` (seen at system call exit, where
+    /// Landlock or the seccomp filter refused them) or `unavailable: <why>`.
+    pub refusals: String,
     /// `landlock` or `none (BPF LSM hooks)`.
     pub run_confinement: String,
     /// Paths kept from agents.

@@ -170,6 +170,7 @@ impl<'a> Ocsf<'a> {
             status_id: STATUS_SUCCESS.0,
             status: STATUS_SUCCESS.1,
             status_detail: None,
+            count: None,
             action_id: None,
             action: None,
             disposition_id: None,
@@ -429,6 +430,21 @@ impl<'a> Ocsf<'a> {
                     STATUS_FAILURE,
                     SEVERITY_HIGH,
                 );
+            }
+            DaemonEvent::TamperSuppressed(t) => {
+                // A count of refused calls, not one call: no process made
+                // it (Base Event, Other, with `count`).
+                self.set(
+                    ACTION_DENIED,
+                    DISPOSITION_BLOCKED,
+                    STATUS_FAILURE,
+                    SEVERITY_HIGH,
+                );
+                self.count = Some(t.target.count);
+                self.status_detail = Some(&t.target.reason);
+                self.actor = Some(actor(&t.agent, None));
+                self.policy = policy(&t.rule);
+                self.unmapped = unmapped(t.agent.known());
             }
             DaemonEvent::NotifyFailed(_) => {
                 (self.status_id, self.status) = STATUS_FAILURE;

@@ -30,6 +30,9 @@ pub struct Ocsf<'a> {
     /// Why, where the rule alone does not say it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status_detail: Option<&'a str>,
+    /// How many events this one stands for (a count of suppressed ones).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action_id: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -369,6 +369,13 @@ fn bad_daemon_settings() {
         "must be greater than 0",
     );
     check(
+        "[[agent]]\nname = \"a\"\nowner = \"o\"\npurpose = \"p\"\ncgroup = \"a\"\n\
+         approval_timeout_secs = 0\n",
+        6,
+        25,
+        "must be greater than 0",
+    );
+    check(
         "[daemon]\ncontrol_socket = \"guard.sock\"\n",
         2,
         18,

@@ -239,6 +239,32 @@ fn defaults() {
 }
 
 #[test]
+fn an_agent_may_set_its_own_approval_timeout() {
+    let p = parse(
+        "t.toml",
+        "[daemon]\napproval_timeout_secs = 120\n\n\
+         [[agent]]\nname = \"quick\"\nowner = \"o\"\npurpose = \"p\"\ncgroup = \"a/quick\"\n\
+         approval_timeout_secs = 15\n\n\
+         [[agent]]\nname = \"slow\"\nowner = \"o\"\npurpose = \"p\"\ncgroup = \"a/slow\"\n",
+    )
+    .unwrap();
+    assert_eq!(p.agents[0].approval_timeout_secs, Some(15));
+    assert_eq!(p.agents[1].approval_timeout_secs, None);
+    let secs = |name| p.approval_timeout(name).as_secs();
+    assert_eq!(secs(Some("quick")), 15);
+    assert_eq!(secs(Some("slow")), 120, "the daemon's");
+    assert_eq!(secs(Some("gone")), 120, "an agent no longer in the policy");
+    assert_eq!(secs(None), 120);
+}
+
+#[test]
+fn the_embedded_demo_agent_decides_its_holds_within_a_minute() {
+    let p = parse("default.toml", DEFAULT_POLICY).unwrap();
+    assert_eq!(p.approval_timeout(Some("demo")).as_secs(), 60);
+    assert_eq!(p.daemon.approval_timeout_secs, 300);
+}
+
+#[test]
 fn empty_policy_and_partial_daemon() {
     let p = parse("e.toml", "").unwrap();
     assert!(p.agents.is_empty());

@@ -1,0 +1,321 @@
+//! Refused path calls seen at system call exit (guard-ebpf refused.rs):
+//! which of them reached for the guard. The kernel sends every path call
+//! of an agent that failed as refused; most are ordinary permission
+//! failures, and only these become events:
+//! - a path in or under a protected file or directory: `guard.tamper`,
+//!   what `file` (found by the directory's inode where the kernel saw it,
+//!   or by the resolved path);
+//! - /proc/PID/... of a guard process or thread: `guard.tamper`, what
+//!   `ptrace` (/proc checks ptrace's permission);
+//! - a change to a cgroup filesystem outside the agent's own tree:
+//!   `agent.escape`, how `cgroup_open`.
+//!
+//! Everything else is dropped: it is not the guard's refusal to report.
+use std::path::{Path, PathBuf};
+
+use guard_common::{Call, RefusedPath, RefusedPathRecord};
+use serde_json::{Value, json};
+
+use super::decode::{DecodeError, normalize, proc_base, read};
+use crate::daemon::registry::Registry;
+
+/// The event kind and target a refused path call gives, or None when it
+/// did not reach for the guard.
+pub fn classify(
+    bytes: &[u8],
+    registry: &Registry,
+) -> Result<Option<(&'static str, Value)>, DecodeError> {
+    let rec: RefusedPathRecord = read(bytes)?;
+    let call = Call::from_raw(rec.call);
+    let write = writes(call, rec.flags);
+    for p in rec.paths.iter().filter(|p| p.path_len > 0) {
+        let Some(found) = reached(rec.header.pid, p, write, rec.header.agent_id, registry) else {
+            continue;
+        };
+        let mut target = found.target;
+        if let Some(obj) = target.as_object_mut() {
+            obj.insert("call".into(), call.map(Call::name).into());
+            obj.insert("path".into(), found.path.display().to_string().into());
+        }
+        return Ok(Some((found.kind, target)));
+    }
+    Ok(None)
+}
+
+/// Whether the call would have changed what it names: every path call but
+/// an open for reading only.
+fn writes(call: Option<Call>, flags: u32) -> bool {
+    let open = matches!(
+        call,
+        Some(Call::Open | Call::Openat | Call::Openat2 | Call::Creat)
+    );
+    let flags = flags as i32;
+    !open
+        || flags & libc::O_ACCMODE != libc::O_RDONLY
+        || flags & (libc::O_CREAT | libc::O_TRUNC) != 0
+}
+
+struct Reached {
+    kind: &'static str,
+    target: Value,
+    /// The path as resolved.
+    path: PathBuf,
+}
+
+fn text(bytes: &[u8], len: u16) -> String {
+    let len = usize::from(len).min(bytes.len());
+    String::from_utf8_lossy(&bytes[..len]).into_owned()
+}
+
+/// What path argument `p` of process `pid` reached for, if it was the
+/// guard's.
+fn reached(
+    pid: u32,
+    p: &RefusedPath,
+    write: bool,
+    agent_id: u32,
+    registry: &Registry,
+) -> Option<Reached> {
+    let raw = text(&p.path, p.path_len);
+    let joined = if raw.starts_with('/') {
+        raw
+    } else if p.base_len > 0 {
+        format!("{}/{raw}", text(&p.base, p.base_len))
+    } else {
+        // The kernel could not name the directory: /proc, while the
+        // process lives.
+        format!("{}/{raw}", proc_base(pid, p.dirfd).unwrap_or_default())
+    };
+    // The directory it starts from lies in a protected one: no name the
+    // agent chose can hide that.
+    if p.protected.ino != 0 {
+        if let Some((_, prot)) = registry.protected.iter().find(|(k, _)| *k == p.protected) {
+            return Some(file(prot, write, real(&joined)));
+        }
+    }
+    let lexical = PathBuf::from(normalize(&joined));
+    // /proc/PID/... is judged by its name: resolving it would follow the
+    // guard process's own links (cwd, root).
+    if let Some(target) = proc_target(&lexical, registry) {
+        return Some(Reached {
+            kind: "guard.tamper",
+            target: json!({"what": "ptrace", "action": "refused", "pid": target}),
+            path: lexical,
+        });
+    }
+    let path = real(&joined);
+    if let Some((_, prot)) = registry
+        .protected
+        .iter()
+        .find(|(_, prot)| path.starts_with(prot))
+    {
+        return Some(file(prot, write, path));
+    }
+    if write {
+        return cgroup_escape(path, pid, agent_id, registry);
+    }
+    None
+}
+
+fn file(protected: &Path, write: bool, path: PathBuf) -> Reached {
+    Reached {
+        kind: "guard.tamper",
+        target: json!({"what": "file", "action": "refused",
+                       "protected": protected.display().to_string(), "write": write}),
+        path,
+    }
+}
+
+/// The guard process whose /proc directory `path` is in, if any.
+fn proc_target(path: &Path, registry: &Registry) -> Option<u32> {
+    let mut parts = path.strip_prefix("/proc").ok()?.components();
+    let id: u32 = parts.next()?.as_os_str().to_str()?.parse().ok()?;
+    let guard = |pid: u32| {
+        pid == std::process::id() || registry.sessions.values().any(|s| s.opener_pid == pid)
+    };
+    if guard(id) {
+        return Some(id);
+    }
+    // A thread's id names it under /proc too.
+    guard_host::proc::tgid(id).filter(|t| guard(*t))
+}
+
+/// A refused change to a cgroup filesystem outside the agent's own tree.
+fn cgroup_escape(path: PathBuf, pid: u32, agent_id: u32, registry: &Registry) -> Option<Reached> {
+    let mount = registry
+        .cgroup_mounts
+        .iter()
+        .find(|m| path.starts_with(m) && path != **m)?;
+    // The cgroup a file belongs to, or a new cgroup's parent.
+    let dir = path.parent()?.to_path_buf();
+    if let Some(agent) = registry.agent(agent_id) {
+        if dir.starts_with(&agent.cgroup_dir) {
+            return None; // its own tree: the confinement's price, not a way out
+        }
+    }
+    let cgroup = Path::new("/").join(dir.strip_prefix(mount).ok()?);
+    Some(Reached {
+        kind: "agent.escape",
+        target: json!({
+            "how": "cgroup_open",
+            "action": "refused",
+            "pid": pid,
+            "cgroup_id": guard_host::cgroup::id(&dir).unwrap_or(0),
+            "cgroup": cgroup.display().to_string(),
+        }),
+        path,
+    })
+}
+
+/// The path as the kernel resolved it: symlinks and ".." followed where
+/// the path exists, and for a name about to be made, its directory's.
+fn real(joined: &str) -> PathBuf {
+    let path = Path::new(joined);
+    if let Ok(real) = std::fs::canonicalize(path) {
+        return real;
+    }
+    if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+        if let Ok(dir) = std::fs::canonicalize(dir) {
+            return dir.join(name);
+        }
+    }
+    PathBuf::from(normalize(joined))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_reading_opens_do_not_write() {
+        let rdonly = libc::O_RDONLY as u32;
+        assert!(!writes(Some(Call::Openat), rdonly));
+        assert!(writes(Some(Call::Openat), libc::O_WRONLY as u32));
+        assert!(writes(
+            Some(Call::Open),
+            (libc::O_RDONLY | libc::O_CREAT) as u32
+        ));
+        assert!(writes(Some(Call::Mkdirat), 0));
+        assert!(writes(None, 0));
+    }
+
+    #[test]
+    fn real_paths_follow_what_exists() {
+        let dir = std::env::temp_dir().join(format!("refused-real-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("a")).expect("mkdir");
+        let dir = std::fs::canonicalize(&dir).expect("canon");
+        std::os::unix::fs::symlink(dir.join("a"), dir.join("link")).expect("symlink");
+        let j = |s: &str| format!("{}/{s}", dir.display());
+        assert_eq!(real(&j("link/new")), dir.join("a/new"));
+        assert_eq!(real(&j("a/../a/./x")), dir.join("a/x"));
+        assert_eq!(real(&j("missing/deeper/x")), dir.join("missing/deeper/x"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A record of one refused path call by this process.
+    fn record(call: Call, flags: u32, path: &str, base: &str) -> Vec<u8> {
+        let mut rec: RefusedPathRecord =
+            read(&vec![0u8; size_of::<RefusedPathRecord>()]).expect("zeroed record");
+        rec.header.pid = std::process::id();
+        rec.call = call.raw();
+        rec.flags = flags;
+        let p = &mut rec.paths[0];
+        p.dirfd = -100;
+        p.path[..path.len()].copy_from_slice(path.as_bytes());
+        p.path_len = path.len() as u16;
+        p.base[..base.len()].copy_from_slice(base.as_bytes());
+        p.base_len = base.len() as u16;
+        // SAFETY: a plain repr(C) record, viewed as its bytes.
+        unsafe {
+            std::slice::from_raw_parts(
+                (&raw const rec).cast::<u8>(),
+                size_of::<RefusedPathRecord>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn refused_paths_are_the_guards_or_nothing() {
+        let dir = std::env::temp_dir().join(format!("refused-classify-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("secret")).expect("mkdir");
+        std::fs::create_dir_all(dir.join("cg/other")).expect("mkdir");
+        std::fs::create_dir_all(dir.join("open")).expect("mkdir");
+        let dir = std::fs::canonicalize(&dir).expect("canon");
+        let d = |rel: &str| format!("{}/{rel}", dir.display());
+        let policy = crate::policy::parse("test.toml", "").expect("an empty policy");
+        let mut registry = Registry::new(policy);
+        let key = guard_common::InodeKey { dev: 1, ino: 2 };
+        registry.protected = vec![(key, dir.join("secret"))];
+        registry.cgroup_mounts = vec![dir.join("cg")];
+        let classify = |bytes: Vec<u8>| classify(&bytes, &registry).expect("decodes");
+        let rdonly = libc::O_RDONLY as u32;
+
+        let (kind, t) =
+            classify(record(Call::Openat, rdonly, &d("secret/key"), "")).expect("the guard's");
+        assert_eq!(kind, "guard.tamper");
+        assert_eq!(t["what"], "file");
+        assert_eq!(t["protected"], d("secret"));
+        assert_eq!(t["write"], false);
+        assert_eq!(t["call"], "openat");
+        assert_eq!(t["path"], d("secret/key"));
+
+        // Relative, with ".." and the kernel's base directory.
+        let (_, t) =
+            classify(record(Call::Mkdirat, 0, "open/../secret/new", &d(""))).expect("the guard's");
+        assert_eq!(t["protected"], d("secret"));
+        assert_eq!(t["write"], true);
+
+        let (_, t) = classify(record(
+            Call::Openat,
+            rdonly,
+            &format!("/proc/{}/mem", std::process::id()),
+            "",
+        ))
+        .expect("a guard process's /proc entry");
+        assert_eq!(t["what"], "ptrace");
+        assert_eq!(t["pid"], std::process::id());
+
+        // A write to a cgroup file outside the agent; reading one is not.
+        let procs = d("cg/other/cgroup.procs");
+        let (kind, t) =
+            classify(record(Call::Openat, libc::O_WRONLY as u32, &procs, "")).expect("an escape");
+        assert_eq!(kind, "agent.escape");
+        assert_eq!(t["cgroup"], "/other");
+        assert_eq!(t["action"], "refused");
+        assert!(classify(record(Call::Openat, rdonly, &procs, "")).is_none());
+
+        // An ordinary refusal is not the guard's to report.
+        assert!(classify(record(Call::Openat, rdonly, &d("open/x"), "")).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_base_directory_inside_a_protected_one_is_found_by_inode() {
+        let policy = crate::policy::parse("test.toml", "").expect("an empty policy");
+        let mut registry = Registry::new(policy);
+        let key = guard_common::InodeKey { dev: 7, ino: 9 };
+        registry.protected = vec![(key, PathBuf::from("/var/lib/agent-guard"))];
+        let mut bytes = record(Call::Openat, libc::O_RDONLY as u32, "chain.json", "");
+        let mut rec: RefusedPathRecord = read(&bytes).expect("record");
+        rec.paths[0].protected = key;
+        // SAFETY: as in `record`.
+        bytes = unsafe { std::slice::from_raw_parts((&raw const rec).cast::<u8>(), bytes.len()) }
+            .to_vec();
+        let (_, t) = classify(&bytes, &registry)
+            .expect("decodes")
+            .expect("the guard's");
+        assert_eq!(t["protected"], "/var/lib/agent-guard");
+    }
+
+    #[test]
+    fn proc_entries_of_the_daemon_are_its() {
+        let policy = crate::policy::parse("test.toml", "").expect("an empty policy");
+        let registry = Registry::new(policy);
+        let me = std::process::id();
+        let p = PathBuf::from(format!("/proc/{me}/mem"));
+        assert_eq!(proc_target(&p, &registry), Some(me));
+        assert_eq!(proc_target(Path::new("/proc/self/mem"), &registry), None);
+        assert_eq!(proc_target(Path::new("/etc/passwd"), &registry), None);
+    }
+}
