@@ -327,12 +327,13 @@ pub fn report_tamper(
     slot.submit(emit::wakeup(true));
 }
 
-/// Reports an `agent.escape` record. A refused attempt draws on the
-/// agent's allowance (a loop of them could flood); a process killed for
-/// leaving cannot loop.
+/// Reports an `agent.escape` record within the agent's allowance, refused
+/// and killed alike: a killed process cannot loop, but its parent can fork
+/// one escaper after another, each a record. Nothing but the record waits
+/// on the allowance: the kill is sent either way.
 #[inline(always)]
 pub fn report_escape(from: &Agent, moved: u32, how: u32, action: u32, dst: u64, path: *const u8) {
-    if action == ACTION_REFUSED && !within_budget(from.cgroup_id, REFUSAL_ESCAPE) {
+    if !within_budget(from.cgroup_id, REFUSAL_ESCAPE) {
         return;
     }
     let Some(mut slot) = EVENTS.reserve::<EscapeRecord>(0) else {

@@ -282,12 +282,28 @@ impl Daemon {
                 progress = (s.lines, now);
             }
             let deadline = (progress.1 + PATIENCE).min(started + 10 * PATIENCE);
-            assert!(
-                now < deadline,
-                "fewer than {n} {kind} events: the stream stalled for {PATIENCE:?} (or ran \
-                 for {:?})",
-                10 * PATIENCE
-            );
+            if now >= deadline {
+                // What the stream and the daemon were doing, to tell a lost
+                // line from a daemon that never got to it.
+                let count = s.by_kind.get(kind).copied().unwrap_or(0);
+                let total = s.events.len();
+                let losses = s.by_kind.get("loss").copied().unwrap_or(0);
+                let last: Vec<String> = s
+                    .events
+                    .iter()
+                    .rev()
+                    .take(5)
+                    .map(|e| e["kind"].to_string())
+                    .collect();
+                drop(s);
+                panic!(
+                    "fewer than {n} {kind} events: the stream stalled for {PATIENCE:?} (or ran \
+                     for {:?}) ({count} seen; {total} events in all, {losses} of them loss; the \
+                     last: {last:?}); daemon threads:\n{}",
+                    10 * PATIENCE,
+                    thread_report(self.child.id())
+                );
+            }
             s = cvar.wait_timeout(s, deadline - now).expect("lock").0;
         }
     }
@@ -417,6 +433,23 @@ fn thread_report(pid: u32) -> String {
             read("syscall").trim(),
             read("stack")
         ));
+    }
+    // The user-space side, where gdb is installed (not a test dependency:
+    // only a failing test's report is richer with it).
+    match Command::new("gdb")
+        .args([
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-nx",
+            "-ex",
+            "thread apply all bt 30",
+        ])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(o) => out.push_str(&String::from_utf8_lossy(&o.stdout)),
+        Err(e) => out.push_str(&format!("(no user-space stacks: gdb: {e})\n")),
     }
     out
 }

@@ -165,6 +165,7 @@ name = "bot"
 owner = "mallory@example.com"
 purpose = "rogue agent tests"
 cgroup = "{cgroup}"
+runners = {{ uids = [0, 65534] }}
 
 [agent.connect]
 default = "allow"

@@ -6,6 +6,7 @@ mod build;
 mod conformance;
 mod package;
 mod setup;
+mod timing;
 mod vm;
 
 use std::process::ExitCode;

@@ -53,9 +53,11 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         policy: Option<PathBuf>,
     },
-    /// List calls held for a decision (an `ask` rule): id, agent, owner,
-    /// pid, exe, what, target, time waited and time left before the
-    /// automatic deny.
+    /// List calls held for a decision (an `ask` rule): id, agent, pid,
+    /// what, target, time waited and time left before the automatic deny;
+    /// under each, its command line, parents up to the agent's first
+    /// process, owner and purpose, the agent's last five minutes, and what
+    /// each approval scope would grant.
     ///
     /// Examples:
     ///   agent-guard pending
@@ -278,12 +280,14 @@ pub enum EventsCommand {
     ///
     /// Example:
     ///   agent-guard events schema > events.schema.json
+    #[command(verbatim_doc_comment)]
     Schema,
     /// Print, as JSON, the OCSF version and profiles of the `ocsf` member
     /// and the ECS version of `format = "ecs"` lines.
     ///
     /// Example:
     ///   agent-guard events versions
+    #[command(verbatim_doc_comment)]
     Versions,
     /// Print one event of each kind, as the daemon writes them (the ones
     /// docs/events.md shows): sample data for a SIEM's parser.
@@ -291,6 +295,7 @@ pub enum EventsCommand {
     /// Examples:
     ///   agent-guard events examples
     ///   agent-guard events examples --format ecs > sample.ndjson
+    #[command(verbatim_doc_comment)]
     Examples {
         /// `native` (with the `ocsf` member) or `ecs`.
         #[arg(long, value_enum, default_value = "native")]

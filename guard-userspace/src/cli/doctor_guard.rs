@@ -200,6 +200,10 @@ fn unobserved(lsm: bool) -> Vec<&'static str> {
              before the daemon reads the record (the daemon judges the new target)",
             "not refused for runs: reading /proc/PID/environ and cmdline of guard processes \
              (Landlock allows it)",
+            "not named one by one: an agent's refused path calls beyond its allowance (10 at \
+             once, then one a second) are counted together before the daemon can tell the \
+             guard's files from ordinary permission failures, so a burst of ordinary failures \
+             first leaves a reach for the guard's files counted, not named",
         ]
     }
 }

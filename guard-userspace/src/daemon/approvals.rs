@@ -16,7 +16,7 @@ use crate::{
     cgroup,
     events::{
         self,
-        model::{AgentKill, DaemonEvent, Killed, Op, Scope, Subject, Success},
+        model::{AgentKill, Call, DaemonEvent, Killed, Op, Scope, Subject, Success},
     },
 };
 
@@ -66,6 +66,19 @@ pub fn decide(
         bail!("no pending hold {id} (already decided, expired, or never held)");
     }
     Ok(json!({ "scope": granted }))
+}
+
+/// The subtree a `subtree` approval of held file call `call` grants
+/// unless narrowed: the path of the `ask` rule that held it, else the
+/// directory of the path whose rule decided (a rename's destination when
+/// the object it would replace decided). None for a call without a path.
+pub fn default_subtree(call: &Call) -> Option<String> {
+    let target = call.op.decided_path()?;
+    let prefix = match call.rule.matched.as_deref() {
+        Some(m) if m.starts_with('/') => m.trim_end_matches('/'),
+        _ => target.rsplit_once('/').map_or("", |(dir, _)| dir),
+    };
+    Some(if prefix.is_empty() { "/" } else { prefix }.to_owned())
 }
 
 /// The scope part of an approval, as asked.
@@ -123,19 +136,12 @@ fn grant_for_hold(
                 .op
                 .decided_path()
                 .context("held file call without a path")?;
-            // Default: the subtree of the ask rule that held the call.
-            let prefix = match (&scope.path, call.rule.matched.as_deref()) {
-                (Some(p), _) => p.trim_end_matches('/').to_owned(),
-                (None, Some(m)) if m.starts_with('/') => m.trim_end_matches('/').to_owned(),
-                _ => target
-                    .rsplit_once('/')
-                    .map(|(dir, _)| dir.to_owned())
-                    .unwrap_or_default(),
-            };
-            let prefix = if prefix.is_empty() {
-                "/".to_owned()
-            } else {
-                prefix
+            let prefix = match &scope.path {
+                Some(p) => match p.trim_end_matches('/') {
+                    "" => "/".to_owned(),
+                    p => p.to_owned(),
+                },
+                None => default_subtree(&call).context("held file call without a path")?,
             };
             if !(prefix == "/" || target == prefix || target.starts_with(&format!("{prefix}/"))) {
                 bail!("{prefix} does not contain the held path {target}");

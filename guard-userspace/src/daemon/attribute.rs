@@ -104,6 +104,7 @@ pub fn kernel_call(rec: Record, registry: &Registry, enricher: &mut Enricher) ->
         hold: h.hold_id.map(|id| HoldRef {
             id: HoldId(id),
             timeout_secs: None,
+            context: None,
         }),
         grant: h.grant_id.map(|id| GrantRef { id }),
         backend: None,

@@ -213,6 +213,7 @@ fn emit_held_call(
     call.hold = Some(HoldRef {
         id: HoldId(hold),
         timeout_secs: None,
+        context: None,
     });
     events::emit_now(emitter, call);
 }

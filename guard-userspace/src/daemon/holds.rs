@@ -97,9 +97,13 @@ impl Holds {
         timeout: Duration,
     ) {
         call.outcome = CallOutcome::Held;
+        // Gathered before any hold lock is taken (it reads /proc and the
+        // recent counts), once: a successor shows the same.
+        let context = super::context::gather(shared, &call, pid);
         call.hold = Some(HoldRef {
             id: HoldId(id),
             timeout_secs: Some(timeout.as_secs()),
+            context: Some(Box::new(context)),
         });
         let announce = call.clone();
         let now = Instant::now();
@@ -326,7 +330,12 @@ impl Holds {
                     "owner": agent.map(|a| &a.owner),
                     "pid": h.pid,
                     "exe": h.call.process.exe,
+                    "cmdline": h.call.process.cmdline,
+                    "purpose": agent.map(|a| &a.purpose),
+                    "on_behalf_of": agent.and_then(|a| a.on_behalf_of.as_ref()),
                     "target": h.call.op.target_json(),
+                    "rule": h.call.rule,
+                    "context": h.call.hold.as_ref().and_then(|x| x.context.as_ref()),
                     "since": humantime::format_rfc3339_seconds(h.since_wall).to_string(),
                     "waited_ms": now.duration_since(h.since).as_millis() as u64,
                     "left_ms": h.deadline.saturating_duration_since(now).as_millis() as u64,

@@ -21,8 +21,8 @@ use crate::{
     events::{
         self, Event, Stamped,
         model::{
-            Call, CallOutcome, Channel, DaemonEvent, Decided, EventsLost, Failed, HoldId, HoldRef,
-            LossReason, NotifyFailed, NotifyFailure, NotifyWhat, Op, Process, Rule, Text,
+            Call, CallOutcome, Channel, Cmdline, DaemonEvent, Decided, EventsLost, Failed, HoldId,
+            HoldRef, LossReason, NotifyFailed, NotifyFailure, NotifyWhat, Op, Process, Rule, Text,
         },
     },
     metrics::Metrics,
@@ -153,6 +153,8 @@ pub struct Document<'a> {
     owner: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     on_behalf_of: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    purpose: Option<&'a str>,
     /// The held call's kind.
     what: &'static str,
     #[serde(serialize_with = "Op::serialize_target")]
@@ -178,6 +180,8 @@ struct DocProcess<'a> {
     pid: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     exe: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cmdline: Option<&'a Cmdline>,
 }
 
 /// The document for `stamped` (if it is a hold or a decision); `left_ms`
@@ -228,11 +232,13 @@ pub fn document<'a>(
         agent: agent.map(|a| a.name.as_str()),
         owner: agent.map(|a| a.owner.as_str()),
         on_behalf_of: agent.and_then(|a| a.on_behalf_of.as_deref()),
+        purpose: agent.map(|a| a.purpose.as_str()),
         what,
         target: op,
         process: DocProcess {
             pid: process.pid,
             exe: process.exe.as_deref(),
+            cmdline: process.cmdline.as_ref(),
         },
         rule,
         time_left_secs,
@@ -463,6 +469,9 @@ mod tests {
         assert_eq!(doc["owner"], "claims-team@example.com");
         assert_eq!(doc["what"], "file.unlink");
         assert_eq!(doc["process"]["exe"], "/usr/bin/rm");
+        assert_eq!(doc["process"]["cmdline"][0], "rm");
+        assert_eq!(doc["purpose"], "files insurance claims");
+        assert_eq!(doc["hold"]["context"]["ancestry"][0]["comm"], "sh");
         assert_eq!(doc["time_left_secs"], 299);
         let id = doc["hold"]["id"].as_str().expect("id");
         assert_eq!(doc["link"], format!("https://g.example/#hold={id}"));

@@ -6,8 +6,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::{
-    Agent, CallVia, EscapeTarget, HoldId, IoUringTarget, MountTarget, PathPair, Process,
-    RenameTarget, Rule, TamperTarget, UnixTarget,
+    Agent, CallVia, EscapeTarget, HoldContext, HoldId, IoUringTarget, MountTarget, PathPair,
+    Process, RenameTarget, Rule, TamperTarget, UnixTarget,
 };
 
 /// One guarded call.
@@ -341,12 +341,16 @@ impl FileTarget {
 
 /// A call's hold: when held, the hold starting; on a held call that then
 /// ran on its decision (allowed or denied), the same id.
-#[derive(Clone, Copy, Debug, Serialize, JsonSchema, Deserialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema, Deserialize)]
 pub struct HoldRef {
     pub id: HoldId,
     /// Held calls: denied after this long without a decision.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// Held calls: what on-call needs to decide.
+    /// (Boxed: most calls are never held.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Box<HoldContext>>,
 }
 
 /// The grant that let a call through.

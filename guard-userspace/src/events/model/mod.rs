@@ -13,6 +13,7 @@ mod control;
 mod daemon;
 mod doors;
 mod guard;
+mod hold;
 mod runs;
 mod text;
 
@@ -26,6 +27,7 @@ pub use control::*;
 pub use daemon::*;
 pub use doors::*;
 pub use guard::*;
+pub use hold::*;
 pub use runs::*;
 pub use text::{Cmdline, Text, cap};
 
@@ -33,6 +35,11 @@ pub use text::{Cmdline, Text, cap};
 /// object and the chain link).
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 #[serde(untagged)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "calls are most events: boxing them would cost an allocation per call to spare \
+              the rarer daemon events a few bytes"
+)]
 pub enum Event {
     /// A guarded call: what an agent process did and what was decided.
     Call(Call),

@@ -4,6 +4,10 @@
 //! them (sample data for a SIEM's parser, in either format).
 use std::{collections::BTreeMap, net::IpAddr, time::SystemTime};
 
+mod doors;
+
+use doors::{hold_context, side_doors};
+
 use super::{
     Stamp,
     chain::{Alg, Chain},
@@ -109,129 +113,6 @@ fn self_defense(op: Op) -> Call {
 
 const HOLD: u64 = 1_732_421_234_567_890_123;
 
-/// The side doors beside unlink and connect: one event of each kind.
-fn side_doors() -> Vec<Event> {
-    let file_call = |op: Op, outcome, r: Rule| Call {
-        op,
-        outcome,
-        agent: Agent::Known(agent()),
-        process: process("python3", "/usr/bin/python3.11", &["python3", "bot.py"]),
-        rule: r,
-        hold: None,
-        grant: None,
-        backend: None,
-        via: None,
-        reason: None,
-    };
-    let rename = file_call(
-        Op::Rename(Box::new(RenameTarget {
-            paths: PathPair {
-                path: Some("/srv/claims/2024".into()),
-                new_path: Some("/tmp/old-claims".into()),
-                ..PathPair::default()
-            },
-            exchange: false,
-            replaces: false,
-            directory: true,
-            decided_by: Side::Source,
-        })),
-        CallOutcome::Denied,
-        rule(Verdict::Deny, "/srv", 12),
-    );
-    let mut link = file_call(
-        Op::Link(Box::new(PathPair {
-            path: Some("/srv/claims/2024/claim-17.pdf".into()),
-            raw_path: Some("claim-17.pdf".into()),
-            new_path: Some("/tmp/keep.pdf".into()),
-            raw_new_path: Some("/tmp/keep.pdf".into()),
-            ..PathPair::default()
-        })),
-        CallOutcome::Held,
-        rule(Verdict::Ask, "/srv/claims", 14),
-    );
-    link.hold = Some(HoldRef {
-        id: HoldId(HOLD + 1),
-        timeout_secs: Some(300),
-    });
-    link.backend = Some(Backend::Seccomp);
-    link.process.comm = None;
-    let truncate = file_call(
-        Op::Truncate(FileTarget::path("/srv/claims/tmp/upload.part".into())),
-        CallOutcome::Allowed,
-        rule(Verdict::Allow, "/srv/claims/tmp", 13),
-    );
-    let mount = file_call(
-        Op::Mount(MountTarget {
-            operation: MountOperation::Mount,
-            path: Some("/srv/claims".into()),
-            raw_path: None,
-            path_error: None,
-            path_truncated: false,
-        }),
-        CallOutcome::Denied,
-        rule(Verdict::Deny, "allow_mounts = false", 5),
-    );
-    let mut io_uring = file_call(
-        Op::IoUring(IoUringTarget {
-            operation: IoUringOperation::IoUringSetup,
-        }),
-        CallOutcome::Denied,
-        rule(Verdict::Deny, "allow_io_uring = false", 5),
-    );
-    io_uring.backend = Some(Backend::Seccomp);
-    io_uring.process.comm = None;
-    let mut via_ring = file_call(
-        Op::Unlink(FileTarget::path("/srv/claims/2024/claim-19.pdf".into())),
-        CallOutcome::Denied,
-        rule(Verdict::Ask, "/srv/claims", 14),
-    );
-    via_ring.via = Some(CallVia::IoUring);
-    via_ring.reason = Some(IO_URING_REASON.into());
-    // A datagram the policy allows makes no event.
-    let send = file_call(
-        Op::Send(ConnectTarget {
-            family: Family::Ipv4,
-            address: IpAddr::from([203, 0, 113, 9]),
-            port: 53,
-        }),
-        CallOutcome::Denied,
-        rule(Verdict::Deny, "default", 7),
-    );
-    vec![
-        rename.into(),
-        link.into(),
-        truncate.into(),
-        mount.into(),
-        io_uring.into(),
-        via_ring.into(),
-        send.into(),
-        file_call(
-            Op::UnixConnect(UnixTarget {
-                family: UnixFamily::Unix,
-                path: Some("/run/docker.sock".into()),
-                path_error: None,
-                path_truncated: false,
-                is_abstract: false,
-            }),
-            CallOutcome::Denied,
-            rule(Verdict::Deny, "unix:/run/docker.sock", 11),
-        )
-        .into(),
-        file_call(
-            Op::UnixSend(UnixTarget {
-                family: UnixFamily::Unix,
-                path: Some("@syslog".into()),
-                path_error: None,
-                path_truncated: false,
-                is_abstract: true,
-            }),
-            CallOutcome::Audited,
-            rule(Verdict::Deny, "default", 7),
-        )
-        .into(),
-    ]
-}
-
 fn by_root() -> By {
     By {
         uid: Some(0),
@@ -245,6 +126,7 @@ pub fn all() -> Vec<Event> {
     held.hold = Some(HoldRef {
         id: HoldId(HOLD),
         timeout_secs: Some(300),
+        context: Some(Box::new(hold_context())),
     });
     let mut rmdir = unlink(CallOutcome::Denied, "/srv/claims/2024");
     rmdir.op = Op::Rmdir(FileTarget::path("/srv/claims/2024".into()));
