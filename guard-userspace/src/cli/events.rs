@@ -85,7 +85,7 @@ pub fn run(args: EventsArgs, socket: &Path) -> Result<ExitCode> {
                 if args.pretty && !warned {
                     // Nothing is dropped: the line goes out as it came.
                     eprintln!(
-                        "agent-guard events: --pretty reads agent-guard/v1 events; printing \
+                        "agent-guard events: --pretty reads native (agent-guard/v2) events; printing \
                          other lines (an ECS sink's, say) unchanged"
                     );
                     warned = true;
