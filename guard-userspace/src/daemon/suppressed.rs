@@ -25,7 +25,10 @@ use super::{
 use crate::{
     events::{
         self,
-        model::{Agent, DaemonEvent, GuardAction, Refused, SuppressedTarget, TamperSuppressed},
+        model::{
+            Agent, DaemonEvent, GuardAction, Refused, SuppressedTarget, SuppressedWhat,
+            TamperSuppressed,
+        },
     },
     kernel::RefusalCounters,
 };
@@ -194,6 +197,7 @@ fn summary(shared: &Shared, agent_cgroup_id: u64, class: usize, count: u64) -> D
         agent,
         rule: attribute::self_defense_rule(),
         target: SuppressedTarget {
+            what: SuppressedWhat::Suppressed,
             action: GuardAction::Refused,
             of,
             count,

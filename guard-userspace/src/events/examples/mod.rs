@@ -224,6 +224,25 @@ pub fn all() -> Vec<Event> {
             call: None,
         }))
         .into(),
+        DaemonEvent::TamperSuppressed(TamperSuppressed {
+            outcome: Refused::Denied,
+            agent: Agent::Known(agent()),
+            rule: Rule {
+                verdict: Some(Verdict::Deny),
+                matched: Some("self-defense".into()),
+                source: None,
+            },
+            target: SuppressedTarget {
+                what: SuppressedWhat::Suppressed,
+                action: GuardAction::Refused,
+                of: "signal",
+                count: 240,
+                reason: "240 more refused signal attempts by this agent, not reported one by \
+                         one (at most 10 at once, then one a second)"
+                    .into(),
+            },
+        })
+        .into(),
         DaemonEvent::AgentStart(AgentStart {
             outcome: Success::Success,
             agent: Some(agent()),

@@ -138,11 +138,21 @@ pub struct TamperSuppressed {
 }
 
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-#[serde(tag = "what", rename = "suppressed")]
 pub struct SuppressedTarget {
+    /// A member of its own (not a serde tag): schemars leaves a struct's
+    /// tag out of its schema, and the schema forbids unknown members.
+    pub what: SuppressedWhat,
     pub action: GuardAction,
     /// The class: `signal`, `ptrace`, `bpf`, `file`, `escape`.
     pub of: &'static str,
     pub count: u64,
     pub reason: String,
+}
+
+/// `target.what` of a suppressed count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SuppressedWhat {
+    #[default]
+    Suppressed,
 }
