@@ -30,8 +30,28 @@ stable_enum! {
     /// guard defending itself, 9xx bookkeeping.
     EventKind: u16 {
         NetConnect = 100,
+        /// A datagram sent to an address (UDP sendmsg/sendto with a
+        /// destination; a connected socket's were judged at connect).
+        NetSend = 101,
+        /// A connect to a unix socket (stream or seqpacket).
+        NetUnixConnect = 102,
+        /// A datagram to a unix socket.
+        NetUnixSend = 103,
         FileUnlink = 200,
         FileRmdir = 201,
+        /// rename/renameat/renameat2, RENAME_EXCHANGE included: see
+        /// [`crate::RenameRecord`].
+        FileRename = 202,
+        /// truncate, ftruncate, or an open with O_TRUNC of an existing file.
+        FileTruncate = 203,
+        /// A hard link: a second name for an existing file.
+        FileLink = 204,
+        /// A mount, bind mount, move_mount, pivot_root, chroot or new
+        /// namespace: see [`crate::MountRecord`].
+        FileMount = 205,
+        /// io_uring_setup refused to a run the seccomp backend supervises
+        /// (it cannot see io_uring operations). Reported by the supervisor.
+        FileIoUring = 206,
         /// An unlink/unlinkat/rmdir seen at syscall entry (sys_enter) by a
         /// process no backend can block: see [`crate::ObservedDeleteRecord`].
         FileObserved = 210,
@@ -83,22 +103,8 @@ stable_enum! {
         Enforce = 1,
         Audit = 2,
         /// Enforce, and hold every call no explicit rule allows (see
-        /// [`applied_verdict`]).
+        /// [`crate::applied_verdict`]).
         Freeze = 3,
-    }
-}
-
-/// The verdict a call gets under `mode` (raw numbers, as the kernel holds
-/// them), given the policy's `verdict` and the `rule_id` that gave it.
-/// Freeze holds what only the agent's default allows; an explicit allow
-/// rule still allows, and what is denied stays denied: freezing an agent
-/// only ever tightens it.
-#[inline(always)]
-pub const fn applied_verdict(mode: u8, verdict: u8, rule_id: u32) -> u8 {
-    if mode == Mode::Freeze as u8 && verdict == Verdict::Allow as u8 && rule_id == RULE_DEFAULT {
-        Verdict::Ask as u8
-    } else {
-        verdict
     }
 }
 
@@ -129,21 +135,30 @@ stable_enum! {
     }
 }
 
+stable_enum! {
+    /// Which mount-family call a [`crate::MountRecord`] reports.
+    MountOp: u8 {
+        /// mount(2): new mounts, bind mounts, remounts, moves.
+        Mount = 1,
+        /// move_mount(2): attaching a detached tree, or moving a mount.
+        MoveMount = 2,
+        PivotRoot = 3,
+        Chroot = 4,
+        /// A new user namespace (clone, unshare).
+        UserNamespace = 5,
+        /// A new mount namespace (clone, unshare) or joining one (setns).
+        MountNamespace = 6,
+        /// open_tree(2) with OPEN_TREE_CLONE: a detached copy of a tree.
+        OpenTree = 7,
+        /// fsopen/fsconfig/fsmount/fspick: the new mount API.
+        FsMount = 8,
+        /// mount_setattr(2).
+        MountSetattr = 9,
+    }
+}
+
 /// Number of slots in the loss counter array (one per [`LossReason`]).
 pub const LOSS_REASONS: u32 = 4;
-
-/// Address families as the kernel numbers them (AF_INET, AF_INET6, AF_UNIX).
-pub const AF_UNIX: u16 = 1;
-pub const AF_INET: u16 = 2;
-pub const AF_INET6: u16 = 10;
-
-/// x86_64 syscall numbers the delete observer watches (arch/x86/entry/
-/// syscalls/syscall_64.tbl: part of the user ABI, never renumbered).
-pub const NR_RMDIR: i64 = 84;
-pub const NR_UNLINK: i64 = 87;
-pub const NR_UNLINKAT: i64 = 263;
-/// unlinkat flag that makes it an rmdir.
-pub const AT_REMOVEDIR: u32 = 0x200;
 
 /// Rule id 0 means "no rule matched; the agent's default applied".
 pub const RULE_DEFAULT: u32 = 0;
@@ -152,28 +167,3 @@ pub const RULE_DEFAULT: u32 = 0;
 /// sit. The kernel checks ancestors at the levels flagged in
 /// [`crate::Config::agent_levels`], which is a 64-bit mask.
 pub const MAX_CGROUP_LEVEL: u32 = 63;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn freeze_holds_only_what_the_default_allows() {
-        let (allow, ask, deny) = (
-            Verdict::Allow as u8,
-            Verdict::Ask as u8,
-            Verdict::Deny as u8,
-        );
-        let freeze = Mode::Freeze as u8;
-        assert_eq!(applied_verdict(freeze, allow, RULE_DEFAULT), ask);
-        assert_eq!(applied_verdict(freeze, allow, 7), allow, "explicit allow");
-        assert_eq!(applied_verdict(freeze, deny, RULE_DEFAULT), deny);
-        assert_eq!(applied_verdict(freeze, deny, 7), deny);
-        assert_eq!(applied_verdict(freeze, ask, 7), ask);
-        for mode in [Mode::Enforce as u8, Mode::Audit as u8] {
-            for v in [allow, ask, deny] {
-                assert_eq!(applied_verdict(mode, v, RULE_DEFAULT), v);
-            }
-        }
-    }
-}

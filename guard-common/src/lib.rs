@@ -9,12 +9,16 @@
 
 pub mod abi;
 pub mod guard;
+pub mod kconst;
+pub mod ladder;
 pub mod maps;
 pub mod record;
 pub mod refused;
 
 pub use abi::*;
 pub use guard::*;
+pub use kconst::*;
+pub use ladder::*;
 pub use maps::*;
 pub use record::*;
 pub use refused::*;

@@ -18,9 +18,17 @@ pub struct AgentEntry {
     pub connect_default: u8,
     /// [`crate::Verdict`] applied to deletes no rule matches.
     pub delete_default: u8,
-    pub _pad: u8,
+    /// `AGENT_*` bits below.
+    pub flags: u8,
 }
 const _: () = assert!(core::mem::size_of::<AgentEntry>() == 8);
+
+/// [`AgentEntry::flags`]: the policy says `allow_mounts = true`.
+pub const AGENT_ALLOW_MOUNTS: u8 = 1;
+/// [`AgentEntry::flags`]: some unix socket can be refused (a unix rule that
+/// is not `allow`, or a connect default that is not): a unix address the
+/// kernel cannot name is then refused rather than let through.
+pub const AGENT_UNIX_GUARDED: u8 = 2;
 
 /// Bytes of a held call's target: room for two paths of
 /// [`PATH_KEY_BYTES`] (a rename's source and destination).
@@ -224,8 +232,10 @@ pub struct PathRuleValue {
 }
 const _: () = assert!(core::mem::size_of::<PathRuleValue>() == 8);
 
-/// Kernel struct member offsets the LSM programs need, read by userspace from
+/// Kernel struct member offsets the programs need, read by userspace from
 /// the running kernel's BTF (Rust eBPF objects get no CO-RE relocations).
+/// A zero in an optional field means "this kernel has no such member": the
+/// programs that need it are then not loaded.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
@@ -233,8 +243,9 @@ pub struct KernelOffsets {
     pub dentry_d_name: u32,
     /// offsetof(struct qstr, name)
     pub qstr_name: u32,
-    // The rest serve the path walk used where bpf_d_path is not allowed in
-    // the path hooks (e.g. 6.1): parent dentries, and mounts to cross.
+    // The path walk used where bpf_d_path is not allowed in a hook (e.g.
+    // 6.1, and every hook added for side doors): parent dentries, and
+    // mounts to cross.
     /// offsetof(struct dentry, d_parent)
     pub dentry_d_parent: u32,
     /// offsetof(struct path, mnt)
@@ -254,9 +265,38 @@ pub struct KernelOffsets {
     pub task_fs: u32,
     /// offsetof(struct fs_struct, root)
     pub fs_root: u32,
+    /// offsetof(struct dentry, d_inode): does a rename's target exist, is
+    /// its source a directory.
+    pub dentry_d_inode: u32,
+    /// offsetof(struct inode, i_mode)
+    pub inode_i_mode: u32,
+    /// offsetof(struct task_struct, flags): io_uring workers cannot be held.
+    pub task_flags: u32,
+    /// offsetof(struct mount, mnt_ns), offsetof(struct task_struct, nsproxy)
+    /// and offsetof(struct nsproxy, mnt_ns): an object reached through a
+    /// mount outside the caller's namespace (a detached `open_tree` or
+    /// `fsmount` tree) has no path the policy can name.
+    pub mount_mnt_ns: u32,
+    pub task_nsproxy: u32,
+    pub nsproxy_mnt_ns: u32,
+    /// offsetof(struct file, f_path)
+    pub file_f_path: u32,
+    /// Optional (unix rules): offsetof(struct unix_sock, path),
+    /// offsetof(struct unix_sock, addr), offsetof(struct unix_address,
+    /// len), offsetof(struct unix_address, name), offsetof(struct socket,
+    /// sk).
+    pub unix_sock_path: u32,
+    pub unix_sock_addr: u32,
+    pub unix_address_len: u32,
+    pub unix_address_name: u32,
+    pub socket_sk: u32,
+    /// Optional (cgroup unix programs, 6.7+): offsetof(struct
+    /// bpf_sock_addr_kern, uaddr) and (.., uaddrlen).
+    pub sock_addr_kern_uaddr: u32,
+    pub sock_addr_kern_uaddrlen: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 26 * 4);
 
 #[cfg(feature = "user")]
 mod user {

@@ -43,7 +43,8 @@ pub struct ConnectRecord {
     pub family: u16,
     /// Destination port, host byte order.
     pub port: u16,
-    pub _pad: u32,
+    /// `CALL_*` bits.
+    pub flags: u32,
     /// IPv6 address, or IPv4 in the first four bytes.
     pub addr: [u8; 16],
 }
@@ -56,20 +57,73 @@ pub const PATH_TRUNCATED: u8 = 1;
 /// The kernel could not produce the path at all (bpf_d_path failed).
 pub const PATH_UNKNOWN: u8 = 2;
 
-/// `file.unlink` / `file.rmdir`: a delete by an agent process.
+/// Flag of a call record: it came from an io_uring worker, where a hold
+/// cannot rewind the call (an `ask` became a deny).
+pub const CALL_IO_URING: u8 = 1;
+/// Flag of a unix record: the peer is an abstract socket (`path` holds
+/// its name, without the leading NUL).
+pub const CALL_ABSTRACT: u8 = 2;
+
+/// One path as the calling process sees it (relative to its root).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordPath {
+    pub bytes: [u8; crate::PATH_KEY_BYTES],
+    /// Bytes of `bytes` that are the path.
+    pub len: u16,
+    /// [`PATH_COMPLETE`], [`PATH_TRUNCATED`] or [`PATH_UNKNOWN`].
+    pub state: u8,
+    /// `CALL_*` bits.
+    pub flags: u8,
+}
+const _: () = assert!(core::mem::size_of::<RecordPath>() == 252 + 4);
+
+/// `file.unlink`, `file.rmdir`, `file.truncate`: a call on one file by an
+/// agent process; also `net.unix_connect` and `net.unix_send`, whose path
+/// is the peer socket's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FileRecord {
     pub header: EventHeader,
-    /// Absolute path as the calling process sees it (relative to its root).
-    pub path: [u8; crate::PATH_KEY_BYTES],
-    /// Bytes of `path` that are the path.
-    pub path_len: u16,
-    /// [`PATH_COMPLETE`], [`PATH_TRUNCATED`] or [`PATH_UNKNOWN`].
-    pub path_state: u8,
-    pub _pad: u8,
+    pub path: RecordPath,
 }
 const _: () = assert!(core::mem::size_of::<FileRecord>() == 80 + 252 + 4);
+
+/// [`RenameRecord::rename_flags`]: RENAME_EXCHANGE (both objects move).
+pub const RENAME_EXCHANGES: u8 = 1;
+/// The destination existed and is replaced (or exchanged).
+pub const RENAME_REPLACES: u8 = 2;
+/// The source is a directory: everything below it moves with it.
+pub const RENAME_DIR: u8 = 4;
+/// The destination's verdict decided (it was the stricter one).
+pub const RENAME_DEST_DECIDED: u8 = 8;
+
+/// `file.rename` (source and destination) and `file.link` (the existing
+/// file and the new name).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RenameRecord {
+    pub header: EventHeader,
+    pub path: RecordPath,
+    pub new_path: RecordPath,
+    /// `RENAME_*` bits above.
+    pub rename_flags: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(core::mem::size_of::<RenameRecord>() == 80 + 2 * 256 + 8);
+
+/// `file.mount`: a refused (or audited) mount-family call; `path` is where
+/// it would have mounted (or the new root), when the hook gives one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MountRecord {
+    pub header: EventHeader,
+    pub path: RecordPath,
+    /// [`crate::MountOp`] as a number.
+    pub op: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(core::mem::size_of::<MountRecord>() == 80 + 256 + 8);
 
 /// A delete seen at syscall entry: the raw arguments, which userspace
 /// resolves (dirfd/cwd) and judges against the policy for the event.
@@ -97,5 +151,8 @@ mod user {
     unsafe impl aya::Pod for EventHeader {}
     unsafe impl aya::Pod for ConnectRecord {}
     unsafe impl aya::Pod for FileRecord {}
+    unsafe impl aya::Pod for RecordPath {}
+    unsafe impl aya::Pod for RenameRecord {}
+    unsafe impl aya::Pod for MountRecord {}
     unsafe impl aya::Pod for ObservedDeleteRecord {}
 }

@@ -6,9 +6,10 @@ use aya_ebpf::{
         generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
     },
 };
-use guard_common::{EventHeader, LossReason};
+use guard_common::{EventHeader, EventKind, LossReason, Outcome, Verdict};
 
 use crate::{
+    decide::Report,
     identity::Agent,
     maps::{EVENTS, LOSSES},
 };
@@ -45,6 +46,37 @@ pub fn header(kind: u16, agent: &Agent) -> EventHeader {
         grant_id: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     }
+}
+
+/// The header of a judged call's record.
+#[inline(always)]
+pub fn judged_header(kind: EventKind, agent: &Agent, report: &Report, rule_id: u32) -> EventHeader {
+    let mut h = header(kind.raw(), agent);
+    h.outcome = report.outcome.raw();
+    h.verdict = report.verdict;
+    h.rule_id = rule_id;
+    h.hold_id = report.hold_id;
+    h.grant_id = report.grant_id;
+    h
+}
+
+/// Holds, denials and decided holds wake the reader now (on-call waits
+/// for them); allowed and audited calls ride the batch.
+#[inline(always)]
+pub fn urgent(report: &Report) -> bool {
+    report.hold_id != 0 || !matches!(report.outcome, Outcome::Allowed | Outcome::Audited)
+}
+
+/// Whether a call of `kind` with this report makes an event. Every call
+/// does, except a datagram the policy simply allows: datagrams are judged
+/// per message, not per flow (a DNS or QUIC client, or syslog on a unix
+/// socket, sends thousands), so only refused, held, granted, decided and
+/// audit-mode ones are reported. Connects are reported whatever the
+/// outcome.
+#[inline(always)]
+pub fn reported(kind: EventKind, report: &Report) -> bool {
+    let datagram = matches!(kind, EventKind::NetSend | EventKind::NetUnixSend);
+    !(datagram && report.verdict == Verdict::Allow.raw() && report.hold_id == 0)
 }
 
 /// Submits `record`, or counts it as lost. `urgent` records (decisions a

@@ -30,14 +30,15 @@ use aya_ebpf::{
         generated::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_send_signal},
     },
 };
-use guard_common::{HOLD_SECOND_PATH, HOLD_TARGET_BYTES, HoldEntry, HoldState, LossReason};
+use guard_common::{
+    ERESTARTNOINTR, HOLD_SECOND_PATH, HOLD_TARGET_BYTES, HoldEntry, HoldState, LossReason, SIGSTOP,
+};
 
 use crate::{
     emit,
     maps::{HOLD_SCRATCH, HOLDS},
 };
 
-const SIGSTOP: u32 = 19;
 /// u64 words in a held call's target.
 const TARGET_WORDS: usize = HOLD_TARGET_BYTES / 8;
 
@@ -102,7 +103,6 @@ impl Call {
 
     /// The second path of a two-path operation (a rename's destination).
     #[inline(always)]
-    #[expect(dead_code, reason = "for the two-path hooks (rename) being added")]
     pub fn second_path(&self, path: *const u8, len: usize) {
         self.copy_path(HOLD_SECOND_PATH, path, len);
     }
@@ -137,7 +137,7 @@ impl Call {
     pub fn held(&self) -> bool {
         let pid_tgid = bpf_get_current_pid_tgid();
         let tid = pid_tgid as u32;
-        match HOLDS.get_ptr(&tid) {
+        match HOLDS.get_ptr(tid) {
             // SAFETY: our own thread's entry and our scratch.
             Some(entry) => unsafe { self.is(&*entry, (pid_tgid >> 32) as u32) },
             None => false,
@@ -172,21 +172,21 @@ pub fn hold(stop_now: bool, call: &Call) -> Hold {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let pid = (pid_tgid >> 32) as u32;
-    if let Some(entry) = HOLDS.get_ptr_mut(&tid) {
+    if let Some(entry) = HOLDS.get_ptr_mut(tid) {
         // SAFETY: map value of our own thread's key; only this thread and
         // the daemon (after the stop) touch it.
         let (same, state, hold_id) =
             unsafe { (call.is(&*entry, pid), (*entry).state, (*entry).hold_id) };
         if same {
             if state == HoldState::Allow.raw() || state == HoldState::Deny.raw() {
-                let _ = HOLDS.remove(&tid);
+                let _ = HOLDS.remove(tid);
                 return Hold::Decided {
                     allow: state == HoldState::Allow.raw(),
                     hold_id,
                 };
             }
             if stop_now && !send_stop() {
-                let _ = HOLDS.remove(&tid);
+                let _ = HOLDS.remove(tid);
                 emit::count_loss(LossReason::HoldFailed);
                 return Hold::Failed;
             }
@@ -215,14 +215,14 @@ pub fn hold(stop_now: bool, call: &Call) -> Hold {
         e.state = HoldState::Pending.raw();
         e.stop_pending = u8::from(!stop_now);
         e._pad = [0; 2];
-        HOLDS.insert(&tid, e, 0)
+        HOLDS.insert(tid, e, 0)
     };
     if inserted.is_err() {
         emit::count_loss(LossReason::HoldFailed);
         return Hold::Failed;
     }
     if stop_now && !send_stop() {
-        let _ = HOLDS.remove(&tid);
+        let _ = HOLDS.remove(tid);
         emit::count_loss(LossReason::HoldFailed);
         return Hold::Failed;
     }
@@ -235,11 +235,11 @@ pub fn hold(stop_now: bool, call: &Call) -> Hold {
 /// system call exit is passed over after one comparison.
 #[inline(always)]
 pub fn stop_at_exit(ret: i64) {
-    if ret != -513 {
+    if ret != -(ERESTARTNOINTR as i64) {
         return;
     }
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(entry) = HOLDS.get_ptr_mut(&tid) else {
+    let Some(entry) = HOLDS.get_ptr_mut(tid) else {
         return;
     };
     // SAFETY: our own thread's hold entry.

@@ -56,15 +56,37 @@ pub static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_REASONS
 #[map]
 pub static PATH_RULES: LpmTrie<PathKey, PathRuleValue> = LpmTrie::with_max_entries(65536, 0);
 
-/// Per-CPU work area for building a path. Its head has the layout of an
-/// LPM `Key<PathKey>` (prefix length, agent id, path), so it is used as the
-/// lookup key directly; the path area is twice the key's so the verifier
-/// can prove every variable-offset write stays inside it.
+/// (agent id, path with a '/' after each component, then a NUL) -> the
+/// strictest rule strictly below that directory. Keys end in the NUL, so a
+/// lookup matches only the exact directory. A rename moves everything
+/// below a directory: it is judged by this too.
+#[map]
+pub static SUBTREE_RULES: LpmTrie<PathKey, PathRuleValue> = LpmTrie::with_max_entries(65536, 0);
+
+/// (agent id, socket path with a '/' after each component, or "@name/" for
+/// an abstract socket) -> rule, as PATH_RULES.
+#[map]
+pub static UNIX_RULES: LpmTrie<PathKey, PathRuleValue> = LpmTrie::with_max_entries(16384, 0);
+
+/// A path being built, shaped like an LPM `Key<PathKey>` (prefix length,
+/// agent id, path), so it is used as the lookup key directly; the path
+/// area is twice the key's so the verifier can prove every variable-offset
+/// write stays inside it.
 #[repr(C)]
-pub struct Scratch {
+pub struct KeyBuf {
     pub prefix_len: u32,
     pub agent_id: [u8; 4],
     pub path: [u8; 512],
+}
+
+/// Which [`KeyBuf`] of the scratch area: a rename or link builds two paths.
+pub const SLOT_A: usize = 0;
+pub const SLOT_B: usize = 1;
+
+/// Per-CPU work area for building paths.
+#[repr(C)]
+pub struct Scratch {
+    pub keys: [KeyBuf; 2],
     /// Name pointers collected leaf-first by the dentry walk.
     pub names: [u64; crate::path_walk::MAX_COMPONENTS],
 }

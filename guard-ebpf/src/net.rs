@@ -1,4 +1,8 @@
-//! Outbound connect: cgroup/connect4 and cgroup/connect6.
+//! Outbound connects and datagrams: cgroup/connect4 and connect6 (TCP, and
+//! UDP's connect, after which its datagrams need no address), and
+//! cgroup/sendmsg4 and sendmsg6 (4.18+: every datagram sent with an
+//! address, so an agent cannot reach a denied port by `sendto` without
+//! connecting).
 //!
 //! Kernel contract (include/uapi/linux/bpf.h, stable since 4.17):
 //! `struct bpf_sock_addr { u32 user_family; u32 user_ip4; u32 user_ip6[4];
@@ -8,45 +12,37 @@ use aya_ebpf::{
     helpers::generated::bpf_set_retval, maps::lpm_trie::Key, programs::SockAddrContext,
 };
 use guard_common::{
-    AF_INET, ConnectRecord, EventKind, Mode, NET_KEY_AGENT_BITS, NetKey, Outcome, RULE_DEFAULT,
-    Verdict,
+    AF_INET, ConnectRecord, ERESTARTNOINTR, EventKind, NET_KEY_AGENT_BITS, NetKey, RULE_DEFAULT,
 };
 
 use crate::{
+    decide::{self, Decision, HoldBy},
     emit, grant,
-    hold::{self, Hold},
+    hold::Call,
     identity,
     maps::NET_RULES,
 };
-
-/// Kernel-internal "restart after the signal"; see hold.rs.
-const ERESTARTNOINTR: i32 = 513;
-
-/// What the hook decided.
-pub enum Decision {
-    Allow,
-    Deny,
-    /// Fail this attempt with -ERESTARTNOINTR; sys_exit stops the thread,
-    /// and the connect restarts when it is resumed (see hold.rs).
-    Hold,
-}
 
 /// Why a decision could not be made normally.
 pub enum GuardError {
     /// The socket address context had a family we do not handle.
     UnknownFamily,
+    /// A unix address could not be judged (no offsets, no scratch).
+    Unix,
 }
 
-/// The single conversion from a decision to the hook's return code.
+/// The single conversion from a decision to the hook's return code: 1 lets
+/// the call proceed, 0 fails it with EPERM (or with the errno set).
 ///
-/// Fail-open on errors, deliberately: this hook only runs for agent cgroups,
-/// and an error here means a socket family the policy language cannot name
-/// (not IPv4/IPv6), which the kernel never routes through connect4/6.
+/// Fail-open on an unknown family, deliberately: these hooks only run for
+/// agent cgroups, and it means a socket family the policy language cannot
+/// name (not IPv4/IPv6), which the kernel never routes through them. A
+/// unix address that cannot be judged fails closed.
 #[inline(always)]
-pub fn connect_verdict(result: Result<Decision, GuardError>) -> i32 {
+pub fn sock_verdict(result: Result<Decision, GuardError>) -> i32 {
     match result {
         Ok(Decision::Allow) | Err(GuardError::UnknownFamily) => 1,
-        Ok(Decision::Deny) => 0,
+        Ok(Decision::Deny) | Err(GuardError::Unix) => 0,
         Ok(Decision::Hold) => {
             // SAFETY: helper with a plain integer; allowed for cgroup
             // sock_addr programs since 5.18.
@@ -56,8 +52,13 @@ pub fn connect_verdict(result: Result<Decision, GuardError>) -> i32 {
     }
 }
 
+/// connect4/connect6 (`kind` NetConnect) and sendmsg4/sendmsg6 (NetSend).
 #[inline(always)]
-pub fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<Decision, GuardError> {
+pub fn try_connect(
+    ctx: &SockAddrContext,
+    family: u16,
+    kind: EventKind,
+) -> Result<Decision, GuardError> {
     let Some(agent) = identity::current_agent() else {
         // Attached to an agent cgroup, but the daemon does not know the
         // task's cgroup as an agent (e.g. between an agent's removal and
@@ -86,66 +87,23 @@ pub fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<Decision, Guard
 
     let (verdict, rule_id) = lookup(agent.entry.agent_id, &addr, port)
         .unwrap_or((agent.entry.connect_default, RULE_DEFAULT));
-    let verdict = guard_common::applied_verdict(agent.entry.mode, verdict, rule_id);
-
-    let audit = agent.entry.mode == Mode::Audit.raw();
-    let mut hold_id = 0;
-    let mut grant_id = 0;
-    let (decision, outcome) = if audit {
-        (Decision::Allow, Outcome::Audited)
-    } else if verdict == Verdict::Allow.raw() {
-        (Decision::Allow, Outcome::Allowed)
-    } else if verdict == Verdict::Ask.raw() {
-        match hold::Call::connect(EventKind::NetConnect.raw(), &addr, port) {
-            // Not this thread's held call: an approval's scope may cover it.
-            Some(call)
-                if !call.held() && {
-                    grant_id =
-                        grant::for_destination(agent.entry.agent_id, &addr, port).unwrap_or(0);
-                    grant_id != 0
-                } =>
-            {
-                (Decision::Allow, Outcome::Allowed)
-            }
-            // No signals from this hook: sys_exit sends the stop.
-            Some(call) => match hold::hold(false, &call) {
-                Hold::Started { hold_id: id } => {
-                    hold_id = id;
-                    (Decision::Hold, Outcome::Held)
-                }
-                Hold::StillPending => return Ok(Decision::Hold),
-                // The held call itself, decided: its own event, with the
-                // hold's id, says what actually ran.
-                Hold::Decided { allow, hold_id: id } => {
-                    hold_id = id;
-                    if allow {
-                        (Decision::Allow, Outcome::Allowed)
-                    } else {
-                        (Decision::Deny, Outcome::Denied)
-                    }
-                }
-                // Could not hold: fail closed, reported as denied.
-                Hold::Failed => (Decision::Deny, Outcome::Denied),
-            },
-            // No scratch to describe the call: it cannot be held, so fail
-            // closed (cannot happen for index 0 of a per-CPU array).
-            None => (Decision::Deny, Outcome::Denied),
-        }
-    } else {
-        (Decision::Deny, Outcome::Denied)
+    // No signals from this hook: sys_exit sends the stop.
+    let climbed = decide::climb(
+        &agent,
+        verdict,
+        rule_id,
+        || Call::connect(kind.raw(), &addr, port),
+        || grant::for_destination(agent.entry.agent_id, &addr, port).unwrap_or(0),
+        HoldBy::StopAtExit,
+    );
+    let Some(report) = climbed.report.filter(|r| emit::reported(kind, r)) else {
+        return Ok(climbed.decision);
     };
-
-    let mut header = emit::header(EventKind::NetConnect.raw(), &agent);
-    header.outcome = outcome.raw();
-    header.verdict = verdict;
-    header.rule_id = rule_id;
-    header.hold_id = hold_id;
-    header.grant_id = grant_id;
     let record = ConnectRecord {
-        header,
+        header: emit::judged_header(kind, &agent, &report, rule_id),
         family,
         port,
-        _pad: 0,
+        flags: u32::from(report.flags),
         addr: if family == AF_INET {
             let mut v4 = [0u8; 16];
             v4[..4].copy_from_slice(&addr[12..16]);
@@ -154,12 +112,8 @@ pub fn try_connect(ctx: &SockAddrContext, family: u16) -> Result<Decision, Guard
             addr
         },
     };
-    // Denials, holds and decided holds wake the reader at once.
-    emit::submit(
-        &record,
-        hold_id != 0 || !matches!(decision, Decision::Allow),
-    );
-    Ok(decision)
+    emit::submit(&record, emit::urgent(&report));
+    Ok(climbed.decision)
 }
 
 /// One longest-prefix lookup, then the first port rule that holds the port

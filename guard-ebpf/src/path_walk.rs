@@ -1,41 +1,45 @@
-//! A directory's absolute path without bpf_d_path, for kernels that do not
-//! allow that helper in the path hooks (6.1 among them).
+//! An object's absolute path without bpf_d_path: for kernels that do not
+//! allow that helper in the path hooks (6.1 among them), and for every
+//! hook where it is not allowed at all.
 //!
 //! Like the kernel's own prepend_path(): climb d_parent to the mount's root,
 //! cross to the mountpoint in the parent mount, repeat until the root mount.
 //! Names are collected leaf-first, then written root-first. Like bpf_d_path
 //! it stops at the calling task's root (current->fs->root), so a chrooted or
-//! containerised agent's paths are its own view. Difference: a path deeper
-//! than MAX_COMPONENTS is truncated to its first components, which still
-//! hold every rule prefix that fits the map key.
+//! containerised agent's paths are its own view. Differences:
+//! - a path deeper than MAX_COMPONENTS is truncated to its first
+//!   components, which still hold every rule prefix that fits the map key;
+//! - an object the task's root does not lead to (a detached tree from
+//!   open_tree or fsmount, a mount of another namespace, something outside
+//!   a chroot) has no path at all, where bpf_d_path would print one
+//!   relative to that tree's own root, which a policy could never name.
 //!
 //! Both loops run under bpf_loop (5.17+): the verifier checks each body once.
 //! Written as plain bounded loops they took the 6.1 verifier over a minute
 //! under emulation (measured in the QEMU tier).
 use aya_ebpf::{
     cty::c_void,
-    helpers::generated::{
-        bpf_get_current_task, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_kernel_str,
-    },
+    helpers::generated::{bpf_get_current_task, bpf_loop, bpf_probe_read_kernel_str},
 };
-use guard_common::KernelOffsets;
 
-use crate::maps::{SCRATCH, Scratch};
+use crate::{
+    maps::SCRATCH,
+    offsets::{off, read_u64},
+};
 
 /// Deepest directory the walk names in full.
 pub const MAX_COMPONENTS: usize = 32;
-/// Steps up the tree, counting mount crossings.
-const MAX_STEPS: u32 = MAX_COMPONENTS as u32 + 16;
+/// Steps up the tree, counting mount crossings. A deeper object has no
+/// known path (it cannot be judged, so it is refused).
+const MAX_STEPS: u32 = 256;
+/// Set in [`walk`]'s result when the object is deeper than MAX_COMPONENTS:
+/// the path holds its first MAX_COMPONENTS components.
+pub const WALK_DEEP: i64 = 1 << 16;
 
-#[inline(always)]
-fn read_ptr(addr: u64) -> u64 {
-    let mut value: u64 = 0;
-    // SAFETY: the probe helper reads kernel memory safely (0 on fault).
-    let rc = unsafe {
-        bpf_probe_read_kernel((&raw mut value).cast::<c_void>(), 8, addr as *const c_void)
-    };
-    if rc == 0 { value } else { 0 }
-}
+/// The walk could not read what it needed.
+pub const WALK_FAILED: i64 = -1;
+/// The object is not reachable from the task's root.
+pub const WALK_UNREACHABLE: i64 = -2;
 
 /// State shared by the loop callbacks (lives on the caller's stack).
 #[repr(C)]
@@ -49,39 +53,49 @@ struct Walk {
     n: u64,
     /// Write position in the scratch path.
     pos: u64,
-    failed: u64,
-    o: KernelOffsets,
+    /// 0 walking, 1 done at the task's root, or a WALK_* error.
+    end: i64,
+    /// Which scratch key the path goes to.
+    slot: u64,
 }
+
+const AT_ROOT: i64 = 1;
 
 /// One step up: from `dentry` to its parent, or across a mount.
 #[inline(never)]
 extern "C" fn climb(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the pointer to our stack `Walk`.
     let w = unsafe { &mut *ctx.cast::<Walk>() };
-    let o = &w.o;
     if w.dentry == w.root_dentry && w.mnt == w.root_mnt {
-        return 1; // the task's root (chroot or container): done
+        w.end = AT_ROOT; // the task's root (chroot or container): done
+        return 1;
     }
-    let root = read_ptr(w.mnt + (o.mount_mnt + o.vfsmount_mnt_root) as u64);
+    let root = read_u64(w.mnt + off!(mount_mnt) + off!(vfsmount_mnt_root));
     if w.dentry == root {
-        let parent = read_ptr(w.mnt + o.mount_mnt_parent as u64);
+        let parent = read_u64(w.mnt + off!(mount_mnt_parent));
         if parent == w.mnt || parent == 0 {
-            return 1; // the root mount: done
+            // A root mount that is not the task's: a detached tree, another
+            // namespace's mount, or outside a chroot.
+            w.end = WALK_UNREACHABLE;
+            return 1;
         }
-        w.dentry = read_ptr(w.mnt + o.mount_mnt_mountpoint as u64);
+        w.dentry = read_u64(w.mnt + off!(mount_mnt_mountpoint));
         w.mnt = parent;
         return 0;
     }
-    let up = read_ptr(w.dentry + o.dentry_d_parent as u64);
-    if up == w.dentry || up == 0 || w.n >= MAX_COMPONENTS as u64 {
-        return 1; // a detached tree's root, or deeper than we name
+    let up = read_u64(w.dentry + off!(dentry_d_parent));
+    if up == w.dentry || up == 0 {
+        w.end = WALK_UNREACHABLE; // a disconnected tree's root
+        return 1;
     }
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
-        w.failed = 1;
+        w.end = WALK_FAILED;
         return 1;
     };
-    let name = read_ptr(w.dentry + (o.dentry_d_name + o.qstr_name) as u64);
-    // SAFETY: per-CPU scratch value; index bounded just above.
+    let name = read_u64(w.dentry + off!(dentry_d_name) + off!(qstr_name));
+    // A ring: once past MAX_COMPONENTS it keeps the ones nearest the root,
+    // which are the ones a rule prefix can name.
+    // SAFETY: per-CPU scratch value; the index is masked into bounds.
     unsafe {
         if let Some(slot) = (*s).names.get_mut(w.n as usize & (MAX_COMPONENTS - 1)) {
             *slot = name;
@@ -97,11 +111,11 @@ extern "C" fn climb(_index: u64, ctx: *mut c_void) -> i64 {
 extern "C" fn write(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the pointer to our stack `Walk`.
     let w = unsafe { &mut *ctx.cast::<Walk>() };
-    if index >= w.n || w.pos >= 256 {
+    if index >= w.n || index >= MAX_COMPONENTS as u64 || w.pos >= 256 {
         return 1; // done, or the key's bytes are all written
     }
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
-        w.failed = 1;
+        w.end = WALK_FAILED;
         return 1;
     };
     // SAFETY: per-CPU scratch value; every offset is masked into bounds and
@@ -109,15 +123,16 @@ extern "C" fn write(index: u64, ctx: *mut c_void) -> i64 {
     unsafe {
         let leaf_first = (w.n - 1 - index) as usize & (MAX_COMPONENTS - 1);
         let name = (*s).names[leaf_first];
-        (*s).path[w.pos as usize & 0xff] = b'/';
+        let key = &mut (*s).keys[w.slot as usize & 1];
+        key.path[w.pos as usize & 0xff] = b'/';
         let at = (w.pos as usize + 1) & 0xff;
         let m = bpf_probe_read_kernel_str(
-            (*s).path.as_mut_ptr().add(at).cast::<c_void>(),
+            key.path.as_mut_ptr().add(at).cast::<c_void>(),
             256,
             name as *const c_void,
         );
         if m <= 0 {
-            w.failed = 1;
+            w.end = WALK_FAILED;
             return 1;
         }
         w.pos = (at + ((m as usize - 1) & 0xff)) as u64;
@@ -125,59 +140,94 @@ extern "C" fn write(index: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Writes the path of `dir` (a `struct path *`) into `s.path` with a NUL,
-/// like bpf_d_path: returns the length including the NUL, or a negative
-/// number when it cannot. Truncated paths are returned as far as they go.
+/// Writes the path of (`dentry`, `vfsmount`) into scratch key `slot` with a
+/// NUL, like bpf_d_path: returns the length including the NUL (with
+/// [`WALK_DEEP`] set for a path of more components than it names), or a
+/// WALK_* error. Paths longer than the key are written as far as they go.
 #[inline(always)]
-pub fn dir_path(s: &mut Scratch, dir: *const u8, o: &KernelOffsets) -> i64 {
-    let dir = dir as u64;
-    let dentry = read_ptr(dir + o.path_dentry as u64);
-    let vfsmount = read_ptr(dir + o.path_mnt as u64);
+pub fn walk(slot: usize, dentry: u64, vfsmount: u64) -> i64 {
     if dentry == 0 || vfsmount == 0 {
-        return -1;
+        return WALK_FAILED;
     }
     // SAFETY: helper without arguments; the pointer is only probe-read.
     let task = unsafe { bpf_get_current_task() };
-    let fs = read_ptr(task + o.task_fs as u64);
-    let root_vfsmount = read_ptr(fs + (o.fs_root + o.path_mnt) as u64);
-    let root_dentry = read_ptr(fs + (o.fs_root + o.path_dentry) as u64);
-    if fs == 0 || root_vfsmount == 0 || root_dentry == 0 {
-        return -1;
+    let fs = read_u64(task + off!(task_fs));
+    if fs == 0 {
+        return WALK_FAILED;
+    }
+    let root_vfsmount = read_u64(fs + off!(fs_root) + off!(path_mnt));
+    let root_dentry = read_u64(fs + off!(fs_root) + off!(path_dentry));
+    if root_vfsmount == 0 || root_dentry == 0 {
+        return WALK_FAILED;
     }
     let mut w = Walk {
         dentry,
         // struct mount embeds the vfsmount at offset mount_mnt.
-        mnt: vfsmount - o.mount_mnt as u64,
-        root_mnt: root_vfsmount - o.mount_mnt as u64,
+        mnt: vfsmount - off!(mount_mnt),
+        root_mnt: root_vfsmount - off!(mount_mnt),
         root_dentry,
         n: 0,
         pos: 0,
-        failed: 0,
-        o: *o,
+        end: 0,
+        slot: slot as u64,
     };
     let ctx = (&raw mut w).cast::<c_void>();
     // SAFETY: callbacks are BPF subprograms of this object; ctx is our stack.
     unsafe {
         bpf_loop(MAX_STEPS, climb as *mut c_void, ctx, 0);
     }
-    if w.failed != 0 {
-        return -1;
+    if w.end != AT_ROOT {
+        // An error, or more steps than MAX_STEPS.
+        return if w.end < 0 { w.end } else { WALK_FAILED };
     }
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return WALK_FAILED;
+    };
+    // SAFETY: per-CPU scratch value.
+    let key = unsafe { &mut (*s).keys[slot & 1] };
     if w.n == 0 {
-        s.path[0] = b'/';
-        s.path[1] = 0;
+        key.path[0] = b'/';
+        key.path[1] = 0;
         return 2;
     }
     // SAFETY: as above.
     unsafe {
         bpf_loop(MAX_COMPONENTS as u32, write as *mut c_void, ctx, 0);
     }
-    if w.failed != 0 {
-        return -1;
+    if w.end < 0 {
+        return w.end;
     }
     let end = w.pos as usize & 0x1ff;
-    if let Some(b) = s.path.get_mut(end) {
+    if let Some(b) = key.path.get_mut(end) {
         *b = 0;
     }
-    (end + 1) as i64
+    let deep = if w.n > MAX_COMPONENTS as u64 {
+        WALK_DEEP
+    } else {
+        0
+    };
+    (end + 1) as i64 | deep
+}
+
+/// [`walk`] for a `struct path *`.
+#[inline(always)]
+pub fn path(slot: usize, path: u64) -> i64 {
+    walk(
+        slot,
+        read_u64(path + off!(path_dentry)),
+        read_u64(path + off!(path_mnt)),
+    )
+}
+
+/// Whether `path`'s mount belongs to the calling task's mount namespace;
+/// false for a detached tree (open_tree, fsmount), whose paths bpf_d_path
+/// prints relative to the tree's own root.
+#[inline(always)]
+pub fn in_own_namespace(path: u64) -> bool {
+    let vfsmount = read_u64(path + off!(path_mnt));
+    let ns = read_u64(vfsmount - off!(mount_mnt) + off!(mount_mnt_ns));
+    // SAFETY: helper without arguments; the pointer is only probe-read.
+    let task = unsafe { bpf_get_current_task() };
+    let nsproxy = read_u64(task + off!(task_nsproxy));
+    ns != 0 && ns == read_u64(nsproxy + off!(nsproxy_mnt_ns))
 }

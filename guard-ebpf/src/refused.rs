@@ -47,13 +47,13 @@ use guard_common::{
 
 use crate::{
     emit,
-    fs::KERNEL_OFFSETS,
     guard::{
         cgroup_agent, cgroup_id, current_tgid, guard_target, offsets, protected, read,
         report_escape, report_tamper, within_budget,
     },
     identity::{self, Agent},
-    maps::{EVENTS, SCRATCH},
+    maps::{EVENTS, SCRATCH, SLOT_A},
+    offsets::{self, off},
     path_walk,
 };
 
@@ -386,21 +386,21 @@ unsafe fn fill(s: &Seen, p: *mut RefusedPath, dirfd: i32, ptr: u64) {
         if let Some(dentry) = read::<*const u8>(base, s.o.path_dentry) {
             (*p).protected = protected(&s.o, dentry).unwrap_or_default();
         }
-        let offsets = core::ptr::read_volatile(&KERNEL_OFFSETS);
-        if offsets.dentry_d_name == 0 {
+        if !offsets::provided() {
             return;
         }
         let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
             return;
         };
-        let len = path_walk::dir_path(&mut *scratch, base, &offsets);
-        // The NUL included; a path longer than the record holds is left
-        // for the daemon to find from /proc.
+        let len = path_walk::path(SLOT_A, base as u64);
+        // The NUL included; a path longer than the record holds (or deeper
+        // than the walk names: WALK_DEEP is far above it) is left for the
+        // daemon to find from /proc.
         if len > 1 && len <= REFUSED_PATH_BYTES as i64 {
             probe_read_kernel(
                 (*p).base.as_mut_ptr().cast::<c_void>(),
                 REFUSED_PATH_BYTES as u32,
-                (*scratch).path.as_ptr().cast::<c_void>(),
+                (*scratch).keys[SLOT_A].path.as_ptr().cast::<c_void>(),
             );
             (*p).base_len = (len - 1) as u16;
         }
@@ -412,11 +412,9 @@ unsafe fn fill(s: &Seen, p: *mut RefusedPath, dirfd: i32, ptr: u64) {
 #[inline(always)]
 fn base_dir(s: &Seen, dirfd: i32) -> Option<*const u8> {
     if dirfd == AT_FDCWD {
-        // SAFETY: plain read of a read-only global.
-        let task_fs = unsafe { core::ptr::read_volatile(&KERNEL_OFFSETS) }.task_fs;
         // SAFETY: helper without arguments; the pointer is only probe-read.
         let task = unsafe { bpf_get_current_task() } as *const u8;
-        let fs: *const u8 = read(task, task_fs)?;
+        let fs: *const u8 = read(task, off!(task_fs) as u32)?;
         return Some(fs.wrapping_add(s.r.fs_pwd as usize));
     }
     let file = fd_file(&s.r, dirfd as u32 as u64)?;

@@ -95,13 +95,19 @@ fn remove_tree(dir: &Path) {
     }
 }
 
+mod doors;
 mod net;
 pub mod rogue;
 mod stream;
+pub use doors::*;
 pub use net::*;
 pub use rogue::{assert_connect_denied, assert_refused, cli_inside, placed};
 pub use stream::*;
 
+/// The event stream as read so far. Its lock is taken ignoring poison: a
+/// test that fails an assertion while waiting on it must not turn the
+/// daemon's clean-up into a second panic, which would abort the whole test
+/// binary and hide the other tests' results.
 #[derive(Default)]
 pub(crate) struct Stream {
     pub(crate) events: Vec<Value>,
@@ -257,7 +263,12 @@ impl Daemon {
 
     /// All events so far.
     pub fn events(&self) -> Vec<Value> {
-        self.stream.0.lock().expect("lock").events.clone()
+        self.stream
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .events
+            .clone()
     }
 
     /// Waits until `n` events of `kind` have been emitted. Fails when the
@@ -267,7 +278,9 @@ impl Daemon {
     pub fn wait_count(&self, kind: &str, n: usize) {
         let (lock, cvar) = &*self.stream;
         let started = Instant::now();
-        let mut s = lock.lock().expect("lock");
+        let mut s = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut progress = (s.lines, started);
         loop {
             if s.by_kind.get(kind).copied().unwrap_or(0) >= n as u64 {
@@ -304,7 +317,10 @@ impl Daemon {
                     thread_report(self.child.id())
                 );
             }
-            s = cvar.wait_timeout(s, deadline - now).expect("lock").0;
+            s = cvar
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -312,7 +328,9 @@ impl Daemon {
     pub fn wait_event(&self, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let (lock, cvar) = &*self.stream;
         let deadline = Instant::now() + PATIENCE;
-        let mut s = lock.lock().expect("lock");
+        let mut s = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut seen = 0;
         loop {
             if let Some(e) = s.events[seen..]
@@ -333,7 +351,10 @@ impl Daemon {
                 "no matching {kind} event within {PATIENCE:?}; events: {:#?}",
                 s.events
             );
-            s = cvar.wait_timeout(s, deadline - now).expect("lock").0;
+            s = cvar
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -392,11 +413,13 @@ impl Daemon {
         let _ = self.child.wait();
         let (lock, cvar) = &*self.stream;
         let deadline = Instant::now() + PATIENCE;
-        let mut s = lock.lock().expect("lock");
+        let mut s = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         while !s.closed && Instant::now() < deadline {
             s = cvar
                 .wait_timeout(s, Duration::from_millis(100))
-                .expect("lock")
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
         }
         // Every event of every privileged test must match the written
@@ -479,7 +502,9 @@ fn spawn_reader(
             let value: Value = serde_json::from_str(&line)
                 .unwrap_or_else(|e| panic!("daemon stdout carried a non-JSON line {line:?}: {e}"));
             let (lock, cvar) = &*stream;
-            let mut s = lock.lock().expect("lock");
+            let mut s = lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let kind = value["kind"].as_str().unwrap_or("");
             s.lines += 1;
             match s.by_kind.get_mut(kind) {
@@ -498,9 +523,24 @@ fn spawn_reader(
             cvar.notify_all();
         }
         let (lock, cvar) = &*stream;
-        lock.lock().expect("lock").closed = true;
+        lock.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .closed = true;
         cvar.notify_all();
     });
+}
+
+/// Whether this process runs chrooted (its root is not its mount
+/// namespace's): the VM tier runs the suite in a chroot, where the kernel
+/// itself refuses new user namespaces before any LSM hook sees them.
+pub fn chrooted() -> bool {
+    let id = |p: &str| {
+        std::fs::metadata(p).map(|m| {
+            use std::os::unix::fs::MetadataExt as _;
+            (m.dev(), m.ino())
+        })
+    };
+    matches!((id("/"), id("/proc/1/root/")), (Ok(a), Ok(b)) if a != b)
 }
 
 /// Which test tier this is: "vm" inside the QEMU guest, "host" otherwise.

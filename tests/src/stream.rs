@@ -78,7 +78,11 @@ impl Daemon {
 
     /// Events counted but not kept ([`Options::count_only`]), by kind.
     pub fn counted(&self, kind: &str) -> u64 {
-        let s = self.stream.0.lock().expect("lock");
+        let s = self
+            .stream
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         s.counted.get(kind).copied().unwrap_or(0)
     }
 
@@ -94,7 +98,9 @@ impl Daemon {
     ) {
         let (lock, cvar) = &*self.stream;
         let mut last = (0, Instant::now());
-        let mut s = lock.lock().expect("lock");
+        let mut s = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         loop {
             let now_at = measure(&s.events, s.counted.get(kind).copied().unwrap_or(0));
             if now_at >= target {
@@ -113,7 +119,10 @@ impl Daemon {
                 now < deadline,
                 "{what}: stuck at {now_at} of {target} for {PATIENCE:?}"
             );
-            s = cvar.wait_timeout(s, deadline - now).expect("lock").0;
+            s = cvar
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
         }
     }
 

@@ -13,12 +13,31 @@ fn doctor_names_what_this_kernel_refuses_and_the_backends() {
     assert!(text.contains("[ ok ] cgroup v2"), "{text}");
     assert!(text.contains("[ ok ] cgroup sock_addr programs"), "{text}");
     assert!(
-        text.contains("connect: cgroup/connect4 + cgroup/connect6"),
+        text.contains("connect and datagrams: cgroup/connect4, connect6, sendmsg4, sendmsg6"),
+        "{text}"
+    );
+    // Every door a kernel cannot close is named, under one heading.
+    assert!(text.contains("doors this kernel cannot close:"), "{text}");
+    assert!(
+        text.contains("raw and packet sockets (SOCK_RAW, AF_PACKET)"),
         "{text}"
     );
     if text.contains("[ ok ] LSM programs") {
-        // A kernel with BPF LSM: deletes are guarded host-wide.
-        assert!(text.contains("unlink/rmdir: BPF LSM, host-wide"), "{text}");
+        // A kernel with BPF LSM: file operations are guarded host-wide,
+        // io_uring's included, and unix sockets by their real path.
+        assert!(
+            text.contains("unlink, rmdir, rename, link, truncate: BPF LSM, host-wide"),
+            "{text}"
+        );
+        assert!(text.contains("lsm/sb_mount"), "{text}");
+        assert!(
+            text.contains("unix sockets: lsm/unix_stream_connect"),
+            "{text}"
+        );
+        assert!(
+            text.contains("new mount namespaces (unshare -m, setns): no LSM hook"),
+            "{text}"
+        );
         assert_eq!(out.status.code(), Some(0), "{text}");
     } else {
         assert!(tier() != "vm", "the VM tier's kernel has BPF LSM: {text}");
@@ -33,6 +52,16 @@ fn doctor_names_what_this_kernel_refuses_and_the_backends() {
         assert!(
             text.contains("lsm="),
             "tells how to get full enforcement: {text}"
+        );
+        assert!(
+            text.contains("io_uring_setup fails with EPERM in runs unless the agent sets allow_io_uring = true"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "processes placed in an agent cgroup by other means than `agent-guard run`"
+            ),
+            "{text}"
         );
         assert_eq!(out.status.code(), Some(2), "{text}");
     }

@@ -381,7 +381,9 @@ pub struct RunArgs {
 #[derive(Subcommand)]
 pub enum PolicyCommand {
     /// Check a policy file. Exit 0 if valid; otherwise print FILE:LINE:COL
-    /// and what is wrong, and exit 1.
+    /// and what is wrong, and exit 1. A valid file whose rule names a path
+    /// through a symlink (which the kernel, judging real paths, would never
+    /// match) gets a warning naming the real path.
     ///
     /// Example:
     ///   agent-guard policy check /etc/agent-guard/policy.toml

@@ -9,7 +9,7 @@ use crate::{
     btf,
     cgroup::Hierarchy,
     daemon,
-    kernel::{Kernel, LsmStatus},
+    kernel::{Kernel, LsmStatus, UnixBackend},
 };
 
 /// Exit statuses: every rule of the policy enforceable / some only partly
@@ -25,6 +25,11 @@ struct Report {
 impl Report {
     fn line(&self, ok: bool, what: &str, detail: &str) {
         println!("  [{}] {what}: {detail}", if ok { " ok " } else { "FAIL" });
+    }
+
+    /// Something this kernel lacks that another part covers.
+    fn note(&self, what: &str, detail: &str) {
+        println!("  [ -- ] {what}: {detail}");
     }
 }
 
@@ -164,7 +169,7 @@ pub fn run(policy_path: Option<&Path>) -> Result<ExitCode> {
         Ok(k) => {
             report.line(
                 true,
-                "cgroup sock_addr programs (cgroup/connect4, connect6)",
+                "cgroup sock_addr programs (cgroup/connect4, connect6, sendmsg4, sendmsg6)",
                 "loaded",
             );
             Some(k)
@@ -176,36 +181,161 @@ pub fn run(policy_path: Option<&Path>) -> Result<ExitCode> {
         }
     };
     let lsm = kernel.as_ref().map(|k| k.lsm.clone());
+    let unix = kernel.as_ref().map(|k| k.unix.clone());
     let guard = kernel.as_ref().map(|k| k.guard.clone());
     match &lsm {
-        Some(LsmStatus::Attached { paths }) => report.line(
-            true,
-            "LSM programs (BPF trampolines)",
-            &format!("lsm/path_unlink and lsm/path_rmdir load and attach (paths by {paths})"),
-        ),
+        Some(status @ LsmStatus::Attached { paths, missing, .. }) => {
+            report.line(
+                true,
+                "LSM programs (BPF trampolines)",
+                &format!(
+                    "{} load and attach (unlink/rmdir paths by {paths})",
+                    status.hook_list()
+                ),
+            );
+            for (hook, why) in missing {
+                report.note(&format!("lsm/{hook} not used"), why);
+            }
+        }
         Some(LsmStatus::Unavailable(why)) => {
             report.line(false, "LSM programs (BPF trampolines)", why)
         }
         None => {}
     }
+    if let Some(UnixBackend::Cgroup) = &unix {
+        report.line(
+            true,
+            "cgroup/connect_unix, cgroup/sendmsg_unix (6.7+)",
+            "loaded",
+        );
+    }
     drop(kernel);
+    let io_uring = fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_else(|_| "absent".into());
+    report.line(
+        true,
+        "io_uring",
+        &match io_uring.as_str() {
+            "0" => "enabled (kernel.io_uring_disabled = 0)".to_owned(),
+            "absent" => {
+                "kernel.io_uring_disabled not present (io_uring enabled, or not built)".to_owned()
+            }
+            v => format!("kernel.io_uring_disabled = {v}"),
+        },
+    );
 
+    let lsm_ok = matches!(lsm, Some(LsmStatus::Attached { .. }));
+    let has = |hook: &str| lsm.as_ref().is_some_and(|l| l.has(hook));
     println!("backends:");
     println!(
-        "  connect: cgroup/connect4 + cgroup/connect6 on each agent cgroup (every process of the agent)"
+        "  connect and datagrams: cgroup/connect4, connect6, sendmsg4, sendmsg6 on each agent \
+         cgroup (every process of the agent; UDP sent without connect included)"
     );
-    let lsm_ok = matches!(lsm, Some(LsmStatus::Attached { .. }));
+    let mut open_doors: Vec<String> = Vec::new();
+    match &unix {
+        Some(UnixBackend::Lsm) => println!(
+            "  unix sockets: lsm/unix_stream_connect and lsm/unix_may_send, host-wide: the peer \
+             socket's real path (or @abstract name) is judged"
+        ),
+        Some(UnixBackend::Cgroup) => {
+            println!(
+                "  unix sockets: cgroup/connect_unix and cgroup/sendmsg_unix on each agent cgroup: \
+                 the address as the agent wrote it is judged"
+            );
+            open_doors.push(
+                "unix sockets reached through a symlink the agent made: without BPF LSM the \
+                 kernel judges the address as written, before it resolves it (relative and \
+                 non-canonical addresses are refused to agents a unix rule guards)"
+                    .into(),
+            );
+        }
+        Some(UnixBackend::None(why)) => {
+            report.degraded = true;
+            println!("  unix sockets: none ({why})");
+            open_doors.push(format!("unix: rules cannot be enforced: {why}"));
+        }
+        None => {}
+    }
     if lsm_ok {
         println!(
-            "  unlink/rmdir: BPF LSM, host-wide (every process of the agent, however started)"
+            "  unlink, rmdir, rename, link, truncate: BPF LSM, host-wide (every process of the \
+             agent, however started; io_uring operations included)"
+        );
+        if !has("file_truncate") {
+            println!(
+                "    (no lsm/file_truncate before 6.2: lsm/path_truncate sees every truncation there)"
+            );
+        }
+        println!(
+            "  mounts: lsm/sb_mount, move_mount, sb_pivotroot, path_chroot{} refuse them to agents \
+             without allow_mounts = true",
+            if has("userns_create") {
+                ", userns_create"
+            } else {
+                ""
+            }
+        );
+        open_doors.push(
+            "new mount namespaces (unshare -m, setns): no LSM hook sees them; every mount, \
+             pivot_root and chroot inside one is refused, so they give no second path"
+                .into(),
+        );
+        open_doors.push(
+            "detached trees (open_tree, fsmount): no LSM hook refuses making one; a guarded \
+             call through one has no path from the agent's root and is refused"
+                .into(),
+        );
+        if !has("userns_create") {
+            open_doors.push(
+                "new user namespaces: this kernel has no lsm/userns_create (6.1+); mounts \
+                 inside them are still refused"
+                    .into(),
+            );
+        }
+        println!(
+            "  io_uring: allowed; BPF LSM sees its operations. A held (ask) call that comes \
+             through io_uring cannot be rewound: it is refused"
         );
     } else if seccomp {
         println!(
-            "  unlink/rmdir: seccomp supervision, only for processes started with `agent-guard run`;\n    \
-             other processes in an agent cgroup are observed, not blocked"
+            "  unlink, rmdir, rename, link, truncate (and O_TRUNC opens): seccomp supervision, \
+             only for processes started with `agent-guard run`;\n    other processes in an \
+             agent cgroup: their unlink/rmdir are observed, the rest unseen"
+        );
+        println!(
+            "  mounts: mount, move_mount, open_tree, fsopen/fsmount/fspick, mount_setattr, \
+             pivot_root, chroot, and unshare/clone/setns of mount or user namespaces are \
+             refused to runs without allow_mounts = true"
+        );
+        println!(
+            "  io_uring: io_uring_setup fails with EPERM in runs unless the agent sets \
+             allow_io_uring = true: seccomp cannot see io_uring operations, so a run allowed \
+             io_uring can rename, unlink and truncate through it unguarded"
+        );
+        open_doors.push(
+            "processes placed in an agent cgroup by other means than `agent-guard run`: \
+             without BPF LSM their file operations, mounts and io_uring are not governed"
+                .into(),
         );
     } else {
-        println!("  unlink/rmdir: none available");
+        println!("  file operations, mounts, io_uring: none available");
+        open_doors.push("file operations, mounts and io_uring are not governed at all".into());
+    }
+    // No cgroup hook sees what a raw or packet socket sends (sendmsg4/6
+    // run for UDP only), on any kernel.
+    open_doors.push(
+        "raw and packet sockets (SOCK_RAW, AF_PACKET): no hook of agent-guard judges what they \
+         send, so an agent with CAP_NET_RAW can reach a denied address; run agents without \
+         CAP_NET_RAW"
+            .into(),
+    );
+    println!("doors this kernel cannot close:");
+    if open_doors.is_empty() {
+        println!("  none");
+    }
+    for door in &open_doors {
+        println!("  - {door}");
     }
 
     if !super::doctor_guard::report(guard.as_ref(), seccomp) {
@@ -221,12 +351,23 @@ pub fn run(policy_path: Option<&Path>) -> Result<ExitCode> {
                 "fully enforceable"
             } else if seccomp {
                 report.degraded = true;
-                "deletes enforced only under `agent-guard run`"
+                "file operations enforced only under `agent-guard run`"
             } else {
                 report.missing = true;
                 "delete rules cannot be enforced"
             };
             println!("  agent {}: {status}", agent.name);
+            if agent.allow_io_uring && !lsm_ok {
+                report.degraded = true;
+                println!(
+                    "    allow_io_uring = true: its runs can reach files through io_uring, \
+                     which this kernel's backend cannot see"
+                );
+            }
+        }
+        for warning in crate::policy::path_warnings(&policy) {
+            report.degraded = true;
+            println!("  warning: {warning}");
         }
     } else if !lsm_ok {
         report.degraded = true;
@@ -236,7 +377,7 @@ pub fn run(policy_path: Option<&Path>) -> Result<ExitCode> {
 
     if !lsm_ok {
         println!(
-            "to enforce deletes host-wide: boot a kernel with CONFIG_BPF_LSM=y, BPF trampolines \
+            "to govern file operations host-wide: boot a kernel with CONFIG_BPF_LSM=y, BPF trampolines \
              allowed, and \"bpf\" in the LSM list\n  (kernel command line: lsm=lockdown,capability,landlock,yama,apparmor,bpf)"
         );
     }

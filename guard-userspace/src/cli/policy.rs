@@ -20,6 +20,11 @@ pub fn run(command: PolicyCommand) -> Result<ExitCode> {
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
+                // Valid, but some rule could never match here: say so on
+                // stderr; the exit status stays 0 (the file is valid).
+                for warning in policy::path_warnings(&p) {
+                    eprintln!("warning: {warning}");
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(err) => {

@@ -7,15 +7,16 @@ use guard_common::{Outcome, Verdict};
 use super::registry::{AgentState, Registry};
 use crate::{
     events::{
-        decode::{Header, Record, RecordCall},
+        decode::{self, Header, Record, RecordCall},
         enrich::Enricher,
         model::{
-            Agent, Backend, Call, FileTarget, GrantRef, GuardAction, HoldId, HoldRef, Op, Process,
-            Rule, TamperTarget, Verdict as RuleVerdict,
+            Agent, Backend, Call, CallOutcome, CallVia, FileTarget, GrantRef, GuardAction, HoldId,
+            HoldRef, IO_URING_REASON, IoUringOperation, IoUringTarget, MountTarget, Op, PathPair,
+            Process, RenameTarget, Rule, Side, TamperTarget, Verdict as RuleVerdict,
         },
     },
     policy::PathRule,
-    supervise::{DeleteOp, DeleteRequest},
+    supervise::{self, Object, Request},
 };
 
 /// Why an observed delete was not enforced.
@@ -25,7 +26,11 @@ const NOT_ENFORCED: &str =
 /// The call a kernel record reports, or None when another path reports it
 /// (a run under seccomp supervision reports its own deletes).
 pub fn kernel_call(rec: Record, registry: &Registry, enricher: &mut Enricher) -> Option<Call> {
-    let Record { header: h, call } = rec;
+    let Record {
+        header: h,
+        call,
+        io_uring,
+    } = rec;
     let (op, rule) = match call {
         // Only a refusal that reached for the guard is an event; found out
         // before anything else is looked up.
@@ -34,7 +39,25 @@ pub fn kernel_call(rec: Record, registry: &Registry, enricher: &mut Enricher) ->
             self_defense_rule(),
         ),
         RecordCall::Connect(target) => (Op::Connect(target), kernel_rule(&h, registry)),
+        RecordCall::Send(target) => (Op::Send(target), kernel_rule(&h, registry)),
+        RecordCall::Unix { send, target } => (
+            if send {
+                Op::UnixSend(target)
+            } else {
+                Op::UnixConnect(target)
+            },
+            kernel_rule(&h, registry),
+        ),
         RecordCall::Delete { rmdir, target } => (delete(rmdir, target), kernel_rule(&h, registry)),
+        RecordCall::Truncate(target) => (Op::Truncate(target), kernel_rule(&h, registry)),
+        RecordCall::Rename(target) => (Op::Rename(Box::new(target)), kernel_rule(&h, registry)),
+        RecordCall::Link(target) => (Op::Link(Box::new(target)), kernel_rule(&h, registry)),
+        RecordCall::Mount(target) => {
+            // The agent's switch decided, not a rule.
+            let mut rule = kernel_rule(&h, registry);
+            rule.matched = Some(switch_rule(false, h.verdict == Some(Verdict::Allow)).into());
+            (Op::Mount(target), rule)
+        }
         RecordCall::Escape(target) => (Op::Escape(target), self_defense_rule()),
         RecordCall::Tamper {
             mut target,
@@ -84,6 +107,8 @@ pub fn kernel_call(rec: Record, registry: &Registry, enricher: &mut Enricher) ->
             cgroup_id: h.agent_cgroup_id,
         },
     };
+    // An `ask` through io_uring is refused: a hold cannot rewind it.
+    let ask_refused = h.outcome == CallOutcome::Denied && h.verdict == Some(Verdict::Ask);
     Some(Call {
         op,
         outcome: h.outcome,
@@ -108,8 +133,8 @@ pub fn kernel_call(rec: Record, registry: &Registry, enricher: &mut Enricher) ->
         }),
         grant: h.grant_id.map(|id| GrantRef { id }),
         backend: None,
-        via: None,
-        reason: None,
+        via: io_uring.then_some(CallVia::IoUring),
+        reason: (io_uring && ask_refused).then(|| IO_URING_REASON.to_owned()),
     })
 }
 
@@ -118,6 +143,17 @@ fn delete(rmdir: bool, target: FileTarget) -> Op {
         Op::Rmdir(target)
     } else {
         Op::Unlink(target)
+    }
+}
+
+/// The `rule.match` of a call the agent's switch decides (the mount
+/// family, io_uring): the switch as the policy writes it.
+fn switch_rule(io_uring: bool, allowed: bool) -> &'static str {
+    match (io_uring, allowed) {
+        (true, true) => "allow_io_uring = true",
+        (true, false) => "allow_io_uring = false",
+        (false, true) => "allow_mounts = true",
+        (false, false) => "allow_mounts = false",
     }
 }
 
@@ -260,26 +296,106 @@ pub(super) fn normalize(path: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
-/// A delete judged in userspace under seccomp supervision: the same call
+/// What a supervised call's event says about the rule that decided it.
+pub enum RuleOf<'a> {
+    /// A delete rule of the policy (None: the agent's default).
+    Path(Option<&'a PathRule>),
+    /// The agent's `allow_mounts` / `allow_io_uring` switch.
+    Switch,
+}
+
+/// An object a supervised call acts on: its resolved path (absent when
+/// not resolved) and the argument as passed.
+fn object(o: &Object) -> (Option<String>, Option<String>) {
+    (
+        (!o.path.is_empty()).then(|| o.path.clone()),
+        Some(o.raw_path.clone()),
+    )
+}
+
+/// What a supervised call does, and to what: the same targets as the
+/// kernel's records give.
+fn supervised_op(req: &Request, dest_decided: bool) -> Op {
+    let (path, raw_path) = object(&req.object);
+    let file = || FileTarget {
+        path: path.clone(),
+        raw_path: raw_path.clone(),
+        ..FileTarget::default()
+    };
+    let pair = || {
+        let (new_path, raw_new_path) = req.second.as_ref().map(object).unwrap_or_default();
+        PathPair {
+            path: path.clone(),
+            raw_path: raw_path.clone(),
+            new_path,
+            raw_new_path,
+            ..PathPair::default()
+        }
+    };
+    match req.op {
+        supervise::Op::Unlink => Op::Unlink(file()),
+        supervise::Op::Rmdir => Op::Rmdir(file()),
+        // An open is only ever reported refused, as guard.tamper (which
+        // replaces the op).
+        supervise::Op::Truncate | supervise::Op::Open => Op::Truncate(file()),
+        supervise::Op::Rename { exchange } => Op::Rename(Box::new(RenameTarget {
+            paths: pair(),
+            exchange,
+            replaces: req.second.as_ref().is_some_and(|s| s.exists),
+            directory: req.object.dir,
+            decided_by: if dest_decided {
+                Side::Destination
+            } else {
+                Side::Source
+            },
+        })),
+        supervise::Op::Link => Op::Link(Box::new(pair())),
+        supervise::Op::Mount(op) => Op::Mount(MountTarget {
+            operation: decode::mount_operation(op),
+            path,
+            raw_path,
+            path_error: None,
+            path_truncated: false,
+        }),
+        supervise::Op::IoUringSetup => Op::IoUring(IoUringTarget {
+            operation: IoUringOperation::IoUringSetup,
+        }),
+    }
+}
+
+/// A call judged in userspace under seccomp supervision: the same call
 /// as the LSM backend's, with `backend: seccomp`. `session_cgroup` is the
 /// run whose supervisor handled it: the filter belongs to that run, so
-/// that is whose call it is.
-pub fn supervised_delete(
+/// that is whose call it is. `dest_decided`: a rename the destination's
+/// verdict decided; `reason`: why, where the rule alone does not say it.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site per outcome; a struct would only rename them"
+)]
+pub fn supervised_call(
     registry: &Registry,
     agent: &AgentState,
     session_cgroup: u64,
-    req: &DeleteRequest,
-    (outcome, verdict, rule): (Outcome, Verdict, Option<&PathRule>),
+    req: &Request,
+    (outcome, verdict, rule): (Outcome, Verdict, RuleOf<'_>),
+    dest_decided: bool,
+    reason: Option<&str>,
     enricher: &mut Enricher,
 ) -> Call {
-    let target = FileTarget {
-        path: Some(req.path.clone()),
-        raw_path: Some(req.raw_path.clone()),
-        ..FileTarget::default()
+    let op = supervised_op(req, dest_decided);
+    let rule = match rule {
+        RuleOf::Path(rule) => rule_of(registry, agent, verdict, rule),
+        RuleOf::Switch => Rule {
+            verdict: Some(verdict.into()),
+            matched: Some(
+                switch_rule(matches!(op, Op::IoUring(_)), verdict == Verdict::Allow).to_owned(),
+            ),
+            source: Some(format!("{}:{}", registry.policy.file, agent.def.line)),
+        },
     };
     let agent_ref = registry.agent_ref(agent.agent_id, session_cgroup);
     Call {
-        op: delete(req.op == DeleteOp::Rmdir, target),
+        op,
         outcome: outcome.into(),
         agent: match agent_ref {
             Some(a) => Agent::Known(a),
@@ -297,11 +413,11 @@ pub fn supervised_delete(
             },
             None,
         ),
-        rule: rule_of(registry, agent, verdict, rule),
+        rule,
         hold: None,
         grant: None,
         backend: Some(Backend::Seccomp),
         via: None,
-        reason: None,
+        reason: reason.map(str::to_owned),
     }
 }

@@ -106,6 +106,12 @@ fn write_rules(kernel: &mut Kernel, agent_id: u32, def: &policy::Agent) -> Resul
     kernel
         .insert_path_rules(&policy::compile_path(agent_id, &def.delete))
         .with_context(|| format!("writing delete rules of agent {}", def.name))?;
+    kernel
+        .insert_subtree_rules(&policy::compile_subtree(agent_id, &def.delete))
+        .with_context(|| format!("writing the rename rules of agent {}", def.name))?;
+    kernel
+        .insert_unix_rules(&policy::compile_unix(agent_id, &def.connect))
+        .with_context(|| format!("writing unix socket rules of agent {}", def.name))?;
     Ok(())
 }
 
@@ -114,7 +120,9 @@ fn write_rules(kernel: &mut Kernel, agent_id: u32, def: &policy::Agent) -> Resul
 fn remove_rules(kernel: &mut Kernel, agent_id: u32, def: &policy::Agent) {
     let net = kernel.remove_net_rules(&policy::compile_net(agent_id, &def.connect));
     let path = kernel.remove_path_rules(&policy::compile_path(agent_id, &def.delete));
-    if let Err(err) = net.and(path) {
+    let subtree = kernel.remove_subtree_rules(&policy::compile_subtree(agent_id, &def.delete));
+    let unix = kernel.remove_unix_rules(&policy::compile_unix(agent_id, &def.connect));
+    if let Err(err) = net.and(path).and(subtree).and(unix) {
         tracing::warn!(%err, agent = %def.name, "removing rules no longer used");
     }
 }
@@ -258,21 +266,45 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut kernel = Kernel::load(Some(&state_dir))
         .with_context(|| format!("loading the programs (state under {})", state_dir.display()))?;
     let delete_backend = match &kernel.lsm {
-        LsmStatus::Attached { paths } => {
+        LsmStatus::Attached {
+            paths,
+            hooks,
+            missing,
+        } => {
             tracing::info!(
-                "unlink/rmdir: BPF LSM (lsm/path_unlink, lsm/path_rmdir; paths by {paths}), host-wide for every agent process"
+                "file operations: BPF LSM ({}; unlink/rmdir paths by {paths}), host-wide for every agent process",
+                hooks
+                    .iter()
+                    .map(|h| format!("lsm/{h}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
+            for (hook, why) in missing {
+                tracing::info!("lsm/{hook} not used on this kernel: {why}");
+            }
             "bpf_lsm"
         }
         LsmStatus::Unavailable(why) => {
             tracing::warn!(
-                "unlink/rmdir: BPF LSM unavailable ({why}); deletes are enforced only for \
-                 processes started with `agent-guard run` (seccomp supervision). Run \
-                 `agent-guard doctor` for details"
+                "file operations: BPF LSM unavailable ({why}); deletes, renames, links, \
+                 truncation, mounts and io_uring are governed only for processes started \
+                 with `agent-guard run` (seccomp supervision). Run `agent-guard doctor` \
+                 for details"
             );
             "seccomp"
         }
     };
+    let unix_backend = match &kernel.unix {
+        crate::kernel::UnixBackend::Lsm => "bpf_lsm",
+        crate::kernel::UnixBackend::Cgroup => "cgroup_sock_addr",
+        crate::kernel::UnixBackend::None(why) => {
+            tracing::warn!("unix: rules cannot be enforced on this kernel: {why}");
+            "none"
+        }
+    };
+    for warning in policy::path_warnings(&policy) {
+        tracing::warn!("{warning}");
+    }
     let lsm = matches!(kernel.lsm, LsmStatus::Attached { .. });
     let refused =
         policy::unenforceable_deletes(&policy, lsm, crate::kernel::seccomp_user_notif_available());
@@ -365,6 +397,7 @@ pub async fn run(opts: Options) -> Result<()> {
         backends: Backends {
             connect: "cgroup_sock_addr".into(),
             delete: delete_backend.into(),
+            unix: unix_backend.into(),
         },
         sinks: registry
             .policy

@@ -53,6 +53,9 @@ pub struct SessionState {
     pub opener_uid: u32,
     /// Deletes of this run are supervised through seccomp (no BPF LSM).
     pub supervised: bool,
+    /// What its seccomp filter leaves out (the agent's policy when it
+    /// started).
+    pub filter: crate::supervise::FilterOptions,
 }
 
 pub struct Registry {

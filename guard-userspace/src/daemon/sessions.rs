@@ -70,6 +70,10 @@ struct Saved {
     opener_pid: u32,
     opener_uid: u32,
     supervised: bool,
+    #[serde(default)]
+    allow_mounts: bool,
+    #[serde(default)]
+    allow_io_uring: bool,
 }
 
 impl Store {
@@ -119,6 +123,10 @@ impl Store {
                     opener_pid: s.opener_pid,
                     opener_uid: s.opener_uid,
                     supervised: s.supervised,
+                    filter: crate::supervise::FilterOptions {
+                        allow_mounts: s.allow_mounts,
+                        allow_io_uring: s.allow_io_uring,
+                    },
                 },
             );
         }
@@ -146,6 +154,8 @@ impl Store {
                         opener_pid: s.opener_pid,
                         opener_uid: s.opener_uid,
                         supervised: s.supervised,
+                        allow_mounts: s.filter.allow_mounts,
+                        allow_io_uring: s.filter.allow_io_uring,
                     })
                 })
                 .collect()
@@ -247,6 +257,10 @@ pub fn open(
     let cgroup_id = cgroup::id(&dir)?;
     let agent_id = state.agent_id;
     let relative = format!("{}/run-{id}", state.def.cgroup);
+    let filter = crate::supervise::FilterOptions {
+        allow_mounts: state.def.allow_mounts,
+        allow_io_uring: state.def.allow_io_uring,
+    };
     registry.sessions.insert(
         cgroup_id,
         SessionState {
@@ -259,6 +273,7 @@ pub fn open(
             opener_pid,
             opener_uid: who.uid().context("peer uid unknown")?,
             supervised: shared.supervise_deletes,
+            filter,
         },
     );
     drop(registry);
@@ -272,6 +287,9 @@ pub fn open(
         "token": token,
         "cgroup": relative,
         "supervise_deletes": shared.supervise_deletes,
+        // What the run's seccomp filter leaves out, by the agent's policy.
+        "allow_mounts": filter.allow_mounts,
+        "allow_io_uring": filter.allow_io_uring,
         "confine": shared.guard.confine,
     }))
 }
@@ -440,6 +458,7 @@ fn supervise_run(
         session.agent_id,
         cgroup_id,
         session.id.clone(),
+        session.filter,
     ));
     let resume = Resume {
         journal: Some(Arc::new(journal)),

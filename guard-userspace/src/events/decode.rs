@@ -8,8 +8,10 @@ use std::{
 };
 
 use guard_common::{
-    AF_INET, AF_INET6, AT_REMOVEDIR, ConnectRecord, EventHeader, EventKind, FileRecord, NR_RMDIR,
-    ObservedDeleteRecord, PATH_TRUNCATED, PATH_UNKNOWN, RULE_DEFAULT, Verdict,
+    AF_INET, AF_INET6, AT_REMOVEDIR, CALL_ABSTRACT, CALL_IO_URING, ConnectRecord, EventHeader,
+    EventKind, FileRecord, MountOp, MountRecord, NR_RMDIR, ObservedDeleteRecord, PATH_TRUNCATED,
+    PATH_UNKNOWN, RENAME_DEST_DECIDED, RENAME_DIR, RENAME_EXCHANGES, RENAME_REPLACES, RULE_DEFAULT,
+    RecordPath, RenameRecord, Verdict,
 };
 use thiserror::Error;
 
@@ -21,7 +23,8 @@ use guard_common::{
 
 use super::model::{
     CallOutcome, ConnectTarget, EscapeHow, EscapeTarget, Family, FileTarget, GuardAction,
-    TamperTarget,
+    MountOperation, MountTarget, PATH_UNNAMED, PathPair, RenameTarget, Side, TamperTarget,
+    UnixFamily, UnixTarget,
 };
 
 #[derive(Debug, Error)]
@@ -36,6 +39,8 @@ pub enum DecodeError {
     UnknownFamily(u16),
     #[error("self-defense record with unknown {what} {value}")]
     UnknownGuard { what: &'static str, value: u32 },
+    #[error("mount record of unknown operation {0}")]
+    UnknownMount(u8),
 }
 
 /// Converts CLOCK_BOOTTIME (what the kernel stamps) to wall-clock time.
@@ -122,17 +127,31 @@ pub struct Header {
 pub struct Record {
     pub header: Header,
     pub call: RecordCall,
+    /// An io_uring worker made the call (a hold could not rewind it).
+    pub io_uring: bool,
 }
 
 /// What the record says was called.
 #[derive(Clone, Debug)]
 pub enum RecordCall {
     Connect(ConnectTarget),
+    /// A datagram to an address.
+    Send(ConnectTarget),
+    /// A connect to a unix socket, or a datagram to one (`send`).
+    Unix {
+        send: bool,
+        target: UnixTarget,
+    },
     /// A delete the kernel judged (BPF LSM): the path as it resolved it.
     Delete {
         rmdir: bool,
         target: FileTarget,
     },
+    Truncate(FileTarget),
+    Rename(RenameTarget),
+    Link(PathPair),
+    /// A mount-family call: the agent's `allow_mounts` decided.
+    Mount(MountTarget),
     /// A delete seen at syscall entry and not blocked: the raw argument,
     /// resolved against the process's cwd or dirfd by the daemon.
     Observed {
@@ -158,14 +177,65 @@ pub fn decode(bytes: &[u8], clock: &BootClock) -> Result<Record, DecodeError> {
     let raw: EventHeader = read(bytes)?;
     let kind = EventKind::from_raw(raw.kind).ok_or(DecodeError::UnknownKind(raw.kind))?;
     let header = header(&raw, clock)?;
+    let mut io_uring = false;
     let call = match kind {
         // Classified by attribution: only a reach for the guard is an event.
         EventKind::GuardRefusedPath => RecordCall::Refused(Box::new(read(bytes)?)),
-        EventKind::NetConnect => RecordCall::Connect(connect_target(&read(bytes)?)?),
-        EventKind::FileUnlink | EventKind::FileRmdir => RecordCall::Delete {
-            rmdir: kind == EventKind::FileRmdir,
-            target: file_target(&read(bytes)?),
-        },
+        EventKind::NetConnect | EventKind::NetSend => {
+            let rec: ConnectRecord = read(bytes)?;
+            io_uring = rec.flags & u32::from(CALL_IO_URING) != 0;
+            let target = connect_target(&rec)?;
+            if kind == EventKind::NetSend {
+                RecordCall::Send(target)
+            } else {
+                RecordCall::Connect(target)
+            }
+        }
+        EventKind::FileUnlink | EventKind::FileRmdir | EventKind::FileTruncate => {
+            let rec: FileRecord = read(bytes)?;
+            io_uring = rec.path.flags & CALL_IO_URING != 0;
+            let target = file_target(&rec.path);
+            if kind == EventKind::FileTruncate {
+                RecordCall::Truncate(target)
+            } else {
+                RecordCall::Delete {
+                    rmdir: kind == EventKind::FileRmdir,
+                    target,
+                }
+            }
+        }
+        EventKind::NetUnixConnect | EventKind::NetUnixSend => {
+            let rec: FileRecord = read(bytes)?;
+            io_uring = rec.path.flags & CALL_IO_URING != 0;
+            RecordCall::Unix {
+                send: kind == EventKind::NetUnixSend,
+                target: unix_target(&rec.path),
+            }
+        }
+        EventKind::FileRename | EventKind::FileLink => {
+            let rec: RenameRecord = read(bytes)?;
+            io_uring = rec.path.flags & CALL_IO_URING != 0;
+            let paths = path_pair(&rec.path, &rec.new_path);
+            if kind == EventKind::FileLink {
+                RecordCall::Link(paths)
+            } else {
+                let flag = |bit: u8| rec.rename_flags & bit != 0;
+                RecordCall::Rename(RenameTarget {
+                    paths,
+                    exchange: flag(RENAME_EXCHANGES),
+                    replaces: flag(RENAME_REPLACES),
+                    directory: flag(RENAME_DIR),
+                    decided_by: if flag(RENAME_DEST_DECIDED) {
+                        Side::Destination
+                    } else {
+                        Side::Source
+                    },
+                })
+            }
+        }
+        EventKind::FileMount => RecordCall::Mount(mount_target(&read(bytes)?)?),
+        // Only the seccomp supervisor reports these, never the kernel.
+        EventKind::FileIoUring => return Err(DecodeError::UnknownKind(raw.kind)),
         EventKind::AgentEscape => RecordCall::Escape(escape_target(&read(bytes)?)?),
         EventKind::GuardTamper => {
             let rec: TamperRecord = read(bytes)?;
@@ -183,7 +253,11 @@ pub fn decode(bytes: &[u8], clock: &BootClock) -> Result<Record, DecodeError> {
             }
         }
     };
-    Ok(Record { header, call })
+    Ok(Record {
+        header,
+        call,
+        io_uring,
+    })
 }
 
 fn header(h: &EventHeader, clock: &BootClock) -> Result<Header, DecodeError> {
@@ -207,19 +281,86 @@ fn header(h: &EventHeader, clock: &BootClock) -> Result<Header, DecodeError> {
     })
 }
 
-fn file_target(rec: &FileRecord) -> FileTarget {
-    if rec.path_state == PATH_UNKNOWN {
-        return FileTarget {
-            path_error: Some("the kernel could not resolve the path".into()),
-            ..FileTarget::default()
-        };
+/// A record's path: (path, error, truncated).
+fn record_path(p: &RecordPath) -> (Option<String>, Option<String>, bool) {
+    if p.state == PATH_UNKNOWN {
+        return (None, Some(PATH_UNNAMED.into()), false);
     }
-    let len = usize::from(rec.path_len).min(rec.path.len());
+    let len = usize::from(p.len).min(p.bytes.len());
+    (
+        Some(String::from_utf8_lossy(&p.bytes[..len]).into_owned()),
+        None,
+        p.state == PATH_TRUNCATED,
+    )
+}
+
+fn file_target(p: &RecordPath) -> FileTarget {
+    let (path, path_error, path_truncated) = record_path(p);
     FileTarget {
-        path: Some(String::from_utf8_lossy(&rec.path[..len]).into_owned()),
-        path_truncated: rec.path_state == PATH_TRUNCATED,
+        path,
+        path_error,
+        path_truncated,
         ..FileTarget::default()
     }
+}
+
+fn path_pair(from: &RecordPath, to: &RecordPath) -> PathPair {
+    let (path, path_error, path_truncated) = record_path(from);
+    let (new_path, new_path_error, new_path_truncated) = record_path(to);
+    PathPair {
+        path,
+        path_error,
+        path_truncated,
+        new_path,
+        new_path_error,
+        new_path_truncated,
+        ..PathPair::default()
+    }
+}
+
+/// A unix socket's peer: its path, or an abstract socket's name (which
+/// the kernel writes as `@name`, as `unix:@name` rules do).
+fn unix_target(p: &RecordPath) -> UnixTarget {
+    let (path, path_error, path_truncated) = record_path(p);
+    UnixTarget {
+        family: UnixFamily::Unix,
+        is_abstract: path.is_some() && p.flags & CALL_ABSTRACT != 0,
+        path,
+        path_error,
+        path_truncated,
+    }
+}
+
+pub fn mount_operation(op: MountOp) -> MountOperation {
+    match op {
+        MountOp::Mount => MountOperation::Mount,
+        MountOp::MoveMount => MountOperation::MoveMount,
+        MountOp::PivotRoot => MountOperation::PivotRoot,
+        MountOp::Chroot => MountOperation::Chroot,
+        MountOp::UserNamespace => MountOperation::UserNamespace,
+        MountOp::MountNamespace => MountOperation::MountNamespace,
+        MountOp::OpenTree => MountOperation::OpenTree,
+        MountOp::FsMount => MountOperation::Fsmount,
+        MountOp::MountSetattr => MountOperation::MountSetattr,
+    }
+}
+
+fn mount_target(rec: &MountRecord) -> Result<MountTarget, DecodeError> {
+    let operation = MountOp::from_raw(rec.op).ok_or(DecodeError::UnknownMount(rec.op))?;
+    // No path at all: the hook gives none (a new namespace).
+    let (path, path_error, path_truncated) = if rec.path.state == PATH_UNKNOWN && rec.path.len == 0
+    {
+        (None, None, false)
+    } else {
+        record_path(&rec.path)
+    };
+    Ok(MountTarget {
+        operation: mount_operation(operation),
+        path,
+        raw_path: None,
+        path_error,
+        path_truncated,
+    })
 }
 
 fn connect_target(rec: &ConnectRecord) -> Result<ConnectTarget, DecodeError> {
@@ -325,58 +466,5 @@ fn tamper_target(rec: &TamperRecord) -> Result<TamperTarget, DecodeError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn short_records_are_errors_not_panics() {
-        assert!(matches!(
-            read::<EventHeader>(&[0u8; 10]),
-            Err(DecodeError::Short { len: 10, .. })
-        ));
-    }
-
-    #[test]
-    fn v4_and_v6_targets() {
-        let mut rec = ConnectRecord {
-            family: AF_INET,
-            port: 8080,
-            ..Default::default()
-        };
-        rec.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        let t = connect_target(&rec).expect("v4");
-        assert_eq!(
-            serde_json::to_value(&t).expect("json"),
-            serde_json::json!({"family":"ipv4","address":"127.0.0.1","port":8080})
-        );
-        rec.family = AF_INET6;
-        rec.addr = Ipv6Addr::LOCALHOST.octets();
-        assert_eq!(connect_target(&rec).expect("v6").address.to_string(), "::1");
-        rec.family = 1;
-        assert!(connect_target(&rec).is_err());
-    }
-
-    #[test]
-    fn escape_names_where_it_went() {
-        let mut rec = EscapeRecord {
-            header: Default::default(),
-            moved_pid: 42,
-            how: ESCAPE_ATTACH,
-            action: ACTION_KILLED,
-            path_len: 1,
-            dst_cgroup_id: 1,
-            path: [0; guard_common::ESCAPE_PATH_BYTES],
-        };
-        rec.path[0] = b'/';
-        let t = serde_json::to_value(escape_target(&rec).expect("an escape")).expect("json");
-        assert_eq!(t["how"], "cgroup_write");
-        assert_eq!(t["action"], "killed");
-        assert_eq!(t["pid"], 42);
-        assert_eq!(t["cgroup"], "/");
-        rec.action = 9;
-        assert!(
-            escape_target(&rec).is_err(),
-            "an unknown action is an error"
-        );
-    }
-}
+#[path = "decode_tests.rs"]
+mod tests;

@@ -8,17 +8,18 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, ProgramError, links::FdLink},
 };
-use guard_common::{AgentEntry, Config, KernelOffsets, NetKey, NetRuleSet, PathKey, PathRuleValue};
+use guard_common::{AgentEntry, Config, NetKey, NetRuleSet, PathKey, PathRuleValue};
 
-use crate::btf;
 use thiserror::Error;
 
 mod guard;
 mod handles;
 mod lsm;
+mod offsets;
 mod pins;
 mod policy_maps;
 mod refused;
+mod unix_programs;
 
 pub use guard::GuardStatus;
 pub use handles::{KernelHolds, LossCounters};
@@ -47,9 +48,9 @@ pub(crate) fn pin_file(name: &str) -> String {
 /// The program (and attachment name) that stops held connects.
 const CONNECT_HOLD_STOPPER: &str = "sys_exit";
 
-/// The connect programs, by name in the object, with the section type users
-/// see in error messages.
-const CONNECT_PROGRAMS: [(&str, &str); 2] = [
+/// The socket-address programs on every agent cgroup, by name in the
+/// object, with the section type users see in error messages.
+const CONNECT_PROGRAMS: [(&str, &str); 4] = [
     (
         "connect4",
         "cgroup/connect4 (BPF_PROG_TYPE_CGROUP_SOCK_ADDR)",
@@ -57,6 +58,14 @@ const CONNECT_PROGRAMS: [(&str, &str); 2] = [
     (
         "connect6",
         "cgroup/connect6 (BPF_PROG_TYPE_CGROUP_SOCK_ADDR)",
+    ),
+    (
+        "sendmsg4",
+        "cgroup/sendmsg4 (BPF_PROG_TYPE_CGROUP_SOCK_ADDR)",
+    ),
+    (
+        "sendmsg6",
+        "cgroup/sendmsg6 (BPF_PROG_TYPE_CGROUP_SOCK_ADDR)",
     ),
 ];
 
@@ -114,13 +123,48 @@ pub enum KernelError {
     StaleHold { tid: u32, hold_id: u64 },
 }
 
-/// Whether the BPF LSM delete hooks are in force, and if not, why.
+/// Whether the BPF LSM hooks are in force, and if not, why.
 #[derive(Clone, Debug)]
 pub enum LsmStatus {
-    /// With how paths are built ("bpf_d_path" or "dentry walk").
-    Attached { paths: &'static str },
+    Attached {
+        /// How unlink/rmdir paths are built ("bpf_d_path" or "dentry walk").
+        paths: &'static str,
+        /// Every hook attached.
+        hooks: Vec<&'static str>,
+        /// Optional hooks this kernel refused, with why.
+        missing: Vec<(&'static str, String)>,
+    },
     /// With the reason, naming the program type and errno where the kernel refused.
     Unavailable(String),
+}
+
+impl LsmStatus {
+    pub fn has(&self, hook: &str) -> bool {
+        matches!(self, LsmStatus::Attached { hooks, .. } if hooks.contains(&hook))
+    }
+
+    /// "lsm/a, lsm/b, ..." of the attached hooks.
+    pub fn hook_list(&self) -> String {
+        match self {
+            LsmStatus::Attached { hooks, .. } => hooks
+                .iter()
+                .map(|h| format!("lsm/{h}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            LsmStatus::Unavailable(_) => String::new(),
+        }
+    }
+}
+
+/// How `unix:` rules are enforced on this kernel.
+#[derive(Clone, Debug)]
+pub enum UnixBackend {
+    /// lsm/unix_stream_connect and lsm/unix_may_send: the peer's real path.
+    Lsm,
+    /// cgroup/connect_unix and sendmsg_unix (6.7+): the path as written.
+    Cgroup,
+    /// Neither: unix rules cannot be enforced, with why.
+    None(String),
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> KernelError {
@@ -174,6 +218,9 @@ pub struct Kernel {
     /// Set by pin_links: new attachments are pinned as they are made.
     pinning: bool,
     pub lsm: LsmStatus,
+    pub unix: UnixBackend,
+    /// cgroup/connect_unix and sendmsg_unix, where they are the unix backend.
+    unix_programs: Option<unix_programs::UnixPrograms>,
     /// Self-defense in the kernel: escape detection and the tamper hooks.
     pub guard: GuardStatus,
 }
@@ -192,25 +239,6 @@ where
         .map_err(|_| KernelError::WrongType(name))
 }
 
-/// Offsets from the running kernel's BTF, or why they are unavailable.
-fn kernel_offsets() -> Result<KernelOffsets, btf::BtfError> {
-    let btf = btf::Btf::from_sys_fs()?;
-    Ok(KernelOffsets {
-        dentry_d_name: btf.member_offset("dentry", "d_name")?,
-        qstr_name: btf.member_offset("qstr", "name")?,
-        dentry_d_parent: btf.member_offset("dentry", "d_parent")?,
-        path_mnt: btf.member_offset("path", "mnt")?,
-        path_dentry: btf.member_offset("path", "dentry")?,
-        vfsmount_mnt_root: btf.member_offset("vfsmount", "mnt_root")?,
-        mount_mnt: btf.member_offset("mount", "mnt")?,
-        mount_mnt_parent: btf.member_offset("mount", "mnt_parent")?,
-        mount_mnt_mountpoint: btf.member_offset("mount", "mnt_mountpoint")?,
-        task_fs: btf.member_offset("task_struct", "fs")?,
-        fs_root: btf.member_offset("fs_struct", "root")?,
-        _pad: 0,
-    })
-}
-
 impl Kernel {
     /// Loads the object and the connect programs (not yet attached), then
     /// tries the LSM delete hooks. A kernel that refuses LSM programs is not
@@ -220,7 +248,7 @@ impl Kernel {
     /// (reused if a previous daemon left it), so held calls outlive a
     /// daemon restart; without one (doctor, tests) nothing is pinned.
     pub fn load(state_dir: Option<&Path>) -> Result<Self, KernelError> {
-        let offsets = kernel_offsets();
+        let offsets = offsets::kernel_offsets();
         let mut loader = EbpfLoader::new();
         if let Ok(offsets) = &offsets {
             loader.override_global("KERNEL_OFFSETS", offsets, true);
@@ -257,9 +285,34 @@ impl Kernel {
             })?;
         }
         let mut links = Vec::new();
-        let lsm = match offsets {
-            Ok(_) => load_lsm(&mut ebpf, &mut links),
+        let lsm = match &offsets {
+            Ok(o) => load_lsm(&mut ebpf, &mut links, o.unix_sock_path != 0),
             Err(err) => LsmStatus::Unavailable(format!("struct offsets unavailable: {err}")),
+        };
+        let (unix, unix_programs) = if lsm.has("unix_stream_connect") && lsm.has("unix_may_send") {
+            (UnixBackend::Lsm, None)
+        } else {
+            match &offsets {
+                Ok(o) if o.sock_addr_kern_uaddr == 0 => (
+                    UnixBackend::None(
+                        "this kernel's BTF has no struct bpf_sock_addr_kern.uaddr".into(),
+                    ),
+                    None,
+                ),
+                Ok(_) => match unix_programs::UnixPrograms::load(&ebpf, OBJECT) {
+                    Ok(p) => (UnixBackend::Cgroup, Some(p)),
+                    Err(why) => (
+                        UnixBackend::None(format!(
+                            "no BPF LSM, and the kernel refused cgroup/connect_unix (6.7+): {why}"
+                        )),
+                        None,
+                    ),
+                },
+                Err(err) => (
+                    UnixBackend::None(format!("struct offsets unavailable: {err}")),
+                    None,
+                ),
+            }
         };
         let guard_lsm = match (&lsm, &guard_offsets) {
             (_, Err(err)) => Err(format!("struct offsets unavailable: {err}")),
@@ -274,6 +327,8 @@ impl Kernel {
             pins,
             pinning: false,
             lsm,
+            unix,
+            unix_programs,
             guard: GuardStatus::unavailable("not attached"),
         };
         kernel.guard = GuardStatus {
@@ -318,6 +373,19 @@ impl Kernel {
                 source,
             })?;
             self.keep(format!("{name}-{cgroup_id}"), link)?;
+        }
+        if let Some(unix) = &self.unix_programs {
+            use std::os::fd::AsRawFd as _;
+            let links = unix
+                .attach(file.as_raw_fd())
+                .map_err(|source| KernelError::Attach {
+                    program: "cgroup/connect_unix, cgroup/sendmsg_unix (BPF_PROG_TYPE_CGROUP_SOCK_ADDR)",
+                    cgroup: dir.display().to_string(),
+                    source: ProgramError::IOError(source),
+                })?;
+            for (name, link) in links {
+                self.keep_raw(format!("{name}-{cgroup_id}"), link)?;
+            }
         }
         Ok(())
     }
@@ -379,6 +447,20 @@ impl Kernel {
         self.insert_lpm("PATH_RULES", entries)
     }
 
+    pub fn insert_subtree_rules(
+        &mut self,
+        entries: &[(u32, PathKey, PathRuleValue)],
+    ) -> Result<(), KernelError> {
+        self.insert_lpm("SUBTREE_RULES", entries)
+    }
+
+    pub fn insert_unix_rules(
+        &mut self,
+        entries: &[(u32, PathKey, PathRuleValue)],
+    ) -> Result<(), KernelError> {
+        self.insert_lpm("UNIX_RULES", entries)
+    }
+
     /// Writes (prefix length, key, value) entries into the LPM trie `name`.
     fn insert_lpm<K: aya::Pod, V: aya::Pod>(
         &mut self,
@@ -392,70 +474,6 @@ impl Kernel {
                 .map_err(map_err(name))?;
         }
         Ok(())
-    }
-
-    /// Longest-prefix lookup in the kernel's own NET_RULES trie, as the
-    /// connect programs do (tests compare it with the userspace matcher).
-    #[cfg(test)]
-    pub fn lookup_net(
-        &self,
-        agent_id: u32,
-        addr: [u8; 16],
-    ) -> Result<Option<NetRuleSet>, KernelError> {
-        let map = self
-            .ebpf
-            .map("NET_RULES")
-            .ok_or(KernelError::Missing("NET_RULES"))?;
-        let trie: LpmTrie<_, NetKey, NetRuleSet> =
-            LpmTrie::try_from(map).map_err(map_err("NET_RULES"))?;
-        let key = Key::new(
-            guard_common::NET_KEY_AGENT_BITS + 128,
-            NetKey {
-                agent_id: agent_id.to_be_bytes(),
-                addr,
-            },
-        );
-        match trie.get(&key, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err("NET_RULES")(e)),
-        }
-    }
-
-    /// Longest-prefix lookup in PATH_RULES of "<path>/" followed by NUL,
-    /// exactly the key the LSM programs build.
-    #[cfg(test)]
-    pub fn lookup_path(
-        &self,
-        agent_id: u32,
-        path: &str,
-    ) -> Result<Option<PathRuleValue>, KernelError> {
-        let map = self
-            .ebpf
-            .map("PATH_RULES")
-            .ok_or(KernelError::Missing("PATH_RULES"))?;
-        let trie: LpmTrie<_, PathKey, PathRuleValue> =
-            LpmTrie::try_from(map).map_err(map_err("PATH_RULES"))?;
-        let mut data = PathKey {
-            agent_id: agent_id.to_be_bytes(),
-            ..PathKey::default()
-        };
-        let text = if path == "/" {
-            "/".to_owned()
-        } else {
-            format!("{path}/")
-        };
-        let n = text.len().min(data.path.len());
-        data.path[..n].copy_from_slice(&text.as_bytes()[..n]);
-        let key = Key::new(
-            guard_common::NET_KEY_AGENT_BITS + (guard_common::PATH_KEY_BYTES as u32) * 8,
-            data,
-        );
-        match trie.get(&key, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err("PATH_RULES")(e)),
-        }
     }
 
     /// The AGENTS map: agent cgroup id to its entry.

@@ -12,13 +12,17 @@ use super::{Kernel, KernelError};
 
 pub(super) enum Attachment {
     Owned(String, FdLink),
+    /// A link made without aya (kernel/unix_programs.rs).
+    Raw(String, std::os::fd::OwnedFd),
     Pinned(String, PinnedLink),
 }
 
 impl Attachment {
     pub(super) fn name(&self) -> &str {
         match self {
-            Attachment::Owned(name, _) | Attachment::Pinned(name, _) => name,
+            Attachment::Owned(name, _) | Attachment::Raw(name, _) | Attachment::Pinned(name, _) => {
+                name
+            }
         }
     }
 
@@ -26,6 +30,7 @@ impl Attachment {
     pub(super) fn detach(self) {
         match self {
             Attachment::Owned(_, link) => drop(link),
+            Attachment::Raw(_, link) => drop(link),
             Attachment::Pinned(name, p) => match p.unpin() {
                 Ok(link) => drop(link),
                 Err(err) => tracing::error!(%err, %name, "unpinning an attachment to detach it"),
@@ -82,14 +87,31 @@ impl Pins {
 /// statfs(2) magic of bpffs (include/uapi/linux/magic.h).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-fn pin(dir: &Path, name: &str, link: FdLink) -> Result<PinnedLink, KernelError> {
+fn pin_path(dir: &Path, name: &str) -> PathBuf {
     // The pid keeps names unique across daemons that share a directory.
-    let path = dir.join(format!("{}-{name}", std::process::id()));
+    dir.join(format!("{}-{name}", std::process::id()))
+}
+
+fn pin(dir: &Path, name: &str, link: FdLink) -> Result<PinnedLink, KernelError> {
+    let path = pin_path(dir, name);
     link.pin(&path).map_err(|e| KernelError::Pin {
         what: "pinning",
         path: path.display().to_string(),
         source: io::Error::other(e),
     })
+}
+
+/// Pins a link made without aya, then takes it back as aya's PinnedLink,
+/// so that every pinned attachment is handled alike from here on.
+fn pin_raw(dir: &Path, name: &str, link: &std::os::fd::OwnedFd) -> Result<PinnedLink, KernelError> {
+    let path = pin_path(dir, name);
+    let err = |source| KernelError::Pin {
+        what: "pinning",
+        path: path.display().to_string(),
+        source,
+    };
+    super::unix_programs::pin(link, &path).map_err(err)?;
+    PinnedLink::from_pin(&path).map_err(|e| err(io::Error::other(e)))
 }
 
 impl Kernel {
@@ -101,6 +123,23 @@ impl Kernel {
                 Attachment::Pinned(name, pinned)
             }
             _ => Attachment::Owned(name, link),
+        };
+        self.links.push(attachment);
+        Ok(())
+    }
+
+    /// Keeps a link made without aya, like [`Kernel::keep`].
+    pub(super) fn keep_raw(
+        &mut self,
+        name: String,
+        link: std::os::fd::OwnedFd,
+    ) -> Result<(), KernelError> {
+        let attachment = match &self.pins {
+            Some(pins) if self.pinning => {
+                let pinned = pin_raw(&pins.dir, &name, &link)?;
+                Attachment::Pinned(name, pinned)
+            }
+            _ => Attachment::Raw(name, link),
         };
         self.links.push(attachment);
         Ok(())
@@ -137,6 +176,10 @@ impl Kernel {
             let pinned = match attachment {
                 Attachment::Owned(name, link) => {
                     let pinned = pin(&dir, &name, link)?;
+                    Attachment::Pinned(name, pinned)
+                }
+                Attachment::Raw(name, link) => {
+                    let pinned = pin_raw(&dir, &name, &link)?;
                     Attachment::Pinned(name, pinned)
                 }
                 pinned @ Attachment::Pinned(..) => pinned,

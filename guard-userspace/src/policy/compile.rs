@@ -15,7 +15,7 @@ use guard_common::{
 };
 
 use super::net::{self, IpRule};
-use super::{Agent, NetPolicy, NetRule, PathPolicy};
+use super::{Agent, NetPolicy, NetRule, NetTarget, PathPolicy};
 
 /// The rules one trie entry needs, in precedence order.
 pub(super) struct Chain<'a> {
@@ -118,8 +118,24 @@ pub fn agent_entry(agent_id: u32, agent: &Agent) -> AgentEntry {
         mode: agent.mode.raw(),
         connect_default: agent.connect.default.raw(),
         delete_default: agent.delete.default.raw(),
-        _pad: 0,
+        flags: agent_flags(agent),
     }
+}
+
+/// The AGENT_* bits of an agent's entry.
+fn agent_flags(agent: &Agent) -> u8 {
+    let mut flags = 0;
+    if agent.allow_mounts {
+        flags |= guard_common::AGENT_ALLOW_MOUNTS;
+    }
+    let unix_refusable = agent.connect.default != guard_common::Verdict::Allow
+        || agent.connect.rules.iter().any(|r| {
+            matches!(r.target, NetTarget::Unix { .. }) && r.verdict != guard_common::Verdict::Allow
+        });
+    if unix_refusable {
+        flags |= guard_common::AGENT_UNIX_GUARDED;
+    }
+    flags
 }
 
 /// The LPM key of a path prefix for `agent_id`, as PATH_RULES, PATH_GRANTS
@@ -147,12 +163,82 @@ pub fn path_key(agent_id: u32, prefix: &str) -> (u32, PathKey) {
 /// matches whole components. Several rules on the same prefix collapse to the
 /// most severe (deny > ask > allow), as [`PathPolicy::evaluate`] decides ties.
 pub fn compile_path(agent_id: u32, paths: &PathPolicy) -> Vec<(u32, PathKey, PathRuleValue)> {
+    prefix_entries(
+        agent_id,
+        paths
+            .rules
+            .iter()
+            .map(|r| (r.prefix.as_str(), r.id, r.verdict)),
+    )
+}
+
+/// The `UNIX_RULES` trie entries of one agent, keyed like PATH_RULES:
+/// "/run/docker.sock/", or "@name/" for an abstract socket name.
+pub fn compile_unix(agent_id: u32, net: &NetPolicy) -> Vec<(u32, PathKey, PathRuleValue)> {
+    prefix_entries(
+        agent_id,
+        net.rules.iter().filter_map(|r| match &r.target {
+            NetTarget::Unix { path } => Some((path.as_str(), r.id, r.verdict)),
+            NetTarget::Ip { .. } => None,
+        }),
+    )
+}
+
+/// The `SUBTREE_RULES` trie entries of one agent: under each proper
+/// ancestor directory of a rule that is not `allow`, the strictest such
+/// rule below it (deny > ask, then the lowest id), as
+/// [`PathPolicy::evaluate_subtree`] decides. Keys end in a NUL after the
+/// directory's '/', so the kernel's lookup only ever matches the exact
+/// directory it moves.
+pub fn compile_subtree(agent_id: u32, paths: &PathPolicy) -> Vec<(u32, PathKey, PathRuleValue)> {
     let mut out: Vec<(u32, PathKey, PathRuleValue)> = Vec::new();
-    for rule in &paths.rules {
-        let (prefix_len, key) = path_key(agent_id, &rule.prefix);
+    let mut rules: Vec<_> = paths
+        .rules
+        .iter()
+        .filter(|r| r.verdict > guard_common::Verdict::Allow)
+        .collect();
+    // Strictest first, then lowest id: the first to claim a directory wins.
+    rules.sort_by_key(|r| (std::cmp::Reverse(r.verdict), r.id));
+    for rule in rules {
+        let components: Vec<&str> = rule.prefix.split('/').filter(|c| !c.is_empty()).collect();
+        for depth in 0..components.len() {
+            let dir = format!("/{}", components[..depth].join("/"));
+            let (prefix_len, mut key) = path_key(agent_id, &dir);
+            let used = ((prefix_len - NET_KEY_AGENT_BITS) / 8) as usize;
+            // path_key leaves the byte after the '/' zero: the NUL is part of
+            // the key, one byte more of prefix.
+            if used >= PATH_KEY_BYTES {
+                continue;
+            }
+            key.path[used] = 0;
+            let prefix_len = prefix_len + 8;
+            if out.iter().any(|(p, k, _)| *p == prefix_len && *k == key) {
+                continue;
+            }
+            let value = PathRuleValue {
+                rule_id: rule.id,
+                verdict: rule.verdict.raw(),
+                _pad: [0; 3],
+            };
+            out.push((prefix_len, key, value));
+        }
+    }
+    out
+}
+
+/// LPM entries for (prefix text, rule id, verdict) triples: a '/' after
+/// the last component, several rules on one prefix collapsed to the most
+/// severe.
+fn prefix_entries<'a>(
+    agent_id: u32,
+    rules: impl Iterator<Item = (&'a str, u32, guard_common::Verdict)>,
+) -> Vec<(u32, PathKey, PathRuleValue)> {
+    let mut out: Vec<(u32, PathKey, PathRuleValue)> = Vec::new();
+    for (prefix, rule_id, verdict) in rules {
+        let (prefix_len, key) = path_key(agent_id, prefix);
         let value = PathRuleValue {
-            rule_id: rule.id,
-            verdict: rule.verdict.raw(),
+            rule_id,
+            verdict: verdict.raw(),
             _pad: [0; 3],
         };
         match out

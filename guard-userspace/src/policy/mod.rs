@@ -10,6 +10,7 @@
 //! deny > ask > allow; delete rules by longest path prefix (whole components),
 //! then deny > ask > allow. No match means the agent's default verdict.
 
+mod check;
 mod compile;
 mod error;
 mod net;
@@ -31,7 +32,10 @@ use std::path::{Path, PathBuf};
 
 use guard_common::{Mode, Verdict};
 
-pub use compile::{agent_entry, compile_net, compile_path, path_key};
+pub use check::path_warnings;
+pub use compile::{
+    agent_entry, compile_net, compile_path, compile_subtree, compile_unix, path_key,
+};
 pub use error::PolicyError;
 pub use surfaces::{MetricsConfig, NotifyConfig, NotifyEvent, WebConfig};
 
@@ -104,6 +108,15 @@ pub struct Agent {
     pub mode: Mode,
     pub connect: NetPolicy,
     pub delete: PathPolicy,
+    /// `allow_mounts = true`: mounts, bind mounts, pivot_root, chroot and
+    /// new mount or user namespaces are not refused (default false: each
+    /// could give a protected object a second path no rule names).
+    pub allow_mounts: bool,
+    /// `allow_io_uring = true`: runs supervised by seccomp may set up
+    /// io_uring, whose operations that backend cannot see (default false:
+    /// io_uring_setup fails with EPERM there). BPF LSM sees io_uring
+    /// operations; there it is always allowed.
+    pub allow_io_uring: bool,
     /// Who may start runs of this agent (`runners`; default root only).
     pub runners: Approvers,
     /// How long this agent's `ask` waits (None: [daemon]'s). Always > 0.
@@ -169,7 +182,8 @@ pub enum NetTarget {
         v4: bool,
     },
     Unix {
-        /// Normalized absolute path prefix (see `path::normalize_abs`).
+        /// A normalized absolute path prefix (see `path::normalize_abs`), or
+        /// `@name` for an abstract socket name (whole '/' components).
         path: String,
     },
 }

@@ -81,8 +81,8 @@ impl NetPolicy {
         }
     }
 
-    /// The verdict for a connect to a unix socket at `path` (an absolute
-    /// filesystem path; abstract sockets match no rule).
+    /// The verdict for a connect or datagram to a unix socket at `path`: an
+    /// absolute filesystem path, or `@name` for an abstract socket.
     pub fn evaluate_unix(&self, path: &str) -> (Verdict, Option<&NetRule>) {
         let rules = self.rules.iter().filter_map(|r| match &r.target {
             NetTarget::Unix { path } => Some((path.as_str(), r.verdict, r.id, r)),
@@ -93,6 +93,29 @@ impl NetPolicy {
             None => (self.default, None),
         }
     }
+}
+
+/// Checks an abstract socket name (after the '@'): matched by whole '/'
+/// components, literally, so empty components could never match.
+fn abstract_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("empty abstract socket name after \"unix:@\"".to_owned());
+    }
+    if name.contains('\0') {
+        return Err(format!("abstract socket name {name:?} contains a NUL byte"));
+    }
+    if name.len() > ABSTRACT_MAX {
+        return Err(format!(
+            "abstract socket name is {} bytes long; the most is {ABSTRACT_MAX}",
+            name.len()
+        ));
+    }
+    if name.split('/').skip(1).any(str::is_empty) {
+        return Err(format!(
+            "abstract socket name {name:?} has an empty '/' component (doubled or trailing '/')"
+        ));
+    }
+    Ok(())
 }
 
 /// The address as the kernel trie sees it.
@@ -126,13 +149,20 @@ pub(super) fn prefix_display(addr: Ipv6Addr, prefix: u8) -> String {
     }
 }
 
-const GRAMMAR: &str = "expected ADDR[/PREFIX]:PORTS, [IPV6ADDR[/PREFIX]]:PORTS or unix:/PATH";
+const GRAMMAR: &str =
+    "expected ADDR[/PREFIX]:PORTS, [IPV6ADDR[/PREFIX]]:PORTS, unix:/PATH or unix:@NAME";
+
+/// Longest abstract socket name (sun_path less its leading NUL).
+const ABSTRACT_MAX: usize = 107;
 
 /// Parses one connect entry; the error is a message without a location.
 pub(super) fn parse_target(text: &str) -> Result<NetTarget, String> {
     if let Some(p) = text.strip_prefix("unix:") {
         if p.is_empty() {
             return Err("empty unix socket path after \"unix:\"".to_owned());
+        }
+        if let Some(name) = p.strip_prefix('@') {
+            return abstract_name(name).map(|()| NetTarget::Unix { path: p.to_owned() });
         }
         let path = path::normalize_abs(p).map_err(|e| format!("unix socket {e}"))?;
         return Ok(NetTarget::Unix { path });

@@ -87,6 +87,8 @@ struct RawAgent {
     mode: Option<Spanned<String>>,
     connect: Option<RawRules>,
     delete: Option<RawRules>,
+    allow_mounts: Option<bool>,
+    allow_io_uring: Option<bool>,
     runners: Option<RawApprovers>,
     approval_timeout_secs: Option<Spanned<u64>>,
 }
@@ -373,6 +375,8 @@ fn agent(doc: &Doc<'_>, raw: RawAgent, line: usize) -> Result<Agent, PolicyError
         mode,
         connect,
         delete,
+        allow_mounts: raw.allow_mounts.unwrap_or(false),
+        allow_io_uring: raw.allow_io_uring.unwrap_or(false),
         runners,
         approval_timeout_secs,
         line,

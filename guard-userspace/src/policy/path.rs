@@ -26,6 +26,33 @@ impl PathPolicy {
     }
 }
 
+impl PathPolicy {
+    /// The verdict for moving `path` (a rename's source, or an exchanged
+    /// destination) when it is a directory: everything below it moves
+    /// too, so the strictest rule strictly below it counts when it is
+    /// stricter than `path`'s own. Ties keep the own rule, then the lowest
+    /// id, as the kernel's SUBTREE_RULES map does.
+    pub fn evaluate_subtree(&self, path: &str) -> (Verdict, Option<&PathRule>) {
+        let own = self.evaluate(path);
+        let Some(dir) = resolve(path) else {
+            return own;
+        };
+        let below = self
+            .rules
+            .iter()
+            .filter(|r| r.verdict > Verdict::Allow)
+            .filter(|r| {
+                let c: Vec<&str> = r.prefix.split('/').filter(|c| !c.is_empty()).collect();
+                c.len() > dir.len() && c[..dir.len()] == dir[..]
+            })
+            .min_by_key(|r| (Reverse(r.verdict), r.id));
+        match below {
+            Some(r) if r.verdict > own.0 => (r.verdict, Some(r)),
+            _ => own,
+        }
+    }
+}
+
 /// Normalizes an absolute path prefix from the policy file; the error is a
 /// message without a location.
 pub(super) fn normalize_abs(text: &str) -> Result<String, String> {
@@ -66,8 +93,12 @@ pub(super) fn normalize_abs(text: &str) -> Result<String, String> {
 }
 
 /// Components of a path the kernel reported, with '.' and '..' resolved
-/// lexically; `None` if it is not absolute.
+/// lexically; `None` if it is not absolute. An abstract unix socket name
+/// (`@name`) is split literally, as the kernel's key holds it.
 fn resolve(path: &str) -> Option<Vec<&str>> {
+    if path.starts_with('@') {
+        return Some(path.split('/').collect());
+    }
     if !path.starts_with('/') {
         return None;
     }
@@ -91,7 +122,10 @@ pub(super) fn best_prefix_match<'r, T>(
     rules: impl Iterator<Item = (&'r str, Verdict, u32, &'r T)>,
 ) -> Option<&'r T> {
     let target = resolve(path)?;
+    // Abstract unix names ("@...") and paths never match each other.
+    let abstract_name = path.starts_with('@');
     rules
+        .filter(|(prefix, ..)| prefix.starts_with('@') == abstract_name)
         .filter_map(|(prefix, verdict, id, item)| {
             let mut depth = 0usize;
             for c in prefix.split('/').filter(|c| !c.is_empty()) {

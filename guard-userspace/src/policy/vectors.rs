@@ -142,10 +142,27 @@ pub const UNIX_VECTORS: &[PathVector] = &[
     path("v-unix", "/run/postgresql/admin.sock", Deny, Some("unix:/run/postgresql/admin.sock")),
     path("v-unix", "/run/postgresql2/x.sock", Deny, Some("unix:/")),
     path("v-unix", "/tmp/x.sock", Deny, Some("unix:/")),
-    // Abstract sockets have no filesystem path.
+    // Abstract names match only unix:@ rules, by whole '/' components.
     path("v-unix", "@abstract", Ask, None),
+    path("v-unix", "@dbus-guard", Deny, Some("unix:@dbus-guard")),
+    path("v-unix", "@dbus-guard/x", Deny, Some("unix:@dbus-guard")),
+    path("v-unix", "@dbus-guardian", Ask, None),
     // An agent without unix rules.
     path("v-nested", "/run/postgresql/.s.PGSQL.5432", Ask, None),
+];
+
+/// Moving a directory (a rename's source): the stricter of its own rule
+/// and the strictest rule below it (ties: its own, then the lowest id).
+#[rustfmt::skip]
+pub const SUBTREE_VECTORS: &[PathVector] = &[
+    path("v-paths", "/", Deny, Some("/etc")),
+    path("v-paths", "/srv", Deny, Some("/srv")),
+    path("v-paths", "/srv/scratch", Allow, Some("/srv/scratch/")),
+    path("v-paths", "/srv/data", Ask, Some("/srv/data")),
+    path("v-paths", "/tmp", Allow, Some("/tmp")),
+    path("v-root", "/", Deny, Some("/")),
+    path("v-root", "/tmp", Allow, Some("/tmp")),
+    path("v-root", "/y", Deny, Some("/")),
 ];
 
 // One row per line reads as a table.

@@ -1,5 +1,10 @@
 //! The classic BPF seccomp filter and its installation between fork and exec.
+//!
+//! The filter is generated from [`SYSCALLS`], one row per guarded system
+//! call; adding a call is adding a row (and its handling in `calls.rs`).
 use std::{mem::offset_of, os::fd::RawFd};
+
+use guard_common::{CLONE_NEWNS, CLONE_NEWUSER, O_TRUNC};
 
 #[cfg(not(target_arch = "x86_64"))]
 compile_error!(
@@ -13,36 +18,29 @@ pub(super) const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
 pub(super) const AUDIT_ARCH_I386: u32 = 0x4000_0003;
 /// Set in the syscall number of every x32-ABI call.
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
-
-// arch/x86/entry/syscalls/syscall_64.tbl and syscall_32.tbl. Hard-coded rather
-// than libc::SYS_*, which only describe the native table.
-const X64_UNLINK: u32 = 87;
-const X64_RMDIR: u32 = 84;
-const X64_UNLINKAT: u32 = 263;
-const I386_UNLINK: u32 = 10;
-const I386_RMDIR: u32 = 40;
-const I386_UNLINKAT: u32 = 301;
-// Refused outright (self-defense): bpf(2) could detach the guard's links or
-// rewrite its maps; clone3 can place a child in any cgroup
-// (CLONE_INTO_CGROUP) and its flags sit behind a pointer a filter cannot
-// read, so it fails with ENOSYS and libc falls back to clone(2).
-// process_madvise could page a guard process's memory out (MADV_COLD,
-// MADV_PAGEOUT): Landlock does not refuse it on 6.18 (measured), so the
-// filter does, whatever the target (a filter cannot see whose pidfd it is).
-const X64_BPF: u32 = 321;
-const X64_CLONE3: u32 = 435;
-const X64_PROCESS_MADVISE: u32 = 440;
-const I386_BPF: u32 = 357;
-const I386_CLONE3: u32 = 435;
-const I386_PROCESS_MADVISE: u32 = 440;
+/// open_tree(2): make a detached copy of the tree.
+const OPEN_TREE_CLONE: u32 = 1;
 
 /// Calls the refusal observer (guard-ebpf refused.rs) watches that this
 /// filter hands the supervisor, which judges and reports them itself: the
 /// observer leaves them alone, with (for opens) the flags that make the
 /// filter hand them over. A row the filter notifies belongs here, or its
 /// refusals are reported twice (`notified_calls_are_left_to_the_supervisor`).
-/// None yet: this filter notifies unlink, unlinkat and rmdir only.
-pub const SUPERVISED_WATCHED: &[(guard_common::Call, Option<u32>)] = &[];
+pub const SUPERVISED_WATCHED: &[(guard_common::Call, Option<u32>)] = {
+    use guard_common::Call as C;
+    &[
+        (C::Rename, None),
+        (C::Renameat, None),
+        (C::Renameat2, None),
+        (C::Link, None),
+        (C::Linkat, None),
+        (C::Truncate, None),
+        (C::Open, Some(O_TRUNC)),
+        (C::Openat, Some(O_TRUNC)),
+        (C::Creat, None),
+        (C::Openat2, None),
+    ]
+};
 
 /// A guarded system call, whatever table it came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,76 +48,385 @@ pub(super) enum Guarded {
     Unlink,
     Rmdir,
     Unlinkat,
+    Rename,
+    Renameat,
+    Renameat2,
+    Link,
+    Linkat,
+    Truncate,
+    Ftruncate,
+    Open,
+    Openat,
+    Creat,
+    Openat2,
+    OpenByHandleAt,
+    Mount,
+    MoveMount,
+    OpenTree,
+    Fsopen,
+    Fsmount,
+    Fspick,
+    MountSetattr,
+    PivotRoot,
+    Chroot,
+    Unshare,
+    Clone,
+    Clone3,
+    Setns,
+    IoUringSetup,
+    Bpf,
+    ProcessMadvise,
 }
+
+/// Which policy switch lifts a row: rows of a group the agent's policy
+/// allows are left out of its runs' filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Group {
+    /// Destructive file operations: always guarded.
+    Files,
+    /// Second paths to an object: lifted by `allow_mounts = true`.
+    Mounts,
+    /// io_uring, which this backend cannot see: lifted by `allow_io_uring`.
+    IoUring,
+    /// The guard's own defence: never lifted.
+    SelfDefense,
+}
+
+/// What the filter does with a matching call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Action {
+    /// The supervisor judges it (and performs it, if allowed).
+    Notify,
+    /// Fails at once with this errno (no event): for calls whose arguments
+    /// the filter cannot read and whose callers fall back to one it can.
+    Errno(i32),
+}
+
+/// When a row applies, beyond its number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum When {
+    Always,
+    /// The argument's low 32 bits have some bit of `mask` set.
+    AnyBit {
+        arg: u8,
+        mask: u32,
+    },
+    /// As AnyBit, or the argument is 0 (setns: any namespace type).
+    AnyBitOrZero {
+        arg: u8,
+        mask: u32,
+    },
+}
+
+pub(super) struct Row {
+    pub call: Guarded,
+    /// arch/x86/entry/syscalls/syscall_64.tbl; None if the table has none.
+    pub x64: Option<u32>,
+    /// arch/x86/entry/syscalls/syscall_32.tbl.
+    pub i386: Option<u32>,
+    pub when: When,
+    pub action: Action,
+    pub group: Group,
+}
+
+const fn row(call: Guarded, x64: u32, i386: u32, when: When, group: Group) -> Row {
+    Row {
+        call,
+        x64: Some(x64),
+        i386: Some(i386),
+        when,
+        action: Action::Notify,
+        group,
+    }
+}
+
+const NS_FLAGS: u32 = CLONE_NEWNS | CLONE_NEWUSER;
+const ALWAYS: When = When::Always;
+use Group::{Files, IoUring, Mounts, SelfDefense};
+use Guarded as G;
+
+/// Every guarded call. Numbers from the kernel's syscall tables (user ABI,
+/// never renumbered); the new-API calls share one number on both.
+pub(super) const SYSCALLS: &[Row] = &[
+    row(G::Unlink, 87, 10, ALWAYS, Files),
+    row(G::Rmdir, 84, 40, ALWAYS, Files),
+    row(G::Unlinkat, 263, 301, ALWAYS, Files),
+    row(G::Rename, 82, 38, ALWAYS, Files),
+    row(G::Renameat, 264, 302, ALWAYS, Files),
+    row(G::Renameat2, 316, 353, ALWAYS, Files),
+    row(G::Link, 86, 9, ALWAYS, Files),
+    row(G::Linkat, 265, 303, ALWAYS, Files),
+    row(G::Truncate, 76, 92, ALWAYS, Files),
+    Row {
+        call: G::Truncate,
+        x64: None,
+        i386: Some(193), // truncate64
+        when: ALWAYS,
+        action: Action::Notify,
+        group: Files,
+    },
+    row(G::Ftruncate, 77, 93, ALWAYS, Files),
+    Row {
+        call: G::Ftruncate,
+        x64: None,
+        i386: Some(194), // ftruncate64
+        when: ALWAYS,
+        action: Action::Notify,
+        group: Files,
+    },
+    // Only opens that truncate: every other open runs at full speed.
+    row(
+        G::Open,
+        2,
+        5,
+        When::AnyBit {
+            arg: 1,
+            mask: O_TRUNC,
+        },
+        Files,
+    ),
+    row(
+        G::Openat,
+        257,
+        295,
+        When::AnyBit {
+            arg: 2,
+            mask: O_TRUNC,
+        },
+        Files,
+    ),
+    row(G::Creat, 85, 8, ALWAYS, Files),
+    // Its flags are in memory the filter cannot read; glibc never uses it
+    // for open().
+    row(G::Openat2, 437, 437, ALWAYS, Files),
+    row(
+        G::OpenByHandleAt,
+        304,
+        342,
+        When::AnyBit {
+            arg: 2,
+            mask: O_TRUNC,
+        },
+        Files,
+    ),
+    row(G::Mount, 165, 21, ALWAYS, Mounts),
+    row(G::MoveMount, 429, 429, ALWAYS, Mounts),
+    row(
+        G::OpenTree,
+        428,
+        428,
+        When::AnyBit {
+            arg: 2,
+            mask: OPEN_TREE_CLONE,
+        },
+        Mounts,
+    ),
+    row(G::Fsopen, 430, 430, ALWAYS, Mounts),
+    row(G::Fsmount, 432, 432, ALWAYS, Mounts),
+    row(G::Fspick, 433, 433, ALWAYS, Mounts),
+    row(G::MountSetattr, 442, 442, ALWAYS, Mounts),
+    row(G::PivotRoot, 155, 217, ALWAYS, Mounts),
+    row(G::Chroot, 161, 61, ALWAYS, Mounts),
+    row(
+        G::Unshare,
+        272,
+        310,
+        When::AnyBit {
+            arg: 0,
+            mask: NS_FLAGS,
+        },
+        Mounts,
+    ),
+    row(
+        G::Clone,
+        56,
+        120,
+        When::AnyBit {
+            arg: 0,
+            mask: NS_FLAGS,
+        },
+        Mounts,
+    ),
+    // clone3's flags are in memory: ENOSYS, on which glibc (and every libc
+    // that knows clone3) falls back to clone, whose flags the row above
+    // sees. Always, also with allow_mounts: clone3 could place the child in
+    // any cgroup (CLONE_INTO_CGROUP).
+    Row {
+        call: G::Clone3,
+        x64: Some(435),
+        i386: Some(435),
+        when: ALWAYS,
+        action: Action::Errno(libc::ENOSYS),
+        group: SelfDefense,
+    },
+    // bpf(2) could detach the guard's links or rewrite its maps.
+    Row {
+        call: G::Bpf,
+        x64: Some(321),
+        i386: Some(357),
+        when: ALWAYS,
+        action: Action::Errno(libc::EPERM),
+        group: SelfDefense,
+    },
+    // process_madvise could page a guard process's memory out (MADV_COLD,
+    // MADV_PAGEOUT): Landlock does not refuse it on 6.18 (measured), so the
+    // filter does, whatever the target (a filter cannot see whose pidfd it
+    // is).
+    Row {
+        call: G::ProcessMadvise,
+        x64: Some(440),
+        i386: Some(440),
+        when: ALWAYS,
+        action: Action::Errno(libc::EPERM),
+        group: SelfDefense,
+    },
+    row(
+        G::Setns,
+        308,
+        346,
+        When::AnyBitOrZero {
+            arg: 1,
+            mask: NS_FLAGS,
+        },
+        Mounts,
+    ),
+    row(G::IoUringSetup, 425, 425, ALWAYS, IoUring),
+];
 
 /// Maps a notification's `(arch, nr)` back to the call; `None` for anything
 /// the filter should not have sent.
 pub(super) fn classify(arch: u32, nr: i32) -> Option<Guarded> {
-    match (arch, nr as u32) {
-        (AUDIT_ARCH_X86_64, X64_UNLINK) | (AUDIT_ARCH_I386, I386_UNLINK) => Some(Guarded::Unlink),
-        (AUDIT_ARCH_X86_64, X64_RMDIR) | (AUDIT_ARCH_I386, I386_RMDIR) => Some(Guarded::Rmdir),
-        (AUDIT_ARCH_X86_64, X64_UNLINKAT) | (AUDIT_ARCH_I386, I386_UNLINKAT) => {
-            Some(Guarded::Unlinkat)
+    let nr = u32::try_from(nr).ok()?;
+    SYSCALLS
+        .iter()
+        .find(|r| match arch {
+            AUDIT_ARCH_X86_64 => r.x64 == Some(nr),
+            AUDIT_ARCH_I386 => r.i386 == Some(nr),
+            _ => false,
+        })
+        .map(|r| r.call)
+}
+
+/// Which groups a run's filter leaves out (from the agent's policy when the
+/// run started).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FilterOptions {
+    pub allow_mounts: bool,
+    pub allow_io_uring: bool,
+}
+
+impl FilterOptions {
+    fn includes(self, group: Group) -> bool {
+        match group {
+            Group::Files | Group::SelfDefense => true,
+            Group::Mounts => !self.allow_mounts,
+            Group::IoUring => !self.allow_io_uring,
         }
-        _ => None,
     }
 }
 
 const LD_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
 const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
 const JGE: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+const JSET: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
 const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
 const OFF_NR: u32 = offset_of!(libc::seccomp_data, nr) as u32;
 const OFF_ARCH: u32 = offset_of!(libc::seccomp_data, arch) as u32;
+const OFF_ARGS: u32 = offset_of!(libc::seccomp_data, args) as u32;
 
 const fn ins(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     libc::sock_filter { code, jt, jf, k }
 }
 
-const LEN: usize = 23;
+fn ret(action: Action) -> libc::sock_filter {
+    let k = match action {
+        Action::Notify => libc::SECCOMP_RET_USER_NOTIF,
+        Action::Errno(errno) => libc::SECCOMP_RET_ERRNO | (errno as u32 & libc::SECCOMP_RET_DATA),
+    };
+    ins(RET, k, 0, 0)
+}
 
-/// Jump offsets are relative to the next instruction; the targets are given
-/// by index in the comments. Unit tests run this program on an interpreter.
-const PROGRAM: [libc::sock_filter; LEN] = [
-    /* 0 */ ins(LD_ABS, OFF_ARCH, 0, 0),
-    /* 1 */ ins(JEQ, AUDIT_ARCH_X86_64, 0, 8), // → 2 : 10
-    /* 2 */ ins(LD_ABS, OFF_NR, 0, 0),
-    /* 3 */ ins(JGE, X32_SYSCALL_BIT, 17, 0), // → 21 : 4
-    /* 4 */ ins(JEQ, X64_UNLINK, 14, 0), // → 19 : 5
-    /* 5 */ ins(JEQ, X64_UNLINKAT, 13, 0), // → 19 : 6
-    /* 6 */ ins(JEQ, X64_RMDIR, 12, 0), // → 19 : 7
-    /* 7 */ ins(JEQ, X64_BPF, 14, 0), // → 22 : 8
-    /* 8 */ ins(JEQ, X64_PROCESS_MADVISE, 13, 0), // → 22 : 9
-    /* 9 */ ins(JEQ, X64_CLONE3, 11, 8), // → 21 : 18
-    /* 10 */ ins(JEQ, AUDIT_ARCH_I386, 0, 9), // → 11 : 20
-    /* 11 */ ins(LD_ABS, OFF_NR, 0, 0),
-    /* 12 */ ins(JEQ, I386_UNLINK, 6, 0), // → 19 : 13
-    /* 13 */ ins(JEQ, I386_UNLINKAT, 5, 0), // → 19 : 14
-    /* 14 */ ins(JEQ, I386_RMDIR, 4, 0), // → 19 : 15
-    /* 15 */ ins(JEQ, I386_BPF, 6, 0), // → 22 : 16
-    /* 16 */ ins(JEQ, I386_PROCESS_MADVISE, 5, 0), // → 22 : 17
-    /* 17 */ ins(JEQ, I386_CLONE3, 3, 0), // → 21 : 18
-    /* 18 */ ins(RET, libc::SECCOMP_RET_ALLOW, 0, 0),
-    /* 19 */ ins(RET, libc::SECCOMP_RET_USER_NOTIF, 0, 0),
-    /* 20 */ ins(RET, libc::SECCOMP_RET_KILL_PROCESS, 0, 0),
-    /* 21 */ ins(RET, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32, 0, 0),
-    /* 22 */ ins(RET, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32, 0, 0),
-];
+/// The rows of one table: each a block that returns if its number matches
+/// (after its argument check) and otherwise jumps past itself, then allow.
+/// The accumulator holds the number on entry to every block.
+fn table(out: &mut Vec<libc::sock_filter>, nrs: impl Iterator<Item = (u32, When, Action)>) {
+    let allow = ins(RET, libc::SECCOMP_RET_ALLOW, 0, 0);
+    for (nr, when, action) in nrs {
+        // Low 32 bits of the argument (little endian), as the kernel reads
+        // an int flags argument.
+        let arg = |a: u8| ins(LD_ABS, OFF_ARGS + 8 * u32::from(a), 0, 0);
+        match when {
+            When::Always => out.extend([ins(JEQ, nr, 0, 1), ret(action)]),
+            When::AnyBit { arg: a, mask } => out.extend([
+                ins(JEQ, nr, 0, 4),
+                arg(a),
+                ins(JSET, mask, 0, 1),
+                ret(action),
+                allow,
+            ]),
+            When::AnyBitOrZero { arg: a, mask } => out.extend([
+                ins(JEQ, nr, 0, 5),
+                arg(a),
+                ins(JEQ, 0, 1, 0),
+                ins(JSET, mask, 0, 1),
+                ret(action),
+                allow,
+            ]),
+        }
+    }
+    out.push(allow);
+}
 
 /// The filter, built before the fork so the child only makes system calls.
 pub struct FilterProgram {
-    insns: [libc::sock_filter; LEN],
+    insns: Vec<libc::sock_filter>,
 }
 
 impl Default for FilterProgram {
     fn default() -> Self {
-        Self::new()
+        Self::new(FilterOptions::default())
     }
 }
 
 impl FilterProgram {
-    pub fn new() -> Self {
-        Self { insns: PROGRAM }
+    /// * `AUDIT_ARCH_X86_64`, number below `0x4000_0000`: the x86_64 rows;
+    ///   anything else → allow.
+    /// * `AUDIT_ARCH_X86_64` with the x32 bit: every call → `ERRNO(ENOSYS)`,
+    ///   which is what a kernel without x32 support answers, so an x32
+    ///   binary cannot reach an unguarded call through that table.
+    /// * `AUDIT_ARCH_I386` (`int 0x80`, 32-bit binaries): the i386 rows
+    ///   (`int 0x80` is a real bypass otherwise: it works on this kernel).
+    /// * Any other architecture → `KILL_PROCESS`.
+    pub fn new(options: FilterOptions) -> Self {
+        let rows = || SYSCALLS.iter().filter(|r| options.includes(r.group));
+        let mut x64 = vec![
+            ins(LD_ABS, OFF_NR, 0, 0),
+            ins(JGE, X32_SYSCALL_BIT, 0, 1),
+            ret(Action::Errno(libc::ENOSYS)),
+        ];
+        table(
+            &mut x64,
+            rows().filter_map(|r| Some((r.x64?, r.when, r.action))),
+        );
+        let mut i386 = vec![
+            ins(JEQ, AUDIT_ARCH_I386, 1, 0),
+            ins(RET, libc::SECCOMP_RET_KILL_PROCESS, 0, 0),
+            ins(LD_ABS, OFF_NR, 0, 0),
+        ];
+        table(
+            &mut i386,
+            rows().filter_map(|r| Some((r.i386?, r.when, r.action))),
+        );
+        let mut insns = vec![
+            ins(LD_ABS, OFF_ARCH, 0, 0),
+            ins(JEQ, AUDIT_ARCH_X86_64, 1, 0),
+            // Past the x64 table, to the i386 one.
+            ins(JA, x64.len() as u32, 0, 0),
+        ];
+        insns.extend(x64);
+        insns.extend(i386);
+        Self { insns }
     }
 
     /// Sets `PR_SET_NO_NEW_PRIVS` and installs the filter on the calling
@@ -129,15 +436,15 @@ impl FilterProgram {
     /// # Safety
     ///
     /// Meant for the child between fork and exec (std `pre_exec`). From then
-    /// on every unlink/unlinkat/rmdir of this thread and its descendants
-    /// blocks until the returned fd is supervised (or fails with ENOSYS once
-    /// the fd is closed), and no-new-privs disables setuid binaries; calling
-    /// it in a process that is not about to exec would deadlock its own
-    /// deletions. The caller must pass the fd on and close its copy before
+    /// on every guarded call of this thread and its descendants blocks
+    /// until the returned fd is supervised (or fails with ENOSYS once the fd
+    /// is closed), and no-new-privs disables setuid binaries; calling it in
+    /// a process that is not about to exec would deadlock its own guarded
+    /// calls. The caller must pass the fd on and close its copy before
     /// exec.
     pub unsafe fn install(&self) -> Result<RawFd, i32> {
         let prog = libc::sock_fprog {
-            len: LEN as libc::c_ushort,
+            len: self.insns.len() as libc::c_ushort,
             // The kernel only reads the program (it copies it in).
             filter: self.insns.as_ptr().cast_mut(),
         };
@@ -164,98 +471,5 @@ impl FilterProgram {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Runs the subset of classic BPF the filter uses, like the kernel would.
-    fn run(prog: &[libc::sock_filter], arch: u32, nr: u32) -> u32 {
-        let mut acc = 0u32;
-        let mut pc = 0usize;
-        loop {
-            let i = prog[pc];
-            pc += 1;
-            match i.code {
-                LD_ABS if i.k == OFF_ARCH => acc = arch,
-                LD_ABS if i.k == OFF_NR => acc = nr,
-                JEQ => pc += usize::from(if acc == i.k { i.jt } else { i.jf }),
-                JGE => pc += usize::from(if acc >= i.k { i.jt } else { i.jf }),
-                RET => return i.k,
-                other => panic!("unexpected instruction {other:#x} at {}", pc - 1),
-            }
-        }
-    }
-
-    #[test]
-    fn filter_routes_each_table() {
-        let p = FilterProgram::new();
-        let notif = libc::SECCOMP_RET_USER_NOTIF;
-        let allow = libc::SECCOMP_RET_ALLOW;
-        let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
-        let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
-        let cases = [
-            (AUDIT_ARCH_X86_64, X64_UNLINK, notif),
-            (AUDIT_ARCH_X86_64, X64_UNLINKAT, notif),
-            (AUDIT_ARCH_X86_64, X64_RMDIR, notif),
-            (AUDIT_ARCH_X86_64, 0, allow),
-            (AUDIT_ARCH_X86_64, I386_UNLINK, allow), // x86_64 nr 10 is mprotect
-            (AUDIT_ARCH_X86_64, 82, allow),          // rename: not guarded here
-            (AUDIT_ARCH_X86_64, X64_BPF, eperm),
-            (AUDIT_ARCH_X86_64, X64_PROCESS_MADVISE, eperm),
-            (AUDIT_ARCH_X86_64, 439, allow), // faccessat2, its neighbour
-            (AUDIT_ARCH_X86_64, X64_CLONE3, enosys),
-            (AUDIT_ARCH_X86_64, 56, allow), // clone(2) stays
-            (AUDIT_ARCH_I386, I386_BPF, eperm),
-            (AUDIT_ARCH_I386, I386_PROCESS_MADVISE, eperm),
-            (AUDIT_ARCH_I386, I386_CLONE3, enosys),
-            (AUDIT_ARCH_I386, 120, allow), // i386 clone(2)
-            (AUDIT_ARCH_X86_64, X32_SYSCALL_BIT + X64_UNLINK, enosys),
-            (AUDIT_ARCH_X86_64, X32_SYSCALL_BIT, enosys),
-            (AUDIT_ARCH_X86_64, u32::MAX, enosys),
-            (AUDIT_ARCH_I386, I386_UNLINK, notif),
-            (AUDIT_ARCH_I386, I386_UNLINKAT, notif),
-            (AUDIT_ARCH_I386, I386_RMDIR, notif),
-            (AUDIT_ARCH_I386, X64_UNLINK, allow),
-            (AUDIT_ARCH_I386, 1, allow),
-            (0xC000_00B7, X64_UNLINK, libc::SECCOMP_RET_KILL_PROCESS), // aarch64
-            (0, 0, libc::SECCOMP_RET_KILL_PROCESS),
-        ];
-        for (arch, nr, want) in cases {
-            assert_eq!(run(&p.insns, arch, nr), want, "arch {arch:#x} nr {nr:#x}");
-        }
-    }
-
-    #[test]
-    fn every_jump_lands_inside_the_program() {
-        for (pc, i) in PROGRAM.iter().enumerate() {
-            if i.code == JEQ || i.code == JGE {
-                assert!(pc + 1 + usize::from(i.jt) < LEN && pc + 1 + usize::from(i.jf) < LEN);
-            }
-        }
-        assert_eq!(PROGRAM[LEN - 1].code, RET);
-    }
-
-    #[test]
-    fn notified_calls_are_left_to_the_supervisor() {
-        let p = FilterProgram::new();
-        for nr in 0..512u32 {
-            let Some(call) = guard_common::Call::from_x86_64(u64::from(nr)) else {
-                continue;
-            };
-            if run(&p.insns, AUDIT_ARCH_X86_64, nr) == libc::SECCOMP_RET_USER_NOTIF {
-                assert!(
-                    SUPERVISED_WATCHED.iter().any(|(c, _)| *c == call),
-                    "{call:?} is notified but not in SUPERVISED_WATCHED"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn classify_matches_the_filter() {
-        assert_eq!(classify(AUDIT_ARCH_X86_64, 87), Some(Guarded::Unlink));
-        assert_eq!(classify(AUDIT_ARCH_X86_64, 263), Some(Guarded::Unlinkat));
-        assert_eq!(classify(AUDIT_ARCH_I386, 40), Some(Guarded::Rmdir));
-        assert_eq!(classify(AUDIT_ARCH_I386, 87), None);
-        assert_eq!(classify(AUDIT_ARCH_X86_64, 10), None);
-    }
-}
+#[path = "filter_tests.rs"]
+mod tests;

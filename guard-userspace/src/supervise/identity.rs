@@ -19,6 +19,8 @@ pub(super) struct Identity {
     pub cap_mask: u64,
     /// The caller's root, when it differs from ours: chroot into it.
     pub root: Option<OwnedFd>,
+    /// The caller's umask, for what is created on its behalf.
+    pub umask: u32,
 }
 
 /// Runs `op` on a new thread that first takes on `identity`. The thread ends
@@ -45,11 +47,13 @@ impl Identity {
     /// Takes on this identity on the calling thread. Must only run on a
     /// thread that ends afterwards.
     fn assume(&self) -> io::Result<()> {
-        if let Some(root) = &self.root {
-            // A private fs_struct first, so the chroot touches this thread only.
-            // SAFETY: plain system calls on a live fd and static strings.
-            unsafe {
-                cvt(libc::unshare(libc::CLONE_FS))?;
+        // A private fs_struct first, so the umask (and a chroot) touch this
+        // thread only.
+        // SAFETY: plain system calls on a live fd and static strings.
+        unsafe {
+            cvt(libc::unshare(libc::CLONE_FS))?;
+            libc::umask(self.umask & 0o777);
+            if let Some(root) = &self.root {
                 cvt(libc::fchdir(root.as_raw_fd()))?;
                 cvt(libc::chroot(c".".as_ptr()))?;
             }
@@ -175,6 +179,7 @@ mod tests {
             groups,
             cap_mask: 0,
             root: None,
+            umask: 0o22,
         });
         let seen = run_as(me, || {
             // SAFETY: query-only calls.

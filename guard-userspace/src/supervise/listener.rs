@@ -97,6 +97,36 @@ impl Listener {
             }
         }
     }
+
+    /// Answers notification `id` with a new fd in the caller, a copy of
+    /// `file` (close-on-exec if `cloexec`): installed and sent in one step
+    /// (SECCOMP_ADDFD_FLAG_SEND, 5.14+), so the call returns its number.
+    pub(super) fn respond_with_fd(&self, id: u64, file: &OwnedFd, cloexec: bool) -> io::Result<()> {
+        let addfd = libc::seccomp_notif_addfd {
+            id,
+            flags: libc::SECCOMP_ADDFD_FLAG_SEND as u32,
+            srcfd: file.as_raw_fd() as u32,
+            newfd: 0,
+            newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
+        };
+        loop {
+            // SAFETY: the ioctl reads a seccomp_notif_addfd from a live local.
+            let rc = unsafe {
+                libc::ioctl(
+                    self.raw(),
+                    libc::SECCOMP_IOCTL_NOTIF_ADDFD,
+                    &raw const addfd,
+                )
+            };
+            if rc >= 0 {
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EINTR) {
+                return Err(err);
+            }
+        }
+    }
 }
 
 fn poll_now(fd: RawFd) -> io::Result<State> {

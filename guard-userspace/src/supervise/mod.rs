@@ -1,6 +1,8 @@
-//! Seccomp user-notification backend: guards `unlink`, `unlinkat` and `rmdir`
-//! of processes started by `agent-guard run` on kernels that cannot load BPF
-//! LSM programs (see shared KERNEL.md).
+//! Seccomp user-notification backend: guards the destructive file
+//! operations (unlink, rmdir, rename, link, truncate, opens that truncate)
+//! and refuses the mount family and io_uring for processes started by
+//! `agent-guard run`, on kernels that cannot load BPF LSM programs (see
+//! shared KERNEL.md). The filter's rows are in `filter.rs`.
 //!
 //! # Pieces and where they run
 //!
@@ -20,22 +22,26 @@
 //!
 //! # The filter
 //!
-//! * `AUDIT_ARCH_X86_64`, syscall number below `0x4000_0000`: unlink (87),
-//!   unlinkat (263) and rmdir (84) → `SECCOMP_RET_USER_NOTIF`; anything else
-//!   → allow.
-//! * `AUDIT_ARCH_X86_64` with the x32 bit (number ≥ `0x4000_0000`): every
-//!   call → `ERRNO(ENOSYS)`. That is exactly what a kernel without x32
-//!   support answers (Debian's default, and this machine's kernel), so an
-//!   x32 binary behaves as on such a kernel and cannot reach an unguarded
-//!   `unlink` through the x32 table.
-//! * `AUDIT_ARCH_I386` (`int 0x80` from any process, or a 32-bit binary):
-//!   unlink (10), unlinkat (301) and rmdir (40) are supervised exactly like
-//!   their 64-bit twins (`int 0x80` is a real bypass otherwise: it works on
-//!   this kernel); anything else → allow, so 32-bit helpers keep working.
-//! * Any other architecture (impossible on x86_64) → `KILL_PROCESS`:
-//!   fail closed for what we cannot classify.
+//! Generated from one table of system calls ([`filter`]), for the x86_64
+//! and the i386 table (`int 0x80` is a real bypass otherwise); the x32
+//! table answers ENOSYS to everything, as a kernel without x32 does, and
+//! any other architecture is killed. Opens reach the supervisor only with
+//! O_TRUNC (matched in the filter, so ordinary opens cost nothing);
+//! openat2, whose flags are in memory, always. Calls whose arguments the
+//! filter cannot read and that have a readable fallback (clone3) get
+//! ENOSYS. Rows of the mount group are left out when the agent's policy
+//! says `allow_mounts = true`, io_uring_setup when `allow_io_uring = true`.
 //!
 //! # Handling one notification (the TOCTOU-free scheme)
+//!
+//! The scheme below is the deletion's; renames, links and truncations
+//! follow it (`rename.rs`, `truncate.rs`): every path is resolved from a
+//! directory or object the supervisor holds open as the caller, the real
+//! path of what it holds is judged, and the operation is performed on
+//! exactly that, as the caller. An O_TRUNC open is performed too, and the
+//! resulting fd installed in the caller (SECCOMP_IOCTL_NOTIF_ADDFD). The
+//! mount family and io_uring_setup are refused with EPERM (and an event):
+//! they can never be performed on the caller's behalf.
 //!
 //! The supervisor never answers `SECCOMP_USER_NOTIF_FLAG_CONTINUE`: between
 //! a check and a continue another thread of the agent could rewrite the path
@@ -59,7 +65,7 @@
 //!    ELOOP. The path that policy sees is the **real path of the directory
 //!    fd we hold** (`readlink /proc/self/fd/N`) joined with the final
 //!    component — never the string the agent passed.
-//! 4. Ask the [`Decide`] implementation with that path ([`DeleteRequest`]).
+//! 4. Ask the [`Decide`] implementation with that path ([`Request`]).
 //! 5. If allowed and the caller is still waiting (`NOTIF_ID_VALID` again: a
 //!    call whose thread was SIGKILLed meanwhile must not take effect later):
 //!    on another fresh thread with the caller's identity, check that the
@@ -121,37 +127,75 @@
 //! unlink of a directory inside an unwritable directory gives EISDIR, not
 //! EACCES); paths through magic links give ELOOP; non-UTF-8 bytes reach the
 //! decider as U+FFFD.
+mod calls;
+mod delete;
 mod fdpass;
 mod filter;
 mod identity;
 mod listener;
 mod ops;
 mod path;
+mod rename;
 mod supervisor;
 mod target;
 #[cfg(test)]
 mod tests;
+mod truncate;
 
 use std::{future::Future, io, pin::Pin};
 
 pub use fdpass::{recv_fds_now, recv_with_fds, send_with_fd};
-pub use filter::{FilterProgram, SUPERVISED_WATCHED};
+pub use filter::{FilterOptions, FilterProgram, SUPERVISED_WATCHED};
 #[cfg(test)]
 pub use supervisor::supervise;
 pub use supervisor::{Journal, Resume, supervise_resuming};
 
-/// Which deletion the agent asked for.
+/// What the agent asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeleteOp {
+pub enum Op {
     /// `unlink`, or `unlinkat` without `AT_REMOVEDIR`.
     Unlink,
     /// `rmdir`, or `unlinkat` with `AT_REMOVEDIR`.
     Rmdir,
+    /// rename/renameat/renameat2: `object` moves to `second`.
+    Rename {
+        /// RENAME_EXCHANGE: `second` moves to `object` as well.
+        exchange: bool,
+    },
+    /// link/linkat: `object` gets the second name `second`.
+    Link,
+    /// truncate, ftruncate, or an open with O_TRUNC of an existing file.
+    Truncate,
+    /// An open (or creation) the supervisor performs that truncates
+    /// nothing: not a policy matter, but the daemon performs it outside the
+    /// run's own restrictions, so it is judged against the guard's files.
+    Open,
+    /// A mount-family call: always refused here (see the module docs).
+    Mount(guard_common::MountOp),
+    /// io_uring_setup: always refused here.
+    IoUringSetup,
 }
 
-/// One deletion, as the decider sees it.
+/// One object a call acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeleteRequest {
+pub struct Object {
+    /// Absolute path as the caller sees it: the real path of what the
+    /// supervisor holds open (its parent directory's, plus the final
+    /// component). This is what the operation acts on; match policy
+    /// against it. Empty for a refused call whose path is not resolved.
+    pub path: String,
+    /// The path exactly as the process passed it (relative, with symlinks,
+    /// `..`, ...), for display only.
+    pub raw_path: String,
+    /// It exists (a rename's destination may not).
+    pub exists: bool,
+    /// It is a directory: whatever is below it moves with it.
+    pub dir: bool,
+}
+
+/// One call, as the decider sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
     /// The seccomp notification this call arrived as: unique per listener,
     /// and stable across a supervisor restart.
     pub notif_id: u64,
@@ -163,14 +207,12 @@ pub struct DeleteRequest {
     pub uid: u32,
     /// The caller's filesystem gid.
     pub gid: u32,
-    pub op: DeleteOp,
-    /// Absolute path of the entry to delete: the real path of the parent
-    /// directory the supervisor holds open, plus the final component. This is
-    /// what the operation acts on; match policy against it.
-    pub path: String,
-    /// The path exactly as the process passed it (relative, with symlinks,
-    /// `..`, ...), for display only.
-    pub raw_path: String,
+    pub op: Op,
+    /// The object acted on: the file deleted or truncated, a rename's
+    /// source, a link's existing file, where a mount would go.
+    pub object: Object,
+    /// A rename's destination or a link's new name.
+    pub second: Option<Object>,
 }
 
 /// The decider's verdict.
@@ -187,15 +229,19 @@ pub trait Decide: Send + Sync {
     /// Decide about `req`; hand `req` back with the verdict. The future runs
     /// on its own task; it is dropped unfinished if the supervisor ends. A
     /// panic (here or in the future) denies the call.
-    fn decide(
-        &self,
-        req: DeleteRequest,
-    ) -> Pin<Box<dyn Future<Output = (DeleteRequest, Decision)> + Send>>;
+    fn decide(&self, req: Request) -> Pin<Box<dyn Future<Output = (Request, Decision)> + Send>>;
 
-    /// Called after an allowed deletion was attempted, with its outcome
+    /// Called after an allowed call was attempted, with its outcome
     /// (`Err(errno)` is what the agent got).
-    fn performed(&self, req: &DeleteRequest, result: Result<(), i32>) {
+    fn performed(&self, req: &Request, result: Result<(), i32>) {
         let _ = (req, result);
+    }
+
+    /// A call reached for what lies on a cgroup filesystem, at
+    /// `req.object.path`: refused (EACCES) without a question, since a run
+    /// may only read those; the decider reports it.
+    fn cgroup_refused(&self, req: &Request) {
+        let _ = req;
     }
 }
 

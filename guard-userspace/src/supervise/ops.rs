@@ -7,7 +7,7 @@ use std::{
 };
 
 use super::{
-    DeleteOp, path,
+    Op, path,
     target::{Host, stat_at},
 };
 
@@ -21,12 +21,70 @@ pub(super) enum OpenError {
     /// The kernel would have failed the call with this errno.
     Errno(i32),
     Io(io::Error),
+    /// It lies on a cgroup filesystem (its real path given).
+    Cgroup(Vec<u8>),
 }
 
-fn last_errno() -> i32 {
+/// `statfs.f_type` of cgroup2 and of a cgroup v1 hierarchy.
+const CGROUP2_SUPER_MAGIC: libc::__fsword_t = 0x6367_7270;
+const CGROUP_SUPER_MAGIC: libc::__fsword_t = 0x0027_e0eb;
+
+/// Whether `fd` lies on a cgroup filesystem (either version), wherever it
+/// is mounted. A run may only read those (its Landlock ruleset), and the
+/// daemon acts outside that ruleset: it must never change one for a run,
+/// or the run could leave its cgroup through a supervised open of
+/// cgroup.procs, or remove another agent's cgroup.
+pub(super) fn on_cgroupfs(fd: &OwnedFd) -> io::Result<bool> {
+    // SAFETY: statfs is plain old data, filled by the kernel.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs on a descriptor we own, into a live statfs.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), &raw mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let magic = st.f_type;
+    Ok(magic == CGROUP2_SUPER_MAGIC || magic == CGROUP_SUPER_MAGIC)
+}
+
+pub(super) fn last_errno() -> i32 {
     io::Error::last_os_error()
         .raw_os_error()
         .unwrap_or(libc::EPERM)
+}
+
+/// On the identity thread: `openat2(base, path, how)` with magic links
+/// refused (they would resolve in the daemon's context, not the
+/// caller's) on top of the caller's own `resolve` flags; the errno as the
+/// kernel gives it.
+pub(super) fn open_as(
+    base: Option<&OwnedFd>,
+    path: &CStr,
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+) -> Result<OwnedFd, i32> {
+    // SAFETY: open_how is plain old data (non_exhaustive in libc, hence
+    // zeroed and filled field by field); zero means "no option".
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = flags | libc::O_CLOEXEC as u64;
+    how.mode = mode;
+    how.resolve = resolve | libc::RESOLVE_NO_MAGICLINKS;
+    let dirfd = base.map_or(libc::AT_FDCWD, |b| b.as_raw_fd());
+    // SAFETY: openat2 with a NUL-terminated path and a live open_how of the
+    // size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dirfd,
+            path.as_ptr(),
+            &raw const how,
+            size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(last_errno());
+    }
+    // SAFETY: openat2 just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// On the identity thread: opens `parent` (relative to `base`, or to this
@@ -38,28 +96,14 @@ pub(super) fn open_parent(
     parent: &CStr,
     host: &Host,
 ) -> Result<Held, OpenError> {
-    // SAFETY: open_how is plain old data (non_exhaustive in libc, hence
-    // zeroed and filled field by field); zero means "no option".
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_NO_MAGICLINKS;
-    let dirfd = base.map_or(libc::AT_FDCWD, |b| b.as_raw_fd());
-    // SAFETY: openat2 with a NUL-terminated path and a live open_how of the
-    // size passed.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dirfd,
-            parent.as_ptr(),
-            &raw const how,
-            size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return Err(OpenError::Errno(last_errno()));
-    }
-    // SAFETY: openat2 just returned this descriptor; nothing else owns it.
-    let dir = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let dir = open_as(
+        base,
+        parent,
+        (libc::O_PATH | libc::O_DIRECTORY) as u64,
+        0,
+        0,
+    )
+    .map_err(OpenError::Errno)?;
     // A removed directory still works as an fd but can hold no entry (its
     // path would read "... (deleted)"); the kernel answers ENOENT.
     let st = stat_at(dir.as_raw_fd(), c"", libc::AT_EMPTY_PATH).map_err(OpenError::Io)?;
@@ -67,27 +111,37 @@ pub(super) fn open_parent(
         return Err(OpenError::Errno(libc::ENOENT));
     }
     let path = fd_path(host, dir.as_raw_fd()).map_err(OpenError::Io)?;
+    if on_cgroupfs(&dir).map_err(OpenError::Io)? {
+        return Err(OpenError::Cgroup(path));
+    }
     Ok(Held { dir, path })
 }
 
 /// With the daemon's identity, like the kernel's own lookup of the last
 /// component (which checks no permission): the errno of a deletion that
-/// cannot happen, so nobody is asked about it.
+/// cannot happen, so nobody is asked about it. Ok(whether it is a
+/// directory).
 pub(super) fn preflight(
     dir: &OwnedFd,
     name: &CStr,
-    op: DeleteOp,
+    op: Op,
     trailing_slash: bool,
-) -> Result<(), i32> {
+) -> Result<bool, i32> {
+    let is_dir = entry_kind(dir, name)?;
+    match op {
+        Op::Unlink if trailing_slash => Err(path::unlink_with_trailing_slash(is_dir)),
+        Op::Unlink if is_dir => Err(libc::EISDIR),
+        Op::Rmdir if !is_dir => Err(libc::ENOTDIR),
+        _ => Ok(is_dir),
+    }
+}
+
+/// Whether entry `name` of `dir` is a directory (not following a final
+/// symlink); its errno (ENOENT, ...) if it cannot be looked up.
+pub(super) fn entry_kind(dir: &OwnedFd, name: &CStr) -> Result<bool, i32> {
     let st = stat_at(dir.as_raw_fd(), name, libc::AT_SYMLINK_NOFOLLOW)
         .map_err(|e| e.raw_os_error().unwrap_or(libc::EPERM))?;
-    let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-    match op {
-        DeleteOp::Unlink if trailing_slash => Err(path::unlink_with_trailing_slash(is_dir)),
-        DeleteOp::Unlink if is_dir => Err(libc::EISDIR),
-        DeleteOp::Rmdir if !is_dir => Err(libc::ENOTDIR),
-        _ => Ok(()),
-    }
+    Ok(st.st_mode & libc::S_IFMT == libc::S_IFDIR)
 }
 
 /// What happened on the delete thread.
@@ -100,19 +154,14 @@ pub(super) enum Acted {
 
 /// On the identity thread: deletes `name` in the held directory, provided
 /// the directory still has the path that was approved.
-pub(super) fn delete_entry(
-    host: &Host,
-    held: &Held,
-    name: &CString,
-    op: DeleteOp,
-) -> io::Result<Acted> {
-    let now = fd_path(host, held.dir.as_raw_fd())?;
-    if now != held.path {
+pub(super) fn delete_entry(host: &Host, held: &Held, name: &CString, op: Op) -> io::Result<Acted> {
+    if let Some(now) = moved(host, held)? {
         return Ok(Acted::Moved { now });
     }
-    let flags = match op {
-        DeleteOp::Unlink => 0,
-        DeleteOp::Rmdir => libc::AT_REMOVEDIR,
+    let flags = if op == Op::Rmdir {
+        libc::AT_REMOVEDIR
+    } else {
+        0
     };
     // SAFETY: unlinkat on a live dirfd and a NUL-terminated name.
     let rc = unsafe { libc::unlinkat(held.dir.as_raw_fd(), name.as_ptr(), flags) };
@@ -123,10 +172,16 @@ pub(super) fn delete_entry(
     }))
 }
 
+/// The held directory's path now, if it is no longer the approved one.
+pub(super) fn moved(host: &Host, held: &Held) -> io::Result<Option<Vec<u8>>> {
+    let now = fd_path(host, held.dir.as_raw_fd())?;
+    Ok((now != held.path).then_some(now))
+}
+
 /// The path of our fd `fd`, through `/proc/self/fd` as opened at start, so
 /// it also works on a thread chrooted into the caller's root (and is then
 /// the path as the caller sees it).
-fn fd_path(host: &Host, fd: RawFd) -> io::Result<Vec<u8>> {
+pub(super) fn fd_path(host: &Host, fd: RawFd) -> io::Result<Vec<u8>> {
     let name = CString::new(fd.to_string()).map_err(io::Error::other)?;
     // d_path output is bounded by a page; one byte more detects truncation.
     let mut buf = vec![0u8; 4097];

@@ -1,9 +1,9 @@
 //! Splitting the path an agent passed into "parent to open" and "entry to
 //! delete", and the errnos the kernel gives for entries that are not names.
-use super::DeleteOp;
+use super::Op;
 
 /// Longest single component (NAME_MAX).
-const NAME_MAX: usize = 255;
+pub(super) const NAME_MAX: usize = 255;
 
 /// The final component of a path.
 #[derive(Debug, PartialEq, Eq)]
@@ -59,14 +59,25 @@ pub(super) fn split(raw: &[u8]) -> Option<Split<'_>> {
 /// The final component to act on, or the errno the kernel returns after it
 /// resolved the parent (`do_unlinkat`/`do_rmdir` on a non-normal last
 /// component, or a name the filesystem rejects).
-pub(super) fn final_name<'a>(last: &Last<'a>, op: DeleteOp) -> Result<&'a [u8], i32> {
+pub(super) fn final_name<'a>(last: &Last<'a>, op: Op) -> Result<&'a [u8], i32> {
     match (last, op) {
         (Last::Name(name), _) if name.len() > NAME_MAX => Err(libc::ENAMETOOLONG),
         (Last::Name(name), _) => Ok(name),
-        (_, DeleteOp::Unlink) => Err(libc::EISDIR),
-        (Last::Dot, DeleteOp::Rmdir) => Err(libc::EINVAL),
-        (Last::DotDot, DeleteOp::Rmdir) => Err(libc::ENOTEMPTY),
-        (Last::Root, DeleteOp::Rmdir) => Err(libc::EBUSY),
+        (Last::Dot, Op::Rmdir) => Err(libc::EINVAL),
+        (Last::DotDot, Op::Rmdir) => Err(libc::ENOTEMPTY),
+        (Last::Root, Op::Rmdir) => Err(libc::EBUSY),
+        // unlink of ".", ".." or "/".
+        _ => Err(libc::EISDIR),
+    }
+}
+
+/// rename's and link's answer for a final component that is not a name
+/// ("." "..", "/"): `errno`, which do_renameat2 makes EBUSY (EEXIST for a
+/// destination with RENAME_NOREPLACE) and do_linkat EEXIST.
+pub(super) fn rename_name(last: &Last<'_>, busy: i32) -> Result<(), i32> {
+    match last {
+        Last::Name(_) => Ok(()),
+        _ => Err(busy),
     }
 }
 
@@ -121,7 +132,7 @@ mod tests {
 
     #[test]
     fn errnos_for_special_names() {
-        use DeleteOp::*;
+        use Op::*;
         assert_eq!(final_name(&Last::Dot, Unlink), Err(libc::EISDIR));
         assert_eq!(final_name(&Last::Dot, Rmdir), Err(libc::EINVAL));
         assert_eq!(final_name(&Last::DotDot, Rmdir), Err(libc::ENOTEMPTY));

@@ -1,8 +1,9 @@
 //! The supervision loop and the handling of one notification (the scheme is
-//! in the module docs of `supervise`).
+//! in the module docs of `supervise`): what every call shares (reading the
+//! caller, asking the decider, answering); each call's own steps are in
+//! delete.rs, rename.rs and truncate.rs.
 use std::{
     collections::HashMap,
-    ffi::CString,
     io,
     os::fd::OwnedFd,
     panic::{AssertUnwindSafe, catch_unwind},
@@ -10,15 +11,13 @@ use std::{
 };
 
 use tokio::task::{self, JoinSet};
-use tracing::{debug, error, warn};
+use tracing::{debug, error};
 
 use super::{
-    Decide, Decision, DeleteOp, DeleteRequest, SuperviseError,
-    filter::{self, AUDIT_ARCH_X86_64, Guarded},
-    identity::{Identity, run_as},
+    Decide, Decision, Object, Op, Request, SuperviseError,
+    calls::{self, Call},
+    identity::Identity,
     listener::Listener,
-    ops::{self, Acted, OpenError},
-    path::{self, Last},
     target::{Host, ReadError, Status, Target},
 };
 
@@ -110,18 +109,22 @@ pub trait Journal: Send + Sync {
     fn answered(&self, id: u64);
 }
 
-/// Why handling stopped before the deletion was performed.
-enum Stop {
+/// Why handling stopped before the call was performed.
+pub(super) enum Stop {
     /// Answer the caller with this errno (what the kernel would say, or EPERM).
     Errno(i32),
     /// The caller is gone; there is nobody to answer.
     Gone,
     /// An internal failure: the caller gets EPERM and the log gets this.
     Failed(Failure),
+    /// The call would change what lies on a cgroup filesystem (this real
+    /// path): refused with EACCES, as the run's Landlock ruleset refuses
+    /// its own writes there, and reported as an escape attempt.
+    Cgroup(Vec<u8>),
 }
 
 #[derive(Debug, thiserror::Error)]
-enum Failure {
+pub(super) enum Failure {
     #[error("unexpected system call {nr} (arch {arch:#x}) from the filter")]
     UnexpectedSyscall { arch: u32, nr: i32 },
     #[error("{what}: {source}")]
@@ -132,8 +135,10 @@ enum Failure {
     },
     #[error("the decider panicked")]
     DeciderPanicked,
-    #[error("the real path of the parent directory is not absolute: {0:?}")]
+    #[error("the real path of what was opened is not absolute: {0:?}")]
     NotAbsolute(String),
+    #[error("the object changed between judging and acting, {0} times in a row")]
+    Unstable(u32),
 }
 
 impl From<Failure> for Stop {
@@ -142,8 +147,16 @@ impl From<Failure> for Stop {
     }
 }
 
-fn io_failure(what: &'static str) -> impl FnOnce(io::Error) -> Stop {
+pub(super) fn io_failure(what: &'static str) -> impl FnOnce(io::Error) -> Stop {
     move |source| Stop::Failed(Failure::Io { what, source })
+}
+
+/// What the caller gets.
+pub(super) enum Answer {
+    /// The call returns 0 or fails with the errno.
+    Done(Result<(), i32>),
+    /// The call returns this file, installed as a new fd in the caller.
+    Fd { file: OwnedFd, cloexec: bool },
 }
 
 async fn handle(
@@ -154,18 +167,31 @@ async fn handle(
 ) {
     let tid = notif.pid;
     let answer = match process(&listener, &host, &decider, &notif).await {
-        Ok(result) => result,
-        Err(Stop::Errno(errno)) => Err(errno),
+        Ok(answer) => answer,
+        Err(Stop::Errno(errno)) => Answer::Done(Err(errno)),
         Err(Stop::Gone) => {
-            debug!(tid, "caller gone before its deletion was answered");
+            debug!(tid, "caller gone before its call was answered");
             return;
         }
         Err(Stop::Failed(failure)) => {
-            error!(tid, "deletion refused after an internal error: {failure}");
-            Err(libc::EPERM)
+            error!(tid, "call refused after an internal error: {failure}");
+            Answer::Done(Err(libc::EPERM))
         }
+        // `process` reported it.
+        Err(Stop::Cgroup(_)) => Answer::Done(Err(libc::EACCES)),
     };
-    if let Err(err) = listener.respond(notif.id, answer) {
+    let sent = match answer {
+        Answer::Done(result) => listener.respond(notif.id, result),
+        Answer::Fd { file, cloexec } => match listener.respond_with_fd(notif.id, &file, cloexec) {
+            // The caller could not take the fd (EMFILE, ...): it gets the
+            // kernel's reason instead; the file is closed with ours.
+            Err(err) if err.raw_os_error().is_some_and(|e| e != libc::ENOENT) => {
+                listener.respond(notif.id, Err(err.raw_os_error().unwrap_or(libc::EPERM)))
+            }
+            other => other,
+        },
+    };
+    if let Err(err) = sent {
         if err.raw_os_error() == Some(libc::ENOENT) {
             debug!(tid, "caller gone before its answer arrived");
         } else {
@@ -174,227 +200,291 @@ async fn handle(
     }
 }
 
-/// The arguments of a guarded call, decoded for either syscall table.
-struct Call {
-    op: DeleteOp,
-    dirfd: i32,
-    path_addr: u64,
-}
-
-fn decode(notif: &libc::seccomp_notif) -> Result<Call, Stop> {
-    let data = &notif.data;
-    let guarded = filter::classify(data.arch, data.nr).ok_or(Failure::UnexpectedSyscall {
-        arch: data.arch,
-        nr: data.nr,
-    })?;
-    // Integer arguments are their low 32 bits, as the kernel reads them;
-    // i386 pointers are 32 bits wide.
-    let int = |i: usize| data.args[i] as u32 as i32;
-    let ptr = |i: usize| {
-        if data.arch == AUDIT_ARCH_X86_64 {
-            data.args[i]
-        } else {
-            data.args[i] & 0xffff_ffff
-        }
-    };
-    let (op, dirfd, path_addr) = match guarded {
-        Guarded::Unlink => (DeleteOp::Unlink, libc::AT_FDCWD, ptr(0)),
-        Guarded::Rmdir => (DeleteOp::Rmdir, libc::AT_FDCWD, ptr(0)),
-        Guarded::Unlinkat => {
-            let flags = int(2);
-            if flags & !libc::AT_REMOVEDIR != 0 {
-                return Err(Stop::Errno(libc::EINVAL));
-            }
-            let op = if flags & libc::AT_REMOVEDIR != 0 {
-                DeleteOp::Rmdir
-            } else {
-                DeleteOp::Unlink
-            };
-            (op, int(0), ptr(1))
-        }
-    };
-    Ok(Call {
-        op,
-        dirfd,
-        path_addr,
-    })
-}
-
-/// Everything learned about the caller, all read before its notification
-/// was re-validated.
-struct Context {
-    raw: Vec<u8>,
-    base: Option<OwnedFd>,
-    status: Status,
-    identity: Arc<Identity>,
-}
-
-/// Reads the path and the caller's context, then checks that the
-/// notification is still valid, so nothing read belongs to a recycled TID.
-fn gather(
-    listener: &Listener,
-    host: &Host,
-    notif: &libc::seccomp_notif,
-    call: &Call,
-) -> Result<Context, Stop> {
-    // A failure while the caller may have died is not an internal error if
-    // it did die.
-    let gone_or = |stop: Stop| {
-        if listener.id_valid(notif.id) {
-            stop
-        } else {
-            Stop::Gone
-        }
-    };
-    let target = Target::open(notif.pid as libc::pid_t)
-        .map_err(|e| gone_or(io_failure("opening /proc/TID")(e)))?;
-    let raw = target.read_path(call.path_addr).map_err(|e| match e {
-        ReadError::Errno(errno) => Stop::Errno(errno),
-        ReadError::Gone => Stop::Gone,
-        ReadError::Io(e) => gone_or(io_failure("reading the path from the caller's memory")(e)),
-    })?;
-    if raw.is_empty() {
-        return Err(Stop::Errno(libc::ENOENT));
-    }
-    // An absolute path ignores the dirfd, as in the kernel.
-    let base = if raw[0] == b'/' {
-        None
-    } else if call.dirfd == libc::AT_FDCWD {
-        Some(
-            target
-                .cwd()
-                .map_err(|e| gone_or(io_failure("opening the caller's cwd")(e)))?,
-        )
-    } else {
-        Some(target.fd(call.dirfd).map_err(|e| {
-            if e.raw_os_error() == Some(libc::ENOENT) {
-                // Not an open fd of the caller (if the caller still exists).
-                gone_or(Stop::Errno(libc::EBADF))
-            } else {
-                gone_or(io_failure("opening the caller's dirfd")(e))
-            }
-        })?)
-    };
-    let facts = (|| {
-        Ok::<_, io::Error>((
-            target.status()?,
-            target.foreign_root(host)?,
-            target.same_user_ns(host)?,
-        ))
-    })();
-    let (status, root, same_user_ns) =
-        facts.map_err(|e| gone_or(io_failure("reading the caller's credentials")(e)))?;
-    if !listener.id_valid(notif.id) {
-        return Err(Stop::Gone);
-    }
-    let identity = Arc::new(Identity {
-        fsuid: status.fsuid,
-        fsgid: status.fsgid,
-        groups: status.groups.clone(),
-        // Capabilities from another user namespace do not apply to ours.
-        cap_mask: if same_user_ns { status.cap_eff } else { 0 },
-        root,
-    });
-    Ok(Context {
-        raw,
-        base,
-        status,
-        identity,
-    })
-}
-
-/// Steps 1–5 of the module docs; `Ok` carries the result of the deletion
-/// the supervisor performed.
 async fn process(
     listener: &Listener,
     host: &Arc<Host>,
     decider: &Arc<dyn Decide>,
     notif: &libc::seccomp_notif,
-) -> Result<Result<(), i32>, Stop> {
-    let call = decode(notif)?;
-    let ctx = gather(listener, host, notif, &call)?;
-    let split = path::split(&ctx.raw).ok_or(Stop::Errno(libc::ENOENT))?;
-
-    // Step 3: open the parent as the caller, and read its real path.
-    let parent = CString::new(if split.parent.is_empty() {
-        b"."
-    } else {
-        split.parent
-    })
-    .map_err(|e| io_failure("parent path")(io::Error::other(e)))?;
-    let (host2, base) = (host.clone(), ctx.base);
-    let held = run_as(ctx.identity.clone(), move || {
-        ops::open_parent(base.as_ref(), &parent, &host2)
-    })
-    .await
-    .map_err(io_failure("running the open thread"))?
-    .map_err(|e| match e {
-        OpenError::Errno(errno) => Stop::Errno(errno),
-        OpenError::Io(e) => io_failure("reading the parent directory's real path")(e),
-    })?;
-    if !held.path.starts_with(b"/") {
-        return Err(Failure::NotAbsolute(String::from_utf8_lossy(&held.path).into_owned()).into());
-    }
-    let name = path::final_name(&split.last, call.op).map_err(Stop::Errno)?;
-    let name =
-        CString::new(name).map_err(|e| io_failure("final component")(io::Error::other(e)))?;
-
-    // Deletions that cannot happen get the kernel's errno, unasked.
-    let trailing_slash = split.trailing_slash && !matches!(split.last, Last::Root);
-    let held = Arc::new(held);
-    let (held2, name2, op) = (held.clone(), name.clone(), call.op);
-    tokio::task::spawn_blocking(move || ops::preflight(&held2.dir, &name2, op, trailing_slash))
-        .await
-        .map_err(|e| io_failure("pre-flight lookup")(io::Error::other(e)))?
-        .map_err(Stop::Errno)?;
-
-    // Step 4: ask, about the path of the directory actually held.
-    let req = DeleteRequest {
-        notif_id: notif.id,
-        pid: ctx.status.tgid,
-        tid: notif.pid,
-        uid: ctx.status.fsuid,
-        gid: ctx.status.fsgid,
-        op: call.op,
-        path: String::from_utf8_lossy(&path::join(&held.path, name.as_bytes())).into_owned(),
-        raw_path: String::from_utf8_lossy(&ctx.raw).into_owned(),
-    };
-    // On its own task, so a panicking decider becomes a JoinError (EPERM)
-    // rather than a notification nobody answers.
-    let mut deciding = AbortOnDrop(tokio::spawn(decider.decide(req)));
-    let (req, decision) = (&mut deciding.0)
-        .await
-        .map_err(|_| Failure::DeciderPanicked)?;
-    if decision == Decision::Deny {
-        debug!(path = %req.path, "deletion denied");
-        return Err(Stop::Errno(libc::EPERM));
-    }
-
-    // Step 5: act, as the caller, on the entry in the held directory —
-    // unless the caller died while the decider thought (a SIGKILLed call
-    // must not take effect later).
-    if !listener.id_valid(notif.id) {
-        return Err(Stop::Gone);
-    }
-    let host2 = host.clone();
-    let acted = run_as(ctx.identity, move || {
-        ops::delete_entry(&host2, &held, &name, op)
-    })
-    .await
-    .map_err(io_failure("running the delete thread"))?
-    .map_err(io_failure("re-reading the parent directory's path"))?;
-    let result = match acted {
-        Acted::Done(result) => result,
-        Acted::Moved { now } => {
-            // Not attempted: what was approved is no longer what we hold.
-            warn!(path = %req.path, now = %String::from_utf8_lossy(&now), "deletion refused: the directory was renamed after approval");
-            return Err(Stop::Errno(libc::EPERM));
+) -> Result<Answer, Stop> {
+    let call = calls::decode(notif)?;
+    let caller = Caller::open(listener, host, notif)?;
+    let done = performed_call(&caller, decider, call).await;
+    if let Err(Stop::Cgroup(path)) = &done {
+        caller.validate()?;
+        let req = caller.request(
+            Op::Open,
+            Object {
+                path: String::from_utf8_lossy(path).into_owned(),
+                raw_path: String::new(),
+                exists: true,
+                dir: false,
+            },
+            None,
+        );
+        if catch_unwind(AssertUnwindSafe(|| decider.cgroup_refused(&req))).is_err() {
+            error!(path = %req.object.path, "the decider panicked in cgroup_refused()");
         }
-    };
-    if catch_unwind(AssertUnwindSafe(|| decider.performed(&req, result))).is_err() {
-        error!(path = %req.path, "the decider panicked in performed()");
     }
-    Ok(result)
+    done
+}
+
+async fn performed_call(
+    caller: &Caller<'_>,
+    decider: &Arc<dyn Decide>,
+    call: Call,
+) -> Result<Answer, Stop> {
+    match call {
+        Call::Delete { op, dirfd, path } => {
+            super::delete::delete(caller, decider, op, dirfd, path).await
+        }
+        Call::Rename { .. } | Call::Link { .. } => {
+            super::rename::rename_or_link(caller, decider, call).await
+        }
+        Call::Truncate { .. } | Call::Ftruncate { .. } | Call::Open { .. } => {
+            super::truncate::truncate(caller, decider, call).await
+        }
+        Call::Refuse { op, path, reason } => refuse(caller, decider, op, path, reason).await,
+    }
+}
+
+/// A refused call: the decider reports it (and may hold it for a human,
+/// in freeze mode), but it never proceeds, since it can never be performed
+/// on the caller's behalf.
+async fn refuse(
+    caller: &Caller<'_>,
+    decider: &Arc<dyn Decide>,
+    op: Op,
+    path: Option<(i32, u64)>,
+    reason: &'static str,
+) -> Result<Answer, Stop> {
+    let raw_path = match path {
+        Some((_, addr)) => match caller.target.read_path(addr) {
+            Ok(raw) => String::from_utf8_lossy(&raw).into_owned(),
+            Err(ReadError::Gone) => return Err(Stop::Gone),
+            Err(_) => String::new(),
+        },
+        None => String::new(),
+    };
+    caller.validate()?;
+    let object = Object {
+        path: String::new(),
+        raw_path,
+        exists: false,
+        dir: false,
+    };
+    let (req, decision) = caller.ask(decider, op, object, None).await?;
+    if decision == Decision::Allow {
+        debug!(
+            ?op,
+            reason, "allowed by policy now, but a supervised run cannot be given it"
+        );
+    }
+    let _ = req;
+    Err(Stop::Errno(libc::EPERM))
+}
+
+/// The calling thread, as read from /proc while it waits in its call.
+pub(super) struct Caller<'a> {
+    pub listener: &'a Listener,
+    pub host: &'a Arc<Host>,
+    pub notif: &'a libc::seccomp_notif,
+    pub target: Target,
+    pub status: Status,
+    pub identity: Arc<Identity>,
+}
+
+impl<'a> Caller<'a> {
+    /// Opens the caller's /proc entry and reads its credentials.
+    fn open(
+        listener: &'a Listener,
+        host: &'a Arc<Host>,
+        notif: &'a libc::seccomp_notif,
+    ) -> Result<Self, Stop> {
+        let gone_or = |stop: Stop| {
+            if listener.id_valid(notif.id) {
+                stop
+            } else {
+                Stop::Gone
+            }
+        };
+        let target = Target::open(notif.pid as libc::pid_t)
+            .map_err(|e| gone_or(io_failure("opening /proc/TID")(e)))?;
+        let facts = (|| {
+            Ok::<_, io::Error>((
+                target.status()?,
+                target.foreign_root(host)?,
+                target.same_user_ns(host)?,
+            ))
+        })();
+        let (status, root, same_user_ns) =
+            facts.map_err(|e| gone_or(io_failure("reading the caller's credentials")(e)))?;
+        let identity = Arc::new(Identity {
+            fsuid: status.fsuid,
+            fsgid: status.fsgid,
+            groups: status.groups.clone(),
+            // Capabilities from another user namespace do not apply to ours.
+            cap_mask: if same_user_ns { status.cap_eff } else { 0 },
+            root,
+            umask: status.umask,
+        });
+        Ok(Self {
+            listener,
+            host,
+            notif,
+            target,
+            status,
+            identity,
+        })
+    }
+
+    /// A failure while the caller may have died is not an internal error
+    /// if it did die.
+    pub fn gone_or(&self, stop: Stop) -> Stop {
+        if self.listener.id_valid(self.notif.id) {
+            stop
+        } else {
+            Stop::Gone
+        }
+    }
+
+    /// Checks the notification is still pending, so that nothing read from
+    /// /proc since belongs to a recycled TID.
+    pub fn validate(&self) -> Result<(), Stop> {
+        if self.listener.id_valid(self.notif.id) {
+            Ok(())
+        } else {
+            Err(Stop::Gone)
+        }
+    }
+
+    /// The path at `addr` in the caller's memory, as the kernel's getname
+    /// reads it (ENOENT for an empty one unless `empty_ok`).
+    pub fn read_path(&self, addr: u64, empty_ok: bool) -> Result<Vec<u8>, Stop> {
+        let raw = self.target.read_path(addr).map_err(|e| match e {
+            ReadError::Errno(errno) => Stop::Errno(errno),
+            ReadError::Gone => Stop::Gone,
+            ReadError::Io(e) => {
+                self.gone_or(io_failure("reading a path from the caller's memory")(e))
+            }
+        })?;
+        if raw.is_empty() && !empty_ok {
+            return Err(Stop::Errno(libc::ENOENT));
+        }
+        Ok(raw)
+    }
+
+    /// The directory a path is relative to: None for an absolute path (the
+    /// caller's root), else its cwd or its fd `dirfd`.
+    pub fn base(&self, dirfd: i32, raw: &[u8]) -> Result<Option<OwnedFd>, Stop> {
+        if raw.first() == Some(&b'/') {
+            return Ok(None);
+        }
+        if dirfd == guard_common::AT_FDCWD {
+            return Ok(Some(self.target.cwd().map_err(|e| {
+                self.gone_or(io_failure("opening the caller's cwd")(e))
+            })?));
+        }
+        self.fd(dirfd).map(Some)
+    }
+
+    /// The caller's open fd `n` (EBADF if it has none).
+    pub fn fd(&self, n: i32) -> Result<OwnedFd, Stop> {
+        self.target.fd(n).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENOENT) {
+                // Not an open fd of the caller (if the caller still exists).
+                self.gone_or(Stop::Errno(libc::EBADF))
+            } else {
+                self.gone_or(io_failure("opening the caller's fd")(e))
+            }
+        })
+    }
+
+    /// The caller's open file `n` itself (the same open file description,
+    /// so its mode counts as in the kernel), through a pidfd.
+    pub fn file(&self, n: i32) -> Result<OwnedFd, Stop> {
+        use std::os::fd::{AsRawFd as _, FromRawFd as _};
+        // SAFETY: pidfd_open with a pid and no flags; the new fd is ours.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.status.tgid, 0) };
+        if pidfd < 0 {
+            let e = io::Error::last_os_error();
+            return Err(self.gone_or(io_failure("pidfd_open on the caller")(e)));
+        }
+        // SAFETY: just returned to us.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+        // SAFETY: pidfd_getfd on a live pidfd; the new fd is ours.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), n, 0) };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::EBADF) => self.gone_or(Stop::Errno(libc::EBADF)),
+                _ => self.gone_or(io_failure("pidfd_getfd on the caller")(e)),
+            });
+        }
+        // SAFETY: just returned to us.
+        let file = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // The thread's fd table is its process's unless it was cloned
+        // without CLONE_FILES: check it is the same file.
+        let by_tid = self.fd(n)?;
+        let id = |f: &OwnedFd| super::target::stat_fd(f).map(|s| (s.st_dev, s.st_ino));
+        match (id(&file), id(&by_tid)) {
+            (Ok(a), Ok(b)) if a == b => Ok(file),
+            _ => Err(Failure::Io {
+                what: "matching the caller's fd",
+                source: io::Error::other("the thread's fd table is not its process's"),
+            }
+            .into()),
+        }
+    }
+
+    /// Asks the decider about `op` on `object` (and `second`), on its own
+    /// task, so that a panicking decider becomes a JoinError (EPERM) rather
+    /// than a notification nobody answers.
+    fn request(&self, op: Op, object: Object, second: Option<Object>) -> Request {
+        Request {
+            notif_id: self.notif.id,
+            pid: self.status.tgid,
+            tid: self.notif.pid,
+            uid: self.status.fsuid,
+            gid: self.status.fsgid,
+            op,
+            object,
+            second,
+        }
+    }
+
+    pub async fn ask(
+        &self,
+        decider: &Arc<dyn Decide>,
+        op: Op,
+        object: Object,
+        second: Option<Object>,
+    ) -> Result<(Request, Decision), Stop> {
+        let req = self.request(op, object, second);
+        let mut deciding = AbortOnDrop(tokio::spawn(decider.decide(req)));
+        let (req, decision) = (&mut deciding.0)
+            .await
+            .map_err(|_| Failure::DeciderPanicked)?;
+        // A call whose thread was SIGKILLed meanwhile must not take effect
+        // later.
+        self.validate()?;
+        Ok((req, decision))
+    }
+}
+
+/// Tells the decider what an allowed call did.
+pub(super) fn performed(decider: &Arc<dyn Decide>, req: &Request, result: Result<(), i32>) {
+    if catch_unwind(AssertUnwindSafe(|| decider.performed(req, result))).is_err() {
+        error!(path = %req.object.path, "the decider panicked in performed()");
+    }
+}
+
+/// An absolute real path, or the failure that it is not.
+pub(super) fn absolute(path: &[u8]) -> Result<(), Stop> {
+    if path.starts_with(b"/") {
+        Ok(())
+    } else {
+        Err(Failure::NotAbsolute(String::from_utf8_lossy(path).into_owned()).into())
+    }
 }
 
 /// Aborts a spawned task when its awaiting side is dropped (the

@@ -39,6 +39,11 @@ pub(super) fn stat_at(dir: RawFd, path: &CStr, flags: libc::c_int) -> io::Result
     Ok(st)
 }
 
+/// `fstat(fd)`.
+pub(super) fn stat_fd(fd: &OwnedFd) -> io::Result<libc::stat> {
+    stat_at(fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH)
+}
+
 /// Identity of a file: (device, inode).
 pub(super) type FileId = (u64, u64);
 
@@ -91,12 +96,15 @@ pub(super) struct Status {
     pub fsgid: u32,
     pub groups: Vec<u32>,
     pub cap_eff: u64,
+    /// The file-creation mask (4.7+), applied to what is created for it.
+    pub umask: u32,
 }
 
 /// Parses the lines of `/proc/PID/status` the supervisor needs; `None` if
 /// one is missing or malformed.
 pub(super) fn parse_status(text: &str) -> Option<Status> {
     let (mut tgid, mut fsuid, mut fsgid, mut groups, mut cap_eff) = (None, None, None, None, None);
+    let mut umask = None;
     for line in text.lines() {
         let Some((key, value)) = line.split_once(':') else {
             continue;
@@ -109,6 +117,7 @@ pub(super) fn parse_status(text: &str) -> Option<Status> {
             "Gid" => fsgid = fields.nth(3)?.parse().ok(),
             "Groups" => groups = fields.map(str::parse).collect::<Result<Vec<u32>, _>>().ok(),
             "CapEff" => cap_eff = u64::from_str_radix(fields.next()?, 16).ok(),
+            "Umask" => umask = u32::from_str_radix(fields.next()?, 8).ok(),
             _ => {}
         }
     }
@@ -118,6 +127,7 @@ pub(super) fn parse_status(text: &str) -> Option<Status> {
         fsgid: fsgid?,
         groups: groups?,
         cap_eff: cap_eff?,
+        umask: umask?,
     })
 }
 
@@ -179,6 +189,48 @@ impl Target {
         Ok(file_id(self.dir.as_raw_fd(), c"ns/user")? == host.user_ns)
     }
 
+    /// Reads exactly `len` bytes at `addr` in the caller's memory (EFAULT if
+    /// any is unmapped).
+    pub(super) fn read_bytes(&self, addr: u64, len: usize) -> Result<Vec<u8>, ReadError> {
+        let mut buf = vec![0u8; len];
+        let mut got = 0usize;
+        while got < len {
+            let at = addr
+                .checked_add(got as u64)
+                .ok_or(ReadError::Errno(libc::EFAULT))?;
+            let chunk = ((PAGE - at % PAGE) as usize).min(len - got);
+            let n = self.read_once(&mut buf[got..got + chunk], at)?;
+            got += n;
+        }
+        Ok(buf)
+    }
+
+    /// One process_vm_readv of `buf.len()` bytes (within a page) at `at`.
+    fn read_once(&self, buf: &mut [u8], at: u64) -> Result<usize, ReadError> {
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: at as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: the local iovec covers `buf`; the remote one is only
+        // dereferenced by the kernel, in the target.
+        let n = unsafe {
+            libc::process_vm_readv(self.tid, &raw const local, 1, &raw const remote, 1, 0)
+        };
+        if n <= 0 {
+            let err = io::Error::last_os_error();
+            return Err(match (n, err.raw_os_error()) {
+                (0, _) | (_, Some(libc::EFAULT)) => ReadError::Errno(libc::EFAULT),
+                (_, Some(libc::ESRCH)) => ReadError::Gone,
+                _ => ReadError::Io(err),
+            });
+        }
+        Ok(n as usize)
+    }
+
     /// Reads the NUL-terminated string at `addr` in the caller's memory, as
     /// the kernel's `getname` would: ENAMETOOLONG without a NUL within
     /// PATH_MAX bytes, EFAULT on unmapped memory before the NUL.
@@ -190,28 +242,7 @@ impl Target {
                 .checked_add(got as u64)
                 .ok_or(ReadError::Errno(libc::EFAULT))?;
             let chunk = ((PAGE - at % PAGE) as usize).min(PATH_MAX - got);
-            let local = libc::iovec {
-                iov_base: buf[got..].as_mut_ptr().cast(),
-                iov_len: chunk,
-            };
-            let remote = libc::iovec {
-                iov_base: at as *mut libc::c_void,
-                iov_len: chunk,
-            };
-            // SAFETY: the local iovec covers `chunk` bytes inside `buf`; the
-            // remote one is only dereferenced by the kernel, in the target.
-            let n = unsafe {
-                libc::process_vm_readv(self.tid, &raw const local, 1, &raw const remote, 1, 0)
-            };
-            if n <= 0 {
-                let err = io::Error::last_os_error();
-                return Err(match (n, err.raw_os_error()) {
-                    (0, _) | (_, Some(libc::EFAULT)) => ReadError::Errno(libc::EFAULT),
-                    (_, Some(libc::ESRCH)) => ReadError::Gone,
-                    _ => ReadError::Io(err),
-                });
-            }
-            let n = n as usize;
+            let n = self.read_once(&mut buf[got..got + chunk], at)?;
             if let Some(end) = buf[got..got + n].iter().position(|&b| b == 0) {
                 buf.truncate(got + end);
                 return Ok(buf);
@@ -229,7 +260,8 @@ mod tests {
     #[test]
     fn parses_status() {
         let text = "Name:\tpython3\nTgid:\t42\nPid:\t43\nUid:\t1000\t1001\t1002\t1003\n\
-                    Gid:\t2000\t2001\t2002\t2003\nGroups:\t4 24 27 \nCapEff:\t000001ffffffffff\n";
+                    Gid:\t2000\t2001\t2002\t2003\nGroups:\t4 24 27 \nCapEff:\t000001ffffffffff\n\
+                    Umask:\t0022\n";
         assert_eq!(
             parse_status(text),
             Some(Status {
@@ -238,6 +270,7 @@ mod tests {
                 fsgid: 2003,
                 groups: vec![4, 24, 27],
                 cap_eff: 0x1ff_ffff_ffff,
+                umask: 0o22,
             })
         );
         let no_groups = text.replace("Groups:\t4 24 27 ", "Groups:\t");

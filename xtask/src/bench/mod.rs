@@ -30,8 +30,8 @@ pub struct BenchArgs {
     /// Calls per latency case and round.
     #[arg(long, default_value_t = 20_000)]
     pub calls: u32,
-    /// Calls per round for supervised (seccomp) deletes, which cost about a
-    /// hundred times more.
+    /// Calls per round for supervised (seccomp) deletes and renames, which
+    /// cost about a hundred times more.
     #[arg(long, default_value_t = 2_000)]
     pub seccomp_calls: u32,
     /// Held connects approved in the round-trip case.
@@ -126,6 +126,14 @@ impl Ctx {
     pub fn daemon_dir(&self, name: &str) -> PathBuf {
         self.scratch.join(format!("daemon-{name}"))
     }
+
+    /// Where workloads make their files. Made before any daemon starts: a
+    /// run's Landlock ruleset (self-defense) grants the entries beside the
+    /// daemon's state dir that exist when the run starts, so a workload
+    /// directory made later beside it would be refused.
+    pub fn work_dir(&self) -> PathBuf {
+        self.scratch.join("work")
+    }
 }
 
 /// A loopback listener that accepts and drops connections on a thread.
@@ -216,7 +224,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         cgroup_root: daemon::cgroup2_root()?,
     };
     let _ = std::fs::remove_dir_all(&ctx.scratch);
-    std::fs::create_dir_all(&ctx.scratch)?;
+    std::fs::create_dir_all(ctx.work_dir())?;
     let stats = BpfStats::enable()?;
     let result = run_phases(&ctx, args);
     drop(stats);
@@ -234,11 +242,18 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
 fn run_phases(ctx: &Ctx, args: &BenchArgs) -> Result<(serde_json::Value, Vec<report::Row>)> {
     let mut rows = Vec::new();
     let port = listener()?;
+    // A UDP socket nobody reads: datagrams past its buffer are dropped at
+    // the receiver, which costs the sender nothing.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").context("udp listener")?;
+    let ports = cases::Ports {
+        tcp: port,
+        udp: udp.local_addr()?.port(),
+    };
     eprintln!(
         "bench: latency, {} rounds x {} calls per case",
         args.rounds, args.calls
     );
-    let latency = cases::latency(ctx, args, port, &mut rows)?;
+    let latency = cases::latency(ctx, args, ports, &mut rows)?;
     eprintln!("bench: approval round trip, {} holds", args.holds);
     let approval = cases::approval(ctx, args, &mut rows)?;
     eprintln!("bench: event throughput");

@@ -28,6 +28,30 @@ pub enum Job {
         #[arg(long)]
         count: u32,
     },
+    /// Create FILE in DIR (not timed), then time COUNT open(O_RDONLY) and
+    /// close of it: an ordinary open, which the guard must not slow.
+    Open {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        count: u32,
+    },
+    /// Create a file in DIR (not timed), then time COUNT renames of it,
+    /// back and forth between two names.
+    Rename {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        count: u32,
+    },
+    /// Time COUNT UDP datagrams sent with sendto to 127.0.0.1:PORT, without
+    /// connect (each one judged by cgroup/sendmsg4 for an agent).
+    Udp {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        count: u32,
+    },
     /// Time COUNT TCP connects to 127.0.0.1:PORT; each connection is reset
     /// at once (SO_LINGER 0), so no TIME_WAIT piles up.
     Connect {
@@ -92,6 +116,9 @@ pub fn run(args: &WorkerArgs) -> Result<()> {
             chunks.push(chunk);
             result(&chunks, *count)
         }
+        Job::Open { dir, count } => open(dir, *count)?,
+        Job::Rename { dir, count } => rename(dir, *count)?,
+        Job::Udp { port, count } => udp(*port, *count)?,
         Job::Flood { rate, secs, count } => flood(*rate, *secs, *count),
         Job::Refused { count } => refused(*count)?,
         Job::HeldConnect { port, count } => {
@@ -136,27 +163,82 @@ fn unlink(dir: &std::path::Path, count: u32) -> Result<serde_json::Value> {
     Ok(result(&chunks, count))
 }
 
+/// Times `count` calls of `call` in chunks of [`CHUNK`].
+fn timed(count: u32, mut call: impl FnMut(u32) -> Result<()>) -> Result<serde_json::Value> {
+    let mut chunks = Vec::new();
+    let mut i = 0;
+    while i < count {
+        let n = CHUNK.min(count - i);
+        let start = Instant::now();
+        for k in 0..n {
+            call(i + k)?;
+        }
+        chunks.push(start.elapsed());
+        i += n;
+    }
+    Ok(result(&chunks, count))
+}
+
 fn refused(count: u32) -> Result<serde_json::Value> {
     // siginfo_t: si_signo, si_errno, si_code; si_code 0 (SI_USER) may only
     // be queued to oneself.
     let mut info = [0i32; 32];
     info[0] = libc::SIGUSR1;
-    let mut chunks = Vec::new();
-    for chunk in 0..count.div_ceil(CHUNK) {
-        let n = CHUNK.min(count - chunk * CHUNK);
-        let start = Instant::now();
-        for _ in 0..n {
-            // SAFETY: a siginfo-sized buffer the kernel only reads.
-            let rc = unsafe {
-                libc::syscall(libc::SYS_rt_sigqueueinfo, 1, libc::SIGUSR1, info.as_ptr())
-            };
-            if rc == 0 {
-                bail!("rt_sigqueueinfo to pid 1 was not refused");
-            }
+    timed(count, |_| {
+        // SAFETY: a siginfo-sized buffer the kernel only reads.
+        let rc =
+            unsafe { libc::syscall(libc::SYS_rt_sigqueueinfo, 1, libc::SIGUSR1, info.as_ptr()) };
+        if rc == 0 {
+            bail!("rt_sigqueueinfo to pid 1 was not refused");
         }
-        chunks.push(start.elapsed());
-    }
-    Ok(result(&chunks, count))
+        Ok(())
+    })
+}
+
+fn cpath(p: &std::path::Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).context("path")
+}
+
+fn open(dir: &std::path::Path, count: u32) -> Result<serde_json::Value> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file = dir.join("opened");
+    std::fs::write(&file, b"x").context("creating the file")?;
+    let path = cpath(&file)?;
+    timed(count, |_| {
+        // SAFETY: NUL-terminated path; the fd is closed right away.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            bail!("open {path:?}: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: fd was just opened by us.
+        unsafe { libc::close(fd) };
+        Ok(())
+    })
+}
+
+fn rename(dir: &std::path::Path, count: u32) -> Result<serde_json::Value> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join("a"), b"x").context("creating the file")?;
+    let names = [cpath(&dir.join("a"))?, cpath(&dir.join("b"))?];
+    timed(count, |i| {
+        let (from, to) = (&names[(i % 2) as usize], &names[((i + 1) % 2) as usize]);
+        // SAFETY: NUL-terminated paths.
+        if unsafe { libc::rename(from.as_ptr(), to.as_ptr()) } != 0 {
+            bail!("rename {from:?}: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    })
+}
+
+fn udp(port: u16, count: u32) -> Result<serde_json::Value> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").context("udp socket")?;
+    let to = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    timed(count, |_| {
+        socket
+            .send_to(b"bench", to)
+            .with_context(|| format!("sendto {to}"))?;
+        Ok(())
+    })
 }
 
 /// Calls per timed chunk.

@@ -44,7 +44,7 @@ use super::args::RunArgs;
 use crate::{
     confine::{Confinement, Prepared},
     control::{Client, Envelope, OK_PREFIX, PROTOCOL_VERSION, Request},
-    supervise::{FilterProgram, recv_fds_now, send_with_fd},
+    supervise::{FilterOptions, FilterProgram, recv_fds_now, send_with_fd},
 };
 
 /// Exit status when the command could not be started, as shells use.
@@ -86,6 +86,18 @@ pub fn run(args: RunArgs, socket: &Path) -> Result<ExitCode> {
         .and_then(|v| v.as_bool())
         .context("daemon reply lacks supervise_deletes")?;
     let (session, token) = (field("session")?, field("token")?);
+    // Absent from an older daemon's reply: nothing lifted.
+    let flag = |name: &str| {
+        reply
+            .data
+            .get(name)
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false)
+    };
+    let filter = FilterOptions {
+        allow_mounts: flag("allow_mounts"),
+        allow_io_uring: flag("allow_io_uring"),
+    };
     let confinement: Confinement = match reply.data.get("confine") {
         Some(v) => serde_json::from_value(v.clone()).context("daemon reply: confine")?,
         None => Confinement::default(),
@@ -116,7 +128,13 @@ pub fn run(args: RunArgs, socket: &Path) -> Result<ExitCode> {
     let keep_fd = keep
         .as_ref()
         .map_or(-1, |(_, child_end)| child_end.as_raw_fd());
-    let mut join = JoinRequest::new(socket, session.clone(), token.clone(), supervise, keep_fd)?;
+    let mut join = JoinRequest::new(
+        socket,
+        session.clone(),
+        token.clone(),
+        supervise.then_some(filter),
+        keep_fd,
+    )?;
     join.confine = confine;
 
     let mut cmd = Command::new(&args.command[0]);
@@ -200,7 +218,7 @@ impl JoinRequest {
         socket: &Path,
         session: String,
         token: String,
-        supervise: bool,
+        supervise: Option<FilterOptions>,
         keep: RawFd,
     ) -> Result<Self> {
         // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
@@ -224,7 +242,7 @@ impl JoinRequest {
             failure: CString::new(
                 "agent-guard run: the daemon did not place the command into its agent; not starting it: ",
             )?,
-            filter: supervise.then(FilterProgram::new),
+            filter: supervise.map(FilterProgram::new),
             keep,
             confine: None,
         })
@@ -244,7 +262,7 @@ impl JoinRequest {
                     _ => {
                         let _ = write_all(
                             2,
-                            b"agent-guard run: cannot install the seccomp filter that guards deletes, or hand it to the launcher; not starting the command\n",
+                            b"agent-guard run: cannot install the seccomp filter that guards destructive file operations, or hand it to the launcher; not starting the command\n",
                         );
                         libc::_exit(EXIT_NOT_PLACED);
                     }

@@ -352,6 +352,7 @@ pub fn all() -> Vec<Event> {
                 backends: Backends {
                     connect: "cgroup_sock_addr".into(),
                     delete: "bpf_lsm".into(),
+                    unix: "bpf_lsm".into(),
                 },
                 sinks: vec!["stdout".into(), "siem".into()],
                 chain: ChainSetup {

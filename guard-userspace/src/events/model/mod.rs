@@ -35,11 +35,6 @@ pub use text::{Cmdline, Text, cap};
 /// object and the chain link).
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 #[serde(untagged)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "calls are most events: boxing them would cost an allocation per call to spare \
-              the rarer daemon events a few bytes"
-)]
 pub enum Event {
     /// A guarded call: what an agent process did and what was decided.
     Call(Call),

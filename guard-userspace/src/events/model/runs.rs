@@ -176,6 +176,9 @@ pub struct Backends {
     pub connect: String,
     /// `bpf_lsm` or `seccomp`.
     pub delete: String,
+    /// Unix socket rules: `bpf_lsm`, `cgroup_sock_addr`, or `none` (this
+    /// kernel cannot enforce them).
+    pub unix: String,
 }
 
 #[derive(Clone, Debug, Serialize, JsonSchema)]

@@ -10,8 +10,8 @@ use super::matching::vectors_policy;
 use crate::{
     kernel::Kernel,
     policy::{
-        compile_net, compile_path,
-        vectors::{NET_VECTORS, PATH_VECTORS},
+        compile_net, compile_path, compile_subtree, compile_unix,
+        vectors::{NET_VECTORS, PATH_VECTORS, SUBTREE_VECTORS, UNIX_VECTORS},
     },
 };
 
@@ -29,6 +29,12 @@ fn kernel_with_vectors() -> Option<(Kernel, crate::policy::Policy)> {
             .unwrap();
         kernel
             .insert_path_rules(&compile_path(id, &agent.delete))
+            .unwrap();
+        kernel
+            .insert_subtree_rules(&compile_subtree(id, &agent.delete))
+            .unwrap();
+        kernel
+            .insert_unix_rules(&compile_unix(id, &agent.connect))
             .unwrap();
     }
     Some((kernel, p))
@@ -95,4 +101,48 @@ fn path_vectors_on_kernel_maps() {
         "only {checked} of {} rows reached the kernel",
         PATH_VECTORS.len()
     );
+}
+
+/// A directory moved by a rename: the kernel takes the stricter of its own
+/// rule (PATH_RULES) and the exact-key SUBTREE_RULES entry.
+#[test]
+fn subtree_vectors_on_kernel_maps() {
+    let Some((kernel, p)) = kernel_with_vectors() else {
+        return;
+    };
+    for v in SUBTREE_VECTORS {
+        let i = agent_index(&p, v.agent);
+        let id = i as u32 + 1;
+        let own = match kernel.lookup_path(id, v.path).unwrap() {
+            Some(r) => (r.verdict, r.rule_id),
+            None => (p.agents[i].delete.default.raw(), RULE_DEFAULT),
+        };
+        let (verdict, rule_id) = match kernel.lookup_prefix("SUBTREE_RULES", id, v.path).unwrap() {
+            Some(below) if below.verdict > own.0 => (below.verdict, below.rule_id),
+            _ => own,
+        };
+        assert_eq!(Verdict::from_raw(verdict), Some(v.verdict), "{v:?}");
+        let text = p.rule_source(rule_id).map(|r| r.text);
+        assert_eq!(text.as_deref(), v.rule, "{v:?}");
+    }
+}
+
+#[test]
+fn unix_vectors_on_kernel_maps() {
+    let Some((kernel, p)) = kernel_with_vectors() else {
+        return;
+    };
+    for v in UNIX_VECTORS {
+        let i = agent_index(&p, v.agent);
+        let (verdict, rule_id) = match kernel
+            .lookup_prefix("UNIX_RULES", i as u32 + 1, v.path)
+            .unwrap()
+        {
+            Some(r) => (Verdict::from_raw(r.verdict).unwrap(), r.rule_id),
+            None => (p.agents[i].connect.default, RULE_DEFAULT),
+        };
+        assert_eq!(verdict, v.verdict, "{v:?}");
+        let text = p.rule_source(rule_id).map(|r| r.text);
+        assert_eq!(text.as_deref(), v.rule, "{v:?}");
+    }
 }

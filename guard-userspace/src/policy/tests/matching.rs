@@ -3,7 +3,9 @@
 use std::net::IpAddr;
 
 use crate::policy::path::{cgroups_overlap, normalize_abs, validate_cgroup};
-use crate::policy::vectors::{NET_VECTORS, PATH_VECTORS, POLICY, POLICY_FILE, UNIX_VECTORS};
+use crate::policy::vectors::{
+    NET_VECTORS, PATH_VECTORS, POLICY, POLICY_FILE, SUBTREE_VECTORS, UNIX_VECTORS,
+};
 use crate::policy::{Policy, parse};
 
 pub(super) fn vectors_policy() -> Policy {
@@ -43,6 +45,19 @@ fn path_vectors_userspace() {
     let p = vectors_policy();
     for v in PATH_VECTORS {
         let (verdict, rule) = p.agent(v.agent).unwrap().delete.evaluate(v.path);
+        assert_eq!(
+            (verdict, rule.map(|r| r.text.as_str())),
+            (v.verdict, v.rule),
+            "{v:?}"
+        );
+    }
+}
+
+#[test]
+fn subtree_vectors_userspace() {
+    let p = vectors_policy();
+    for v in SUBTREE_VECTORS {
+        let (verdict, rule) = p.agent(v.agent).unwrap().delete.evaluate_subtree(v.path);
         assert_eq!(
             (verdict, rule.map(|r| r.text.as_str())),
             (v.verdict, v.rule),

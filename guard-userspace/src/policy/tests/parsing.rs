@@ -232,9 +232,9 @@ fn defaults() {
             e.mode,
             e.connect_default,
             e.delete_default,
-            e._pad
+            e.flags
         ),
-        (7, 1, 3, 3, 0)
+        (7, 1, 3, 3, guard_common::AGENT_UNIX_GUARDED)
     );
 }
 
@@ -374,6 +374,22 @@ fn default_policy_is_valid_and_does_what_it_says() {
     assert_eq!(c.evaluate(ip("::ffff:127.0.0.1"), 9).0, Verdict::Deny);
     assert_eq!(c.evaluate(ip("127.0.0.2"), 80), (Verdict::Deny, None));
     assert_eq!(c.evaluate(ip("1.1.1.1"), 443), (Verdict::Deny, None));
+    for socket in [
+        "/run/docker.sock",
+        "/run/containerd/containerd.sock",
+        "/run/podman/podman.sock",
+        "/run/crio/crio.sock",
+        "/run/systemd/private",
+        "/run/dbus/system_bus_socket",
+    ] {
+        let (v, rule) = c.evaluate_unix(socket);
+        assert_eq!(v, Verdict::Deny, "{socket}");
+        assert!(
+            rule.is_some(),
+            "{socket} is denied by name, not only by default"
+        );
+    }
+    assert!(!demo.allow_mounts && !demo.allow_io_uring);
     let d = &demo.delete;
     assert_eq!(d.default, Verdict::Allow);
     for denied in ["/etc/passwd", "/usr/bin/ls", "/boot/vmlinuz", "/etc"] {

@@ -143,7 +143,7 @@ t("unlinkat_denied", lambda: os.unlink("y.txt", dir_fd=dd))
     assert_eq!(
         rmdirs
             .iter()
-            .filter(|op| **op == crate::supervise::DeleteOp::Rmdir)
+            .filter(|op| **op == crate::supervise::Op::Rmdir)
             .count(),
         3
     );
@@ -268,7 +268,7 @@ async fn symlinks_are_judged_by_the_real_parent() {
         .lock()
         .expect("lock")
         .iter()
-        .map(|r| r.raw_path.clone())
+        .map(|r| r.object.raw_path.clone())
         .collect();
     assert_eq!(raw, ["allowed/link", "alias/secret.txt"]);
 }
@@ -419,18 +419,24 @@ t("after", lambda: os.unlink(os.path.join(D, "after.txt")))
 /// A decider that panics (before or inside its future) denies: fail closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_decider_denies() {
-    use crate::supervise::{Decide, Decision, DeleteRequest};
+    use crate::supervise::{Decide, Decision, Request};
     use std::{future::Future, pin::Pin};
 
     struct Panicky;
     impl Decide for Panicky {
         fn decide(
             &self,
-            req: DeleteRequest,
-        ) -> Pin<Box<dyn Future<Output = (DeleteRequest, Decision)> + Send>> {
-            assert!(!req.path.ends_with("/sync.txt"), "decider bug (sync)");
+            req: Request,
+        ) -> Pin<Box<dyn Future<Output = (Request, Decision)> + Send>> {
+            assert!(
+                !req.object.path.ends_with("/sync.txt"),
+                "decider bug (sync)"
+            );
             Box::pin(async move {
-                assert!(!req.path.ends_with("/async.txt"), "decider bug (async)");
+                assert!(
+                    !req.object.path.ends_with("/async.txt"),
+                    "decider bug (async)"
+                );
                 (req, Decision::Allow)
             })
         }

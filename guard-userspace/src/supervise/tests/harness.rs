@@ -26,7 +26,8 @@ use tokio::{
 };
 
 use crate::supervise::{
-    Decide, Decision, DeleteRequest, FilterProgram, recv_with_fds, send_with_fd, supervise,
+    Decide, Decision, FilterOptions, FilterProgram, Op, Request, recv_with_fds, send_with_fd,
+    supervise,
 };
 
 /// Liveness bound for anything a test waits for; never a timing assertion.
@@ -106,13 +107,14 @@ impl Hold {
 /// A path and the outcome `performed` reported for it.
 pub type Performed = (String, Result<(), i32>);
 
-/// Denies everything at or under `denied`; allows the rest. Records what
-/// it was asked and what was performed.
+/// Denies everything at or under `denied` (and renames that would move
+/// such a path or replace one); allows the rest. Records what it was asked
+/// and what was performed.
 #[derive(Default)]
 pub struct Policy {
     denied: Vec<PathBuf>,
     hold: Option<Arc<Hold>>,
-    pub seen: Arc<Mutex<Vec<DeleteRequest>>>,
+    pub seen: Arc<Mutex<Vec<Request>>>,
     pub performed: Arc<Mutex<Vec<Performed>>>,
 }
 
@@ -136,27 +138,45 @@ impl Policy {
             .lock()
             .expect("lock")
             .iter()
-            .map(|r| r.path.clone())
+            .map(|r| r.object.path.clone())
             .collect()
     }
 }
 
 impl Decide for Policy {
-    fn decide(
-        &self,
-        req: DeleteRequest,
-    ) -> Pin<Box<dyn Future<Output = (DeleteRequest, Decision)> + Send>> {
+    fn decide(&self, req: Request) -> Pin<Box<dyn Future<Output = (Request, Decision)> + Send>> {
+        let under = |p: &str| self.denied.iter().any(|d| Path::new(p).starts_with(d));
+        if req.op == Op::Open {
+            // Not a policy question (see Op::Open): not recorded; refused
+            // only under a denied path, as the guard's files would be.
+            let decision = if under(&req.object.path) {
+                Decision::Deny
+            } else {
+                Decision::Allow
+            };
+            return Box::pin(async move { (req, decision) });
+        }
         self.seen.lock().expect("lock").push(req.clone());
-        let denied = self
-            .denied
-            .iter()
-            .any(|d| Path::new(&req.path).starts_with(d));
+        let denied = match req.op {
+            // Refused whatever the policy says.
+            Op::Mount(_) | Op::IoUringSetup => true,
+            // A moved directory takes what is below it along.
+            Op::Rename { exchange } => {
+                let holds = |p: &str| self.denied.iter().any(|d| d.starts_with(p));
+                under(&req.object.path)
+                    || holds(&req.object.path)
+                    || req.second.as_ref().is_some_and(|s| {
+                        s.exists && (under(&s.path) || (exchange && holds(&s.path)))
+                    })
+            }
+            _ => under(&req.object.path),
+        };
         let decision = if denied {
             Decision::Deny
         } else {
             Decision::Allow
         };
-        let hold = self.hold.clone().filter(|h| h.path == req.path);
+        let hold = self.hold.clone().filter(|h| h.path == req.object.path);
         Box::pin(async move {
             if let Some(hold) = hold {
                 let _ = hold.called.send(());
@@ -166,20 +186,25 @@ impl Decide for Policy {
         })
     }
 
-    fn performed(&self, req: &DeleteRequest, result: Result<(), i32>) {
+    fn performed(&self, req: &Request, result: Result<(), i32>) {
         self.performed
             .lock()
             .expect("lock")
-            .push((req.path.clone(), result));
+            .push((req.object.path.clone(), result));
     }
 }
 
 /// Spawns `cmd` with the filter installed between fork and exec, and
 /// receives its listener fd the way the daemon will.
-pub async fn spawn_guarded(mut cmd: Command) -> (Child, OwnedFd) {
+pub async fn spawn_guarded(cmd: Command) -> (Child, OwnedFd) {
+    spawn_guarded_with(cmd, FilterOptions::default()).await
+}
+
+/// [`spawn_guarded`] with a filter built with `options`.
+pub async fn spawn_guarded_with(mut cmd: Command, options: FilterOptions) -> (Child, OwnedFd) {
     let (ours, theirs) = StdStream::pair().expect("socketpair");
     let theirs_fd = theirs.as_raw_fd();
-    let program = FilterProgram::new();
+    let program = FilterProgram::new(options);
     // SAFETY: the hook only makes system calls (prctl, seccomp, sendmsg,
     // close) on memory prepared before the fork.
     unsafe {
@@ -213,7 +238,16 @@ pub async fn spawn_guarded(mut cmd: Command) -> (Child, OwnedFd) {
 /// Runs `cmd` under supervision to completion; the supervisor must end by
 /// itself (POLLHUP) once the child is gone.
 pub async fn run_guarded(cmd: Command, decider: Arc<dyn Decide>) -> Output {
-    let (child, listener) = spawn_guarded(cmd).await;
+    run_guarded_with(cmd, decider, FilterOptions::default()).await
+}
+
+/// [`run_guarded`] with a filter built with `options`.
+pub async fn run_guarded_with(
+    cmd: Command,
+    decider: Arc<dyn Decide>,
+    options: FilterOptions,
+) -> Output {
+    let (child, listener) = spawn_guarded_with(cmd, options).await;
     let supervisor = tokio::spawn(supervise(listener, decider));
     let out = timeout(LIVENESS, child.wait_with_output())
         .await
@@ -243,6 +277,14 @@ def t(label, fn):
     except OSError as e:
         print(label, e.errno, flush=True)
 D = sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def sys_(nr, *args):
+    r = libc.syscall(ctypes.c_long(nr), *args)
+    if r < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return r
 "#;
 
 pub fn python(script: &str, dir: &Path) -> Command {

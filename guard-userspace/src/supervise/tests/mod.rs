@@ -3,6 +3,7 @@
 //! privilege (seccomp user notification works with no-new-privs); the
 //! tests in `privileged.rs` run only as root and return early otherwise.
 mod cases;
+mod doors;
 mod harness;
 mod privileged;
 mod resume;

@@ -2,7 +2,8 @@
 //! another mount namespace. Without root they return early (and say so).
 use std::os::unix::fs::PermissionsExt as _;
 
-use super::harness::{Policy, TestDir, cmd, run_guarded, stderr};
+use super::harness::{Policy, TestDir, cmd, run_guarded, run_guarded_with, stderr};
+use crate::supervise::FilterOptions;
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -80,7 +81,13 @@ if rm "$1/mnt/hostfile" 2>/dev/null; then echo "deleted the host's file"; exit 3
 echo ok
 "#;
     let policy = Policy::deny(&[]);
-    let out = run_guarded(
+    // A run whose policy allows mounts (the filter refuses unshare -m
+    // otherwise).
+    let allow_mounts = FilterOptions {
+        allow_mounts: true,
+        allow_io_uring: false,
+    };
+    let out = run_guarded_with(
         cmd(
             "unshare",
             &[
@@ -96,6 +103,7 @@ echo ok
             dir.path(),
         ),
         policy.clone(),
+        allow_mounts,
     )
     .await;
     assert!(
