@@ -7,7 +7,7 @@ use clap::Parser as _;
 use guard_userspace::{
     cli::{
         self,
-        args::{Cli, Command, EventsArgs, EventsCommand},
+        args::{Cli, Command},
     },
     control,
 };
@@ -54,11 +54,6 @@ fn main() -> ExitCode {
         Command::Deny(args) => cli::deny::run(args, &client_socket()),
         Command::Kill(args) => cli::kill::run(args, &client_socket()),
         Command::Grants(args) => cli::grants::run(args, &client_socket()),
-        // Reads files, not the daemon: its own verb file.
-        Command::Events(EventsArgs {
-            command: Some(EventsCommand::Query(args)),
-            ..
-        }) => cli::query::run(args),
         Command::Events(args) => cli::events::run(args, &client_socket()),
         Command::Revoke(args) => cli::revoke::run(args, &client_socket()),
         Command::Reload(args) => cli::reload::run(args, &client_socket()),

@@ -7,7 +7,14 @@ use super::{
     access::{Caller, Need},
     reload,
 };
-use crate::{cgroup, events, policy};
+use crate::{
+    cgroup,
+    events::{
+        self,
+        model::{AgentMode, AgentRef, DaemonEvent, ModeChange, Subject, Success, Text},
+    },
+    policy,
+};
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
@@ -15,7 +22,7 @@ use serde_json::{Value, json};
 /// while they still have processes.
 pub(super) fn reload(shared: &Arc<Shared>, who: &Caller, force: bool) -> Result<Value> {
     let op = if force { "retire" } else { "reload" };
-    who.require(shared, Need::Approver, op, Some(("force", force.into())))?;
+    who.require(shared, Need::Approver, op, Some(Subject::Force(force)))?;
     Ok(reload::reload(shared, force, who.by())?)
 }
 
@@ -26,7 +33,7 @@ pub(super) fn agents(shared: &Shared, who: &Caller) -> Result<Value> {
         Ok(r) => r,
         Err(poisoned) => poisoned.into_inner(),
     };
-    let counts = events::with(&shared.emitter, |e| e.calls().clone());
+    let counts = shared.counts.snapshot();
     let mut list: Vec<&super::registry::AgentState> = registry.agents.values().collect();
     list.sort_by(|a, b| a.def.name.cmp(&b.def.name));
     let agents: Vec<Value> = list
@@ -71,15 +78,26 @@ pub(super) fn set_mode(
     reason: Option<String>,
 ) -> Result<Value> {
     let op = if freeze { "freeze" } else { "thaw" };
-    who.require(shared, Need::Approver, op, Some(("agent", agent.into())))?;
+    who.require(
+        shared,
+        Need::Approver,
+        op,
+        Some(Subject::Agent(agent.into())),
+    )?;
     let switched = switch_mode(shared, agent, freeze)?;
     tracing::warn!(agent, mode = policy::mode_str(switched.to), by = %who.user, "agent mode switched");
     events::emit_now(
         &shared.emitter,
-        json!({"kind": "agent.mode", "outcome": "success", "agent": switched.agent_ref,
-               "mode": {"from": policy::mode_str(switched.from), "to": policy::mode_str(switched.to)},
-               "by": {"uid": who.uid(), "user": who.user},
-               "reason": reason}),
+        DaemonEvent::AgentMode(AgentMode {
+            outcome: Success::Success,
+            agent: switched.agent_ref,
+            mode: ModeChange {
+                from: switched.from.into(),
+                to: switched.to.into(),
+            },
+            by: who.by(),
+            reason: reason.map(Text::message),
+        }),
     );
     Ok(json!({ "mode": policy::mode_str(switched.to), "warning": switched.warning }))
 }
@@ -88,7 +106,7 @@ pub(super) fn set_mode(
 pub(super) struct Switched {
     pub from: guard_common::Mode,
     pub to: guard_common::Mode,
-    pub agent_ref: Option<events::AgentRef>,
+    pub agent_ref: Option<AgentRef>,
     /// The freeze is in force but could not be recorded for a restart.
     pub warning: Option<String>,
 }

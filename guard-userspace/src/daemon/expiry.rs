@@ -10,10 +10,15 @@ use std::{
 };
 
 use anyhow::Result;
-use serde_json::json;
 
 use super::{Shared, admin};
-use crate::{cgroup, events, policy};
+use crate::{
+    cgroup,
+    events::{
+        self,
+        model::{AgentExpired, DaemonEvent, Expiry, ModeChange, Success, Text},
+    },
+};
 
 /// How often expiry is checked: a reload can move any agent's `expires`,
 /// so the loop re-reads the registry rather than sleeping until one time.
@@ -67,12 +72,19 @@ fn freeze_expired(shared: &Arc<Shared>, now: SystemTime) {
                 tracing::warn!(agent = %name, expires = %at, processes, "agent expired: frozen");
                 events::emit_now(
                     &shared.emitter,
-                    json!({"kind": "agent.expired", "outcome": "success",
-                           "agent": switched.agent_ref,
-                           "expiry": {"expires": at, "processes": processes,
-                                      "mode": {"from": policy::mode_str(switched.from),
-                                               "to": policy::mode_str(switched.to)},
-                                      "warning": switched.warning}}),
+                    DaemonEvent::AgentExpired(AgentExpired {
+                        outcome: Success::Success,
+                        agent: switched.agent_ref,
+                        expiry: Expiry {
+                            expires: at,
+                            processes: processes as u64,
+                            mode: ModeChange {
+                                from: switched.from.into(),
+                                to: switched.to.into(),
+                            },
+                            warning: switched.warning.map(Text::message),
+                        },
+                    }),
                 );
             }
             // Said each tick until it works: an expired agent running free

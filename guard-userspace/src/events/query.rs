@@ -173,16 +173,17 @@ pub fn parse_when(text: &str, now: SystemTime) -> Result<SystemTime, BadWhen> {
 pub(crate) mod testlog {
     use std::{io::Write as _, path::Path};
 
-    use crate::events::chain::{self, Alg, Chain};
+    use crate::events::chain::{Alg, Chain};
 
     /// Writes `events` (JSON objects without `chain`) as one chained log.
     pub fn write(path: &Path, events: &[serde_json::Value]) {
         let mut chain = Chain::new(Alg::Sha256, None);
         let mut f = std::fs::File::create(path).expect("create");
         for ev in events {
-            let mut ev = ev.as_object().cloned().expect("an object");
-            chain.link(&mut ev);
-            f.write_all(&chain::line(&ev)).expect("write");
+            let mut line = serde_json::to_vec(ev).expect("json");
+            chain.link(&mut line, 1);
+            line.push(b'\n');
+            f.write_all(&line).expect("write");
         }
     }
 
