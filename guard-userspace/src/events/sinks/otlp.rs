@@ -257,7 +257,8 @@ fn severity(kind: &str, outcome: &str) -> (SeverityNumber, &'static str) {
     }
 }
 
-/// The OpenTelemetry semantic-convention attributes the event has.
+/// The OpenTelemetry semantic-convention attributes the event has. The kind
+/// is the record's `event_name` (the `event.name` attribute is deprecated).
 fn semconv(ev: &Map<String, Value>) -> Vec<KeyValue> {
     let mut out = Vec::new();
     let at = |path: &[&str]| -> Option<&Value> {
@@ -272,7 +273,6 @@ fn semconv(ev: &Map<String, Value>) -> Vec<KeyValue> {
             out.push(kv(key, v));
         }
     };
-    put("event.name", at(&["kind"]).and_then(as_string));
     put(
         "gen_ai.agent.name",
         at(&["agent", "name"]).and_then(as_string),
