@@ -290,7 +290,11 @@ fn semconv(ev: &Map<String, Value>) -> Vec<KeyValue> {
         "process.executable.name",
         at(&["process", "comm"]).and_then(as_string),
     );
-    if let Some(args) = at(&["process", "cmdline"]).and_then(Value::as_array) {
+    let cmdline = at(&["process", "cmdline"]);
+    if let Some(line) = cmdline.and_then(Value::as_str) {
+        put("process.command_line", Some(string(line)));
+    }
+    if let Some(args) = cmdline.and_then(Value::as_array) {
         let args: Vec<&str> = args.iter().filter_map(Value::as_str).collect();
         put("process.command_line", Some(string(&command_line(&args))));
         put(
