@@ -13,7 +13,9 @@ use std::{
 
 use agent_guard_tests::*;
 use opentelemetry_proto::tonic::{
-    collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse},
+    collector::logs::v1::{
+        ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+    },
     common::v1::{KeyValue, any_value::Value as V},
     logs::v1::{LogRecord, SeverityNumber},
 };
@@ -47,20 +49,36 @@ type = "stdout"
 
 /// One request as the collector saw it.
 struct Received {
+    /// What the collector answered.
+    status: u16,
     path: String,
     content_type: String,
     request: ExportLogsServiceRequest,
 }
 
-/// An OTLP/HTTP collector on loopback answering every request with
-/// `status` (and an empty ExportLogsServiceResponse when it is 200).
+type Answer = tiny_http::Response<std::io::Cursor<Vec<u8>>>;
+
+/// An ExportLogsServiceResponse with `status`, rejecting `rejected` records.
+fn answer(status: u16, rejected: i64) -> Answer {
+    let partial = (rejected > 0).then(|| ExportLogsPartialSuccess {
+        rejected_log_records: rejected,
+        error_message: "test rejects".into(),
+    });
+    let body = ExportLogsServiceResponse {
+        partial_success: partial,
+    };
+    tiny_http::Response::from_data(body.encode_to_vec()).with_status_code(status)
+}
+
+/// An OTLP/HTTP collector on loopback; `respond(n)` answers its n-th
+/// request (from 0).
 #[derive(Clone, Default)]
 struct Collector {
     got: Arc<Mutex<Vec<Received>>>,
 }
 
 impl Collector {
-    fn serve(status: u16) -> (Self, u16) {
+    fn serve(respond: impl Fn(usize) -> Answer + Send + 'static) -> (Self, u16) {
         let server = tiny_http::Server::http("127.0.0.1:0").expect("collector");
         let port = server.server_addr().to_ip().expect("ip").port();
         let c = Self::default();
@@ -75,26 +93,29 @@ impl Collector {
                     .find(|h| h.field.equiv("Content-Type"))
                     .map(|h| h.value.to_string())
                     .unwrap_or_default();
+                let mut got = got.lock().expect("lock");
+                let answer = respond(got.len());
                 let received = Received {
+                    status: answer.status_code().0,
                     path: req.url().to_owned(),
                     content_type,
                     request: ExportLogsServiceRequest::decode(body.as_slice())
                         .expect("an ExportLogsServiceRequest"),
                 };
-                got.lock().expect("lock").push(received);
-                let answer = ExportLogsServiceResponse::default().encode_to_vec();
-                let _ =
-                    req.respond(tiny_http::Response::from_data(answer).with_status_code(status));
+                got.push(received);
+                drop(got);
+                let _ = req.respond(answer);
             }
         });
         (c, port)
     }
 
-    /// Every record received so far, with its resource's attributes.
+    /// Every record accepted so far (in a request answered 200), with its
+    /// resource's attributes.
     fn records(&self) -> Vec<(Vec<KeyValue>, LogRecord)> {
         let got = self.got.lock().expect("lock");
         let mut out = Vec::new();
-        for r in got.iter() {
+        for r in got.iter().filter(|r| r.status == 200) {
             for rl in &r.request.resource_logs {
                 let res = rl
                     .resource
@@ -134,7 +155,7 @@ fn body(r: &LogRecord) -> Value {
 fn an_otlp_collector_gets_every_event_as_a_log_record() {
     let cg = TestCgroups::new("sink-otlp");
     let scratch = Scratch::new("sink-otlp");
-    let (collector, port) = Collector::serve(200);
+    let (collector, port) = Collector::serve(|_| answer(200, 0));
     let listener = Listener::v4();
     let sinks = format!("[[sink]]\ntype = \"otlp\"\nendpoint = \"http://127.0.0.1:{port}\"\n");
     let daemon = Daemon::start(&policy(&cg, &scratch, &sinks), cg);
@@ -237,7 +258,7 @@ fn a_dead_or_refusing_otlp_collector_makes_counted_losses_not_a_stuck_daemon() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
     };
-    let (refusing, refusing_port) = Collector::serve(400);
+    let (refusing, refusing_port) = Collector::serve(|_| answer(400, 0));
     let sinks = format!(
         "[[sink]]\nname = \"dead\"\ntype = \"otlp\"\nendpoint = \"http://127.0.0.1:{dead}\"\nqueue = 16\n\n\
          [[sink]]\nname = \"refusing\"\ntype = \"otlp\"\nendpoint = \"http://127.0.0.1:{refusing_port}\"\n"
@@ -311,4 +332,65 @@ fn a_dead_or_refusing_otlp_collector_makes_counted_losses_not_a_stuck_daemon() {
             "{name}: {reported}"
         );
     }
+}
+
+#[test]
+fn an_otlp_collector_that_says_wait_gets_every_event_and_its_rejections_count() {
+    let cg = TestCgroups::new("sink-otlp-wait");
+    let scratch = Scratch::new("sink-otlp-wait");
+    // The first request is told to come back in a second; the retry is
+    // taken, but one of its records rejected (a partial success).
+    let (collector, port) = Collector::serve(|n| match n {
+        0 => answer(503, 0).with_header(
+            "Retry-After: 1"
+                .parse::<tiny_http::Header>()
+                .expect("header"),
+        ),
+        1 => answer(200, 1),
+        _ => answer(200, 0),
+    });
+    let sinks = format!("[[sink]]\ntype = \"otlp\"\nendpoint = \"http://127.0.0.1:{port}\"\n");
+    let daemon = Daemon::start(&policy(&cg, &scratch, &sinks), cg);
+    scratch.file("work/a");
+    daemon.run_agent("bot", &["rm", &scratch.s("work/a")]);
+    daemon.wait_event("loss", |e| e["loss"]["sink"] == "otlp");
+    let events = daemon.stop();
+
+    let requests: Vec<u16> = collector
+        .got
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(requests[..2], [503, 200], "retried after the 503");
+    // The 503's batch came again, whole: up to daemon.stop, every event
+    // arrived once, in order.
+    let stop = events
+        .iter()
+        .find(|e| e["kind"] == "daemon.stop")
+        .and_then(|e| e["seq"].as_u64())
+        .expect("daemon.stop");
+    let got: Vec<u64> = collector
+        .records()
+        .iter()
+        .filter_map(|(_, r)| body(r)["seq"].as_u64())
+        .filter(|s| *s <= stop)
+        .collect();
+    assert_eq!(got, (1..=stop).collect::<Vec<_>>());
+    let losses: Vec<(String, u64)> = events
+        .iter()
+        .filter(|e| e["kind"] == "loss" && e["loss"]["sink"] == "otlp")
+        .map(|e| {
+            (
+                e["loss"]["reason"].as_str().unwrap_or("").to_owned(),
+                e["loss"]["count"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        losses,
+        [("sink_write_failed".to_owned(), 1)],
+        "the rejection, once"
+    );
 }

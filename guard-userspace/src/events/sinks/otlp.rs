@@ -38,6 +38,8 @@ const BATCH_MAX: usize = 512;
 const LINGER: Duration = Duration::from_millis(200);
 /// A collector that accepts but never answers must not wedge the thread.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest wait a collector's Retry-After is granted.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
 /// Event members that are not repeated as attributes: the resource carries
 /// the host, the record its time, and `ocsf` is a classification for OCSF
 /// readers (the body keeps all of them).
@@ -57,8 +59,8 @@ pub struct Exporter {
 /// Why a request failed, and whether sending it again may help.
 enum Failure {
     /// Unreachable, timed out, or the collector asked to retry (OTLP/HTTP:
-    /// 429, 502, 503, 504).
-    Retry(String),
+    /// 429, 502, 503, 504), perhaps saying when (Retry-After, in seconds).
+    Retry(String, Option<Duration>),
     /// Refused outright: the same request would be refused again.
     Permanent(String),
 }
@@ -128,16 +130,19 @@ impl Exporter {
                     stats.set_error(format!("{}: {e}", self.url));
                     return;
                 }
-                Err(Failure::Retry(e)) => {
+                Err(Failure::Retry(e, after)) => {
                     stats.up.store(false, Ordering::Relaxed);
-                    self.log(&e, "otlp collector unreachable; retrying");
+                    self.log(&e, "otlp collector unreachable or busy; retrying");
                     stats.set_error(format!("{}: {e}", self.url));
                     if stats.closing.load(Ordering::Relaxed) {
                         // Daemon exit with the collector down.
                         stats.write_failed.fetch_add(n, Ordering::Relaxed);
                         return;
                     }
-                    sleep_unless_closing(backoff, stats);
+                    // A collector that says when to come back is believed,
+                    // up to a minute: longer would only fill the queue.
+                    let wait = after.map_or(backoff, |a| a.clamp(backoff, RETRY_AFTER_MAX));
+                    sleep_unless_closing(wait, stats);
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
@@ -163,7 +168,7 @@ impl Exporter {
                 .await
                 // anyhow's alternate form shows the causes ("...: Connection
                 // refused"), where reqwest's own message stops at the first.
-                .map_err(|e| Failure::Retry(format!("{:#}", anyhow::Error::from(e))))?;
+                .map_err(|e| Failure::Retry(format!("{:#}", anyhow::Error::from(e)), None))?;
             let status = resp.status();
             if status.is_success() {
                 // A body that does not decode still means accepted (2xx).
@@ -177,7 +182,15 @@ impl Exporter {
             }
             let e = format!("HTTP {status}");
             match status.as_u16() {
-                429 | 502 | 503 | 504 => Err(Failure::Retry(e)),
+                429 | 502 | 503 | 504 => {
+                    let after = resp
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    Err(Failure::Retry(e, after))
+                }
                 _ => Err(Failure::Permanent(e)),
             }
         })
