@@ -17,7 +17,7 @@ pub const DEFAULT_KEEP: u32 = 5;
 /// The shape of each line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Format {
-    /// `agent-guard/v1` with its `ocsf` object.
+    /// Native (`agent-guard/v2`) with its `ocsf` object.
     V1,
     /// Elastic Common Schema.
     Ecs,
@@ -250,12 +250,12 @@ fn sink(doc: &Doc<'_>, raw: RawSink) -> Result<SinkConfig, PolicyError> {
         },
     };
     let format = match (&raw.format, ty) {
-        // Its attributes are mapped from the v1 fields, and OpenTelemetry
+        // Its attributes are mapped from the native fields, and OpenTelemetry
         // has its own record shape: ECS lines do not apply.
         (Some(f), "otlp") if f.get_ref() != "v1" => {
             return Err(doc.error_at(
                 f.span().start,
-                "an otlp sink sends agent-guard/v1 events as OpenTelemetry log records; \
+                "an otlp sink sends the native events (agent-guard/v2) as OpenTelemetry log records; \
                  `format` can only be \"v1\"",
             ));
         }

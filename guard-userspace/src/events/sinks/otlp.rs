@@ -226,7 +226,7 @@ fn resource(host: &str) -> Resource {
     }
 }
 
-/// One event line (agent-guard/v1 JSON) as a log record: its time, a
+/// One event line (the native agent-guard/v2 JSON) as a log record: its time, a
 /// severity, the line itself as the body, attributes after the semantic
 /// conventions, and every member of the event under `agent_guard.`.
 pub fn record(line: &[u8], observed_unix_nanos: u64) -> LogRecord {

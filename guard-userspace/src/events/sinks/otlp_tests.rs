@@ -15,7 +15,7 @@ fn s(v: &str) -> V {
     V::StringValue(v.into())
 }
 
-const HELD: &str = r#"{"schema":"agent-guard/v1","seq":7,"time":"2026-11-24T07:00:00.000000001Z","host":"web1","kind":"file.unlink","outcome":"held","agent":{"name":"bot","owner":"o@example.com","labels":{"team":"data"},"session":null},"process":{"pid":4242,"ppid":4200,"uid":0,"user":"root","comm":"rm","exe":"/usr/bin/rm","cmdline":["rm","-rf","/srv/data/my dir"]},"rule":{"verdict":"ask","match":"/srv/data","source":"p.toml:12"},"target":{"path":"/srv/data/my dir","path_truncated":false},"hold":{"id":"h-1","timeout_secs":300},"ocsf":{"class_uid":1001},"chain":{"hash":"abc"}}
+const HELD: &str = r#"{"schema":"agent-guard/v2","seq":7,"time":"2026-11-24T07:00:00.000000001Z","host":"web1","kind":"file.unlink","outcome":"held","agent":{"name":"bot","owner":"o@example.com","labels":{"team":"data"},"session":null},"process":{"pid":4242,"ppid":4200,"uid":0,"user":"root","comm":"rm","exe":"/usr/bin/rm","cmdline":["rm","-rf","/srv/data/my dir"]},"rule":{"verdict":"ask","match":"/srv/data","source":"p.toml:12"},"target":{"path":"/srv/data/my dir","path_truncated":false},"hold":{"id":"h-1","timeout_secs":300},"ocsf":{"class_uid":1001},"chain":{"hash":"abc"}}
 "#;
 
 #[test]
