@@ -87,7 +87,7 @@ pub fn climb<C: FnOnce() -> Option<Call>, G: FnOnce() -> u32>(
     if !holdable {
         // Nothing to hold: an ask here is refused (io_uring, a hook that
         // never holds), with the io_uring flag saying why where it applies
-        // (events/calls.rs words it).
+        // (daemon/attribute.rs words it, `IO_URING_REASON`).
         let judged = guard_common::ladder(mode, verdict, rule_id, grant);
         return judged_now(judged, flags);
     }

@@ -7,7 +7,14 @@ use super::{
     access::{Caller, Need},
     reload,
 };
-use crate::{cgroup, events, policy};
+use crate::{
+    cgroup,
+    events::{
+        self,
+        model::{AgentMode, AgentRef, DaemonEvent, ModeChange, Subject, Success, Text},
+    },
+    policy,
+};
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
@@ -15,7 +22,7 @@ use serde_json::{Value, json};
 /// while they still have processes.
 pub(super) fn reload(shared: &Arc<Shared>, who: &Caller, force: bool) -> Result<Value> {
     let op = if force { "retire" } else { "reload" };
-    who.require(shared, Need::Approver, op, Some(("force", force.into())))?;
+    who.require(shared, Need::Approver, op, Some(Subject::Force(force)))?;
     Ok(reload::reload(shared, force, who.by())?)
 }
 
@@ -26,7 +33,7 @@ pub(super) fn agents(shared: &Shared, who: &Caller) -> Result<Value> {
         Ok(r) => r,
         Err(poisoned) => poisoned.into_inner(),
     };
-    let counts = events::with(&shared.emitter, |e| e.calls().clone());
+    let counts = shared.counts.snapshot();
     let mut list: Vec<&super::registry::AgentState> = registry.agents.values().collect();
     list.sort_by(|a, b| a.def.name.cmp(&b.def.name));
     let agents: Vec<Value> = list
@@ -46,6 +53,8 @@ pub(super) fn agents(shared: &Shared, who: &Caller) -> Result<Value> {
                 "mode": policy::mode_str(a.mode()),
                 "policy_mode": policy::mode_str(a.def.mode),
                 "frozen": a.frozen,
+                "expires": a.def.expires_text(),
+                "expired": a.def.expired(super::expiry::now()),
                 "cgroup": a.def.cgroup,
                 "cgroup_id": a.cgroup_id,
                 "adopted": !a.created,
@@ -69,7 +78,43 @@ pub(super) fn set_mode(
     reason: Option<String>,
 ) -> Result<Value> {
     let op = if freeze { "freeze" } else { "thaw" };
-    who.require(shared, Need::Approver, op, Some(("agent", agent.into())))?;
+    who.require(
+        shared,
+        Need::Approver,
+        op,
+        Some(Subject::Agent(agent.into())),
+    )?;
+    let switched = switch_mode(shared, agent, freeze)?;
+    tracing::warn!(agent, mode = policy::mode_str(switched.to), by = %who.user, "agent mode switched");
+    events::emit_now(
+        &shared.emitter,
+        DaemonEvent::AgentMode(AgentMode {
+            outcome: Success::Success,
+            agent: switched.agent_ref,
+            mode: ModeChange {
+                from: switched.from.into(),
+                to: switched.to.into(),
+            },
+            by: who.by(),
+            reason: reason.map(Text::message),
+        }),
+    );
+    Ok(json!({ "mode": policy::mode_str(switched.to), "warning": switched.warning }))
+}
+
+/// What [`switch_mode`] did.
+pub(super) struct Switched {
+    pub from: guard_common::Mode,
+    pub to: guard_common::Mode,
+    pub agent_ref: Option<AgentRef>,
+    /// The freeze is in force but could not be recorded for a restart.
+    pub warning: Option<String>,
+}
+
+/// Freezes or thaws `agent` in the kernel and records the frozen set for
+/// a restarted daemon; the caller reports it. An expired agent is not
+/// thawed: that would give it back the rights its expiry took.
+pub(super) fn switch_mode(shared: &Arc<Shared>, agent: &str, freeze: bool) -> Result<Switched> {
     let _one_at_a_time = shared.reloading.lock();
     let mut registry = shared
         .registry
@@ -79,6 +124,13 @@ pub(super) fn set_mode(
     let Some(state) = registry.agents.values_mut().find(|a| a.def.name == agent) else {
         bail!("unknown agent {agent:?}; the policy declares: {names}");
     };
+    if !freeze && state.def.expired(super::expiry::now()) {
+        bail!(
+            "agent {agent:?} expired at {}; a thaw would give it its rights back: extend or \
+             remove `expires` in its [[agent]] table and reload first",
+            state.def.expires_text().unwrap_or_default()
+        );
+    }
     let from = state.mode();
     state.frozen = freeze;
     let to = state.mode();
@@ -114,13 +166,10 @@ pub(super) fn set_mode(
         tracing::error!(error = %format!("{err:#}"), "recording the frozen agents; a restarted daemon would not know");
         format!("{err:#}; a restarted daemon would put {agent} back in its policy's mode")
     });
-    tracing::warn!(agent, mode = policy::mode_str(to), by = %who.user, "agent mode switched");
-    events::emit_now(
-        &shared.emitter,
-        json!({"kind": "agent.mode", "outcome": "success", "agent": agent_ref,
-               "mode": {"from": policy::mode_str(from), "to": policy::mode_str(to)},
-               "by": {"uid": who.uid(), "user": who.user},
-               "reason": reason}),
-    );
-    Ok(json!({ "mode": policy::mode_str(to), "warning": warning }))
+    Ok(Switched {
+        from,
+        to,
+        agent_ref,
+        warning,
+    })
 }

@@ -13,12 +13,19 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use hmac::{Hmac, KeyInit as _, Mac as _};
-use serde_json::{Value, json};
+use serde::Serialize;
 use sha2::Sha256;
 
 use crate::{
     daemon::Shared,
-    events, metrics,
+    events::{
+        self, Event, Stamped,
+        model::{
+            Call, CallOutcome, Channel, Cmdline, DaemonEvent, Decided, EventsLost, Failed, HoldId,
+            HoldRef, LossReason, NotifyFailed, NotifyFailure, NotifyWhat, Op, Process, Rule, Text,
+        },
+    },
+    metrics::Metrics,
     policy::{NotifyConfig, NotifyEvent},
     rootfile,
 };
@@ -77,159 +84,225 @@ pub fn signature(key: &[u8], body: &[u8]) -> String {
     format!("sha256={hex}")
 }
 
-/// Which webhook event an emitted line is, if any.
-fn classify(event: &Value) -> Option<NotifyEvent> {
-    if event["kind"] == "hold.decision" {
-        Some(NotifyEvent::Decision)
-    } else if event["outcome"] == "held" && event["hold"]["id"].is_string() {
-        Some(NotifyEvent::Held)
-    } else {
-        None
+/// The subscriber name of the webhook task (its losses say so).
+const WATCHER: &str = "webhooks";
+
+/// What a webhook document is about: a call held now, or a hold's end.
+enum About<'a> {
+    Held(&'a Call, &'a HoldRef),
+    Decision(&'a DaemonEvent, &'a Decided),
+}
+
+impl<'a> About<'a> {
+    /// Which webhook event an emitted event is, if any.
+    fn of(event: &'a Event) -> Option<Self> {
+        match event {
+            Event::Call(c) if c.outcome == CallOutcome::Held => {
+                c.hold.as_ref().map(|h| About::Held(c, h))
+            }
+            Event::Daemon(d @ DaemonEvent::HoldDecision(h)) => Some(About::Decision(d, &h.hold)),
+            _ => None,
+        }
+    }
+
+    fn which(&self) -> NotifyEvent {
+        match self {
+            About::Held(..) => NotifyEvent::Held,
+            About::Decision(..) => NotifyEvent::Decision,
+        }
+    }
+
+    fn id(&self) -> HoldId {
+        match self {
+            About::Held(_, h) => h.id,
+            About::Decision(_, d) => d.id,
+        }
+    }
+
+    /// The held call's agent, process, rule and target.
+    fn parts(
+        &self,
+    ) -> (
+        Option<&'a events::model::AgentRef>,
+        &'a Process,
+        &'a Rule,
+        &'a Op,
+    ) {
+        match self {
+            About::Held(c, _) => (c.agent.known(), &c.process, &c.rule, &c.op),
+            About::Decision(DaemonEvent::HoldDecision(d), _) => {
+                (d.agent.known(), &d.process, &d.rule, &d.op)
+            }
+            About::Decision(..) => unreachable!("a decision is a hold.decision event"),
+        }
     }
 }
 
-/// The document POSTed for `event`; `what` is the held call's kind.
-pub fn document(
-    which: NotifyEvent,
-    event: &Value,
-    what: &str,
+/// The document POSTed (schema [`SCHEMA`]).
+#[derive(Serialize)]
+pub struct Document<'a> {
+    schema: &'static str,
+    event: &'static str,
+    seq: u64,
+    time: String,
+    host: &'a str,
+    hold: DocHold<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    on_behalf_of: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    purpose: Option<&'a str>,
+    /// The held call's kind.
+    what: &'static str,
+    #[serde(serialize_with = "Op::serialize_target")]
+    target: &'a Op,
+    process: DocProcess<'a>,
+    rule: &'a Rule,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time_left_secs: Option<u64>,
+    summary: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    link: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum DocHold<'a> {
+    Held(&'a HoldRef),
+    Decided(&'a Decided),
+}
+
+#[derive(Serialize)]
+struct DocProcess<'a> {
+    pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exe: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cmdline: Option<&'a Cmdline>,
+}
+
+/// The document for `stamped` (if it is a hold or a decision); `left_ms`
+/// is how long a held call has left, `page` the web page's address.
+pub fn document<'a>(
+    stamped: &'a Stamped,
     left_ms: Option<u64>,
     page: Option<&str>,
-) -> Value {
-    let id = event["hold"]["id"].as_str().unwrap_or_default();
-    let agent = &event["agent"];
-    let target = &event["target"];
-    let shown_target = target["path"]
-        .as_str()
-        .map(str::to_owned)
-        .or_else(|| {
-            Some(format!(
-                "{}:{}",
-                target["address"].as_str()?,
-                target["port"].as_u64()?
-            ))
-        })
-        .unwrap_or_default();
-    let mut doc = json!({
-        "schema": SCHEMA,
-        "event": which.name(),
-        "seq": event["seq"],
-        "time": event["time"],
-        "host": event["host"],
-        "hold": event["hold"],
-        "agent": agent["name"],
-        "owner": agent["owner"],
-        "on_behalf_of": agent["on_behalf_of"],
-        "purpose": agent["purpose"],
-        "what": what,
-        "target": target,
-        "process": {"pid": event["process"]["pid"], "exe": event["process"]["exe"],
-                    "cmdline": event["process"]["cmdline"]},
-        "rule": event["rule"],
-    });
-    let summary = match which {
-        NotifyEvent::Held => {
-            let left = left_ms.map_or_else(
-                || event["hold"]["timeout_secs"].as_u64().unwrap_or(0),
-                |ms| ms / 1000,
-            );
-            doc["time_left_secs"] = left.into();
-            format!(
-                "agent-guard on {}: agent {} ({}) is held on {what} {shown_target}; \
-                 decide within {left} s or it is denied",
-                event["host"].as_str().unwrap_or("?"),
-                agent["name"].as_str().unwrap_or("?"),
-                agent["owner"].as_str().unwrap_or("?"),
-            )
-        }
-        NotifyEvent::Decision => format!(
-            "agent-guard on {}: hold {id} ({} {shown_target}) {} by {}",
-            event["host"].as_str().unwrap_or("?"),
-            agent["name"].as_str().unwrap_or("?"),
-            event["hold"]["decision"].as_str().unwrap_or("?"),
-            event["hold"]["by"]["user"].as_str().unwrap_or("?"),
-        ),
+) -> Option<Document<'a>> {
+    let about = About::of(&stamped.event)?;
+    let (agent, process, rule, op) = about.parts();
+    let id = about.id().0;
+    let shown_target = match (op.destination(), op.new_path()) {
+        (Some(d), _) => format!("{}:{}", d.address, d.port),
+        (None, Some(to)) => format!("{} -> {to}", op.path().unwrap_or("?")),
+        (None, None) => op.path().unwrap_or_default().to_owned(),
     };
-    doc["summary"] = summary.into();
-    if let Some(page) = page {
-        doc["link"] = format!("{page}/#hold={id}").into();
-    }
-    doc
+    let what = op.kind().name();
+    let name = agent.map_or("?", |a| a.name.as_str());
+    let (hold, summary, time_left_secs) = match about {
+        About::Held(_, h) => {
+            let left = left_ms.map_or(h.timeout_secs.unwrap_or_default(), |ms| ms / 1000);
+            let summary = format!(
+                "agent-guard on {}: agent {name} ({}) is held on {what} {shown_target}; \
+                 decide within {left} s or it is denied",
+                stamped.host,
+                agent.map_or("?", |a| a.owner.as_str()),
+            );
+            (DocHold::Held(h), summary, Some(left))
+        }
+        About::Decision(_, d) => {
+            let summary = format!(
+                "agent-guard on {}: hold {id} ({name} {shown_target}) {} by {}",
+                stamped.host,
+                d.decision.name(),
+                d.by.user,
+            );
+            (DocHold::Decided(d), summary, None)
+        }
+    };
+    Some(Document {
+        schema: SCHEMA,
+        event: about.which().name(),
+        seq: stamped.seq,
+        time: humantime::format_rfc3339_nanos(stamped.time).to_string(),
+        host: &stamped.host,
+        hold,
+        agent: agent.map(|a| a.name.as_str()),
+        owner: agent.map(|a| a.owner.as_str()),
+        on_behalf_of: agent.and_then(|a| a.on_behalf_of.as_deref()),
+        purpose: agent.map(|a| a.purpose.as_str()),
+        what,
+        target: op,
+        process: DocProcess {
+            pid: process.pid,
+            exe: process.exe.as_deref(),
+            cmdline: process.cmdline.as_ref(),
+        },
+        rule,
+        time_left_secs,
+        summary,
+        link: page.map(|p| format!("{p}/#hold={id}")),
+    })
 }
 
 /// Follows the event stream and hands each hold and decision to every
 /// webhook that wants it. Never blocks the emitter (it reads from a
-/// bounded subscriber queue, whose overflow is itself reported).
+/// bounded queue, whose overflow is itself reported).
 /// Subscribes at once (so no hold emitted after this call is missed), then
 /// returns the task.
 pub fn run(
     shared: Arc<Shared>,
     hooks: Vec<Arc<Webhook>>,
     page: Option<String>,
+    metrics: Arc<Metrics>,
 ) -> impl std::future::Future<Output = Result<()>> {
     let rx = events::with(&shared.emitter, |e| {
-        e.subscribe(
-            "webhooks",
-            None,
-            crate::policy::sink::Format::V1,
-            events::sinks::stream::SUBSCRIBER_QUEUE,
-        )
+        e.watch(WATCHER, events::sinks::stream::SUBSCRIBER_QUEUE)
     });
-    follow(shared, rx, hooks, page)
+    follow(shared, rx, hooks, page, metrics)
 }
 
 async fn follow(
     shared: Arc<Shared>,
-    mut rx: tokio::sync::mpsc::Receiver<crate::events::sinks::Line>,
+    mut rx: tokio::sync::mpsc::Receiver<Arc<Stamped>>,
     hooks: Vec<Arc<Webhook>>,
     page: Option<String>,
+    metrics: Arc<Metrics>,
 ) -> Result<()> {
-    // The kind of each pending hold's call: a decision event carries the
-    // held call's body under kind `hold.decision`.
-    let mut kinds: std::collections::HashMap<String, String> = std::collections::HashMap::new();
-    while let Some(line) = rx.recv().await {
-        let Ok(event) = serde_json::from_slice::<Value>(&line.bytes) else {
-            continue;
-        };
-        if event["kind"] == "loss" && event["loss"]["reason"] == "subscriber_slow" {
-            events::emit_now(
-                &shared.emitter,
-                json!({"kind": "notify.failed", "outcome": "failed",
-                       "notify": {"type": "webhook", "reason": "events_lost",
-                                  "count": event["loss"]["count"], "will_retry": false}}),
-            );
+    while let Some(stamped) = rx.recv().await {
+        if let Event::Daemon(DaemonEvent::Loss(l)) = &stamped.event {
+            // Our own queue overflowed: holds or decisions never seen.
+            if l.loss.reason == LossReason::SubscriberSlow
+                && l.loss.sink.as_deref() == Some(WATCHER)
+            {
+                events::emit_now(
+                    &shared.emitter,
+                    DaemonEvent::NotifyFailed(NotifyFailed {
+                        outcome: Failed::Failed,
+                        notify: NotifyFailure::EventsLost {
+                            channel: Channel::Webhook,
+                            reason: EventsLost::EventsLost,
+                            count: l.loss.count,
+                            will_retry: false,
+                        },
+                    }),
+                );
+            }
             continue;
         }
-        let Some(which) = classify(&event) else {
+        let Some(about) = About::of(&stamped.event) else {
             continue;
         };
-        let id = event["hold"]["id"].as_str().unwrap_or_default().to_owned();
+        let (which, id) = (about.which(), about.id());
         let left_ms = (which == NotifyEvent::Held)
-            .then(|| {
-                shared
-                    .holds
-                    .pending()
-                    .into_iter()
-                    .find(|h| h["id"] == id.as_str())
-                    .and_then(|h| h["left_ms"].as_u64())
-            })
-            .flatten();
-        let what = match which {
-            NotifyEvent::Held => {
-                let kind = event["kind"].as_str().unwrap_or_default().to_owned();
-                kinds.insert(id.clone(), kind.clone());
-                kind
-            }
-            NotifyEvent::Decision => kinds.remove(&id).unwrap_or_else(|| {
-                // Held before a restart: tell the call by its target.
-                if event["target"].get("path").is_some() {
-                    "file.delete".into()
-                } else {
-                    "net.connect".into()
-                }
-            }),
+            .then(|| shared.holds.left(id.0))
+            .flatten()
+            .map(|d| d.as_millis() as u64);
+        let Some(doc) = document(&stamped, left_ms, page.as_deref()) else {
+            continue;
         };
-        let doc = document(which, &event, &what, left_ms, page.as_deref());
         let body = match serde_json::to_vec(&doc) {
             Ok(b) => bytes::Bytes::from(b),
             Err(err) => {
@@ -240,12 +313,13 @@ async fn follow(
         for hook in hooks.iter().filter(|h| h.events.contains(&which)) {
             if hook.in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_IN_FLIGHT {
                 hook.in_flight.fetch_sub(1, Ordering::Relaxed);
-                metrics::global().webhook_dropped(&hook.url);
+                metrics.webhook_dropped(&hook.url);
                 failed(
                     &shared,
+                    &metrics,
                     hook,
                     which,
-                    &id,
+                    id,
                     0,
                     false,
                     "too many deliveries in flight",
@@ -254,9 +328,10 @@ async fn follow(
             }
             tokio::spawn(deliver(
                 shared.clone(),
+                metrics.clone(),
                 hook.clone(),
                 which,
-                id.clone(),
+                id,
                 body.clone(),
             ));
         }
@@ -267,9 +342,10 @@ async fn follow(
 /// POSTs one document, retrying with backoff.
 async fn deliver(
     shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
     hook: Arc<Webhook>,
     which: NotifyEvent,
-    hold: String,
+    hold: HoldId,
     body: bytes::Bytes,
 ) {
     let signature = signature(&hook.key, &body);
@@ -286,19 +362,21 @@ async fn deliver(
             .await;
         let error = match sent {
             Ok(resp) if resp.status().is_success() => {
-                metrics::global().webhook_delivered(&hook.url);
+                metrics.webhook_delivered(&hook.url);
                 hook.in_flight.fetch_sub(1, Ordering::Relaxed);
                 return;
             }
             Ok(resp) => format!("HTTP {}", resp.status()),
             Err(err) => chain(&err),
         };
-        metrics::global().webhook_failed_attempt(&hook.url);
+        metrics.webhook_failed_attempt(&hook.url);
         let will_retry = attempt < ATTEMPTS;
         if !will_retry {
-            metrics::global().webhook_dropped(&hook.url);
+            metrics.webhook_dropped(&hook.url);
         }
-        failed(&shared, &hook, which, &hold, attempt, will_retry, &error);
+        failed(
+            &shared, &metrics, &hook, which, hold, attempt, will_retry, &error,
+        );
         if will_retry {
             tokio::time::sleep(backoff).await;
             backoff *= 2;
@@ -321,23 +399,37 @@ fn chain(err: &dyn std::error::Error) -> String {
 }
 
 /// The `notify.failed` event.
+#[expect(clippy::too_many_arguments, reason = "one field of the event each")]
 fn failed(
     shared: &Shared,
+    metrics: &Metrics,
     hook: &Webhook,
     which: NotifyEvent,
-    hold: &str,
+    hold: HoldId,
     attempt: u32,
     will_retry: bool,
     error: &str,
 ) {
-    tracing::warn!(url = %hook.url, hold, attempt, will_retry, error, "webhook delivery failed");
+    tracing::warn!(url = %hook.url, hold = hold.0, attempt, will_retry, error, "webhook delivery failed");
     events::emit_now(
         &shared.emitter,
-        json!({"kind": "notify.failed", "outcome": "failed",
-               "notify": {"type": "webhook", "url": hook.url, "event": which.name(),
-                          "hold": hold, "attempt": attempt, "attempts_max": ATTEMPTS,
-                          "will_retry": will_retry, "error": error,
-                          "failures": metrics::global().webhook_failures(&hook.url)}}),
+        DaemonEvent::NotifyFailed(NotifyFailed {
+            outcome: Failed::Failed,
+            notify: NotifyFailure::Attempt {
+                channel: Channel::Webhook,
+                url: hook.url.clone(),
+                event: match which {
+                    NotifyEvent::Held => NotifyWhat::Held,
+                    NotifyEvent::Decision => NotifyWhat::Decision,
+                },
+                hold,
+                attempt,
+                attempts_max: ATTEMPTS,
+                will_retry,
+                error: Text::message(error),
+                failures: metrics.webhook_failures(&hook.url),
+            },
+        }),
     );
 }
 
@@ -356,36 +448,42 @@ mod tests {
 
     #[test]
     fn documents_carry_what_on_call_needs() {
-        let held = json!({"seq": 7, "time": "t", "host": "h", "kind": "file.unlink",
-            "outcome": "held", "hold": {"id": "42", "timeout_secs": 300,
-                "context": {"ancestry": [{"pid": 8, "comm": "sh", "cmdline": ["sh"]}]}},
-            "agent": {"name": "bot", "owner": "o@x", "purpose": "tidy up"},
-            "process": {"pid": 9, "exe": "/usr/bin/rm", "cmdline": ["rm", "-rf", "/srv/data/x"]},
-            "target": {"path": "/srv/data/x"}});
-        assert_eq!(classify(&held), Some(NotifyEvent::Held));
-        let doc = document(
-            NotifyEvent::Held,
-            &held,
-            "file.unlink",
-            Some(299_500),
-            Some("https://g.example"),
-        );
-        assert_eq!(doc["hold"]["id"], "42");
-        assert_eq!(doc["agent"], "bot");
-        assert_eq!(doc["owner"], "o@x");
+        let stamped = |event| Stamped {
+            seq: 7,
+            time: std::time::SystemTime::UNIX_EPOCH,
+            host: "h".into(),
+            event,
+        };
+        let examples = crate::events::examples::all();
+        let held = examples
+            .iter()
+            .find(|e| e.kind() == "file.unlink" && e.outcome() == "held")
+            .cloned()
+            .map(stamped)
+            .expect("a held delete");
+        let doc = document(&held, Some(299_500), Some("https://g.example")).expect("a document");
+        let doc = serde_json::to_value(&doc).expect("json");
+        assert_eq!(doc["event"], "held");
+        assert!(doc["hold"]["id"].is_string());
+        assert_eq!(doc["agent"], "claims-bot");
+        assert_eq!(doc["owner"], "claims-team@example.com");
         assert_eq!(doc["what"], "file.unlink");
         assert_eq!(doc["process"]["exe"], "/usr/bin/rm");
-        assert_eq!(doc["process"]["cmdline"][1], "-rf");
-        assert_eq!(doc["purpose"], "tidy up");
+        assert_eq!(doc["process"]["cmdline"][0], "rm");
+        assert_eq!(doc["purpose"], "files insurance claims");
         assert_eq!(doc["hold"]["context"]["ancestry"][0]["comm"], "sh");
         assert_eq!(doc["time_left_secs"], 299);
-        assert_eq!(doc["link"], "https://g.example/#hold=42");
-        let mut decided = held.clone();
-        decided["kind"] = "hold.decision".into();
-        decided["outcome"] = "allowed".into();
-        decided["hold"] = json!({"id": "42", "decision": "approved", "by": {"user": "alice"}});
-        assert_eq!(classify(&decided), Some(NotifyEvent::Decision));
-        let doc = document(NotifyEvent::Decision, &decided, "file.unlink", None, None);
+        let id = doc["hold"]["id"].as_str().expect("id");
+        assert_eq!(doc["link"], format!("https://g.example/#hold={id}"));
+        let decided = examples
+            .iter()
+            .find(|e| e.kind() == "hold.decision")
+            .cloned()
+            .map(stamped)
+            .expect("a decision");
+        let doc = document(&decided, None, None).expect("a document");
+        let doc = serde_json::to_value(&doc).expect("json");
+        assert_eq!(doc["event"], "decision");
         assert!(doc.get("link").is_none());
         assert!(
             doc["summary"]

@@ -13,6 +13,7 @@
 mod check;
 mod compile;
 mod error;
+pub mod expiry;
 mod net;
 mod parse;
 mod path;
@@ -62,6 +63,9 @@ pub struct Policy {
     pub notify: Vec<NotifyConfig>,
     /// `[[sink]]` tables; none means stdout only.
     pub sinks: Vec<sink::SinkConfig>,
+    /// `[discover] patterns`: names `agent-guard discover` looks for on top
+    /// of its built-in list.
+    pub discover: Vec<String>,
 }
 
 /// The `[daemon]` table.
@@ -121,6 +125,9 @@ pub struct Agent {
     pub runners: Approvers,
     /// How long this agent's `ask` waits (None: [daemon]'s). Always > 0.
     pub approval_timeout_secs: Option<u64>,
+    /// `expires`: after it the agent starts no run, and the daemon freezes
+    /// it (an `agent.expired` event), so a retired agent keeps no rights.
+    pub expires: Option<std::time::SystemTime>,
     /// Line of the agent's `[[agent]]` header.
     pub line: usize,
 }

@@ -1,11 +1,12 @@
 //! Sinks: where rendered lines go. Each writer sink (stdout, file, tcp,
-//! syslog) is a thread fed through a bounded queue; the emitter only ever
+//! syslog, otlp) is a thread fed through a bounded queue; the emitter only ever
 //! `try_send`s, so a slow or dead sink never blocks enforcement or the other
 //! sinks. What does not fit is counted and reported as a `loss` event.
 //! Stream readers (the unix sink, `events --follow`) are subscribers, see
 //! `stream.rs`.
 mod file;
 mod net;
+pub mod otlp;
 pub mod stream;
 
 use std::{
@@ -22,14 +23,16 @@ use std::{
 
 use serde_json::{Value, json};
 
+use super::model::LossReason;
 use crate::policy::sink::{Format, SinkConfig, SinkKind};
 
 /// One rendered event line and what a syslog header needs from it.
 pub struct Rendered {
     pub bytes: Vec<u8>,
-    pub kind: String,
+    pub kind: &'static str,
     pub time: String,
-    pub outcome: String,
+    /// A denial or a loss: syslog severity notice rather than info.
+    pub notice: bool,
 }
 
 pub type Line = Arc<Rendered>;
@@ -185,6 +188,10 @@ impl Writer {
                 );
                 Box::new(move || c.run(&rx, &thread_stats))
             }
+            SinkKind::Otlp { url } => {
+                let mut e = otlp::Exporter::new(url.clone(), host)?;
+                Box::new(move || e.run(&rx, &thread_stats))
+            }
             SinkKind::Unix { .. } => {
                 return Err(io::Error::other("a unix sink is served, not written"));
             }
@@ -221,20 +228,24 @@ impl Writer {
 
     /// Loss reports due: (reason, count, total so far for that reason),
     /// resetting the counters.
-    pub fn take_losses(&mut self) -> Vec<(&'static str, u64, u64)> {
+    pub fn take_losses(&mut self) -> Vec<(LossReason, u64, u64)> {
         let mut out = Vec::new();
         if self.queue.unreported > 0 {
             let reason = if self.stats.up.load(Ordering::Relaxed) {
-                "sink_slow"
+                LossReason::SinkSlow
             } else {
-                "sink_down"
+                LossReason::SinkDown
             };
             let count = std::mem::take(&mut self.queue.unreported);
             out.push((reason, count, self.queue.dropped_total));
         }
         let failed = self.stats.write_failed.load(Ordering::Relaxed);
         if failed > self.reported_failed {
-            out.push(("sink_write_failed", failed - self.reported_failed, failed));
+            out.push((
+                LossReason::SinkWriteFailed,
+                failed - self.reported_failed,
+                failed,
+            ));
             self.reported_failed = failed;
         }
         out

@@ -10,9 +10,10 @@ use std::{
 
 use super::{Line, Rendered, SinkStats};
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+// Shared with the otlp sink: one retry policy for every collector.
+pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(10);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A collector that accepts but stops reading must not wedge the thread.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -28,10 +29,7 @@ impl Syslog {
     /// framed by octet counting (RFC 6587 3.4.1). Facility 13 (log audit);
     /// severity notice for denials, info otherwise.
     pub fn frame(&self, line: &Rendered) -> Vec<u8> {
-        let severity = match line.outcome.as_str() {
-            "denied" | "lost" => 5,
-            _ => 6,
-        };
+        let severity = if line.notice { 5 } else { 6 };
         let pri = 13 * 8 + severity;
         let msgid: String = line
             .kind
@@ -60,7 +58,7 @@ impl Syslog {
     }
 }
 
-fn sleep_unless_closing(d: Duration, stats: &SinkStats) {
+pub(super) fn sleep_unless_closing(d: Duration, stats: &SinkStats) {
     let until = std::time::Instant::now() + d;
     while std::time::Instant::now() < until && !stats.closing.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(20));
@@ -196,9 +194,9 @@ mod tests {
         };
         let framed = s.frame(&Rendered {
             bytes: b"{\"a\":1}\n".to_vec(),
-            kind: "file.unlink".into(),
+            kind: "file.unlink",
             time: "2026-11-24T07:00:00.000000001Z".into(),
-            outcome: "denied".into(),
+            notice: true,
         });
         let text = String::from_utf8(framed).expect("utf8");
         let (len, msg) = text.split_once(' ').expect("length prefix");
