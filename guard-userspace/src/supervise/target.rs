@@ -52,27 +52,6 @@ fn file_id(dir: RawFd, path: &CStr) -> io::Result<FileId> {
     Ok((st.st_dev, st.st_ino))
 }
 
-/// A small /proc file in as few reads as it takes: one, where
-/// `read_to_string`'s probing would make three or four system calls (each
-/// dear on a host whose tracing programs see every system call).
-fn read_whole(mut file: std::fs::File) -> io::Result<String> {
-    use std::io::Read as _;
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    loop {
-        let n = file.read(&mut buf[len..])?;
-        len += n;
-        // The kernel renders the file whole and hands out what fits: a
-        // short read is the end (a truncated file would fail to parse).
-        if n == 0 || len < buf.len() {
-            break;
-        }
-        buf.resize(buf.len() * 2, 0);
-    }
-    buf.truncate(len);
-    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
 /// What the daemon compares a target against.
 pub(super) struct Host {
     root: FileId,
@@ -174,7 +153,7 @@ impl Target {
 
     pub(super) fn status(&self) -> io::Result<Status> {
         let fd = open_at(self.dir.as_raw_fd(), c"status", libc::O_RDONLY)?;
-        let text = read_whole(std::fs::File::from(fd))?;
+        let text = guard_host::proc::read_small_file(std::fs::File::from(fd))?;
         parse_status(&text).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
