@@ -166,6 +166,33 @@ impl Call {
     }
 }
 
+/// Whether the current thread has a hold (of any call, in any state).
+#[inline(always)]
+pub fn thread_held() -> bool {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: only presence is read.
+    unsafe { HOLDS.get(&tid).is_some() }
+}
+
+/// Continues or ends the hold of the current thread's `call`, if the
+/// thread's hold is for this call; None if it has none for it. For a call
+/// that would run on its own (its budget refilled while a human decided):
+/// a denial still applies to it.
+#[inline(always)]
+pub fn resume(stop_now: bool, call: &Call) -> Option<Hold> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let pid = (pid_tgid >> 32) as u32;
+    let entry = HOLDS.get_ptr_mut(&tid)?;
+    // SAFETY: map value of our own thread's key.
+    let same = unsafe { call.is(&*entry, pid) };
+    if same {
+        Some(hold(stop_now, call))
+    } else {
+        None
+    }
+}
+
 /// Starts, continues or ends the hold of the current thread's `call`.
 #[inline(always)]
 pub fn hold(stop_now: bool, call: &Call) -> Hold {

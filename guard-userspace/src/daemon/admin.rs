@@ -52,6 +52,7 @@ pub(super) fn agents(shared: &Shared, who: &Caller) -> Result<Value> {
                 "processes": cgroup::count_procs(&a.cgroup_dir),
                 "sessions": sessions,
                 "grants": shared.grants.of_agent(a.agent_id),
+                "budget": shared.budgets.usage(a.agent_id, &a.def),
                 "counts": counts.get(&a.def.name).copied().unwrap_or_default(),
             })
         })
@@ -70,6 +71,18 @@ pub(super) fn set_mode(
 ) -> Result<Value> {
     let op = if freeze { "freeze" } else { "thaw" };
     who.require(shared, Need::Approver, op, Some(("agent", agent.into())))?;
+    switch_mode(shared, agent, freeze, (who.uid(), &who.user), reason)
+}
+
+/// Freezes or thaws `agent` on behalf of `by` (uid, user): an operator,
+/// or the daemon itself when a budget with `on_exceed = "freeze"` is spent.
+pub(super) fn switch_mode(
+    shared: &Arc<Shared>,
+    agent: &str,
+    freeze: bool,
+    (uid, user): (Option<u32>, &str),
+    reason: Option<String>,
+) -> Result<Value> {
     let _one_at_a_time = shared.reloading.lock();
     let mut registry = shared
         .registry
@@ -102,12 +115,12 @@ pub(super) fn set_mode(
     let agent_id = state.agent_id;
     let agent_ref = registry.agent_ref(agent_id, 0);
     drop(registry);
-    tracing::warn!(agent, mode = policy::mode_str(to), by = %who.user, "agent mode switched");
+    tracing::warn!(agent, mode = policy::mode_str(to), by = %user, "agent mode switched");
     events::emit_now(
         &shared.emitter,
         json!({"kind": "agent.mode", "outcome": "success", "agent": agent_ref,
                "mode": {"from": policy::mode_str(from), "to": policy::mode_str(to)},
-               "by": {"uid": who.uid(), "user": who.user},
+               "by": {"uid": uid, "user": user},
                "reason": reason}),
     );
     Ok(json!({ "mode": policy::mode_str(to) }))

@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
-use guard_common::{Outcome, Rung, Verdict};
+use guard_common::{Charge, Outcome, Rung, Verdict};
 
 use super::{
     Shared,
@@ -219,11 +219,26 @@ impl SessionDecider {
         }
         let p = self.policy(&agent.def, req);
         let refused_anyway = p.reason.is_some() && p.verdict == Verdict::Allow;
-        let judged = guard_common::ladder(agent.mode().raw(), p.verdict.raw(), p.rule_id, || {
+        let grant = || {
             p.grant_path
                 .and_then(|path| self.shared.grants.covers_path(agent_id, path))
                 .unwrap_or(0)
-        });
+        };
+        let kind = events::calls::supervised_kind(req.op);
+        // The same budget cell and rule as the kernel's (guard-ebpf
+        // budget.rs): a grant covering the call lifts its budget.
+        let budget = || match events::budget::class_of(kind) {
+            Some(class) if grant() == 0 => self.shared.budgets.charge(agent_id, class),
+            _ => Charge::Free,
+        };
+        let judged = guard_common::ladder(
+            agent.mode().raw(),
+            p.verdict.raw(),
+            p.rule_id,
+            grant,
+            budget,
+        );
+        let budget_flags = guard_common::budget::record_flags(judged.budget);
         let verdict = Verdict::from_raw(judged.verdict).unwrap_or(Verdict::Deny);
         let switch = matches!(req.op, Op::Mount(_) | Op::IoUringSetup);
         let (decision, outcome, grant) = match judged.rung {
@@ -234,7 +249,7 @@ impl SessionDecider {
             // Never performed here: holding it would only delay the EPERM.
             Rung::Hold if switch => (Decision::Deny, Outcome::Denied, None),
             Rung::Hold => {
-                let body = decode::supervised_call(
+                let mut body = decode::supervised_call(
                     &registry,
                     agent,
                     self.session_cgroup,
@@ -244,6 +259,8 @@ impl SessionDecider {
                     p.reason,
                     &mut super::lock_enricher(&self.shared),
                 );
+                events::budget::mark(budget_flags, kind, Some(&agent.def), &mut body);
+                let spent = events::budget::exhausted_by(&body).then(|| body.clone());
                 let timeout = registry.policy.approval_timeout(Some(&agent.def.name));
                 drop(registry);
                 let (tx, rx) = oneshot::channel();
@@ -261,6 +278,9 @@ impl SessionDecider {
                     },
                     timeout,
                 );
+                if let Some(body) = spent {
+                    super::budgets::exhausted(&self.shared, &body);
+                }
                 return Judged::Held(rx);
             }
             Rung::Deny => (Decision::Deny, Outcome::Denied, None),
@@ -279,8 +299,13 @@ impl SessionDecider {
             // An approval's scope covers this call: no hold.
             body.insert("grant".into(), serde_json::json!({ "id": grant }));
         }
+        events::budget::mark(budget_flags, kind, Some(&agent.def), &mut body);
         drop(registry);
+        let spent = events::budget::exhausted_by(&body).then(|| body.clone());
         events::emit_now(&self.shared.emitter, serde_json::Value::Object(body));
+        if let Some(body) = spent {
+            super::budgets::exhausted(&self.shared, &body);
+        }
         Judged::Now(decision)
     }
 }

@@ -3,6 +3,7 @@
 pub mod access;
 mod admin;
 pub mod approvals;
+pub mod budgets;
 mod control_server;
 mod deletes;
 mod demo;
@@ -50,6 +51,7 @@ pub struct Shared {
     pub holds: holds::Holds,
     pub kernel_holds: crate::kernel::KernelHolds,
     pub grants: grants::Grants,
+    pub budgets: budgets::Budgets,
     pub sessions: sessions::Store,
     /// The loaded programs and maps; taken out on shutdown.
     pub kernel: Mutex<Option<Kernel>>,
@@ -313,9 +315,11 @@ pub async fn run(opts: Options) -> Result<()> {
         kernel.attach_delete_observer()?;
     }
     let mut agents = Vec::new();
+    let budgets = kernel.take_budgets()?;
     for (index, agent) in policy.agents.iter().enumerate() {
         let agent_id = index as u32 + 1;
         write_rules(&mut kernel, agent_id, agent)?;
+        budgets.set(agent_id, agent, None)?;
         agents.push(install_agent(
             &mut kernel,
             &hierarchy,
@@ -391,6 +395,7 @@ pub async fn run(opts: Options) -> Result<()> {
         holds: holds::Holds::default(),
         kernel_holds: kernel.take_holds()?,
         grants: grants::Grants::new(kernel.take_grants()?),
+        budgets,
         sessions,
         kernel: Mutex::new(None),
         hierarchy,

@@ -98,6 +98,10 @@ fn drain(ring: &mut RingBuf<MapData>, shared: &Arc<Shared>, clock: &decode::Boot
             (decoded, timeout)
         };
         drop(item);
+        let spent = match &decoded {
+            Ok(Some((_, body))) if events::budget::exhausted_by(body) => Some(body.clone()),
+            _ => None,
+        };
         match decoded {
             Ok(None) => {}
             Ok(Some((_, body))) if body.get("outcome").and_then(|o| o.as_str()) == Some("held") => {
@@ -119,6 +123,9 @@ fn drain(ring: &mut RingBuf<MapData>, shared: &Arc<Shared>, clock: &decode::Boot
                            "loss": {"reason": "undecodable_record", "count": 1, "detail": err.to_string()}}),
                 );
             }
+        }
+        if let Some(body) = spent {
+            super::budgets::exhausted(shared, &body);
         }
     }
     true

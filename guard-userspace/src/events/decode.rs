@@ -138,6 +138,7 @@ pub fn decode(
     body.insert("kind".into(), calls::kind_name(kind).into());
     let held_denied =
         header.outcome == Outcome::Denied.raw() && header.verdict == Verdict::Ask.raw();
+    let def = registry.agent(header.agent_id).map(|a| &a.def);
     match kind {
         EventKind::GuardRefusedPath => {
             if let Some((kind, target)) = refused {
@@ -150,6 +151,7 @@ pub fn decode(
             let rec: ConnectRecord = read(bytes)?;
             body.insert("target".into(), connect_target(&rec));
             calls::io_uring(rec.flags as u8, held_denied, &mut body);
+            super::budget::mark(rec.flags as u8, kind, def, &mut body);
         }
         EventKind::FileUnlink
         | EventKind::FileRmdir
@@ -159,6 +161,7 @@ pub fn decode(
             let rec: FileRecord = read(bytes)?;
             body.insert("target".into(), calls::file_target(kind, &rec.path));
             calls::io_uring(rec.path.flags, held_denied, &mut body);
+            super::budget::mark(rec.path.flags, kind, def, &mut body);
         }
         EventKind::FileRename | EventKind::FileLink => {
             let rec: RenameRecord = read(bytes)?;
@@ -168,6 +171,7 @@ pub fn decode(
                 calls::rename_target(&rec.path, &rec.new_path, rec.rename_flags, link),
             );
             calls::io_uring(rec.path.flags, held_denied, &mut body);
+            super::budget::mark(rec.path.flags, kind, def, &mut body);
         }
         EventKind::FileMount => {
             let rec: MountRecord = read(bytes)?;

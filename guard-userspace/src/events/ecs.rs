@@ -20,6 +20,7 @@ fn categories(kind: &str) -> (&'static [&'static str], &'static [&'static str]) 
         "daemon.stop" => (&["process", "configuration"], &["end"]),
         "daemon.task" => (&["process"], &["change"]),
         "policy.reload" | "agent.mode" => (&["configuration"], &["change"]),
+        "agent.budget" => (&["process", "intrusion_detection"], &["change"]),
         "control.refused" => (&["iam"], &["denied"]),
         "agent.escape" | "guard.tamper" => (&["process", "intrusion_detection"], &["denied"]),
         _ => (&["host"], &["info"]),

@@ -5,6 +5,7 @@
 //! moment an event is rendered, so `seq` is gap-free across every sink for
 //! the daemon's whole run and each chain follows `seq` order. Sinks get the
 //! rendered line through bounded queues and never block this lock.
+pub mod budget;
 pub mod calls;
 pub mod chain;
 pub mod counts;

@@ -63,6 +63,8 @@ fn class_activity(kind: &str, outcome: &str) -> (Class, u32, &'static str) {
         "daemon.stop" => (APP_LIFECYCLE, 4, "Stop"),
         "daemon.task" => (APP_LIFECYCLE, 5, "Restart"),
         "policy.reload" | "agent.mode" => (APP_LIFECYCLE, 8, "Update"),
+        // A spent budget changes what the agent may do next.
+        "agent.budget" => (APP_LIFECYCLE, 8, "Update"),
         "control.refused" => (API_ACTIVITY, 99, "Other"),
         "agent.escape" | "guard.tamper" => (PROCESS_ACTIVITY, 99, "Other"),
         _ => (BASE_EVENT, 99, "Other"),

@@ -81,6 +81,8 @@ pub fn signature(key: &[u8], body: &[u8]) -> String {
 fn classify(event: &Value) -> Option<NotifyEvent> {
     if event["kind"] == "hold.decision" {
         Some(NotifyEvent::Decision)
+    } else if event["kind"] == "agent.budget" {
+        Some(NotifyEvent::Budget)
     } else if event["outcome"] == "held" && event["hold"]["id"].is_string() {
         Some(NotifyEvent::Held)
     } else {
@@ -147,6 +149,24 @@ pub fn document(
             event["hold"]["decision"].as_str().unwrap_or("?"),
             event["hold"]["by"]["user"].as_str().unwrap_or("?"),
         ),
+        NotifyEvent::Budget => {
+            let b = &event["budget"];
+            doc["budget"] = b.clone();
+            format!(
+                "agent-guard on {}: agent {} ({}) spent its {} budget ({}) on {what} \
+                 {shown_target}; further calls are {}",
+                event["host"].as_str().unwrap_or("?"),
+                agent["name"].as_str().unwrap_or("?"),
+                agent["owner"].as_str().unwrap_or("?"),
+                b["name"].as_str().unwrap_or("?"),
+                b["rate"].as_str().unwrap_or("?"),
+                match b["action"].as_str() {
+                    Some("deny") => "refused until the window ends",
+                    Some("freeze") => "held and the agent is frozen until thawed",
+                    _ => "held for a decision",
+                },
+            )
+        }
     };
     doc["summary"] = summary.into();
     if let Some(page) = page {
@@ -218,6 +238,7 @@ async fn follow(
                 kinds.insert(id.clone(), kind.clone());
                 kind
             }
+            NotifyEvent::Budget => event["call"].as_str().unwrap_or_default().to_owned(),
             NotifyEvent::Decision => kinds.remove(&id).unwrap_or_else(|| {
                 // Held before a restart: tell the call by its target.
                 if event["target"].get("path").is_some() {
@@ -235,7 +256,12 @@ async fn follow(
                 continue;
             }
         };
-        for hook in hooks.iter().filter(|h| h.events.contains(&which)) {
+        // A budget spent is news to whoever wants holds: what follows is held.
+        let wants = |h: &Webhook| {
+            h.events.contains(&which)
+                || (which == NotifyEvent::Budget && h.events.contains(&NotifyEvent::Held))
+        };
+        for hook in hooks.iter().filter(|h| wants(h)) {
             if hook.in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_IN_FLIGHT {
                 hook.in_flight.fetch_sub(1, Ordering::Relaxed);
                 metrics::global().webhook_dropped(&hook.url);

@@ -10,6 +10,7 @@
 //! deny > ask > allow; delete rules by longest path prefix (whole components),
 //! then deny > ask > allow. No match means the agent's default verdict.
 
+pub mod budget;
 mod check;
 mod compile;
 mod error;
@@ -121,6 +122,8 @@ pub struct Agent {
     pub runners: Approvers,
     /// How long this agent's `ask` waits (None: [daemon]'s). Always > 0.
     pub approval_timeout_secs: Option<u64>,
+    /// `[agent.budget]`: how many allowed deletes and connects per window.
+    pub budget: Option<budget::Budget>,
     /// Line of the agent's `[[agent]]` header.
     pub line: usize,
 }

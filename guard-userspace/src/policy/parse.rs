@@ -91,6 +91,7 @@ struct RawAgent {
     allow_io_uring: Option<bool>,
     runners: Option<RawApprovers>,
     approval_timeout_secs: Option<Spanned<u64>>,
+    budget: Option<Spanned<super::budget::RawBudget>>,
 }
 
 /// `[agent.connect]` and `[agent.delete]` have the same shape.
@@ -366,6 +367,7 @@ fn agent(doc: &Doc<'_>, raw: RawAgent, line: usize) -> Result<Agent, PolicyError
     let delete = path_policy(doc, raw.delete.as_ref())?;
     let runners = uid_group_list(doc, raw.runners, "runner")?;
     let approval_timeout_secs = approval_timeout(doc, raw.approval_timeout_secs)?;
+    let budget = super::budget::budget(doc, raw.budget)?;
     Ok(Agent {
         name: raw.name.into_inner(),
         owner: raw.owner.into_inner(),
@@ -379,6 +381,7 @@ fn agent(doc: &Doc<'_>, raw: RawAgent, line: usize) -> Result<Agent, PolicyError
         allow_io_uring: raw.allow_io_uring.unwrap_or(false),
         runners,
         approval_timeout_secs,
+        budget,
         line,
     })
 }
