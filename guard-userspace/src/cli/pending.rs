@@ -68,5 +68,9 @@ fn print_table(holds: &[Value]) {
             secs("waited_ms"),
             secs("left_ms")
         );
+        if let Some(reason) = h["reason"].as_str() {
+            // A spent budget holds calls no rule would: say so.
+            println!("{:<20} why: {reason}", "");
+        }
     }
 }

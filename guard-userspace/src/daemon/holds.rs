@@ -346,6 +346,9 @@ impl Holds {
                     "pid": h.pid,
                     "exe": h.event.get("process").and_then(|p| p.get("exe")),
                     "target": h.event.get("target"),
+                    // Why it waits when the rule alone does not say (a spent budget).
+                    "reason": h.event.get("reason"),
+                    "budget": h.event.get("budget"),
                     "since": humantime::format_rfc3339_seconds(h.since_wall).to_string(),
                     "waited_ms": now.duration_since(h.since).as_millis() as u64,
                     "left_ms": h.deadline.saturating_duration_since(now).as_millis() as u64,
