@@ -22,7 +22,7 @@ pub fn charge<L: Fn() -> u32>(agent_id: u32, class: u32, lifted: &L) -> Charge {
         return Charge::Free;
     }
     let key = BudgetKey { agent_id, class };
-    let Some(cell) = BUDGETS.get_ptr_mut(&key) else {
+    let Some(cell) = BUDGETS.get_ptr_mut(key) else {
         return Charge::Free;
     };
     if lifted() != 0 {

@@ -83,7 +83,7 @@ pub fn guard_sys_exit(ctx: BtfTracePointContext) -> i32 {
     }
     let tgid = current_tgid();
     // SAFETY: plain Copy value read whole.
-    let Some(start) = (unsafe { ESCAPED.get(&tgid) }).copied() else {
+    let Some(start) = (unsafe { ESCAPED.get(tgid) }).copied() else {
         return 0;
     };
     let Some(o) = offsets() else { return 0 };
@@ -126,7 +126,7 @@ fn try_attach(ctx: &BtfTracePointContext) -> Option<()> {
         match dst_agent {
             Some(to) => track(moved, to.cgroup_id, start),
             None => {
-                let _ = AGENT_PROCS.remove(&moved);
+                let _ = AGENT_PROCS.remove(moved);
             }
         }
         return Some(());
@@ -156,8 +156,8 @@ fn try_fork(ctx: &BtfTracePointContext) -> Option<()> {
         // A thread: its process is already known. A new thread of a guard
         // process is the guard's too (signals and ptrace can name it).
         // SAFETY: plain Copy value read whole.
-        if let Some(g) = unsafe { GUARD_PIDS.get(&tgid) }.copied() {
-            if g.tgid == tgid && GUARD_PIDS.insert(&pid, &g, 0).is_err() {
+        if let Some(g) = unsafe { GUARD_PIDS.get(tgid) }.copied() {
+            if g.tgid == tgid && GUARD_PIDS.insert(pid, g, 0).is_err() {
                 emit::count_loss(LossReason::GuardFailed);
             }
         }
@@ -193,20 +193,20 @@ fn try_free(ctx: &BtfTracePointContext) -> Option<()> {
     let (tgid, pid) = task_ids(&o, task)?;
     // SAFETY: plain Copy values read whole. A newer process may already
     // hold the pid: only this task's own entries go.
-    if let Some(g) = unsafe { GUARD_PIDS.get(&pid) }.copied() {
+    if let Some(g) = unsafe { GUARD_PIDS.get(pid) }.copied() {
         if g.tgid == tgid && start_ticks(&o, task) == Some(g.start_ticks) {
-            let _ = GUARD_PIDS.remove(&pid);
+            let _ = GUARD_PIDS.remove(pid);
         }
     }
     if tgid != pid {
         return Some(());
     }
     let start = start_ticks(&o, task)?;
-    if unsafe { AGENT_PROCS.get(&tgid) }.is_some_and(|p| p.start_ticks == start) {
-        let _ = AGENT_PROCS.remove(&tgid);
+    if unsafe { AGENT_PROCS.get(tgid) }.is_some_and(|p| p.start_ticks == start) {
+        let _ = AGENT_PROCS.remove(tgid);
     }
-    if unsafe { ESCAPED.get(&tgid) }.is_some_and(|s| *s == start) {
-        let _ = ESCAPED.remove(&tgid);
+    if unsafe { ESCAPED.get(tgid) }.is_some_and(|s| *s == start) {
+        let _ = ESCAPED.remove(tgid);
     }
     Some(())
 }
@@ -217,14 +217,14 @@ fn track(tgid: u32, agent_cgroup_id: u64, start_ticks: u64) {
         agent_cgroup_id,
         start_ticks,
     };
-    if AGENT_PROCS.insert(&tgid, &entry, 0).is_err() {
+    if AGENT_PROCS.insert(tgid, entry, 0).is_err() {
         emit::count_loss(LossReason::GuardFailed);
     }
 }
 
 #[inline(always)]
 fn mark_escaped(tgid: u32, start: u64) {
-    if ESCAPED.insert(&tgid, &start, 0).is_err() {
+    if ESCAPED.insert(tgid, start, 0).is_err() {
         emit::count_loss(LossReason::GuardFailed);
         return;
     }

@@ -19,7 +19,7 @@ fn live(grant: Option<&Grant>) -> Option<u32> {
 #[inline(always)]
 pub fn for_agent(agent_id: u32) -> Option<u32> {
     // SAFETY: Grant is Copy and read whole.
-    live(unsafe { AGENT_GRANTS.get(&agent_id) })
+    live(unsafe { AGENT_GRANTS.get(agent_id) })
 }
 
 /// A live subtree grant covering the path in `key` (built like the
@@ -39,5 +39,5 @@ pub fn for_destination(agent_id: u32, addr: &[u8; 16], port: u16) -> Option<u32>
         addr: *addr,
     };
     // SAFETY: Grant is Copy and read whole.
-    live(unsafe { NET_GRANTS.get(&key) }).or_else(|| for_agent(agent_id))
+    live(unsafe { NET_GRANTS.get(key) }).or_else(|| for_agent(agent_id))
 }

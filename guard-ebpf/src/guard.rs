@@ -152,7 +152,7 @@ pub fn cgroup_agent(o: &GuardOffsets, cgrp: *const u8) -> Option<Agent> {
             let ancestor: *const u8 = read(cgrp, slot)?;
             let id = cgroup_id(o, ancestor)?;
             // SAFETY: AgentEntry is Copy and read whole.
-            if let Some(entry) = unsafe { AGENTS.get(&id) } {
+            if let Some(entry) = unsafe { AGENTS.get(id) } {
                 return Some(Agent {
                     cgroup_id: id,
                     entry: *entry,
@@ -169,11 +169,11 @@ pub fn cgroup_agent(o: &GuardOffsets, cgrp: *const u8) -> Option<Agent> {
 #[inline(always)]
 pub fn tracked(tgid: u32, start: u64) -> Option<Agent> {
     // SAFETY: plain Copy values read whole.
-    let proc = unsafe { *AGENT_PROCS.get(&tgid)? };
+    let proc = unsafe { *AGENT_PROCS.get(tgid)? };
     if proc.start_ticks != start {
         return None;
     }
-    let entry = unsafe { *AGENTS.get(&proc.agent_cgroup_id)? };
+    let entry = unsafe { *AGENTS.get(proc.agent_cgroup_id)? };
     Some(Agent {
         cgroup_id: proc.agent_cgroup_id,
         entry,
@@ -185,7 +185,7 @@ pub fn tracked(tgid: u32, start: u64) -> Option<Agent> {
 pub fn is_guard_process(o: &GuardOffsets, task: *const u8) -> Option<u32> {
     let (tgid, _) = task_ids(o, task)?;
     // SAFETY: plain Copy value read whole.
-    let guard = unsafe { *GUARD_PIDS.get(&tgid)? };
+    let guard = unsafe { *GUARD_PIDS.get(tgid)? };
     (guard.start_ticks == start_ticks(o, task)?).then_some(tgid)
 }
 
@@ -196,9 +196,9 @@ pub fn is_guard_process(o: &GuardOffsets, task: *const u8) -> Option<u32> {
 #[inline(always)]
 pub fn guard_target(id: u32) -> Option<u32> {
     // SAFETY: plain Copy values read whole.
-    let entry = unsafe { *GUARD_PIDS.get(&id)? };
+    let entry = unsafe { *GUARD_PIDS.get(id)? };
     if entry.tgid != id {
-        let process = unsafe { *GUARD_PIDS.get(&entry.tgid)? };
+        let process = unsafe { *GUARD_PIDS.get(entry.tgid)? };
         if process.start_ticks != entry.start_ticks {
             return None;
         }
@@ -224,7 +224,7 @@ pub fn protected(o: &GuardOffsets, dentry: *const u8) -> Option<InodeKey> {
                 dev: dev as u64,
                 ino,
             };
-            if PROTECTED.get_ptr(&key).is_some() {
+            if PROTECTED.get_ptr(key).is_some() {
                 return Some(key);
             }
         }
@@ -246,11 +246,11 @@ pub fn protected(o: &GuardOffsets, dentry: *const u8) -> Option<InodeKey> {
 #[inline(always)]
 pub fn within_budget(agent_cgroup_id: u64, class: u32) -> bool {
     let c = class as usize & (REFUSAL_CLASSES - 1);
-    let mut budget = REFUSAL_BUDGET.get_ptr_mut(&agent_cgroup_id);
+    let mut budget = REFUSAL_BUDGET.get_ptr_mut(agent_cgroup_id);
     if budget.is_none() {
         let fresh = RefusalBudget::default();
-        let _ = REFUSAL_BUDGET.insert(&agent_cgroup_id, &fresh, BPF_NOEXIST as u64);
-        budget = REFUSAL_BUDGET.get_ptr_mut(&agent_cgroup_id);
+        let _ = REFUSAL_BUDGET.insert(agent_cgroup_id, fresh, BPF_NOEXIST as u64);
+        budget = REFUSAL_BUDGET.get_ptr_mut(agent_cgroup_id);
     }
     // Without an allowance to draw on, report: a refusal said is better
     // than one lost.
@@ -278,11 +278,11 @@ pub fn current_tgid() -> u32 {
 
 #[inline(always)]
 fn count_suppressed(agent_cgroup_id: u64, c: usize) {
-    let mut counts = REFUSAL_SUPPRESSED.get_ptr_mut(&agent_cgroup_id);
+    let mut counts = REFUSAL_SUPPRESSED.get_ptr_mut(agent_cgroup_id);
     if counts.is_none() {
         let fresh = RefusalCounts::default();
-        let _ = REFUSAL_SUPPRESSED.insert(&agent_cgroup_id, &fresh, BPF_NOEXIST as u64);
-        counts = REFUSAL_SUPPRESSED.get_ptr_mut(&agent_cgroup_id);
+        let _ = REFUSAL_SUPPRESSED.insert(agent_cgroup_id, fresh, BPF_NOEXIST as u64);
+        counts = REFUSAL_SUPPRESSED.get_ptr_mut(agent_cgroup_id);
     }
     match counts {
         // SAFETY: this CPU's value; `c` is within bounds (masked by the caller).
@@ -327,12 +327,13 @@ pub fn report_tamper(
     slot.submit(emit::wakeup(true));
 }
 
-/// Reports an `agent.escape` record. A refused attempt draws on the
-/// agent's allowance (a loop of them could flood); a process killed for
-/// leaving cannot loop.
+/// Reports an `agent.escape` record within the agent's allowance, refused
+/// and killed alike: a killed process cannot loop, but its parent can fork
+/// one escaper after another, each a record. Nothing but the record waits
+/// on the allowance: the kill is sent either way.
 #[inline(always)]
 pub fn report_escape(from: &Agent, moved: u32, how: u32, action: u32, dst: u64, path: *const u8) {
-    if action == ACTION_REFUSED && !within_budget(from.cgroup_id, REFUSAL_ESCAPE) {
+    if !within_budget(from.cgroup_id, REFUSAL_ESCAPE) {
         return;
     }
     let Some(mut slot) = EVENTS.reserve::<EscapeRecord>(0) else {

@@ -137,7 +137,7 @@ impl Call {
     pub fn held(&self) -> bool {
         let pid_tgid = bpf_get_current_pid_tgid();
         let tid = pid_tgid as u32;
-        match HOLDS.get_ptr(&tid) {
+        match HOLDS.get_ptr(tid) {
             // SAFETY: our own thread's entry and our scratch.
             Some(entry) => unsafe { self.is(&*entry, (pid_tgid >> 32) as u32) },
             None => false,
@@ -171,7 +171,7 @@ impl Call {
 pub fn thread_held() -> bool {
     let tid = bpf_get_current_pid_tgid() as u32;
     // SAFETY: only presence is read.
-    unsafe { HOLDS.get(&tid).is_some() }
+    unsafe { HOLDS.get(tid).is_some() }
 }
 
 /// Continues or ends the hold of the current thread's `call`, if the
@@ -183,7 +183,7 @@ pub fn resume(stop_now: bool, call: &Call) -> Option<Hold> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let pid = (pid_tgid >> 32) as u32;
-    let entry = HOLDS.get_ptr_mut(&tid)?;
+    let entry = HOLDS.get_ptr_mut(tid)?;
     // SAFETY: map value of our own thread's key.
     let same = unsafe { call.is(&*entry, pid) };
     if same {
@@ -199,21 +199,21 @@ pub fn hold(stop_now: bool, call: &Call) -> Hold {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let pid = (pid_tgid >> 32) as u32;
-    if let Some(entry) = HOLDS.get_ptr_mut(&tid) {
+    if let Some(entry) = HOLDS.get_ptr_mut(tid) {
         // SAFETY: map value of our own thread's key; only this thread and
         // the daemon (after the stop) touch it.
         let (same, state, hold_id) =
             unsafe { (call.is(&*entry, pid), (*entry).state, (*entry).hold_id) };
         if same {
             if state == HoldState::Allow.raw() || state == HoldState::Deny.raw() {
-                let _ = HOLDS.remove(&tid);
+                let _ = HOLDS.remove(tid);
                 return Hold::Decided {
                     allow: state == HoldState::Allow.raw(),
                     hold_id,
                 };
             }
             if stop_now && !send_stop() {
-                let _ = HOLDS.remove(&tid);
+                let _ = HOLDS.remove(tid);
                 emit::count_loss(LossReason::HoldFailed);
                 return Hold::Failed;
             }
@@ -242,14 +242,14 @@ pub fn hold(stop_now: bool, call: &Call) -> Hold {
         e.state = HoldState::Pending.raw();
         e.stop_pending = u8::from(!stop_now);
         e._pad = [0; 2];
-        HOLDS.insert(&tid, e, 0)
+        HOLDS.insert(tid, e, 0)
     };
     if inserted.is_err() {
         emit::count_loss(LossReason::HoldFailed);
         return Hold::Failed;
     }
     if stop_now && !send_stop() {
-        let _ = HOLDS.remove(&tid);
+        let _ = HOLDS.remove(tid);
         emit::count_loss(LossReason::HoldFailed);
         return Hold::Failed;
     }
@@ -266,7 +266,7 @@ pub fn stop_at_exit(ret: i64) {
         return;
     }
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(entry) = HOLDS.get_ptr_mut(&tid) else {
+    let Some(entry) = HOLDS.get_ptr_mut(tid) else {
         return;
     };
     // SAFETY: our own thread's hold entry.

@@ -30,7 +30,7 @@ pub fn current_agent() -> Option<Agent> {
             }
             // SAFETY: AgentEntry is Copy and read whole; the daemon replaces
             // entries with a single update.
-            if let Some(entry) = unsafe { AGENTS.get(&id) } {
+            if let Some(entry) = unsafe { AGENTS.get(id) } {
                 return Some(Agent {
                     cgroup_id: id,
                     entry: *entry,

@@ -289,10 +289,25 @@ impl Daemon {
                 "daemon exited after fewer than {n} {kind} events"
             );
             let now = Instant::now();
-            assert!(
-                now < deadline,
-                "fewer than {n} {kind} events within {PATIENCE:?}"
-            );
+            if now >= deadline {
+                // What the stream and the daemon were doing, to tell a lost
+                // line from a daemon that never got to it.
+                let total = s.events.len();
+                let losses = s.events.iter().filter(|e| e["kind"] == "loss").count();
+                let last: Vec<String> = s
+                    .events
+                    .iter()
+                    .rev()
+                    .take(5)
+                    .map(|e| e["kind"].to_string())
+                    .collect();
+                drop(s);
+                panic!(
+                    "fewer than {n} {kind} events within {PATIENCE:?} ({count} seen; {total} events \
+                     in all, {losses} of them loss; the last: {last:?}); daemon threads:\n{}",
+                    thread_report(self.child.id())
+                );
+            }
             s = cvar
                 .wait_timeout(s, deadline - now)
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -430,6 +445,23 @@ fn thread_report(pid: u32) -> String {
             read("syscall").trim(),
             read("stack")
         ));
+    }
+    // The user-space side, where gdb is installed (not a test dependency:
+    // only a failing test's report is richer with it).
+    match Command::new("gdb")
+        .args([
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-nx",
+            "-ex",
+            "thread apply all bt 30",
+        ])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(o) => out.push_str(&String::from_utf8_lossy(&o.stdout)),
+        Err(e) => out.push_str(&format!("(no user-space stacks: gdb: {e})\n")),
     }
     out
 }

@@ -4,16 +4,23 @@
 //! cgroup (not through the daemon).
 use std::{
     ffi::CString,
-    os::unix::process::{CommandExt as _, ExitStatusExt as _},
+    os::unix::{
+        fs::PermissionsExt as _,
+        process::{CommandExt as _, ExitStatusExt as _},
+    },
     process::{Command, ExitStatus, Output, Stdio},
 };
 
 use serde_json::Value;
 
-use crate::{Daemon, Listener, PY_CONNECT, Scratch, TestCgroups, agent_guard_bin, cgroup2_root};
+use crate::{
+    Daemon, Listener, Options, PY_CONNECT, Scratch, TestCgroups, agent_guard_bin, cgroup2_root,
+};
 
-/// ptrace(PTRACE_ATTACH), process_vm_readv, /proc/PID/mem, pidfd_getfd
-/// and kcmp on PID: prints one `name=errno` line each (0: it worked).
+/// ptrace(PTRACE_ATTACH), process_vm_readv, /proc/PID/mem, pidfd_getfd,
+/// kcmp and process_madvise on PID: prints one `name=errno` line each (0:
+/// it worked; for process_madvise, any errno but EPERM and EACCES means
+/// it got past the permission check).
 pub const PY_REACH: &str = r#"
 import ctypes, os, sys
 pid = int(sys.argv[1])
@@ -38,6 +45,9 @@ except OSError as e:
 fd = libc.syscall(434, pid, 0)
 report("pidfd_getfd", fd >= 0 and libc.syscall(438, fd, 0, 0) >= 0)
 report("kcmp", libc.syscall(312, os.getpid(), pid, 0, 0, 0) >= 0)
+MADV_COLD = 20
+fd = libc.syscall(434, pid, 0)
+report("process_madvise", libc.syscall(440, fd, ctypes.byref(remote), 1, MADV_COLD, 0) >= 0)
 "#;
 
 /// Every call that sends a signal, each with SIGTERM at the guard process
@@ -118,6 +128,10 @@ pub struct Rogue {
     /// The scripts above (connect.py, reach.py, clone.py, signals.py,
     /// kill_loop.py, unlink_loop.py), readable by agents.
     pub scripts: Scratch,
+    /// The daemon's chain key (`--chain-key`), protected.
+    pub chain_key: std::path::PathBuf,
+    /// Its event log (a file sink beside stdout), in a protected directory.
+    pub event_log: std::path::PathBuf,
 }
 
 impl Rogue {
@@ -136,6 +150,14 @@ impl Rogue {
         ] {
             std::fs::write(scripts.path(name), text).expect("script");
         }
+        // Outside the state directory, as an operator would keep them.
+        let dir = Daemon::fresh_dir();
+        let chain_key = dir.join("keys/chain.key");
+        std::fs::create_dir_all(dir.join("keys")).expect("key dir");
+        std::fs::write(&chain_key, "rogue-suite-chain-key\n").expect("chain key");
+        std::fs::set_permissions(&chain_key, std::fs::Permissions::from_mode(0o600))
+            .expect("chain key mode");
+        let event_log = dir.join("log/events.jsonl");
         let policy = format!(
             r#"
 [[agent]]
@@ -143,19 +165,39 @@ name = "bot"
 owner = "mallory@example.com"
 purpose = "rogue agent tests"
 cgroup = "{cgroup}"
+runners = {{ uids = [0, 65534] }}
 
 [agent.connect]
 default = "allow"
 deny = ["127.0.0.1/32:{}"]
+
+[[sink]]
+type = "stdout"
+
+[[sink]]
+name = "log"
+type = "file"
+path = "{}"
 "#,
-            bad.port
+            bad.port,
+            event_log.display()
         );
-        let daemon = Daemon::start(&policy, cg);
+        let daemon = Daemon::start_with(
+            &policy,
+            cg,
+            dir,
+            Options {
+                args: vec!["--chain-key".into(), chain_key.display().to_string()],
+                ..Options::default()
+            },
+        );
         Self {
             daemon,
             bad,
             cgroup,
             scripts,
+            chain_key,
+            event_log,
         }
     }
 

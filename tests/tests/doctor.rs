@@ -67,12 +67,20 @@ fn doctor_names_what_this_kernel_refuses_and_the_backends() {
     }
     // Refusals are events on every backend: the hooks report their own,
     // the observer at system call exit reports Landlock's and the filter's.
-    let reporter = if text.contains("[ ok ] LSM programs") {
-        "[ ok ] run: reported by the BPF LSM hooks"
+    let (reporter, unreported) = if text.contains("[ ok ] LSM programs") {
+        (
+            "[ ok ] run: reported by the BPF LSM hooks",
+            "[note] not reported: SIGIO",
+        )
     } else {
-        "[ ok ] run: reported from tp_btf/sys_exit"
+        (
+            "[ ok ] run: reported from tp_btf/sys_exit",
+            "[note] not reported for runs: kill(-1)",
+        )
     };
     assert!(text.contains(reporter), "{text}");
+    // What is refused without an event is named, not left silent.
+    assert!(text.contains(unreported), "{text}");
 }
 
 /// The guard's own defences, per backend, each in force or named as a limit.

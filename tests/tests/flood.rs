@@ -132,6 +132,7 @@ ask = ["127.0.0.1/32:{}"]
             Ok(())
         });
     }
+    let flood_began = std::time::Instant::now();
     let mut flood = flood
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -192,9 +193,13 @@ ask = ["127.0.0.1/32:{}"]
                 && e["control"]["op"] != "suppressed"
         })
         .count();
+    // The allowance is 10 at once, then one a second: on a slow machine
+    // (the VM tier under load) the flood lasts longer and earns more.
+    let allowance = 10 + flood_began.elapsed().as_secs() as usize + 2;
     assert!(
-        one_by_one < 100,
-        "{one_by_one} refusals of one flooding user were reported one by one"
+        one_by_one <= allowance,
+        "{one_by_one} refusals of one flooding user were reported one by one \
+         (at most {allowance} in this flood's time)"
     );
 
     drop(flood.stdin.take());

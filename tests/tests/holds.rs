@@ -46,6 +46,16 @@ fn held(daemon: &Daemon, argv: &[&str], path: &str) -> (Child, String) {
     (child, id)
 }
 
+/// Hold `id` as `pending --json` lists it.
+fn pending_entry(daemon: &Daemon, id: &str) -> Value {
+    let out = cli(daemon, &["pending", "--json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).expect("pending JSON");
+    list.as_array()
+        .and_then(|l| l.iter().find(|h| h["id"] == id))
+        .cloned()
+        .unwrap_or_else(|| panic!("hold {id} not in pending: {list}"))
+}
+
 fn cli(daemon: &Daemon, args: &[&str]) -> std::process::Output {
     daemon
         .cli()
@@ -64,12 +74,7 @@ fn approve_completes_the_held_rm_and_deny_fails_it() {
 
     // Held before it happened: the file is still there, and on-call sees it.
     assert!(file.exists());
-    let out = cli(&daemon, &["pending", "--json"]);
-    let list: Value = serde_json::from_slice(&out.stdout).expect("pending JSON");
-    let entry = list
-        .as_array()
-        .and_then(|l| l.iter().find(|h| h["id"] == id.as_str()))
-        .unwrap_or_else(|| panic!("hold {id} not in pending: {list}"));
+    let entry = pending_entry(&daemon, &id);
     assert_eq!(entry["agent"], "cleaner");
     assert_eq!(entry["owner"], "ops@example.com");
     assert_eq!(entry["target"]["path"], path.as_str());
@@ -454,4 +459,91 @@ ask = ["{}"]
     let id = rm_expires(&daemon, &scratch);
     let held_ev = daemon.wait_event("file.unlink", |e| e["hold"]["id"] == id.as_str());
     assert_eq!(held_ev["hold"]["timeout_secs"], 1);
+}
+
+/// What on-call decides on travels with the hold: the command line, the
+/// chain of parents up to the agent's first process, what the agent did
+/// just before, and what each scope would grant; the same in the `held`
+/// event and in `pending` (JSON and table).
+#[test]
+fn a_held_call_carries_its_context_to_every_surface() {
+    let (daemon, scratch) = start("hold-context", 300);
+    let before = scratch.file("scratch-before.txt");
+    let file = scratch.file("prod/data/report.db");
+    let (before_s, path) = (before.display().to_string(), file.display().to_string());
+    // An outer shell (the agent's first process) starts an inner one that
+    // runs the held rm; neither shell execs its last command away.
+    let inner = format!("rm -f {path}; true");
+    let outer = format!("rm -f {before_s}; sh -c '{inner}'; true");
+    let (child, id) = held(&daemon, &["sh", "-c", &outer], &path);
+    let ev = daemon.wait_event("file.unlink", |e| e["hold"]["id"] == id.as_str());
+    let ctx = &ev["hold"]["context"];
+
+    assert_eq!(
+        ev["process"]["cmdline"],
+        serde_json::json!(["rm", "-f", path.as_str()])
+    );
+    let chain = ctx["ancestry"].as_array().expect("ancestry");
+    let shown: Vec<(&str, Vec<&str>)> = chain
+        .iter()
+        .map(|p| {
+            let args = p["cmdline"].as_array().expect("cmdline");
+            (
+                p["comm"].as_str().expect("comm"),
+                args.iter().filter_map(Value::as_str).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("sh", vec!["sh", "-c", inner.as_str()]),
+            ("sh", vec!["sh", "-c", outer.as_str()])
+        ],
+        "the inner shell, then the agent's first process, and nothing outside the agent: {ctx}"
+    );
+    assert!(ctx.get("ancestry_truncated").is_none(), "{ctx}");
+    // The allowed delete just before is in the last five minutes.
+    assert_eq!(ctx["recent"]["window_secs"], 300);
+    assert!(
+        ctx["recent"]["calls"]["file.unlink"]["allowed"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
+        "{ctx}"
+    );
+    assert!(
+        ctx["recent"]["last"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|c| c["target"] == before_s.as_str())),
+        "{ctx}"
+    );
+    // Subtree means the ask rule's path, said before anyone clicks.
+    let subtree = ctx["scopes"]
+        .as_array()
+        .and_then(|s| s.iter().find(|o| o["scope"] == "subtree"))
+        .unwrap_or_else(|| panic!("no subtree offer: {ctx}"));
+    assert_eq!(subtree["path"], scratch.s("prod").as_str());
+
+    let entry = pending_entry(&daemon, &id);
+    assert_eq!(&entry["context"], ctx, "pending shows the event's context");
+    assert_eq!(entry["cmdline"], ev["process"]["cmdline"]);
+    assert_eq!(entry["purpose"], "hold tests");
+    let out = cli(&daemon, &["pending"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    let pids: Vec<String> = chain.iter().map(|p| p["pid"].to_string()).collect();
+    for needle in [
+        format!("command    rm -f {path}"),
+        format!("via        {} sh -c", pids[0]),
+        format!("<- {} sh -c", pids[1]),
+        "purpose \"hold tests\"".into(),
+        format!(
+            "--scope subtree would grant deletes under {}",
+            scratch.s("prod")
+        ),
+    ] {
+        assert!(table.contains(&needle), "{needle:?} not in:\n{table}");
+    }
+
+    assert!(cli(&daemon, &["deny", &id]).status.success());
+    let _ = child.wait_with_output();
 }

@@ -15,6 +15,24 @@ use serde_json::Value;
 
 /// Accepts and drops every connection, so a long connect loop never fills
 /// a backlog or the test's fd table.
+/// Agent bot's connect to `port` is held; on-call denies it and the call
+/// fails with EPERM.
+fn deny_a_held_connect(daemon: &Daemon, port: u16) {
+    let PendingConnect {
+        mut child,
+        mut lines,
+        pid,
+    } = spawn_connect(daemon, "bot", "127.0.0.1", port);
+    let held = daemon.wait_event("net.connect", |e| {
+        e["outcome"] == "held" && e["process"]["pid"] == pid
+    });
+    let id = held["hold"]["id"].as_str().expect("id").to_owned();
+    cli_ok(daemon, &["deny", &id]);
+    assert_eq!(lines.next().expect("result").expect("read"), "errno=1");
+    drop(child.stdin.take());
+    let _ = child.wait();
+}
+
 fn sink() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = l.local_addr().expect("addr").port();
@@ -317,19 +335,7 @@ default = "allow"
     assert_eq!(ev["by"]["uid"], 0);
 
     // A connect the default allowed is held now; deny it.
-    let PendingConnect {
-        mut child,
-        mut lines,
-        pid,
-    } = spawn_connect(&daemon, "bot", "127.0.0.1", port);
-    let held = daemon.wait_event("net.connect", |e| {
-        e["outcome"] == "held" && e["process"]["pid"] == pid
-    });
-    let id = held["hold"]["id"].as_str().expect("id").to_owned();
-    cli_ok(&daemon, &["deny", &id]);
-    assert_eq!(lines.next().expect("result").expect("read"), "errno=1");
-    drop(child.stdin.take());
-    let _ = child.wait();
+    deny_a_held_connect(&daemon, port);
 
     // So is a delete; approve it.
     let rm = daemon.spawn_agent("bot", &["rm", &path]);
@@ -392,4 +398,33 @@ fn removing_an_agent_with_live_processes_needs_force() {
     assert!(worker.try_wait().expect("try_wait").is_none());
     drop(worker.stdin.take());
     let _ = worker.wait();
+}
+
+/// A freeze is on-call's decision: a daemon killed and restarted (by
+/// systemd, or after an agent found a way to kill it) keeps the agent
+/// frozen, and only a thaw ends it, which a restart keeps too.
+#[test]
+fn a_freeze_outlives_a_daemon_crash_and_so_does_the_thaw() {
+    let cg = TestCgroups::new("freeze-crash");
+    let port = sink();
+    let policy = format!(
+        "[[agent]]\nname = \"bot\"\nowner = \"ops@example.com\"\npurpose = \"freeze\"\n\
+         cgroup = \"{}\"\n\n[agent.connect]\ndefault = \"allow\"\n",
+        cg.path("bot")
+    );
+    let daemon = Daemon::start(&policy, cg);
+    cli_ok(&daemon, &["freeze", "bot", "--reason", "incident"]);
+    daemon.wait_event("agent.mode", |e| e["mode"]["to"] == "freeze");
+
+    let (cg, dir) = daemon.crash();
+    let daemon = Daemon::start_in(&policy, cg, dir);
+    deny_a_held_connect(&daemon, port);
+
+    cli_ok(&daemon, &["thaw", "bot"]);
+    daemon.wait_event("agent.mode", |e| e["mode"]["to"] == "enforce");
+    let (cg, dir) = daemon.crash();
+    let daemon = Daemon::start_in(&policy, cg, dir);
+    let run = connect_as(&daemon, "bot", "127.0.0.1", port);
+    assert_eq!(run.errno, 0, "thawed before the crash: allowed, not held");
+    run.finish();
 }

@@ -347,6 +347,19 @@ fn receive_fd(sock: &UnixStream) -> std::os::fd::OwnedFd {
     }
 }
 
+/// rt_sigqueueinfo(PID, SIGTERM, siginfo) with si_code SI_QUEUE and a
+/// forged si_pid; prints rc=0 or rc=ERRNO.
+const FORGED_SIGTERM: &str = r#"
+import ctypes, os, signal, struct, sys
+pid, forged = int(sys.argv[1]), int(sys.argv[2])
+info = struct.pack("iiii", signal.SIGTERM, 0, -1, 0) + struct.pack("iI", forged, 0)
+info += bytes(128 - len(info))
+buf = ctypes.create_string_buffer(info, 128)
+libc = ctypes.CDLL(None, use_errno=True)
+rc = libc.syscall(129, pid, signal.SIGTERM, buf)
+print("rc=%d" % (0 if rc == 0 else ctypes.get_errno()), flush=True)
+"#;
+
 /// SIGTERM and SIGHUP to the daemon from inside an agent: refused; the
 /// daemon keeps serving and enforcing. A SIGTERM from outside still stops it.
 #[test]
@@ -386,6 +399,23 @@ fn rogue_agent_cannot_stop_or_reload_the_daemon_by_signal() {
             });
         }
         Helper(sender).finish();
+    }
+    // rt_sigqueueinfo lets a sender write its own siginfo: a SIGTERM that
+    // claims to come from pid 1, or from the kernel (pid 0), is refused too.
+    for forged in [1, 0] {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", FORGED_SIGTERM, &pid, &forged.to_string()]);
+        let out = placed(&s.bot, cmd).output().expect("python3");
+        let rc = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if rc == "rc=0" {
+            d.wait_event("control.refused", |e| {
+                e["control"]["op"] == "stop"
+                    && e["control"]["target"] == "SIGTERM"
+                    && e["control"]["by"]["pid"] == forged
+            });
+        } else {
+            assert_eq!(rc, "rc=1", "EPERM from the kernel, or delivered: {out:?}");
+        }
     }
     // Still up and answering, still enforcing, nothing reloaded.
     ok(&d.cli().arg("status").output().expect("status"));

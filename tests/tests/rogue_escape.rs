@@ -212,3 +212,56 @@ fn rogue_a_run_cannot_leave_its_cgroup() {
     // One attempt, one event.
     r.stop_exactly("agent.escape", 2, |_| true);
 }
+
+/// A parent that forks one escaper after another: each is stopped (killed
+/// here, refused at open under BPF LSM), and its events are bounded like
+/// every self-defense refusal: a few one by one, the rest counted in one
+/// `guard.tamper` event, what `suppressed`, of `escape`. None is lost.
+#[test]
+fn rogue_a_loop_of_escapers_is_reported_then_counted() {
+    let r = Rogue::start("escape-loop");
+    let n = 100;
+    let script = format!(
+        "for i in $(seq {n}); do sh -c 'echo $$ > {}' 2>/dev/null; done; echo looped; {}",
+        r.root_procs(),
+        r.connect_cmd()
+    );
+    let began = std::time::Instant::now();
+    let out = run_in_cgroup(&r.cgroup, &script);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("looped"), "the parent loops on: {text}");
+    assert!(
+        text.contains("errno=1") && !text.contains("connected"),
+        "the connect is still denied: {text}"
+    );
+    let suppressed = r.expect_event("guard.tamper", |e| {
+        e["target"]["what"] == "suppressed" && e["target"]["of"] == "escape"
+    });
+    assert!(suppressed.get("process").is_none(), "{suppressed}");
+    r.assert_enforced("a loop of escapers");
+    // The allowance: 10 at once, then one a second while the loop ran.
+    let allowance = 10 + began.elapsed().as_secs() + 2;
+    let events = r.daemon.stop();
+    let one_by_one = events
+        .iter()
+        .filter(|e| e["kind"] == "agent.escape")
+        .count() as u64;
+    let counted: u64 = events
+        .iter()
+        .filter(|e| {
+            e["kind"] == "guard.tamper"
+                && e["target"]["what"] == "suppressed"
+                && e["target"]["of"] == "escape"
+        })
+        .map(|e| e["target"]["count"].as_u64().expect("count"))
+        .sum();
+    assert!(
+        one_by_one <= allowance,
+        "{one_by_one} escapes reported one by one (at most {allowance})"
+    );
+    assert_eq!(
+        one_by_one + counted,
+        n,
+        "every escape is reported or counted ({one_by_one} + {counted})"
+    );
+}

@@ -1,12 +1,14 @@
 //! Rogue agent: the guard's processes, files and kernel objects (issue
 //! 14, "off limits to agents"). A root agent tries `kill -9` on the daemon
 //! and its launcher, every other signal call, `bpftool link detach` on the
-//! guard's link, ptrace and memory reads of the daemon, and reading or
-//! writing the daemon's state and policy. Each attempt must fail, the
-//! agent's connect must stay denied for a process placed straight into its
-//! cgroup, and each attempt must be one event: from the BPF LSM hooks in
-//! the VM, from the observer at system call exit on this kernel (where
-//! Landlock and the seccomp filter refuse without a word).
+//! guard's link, ptrace, memory reads and process_madvise of the daemon
+//! (and of a run's launcher, which holds its seccomp listener), and
+//! reading or writing the daemon's state, policy, chain key and event log.
+//! Each attempt must fail, the agent's connect must stay denied for a
+//! process placed straight into its cgroup, and each attempt must be one
+//! event: from the BPF LSM hooks in the VM, from the observer at system
+//! call exit on this kernel (where Landlock and the seccomp filter refuse
+//! without a word).
 use agent_guard_tests::{rogue::*, *};
 
 /// The attempts, as one shell script. `launcher` is the run's launcher
@@ -26,11 +28,16 @@ cat {policy} >/dev/null && echo READ_POLICY
 cat {state}/chain.json >/dev/null && echo READ_STATE
 echo x > {state}/evil && echo WROTE_STATE
 rm {pin} && echo UNPINNED
+cat {key} >/dev/null && echo READ_KEY
+cat {log} >/dev/null && echo READ_LOG
+echo x >> {log} && echo WROTE_LOG
 python3 {reach} {daemon}
 grep NoNewPrivs /proc/self/status
 {connect}",
         state = state.display(),
         pin = pin.display(),
+        key = r.chain_key.display(),
+        log = event_log(r).display(),
         kill_launcher = if launcher {
             "kill -9 $PPID && echo KILLED_LAUNCHER"
         } else {
@@ -39,6 +46,20 @@ grep NoNewPrivs /proc/self/status
         reach = r.script("reach.py"),
         connect = r.connect_cmd()
     )
+}
+
+/// The daemon's event log, once its file sink has made it.
+fn event_log(r: &Rogue) -> &std::path::Path {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !r.event_log.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the file sink never made {}",
+            r.event_log.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    &r.event_log
 }
 
 /// One of the guard's pinned links, named from outside every agent.
@@ -60,14 +81,25 @@ fn assert_all_failed(r: &Rogue, text: &str) {
         "READ_STATE",
         "WROTE_STATE",
         "UNPINNED",
+        "READ_KEY",
+        "READ_LOG",
+        "WROTE_LOG",
         "ptrace=0",
         "process_vm_readv=0",
         "mem=0",
         "pidfd_getfd=0",
         "kcmp=0",
+        "process_madvise=0",
         "connected",
     ] {
         assert!(!text.contains(done), "{done}: the attempt worked:\n{text}");
+    }
+    // Any other errno would mean it got past the permission check.
+    for line in text.lines().filter(|l| l.starts_with("process_madvise=")) {
+        assert!(
+            line == "process_madvise=1" || line == "process_madvise=13",
+            "process_madvise must be refused (EPERM or EACCES), not {line}:\n{text}"
+        );
     }
     assert!(
         text.contains("errno=1"),
@@ -78,6 +110,10 @@ fn assert_all_failed(r: &Rogue, text: &str) {
         "the daemon must be alive"
     );
 }
+
+/// The calls reach.py makes on a guard process: within one agent's
+/// allowance of ptrace refusals (10 at once), so each is one event.
+const REACHES: usize = 6;
 
 /// The events every backend gives for [`attempts`]: one per attempt.
 fn expect_attempt_events(r: &Rogue, launcher: Option<u64>) {
@@ -91,8 +127,9 @@ fn expect_attempt_events(r: &Rogue, launcher: Option<u64>) {
         });
     }
     r.expect_event("guard.tamper", |e| e["target"]["what"] == "bpf");
-    // ptrace, process_vm_readv, /proc/PID/mem, pidfd_getfd, kcmp.
-    r.expect_events("guard.tamper", 5, |e| {
+    // ptrace, process_vm_readv, /proc/PID/mem, pidfd_getfd, kcmp,
+    // process_madvise.
+    r.expect_events("guard.tamper", REACHES, |e| {
         e["target"]["what"] == "ptrace" && e["target"]["pid"] == daemon
     });
     let policy = r.daemon.policy_path.display().to_string();
@@ -106,6 +143,13 @@ fn expect_attempt_events(r: &Rogue, launcher: Option<u64>) {
     };
     r.expect_event("guard.tamper", file(policy, false));
     r.expect_event("guard.tamper", file(state.clone(), false));
+    r.expect_event(
+        "guard.tamper",
+        file(r.chain_key.display().to_string(), false),
+    );
+    let logs = r.event_log.parent().expect("log dir").display().to_string();
+    r.expect_event("guard.tamper", file(logs.clone(), false));
+    r.expect_event("guard.tamper", file(logs, true));
     // The write and the unpin: the pins' bpffs is protected by itself (the
     // BPF LSM hooks name it), and lies in the state dir (which `run`'s
     // supervisor names).
@@ -139,7 +183,13 @@ fn rogue_a_run_cannot_reach_the_guard() {
     if !r.lsm() {
         // Seen at system call exit: the call is named too.
         let daemon = u64::from(r.daemon.pid());
-        for call in ["ptrace", "process_vm_readv", "pidfd_getfd", "kcmp"] {
+        for call in [
+            "ptrace",
+            "process_vm_readv",
+            "pidfd_getfd",
+            "kcmp",
+            "process_madvise",
+        ] {
             r.expect_event("guard.tamper", |e| {
                 e["target"]["what"] == "ptrace" && e["target"]["call"] == call
             });
@@ -156,8 +206,37 @@ fn rogue_a_run_cannot_reach_the_guard() {
     r.assert_enforced("a run's attempts on the guard");
     let daemon = u64::from(r.daemon.pid());
     // One attempt, one event: the backends never both report.
-    r.stop_exactly("guard.tamper", 5, |e| {
+    r.stop_exactly("guard.tamper", REACHES, |e| {
         e["target"]["what"] == "ptrace" && e["target"]["pid"] == daemon
+    });
+}
+
+/// The run's launcher holds its seccomp listener: taking it (pidfd_getfd)
+/// would let the agent answer its own deletes. ptrace and its kin on the
+/// launcher are refused and reported like those on the daemon (a test of
+/// its own: both reaches at once would exceed one agent's allowance).
+#[test]
+fn rogue_a_run_cannot_reach_its_launcher() {
+    let r = Rogue::start("guard-launcher");
+    let script = format!(
+        "echo launcher=$PPID; python3 {} $PPID; {}",
+        r.script("reach.py"),
+        r.connect_cmd()
+    );
+    let out = r.daemon.run_agent("bot", &["sh", "-c", &script]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_all_failed(&r, &text);
+    let launcher: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("launcher="))
+        .and_then(|p| p.parse().ok())
+        .expect("launcher line");
+    r.expect_events("guard.tamper", REACHES, |e| {
+        e["target"]["what"] == "ptrace" && e["target"]["pid"] == launcher
+    });
+    r.assert_enforced("a run's reach for its launcher");
+    r.stop_exactly("guard.tamper", REACHES, |e| {
+        e["target"]["what"] == "ptrace" && e["target"]["pid"] == launcher
     });
 }
 
@@ -289,4 +368,71 @@ fn rogue_an_adopted_agent_cannot_reach_the_guard() {
     assert_all_failed(&r, &text);
     expect_attempt_events(&r, None);
     r.assert_enforced("an adopted agent's attempts on the guard");
+}
+
+/// A run's launcher is non-dumpable on every backend: it holds the run's
+/// seccomp listener, and a dumpable process's memory and descriptors are
+/// open to any process of its uid. Run by nobody, its /proc/PID/environ
+/// (a ptrace read check) is refused to another process of nobody's
+/// outside every agent, while that of its command (dumpable) is not.
+#[test]
+fn rogue_a_runs_launcher_is_not_dumpable() {
+    use std::{
+        io::{BufRead as _, BufReader, Write as _},
+        os::unix::process::CommandExt as _,
+        process::Stdio,
+    };
+    let r = Rogue::start("guard-dumpable");
+    let mut run = r
+        .daemon
+        .cli()
+        .args(["run", "--agent", "bot", "--"])
+        .args(["sh", "-c", "echo launcher=$PPID command=$$; read x"])
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("agent-guard run as nobody");
+    let mut line = String::new();
+    BufReader::new(run.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    let pid = |key: &str| -> u32 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+    };
+    let (launcher, command) = (pid("launcher="), pid("command="));
+    let read_as_nobody = |pid: u32| {
+        std::process::Command::new("cat")
+            .arg(format!("/proc/{pid}/environ"))
+            .uid(65534)
+            .gid(65534)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("cat as nobody")
+    };
+    let theirs = read_as_nobody(command);
+    assert!(
+        theirs.status.success(),
+        "nobody reads its own dumpable process's environ: {}",
+        String::from_utf8_lossy(&theirs.stderr)
+    );
+    let out = read_as_nobody(launcher);
+    assert!(
+        !out.status.success(),
+        "the launcher {launcher} is dumpable: nobody read its environ"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = run.stdin.take().expect("stdin").write_all(b"done\n");
+    let status = run.wait().expect("wait");
+    assert!(status.success(), "the run ended: {status}");
+    r.assert_enforced("a run by nobody");
 }

@@ -128,6 +128,16 @@ async fn wait_text(c: &Client, css: &str, needle: &str) -> String {
     }
 }
 
+/// What a hold card says its chosen scope grants.
+async fn grants_line(card: &fantoccini::elements::Element) -> String {
+    card.find(Locator::Css(".grants"))
+        .await
+        .expect("grants line")
+        .text()
+        .await
+        .expect("grants text")
+}
+
 #[test]
 fn on_call_decides_from_a_phone_browser() {
     if tier() == "vm" {
@@ -282,11 +292,20 @@ fn on_call_decides_from_a_phone_browser() {
     ));
     // A scoped approval made on the page becomes a grant, listed there and
     // revocable there.
+    // The card carries what on-call decides on: the command line, what
+    // the agent did just before, and exactly what the scope grants, which
+    // on-call narrows before approving.
     let file = scratch.file("prod/tree/one.db");
     let path = file.display().to_string();
-    let (child, id) = held_delete(&daemon, &["rm", &path], &path);
+    let (child, id) = held_delete(&daemon, &["rm", "-f", &path], &path);
     let card = format!("[data-hold=\"{id}\"]");
-    rt.block_on(wait_text(&c, &card, &path));
+    rt.block_on(wait_text(
+        &c,
+        &format!("{card} .cmd"),
+        &format!("$ rm -f {path}"),
+    ));
+    rt.block_on(wait_text(&c, &format!("{card} .recent"), "file.unlink"));
+    let narrowed = scratch.s("prod/tree");
     rt.block_on(async {
         let card = c.find(Locator::Css(&card)).await.expect("card");
         card.find(Locator::Css(".scope"))
@@ -301,6 +320,26 @@ fn on_call_decides_from_a_phone_browser() {
             .select_by_value("600")
             .await
             .expect("choose 10 minutes");
+        let grants = grants_line(&card).await;
+        assert_eq!(
+            grants,
+            format!("Grants deletes under {} for 10 minutes", scratch.s("prod")),
+            "the ask rule's subtree, before any click"
+        );
+        let field = card
+            .find(Locator::Css(".path"))
+            .await
+            .expect("subtree field");
+        field.clear().await.expect("clear the subtree");
+        field
+            .send_keys(&narrowed)
+            .await
+            .expect("narrow the subtree");
+        let grants = grants_line(&card).await;
+        assert_eq!(
+            grants,
+            format!("Grants deletes under {narrowed} for 10 minutes")
+        );
         card.find(Locator::Css("button.approve"))
             .await
             .expect("approve button")
@@ -314,8 +353,8 @@ fn on_call_decides_from_a_phone_browser() {
     assert_ne!(ev["hold"]["scope"], "once", "{ev}");
     let grant = rt.block_on(wait_text(&c, "[data-grant]", "deletes under"));
     assert!(
-        grant.contains(&scratch.s("prod")) && grant.contains("alice"),
-        "{grant}"
+        grant.contains(&narrowed) && grant.contains("alice"),
+        "the narrowed subtree is what was granted: {grant}"
     );
     rt.block_on(async {
         c.find(Locator::Css("[data-grant] button.revoke"))

@@ -6,7 +6,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{package, setup, vm};
+use crate::{package, setup, timing::Stages, vm};
 
 #[derive(clap::Args, Default)]
 pub struct TestArgs {
@@ -96,9 +96,18 @@ pub fn build_privileged_tests() -> Result<Vec<PathBuf>> {
 const FUZZ_SECS: u64 = 60;
 
 pub fn test(args: &TestArgs) -> Result<()> {
+    let mut stages = Stages::new();
+    let result = test_stages(args, &mut stages);
+    stages.summary();
+    result
+}
+
+fn test_stages(args: &TestArgs, stages: &mut Stages) -> Result<()> {
+    stages.start("setup and build");
     setup::setup()?;
     let bin = build_daemon()?;
 
+    stages.start("tier 1, unit tests (with building them)");
     eprintln!("xtask: tier 1, unit tests");
     setup::run(cargo().args(["test"]))?;
 
@@ -109,6 +118,7 @@ pub fn test(args: &TestArgs) -> Result<()> {
     } else {
         // What strangers can send: control protocol, web requests, policy
         // parser, kernel-record decoder (guard-userspace/tests/fuzz.rs).
+        stages.start("fuzz tier");
         eprintln!(
             "xtask: fuzzing what strangers can send, {FUZZ_SECS} s per target, two at a time"
         );
@@ -122,6 +132,7 @@ pub fn test(args: &TestArgs) -> Result<()> {
 
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let kernel = kernel.trim();
+    stages.start("tier 2, privileged tests on the host (with building them)");
     eprintln!("xtask: tier 2, privileged tests on this kernel ({kernel})");
     let skip_log = workspace_root().join("target/privileged-skips.txt");
     let _ = std::fs::remove_file(&skip_log);
@@ -149,10 +160,12 @@ pub fn test(args: &TestArgs) -> Result<()> {
         _ => eprintln!("xtask: tier 2 on {kernel}: every privileged test ran"),
     }
 
+    stages.finish();
     if args.no_vm {
         eprintln!("xtask: --no-vm: the QEMU tier (BPF LSM backend) was NOT run");
         return Ok(());
     }
+    stages.start("tier 3, privileged tests in QEMU");
     eprintln!("xtask: tier 3, privileged tests in a QEMU guest with BPF LSM");
     vm::vm_test(&vm::VmTestArgs {
         filter: args.filter.clone(),

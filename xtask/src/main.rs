@@ -5,6 +5,7 @@ mod bench;
 mod build;
 mod package;
 mod setup;
+mod timing;
 mod vm;
 
 use std::process::ExitCode;

@@ -116,6 +116,10 @@ fn ensure_cargo_deb() -> Result<()> {
     ]))
 }
 
+/// What the eBPF crate needs of the nightly toolchain: rust-src to build
+/// core for the BPF target, clippy to lint it (.ci/run).
+const NIGHTLY_COMPONENTS: [&str; 2] = ["rust-src", "clippy"];
+
 fn ensure_nightly_rust_src() -> Result<()> {
     let installed = output(Command::new("rustup").args([
         "component",
@@ -124,31 +128,22 @@ fn ensure_nightly_rust_src() -> Result<()> {
         "nightly",
         "--installed",
     ]));
-    match installed {
-        Some(list) if list.lines().any(|l| l.starts_with("rust-src")) => Ok(()),
-        Some(_) => {
-            eprintln!("setup: adding rust-src to the nightly toolchain");
-            run(Command::new("rustup").args([
-                "component",
-                "add",
-                "rust-src",
-                "--toolchain",
-                "nightly",
-            ]))
+    let Some(list) = installed else {
+        eprintln!("setup: installing the nightly toolchain with rust-src and clippy");
+        let mut cmd = Command::new("rustup");
+        cmd.args(["toolchain", "install", "nightly", "--profile", "minimal"]);
+        for c in NIGHTLY_COMPONENTS {
+            cmd.args(["--component", c]);
         }
-        None => {
-            eprintln!("setup: installing the nightly toolchain with rust-src");
-            run(Command::new("rustup").args([
-                "toolchain",
-                "install",
-                "nightly",
-                "--profile",
-                "minimal",
-                "--component",
-                "rust-src",
-            ]))
+        return run(&mut cmd);
+    };
+    for c in NIGHTLY_COMPONENTS {
+        if !list.lines().any(|l| l.starts_with(c)) {
+            eprintln!("setup: adding {c} to the nightly toolchain");
+            run(Command::new("rustup").args(["component", "add", c, "--toolchain", "nightly"]))?;
         }
     }
+    Ok(())
 }
 
 fn ensure_bpf_linker() -> Result<()> {

@@ -2,16 +2,15 @@
 //! runs the privileged test binaries inside, in a chroot of the host's root
 //! filesystem shared read-only. See KERNEL.md ("A second kernel for LSM
 //! tests") for the measurements behind the choices here.
+mod console;
+mod guest;
 mod initramfs;
 mod kernel;
+mod split;
 
 use std::{
-    env,
-    fs::{self, File},
-    io::{BufRead as _, BufReader, Read, Write as _},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    env, fs,
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -19,6 +18,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{build, setup};
+use guest::GuestRun;
 use initramfs::GuestPlan;
 use kernel::Kernel;
 
@@ -33,20 +33,32 @@ pub struct VmTestArgs {
     /// Only run tests whose name contains this filter.
     #[arg(long)]
     pub filter: Option<String>,
+    /// Guests to boot side by side, each running its share of the tests on
+    /// one core [default: one per core, at most 4].
+    #[arg(long)]
+    pub guests: Option<usize>,
 }
 
-/// Hard limit for one kernel, boot to power-off. A boot costs seconds; the
+/// More guests than this need more memory than a small machine has, and
+/// each boot adds its own cost.
+const MAX_DEFAULT_GUESTS: usize = 4;
+
+/// Hard limit for one guest, boot to power-off; the guests of a kernel run
+/// side by side, so it bounds the kernel too. A boot costs seconds; the
 /// rest is the tests, which run about 17x slower than on the host (and
 /// slower still on a busy machine); the bound keeps CI under 40 minutes.
-const VM_TIMEOUT: Duration = Duration::from_secs(22 * 60);
+pub(crate) const VM_TIMEOUT: Duration = Duration::from_secs(22 * 60);
 /// Guest memory. virtio-fs maps all of it from a shared memfd.
-const GUEST_MEM_MIB: u32 = 2048;
+pub(crate) const GUEST_MEM_MIB: u32 = 2048;
+/// Host memory one guest may take: its RAM, QEMU's own (TCG's translation
+/// cache among it) and virtiofsd's.
+const GUEST_HOST_MIB: u64 = GUEST_MEM_MIB as u64 + 512;
 /// BPF LSM must be in the active list; Debian's default lsm= leaves it out.
 /// loglevel=5 hides boot chatter but keeps warnings and oops traces.
-const KERNEL_CMDLINE: &str =
+pub(crate) const KERNEL_CMDLINE: &str =
     "console=ttyS0 lsm=lockdown,capability,landlock,yama,bpf panic=-1 loglevel=5";
 /// The C virtiofsd that bookworm's qemu-system-common ships.
-const VIRTIOFSD: &str = "/usr/lib/qemu/virtiofsd";
+pub(crate) const VIRTIOFSD: &str = "/usr/lib/qemu/virtiofsd";
 /// Set to "9p" or "virtiofs" to override the per-kernel choice of `Share`.
 const SHARE_OVERRIDE_ENV: &str = "XTASK_VM_SHARE";
 
@@ -140,7 +152,15 @@ pub fn vm_test(args: &VmTestArgs) -> Result<()> {
     }
 
     let daemon = build::build_daemon()?;
-    let tests = build::build_privileged_tests()?;
+    let binaries = build::build_privileged_tests()?;
+    let filter = args.filter.as_deref();
+    let listed = split::list(&binaries, filter)?;
+    if listed.is_empty() {
+        bail!(
+            "no privileged test name contains {:?}: nothing to run in the guest",
+            filter.unwrap_or_default()
+        );
+    }
     let path = guest_path();
     let root = build::workspace_root();
     let tests_dir = root.join("tests");
@@ -149,30 +169,70 @@ pub fn vm_test(args: &VmTestArgs) -> Result<()> {
     } else {
         root.clone()
     };
+    let vm_dir = root.join("target/vm");
+    let durations_path = vm_dir.join("durations.txt");
+    let durations = split::Durations::load(&durations_path);
+    let guests = split::assign(&listed, filter, &durations, guest_count(args)?);
 
     let mut outcomes = Vec::new();
     for kernel in &kernels {
         let share = Share::for_kernel(kernel)?;
         let modules = kernel.modules_in_load_order(&share.modules(kernel))?;
-        let plan = GuestPlan {
-            share,
-            modules: &modules,
-            tests: &tests,
-            daemon: &daemon,
-            filter: args.filter.as_deref(),
-            path: &path,
-            workdir: &workdir,
-        };
-        let boot_started = Instant::now();
-        let dir = root.join("target/vm").join(&kernel.release);
-        let result = run_guest(kernel, &plan, &dir);
-        outcomes.push((
-            kernel,
-            share,
-            dir.join("console.log"),
-            boot_started.elapsed(),
-            result,
-        ));
+        let dir = vm_dir.join(&kernel.release);
+        // Fresh each run: a guest folder left by a run with more guests
+        // would pass for this run's.
+        if dir.exists() {
+            fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        eprintln!(
+            "xtask: vm {}: {} tests of {} binaries in {} guest(s) side by side, one core each; \
+             estimated guest time:",
+            kernel.label(),
+            listed.iter().map(|(_, tests)| tests.len()).sum::<usize>(),
+            listed.len(),
+            guests.len()
+        );
+        for (i, jobs) in guests.iter().enumerate() {
+            let names: Vec<String> = jobs.iter().map(split::Job::describe).collect();
+            eprintln!(
+                "xtask:   guest {} {:>6.0} s  {}",
+                i + 1,
+                jobs.iter().map(|j| j.estimate).sum::<f64>(),
+                names.join(", ")
+            );
+        }
+        let runs: Vec<GuestRun> = thread::scope(|scope| {
+            let handles: Vec<_> = guests
+                .iter()
+                .enumerate()
+                .map(|(i, jobs)| {
+                    let plan = GuestPlan {
+                        share,
+                        modules: &modules,
+                        jobs,
+                        daemon: &daemon,
+                        path: &path,
+                        workdir: &workdir,
+                    };
+                    let guest_dir = dir.join(format!("guest-{}", i + 1));
+                    let label = format!("vm {} g{}", kernel.label(), i + 1);
+                    scope.spawn(move || guest::run(kernel, &plan, &guest_dir, &label))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| {
+                    handle
+                        .join()
+                        .unwrap_or_else(|_| GuestRun::failed("its xtask thread panicked"))
+                })
+                .collect()
+        });
+        let measured: Vec<_> = runs.iter().flat_map(|run| &run.console.tests).collect();
+        if let Err(err) = split::Durations::record(&durations_path, &measured) {
+            eprintln!("xtask: warning: the measured test times were not kept: {err:#}");
+        }
+        outcomes.push((kernel, share, dir, runs));
     }
 
     eprintln!(
@@ -180,29 +240,129 @@ pub fn vm_test(args: &VmTestArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     let mut failures = Vec::new();
-    for (kernel, share, log, took, result) in &outcomes {
-        let verdict = if result.is_ok() { "PASS" } else { "FAIL" };
+    for (kernel, share, dir, runs) in &outcomes {
+        let failed = runs.iter().filter(|run| run.result.is_err()).count();
         eprintln!(
-            "  {verdict}  {}  ({}, {}, {:.1} s)  console: {}",
+            "  {}  {}  ({}, {}, {} guest(s), longest {:.1} s)",
+            if failed == 0 { "PASS" } else { "FAIL" },
             kernel.release,
             kernel.package,
             share.name(),
-            took.as_secs_f64(),
-            log.display()
+            runs.len(),
+            runs.iter()
+                .map(|r| r.took.as_secs_f64())
+                .fold(0.0, f64::max),
         );
-        if let Err(err) = result {
-            failures.push(format!("{}: {err:#}", kernel.release));
+        for (i, (run, jobs)) in runs.iter().zip(&guests).enumerate() {
+            let guest = format!("{} guest {}", kernel.release, i + 1);
+            let console = dir.join(format!("guest-{}", i + 1)).join("console.log");
+            let planned: usize = jobs.iter().map(|job| job.tests.len()).sum();
+            let unproven = split::unproven(jobs, &run.console);
+            let verdict = if run.result.is_ok() && unproven.is_empty() {
+                "PASS"
+            } else {
+                "FAIL"
+            };
+            eprintln!(
+                "    guest {}  {verdict}  {:.1} s (estimated {:.0} s), {} of {planned} planned tests reported, {} failed  console: {}",
+                i + 1,
+                run.took.as_secs_f64(),
+                jobs.iter().map(|job| job.estimate).sum::<f64>(),
+                run.console.tests.len(),
+                run.console.failed.len(),
+                console.display()
+            );
+            print_times(&run.console);
+            for test in &run.console.failed {
+                eprintln!("      FAILED   {test}");
+            }
+            for what in &unproven {
+                eprintln!("      NOT RUN  {what}");
+            }
+            for what in &run.console.leftovers {
+                eprintln!("      LEFTOVER {what} (killed before the next binary)");
+            }
+            // Each guest has its own /tmp, so its own skip log.
+            if run.console.skipped.is_empty() {
+                eprintln!("      every test of this guest ran (no skips)");
+            }
+            for line in &run.console.skipped {
+                eprintln!("      skipped  {line}");
+            }
+            match &run.result {
+                Err(err) => failures.push(format!("{guest}: {err:#}")),
+                Ok(()) if !unproven.is_empty() => failures.push(format!(
+                    "{guest}: exited 0, but not every planned test is proven to have run: {}; see {}",
+                    unproven.join("; "),
+                    console.display()
+                )),
+                Ok(()) => {}
+            }
         }
     }
     if !failures.is_empty() {
         bail!(
-            "vm-test failed on {} of {} kernel(s):\n  {}",
+            "vm-test failed in {} guest(s):\n  {}",
             failures.len(),
-            outcomes.len(),
             failures.join("\n  ")
         );
     }
     Ok(())
+}
+
+/// How many guests share the tests: `--guests`, else one per core, at most
+/// [`MAX_DEFAULT_GUESTS`] and as many as the host's free memory holds.
+fn guest_count(args: &VmTestArgs) -> Result<usize> {
+    let available = available_mib();
+    let fits = available.map(|mib| (mib / GUEST_HOST_MIB) as usize);
+    match args.guests {
+        Some(0) => bail!("--guests 0: at least one guest must run the tests"),
+        Some(n) => {
+            if let Some(fits) = fits.filter(|fits| n > *fits) {
+                bail!(
+                    "--guests {n}: each guest needs about {GUEST_HOST_MIB} MiB, and the host has {} MiB \
+                     available, enough for {fits}",
+                    available.unwrap_or_default()
+                );
+            }
+            Ok(n)
+        }
+        None => {
+            let cores = thread::available_parallelism().map_or(1, usize::from);
+            let n = cores.min(MAX_DEFAULT_GUESTS);
+            match fits {
+                Some(fits) if fits < n => {
+                    eprintln!(
+                        "xtask: {} MiB of memory available holds {fits} guest(s) of about {GUEST_HOST_MIB} MiB, \
+                         not one per core ({n}); the guests will take longer",
+                        available.unwrap_or_default()
+                    );
+                    Ok(fits.max(1))
+                }
+                _ => Ok(n),
+            }
+        }
+    }
+}
+
+/// MemAvailable from /proc/meminfo, in MiB.
+fn available_mib() -> Option<u64> {
+    let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+/// The guest time of each test binary, longest first.
+fn print_times(console: &console::Console) {
+    let mut binaries: Vec<_> = console.binaries.iter().collect();
+    binaries.sort_by(|a, b| b.secs.total_cmp(&a.secs));
+    for run in binaries {
+        eprintln!(
+            "        {:>7.1} s  {} (exit {})",
+            run.secs, run.name, run.status
+        );
+    }
 }
 
 /// PATH inside the chroot: the real bin folder of the host's python3 first
@@ -227,251 +387,4 @@ fn guest_path() -> String {
         }
     }
     dirs.join(":")
-}
-
-/// Kills and reaps a child process when dropped, so no error path leaves a
-/// QEMU or virtiofsd behind.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        // Errors mean it has already exited, which is what we want.
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A running virtiofsd and its socket, which is removed with it.
-struct VirtioFsd {
-    _process: KillOnDrop,
-    socket: PathBuf,
-}
-
-impl Drop for VirtioFsd {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.socket);
-    }
-}
-
-/// Boots one kernel, streams its console, and turns `VMTEST: exit=N` into
-/// the result.
-fn run_guest(kernel: &Kernel, plan: &GuestPlan<'_>, dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let initrd = initramfs::pack(dir, plan)?;
-    let log_path = dir.join("console.log");
-    let label = format!("vm {}", kernel.label());
-    eprintln!(
-        "xtask: booting {} ({}, sharing / read-only over {}), console in {}",
-        kernel.release,
-        kernel.package,
-        plan.share.name(),
-        log_path.display()
-    );
-
-    let mut qemu = Command::new("qemu-system-x86_64");
-    // TCG only: /dev/kvm on this machine kind cannot run a stock kernel, and
-    // -smp 2 under multi-threaded TCG oopses while tracepoints toggle.
-    qemu.args(["-accel", "tcg,thread=multi", "-smp", "1"])
-        .args(["-M", "q35", "-cpu", "max"])
-        .args(["-m", &format!("{GUEST_MEM_MIB}M")])
-        // No default NIC, VGA or monitor: less to probe, nothing on stdio but the console.
-        .args(["-nodefaults", "-no-user-config", "-no-reboot"])
-        .args(["-display", "none", "-serial", "stdio"])
-        .arg("-kernel")
-        .arg(kernel.vmlinuz())
-        .arg("-initrd")
-        .arg(&initrd)
-        .args(["-append", KERNEL_CMDLINE]);
-
-    // Declared before QEMU so that it is dropped (killed) after QEMU.
-    let _virtiofsd = match plan.share {
-        Share::VirtioFs => {
-            let daemon = start_virtiofsd(dir)?;
-            let socket = &daemon.socket;
-            qemu.arg("-chardev")
-                .arg(format!("socket,id=hostfs,path={}", socket.display()))
-                .args(["-device", "vhost-user-fs-pci,chardev=hostfs,tag=host"])
-                // vhost-user needs guest memory that virtiofsd can map.
-                .args([
-                    "-object",
-                    &format!("memory-backend-memfd,id=mem,size={GUEST_MEM_MIB}M,share=on"),
-                ])
-                .args(["-numa", "node,memdev=mem"]);
-            Some(daemon)
-        }
-        Share::NineP => {
-            // readonly is enforced by QEMU; remap keeps inode numbers unique across host mounts.
-            qemu.args([
-                "-virtfs",
-                "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
-            ]);
-            None
-        }
-    };
-
-    let log = Arc::new(Mutex::new(
-        File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?,
-    ));
-    let started = Instant::now();
-    let mut child = qemu
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting qemu-system-x86_64")?;
-    let stdout = child.stdout.take().context("QEMU stdout")?;
-    let stderr = child.stderr.take().context("QEMU stderr")?;
-    let mut qemu = KillOnDrop(child);
-    let console = {
-        let (log, label) = (Arc::clone(&log), label.clone());
-        thread::spawn(move || stream(stdout, &label, &log))
-    };
-    let errors = {
-        let (log, label) = (Arc::clone(&log), format!("{label} qemu"));
-        thread::spawn(move || stream(stderr, &label, &log))
-    };
-
-    let mut timed_out = false;
-    loop {
-        if qemu.0.try_wait().context("waiting for QEMU")?.is_some() {
-            break;
-        }
-        if started.elapsed() > VM_TIMEOUT {
-            timed_out = true;
-            break;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    drop(qemu);
-    let exit = console.join().ok().flatten();
-    let _ = errors.join();
-    eprintln!(
-        "xtask: {} ran for {:.1} s",
-        kernel.release,
-        started.elapsed().as_secs_f64()
-    );
-
-    let log_path = log_path.display();
-    match exit {
-        _ if timed_out => bail!(
-            "the guest did not finish within {} s and was killed; see {log_path}",
-            VM_TIMEOUT.as_secs()
-        ),
-        None => bail!(
-            "the guest stopped without printing `VMTEST: exit=N`: the kernel panicked or /init failed before \
-             the tests finished; see {log_path}"
-        ),
-        Some(0) => Ok(()),
-        Some(96) => bail!("a kernel module did not load in the guest (exit=96); see {log_path}"),
-        Some(97) => bail!(
-            "BPF LSM was not active in the guest, so the LSM backend went untested (exit=97); see {log_path}"
-        ),
-        Some(98) => bail!("setting up the guest's chroot failed (exit=98); see {log_path}"),
-        Some(n) => bail!(
-            "privileged tests failed in the guest (first non-zero exit status {n}); see {log_path}"
-        ),
-    }
-}
-
-/// Copies QEMU output line by line to the terminal (prefixed) and the log,
-/// and returns N from the last `VMTEST: exit=N` line.
-fn stream(from: impl Read, label: &str, log: &Mutex<File>) -> Option<i32> {
-    let mut reader = BufReader::new(from);
-    let mut line = Vec::new();
-    let mut exit = None;
-    loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line) {
-            Ok(0) | Err(_) => return exit,
-            Ok(_) => {}
-        }
-        let text = String::from_utf8_lossy(&line);
-        let text = text.trim_end_matches(['\r', '\n']);
-        if let Some(rest) = text.split("VMTEST: exit=").nth(1) {
-            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            exit = digits.parse().ok();
-        }
-        // Not eprintln!, which panics when stderr is a closed pipe (`| head`):
-        // the log and the verdict must not depend on the terminal.
-        let _ = writeln!(std::io::stderr().lock(), "[{label}] {text}");
-        if let Ok(mut file) = log.lock() {
-            // A full disk should not abort the run; the terminal still has it.
-            let _ = writeln!(file, "{text}");
-        }
-    }
-}
-
-/// Starts virtiofsd sharing the host's / read-only, and waits for its socket.
-///
-/// The C virtiofsd has no read-only option, so it runs in a private mount
-/// namespace on a recursive bind of / whose every mount is remounted
-/// read-only; the guest also mounts it ro. `sandbox=chroot` because the
-/// default namespace sandbox fails here with pivot_root EBUSY.
-fn start_virtiofsd(dir: &Path) -> Result<VirtioFsd> {
-    if !Path::new(VIRTIOFSD).exists() {
-        bail!("{VIRTIOFSD} is missing (it comes with qemu-system-common)");
-    }
-    let mountpoint = dir.join("host-ro");
-    fs::create_dir_all(&mountpoint)
-        .with_context(|| format!("creating {}", mountpoint.display()))?;
-    // A socket path must fit sockaddr_un (108 bytes), which a deep workspace may not.
-    let socket = env::temp_dir().join(format!("agent-guard-vm-{}.sock", std::process::id()));
-    if socket.exists() {
-        fs::remove_file(&socket).with_context(|| format!("removing stale {}", socket.display()))?;
-    }
-    let log_path = dir.join("virtiofsd.log");
-    let log =
-        File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-    // The mount list goes through a variable because dash has no pipefail:
-    // a failing findmnt in a pipe would silently remount nothing. The awk
-    // check then proves that the visible (topmost) mount at every point is ro.
-    let script = r#"
-        mount --rbind / "$1"
-        mounts=$(findmnt --raw --noheadings --output TARGET --submounts --mountpoint "$1")
-        printf '%s\n' "$mounts" | while read -r m; do mount -o remount,bind,ro "$m"; done
-        awk -v root="$1" '$5 == root || index($5, root "/") == 1 { top[$5] = $6 }
-            END { for (m in top) if (top[m] !~ /^ro/) { print "still writable: " m; bad = 1 }; exit bad }' \
-            /proc/self/mountinfo
-        exec "$3" --socket-path="$2" -o source="$1" -o sandbox=chroot -o cache=always
-    "#;
-    let child = Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-euc",
-            script,
-            "virtiofsd-ro",
-        ])
-        .arg(&mountpoint)
-        .arg(&socket)
-        .arg(VIRTIOFSD)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().context("virtiofsd log")?)
-        .stderr(log)
-        .spawn()
-        .context("starting virtiofsd (through unshare)")?;
-    let mut daemon = KillOnDrop(child);
-    // From here on, dropping `daemon` on an error kills it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        if let Some(status) = daemon.0.try_wait().context("waiting for virtiofsd")? {
-            bail!(
-                "virtiofsd exited with {status} before QEMU could connect; see {}",
-                log_path.display()
-            );
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "virtiofsd made no socket within 10 s; see {}",
-                log_path.display()
-            );
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    Ok(VirtioFsd {
-        _process: daemon,
-        socket,
-    })
 }

@@ -53,9 +53,11 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         policy: Option<PathBuf>,
     },
-    /// List calls held for a decision (an `ask` rule): id, agent, owner,
-    /// pid, exe, what, target, time waited and time left before the
-    /// automatic deny.
+    /// List calls held for a decision (an `ask` rule): id, agent, pid,
+    /// what, target, time waited and time left before the automatic deny;
+    /// under each, its command line, parents up to the agent's first
+    /// process, owner and purpose, the agent's last five minutes, and what
+    /// each approval scope would grant.
     ///
     /// Examples:
     ///   agent-guard pending

@@ -46,7 +46,7 @@ pub fn report(guard: Option<&GuardStatus>, seccomp: bool) -> bool {
                 adopted: hook("lsm/task_kill and lsm/file_send_sigiotask"),
             },
             Line {
-                what: "ptrace, process_vm_readv/writev, pidfd_getfd, /proc/PID/mem of guard processes",
+                what: "ptrace, process_vm_readv/writev, pidfd_getfd, process_madvise, /proc/PID/mem of guard processes",
                 run: hook("lsm/ptrace_access_check"),
                 adopted: hook("lsm/ptrace_access_check"),
             },
@@ -98,8 +98,20 @@ pub fn report(guard: Option<&GuardStatus>, seccomp: bool) -> bool {
                 adopted: Err(no_lsm.into()),
             },
             Line {
-                what: "ptrace, process_vm_readv/writev, pidfd_getfd, /proc/PID/mem of guard processes",
-                run: landlock(1, "refused: nothing outside the run can be traced"),
+                what: "ptrace, process_vm_readv/writev, pidfd_getfd, process_madvise, /proc/PID/mem of guard processes",
+                run: landlock(1, "refused: nothing outside the run can be traced").and_then(
+                    |how| {
+                        if seccomp {
+                            Ok(format!(
+                                "{how}; process_madvise fails in the seccomp filter"
+                            ))
+                        } else {
+                            Err("no seccomp user notification, so runs get no filter and \
+                                 process_madvise is not refused"
+                                .to_owned())
+                        }
+                    },
+                ),
                 adopted: Err(no_lsm.into()),
             },
             Line {
@@ -155,6 +167,10 @@ pub fn report(guard: Option<&GuardStatus>, seccomp: bool) -> bool {
             }
         }
     }
+    // What no hook on this backend sees: named, not left silent.
+    for note in unobserved(lsm) {
+        println!("  [note] {note}");
+    }
     println!(
         "  runs: no_new_privs and a non-dumpable launcher on every backend{}",
         if lsm {
@@ -164,4 +180,30 @@ pub fn report(guard: Option<&GuardStatus>, seccomp: bool) -> bool {
         }
     );
     all
+}
+
+/// What an agent can do near the guard that this backend neither refuses
+/// nor reports, or refuses without a word.
+fn unobserved(lsm: bool) -> Vec<&'static str> {
+    if lsm {
+        vec![
+            "not reported: SIGIO/SIGURG aimed at the guard through F_SETOWN when another \
+             process's I/O raises it (refused all the same), and the kernel's own silent \
+             permission probes (ps reading /proc/PID/stat)",
+        ]
+    } else {
+        vec![
+            "not reported for runs: kill(-1) and process-group signals, and SIGIO/SIGURG \
+             through F_SETOWN (Landlock refuses them for the guard, but no call fails: the \
+             kernel delivers what it may)",
+            "not reported for runs: a refused path reached through a symlink the agent swaps \
+             before the daemon reads the record (the daemon judges the new target)",
+            "not refused for runs: reading /proc/PID/environ and cmdline of guard processes \
+             (Landlock allows it)",
+            "not named one by one: an agent's refused path calls beyond its allowance (10 at \
+             once, then one a second) are counted together before the daemon can tell the \
+             guard's files from ordinary permission failures, so a burst of ordinary failures \
+             first leaves a reach for the guard's files counted, not named",
+        ]
+    }
 }

@@ -27,5 +27,11 @@ pub fn run(args: ModeArgs, freeze: bool, socket: &Path) -> Result<ExitCode> {
         .and_then(|m| m.as_str())
         .unwrap_or("?");
     println!("agent {}: mode {mode}", args.agent);
+    // In force, but not recorded for a restarted daemon: say so, and fail
+    // the command so that a script notices.
+    if let Some(warning) = reply.data.get("warning").and_then(|w| w.as_str()) {
+        eprintln!("agent-guard: warning: {warning}");
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -114,7 +114,19 @@ pub(super) fn switch_mode(
     }
     let agent_id = state.agent_id;
     let agent_ref = registry.agent_ref(agent_id, 0);
+    let names: std::collections::BTreeSet<String> = registry
+        .agents
+        .values()
+        .filter(|a| a.frozen)
+        .map(|a| a.def.name.clone())
+        .collect();
     drop(registry);
+    // In force in the kernel already; recorded so that a restarted daemon
+    // keeps it. Failing to record it is said, not hidden.
+    let warning = shared.frozen.save(&names).err().map(|err| {
+        tracing::error!(error = %format!("{err:#}"), "recording the frozen agents; a restarted daemon would not know");
+        format!("{err:#}; a restarted daemon would put {agent} back in its policy's mode")
+    });
     tracing::warn!(agent, mode = policy::mode_str(to), by = %user, "agent mode switched");
     events::emit_now(
         &shared.emitter,
@@ -123,5 +135,5 @@ pub(super) fn switch_mode(
                "by": {"uid": uid, "user": user},
                "reason": reason}),
     );
-    Ok(json!({ "mode": policy::mode_str(to) }))
+    Ok(json!({ "mode": policy::mode_str(to), "warning": warning }))
 }

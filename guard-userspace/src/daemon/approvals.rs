@@ -55,6 +55,30 @@ pub fn decide(
     Ok(json!({ "scope": granted }))
 }
 
+/// The subtree a `subtree` approval of held delete `event` grants unless
+/// narrowed: the path of the `ask` rule that held it, else the held
+/// path's directory. None for a call without a path.
+pub fn default_subtree(event: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    // The path whose rule held it: a rename's destination when the object
+    // it would replace decided.
+    let target = event.get("target")?;
+    let held = if target.get("decided_by").and_then(|d| d.as_str()) == Some("destination") {
+        "new_path"
+    } else {
+        "path"
+    };
+    let target = target.get(held)?.as_str()?;
+    let rule = event
+        .get("rule")
+        .and_then(|r| r.get("match"))
+        .and_then(|m| m.as_str());
+    let prefix = match rule {
+        Some(m) if m.starts_with('/') => m.trim_end_matches('/'),
+        _ => target.rsplit_once('/').map_or("", |(dir, _)| dir),
+    };
+    Some(if prefix.is_empty() { "/" } else { prefix }.to_owned())
+}
+
 /// The scope part of an approval, as asked.
 pub struct ScopeRequest {
     pub scope: Option<String>,
@@ -112,19 +136,12 @@ fn grant_for_hold(
             let target = event["target"][held]
                 .as_str()
                 .context("held file call without a path")?;
-            // Default: the subtree of the ask rule that held the call.
-            let prefix = match (&scope.path, event["rule"]["match"].as_str()) {
-                (Some(p), _) => p.trim_end_matches('/').to_owned(),
-                (None, Some(m)) if m.starts_with('/') => m.trim_end_matches('/').to_owned(),
-                _ => target
-                    .rsplit_once('/')
-                    .map(|(dir, _)| dir.to_owned())
-                    .unwrap_or_default(),
-            };
-            let prefix = if prefix.is_empty() {
-                "/".to_owned()
-            } else {
-                prefix
+            let prefix = match &scope.path {
+                Some(p) => match p.trim_end_matches('/') {
+                    "" => "/".to_owned(),
+                    p => p.to_owned(),
+                },
+                None => default_subtree(&event).context("held file call without a path")?,
             };
             if !(prefix == "/" || target == prefix || target.starts_with(&format!("{prefix}/"))) {
                 bail!("{prefix} does not contain the held path {target}");

@@ -162,6 +162,14 @@ impl SessionDecider {
         }
     }
 
+    /// The run's agent as the policy now has it (a reload gives it a new id).
+    fn agent_now(&self, registry: &super::registry::Registry) -> u32 {
+        registry
+            .sessions
+            .get(&self.session_cgroup)
+            .map_or(self.agent_id, |s| s.agent_id)
+    }
+
     /// Judges `req` now, or registers a hold and returns the channel the
     /// decision will come on.
     fn judge(&self, req: &Request) -> Judged {
@@ -172,11 +180,7 @@ impl SessionDecider {
             Ok(r) => r,
             Err(poisoned) => poisoned.into_inner(),
         };
-        // The run's agent as the policy now has it (a reload gives it a new id).
-        let agent_id = registry
-            .sessions
-            .get(&self.session_cgroup)
-            .map_or(self.agent_id, |s| s.agent_id);
+        let agent_id = self.agent_now(&registry);
         let Some(agent) = registry.agents.get(&agent_id) else {
             // The agent left the policy while its run goes on: nothing to
             // judge against, so fail closed.
@@ -419,5 +423,45 @@ impl Decide for SessionDecider {
         if let Err(errno) = result {
             tracing::debug!(path = %req.object.path, errno, op = ?req.op, "an allowed call failed on its own");
         }
+    }
+
+    fn cgroup_refused(&self, req: &Request) {
+        let registry = match self.shared.registry.read() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let agent_id = self.agent_now(&registry);
+        let Some(agent) = registry.agents.get(&agent_id) else {
+            return;
+        };
+        let Some(target) =
+            events::refused::supervised_escape(&req.object.path, req.pid, agent_id, &registry)
+        else {
+            return; // its own tree: refused, but no way out
+        };
+        if !self
+            .shared
+            .guard
+            .allowance
+            .allows(agent.cgroup_id, guard_common::REFUSAL_ESCAPE)
+        {
+            return;
+        }
+        let mut body = decode::supervised_call(
+            &registry,
+            agent,
+            self.session_cgroup,
+            req,
+            (Outcome::Denied, Verdict::Deny, RuleOf::Path(None)),
+            false,
+            None,
+            &mut super::lock_enricher(&self.shared),
+        );
+        drop(registry);
+        body.insert("kind".into(), "agent.escape".into());
+        body.remove("backend");
+        body.insert("target".into(), target);
+        body.insert("rule".into(), events::selfdefense::rule());
+        events::emit_now(&self.shared.emitter, Value::Object(body));
     }
 }

@@ -122,9 +122,12 @@ impl Holds {
         timeout: Duration,
     ) {
         event.insert("outcome".into(), "held".into());
+        // Gathered before any hold lock is taken (it reads /proc and the
+        // emitter's recent counts), once: a successor shows the same.
+        let context = super::context::gather(shared, &event, pid);
         event.insert(
             "hold".into(),
-            json!({ "id": id.to_string(), "timeout_secs": timeout.as_secs() }),
+            json!({ "id": id.to_string(), "timeout_secs": timeout.as_secs(), "context": context }),
         );
         let announce = Value::Object(event.clone());
         let now = Instant::now();
@@ -345,10 +348,15 @@ impl Holds {
                     "owner": h.event.get("agent").and_then(|a| a.get("owner")),
                     "pid": h.pid,
                     "exe": h.event.get("process").and_then(|p| p.get("exe")),
+                    "cmdline": h.event.get("process").and_then(|p| p.get("cmdline")),
+                    "purpose": h.event.get("agent").and_then(|a| a.get("purpose")),
+                    "on_behalf_of": h.event.get("agent").and_then(|a| a.get("on_behalf_of")),
                     "target": h.event.get("target"),
                     // Why it waits when the rule alone does not say (a spent budget).
                     "reason": h.event.get("reason"),
                     "budget": h.event.get("budget"),
+                    "rule": h.event.get("rule"),
+                    "context": h.event.get("hold").and_then(|x| x.get("context")),
                     "since": humantime::format_rfc3339_seconds(h.since_wall).to_string(),
                     "waited_ms": now.duration_since(h.since).as_millis() as u64,
                     "left_ms": h.deadline.saturating_duration_since(now).as_millis() as u64,

@@ -4,9 +4,11 @@ pub mod access;
 mod admin;
 pub mod approvals;
 pub mod budgets;
+mod context;
 mod control_server;
 mod deletes;
 mod demo;
+mod frozen;
 pub mod grants;
 pub mod holds;
 mod journal;
@@ -70,6 +72,8 @@ pub struct Shared {
     pub refusals: refusals::Refusals,
     /// Self-defense in force (and what runs are confined with).
     pub guard: selfdefense::Guard,
+    /// Which agents on-call froze, kept across restarts.
+    pub frozen: frozen::Frozen,
 }
 
 impl Shared {
@@ -314,18 +318,28 @@ pub async fn run(opts: Options) -> Result<()> {
         // cannot be blocked here; at least every delete they make is seen.
         kernel.attach_delete_observer()?;
     }
+    let frozen = frozen::Frozen::new(&state_dir);
+    let frozen_names = frozen.load()?;
+    if policy.agents.iter().any(|a| frozen_names.contains(&a.name)) {
+        // Frozen connects are held: the stopper must be there first.
+        kernel.attach_connect_hold_stopper()?;
+    }
     let mut agents = Vec::new();
     let budgets = kernel.take_budgets()?;
     for (index, agent) in policy.agents.iter().enumerate() {
         let agent_id = index as u32 + 1;
         write_rules(&mut kernel, agent_id, agent)?;
         budgets.set(agent_id, agent, None)?;
+        let was_frozen = frozen_names.contains(&agent.name);
+        if was_frozen {
+            tracing::warn!(agent = %agent.name, "agent stays frozen, as on-call left it; `agent-guard thaw` ends it");
+        }
         agents.push(install_agent(
             &mut kernel,
             &hierarchy,
             agent_id,
             agent,
-            false,
+            was_frozen,
         )?);
     }
     let levels = agent_levels(policy.agents.iter());
@@ -404,6 +418,7 @@ pub async fn run(opts: Options) -> Result<()> {
         reloading: Mutex::new(()),
         next_id: AtomicU32::new(next_id),
         guard,
+        frozen,
     });
     // Every program is attached: pin them all, so that enforcement outlives
     // a crashed daemon, and only then retire a crashed predecessor's pins.
@@ -512,17 +527,48 @@ pub async fn run(opts: Options) -> Result<()> {
 
 /// Acts on SIGTERM, SIGINT (stop) and SIGHUP (reload) until a stop from
 /// outside every agent; the same signals from inside an agent, or from a
-/// sender that cannot be identified, are refused.
+/// sender that cannot be identified, are refused. The signals are read on
+/// a thread of their own (see `signals`); if that thread dies, another
+/// takes its place: only a stop ends this, never a failure.
 async fn serve_signals(shared: &Arc<Shared>) -> Result<()> {
-    let mut signals = signals::Signals::new()?;
     loop {
-        let received = match signals.next(shared).await {
-            Ok(received) => received,
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let thread_shared = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let _ = tx.send(read_signals(&thread_shared));
+            });
+        match spawned {
+            Ok(_) => match rx.await {
+                Ok(stopped) => return stopped,
+                Err(_) => tracing::error!("the signal thread died; starting another"),
+            },
+            Err(err) => tracing::error!(%err, "starting the signal thread; retrying"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// The signal thread: returns on a stop from outside every agent.
+fn read_signals(shared: &Arc<Shared>) -> Result<()> {
+    let mut signals = loop {
+        match signals::Signals::new() {
+            Ok(s) => break s,
             Err(err) => {
                 // The signals stay blocked and queued: nothing is lost by
                 // waiting, and failing here must not release enforcement.
+                tracing::error!(error = %format!("{err:#}"), "opening the signalfd; retrying");
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
+    };
+    loop {
+        let received = match signals.next(shared) {
+            Ok(received) => received,
+            Err(err) => {
                 tracing::error!(error = %format!("{err:#}"), "reading signals; retrying");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                std::thread::sleep(std::time::Duration::from_secs(1));
                 if let Ok(fresh) = signals::Signals::new() {
                     signals = fresh;
                 }
@@ -537,15 +583,13 @@ async fn serve_signals(shared: &Arc<Shared>) -> Result<()> {
             tracing::info!(signal = ?received.signal, sender = ?received.sender, "shutting down");
             return Ok(());
         }
-        // SIGHUP reloads the policy file (as `agent-guard reload` does).
+        // SIGHUP reloads the policy file (as `agent-guard reload` does);
+        // its outcome is a policy.reload event either way.
         let by = holds::By {
             uid: None,
             user: "SIGHUP".into(),
         };
-        let shared = shared.clone();
-        tokio::task::spawn_blocking(move || {
-            let _ = reload::reload(&shared, false, by);
-        });
+        let _ = reload::reload(shared, false, by);
     }
 }
 

@@ -12,13 +12,17 @@
 //! already been reaped cannot be identified, and its signal is refused
 //! too: stop the daemon from a process that waits for it (`systemctl
 //! stop`, `kill` from a shell, Ctrl-C).
+//!
+//! The signalfd is read by a thread of its own, in blocking reads, not by
+//! the async runtime: a stop or a reload must get through however busy the
+//! runtime's workers are (an agent in a tight loop keeps the event reader
+//! busy, and in a 1-CPU guest that once kept a SIGHUP unread for minutes).
 use anyhow::{Context as _, Result};
 use nix::sys::{
     signal::{SigSet, SigmaskHow, Signal, pthread_sigmask},
     signalfd::{SfdFlags, SignalFd},
 };
 use serde_json::json;
-use tokio::io::unix::AsyncFd;
 
 use super::{Shared, access};
 
@@ -66,34 +70,31 @@ pub struct Received {
 }
 
 pub struct Signals {
-    fd: AsyncFd<SignalFd>,
+    fd: SignalFd,
 }
 
-/// `si_code` of signals the kernel itself sends (SI_KERNEL).
-const SI_KERNEL: i32 = 0x80;
+/// `si_code` of kill(2) and tgkill(2)/tkill(2): the only codes whose
+/// `si_pid` the kernel fills in itself. With rt_sigqueueinfo(2) a sender
+/// writes its own siginfo, `si_pid` included, and may use any negative code
+/// but these two (the kernel refuses SI_TKILL and codes >= 0 from another
+/// process).
+const SI_USER: i32 = 0;
+const SI_TKILL: i32 = -6;
 
 impl Signals {
-    /// Reads the signals [`block`] blocked.
+    /// Reads the signals [`block`] blocked, in blocking reads.
     pub fn new() -> Result<Self> {
-        let fd = SignalFd::with_flags(&handled(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .context("signalfd")?;
-        // SAFETY: the SignalFd owns its fd, which stays open and unchanged
-        // until the AsyncFd (which owns the SignalFd) is dropped.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-            .map_err(|e| anyhow::anyhow!("registering the signalfd: {e}"))?;
+        let fd = SignalFd::with_flags(&handled(), SfdFlags::SFD_CLOEXEC).context("signalfd")?;
         Ok(Self { fd })
     }
 
-    /// The next signal, with its sender judged now against `shared`'s agents.
-    pub async fn next(&mut self, shared: &Shared) -> Result<Received> {
+    /// Waits for the next signal, with its sender judged now against
+    /// `shared`'s agents. Blocks the calling thread.
+    pub fn next(&mut self, shared: &Shared) -> Result<Received> {
         loop {
-            let mut guard = self.fd.readable().await?;
-            let info = match guard.get_inner().read_signal() {
+            let info = match self.fd.read_signal() {
                 Ok(Some(info)) => info,
-                Ok(None) => {
-                    guard.clear_ready();
-                    continue;
-                }
+                Ok(None) | Err(nix::errno::Errno::EINTR) => continue,
                 Err(err) => return Err(err).context("reading the signalfd"),
             };
             let Ok(signal) = Signal::try_from(info.ssi_signo as i32) else {
@@ -107,10 +108,16 @@ impl Signals {
 
 /// Who sent a signal, read as soon as it is received.
 fn identify(shared: &Shared, pid: u32, uid: u32, code: i32) -> Sender {
-    if pid == 0 || code == SI_KERNEL {
+    let unknown = Sender::Unknown { pid, uid };
+    if code > 0 {
+        // Only the kernel sends positive codes (a terminal's Ctrl-C is
+        // SI_KERNEL, 0x80).
         return Sender::Kernel;
     }
-    let unknown = Sender::Unknown { pid, uid };
+    if code != SI_USER && code != SI_TKILL {
+        // Its pid is whatever the sender wrote: a forged "from pid 1".
+        return unknown;
+    }
     // Pinned first, so the pid cannot change owner while we read.
     let Ok(pidfd) = guard_host::peer::pidfd_open(pid) else {
         return unknown;

@@ -177,6 +177,9 @@ fn summary(shared: &Shared, agent_cgroup_id: u64, class: usize, count: u64) -> V
         // before the daemon resolves them: it counts them all.
         "refused path calls (the guard's files among them, or ordinary permission failures)"
             .to_owned()
+    } else if class as u32 == REFUSAL_ESCAPE {
+        // The kill is sent whether or not its event is.
+        "attempts to leave the agent (each refused, or its process killed)".to_owned()
     } else {
         format!("refused {of} attempts")
     };

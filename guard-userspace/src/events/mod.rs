@@ -86,6 +86,8 @@ pub struct Emitter {
     losses: BTreeMap<String, u64>,
     /// Calls per agent, by outcome.
     calls: std::collections::HashMap<String, counts::Counts>,
+    /// Calls per agent over the last minutes.
+    recent: std::collections::HashMap<String, counts::Recent>,
     /// (when, seq) samples for events/s.
     rate: VecDeque<(Instant, u64)>,
     state_file: Option<PathBuf>,
@@ -100,6 +102,15 @@ impl Emitter {
     /// Calls per agent name since start, by outcome.
     pub fn calls(&self) -> &std::collections::HashMap<String, counts::Counts> {
         &self.calls
+    }
+
+    /// What agent `name` did over the last [`counts::RECENT_WINDOW`]
+    /// (see [`counts::Recent::summary`]).
+    pub fn recent(&self, name: &str) -> Value {
+        self.recent.get(name).map_or_else(
+            || counts::Recent::default().summary(self.started),
+            |r| r.summary(self.started),
+        )
     }
 }
 
@@ -169,6 +180,7 @@ impl Emitter {
             next_subscriber: 1,
             losses: BTreeMap::new(),
             calls: std::collections::HashMap::new(),
+            recent: std::collections::HashMap::new(),
             rate: VecDeque::new(),
             state_file: config.state_file,
             persisted_seq: 0,
@@ -186,10 +198,12 @@ impl Emitter {
     /// `kind`, `outcome` and the kind's own fields.
     pub fn emit(&mut self, time: SystemTime, body: Map<String, Value>) {
         self.seq += 1;
+        let when = time;
         let time = humantime::format_rfc3339_nanos(time).to_string();
         let mut ev = assemble(self.seq, &time, &self.host, body);
         crate::metrics::observe(&ev);
         counts::Counts::tally(&mut self.calls, &ev);
+        counts::Recent::tally(&mut self.recent, self.started, when, &ev);
         let text = |k: &str| ev.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
         let (kind, outcome) = (text("kind"), text("outcome"));
         let is_loss = kind == "loss";

@@ -140,6 +140,29 @@ fn proc_target(path: &Path, registry: &Registry) -> Option<u32> {
     guard_host::proc::tgid(id).filter(|t| guard(*t))
 }
 
+/// The target of a run's change to a cgroup filesystem that the seccomp
+/// supervisor refused (`Decide::cgroup_refused`), at real path `path`; None
+/// inside the agent's own tree. A cgroup filesystem the daemon does not
+/// know of (one the agent mounted itself) is reported all the same.
+pub fn supervised_escape(
+    path: &str,
+    pid: u32,
+    agent_id: u32,
+    registry: &Registry,
+) -> Option<Value> {
+    let path = PathBuf::from(path);
+    let known = registry.cgroup_mounts.iter().any(|m| path.starts_with(m));
+    let mut target = if known {
+        cgroup_escape(path.clone(), pid, agent_id, registry)?.target
+    } else {
+        json!({"how": "cgroup_open", "action": "refused", "pid": pid})
+    };
+    if let Some(obj) = target.as_object_mut() {
+        obj.insert("path".into(), path.display().to_string().into());
+    }
+    Some(target)
+}
+
 /// A refused change to a cgroup filesystem outside the agent's own tree.
 fn cgroup_escape(path: PathBuf, pid: u32, agent_id: u32, registry: &Registry) -> Option<Reached> {
     let mount = registry

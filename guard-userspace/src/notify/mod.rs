@@ -122,9 +122,11 @@ pub fn document(
         "agent": agent["name"],
         "owner": agent["owner"],
         "on_behalf_of": agent["on_behalf_of"],
+        "purpose": agent["purpose"],
         "what": what,
         "target": target,
-        "process": {"pid": event["process"]["pid"], "exe": event["process"]["exe"]},
+        "process": {"pid": event["process"]["pid"], "exe": event["process"]["exe"],
+                    "cmdline": event["process"]["cmdline"]},
         "rule": event["rule"],
     });
     let summary = match which {
@@ -381,9 +383,10 @@ mod tests {
     #[test]
     fn documents_carry_what_on_call_needs() {
         let held = json!({"seq": 7, "time": "t", "host": "h", "kind": "file.unlink",
-            "outcome": "held", "hold": {"id": "42", "timeout_secs": 300},
-            "agent": {"name": "bot", "owner": "o@x"},
-            "process": {"pid": 9, "exe": "/usr/bin/rm"},
+            "outcome": "held", "hold": {"id": "42", "timeout_secs": 300,
+                "context": {"ancestry": [{"pid": 8, "comm": "sh", "cmdline": ["sh"]}]}},
+            "agent": {"name": "bot", "owner": "o@x", "purpose": "tidy up"},
+            "process": {"pid": 9, "exe": "/usr/bin/rm", "cmdline": ["rm", "-rf", "/srv/data/x"]},
             "target": {"path": "/srv/data/x"}});
         assert_eq!(classify(&held), Some(NotifyEvent::Held));
         let doc = document(
@@ -398,6 +401,9 @@ mod tests {
         assert_eq!(doc["owner"], "o@x");
         assert_eq!(doc["what"], "file.unlink");
         assert_eq!(doc["process"]["exe"], "/usr/bin/rm");
+        assert_eq!(doc["process"]["cmdline"][1], "-rf");
+        assert_eq!(doc["purpose"], "tidy up");
+        assert_eq!(doc["hold"]["context"]["ancestry"][0]["comm"], "sh");
         assert_eq!(doc["time_left_secs"], 299);
         assert_eq!(doc["link"], "https://g.example/#hold=42");
         let mut decided = held.clone();

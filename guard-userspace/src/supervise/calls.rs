@@ -216,7 +216,7 @@ pub(super) fn decode(notif: &libc::seccomp_notif) -> Result<Call, Stop> {
         Guarded::Unshare | Guarded::Clone => refuse(ns_op(uint(0)), None),
         Guarded::Setns => refuse(ns_op(uint(1)), None),
         // The filter answers these itself; a notification would be a bug.
-        Guarded::Clone3 | Guarded::Bpf => {
+        Guarded::Clone3 | Guarded::Bpf | Guarded::ProcessMadvise => {
             return Err(Stop::Failed(Failure::UnexpectedSyscall {
                 arch: data.arch,
                 nr: data.nr,

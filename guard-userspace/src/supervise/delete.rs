@@ -47,6 +47,7 @@ pub(super) async fn entry(
     .map_err(|e| match e {
         OpenError::Errno(errno) => Stop::Errno(errno),
         OpenError::Io(e) => io_failure("reading the parent directory's real path")(e),
+        OpenError::Cgroup(path) => Stop::Cgroup(path),
     })?;
     absolute(&held.path)?;
     last(&split.last).map_err(Stop::Errno)?;

@@ -53,6 +53,8 @@ fn filter_routes_each_table() {
         (I386, 1, no, ALLOW),
         (X64, 321, no, EPERM), // bpf
         (I386, 357, no, EPERM),
+        (X64, 440, no, EPERM), // process_madvise
+        (I386, 440, no, EPERM),
         (X64, 435, no, ENOSYS), // clone3
         (I386, 435, no, ENOSYS),
         (X64, 56, no, ALLOW), // clone(2) without namespace flags stays
@@ -110,6 +112,7 @@ fn namespaces_and_mounts_by_policy() {
         (56, [ns | 0x11, 0, 0, 0, 0, 0], NOTIF, ALLOW),
         (435, [0; 6], ENOSYS, ENOSYS), // clone3: also CLONE_INTO_CGROUP
         (321, [0; 6], EPERM, EPERM),   // bpf
+        (440, [0; 6], EPERM, EPERM),   // process_madvise
         (308, [3, 0, 0, 0, 0, 0], NOTIF, ALLOW), // setns(fd, 0): any type
         (308, [3, 0x4000_0000, 0, 0, 0, 0], ALLOW, ALLOW), // setns(fd, CLONE_NEWNET)
         (308, [3, ns, 0, 0, 0, 0], NOTIF, ALLOW),

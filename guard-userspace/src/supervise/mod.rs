@@ -236,6 +236,13 @@ pub trait Decide: Send + Sync {
     fn performed(&self, req: &Request, result: Result<(), i32>) {
         let _ = (req, result);
     }
+
+    /// A call reached for what lies on a cgroup filesystem, at
+    /// `req.object.path`: refused (EACCES) without a question, since a run
+    /// may only read those; the decider reports it.
+    fn cgroup_refused(&self, req: &Request) {
+        let _ = req;
+    }
 }
 
 /// Why [`supervise`] stopped before every supervised process was gone.

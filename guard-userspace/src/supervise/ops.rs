@@ -21,6 +21,28 @@ pub(super) enum OpenError {
     /// The kernel would have failed the call with this errno.
     Errno(i32),
     Io(io::Error),
+    /// It lies on a cgroup filesystem (its real path given).
+    Cgroup(Vec<u8>),
+}
+
+/// `statfs.f_type` of cgroup2 and of a cgroup v1 hierarchy.
+const CGROUP2_SUPER_MAGIC: libc::__fsword_t = 0x6367_7270;
+const CGROUP_SUPER_MAGIC: libc::__fsword_t = 0x0027_e0eb;
+
+/// Whether `fd` lies on a cgroup filesystem (either version), wherever it
+/// is mounted. A run may only read those (its Landlock ruleset), and the
+/// daemon acts outside that ruleset: it must never change one for a run,
+/// or the run could leave its cgroup through a supervised open of
+/// cgroup.procs, or remove another agent's cgroup.
+pub(super) fn on_cgroupfs(fd: &OwnedFd) -> io::Result<bool> {
+    // SAFETY: statfs is plain old data, filled by the kernel.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs on a descriptor we own, into a live statfs.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), &raw mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let magic = st.f_type;
+    Ok(magic == CGROUP2_SUPER_MAGIC || magic == CGROUP_SUPER_MAGIC)
 }
 
 pub(super) fn last_errno() -> i32 {
@@ -89,6 +111,9 @@ pub(super) fn open_parent(
         return Err(OpenError::Errno(libc::ENOENT));
     }
     let path = fd_path(host, dir.as_raw_fd()).map_err(OpenError::Io)?;
+    if on_cgroupfs(&dir).map_err(OpenError::Io)? {
+        return Err(OpenError::Cgroup(path));
+    }
     Ok(Held { dir, path })
 }
 

@@ -117,6 +117,10 @@ pub(super) enum Stop {
     Gone,
     /// An internal failure: the caller gets EPERM and the log gets this.
     Failed(Failure),
+    /// The call would change what lies on a cgroup filesystem (this real
+    /// path): refused with EACCES, as the run's Landlock ruleset refuses
+    /// its own writes there, and reported as an escape attempt.
+    Cgroup(Vec<u8>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +177,8 @@ async fn handle(
             error!(tid, "call refused after an internal error: {failure}");
             Answer::Done(Err(libc::EPERM))
         }
+        // `process` reported it.
+        Err(Stop::Cgroup(_)) => Answer::Done(Err(libc::EACCES)),
     };
     let sent = match answer {
         Answer::Done(result) => listener.respond(notif.id, result),
@@ -202,17 +208,42 @@ async fn process(
 ) -> Result<Answer, Stop> {
     let call = calls::decode(notif)?;
     let caller = Caller::open(listener, host, notif)?;
+    let done = performed_call(&caller, decider, call).await;
+    if let Err(Stop::Cgroup(path)) = &done {
+        caller.validate()?;
+        let req = caller.request(
+            Op::Open,
+            Object {
+                path: String::from_utf8_lossy(path).into_owned(),
+                raw_path: String::new(),
+                exists: true,
+                dir: false,
+            },
+            None,
+        );
+        if catch_unwind(AssertUnwindSafe(|| decider.cgroup_refused(&req))).is_err() {
+            error!(path = %req.object.path, "the decider panicked in cgroup_refused()");
+        }
+    }
+    done
+}
+
+async fn performed_call(
+    caller: &Caller<'_>,
+    decider: &Arc<dyn Decide>,
+    call: Call,
+) -> Result<Answer, Stop> {
     match call {
         Call::Delete { op, dirfd, path } => {
-            super::delete::delete(&caller, decider, op, dirfd, path).await
+            super::delete::delete(caller, decider, op, dirfd, path).await
         }
         Call::Rename { .. } | Call::Link { .. } => {
-            super::rename::rename_or_link(&caller, decider, call).await
+            super::rename::rename_or_link(caller, decider, call).await
         }
         Call::Truncate { .. } | Call::Ftruncate { .. } | Call::Open { .. } => {
-            super::truncate::truncate(&caller, decider, call).await
+            super::truncate::truncate(caller, decider, call).await
         }
-        Call::Refuse { op, path, reason } => refuse(&caller, decider, op, path, reason).await,
+        Call::Refuse { op, path, reason } => refuse(caller, decider, op, path, reason).await,
     }
 }
 
@@ -408,14 +439,8 @@ impl<'a> Caller<'a> {
     /// Asks the decider about `op` on `object` (and `second`), on its own
     /// task, so that a panicking decider becomes a JoinError (EPERM) rather
     /// than a notification nobody answers.
-    pub async fn ask(
-        &self,
-        decider: &Arc<dyn Decide>,
-        op: Op,
-        object: Object,
-        second: Option<Object>,
-    ) -> Result<(Request, Decision), Stop> {
-        let req = Request {
+    fn request(&self, op: Op, object: Object, second: Option<Object>) -> Request {
+        Request {
             notif_id: self.notif.id,
             pid: self.status.tgid,
             tid: self.notif.pid,
@@ -424,7 +449,17 @@ impl<'a> Caller<'a> {
             op,
             object,
             second,
-        };
+        }
+    }
+
+    pub async fn ask(
+        &self,
+        decider: &Arc<dyn Decide>,
+        op: Op,
+        object: Object,
+        second: Option<Object>,
+    ) -> Result<(Request, Decision), Stop> {
+        let req = self.request(op, object, second);
         let mut deciding = AbortOnDrop(tokio::spawn(decider.decide(req)));
         let (req, decision) = (&mut deciding.0)
             .await

@@ -10,7 +10,9 @@
 //! appears meanwhile is judged again; an O_CREAT through a dangling
 //! symlink, which O_EXCL never follows, is therefore refused). What the
 //! daemon opens or creates is outside the run's own restrictions
-//! (Landlock), so every open is judged at least against the guard's files.
+//! (Landlock), so every open is judged at least against the guard's files,
+//! and nothing on a cgroup filesystem is opened to be changed (see
+//! `ops::on_cgroupfs`).
 use std::{
     ffi::CString,
     io,
@@ -177,7 +179,7 @@ async fn by_path(
     caller.validate()?;
     let name = cstring(&raw)?;
     let host = caller.host.clone();
-    let (fd, path) = run_as(caller.identity.clone(), move || {
+    let found = run_as(caller.identity.clone(), move || {
         let fd = ops::open_as(base.as_ref(), &name, u64::from(O_PATH), 0, 0)?;
         let st = stat_fd(&fd).map_err(|e| e.raw_os_error().unwrap_or(libc::EPERM))?;
         match st.st_mode & libc::S_IFMT {
@@ -186,11 +188,16 @@ async fn by_path(
             _ => return Err(libc::EINVAL),
         }
         let path = ops::fd_path(&host, fd.as_raw_fd()).map_err(|_| libc::EPERM)?;
-        Ok((fd, path))
+        let on_cgroupfs = ops::on_cgroupfs(&fd).map_err(|_| libc::EPERM)?;
+        Ok((fd, path, on_cgroupfs))
     })
     .await
     .map_err(io_failure("running the open thread"))?
     .map_err(Stop::Errno)?;
+    let (fd, path) = match found {
+        (_, path, true) => return Err(Stop::Cgroup(path)),
+        (fd, path, false) => (fd, path),
+    };
     let req = judge(caller, decider, &path, &raw).await?;
     let host = caller.host.clone();
     let result = run_as(caller.identity.clone(), move || {
@@ -279,6 +286,7 @@ async fn open(
                 opened(caller, decider, held, (&path, &raw), kind, flags).await?
             }
             Found::Missing => create(caller, decider, &base, &raw, flags, mode).await?,
+            Found::Cgroup(path) => return Err(Stop::Cgroup(path)),
         };
         if let Some(file) = answer {
             return Ok(Answer::Fd { file, cloexec });
@@ -296,6 +304,16 @@ enum Found {
     },
     /// Not there, and the call may create it.
     Missing,
+    /// On a cgroup filesystem, opened to change it: refused.
+    Cgroup(Vec<u8>),
+}
+
+/// Whether an open changes what it opens: for writing, or truncating
+/// (O_PATH opens nothing).
+fn writes(flags: u64) -> bool {
+    let flags = flags as i32;
+    flags & libc::O_PATH == 0
+        && (flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -329,6 +347,10 @@ fn find(
                 _ => Kind::Other,
             };
             let path = ops::fd_path(host, held.as_raw_fd()).map_err(|_| libc::EPERM)?;
+            let on_cgroupfs = ops::on_cgroupfs(&held).map_err(|_| libc::EPERM)?;
+            if on_cgroupfs && writes(flags) {
+                return Ok(Found::Cgroup(path));
+            }
             Ok(Found::Existing { held, path, kind })
         }
         Err(libc::ENOENT) if flags & u64::from(O_CREAT) != 0 => Ok(Found::Missing),

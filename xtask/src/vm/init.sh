@@ -89,18 +89,41 @@ mount -t tracefs tracefs /host/sys/kernel/tracing 2>/dev/null
 
 [ -x "/host$AGENT_GUARD_BIN" ] || fail 98 "$AGENT_GUARD_BIN is not visible in the guest"
 
+# reap BINARY: kills whatever BINARY left running. An agent loop whose test
+# aborted before stopping it would eat the guest's one core for the rest of
+# the run, and a daemon left behind would keep its programs attached under
+# the next binary's tests. Builtins only, so that the scan sees no process
+# of its own: every process but PID 1 that has an executable (kernel
+# threads and zombies have none) is a leftover.
+reap() {
+    left=
+    for proc in /proc/[0-9]*; do
+        [ "${proc#/proc/}" = 1 ] && continue
+        [ -e "$proc/exe" ] || continue
+        read -r name <"$proc/comm" 2>/dev/null || continue
+        left="$left $name(${proc#/proc/})"
+    done
+    [ -z "$left" ] && return
+    echo "VMTEST: leftover after $1:$left"
+    kill -9 -1
+}
+
 status=0
+# run_test BINARY [ARGS...]: ARGS are libtest's (a filter, or --exact NAMES).
 run_test() {
-    echo "VMTEST: running $1"
+    bin=$1
+    shift
+    echo "VMTEST: running $bin"
     # A clean environment, as on the host tier: only what the tests need.
     # The host's /bin/sh changes into the package folder, as cargo test does.
     env -i PATH="$VM_PATH" HOME=/root AGENT_GUARD_BIN="$AGENT_GUARD_BIN" AGENT_GUARD_TIER=vm \
         AGENT_GUARD_SKIP_LOG=/tmp/agent-guard-skips.txt \
         CARGO_MANIFEST_DIR="$VM_WORKDIR" RUST_BACKTRACE=1 NO_COLOR=1 \
         /bin/busybox chroot /host /bin/sh -c 'cd "$1" && shift && exec "$@"' vmtest \
-        "$VM_WORKDIR" "$1" --test-threads=1 ${VM_FILTER:+"$VM_FILTER"} </dev/null
+        "$VM_WORKDIR" "$bin" --test-threads=1 "$@" </dev/null
     rc=$?
-    echo "VMTEST: $1 exited with $rc"
+    echo "VMTEST: $bin exited with $rc"
+    reap "$bin"
     if [ "$status" -eq 0 ] && [ "$rc" -ne 0 ]; then
         status=$rc
     fi

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::Share;
+use super::{Share, split::Job};
 use crate::setup;
 
 const INIT_SCRIPT: &str = include_str!("init.sh");
@@ -24,9 +24,9 @@ pub struct GuestPlan<'a> {
     pub share: Share,
     /// .ko files (possibly compressed) in load order.
     pub modules: &'a [PathBuf],
-    pub tests: &'a [PathBuf],
+    /// This guest's share of the test binaries, in order.
+    pub jobs: &'a [Job],
     pub daemon: &'a Path,
-    pub filter: Option<&'a str>,
     /// PATH inside the chroot.
     pub path: &'a str,
     /// The folder the tests start in, as under `cargo test`.
@@ -126,14 +126,17 @@ fn conf(plan: &GuestPlan<'_>, module_files: &[String]) -> Result<String> {
         ("VM_PATH", plan.path.to_owned()),
         ("VM_WORKDIR", utf8(plan.workdir)?.to_owned()),
         ("AGENT_GUARD_BIN", utf8(plan.daemon)?.to_owned()),
-        ("VM_FILTER", plan.filter.unwrap_or_default().to_owned()),
     ];
     for (name, value) in vars {
         writeln!(out, "{name}={}", shell_quote(&value))?;
     }
     out.push_str("vm_tests() {\n    :\n");
-    for test in plan.tests {
-        writeln!(out, "    run_test {}", shell_quote(utf8(test)?))?;
+    for job in plan.jobs {
+        write!(out, "    run_test {}", shell_quote(utf8(&job.binary)?))?;
+        for arg in &job.args {
+            write!(out, " {}", shell_quote(arg))?;
+        }
+        out.push('\n');
     }
     out.push_str("}\n");
     Ok(out)

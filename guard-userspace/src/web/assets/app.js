@@ -52,6 +52,25 @@ function target(t) {
   return JSON.stringify(t);
 }
 
+// A command line as a shell would show it.
+function args(a) {
+  if (!Array.isArray(a)) return "";
+  return a.map((x) => /^[^\s']+$/.test(x) ? x : "'" + String(x).replace(/'/g, "'\\''") + "'").join(" ");
+}
+
+// What the agent did in the minutes before the hold.
+function recent(r) {
+  const parts = [];
+  for (const [kind, outcomes] of Object.entries(r.calls || {})) {
+    parts.push(kind + " " + Object.entries(outcomes).map(([o, n]) => o + " " + n).join(", "));
+  }
+  const mins = Math.round((r.window_secs || 300) / 60);
+  let text = "last " + mins + " min: " + (parts.length ? parts.join("; ") : "no other calls");
+  const last = (r.last || []).map((c) => c.outcome + " " + c.target);
+  if (last.length) text += " · latest: " + last.join(", ");
+  return text;
+}
+
 function secs(ms) {
   const s = Math.max(0, Math.round(ms / 1000));
   return s >= 60 ? Math.floor(s / 60) + "m " + (s % 60) + "s" : s + "s";
@@ -73,9 +92,19 @@ function option(select, value, label) {
 function holdCard(h) {
   const card = el("div", "card hold");
   card.dataset.hold = h.id;
+  const ctx = h.context || {};
   card.append(el("div", "what", h.kind + " " + target(h.target)));
-  card.append(el("div", "meta", "agent " + h.agent + " (" + h.owner + ")"));
+  card.append(el("div", "meta", "agent " + h.agent + " (" + h.owner + ")" +
+    (h.purpose ? " · " + h.purpose : "") + (h.on_behalf_of ? " · on behalf of " + h.on_behalf_of : "")));
   card.append(el("div", "meta", "pid " + h.pid + (h.exe ? " " + h.exe : "") + " · hold " + h.id));
+  const cmd = args(h.cmdline);
+  if (cmd) card.append(el("div", "cmd", "$ " + cmd));
+  if (ctx.ancestry && ctx.ancestry.length) {
+    const via = ctx.ancestry.map((p) => p.pid + " " + (args(p.cmdline) || p.comm));
+    if (ctx.ancestry_truncated) via.push("…");
+    card.append(el("div", "meta via", "via " + via.join(" ← ")));
+  }
+  if (ctx.recent) card.append(el("div", "meta recent", recent(ctx.recent)));
   const left = el("div", "left");
   left.dataset.role = "left";
   card.append(left);
@@ -92,15 +121,36 @@ function holdCard(h) {
   const dur = el("select", "duration");
   for (const [v, l] of [[600, "10 minutes"], [3600, "1 hour"], [28800, "8 hours"], [86400, "1 day"]]) option(dur, v, l);
   dur.disabled = true;
-  scope.addEventListener("change", () => { dur.disabled = scope.value === "once"; });
+  // What the chosen scope grants, exactly; a subtree can be narrowed.
+  const offers = {};
+  for (const o of ctx.scopes || []) offers[o.scope] = o;
+  const pathLabel = el("label", "narrow", "Subtree");
+  const path = el("input", "path");
+  path.type = "text";
+  path.value = (offers.subtree && offers.subtree.path) || "";
+  pathLabel.append(path);
+  pathLabel.hidden = true;
+  const grants = el("div", "grants");
+  const explain = () => {
+    dur.disabled = scope.value === "once";
+    pathLabel.hidden = scope.value !== "subtree";
+    const o = offers[scope.value];
+    grants.textContent = scope.value === "subtree"
+      ? "Grants deletes under " + (path.value || "?") + " for " + dur.selectedOptions[0].textContent
+      : o ? "Grants " + o.grants + (scope.value === "once" ? "" : " for " + dur.selectedOptions[0].textContent) : "";
+  };
+  scope.addEventListener("change", explain);
+  dur.addEventListener("change", explain);
+  path.addEventListener("input", explain);
   durLabel.append(dur);
   const reasonLabel = el("label", null, "Reason");
   const reason = el("input", "reason");
   reason.type = "text";
   reason.placeholder = "ticket, context";
   reasonLabel.append(reason);
-  controls.append(scopeLabel, durLabel, reasonLabel);
-  card.append(controls);
+  controls.append(scopeLabel, durLabel, pathLabel, reasonLabel);
+  card.append(controls, grants);
+  explain();
 
   const buttons = el("div", "buttons");
   const approve = el("button", "approve", "Approve");
@@ -131,6 +181,7 @@ function holdCard(h) {
     if (approveIt && scope.value !== "once") {
       body.scope = scope.value;
       body.for_secs = Number(dur.value);
+      if (scope.value === "subtree" && path.value) body.path = path.value;
     }
     return body;
   };
