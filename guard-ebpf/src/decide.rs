@@ -88,34 +88,35 @@ pub fn climb<C: FnOnce() -> Option<Call>, G: Fn() -> u32>(
     let agent_id = agent.entry.agent_id;
     let applied = guard_common::applied_verdict(mode, verdict, rule_id);
     let can_hold = !io_uring && by != HoldBy::Never && mode != Mode::Audit.raw();
-    if !can_hold || applied != Verdict::Ask.raw() {
-        // Nothing a rule holds. An allowed call is charged to its budget,
-        // which may hold it; a hold that cannot be made here is refused
-        // (io_uring, a hook that never holds), with the io_uring flag
-        // saying why where it applies (events/calls.rs words it).
+    let ask = can_hold && applied == Verdict::Ask.raw();
+    // Judged before the call is described, unless it is an ask (whose
+    // held check comes first): an allowed call only needs describing when
+    // its budget holds it.
+    let mut early = None;
+    if !ask {
+        // An allowed call is charged to its budget, which may hold it; a
+        // hold that cannot be made here is refused (io_uring, a hook that
+        // never holds), with the io_uring flag saying why where it applies
+        // (events/calls.rs words it).
         let judged = guard_common::ladder(mode, verdict, rule_id, &grant, || {
             budget::charge(agent_id, class, &grant)
         });
         flags |= guard_common::budget::record_flags(judged.budget);
-        // Over an asking budget: held like an ask. A counted call of a
-        // thread with a hold may be its held call coming back with the
-        // window refilled while a human decided: the decision still
-        // applies to it (a denial must not turn into a run).
-        let resuming =
-            judged.budget == Charge::Within && judged.rung == Rung::Allow && hold::thread_held();
-        if !can_hold || (judged.rung != Rung::Hold && !resuming) {
+        if !can_hold {
             return judged_now(judged, flags);
         }
-        let Some(call) = call() else {
-            return deny_now(judged.verdict, flags);
-        };
-        if judged.rung == Rung::Hold {
-            return hold_now(hold::hold(by == HoldBy::StopNow, &call), judged, flags);
+        if judged.rung != Rung::Hold {
+            // A counted call of a thread with a hold may be its held call
+            // coming back with the window refilled while a human decided:
+            // the decision still applies (a denial must not become a run).
+            if judged.budget == Charge::Within {
+                if let Some(held) = hold::settle(by == HoldBy::StopNow) {
+                    return hold_now(held, judged, flags);
+                }
+            }
+            return judged_now(judged, flags);
         }
-        return match hold::resume(by == HoldBy::StopNow, &call) {
-            Some(held) => hold_now(held, judged, flags),
-            None => judged_now(judged, flags),
-        };
+        early = Some(judged);
     }
     // Straight-line on purpose: the call's scratch pointer must stay a
     // pointer for the verifier (6.12 loses it through a branchless select
@@ -125,14 +126,20 @@ pub fn climb<C: FnOnce() -> Option<Call>, G: Fn() -> u32>(
         // (cannot happen for index 0 of a per-CPU array).
         return deny_now(applied, flags);
     };
-    let held = call.held();
-    let judged = guard_common::ladder(
-        mode,
-        verdict,
-        rule_id,
-        || if held { 0 } else { grant() },
-        || Charge::Free,
-    );
+    let judged = match early {
+        // Over an asking budget: held like an ask.
+        Some(judged) => judged,
+        None => {
+            let held = call.held();
+            guard_common::ladder(
+                mode,
+                verdict,
+                rule_id,
+                || if held { 0 } else { grant() },
+                || Charge::Free,
+            )
+        }
+    };
     if judged.rung != Rung::Hold {
         return judged_now(judged, flags);
     }
