@@ -148,3 +148,41 @@ pub fn spawn_connect(daemon: &Daemon, agent: &str, host: &str, port: u16) -> Pen
         .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
     PendingConnect { child, lines, pid }
 }
+
+/// Holds `agent`'s connect to 127.0.0.1:`port`, then approves or denies it
+/// with the CLI and checks what the agent got; returns the held event and
+/// the decision's event.
+pub fn decide_held_connect(
+    daemon: &Daemon,
+    agent: &str,
+    port: u16,
+    approve: bool,
+) -> (serde_json::Value, serde_json::Value) {
+    let PendingConnect {
+        mut child,
+        mut lines,
+        pid,
+    } = spawn_connect(daemon, agent, "127.0.0.1", port);
+    let held = daemon.wait_event("net.connect", |e| {
+        e["outcome"] == "held" && e["process"]["pid"] == pid
+    });
+    let id = held["hold"]["id"].as_str().expect("hold id").to_owned();
+    let verb = if approve { "approve" } else { "deny" };
+    let out = daemon
+        .cli()
+        .args([verb, &id])
+        .stdin(Stdio::null())
+        .output()
+        .expect("agent-guard");
+    assert!(
+        out.status.success(),
+        "agent-guard {verb} {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result = lines.next().expect("result line").expect("read");
+    assert_eq!(result, if approve { "connected" } else { "errno=1" });
+    drop(child.stdin.take());
+    let _ = child.wait();
+    let decision = daemon.wait_event("hold.decision", |e| e["hold"]["id"] == id.as_str());
+    (held, decision)
+}

@@ -390,3 +390,17 @@ pub fn assert_refused(daemon: &Daemon, out: &Output, op: &str, agent: &str) -> V
     assert_eq!(ev["control"]["by"]["uid"], 0, "refused whatever its uid");
     ev
 }
+
+/// Of `events`, how many `of` refusals (`escape`, `signal`, `file`, ...)
+/// the allowance held back and counted in `suppressed` events.
+pub fn suppressed_count(events: &[Value], of: &str) -> u64 {
+    events
+        .iter()
+        .filter(|e| {
+            e["kind"] == "guard.tamper"
+                && e["target"]["what"] == "suppressed"
+                && e["target"]["of"] == of
+        })
+        .map(|e| e["target"]["count"].as_u64().expect("count"))
+        .sum()
+}

@@ -17,22 +17,6 @@ use serde_json::Value;
 /// a backlog or the test's fd table.
 /// Agent bot's connect to `port` is held; on-call denies it and the call
 /// fails with EPERM.
-fn deny_a_held_connect(daemon: &Daemon, port: u16) {
-    let PendingConnect {
-        mut child,
-        mut lines,
-        pid,
-    } = spawn_connect(daemon, "bot", "127.0.0.1", port);
-    let held = daemon.wait_event("net.connect", |e| {
-        e["outcome"] == "held" && e["process"]["pid"] == pid
-    });
-    let id = held["hold"]["id"].as_str().expect("id").to_owned();
-    cli_ok(daemon, &["deny", &id]);
-    assert_eq!(lines.next().expect("result").expect("read"), "errno=1");
-    drop(child.stdin.take());
-    let _ = child.wait();
-}
-
 fn sink() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = l.local_addr().expect("addr").port();
@@ -335,7 +319,7 @@ default = "allow"
     assert_eq!(ev["by"]["uid"], 0);
 
     // A connect the default allowed is held now; deny it.
-    deny_a_held_connect(&daemon, port);
+    decide_held_connect(&daemon, "bot", port, false);
 
     // So is a delete; approve it.
     let rm = daemon.spawn_agent("bot", &["rm", &path]);
@@ -418,7 +402,7 @@ fn a_freeze_outlives_a_daemon_crash_and_so_does_the_thaw() {
 
     let (cg, dir) = daemon.crash();
     let daemon = Daemon::start_in(&policy, cg, dir);
-    deny_a_held_connect(&daemon, port);
+    decide_held_connect(&daemon, "bot", port, false);
 
     cli_ok(&daemon, &["thaw", "bot"]);
     daemon.wait_event("agent.mode", |e| e["mode"]["to"] == "enforce");

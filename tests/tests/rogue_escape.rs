@@ -246,15 +246,7 @@ fn rogue_a_loop_of_escapers_is_reported_then_counted() {
         .iter()
         .filter(|e| e["kind"] == "agent.escape")
         .count() as u64;
-    let counted: u64 = events
-        .iter()
-        .filter(|e| {
-            e["kind"] == "guard.tamper"
-                && e["target"]["what"] == "suppressed"
-                && e["target"]["of"] == "escape"
-        })
-        .map(|e| e["target"]["count"].as_u64().expect("count"))
-        .sum();
+    let counted = suppressed_count(&events, "escape");
     assert!(
         one_by_one <= allowance,
         "{one_by_one} escapes reported one by one (at most {allowance})"

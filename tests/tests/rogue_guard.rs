@@ -331,15 +331,7 @@ fn rogue_a_looping_agent_is_reported_then_counted() {
             .iter()
             .filter(|e| e["kind"] == "guard.tamper" && e["target"]["what"] == of)
             .count() as u64;
-        let counted: u64 = events
-            .iter()
-            .filter(|e| {
-                e["kind"] == "guard.tamper"
-                    && e["target"]["what"] == "suppressed"
-                    && e["target"]["of"] == of
-            })
-            .map(|e| e["target"]["count"].as_u64().expect("count"))
-            .sum();
+        let counted = suppressed_count(&events, of);
         assert!(
             one_by_one <= 10 + 5,
             "{of}: {one_by_one} reported one by one: the burst is 10, then one a second"

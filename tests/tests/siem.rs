@@ -64,34 +64,6 @@ fn cli(daemon: &Daemon, args: &[&str]) -> Output {
     out
 }
 
-/// Holds a connect to `port` and decides it; returns the held event and
-/// the decision event.
-fn held_connect(daemon: &Daemon, port: u16, approve: bool) -> (Value, Value) {
-    let PendingConnect {
-        mut child,
-        mut lines,
-        pid,
-    } = spawn_connect(daemon, "bot", "127.0.0.1", port);
-    let held = daemon.wait_event("net.connect", |e| {
-        e["outcome"] == "held" && e["process"]["pid"] == pid
-    });
-    let id = held["hold"]["id"].as_str().expect("hold id").to_string();
-    cli(daemon, &[if approve { "approve" } else { "deny" }, &id]);
-    let result = lines.next().expect("result line").expect("read");
-    assert_eq!(
-        result,
-        if approve {
-            "connected".to_owned()
-        } else {
-            format!("errno={EPERM}")
-        }
-    );
-    drop(child.stdin.take());
-    let _ = child.wait();
-    let decision = daemon.wait_event("hold.decision", |e| e["hold"]["id"] == id.as_str());
-    (held, decision)
-}
-
 /// Holds an `rm` of `path` and decides it.
 fn held_rm(daemon: &Daemon, path: &str, approve: bool) -> (Value, Value) {
     let child = daemon.spawn_agent("bot", &["rm", path]);
@@ -151,11 +123,11 @@ fn ocsf_classifies_allowed_denied_approved_and_rejected_calls() {
     allowed.finish();
     denied.finish();
 
-    let (held, approved) = held_connect(&daemon, ask.port, true);
+    let (held, approved) = decide_held_connect(&daemon, "bot", ask.port, true);
     assert_ocsf(&held, 4001, 1, 99, 14);
     assert_ocsf(&approved, 4001, 1, 1, 8);
     assert_actor(&approved);
-    let (held, rejected) = held_connect(&daemon, ask.port, false);
+    let (held, rejected) = decide_held_connect(&daemon, "bot", ask.port, false);
     assert_ocsf(&held, 4001, 1, 99, 14);
     // Refused, after the hold: activity Refuse, disposition Rejected.
     assert_ocsf(&rejected, 4001, 5, 2, 25);
@@ -212,8 +184,8 @@ fn every_event_of_a_full_run_validates_against_the_schema() {
     for port in [ok.port, bad.port] {
         connect_as(&daemon, "bot", "127.0.0.1", port).finish();
     }
-    held_connect(&daemon, ask.port, true);
-    held_connect(&daemon, ask.port, false);
+    decide_held_connect(&daemon, "bot", ask.port, true);
+    decide_held_connect(&daemon, "bot", ask.port, false);
     scratch.file("free/a");
     scratch.file("keep/b");
     scratch.dir("free/dir");
