@@ -97,7 +97,7 @@ pub fn climb<C: FnOnce() -> Option<Call>, G: Fn() -> u32>(
         // An allowed call is charged to its budget, which may hold it; a
         // hold that cannot be made here is refused (io_uring, a hook that
         // never holds), with the io_uring flag saying why where it applies
-        // (events/calls.rs words it).
+        // (daemon/attribute.rs words it, `IO_URING_REASON`).
         let judged = guard_common::ladder(mode, verdict, rule_id, &grant, || {
             budget::charge(agent_id, class, &grant)
         });

@@ -22,8 +22,9 @@ use std::{
 use guard_common::{ConnectRecord, EventHeader, EventKind, FileRecord, ObservedDeleteRecord};
 use guard_userspace::{
     control::{Envelope, Reply},
+    daemon::attribute,
     daemon::{access::Caller, approvals::ScopeRequest, registry},
-    events::{decode, enrich::Enricher, sinks::Line},
+    events::{Event, Stamped, decode, enrich::Enricher, model::Refusal},
     policy, web,
 };
 use proptest::{
@@ -290,10 +291,10 @@ impl web::Backend for Stub {
         assert_eq!(who.user, "alice");
         Ok(json!({"grant": grant}))
     }
-    fn refuse(&self, _source: &str, control: Value) {
-        assert!(control["op"].is_string() && control["reason"].is_string());
+    fn refuse(&self, _source: &str, control: Refusal) {
+        assert!(!control.op.as_str().is_empty() && !control.reason.as_str().is_empty());
     }
-    fn events(&self) -> tokio::sync::mpsc::Receiver<Line> {
+    fn events(&self) -> tokio::sync::mpsc::Receiver<std::sync::Arc<Stamped>> {
         tokio::sync::mpsc::channel(1).1
     }
 }
@@ -542,12 +543,14 @@ fn fuzz_kernel_record_decoder() {
         let mut e = enricher
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Ok(Some((_, body))) = decode::decode(bytes, &registry, &clock, &mut e) {
-            assert!(
-                body["kind"].is_string() && body["outcome"].is_string(),
-                "{body:?}"
-            );
-            serde_json::to_string(&body).unwrap();
+        let Ok(record) = decode::decode(bytes, &clock) else {
+            return;
+        };
+        if let Some(call) = attribute::kernel_call(record, &registry, &mut e) {
+            let event = Event::Call(call);
+            let body = serde_json::to_value(&event).unwrap();
+            assert_eq!(body["kind"], event.kind(), "{body:?}");
+            assert_eq!(body["outcome"], event.outcome(), "{body:?}");
         }
     });
 }

@@ -19,7 +19,9 @@ use std::{
 
 use serde_json::Value;
 
+mod conformance;
 mod surfaces;
+pub use conformance::*;
 pub use surfaces::*;
 
 /// Generous bound for things that normally take milliseconds; only reached
@@ -112,6 +114,10 @@ pub(crate) struct Stream {
     pub(crate) closed: bool,
     /// Events counted, not kept (see [`Daemon::start_with`]), by kind.
     pub(crate) counted: std::collections::BTreeMap<String, u64>,
+    /// Every event read, kept or counted, by kind.
+    pub(crate) by_kind: std::collections::BTreeMap<String, u64>,
+    /// Lines read.
+    pub(crate) lines: u64,
 }
 
 /// A running daemon; SIGTERM and reaped on drop.
@@ -265,23 +271,19 @@ impl Daemon {
             .clone()
     }
 
-    /// Waits until `n` events of `kind` have been emitted.
+    /// Waits until `n` events of `kind` have been emitted. Fails when the
+    /// stream stalls (no line at all for [`PATIENCE`]), not while a busy
+    /// daemon's backlog is still being read, with a hard bound of ten
+    /// times that.
     pub fn wait_count(&self, kind: &str, n: usize) {
         let (lock, cvar) = &*self.stream;
-        let deadline = Instant::now() + PATIENCE;
+        let started = Instant::now();
         let mut s = lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Counted as lines arrive, not rescanned on every wake-up: a busy
-        // agent can make thousands of events.
-        let (mut seen, mut count) = (0, 0);
+        let mut progress = (s.lines, started);
         loop {
-            count += s.events[seen..]
-                .iter()
-                .filter(|e| e["kind"] == kind)
-                .count();
-            seen = s.events.len();
-            if count >= n {
+            if s.by_kind.get(kind).copied().unwrap_or(0) >= n as u64 {
                 return;
             }
             assert!(
@@ -289,11 +291,16 @@ impl Daemon {
                 "daemon exited after fewer than {n} {kind} events"
             );
             let now = Instant::now();
+            if s.lines > progress.0 {
+                progress = (s.lines, now);
+            }
+            let deadline = (progress.1 + PATIENCE).min(started + 10 * PATIENCE);
             if now >= deadline {
                 // What the stream and the daemon were doing, to tell a lost
                 // line from a daemon that never got to it.
+                let count = s.by_kind.get(kind).copied().unwrap_or(0);
                 let total = s.events.len();
-                let losses = s.events.iter().filter(|e| e["kind"] == "loss").count();
+                let losses = s.by_kind.get("loss").copied().unwrap_or(0);
                 let last: Vec<String> = s
                     .events
                     .iter()
@@ -303,8 +310,10 @@ impl Daemon {
                     .collect();
                 drop(s);
                 panic!(
-                    "fewer than {n} {kind} events within {PATIENCE:?} ({count} seen; {total} events \
-                     in all, {losses} of them loss; the last: {last:?}); daemon threads:\n{}",
+                    "fewer than {n} {kind} events: the stream stalled for {PATIENCE:?} (or ran \
+                     for {:?}) ({count} seen; {total} events in all, {losses} of them loss; the \
+                     last: {last:?}); daemon threads:\n{}",
+                    10 * PATIENCE,
                     thread_report(self.child.id())
                 );
             }
@@ -414,10 +423,12 @@ impl Daemon {
                 .0;
         }
         // Every event of every privileged test must match the written
-        // schema (checked once, when the daemon has stopped).
+        // schema and the published OCSF or ECS definitions (checked once,
+        // when the daemon has stopped).
         if !thread::panicking() && !self.validated {
             self.validated = true;
             assert_schema(&s.events);
+            assert_conformance(&s.events);
         }
     }
 }
@@ -494,8 +505,16 @@ fn spawn_reader(
             let mut s = lock
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let kind = value["kind"].as_str().unwrap_or("");
+            s.lines += 1;
+            match s.by_kind.get_mut(kind) {
+                Some(n) => *n += 1,
+                None => {
+                    s.by_kind.insert(kind.to_owned(), 1);
+                }
+            }
             if count_only.is_some_and(|f| f(&value)) {
-                let kind = value["kind"].as_str().unwrap_or("").to_owned();
+                let kind = kind.to_owned();
                 *s.counted.entry(kind).or_default() += 1;
             } else {
                 s.events.push(value);

@@ -14,7 +14,8 @@ pub const EVENT_SCHEMA: &str = include_str!("../../docs/events.schema.json");
 pub fn assert_schema(events: &[Value]) {
     let schema: Value = serde_json::from_str(EVENT_SCHEMA).expect("schema is JSON");
     let validator = jsonschema::draft202012::new(&schema).expect("schema compiles");
-    for e in events {
+    // ECS lines are checked against ECS (see `assert_conformance`).
+    for e in events.iter().filter(|e| e.get("ecs").is_none()) {
         let errors: Vec<String> = validator
             .iter_errors(e)
             .map(|err| format!("{err} (at {})", err.instance_path()))

@@ -89,18 +89,24 @@ fn assert_ocsf(ev: &Value, class: u64, activity: u64, action: u64, disposition: 
     assert_eq!(o["metadata"]["product"]["name"], "agent-guard");
 }
 
-/// The agent as OCSF's actor: an AI agent, its owner, its run and its user.
+/// The agent as OCSF's actor: the agent as the application, its run, its
+/// process; its owner and labels (which OCSF has no attribute for) under
+/// `unmapped`.
 #[track_caller]
 fn assert_actor(ev: &Value) {
     let actor = &ev["ocsf"]["actor"];
     assert_eq!(actor["app_name"], "bot", "{ev}");
-    let agent = &actor["agent_list"][0];
-    assert_eq!(agent["name"], "bot");
-    assert_eq!(agent["type"], "AI Agent");
-    assert_eq!(agent["vendor_name"], "alice@example.com");
+    assert_eq!(actor["app_uid"], ev["agent"]["cgroup_id"].to_string());
+    let agent = &ev["ocsf"]["unmapped"]["agent"];
+    assert_eq!(agent["owner"], "alice@example.com");
     assert_eq!(agent["labels"]["model"], "test-model");
     assert_eq!(actor["session"]["uid"], ev["agent"]["session"]);
     assert_eq!(actor["process"]["pid"], ev["process"]["pid"]);
+    assert_eq!(
+        actor["process"]["user"]["uid"],
+        ev["process"]["uid"].to_string(),
+        "OCSF's user.uid is a string"
+    );
 }
 
 #[test]
@@ -158,8 +164,16 @@ fn ocsf_classifies_allowed_denied_approved_and_rejected_calls() {
     assert_ocsf(&rejected, 1001, 4, 2, 25);
 
     let start = daemon.wait_event("agent.start", |_| true);
-    assert_ocsf(&start, 1007, 1, 0, 0);
-    assert_eq!(start["ocsf"]["actor"]["app_name"], "bot");
+    let o = &start["ocsf"];
+    assert_eq!(
+        (&o["class_uid"], &o["activity_id"]),
+        (&1007.into(), &1.into())
+    );
+    assert_eq!(o["type_uid"], 100_701);
+    // A run starting is no security control's decision.
+    assert!(o.get("action_id").is_none() && o.get("disposition_id").is_none());
+    assert_eq!(o["actor"]["app_name"], "bot");
+    assert_eq!(o["process"]["pid"], start["process"]["pid"]);
 }
 
 #[test]
@@ -249,4 +263,50 @@ fn daemon_cgroup_prefix(daemon: &Daemon) -> String {
         .rsplit_once('/')
         .map(|(p, _)| p.to_owned())
         .expect("nested cgroup")
+}
+
+/// One process cannot bloat every line: a command line past 4 KiB is cut
+/// to what fits, and the line says so, in the native and OCSF members.
+#[test]
+fn a_huge_command_line_is_capped_and_flagged() {
+    let cg = TestCgroups::new("siem-cap");
+    let scratch = Scratch::new("siem-cap");
+    let (ok, bad, ask) = (Listener::v4(), Listener::v4(), Listener::v4());
+    let daemon = Daemon::start(&policy(&cg, &scratch, ok.port, bad.port, ask.port, ""), cg);
+    let file = scratch.file("free/big");
+    let padding = vec!["x".repeat(1000); 64];
+    let mut argv = vec![
+        "python3",
+        "-c",
+        "import os, sys; os.unlink(sys.argv[1]); sys.stdin.read()",
+        file.to_str().expect("utf8"),
+    ];
+    argv.extend(padding.iter().map(String::as_str));
+    // The process waits on stdin, so /proc still has it when the event is
+    // read.
+    let mut child = daemon.spawn_agent("bot", &argv);
+    let ev = daemon.wait_event("file.unlink", |e| {
+        e["target"]["path"] == file.to_str().expect("utf8")
+    });
+    drop(child.stdin.take());
+    let _ = child.wait();
+    assert_eq!(ev["truncated"], true, "{ev}");
+    assert_eq!(ev["ocsf"]["metadata"]["is_truncated"], true);
+    let args: Vec<&str> = ev["process"]["cmdline"]
+        .as_array()
+        .expect("a command line")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    // argv[0] is the interpreter's own (pyenv execs the real python).
+    assert_eq!(args[1..4], argv[1..4], "what fits is kept, in order");
+    assert!(args.len() < argv.len());
+    let joined = args.join(" ");
+    assert!(joined.len() <= 4096, "{} bytes", joined.len());
+    assert_eq!(ev["ocsf"]["actor"]["process"]["cmd_line"], joined);
+    let start = daemon.wait_event("agent.start", |_| true);
+    assert_eq!(
+        start["truncated"], true,
+        "the run's own command line is capped too: {start}"
+    );
 }

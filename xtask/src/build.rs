@@ -6,7 +6,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{package, setup, timing::Stages, vm};
+use crate::{conformance, package, setup, timing::Stages, vm};
 
 #[derive(clap::Args, Default)]
 pub struct TestArgs {
@@ -106,6 +106,7 @@ fn test_stages(args: &TestArgs, stages: &mut Stages) -> Result<()> {
     stages.start("setup and build");
     setup::setup()?;
     let bin = build_daemon()?;
+    let definitions = conformance::prepare(&bin)?;
 
     stages.start("tier 1, unit tests (with building them)");
     eprintln!("xtask: tier 1, unit tests");
@@ -143,6 +144,7 @@ fn test_stages(args: &TestArgs, stages: &mut Stages) -> Result<()> {
     let mut cmd = cargo();
     cmd.args(["test", "--package", "agent-guard-tests"])
         .env("AGENT_GUARD_BIN", &bin)
+        .env("AGENT_GUARD_CONFORMANCE", &definitions)
         .env("AGENT_GUARD_DEB", &deb)
         .env("AGENT_GUARD_SKIP_LOG", &skip_log);
     if let Some(filter) = &args.filter {

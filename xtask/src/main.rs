@@ -3,6 +3,7 @@
 mod aptlock;
 mod bench;
 mod build;
+mod conformance;
 mod package;
 mod setup;
 mod timing;
@@ -24,9 +25,10 @@ struct Cli {
 enum Cmd {
     /// Install what building and testing need, if missing: llvm-22-dev,
     /// bpf-linker (LLVM 22), nightly rust-src, chromium and chromium-driver,
-    /// bpftool, systemd and init-system-helpers, cargo-deb. If another apt
-    /// or dpkg run holds the package lock, it says who and waits (up to 15
-    /// minutes).
+    /// bpftool, systemd and init-system-helpers, cargo-deb, and the
+    /// published OCSF and ECS definitions events are checked against. If
+    /// another apt or dpkg run holds the package lock, it says who and waits
+    /// (up to 15 minutes).
     ///
     /// Example: sudo cargo xtask setup
     #[command(verbatim_doc_comment)]

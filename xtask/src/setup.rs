@@ -20,6 +20,9 @@ pub fn setup() -> Result<()> {
     // The web approval page's browser test drives real headless Chromium;
     // the rogue-agent tests detach links with bpftool, as an agent would.
     apt_install(&["chromium", "chromium-driver", "bpftool"])?;
+    // Every event of the privileged suite is checked against OCSF's and
+    // ECS's published definitions.
+    crate::conformance::install()?;
     // The package and its test: `systemd-analyze verify` checks the unit,
     // deb-systemd-helper (init-system-helpers) enables it on install.
     apt_install(&["systemd", "init-system-helpers"])?;

@@ -152,6 +152,7 @@ pub fn vm_test(args: &VmTestArgs) -> Result<()> {
     }
 
     let daemon = build::build_daemon()?;
+    let conformance = crate::conformance::prepare(&daemon)?;
     let binaries = build::build_privileged_tests()?;
     let filter = args.filter.as_deref();
     let listed = split::list(&binaries, filter)?;
@@ -211,6 +212,7 @@ pub fn vm_test(args: &VmTestArgs) -> Result<()> {
                         modules: &modules,
                         jobs,
                         daemon: &daemon,
+                        conformance: &conformance,
                         path: &path,
                         workdir: &workdir,
                     };

@@ -274,6 +274,39 @@ pub enum EventsCommand {
     ///   agent-guard events verify --key /etc/agent-guard/chain.key events.jsonl
     #[command(verbatim_doc_comment)]
     Verify(VerifyArgs),
+    /// Print the JSON Schema (2020-12) of the native event lines, generated
+    /// from the daemon's own event types (docs/events.schema.json is this
+    /// output).
+    ///
+    /// Example:
+    ///   agent-guard events schema > events.schema.json
+    #[command(verbatim_doc_comment)]
+    Schema,
+    /// Print, as JSON, the OCSF version and profiles of the `ocsf` member
+    /// and the ECS version of `format = "ecs"` lines.
+    ///
+    /// Example:
+    ///   agent-guard events versions
+    #[command(verbatim_doc_comment)]
+    Versions,
+    /// Print one event of each kind, as the daemon writes them (the ones
+    /// docs/events.md shows): sample data for a SIEM's parser.
+    ///
+    /// Examples:
+    ///   agent-guard events examples
+    ///   agent-guard events examples --format ecs > sample.ndjson
+    #[command(verbatim_doc_comment)]
+    Examples {
+        /// `native` (with the `ocsf` member) or `ecs`.
+        #[arg(long, value_enum, default_value = "native")]
+        format: ExampleFormat,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ExampleFormat {
+    Native,
+    Ecs,
 }
 
 #[derive(clap::Args)]

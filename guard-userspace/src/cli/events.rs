@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    args::{EventsArgs, EventsCommand, VerifyArgs},
+    args::{EventsArgs, EventsCommand, ExampleFormat, VerifyArgs},
     pretty,
 };
 use crate::{
@@ -20,8 +20,31 @@ use crate::{
 };
 
 pub fn run(args: EventsArgs, socket: &Path) -> Result<ExitCode> {
-    if let Some(EventsCommand::Verify(v)) = args.command {
-        return run_verify(v);
+    match args.command {
+        Some(EventsCommand::Verify(v)) => return run_verify(v),
+        Some(EventsCommand::Schema) => {
+            std::io::stdout().write_all(crate::events::schema::text().as_bytes())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(EventsCommand::Examples { format }) => {
+            let ecs = matches!(format, ExampleFormat::Ecs);
+            let mut out = std::io::stdout().lock();
+            for line in crate::events::examples::lines(ecs) {
+                out.write_all(line.as_bytes())?;
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(EventsCommand::Versions) => {
+            use crate::events::{ecs, ocsf};
+            let versions = serde_json::json!({
+                "schema": crate::events::SCHEMA,
+                "ocsf": {"version": ocsf::VERSION, "profiles": ocsf::PROFILES},
+                "ecs": {"version": ecs::VERSION},
+            });
+            println!("{versions}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        None => {}
     }
     if !args.follow {
         bail!(
@@ -62,7 +85,7 @@ pub fn run(args: EventsArgs, socket: &Path) -> Result<ExitCode> {
                 if args.pretty && !warned {
                     // Nothing is dropped: the line goes out as it came.
                     eprintln!(
-                        "agent-guard events: --pretty reads agent-guard/v1 events; printing \
+                        "agent-guard events: --pretty reads native (agent-guard/v2) events; printing \
                          other lines (an ECS sink's, say) unchanged"
                     );
                     warned = true;

@@ -16,10 +16,14 @@ const KIND_WIDTH: usize = 14;
 
 /// `line` as one readable line: time, agent, outcome, kind, target, rule,
 /// then what a person needs next (a hold's id and the command to decide it,
-/// a decision's maker). None when `line` is not an agent-guard/v1 event.
+/// a decision's maker). None when `line` is not a native event (v2, or a
+/// v1 line of an earlier version: the members read here are the same).
 pub fn render(line: &str, colour: bool) -> Option<String> {
     let event: Value = serde_json::from_str(line).ok()?;
-    if event["schema"] != "agent-guard/v1" {
+    if !matches!(
+        event["schema"].as_str(),
+        Some(crate::events::SCHEMA | crate::events::SCHEMA_V1)
+    ) {
         return None;
     }
     let paint = |style: Style, text: &str| {
@@ -436,5 +440,16 @@ mod tests {
             render(odd, false).expect("v1"),
             "t.000Z -            success  new.kind"
         );
+    }
+
+    #[test]
+    fn every_documented_event_renders() {
+        for line in crate::events::examples::lines(false) {
+            let shown = render(&line, false).unwrap_or_else(|| panic!("not rendered: {line}"));
+            let event: Value = serde_json::from_str(&line).expect("json");
+            let kind = event["kind"].as_str().expect("kind");
+            assert!(shown.contains(kind), "{shown}");
+            assert!(!shown.starts_with('{'), "a line, not JSON: {shown}");
+        }
     }
 }

@@ -10,9 +10,12 @@
 //!   may do everything, readers (`[daemon] readers`) may read;
 //! - a caller whose process is gone (or whose pid now names another
 //!   process) is refused everything.
-use serde_json::{Value, json};
 
 use super::{Shared, holds::By, registry::Registry};
+use crate::events::{
+    self,
+    model::{Peer, Refusal, Subject},
+};
 use crate::policy::{Approvers, Policy};
 
 /// Where the caller's process sits.
@@ -169,13 +172,22 @@ impl Caller {
     }
 
     /// The `by` of refusal events.
-    pub fn by_json(&self) -> Value {
+    pub fn peer(&self) -> Peer {
         let mut by = match &self.via {
-            Via::Socket { uid, pid, .. } => json!({"uid": uid, "pid": pid, "user": self.user}),
-            Via::Web { user } => json!({"user": user, "via": "web"}),
+            Via::Socket { uid, pid, .. } => Peer {
+                uid: Some(*uid),
+                pid: Some(*pid),
+                user: Some(self.user.clone()),
+                ..Peer::default()
+            },
+            Via::Web { user } => Peer {
+                user: Some(user.clone()),
+                via: Some(events::model::Via::Web),
+                ..Peer::default()
+            },
         };
         if let Place::Agent(agent) = &self.place {
-            by["agent"] = agent.clone().into();
+            by.agent = Some(agent.clone());
         }
         by
     }
@@ -226,7 +238,7 @@ impl Caller {
         shared: &Shared,
         need: Need,
         op: &str,
-        subject: Option<(&str, Value)>,
+        subject: Option<Subject>,
     ) -> anyhow::Result<()> {
         let refusal = {
             let registry = shared.registry();
@@ -235,10 +247,7 @@ impl Caller {
         let Some(reason) = refusal else {
             return Ok(());
         };
-        let mut control = json!({"op": op, "by": self.by_json(), "reason": reason});
-        if let Some((key, value)) = subject {
-            control[key] = value;
-        }
+        let control = Refusal::new(op, self.peer(), reason.clone()).about(subject);
         shared.refusals.report(&self.source(), control);
         let who = match self.uid() {
             Some(uid) => format!("uid {uid} ({})", self.user),
@@ -352,7 +361,10 @@ cgroup = "guard/a"
         assert!(stranger.refusal(p, Need::Outside).is_none());
         let web = Caller::web("alice".into());
         assert!(web.is_approver(p));
-        assert_eq!(web.by_json()["via"], "web");
-        assert_eq!(socket(0, Place::Agent("a".into())).by_json()["agent"], "a");
+        assert_eq!(web.peer().via, Some(events::model::Via::Web));
+        assert_eq!(
+            socket(0, Place::Agent("a".into())).peer().agent.as_deref(),
+            Some("a")
+        );
     }
 }

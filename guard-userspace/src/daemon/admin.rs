@@ -7,7 +7,14 @@ use super::{
     access::{Caller, Need},
     reload,
 };
-use crate::{cgroup, events, policy};
+use crate::{
+    cgroup,
+    events::{
+        self,
+        model::{AgentMode, By, DaemonEvent, ModeChange, Subject, Success, Text},
+    },
+    policy,
+};
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
@@ -15,7 +22,7 @@ use serde_json::{Value, json};
 /// while they still have processes.
 pub(super) fn reload(shared: &Arc<Shared>, who: &Caller, force: bool) -> Result<Value> {
     let op = if force { "retire" } else { "reload" };
-    who.require(shared, Need::Approver, op, Some(("force", force.into())))?;
+    who.require(shared, Need::Approver, op, Some(Subject::Force(force)))?;
     Ok(reload::reload(shared, force, who.by())?)
 }
 
@@ -26,7 +33,7 @@ pub(super) fn agents(shared: &Shared, who: &Caller) -> Result<Value> {
         Ok(r) => r,
         Err(poisoned) => poisoned.into_inner(),
     };
-    let counts = events::with(&shared.emitter, |e| e.calls().clone());
+    let counts = shared.counts.snapshot();
     let mut list: Vec<&super::registry::AgentState> = registry.agents.values().collect();
     list.sort_by(|a, b| a.def.name.cmp(&b.def.name));
     let agents: Vec<Value> = list
@@ -70,17 +77,22 @@ pub(super) fn set_mode(
     reason: Option<String>,
 ) -> Result<Value> {
     let op = if freeze { "freeze" } else { "thaw" };
-    who.require(shared, Need::Approver, op, Some(("agent", agent.into())))?;
-    switch_mode(shared, agent, freeze, (who.uid(), &who.user), reason)
+    who.require(
+        shared,
+        Need::Approver,
+        op,
+        Some(Subject::Agent(agent.into())),
+    )?;
+    switch_mode(shared, agent, freeze, who.by(), reason)
 }
 
-/// Freezes or thaws `agent` on behalf of `by` (uid, user): an operator,
-/// or the daemon itself when a budget with `on_exceed = "freeze"` is spent.
+/// Freezes or thaws `agent` on behalf of `by`: an operator, or the daemon
+/// itself when a budget with `on_exceed = "freeze"` is spent.
 pub(super) fn switch_mode(
     shared: &Arc<Shared>,
     agent: &str,
     freeze: bool,
-    (uid, user): (Option<u32>, &str),
+    by: By,
     reason: Option<String>,
 ) -> Result<Value> {
     let _one_at_a_time = shared.reloading.lock();
@@ -127,13 +139,19 @@ pub(super) fn switch_mode(
         tracing::error!(error = %format!("{err:#}"), "recording the frozen agents; a restarted daemon would not know");
         format!("{err:#}; a restarted daemon would put {agent} back in its policy's mode")
     });
-    tracing::warn!(agent, mode = policy::mode_str(to), by = %user, "agent mode switched");
+    tracing::warn!(agent, mode = policy::mode_str(to), by = %by.user, "agent mode switched");
     events::emit_now(
         &shared.emitter,
-        json!({"kind": "agent.mode", "outcome": "success", "agent": agent_ref,
-               "mode": {"from": policy::mode_str(from), "to": policy::mode_str(to)},
-               "by": {"uid": uid, "user": user},
-               "reason": reason}),
+        DaemonEvent::AgentMode(AgentMode {
+            outcome: Success::Success,
+            agent: agent_ref,
+            mode: ModeChange {
+                from: from.into(),
+                to: to.into(),
+            },
+            by,
+            reason: reason.map(Text::message),
+        }),
     );
     Ok(json!({ "mode": policy::mode_str(to), "warning": warning }))
 }

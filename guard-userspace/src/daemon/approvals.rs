@@ -12,7 +12,13 @@ use super::{
     Shared,
     access::{Caller, Need},
 };
-use crate::{cgroup, events};
+use crate::{
+    cgroup,
+    events::{
+        self,
+        model::{AgentKill, Call, DaemonEvent, Killed, Op, Scope, Subject, Success},
+    },
+};
 
 /// Approves or denies a hold, for approvers only (see `access`). A
 /// refusal is an event, not just a reply.
@@ -28,7 +34,7 @@ pub fn decide(
         shared,
         Need::Approver,
         if approve { "approve" } else { "deny" },
-        Some(("hold", id.into())),
+        Some(Subject::Hold(id.into())),
     )?;
     let hold: u64 = id
         .parse()
@@ -42,9 +48,16 @@ pub fn decide(
     // A scoped approval first becomes a grant, so that calls it covers and
     // that arrive right after the release already pass.
     let granted = match scope.scope.as_deref() {
-        None | Some("once") => serde_json::Value::from("once"),
+        None | Some("once") => Scope::once(),
         Some(_) if !approve => bail!("only an approval takes a scope"),
-        Some(kind) => grant_for_hold(shared, hold, kind, &scope, &by.user, reason.clone())?,
+        Some(kind) => Scope::Grant(grant_for_hold(
+            shared,
+            hold,
+            kind,
+            &scope,
+            &by.user,
+            reason.clone(),
+        )?),
     };
     if !shared
         .holds
@@ -55,24 +68,13 @@ pub fn decide(
     Ok(json!({ "scope": granted }))
 }
 
-/// The subtree a `subtree` approval of held delete `event` grants unless
-/// narrowed: the path of the `ask` rule that held it, else the held
-/// path's directory. None for a call without a path.
-pub fn default_subtree(event: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
-    // The path whose rule held it: a rename's destination when the object
-    // it would replace decided.
-    let target = event.get("target")?;
-    let held = if target.get("decided_by").and_then(|d| d.as_str()) == Some("destination") {
-        "new_path"
-    } else {
-        "path"
-    };
-    let target = target.get(held)?.as_str()?;
-    let rule = event
-        .get("rule")
-        .and_then(|r| r.get("match"))
-        .and_then(|m| m.as_str());
-    let prefix = match rule {
+/// The subtree a `subtree` approval of held file call `call` grants
+/// unless narrowed: the path of the `ask` rule that held it, else the
+/// directory of the path whose rule decided (a rename's destination when
+/// the object it would replace decided). None for a call without a path.
+pub fn default_subtree(call: &Call) -> Option<String> {
+    let target = call.op.decided_path()?;
+    let prefix = match call.rule.matched.as_deref() {
         Some(m) if m.starts_with('/') => m.trim_end_matches('/'),
         _ => target.rsplit_once('/').map_or("", |(dir, _)| dir),
     };
@@ -94,21 +96,23 @@ fn grant_for_hold(
     scope: &ScopeRequest,
     by: &str,
     reason: Option<String>,
-) -> Result<serde_json::Value> {
+) -> Result<events::model::Grant> {
     use super::grants::Scope;
-    let event = shared
+    let call = shared
         .holds
-        .event_of(hold)
+        .call_of(hold)
         .with_context(|| format!("no pending hold {hold}"))?;
     let lasts = std::time::Duration::from_secs(
         scope
             .for_secs
             .with_context(|| format!("scope {kind} needs a duration (--for, e.g. 10m)"))?,
     );
-    let agent_name = event["agent"]["name"]
-        .as_str()
+    let agent_name = call
+        .agent
+        .known()
         .context("held call without an agent")?
-        .to_owned();
+        .name
+        .clone();
     let agent_id = {
         let registry = shared
             .registry
@@ -119,29 +123,25 @@ fn grant_for_hold(
             .map(|a| a.agent_id)
             .with_context(|| format!("agent {agent_name} is no longer in the policy"))?
     };
-    let call = event["kind"].as_str().unwrap_or_default();
+    let what = call.kind().name();
     let scope = match kind {
         "agent" => Scope::Agent,
         "subtree" => {
-            if !call.starts_with("file.") {
-                bail!("scope subtree is for file calls; this hold is a {call}");
+            if !what.starts_with("file.") {
+                bail!("scope subtree is for file calls; this hold is a {what}");
             }
             // The path whose rule held it: a rename's destination when the
             // object it would replace decided.
-            let held = if event["target"]["decided_by"] == "destination" {
-                "new_path"
-            } else {
-                "path"
-            };
-            let target = event["target"][held]
-                .as_str()
+            let target = call
+                .op
+                .decided_path()
                 .context("held file call without a path")?;
             let prefix = match &scope.path {
                 Some(p) => match p.trim_end_matches('/') {
                     "" => "/".to_owned(),
                     p => p.to_owned(),
                 },
-                None => default_subtree(&event).context("held file call without a path")?,
+                None => default_subtree(&call).context("held file call without a path")?,
             };
             if !(prefix == "/" || target == prefix || target.starts_with(&format!("{prefix}/"))) {
                 bail!("{prefix} does not contain the held path {target}");
@@ -149,21 +149,17 @@ fn grant_for_hold(
             Scope::Subtree { prefix }
         }
         "destination" => {
-            if !matches!(call, "net.connect" | "net.send") {
-                bail!("scope destination is for connects and datagrams; this hold is a {call}");
-            }
-            let address: std::net::IpAddr = event["target"]["address"]
-                .as_str()
-                .and_then(|a| a.parse().ok())
-                .context("held connect without an address")?;
-            let addr = match address {
+            let (Op::Connect(dst) | Op::Send(dst)) = &call.op else {
+                bail!("scope destination is for connects and datagrams; this hold is a {what}");
+            };
+            let addr = match dst.address {
                 std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
                 std::net::IpAddr::V6(v6) => v6.octets(),
             };
-            let port = event["target"]["port"]
-                .as_u64()
-                .context("held connect without a port")? as u16;
-            Scope::Destination { addr, port }
+            Scope::Destination {
+                addr,
+                port: dst.port,
+            }
         }
         other => bail!("unknown scope {other:?}: once, subtree, destination or agent"),
     };
@@ -173,7 +169,7 @@ fn grant_for_hold(
 }
 
 pub fn revoke(shared: &Arc<Shared>, who: &Caller, id: u32) -> Result<serde_json::Value> {
-    who.require(shared, Need::Approver, "revoke", Some(("grant", id.into())))?;
+    who.require(shared, Need::Approver, "revoke", Some(Subject::Grant(id)))?;
     if !shared.grants.revoke(id) {
         bail!("no live grant {id}");
     }
@@ -197,7 +193,7 @@ pub fn kill(
         shared,
         Need::Approver,
         "kill",
-        Some(("target", what.clone().into())),
+        Some(Subject::Target(what.clone())),
     )?;
     let user = who.user.clone();
     let dir: PathBuf = match (&hold, &agent) {
@@ -253,9 +249,14 @@ pub fn kill(
     tracing::warn!(%what, by = %user, cgroup = %dir.display(), "killed");
     events::emit_now(
         &shared.emitter,
-        json!({"kind": "agent.kill", "outcome": "success",
-               "control": {"target": what, "cgroup": dir.display().to_string(),
-                           "by": {"uid": who.uid(), "user": user}}}),
+        DaemonEvent::AgentKill(AgentKill {
+            outcome: Success::Success,
+            control: Killed {
+                target: what,
+                cgroup: dir.display().to_string(),
+                by: who.by(),
+            },
+        }),
     );
     Ok(json!({ "cgroup": dir.display().to_string() }))
 }

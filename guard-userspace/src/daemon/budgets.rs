@@ -11,7 +11,13 @@ use guard_common::{BudgetCell, BudgetClass, BudgetKey, Charge};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
-use crate::policy;
+use crate::{
+    events::{
+        budget::exhaustion,
+        model::{BudgetAction, By, Call, DaemonEvent},
+    },
+    policy,
+};
 
 pub struct Budgets {
     map: Mutex<BpfHashMap<MapData, BudgetKey, BudgetCell>>,
@@ -149,17 +155,17 @@ impl Budgets {
     }
 }
 
-/// After the call whose event is `body` spent its agent's budget: one
-/// `agent.budget` event (which fires webhooks), counted for `status`; and
-/// with `on_exceed = "freeze"`, the agent frozen as `agent-guard freeze`
-/// would (the calls over budget are held meanwhile).
-pub fn exhausted(shared: &std::sync::Arc<super::Shared>, body: &serde_json::Map<String, Value>) {
+/// After `call` spent its agent's budget: one `agent.budget` event (which
+/// fires webhooks), counted for `status`; and with `on_exceed =
+/// "freeze"`, the agent frozen as `agent-guard freeze` would (the calls
+/// over budget are held meanwhile).
+pub fn exhausted(shared: &std::sync::Arc<super::Shared>, call: &Call) {
     shared.budgets.hit();
-    let event = crate::events::budget::exhaustion(body);
-    let freeze = event["budget"]["action"] == "freeze";
-    let agent = event["agent"]["name"].as_str().map(str::to_owned);
-    tracing::warn!(agent = ?agent, budget = %event["budget"], "budget spent");
-    crate::events::emit_now(&shared.emitter, event);
+    let event = exhaustion(call);
+    let freeze = event.budget.budget.action == Some(BudgetAction::Freeze);
+    let agent = event.agent.as_ref().map(|a| a.name.clone());
+    tracing::warn!(agent = ?agent, budget = ?event.budget, "budget spent");
+    crate::events::emit_now(&shared.emitter, DaemonEvent::AgentBudget(event));
     let (true, Some(agent)) = (freeze, agent) else {
         return;
     };
@@ -170,10 +176,13 @@ pub fn exhausted(shared: &std::sync::Arc<super::Shared>, body: &serde_json::Map<
     if already {
         return;
     }
+    let by = By {
+        uid: None,
+        user: "agent-guard".into(),
+    };
     let reason = Some("its budget is spent (on_exceed = \"freeze\")".to_owned());
-    if let Err(err) = super::admin::switch_mode(shared, &agent, true, (None, "agent-guard"), reason)
-    {
+    if let Err(err) = super::admin::switch_mode(shared, &agent, true, by, reason) {
         // The calls over budget are held anyway: nothing runs meanwhile.
-        tracing::error!(%err, agent, "freezing an agent whose budget is spent");
+        tracing::error!(%err, %agent, "freezing an agent whose budget is spent");
     }
 }

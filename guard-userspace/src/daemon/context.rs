@@ -7,9 +7,9 @@
 //! The held call's own command line, the agent's purpose and
 //! `on_behalf_of` are already in the event (`process`, `agent`).
 use guard_host::proc;
-use serde_json::{Map, Value, json};
 
 use super::{Shared, approvals};
+use crate::events::model::{Ancestor, Call, HoldContext, Op, ScopeOffer};
 
 /// Parents listed at most: a deeper chain is cut, and says so.
 const MAX_ANCESTORS: usize = 16;
@@ -18,34 +18,20 @@ const MAX_ANCESTORS: usize = 16;
 const MAX_ARGS: usize = 32;
 const MAX_CMDLINE_BYTES: usize = 1024;
 
-/// The context of held call `event` (kind, agent, process, target, rule).
-pub fn gather(shared: &Shared, event: &Map<String, Value>, pid: u32) -> Value {
-    let agent = event.get("agent");
-    let name = agent
-        .and_then(|a| a.get("name"))
-        .and_then(Value::as_str)
+/// The context of held call `call` of process `pid`.
+pub fn gather(shared: &Shared, call: &Call, pid: u32) -> HoldContext {
+    let agent = call.agent.known();
+    let cgroup = agent.map_or("", |a| a.cgroup.as_str());
+    let (ancestry, ancestry_truncated) = ancestry(pid, cgroup);
+    let recent = agent
+        .map(|a| shared.counts.recent(&a.name))
         .unwrap_or_default();
-    let cgroup = agent
-        .and_then(|a| a.get("cgroup"))
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let (ancestors, cut) = ancestry(pid, cgroup);
-    let recent = {
-        let emitter = match shared.emitter.lock() {
-            Ok(e) => e,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        emitter.recent(name)
-    };
-    let mut context = json!({
-        "ancestry": ancestors,
-        "recent": recent,
-        "scopes": scopes(event),
-    });
-    if cut {
-        context["ancestry_truncated"] = true.into();
+    HoldContext {
+        ancestry,
+        ancestry_truncated,
+        recent,
+        scopes: scopes(call),
     }
-    context
 }
 
 /// The parents of `pid`, nearest first, for as long as they are in the
@@ -53,7 +39,7 @@ pub fn gather(shared: &Shared, event: &Map<String, Value>, pid: u32) -> Value {
 /// is the agent's first process. True when the chain was cut at
 /// [`MAX_ANCESTORS`]. What a process says of itself (comm, arguments) is
 /// the agent's to write; pids and membership are the kernel's.
-fn ancestry(pid: u32, cgroup: &str) -> (Vec<Value>, bool) {
+fn ancestry(pid: u32, cgroup: &str) -> (Vec<Ancestor>, bool) {
     let inside = |p: u32| {
         proc::cgroup(p).is_some_and(|c| {
             let c = c.trim_start_matches('/');
@@ -73,12 +59,13 @@ fn ancestry(pid: u32, cgroup: &str) -> (Vec<Value>, bool) {
             return (chain, true);
         }
         let Some(stat) = proc::stat(p) else { break };
-        let (cmdline, cut) = bounded(proc::cmdline(p).unwrap_or_default());
-        let mut entry = json!({"pid": p, "comm": stat.comm, "cmdline": cmdline});
-        if cut {
-            entry["cmdline_truncated"] = true.into();
-        }
-        chain.push(entry);
+        let (cmdline, cmdline_truncated) = bounded(proc::cmdline(p).unwrap_or_default());
+        chain.push(Ancestor {
+            pid: p,
+            comm: stat.comm,
+            cmdline,
+            cmdline_truncated,
+        });
         next = Some(stat.ppid);
     }
     (chain, false)
@@ -112,47 +99,38 @@ fn bounded(args: Vec<String>) -> (Vec<String>, bool) {
 
 /// Each approval scope on offer for this call, and exactly what it grants.
 /// A scope beyond `once` lasts what the approver chooses (`--for`).
-fn scopes(event: &Map<String, Value>) -> Vec<Value> {
-    let kind = event.get("kind").and_then(Value::as_str).unwrap_or("");
-    let agent = event
-        .get("agent")
-        .and_then(|a| a.get("name"))
-        .cloned()
-        .unwrap_or(Value::Null);
-    let mut offer = vec![json!({"scope": "once", "grants": "this call only"})];
-    if kind.starts_with("file.") {
-        if let Some(path) = approvals::default_subtree(event) {
-            offer.push(json!({
-                "scope": "subtree", "path": path,
-                "grants": format!("deletes under {path} (narrow it with --path)"),
-            }));
+fn scopes(call: &Call) -> Vec<ScopeOffer> {
+    let agent = call.agent.known().map(|a| a.name.clone());
+    let mut offer = vec![ScopeOffer::Once {
+        grants: "this call only".into(),
+    }];
+    if call.kind().name().starts_with("file.") {
+        if let Some(path) = approvals::default_subtree(call) {
+            offer.push(ScopeOffer::Subtree {
+                grants: format!("deletes under {path} (narrow it with --path)"),
+                path,
+            });
         }
     }
-    let target = event.get("target");
-    if kind == "net.connect" {
-        let address = target
-            .and_then(|t| t.get("address"))
-            .and_then(Value::as_str);
-        let port = target.and_then(|t| t.get("port")).and_then(Value::as_u64);
-        if let (Some(address), Some(port)) = (address, port) {
-            let shown = if address.contains(':') {
-                format!("[{address}]:{port}")
-            } else {
-                format!("{address}:{port}")
-            };
-            offer.push(json!({
-                "scope": "destination", "address": address, "port": port,
-                "grants": format!("connects to {shown}"),
-            }));
-        }
+    if let Op::Connect(dst) = &call.op {
+        let shown = if dst.address.is_ipv6() {
+            format!("[{}]:{}", dst.address, dst.port)
+        } else {
+            format!("{}:{}", dst.address, dst.port)
+        };
+        offer.push(ScopeOffer::Destination {
+            address: dst.address,
+            port: dst.port,
+            grants: format!("connects to {shown}"),
+        });
     }
-    offer.push(json!({
-        "scope": "agent", "agent": agent,
-        "grants": format!(
+    offer.push(ScopeOffer::Agent {
+        grants: format!(
             "every call of agent {} that would be held",
-            agent.as_str().unwrap_or("?")
+            agent.as_deref().unwrap_or("?")
         ),
-    }));
+        agent,
+    });
     offer
 }
 
@@ -160,41 +138,63 @@ fn scopes(event: &Map<String, Value>) -> Vec<Value> {
 mod tests {
     use super::*;
 
-    fn map(v: Value) -> Map<String, Value> {
-        v.as_object().cloned().unwrap_or_default()
+    use crate::events::{Event, examples, model::FileTarget};
+
+    /// The documented example call of `kind`.
+    fn example(kind: &str) -> Call {
+        examples::all()
+            .into_iter()
+            .find_map(|e| match e {
+                Event::Call(c) if c.kind().name() == kind => Some(c),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("an example {kind}"))
+    }
+
+    fn names(s: &[ScopeOffer]) -> Vec<&'static str> {
+        s.iter()
+            .map(|o| match o {
+                ScopeOffer::Once { .. } => "once",
+                ScopeOffer::Subtree { .. } => "subtree",
+                ScopeOffer::Destination { .. } => "destination",
+                ScopeOffer::Agent { .. } => "agent",
+            })
+            .collect()
     }
 
     #[test]
     fn a_delete_offers_the_ask_rules_subtree() {
-        let ev = map(json!({
-            "kind": "file.unlink", "agent": {"name": "bot"},
-            "target": {"path": "/srv/data/tmp/x"}, "rule": {"match": "/srv/data/"},
-        }));
-        let s = scopes(&ev);
-        let names: Vec<&str> = s.iter().filter_map(|o| o["scope"].as_str()).collect();
-        assert_eq!(names, ["once", "subtree", "agent"]);
-        assert_eq!(s[1]["path"], "/srv/data");
-        assert_eq!(s[2]["agent"], "bot");
+        let mut call = example("file.unlink");
+        call.op = Op::Unlink(FileTarget::path("/srv/data/tmp/x".into()));
+        call.rule.matched = Some("/srv/data/".into());
+        let s = scopes(&call);
+        assert_eq!(names(&s), ["once", "subtree", "agent"]);
+        assert!(matches!(&s[1], ScopeOffer::Subtree { path, .. } if path == "/srv/data"));
+        assert!(
+            matches!(&s[2], ScopeOffer::Agent { agent: Some(a), .. } if a == "claims-bot"),
+            "{s:?}"
+        );
     }
 
     #[test]
     fn a_delete_without_a_path_rule_offers_its_directory() {
-        let ev = map(json!({
-            "kind": "file.rmdir", "agent": {"name": "bot"},
-            "target": {"path": "/x"}, "rule": {"match": null},
-        }));
-        assert_eq!(scopes(&ev)[1]["path"], "/");
+        let mut call = example("file.rmdir");
+        call.op = Op::Rmdir(FileTarget::path("/x".into()));
+        call.rule.matched = None;
+        assert!(matches!(&scopes(&call)[1], ScopeOffer::Subtree { path, .. } if path == "/"));
     }
 
     #[test]
     fn a_connect_offers_its_destination() {
-        let ev = map(json!({
-            "kind": "net.connect", "agent": {"name": "bot"},
-            "target": {"address": "2001:db8::1", "port": 443},
-        }));
-        let s = scopes(&ev);
-        assert_eq!(s[1]["scope"], "destination");
-        assert_eq!(s[1]["grants"], "connects to [2001:db8::1]:443");
+        let mut call = example("net.connect");
+        if let Op::Connect(t) = &mut call.op {
+            t.address = "2001:db8::1".parse().expect("an address");
+            t.port = 443;
+        }
+        let s = scopes(&call);
+        assert_eq!(names(&s), ["once", "destination", "agent"]);
+        assert!(matches!(&s[1], ScopeOffer::Destination { grants, .. }
+                         if grants == "connects to [2001:db8::1]:443"));
     }
 
     #[test]

@@ -27,7 +27,11 @@ use super::{
 };
 use crate::{
     control::{Envelope, MAX_REQUEST_BYTES, PROTOCOL_VERSION, Reply, Request},
-    events, supervise,
+    events::{
+        self,
+        model::{Refusal, Subject},
+    },
+    supervise,
 };
 
 /// The first request line must arrive within this.
@@ -60,7 +64,7 @@ pub struct SinkGate {
 impl events::sinks::stream::Gate for SinkGate {
     fn admit(&self, stream: &UnixStream, sink: &str) -> Option<Box<dyn Send>> {
         let (_, caller, slot) = admit(&self.shared, &self.limits, stream, sink)?;
-        let subject = Some(("target", sink.into()));
+        let subject = Some(Subject::Target(sink.into()));
         if let Err(err) = caller.require(&self.shared, Need::Reader, "subscribe", subject) {
             say_once(stream, &format!("{err:#}"));
             return None;
@@ -106,8 +110,8 @@ pub fn admit(
             say_once(stream, &reason);
             shared.refusals.report(
                 &caller.source(),
-                json!({"op": "connect", "target": socket, "by": caller.by_json(),
-                       "reason": reason}),
+                Refusal::new("connect", caller.peer(), reason)
+                    .about(Some(Subject::Target(socket.into()))),
             );
             None
         }
@@ -177,7 +181,7 @@ async fn handle(
                 v: PROTOCOL_VERSION,
                 request: Request::Subscribe { agent },
             }) => {
-                let subject = agent.clone().map(|a| ("agent", a.into()));
+                let subject = agent.clone().map(Subject::Agent);
                 match caller.require(&shared, Need::Reader, "subscribe", subject) {
                     Ok(()) => return stream_events(&shared, agent, write).await,
                     Err(err) => Reply::err(format!("{err:#}")),

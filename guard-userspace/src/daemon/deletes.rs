@@ -2,23 +2,23 @@
 //! without BPF LSM): deletes, renames, links, truncations, and the refused
 //! mount family and io_uring. The same policy matchers the kernel maps are
 //! checked against, the same decision ladder (guard_common::ladder), the
-//! same event shapes as the LSM backend (events/calls.rs).
+//! same event shapes as the LSM backend (daemon/attribute.rs).
 use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc};
 
 use parking_lot::Mutex;
-use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 use guard_common::{Charge, Outcome, Rung, Verdict};
 
 use super::{
     Shared,
+    attribute::{self, RuleOf},
     holds::{self, Release},
 };
 use crate::{
     events::{
         self,
-        decode::{self, RuleOf},
+        model::{Call, CallOutcome, GrantRef, HoldId, HoldRef},
     },
     policy::PathRule,
     supervise::{Decide, Decision, Op, Request},
@@ -38,8 +38,8 @@ pub struct SessionDecider {
     held: Arc<Mutex<HashMap<u64, HeldCall>>>,
 }
 
-/// A held call's hold id and event body.
-type HeldCall = (u64, Map<String, Value>);
+/// A held call's hold id and the call.
+type HeldCall = (u64, Call);
 
 /// What the policy says about a call, before the mode and the ladder.
 struct Policy<'a> {
@@ -202,7 +202,7 @@ impl SessionDecider {
             {
                 return Judged::Now(Decision::Deny);
             }
-            let mut body = decode::supervised_call(
+            let call = attribute::supervised_call(
                 &registry,
                 agent,
                 self.session_cgroup,
@@ -213,8 +213,8 @@ impl SessionDecider {
                 &mut super::lock_enricher(&self.shared),
             );
             drop(registry);
-            events::selfdefense::supervised_tamper(&mut body, protected);
-            events::emit_now(&self.shared.emitter, serde_json::Value::Object(body));
+            let call = attribute::supervised_tamper(call, protected);
+            events::emit_now(&self.shared.emitter, call);
             return Judged::Now(Decision::Deny);
         }
         if req.op == Op::Open {
@@ -228,10 +228,9 @@ impl SessionDecider {
                 .and_then(|path| self.shared.grants.covers_path(agent_id, path))
                 .unwrap_or(0)
         };
-        let kind = events::calls::supervised_kind(req.op);
         // The same budget cell and rule as the kernel's (guard-ebpf
         // budget.rs): a grant covering the call lifts its budget.
-        let budget = || match events::budget::class_of(kind) {
+        let budget = || match budget_class(req.op) {
             Some(class) if grant() == 0 => self.shared.budgets.charge(agent_id, class),
             _ => Charge::Free,
         };
@@ -253,7 +252,7 @@ impl SessionDecider {
             // Never performed here: holding it would only delay the EPERM.
             Rung::Hold if switch => (Decision::Deny, Outcome::Denied, None),
             Rung::Hold => {
-                let mut body = decode::supervised_call(
+                let mut call = attribute::supervised_call(
                     &registry,
                     agent,
                     self.session_cgroup,
@@ -263,17 +262,17 @@ impl SessionDecider {
                     p.reason,
                     &mut super::lock_enricher(&self.shared),
                 );
-                events::budget::mark(budget_flags, kind, Some(&agent.def), &mut body);
-                let spent = events::budget::exhausted_by(&body).then(|| body.clone());
+                events::budget::mark(budget_flags, &mut call, Some(&agent.def));
+                let spent = events::budget::exhausted_by(&call).then(|| call.clone());
                 let timeout = registry.policy.approval_timeout(Some(&agent.def.name));
                 drop(registry);
                 let (tx, rx) = oneshot::channel();
                 let id = hold_id();
-                self.held.lock().insert(req.notif_id, (id, body.clone()));
+                self.held.lock().insert(req.notif_id, (id, call.clone()));
                 self.shared.holds.register(
                     &self.shared,
                     id,
-                    body,
+                    call,
                     req.pid,
                     Release::Seccomp {
                         tx,
@@ -282,14 +281,14 @@ impl SessionDecider {
                     },
                     timeout,
                 );
-                if let Some(body) = spent {
-                    super::budgets::exhausted(&self.shared, &body);
+                if let Some(call) = spent {
+                    super::budgets::exhausted(&self.shared, &call);
                 }
                 return Judged::Held(rx);
             }
             Rung::Deny => (Decision::Deny, Outcome::Denied, None),
         };
-        let mut body = decode::supervised_call(
+        let mut call = attribute::supervised_call(
             &registry,
             agent,
             self.session_cgroup,
@@ -299,16 +298,14 @@ impl SessionDecider {
             p.reason,
             &mut super::lock_enricher(&self.shared),
         );
-        if let Some(grant) = grant {
-            // An approval's scope covers this call: no hold.
-            body.insert("grant".into(), serde_json::json!({ "id": grant }));
-        }
-        events::budget::mark(budget_flags, kind, Some(&agent.def), &mut body);
+        // An approval's scope covers this call: no hold.
+        call.grant = grant.map(|id| GrantRef { id });
+        events::budget::mark(budget_flags, &mut call, Some(&agent.def));
         drop(registry);
-        let spent = events::budget::exhausted_by(&body).then(|| body.clone());
-        events::emit_now(&self.shared.emitter, serde_json::Value::Object(body));
-        if let Some(body) = spent {
-            super::budgets::exhausted(&self.shared, &body);
+        let spent = events::budget::exhausted_by(&call).then(|| call.clone());
+        events::emit_now(&self.shared.emitter, call);
+        if let Some(call) = spent {
+            super::budgets::exhausted(&self.shared, &call);
         }
         Judged::Now(decision)
     }
@@ -320,24 +317,21 @@ impl SessionDecider {
     /// is still the call that was held (the path is read anew from the
     /// caller, whose other threads could have rewritten it meanwhile).
     fn rejoin(&self, req: &Request, hold: u64, rx: oneshot::Receiver<bool>) -> Judged {
-        let Some(event) = self.shared.holds.event_of(hold) else {
+        let Some(call) = self.shared.holds.call_of(hold) else {
             // Decided while supervision was down: the verdict is in `rx`.
             return Judged::Held(rx);
         };
-        let held = |key: &str| {
-            event
-                .get("target")
-                .and_then(|t| t.get(key))
-                .and_then(|p| p.as_str())
-                .map(str::to_owned)
-        };
-        let same = held("path").as_deref() == Some(req.object.path.as_str())
-            && held("new_path").as_deref() == req.second.as_ref().map(|s| s.path.as_str());
+        let nonempty = |p: &str| (!p.is_empty()).then_some(p.to_owned());
+        let same = call.op.path() == nonempty(&req.object.path).as_deref()
+            && call.op.new_path()
+                == req
+                    .second
+                    .as_ref()
+                    .and_then(|s| nonempty(&s.path))
+                    .as_deref();
         if same {
             tracing::info!(hold, path = %req.object.path, "a call held before the restart waits again");
-            let mut body = event;
-            body.remove("hold");
-            self.held.lock().insert(req.notif_id, (hold, body));
+            self.held.lock().insert(req.notif_id, (hold, call));
             return Judged::Held(rx);
         }
         self.shared.holds.decide(
@@ -358,16 +352,31 @@ impl SessionDecider {
 }
 
 /// The event of a held call itself, run (`allowed`) or failed (`denied`)
-/// on its decision.
+/// on its decision, with its hold's id.
 fn emit_held_call(
     emitter: &events::SharedEmitter,
     hold: u64,
-    mut body: Map<String, Value>,
-    outcome: &str,
+    mut call: Call,
+    outcome: CallOutcome,
 ) {
-    body.insert("outcome".into(), outcome.into());
-    body.insert("hold".into(), serde_json::json!({ "id": hold.to_string() }));
-    events::emit_now(emitter, Value::Object(body));
+    call.outcome = outcome;
+    call.hold = Some(HoldRef {
+        id: HoldId(hold),
+        timeout_secs: None,
+        context: None,
+    });
+    events::emit_now(emitter, call);
+}
+
+/// The budget a supervised call draws on if it is allowed: every call
+/// that destroys data (renames and truncations too).
+fn budget_class(op: Op) -> Option<guard_common::BudgetClass> {
+    match op {
+        Op::Unlink | Op::Rmdir | Op::Truncate | Op::Rename { .. } => {
+            Some(guard_common::BudgetClass::Deletes)
+        }
+        Op::Link | Op::Open | Op::Mount(_) | Op::IoUringSetup => None,
+    }
 }
 
 enum Judged {
@@ -398,7 +407,7 @@ impl Decide for SessionDecider {
                     if !allow {
                         // The held call fails now (EPERM): its own event says so.
                         if let Some((id, body)) = held.lock().remove(&req.notif_id) {
-                            emit_held_call(&emitter, id, body, "denied");
+                            emit_held_call(&emitter, id, body, CallOutcome::Denied);
                         }
                     }
                     (
@@ -418,7 +427,7 @@ impl Decide for SessionDecider {
         // A held call, approved and now performed: its own event, with the
         // hold's id, says what actually ran.
         if let Some((id, body)) = self.held.lock().remove(&req.notif_id) {
-            emit_held_call(&self.shared.emitter, id, body, "allowed");
+            emit_held_call(&self.shared.emitter, id, body, CallOutcome::Allowed);
         }
         if let Err(errno) = result {
             tracing::debug!(path = %req.object.path, errno, op = ?req.op, "an allowed call failed on its own");
@@ -435,7 +444,7 @@ impl Decide for SessionDecider {
             return;
         };
         let Some(target) =
-            events::refused::supervised_escape(&req.object.path, req.pid, agent_id, &registry)
+            super::refused::supervised_escape(&req.object.path, req.pid, agent_id, &registry)
         else {
             return; // its own tree: refused, but no way out
         };
@@ -447,7 +456,7 @@ impl Decide for SessionDecider {
         {
             return;
         }
-        let mut body = decode::supervised_call(
+        let mut call = attribute::supervised_call(
             &registry,
             agent,
             self.session_cgroup,
@@ -458,10 +467,11 @@ impl Decide for SessionDecider {
             &mut super::lock_enricher(&self.shared),
         );
         drop(registry);
-        body.insert("kind".into(), "agent.escape".into());
-        body.remove("backend");
-        body.insert("target".into(), target);
-        body.insert("rule".into(), events::selfdefense::rule());
-        events::emit_now(&self.shared.emitter, Value::Object(body));
+        // Refused by the supervisor for the run, but it is a reach for the
+        // way out, reported as the kernel's refusals are.
+        call.op = events::model::Op::Escape(target);
+        call.backend = None;
+        call.rule = attribute::self_defense_rule();
+        events::emit_now(&self.shared.emitter, call);
     }
 }

@@ -12,7 +12,9 @@ use aya::maps::{HashMap as BpfHashMap, LpmTrie, MapData, lpm_trie::Key};
 use guard_common::{Grant, NetGrantKey, PathKey};
 
 use crate::policy::path_key;
-use serde_json::{Value, json};
+use serde_json::Value;
+
+use crate::events::model;
 
 /// What an approval covers beyond the one call.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,31 +38,41 @@ pub struct GrantInfo {
 }
 
 impl GrantInfo {
-    pub fn to_json(&self) -> Value {
+    /// The grant as events and replies show it.
+    pub fn to_event(&self) -> model::Grant {
         let scope = match &self.scope {
-            Scope::Subtree { prefix } => json!({"kind": "subtree", "path": prefix}),
+            Scope::Subtree { prefix } => model::GrantScope::Subtree {
+                path: prefix.clone(),
+            },
             Scope::Destination { addr, port } => {
                 let ip = std::net::Ipv6Addr::from(*addr);
                 let shown = ip
                     .to_ipv4_mapped()
                     .map_or(ip.to_string(), |v4| v4.to_string());
-                json!({"kind": "destination", "address": shown, "port": port})
+                model::GrantScope::Destination {
+                    address: shown,
+                    port: *port,
+                }
             }
-            Scope::Agent => json!({"kind": "agent"}),
+            Scope::Agent => model::GrantScope::Agent,
         };
         let left = self
             .expires
             .duration_since(SystemTime::now())
             .unwrap_or_default();
-        json!({
-            "id": self.id,
-            "agent": self.agent,
-            "scope": scope,
-            "expires": humantime::format_rfc3339_seconds(self.expires).to_string(),
-            "left_secs": left.as_secs(),
-            "by": self.by,
-            "reason": self.reason,
-        })
+        model::Grant {
+            id: self.id,
+            agent: self.agent.clone(),
+            scope,
+            expires: humantime::format_rfc3339_seconds(self.expires).to_string(),
+            left_secs: left.as_secs(),
+            by: self.by.clone(),
+            reason: self.reason.clone().map(model::Text::message),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self.to_event()).unwrap_or_default()
     }
 }
 
@@ -115,7 +127,7 @@ impl Grants {
         lasts: Duration,
         by: String,
         reason: Option<String>,
-    ) -> Result<Value> {
+    ) -> Result<model::Grant> {
         if lasts.is_zero() {
             bail!("a grant needs a duration (--for, e.g. 10m)");
         }
@@ -159,7 +171,7 @@ impl Grants {
             by,
             reason,
         };
-        let shown = info.to_json();
+        let shown = info.to_event();
         inner.0.insert(id, info);
         Ok(shown)
     }

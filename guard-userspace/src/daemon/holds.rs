@@ -13,7 +13,11 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use super::Shared;
-use crate::events;
+pub use crate::events::model::{By, Decision as Verdict};
+use crate::events::{
+    self,
+    model::{Call, CallOutcome, Decided, HoldDecision, HoldId, HoldRef, Scope, Text},
+};
 
 /// How a held call is released.
 pub enum Release {
@@ -32,45 +36,13 @@ pub enum Release {
 
 pub struct Hold {
     pub id: u64,
-    /// The held event's body: kind, agent, process, target, rule.
-    pub event: serde_json::Map<String, Value>,
+    /// The held call, as its `held` event reported it.
+    pub call: Call,
     pub pid: u32,
     pub since: Instant,
     pub since_wall: SystemTime,
     pub deadline: Instant,
     release: Release,
-}
-
-/// What a decision was, for the event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Approved,
-    Denied,
-    Expired,
-    /// The run (or agent) was killed; the call never completes.
-    Killed,
-    /// The held thread made another call that had to be held: the kernel
-    /// holds that one instead, and this call, if it is made again, is
-    /// judged afresh.
-    Superseded,
-}
-
-impl Verdict {
-    fn name(self) -> &'static str {
-        match self {
-            Verdict::Approved => "approved",
-            Verdict::Denied => "denied",
-            Verdict::Expired => "expired",
-            Verdict::Killed => "killed",
-            Verdict::Superseded => "superseded",
-        }
-    }
-}
-
-/// Who decided.
-pub struct By {
-    pub uid: Option<u32>,
-    pub user: String,
 }
 
 /// A held seccomp call taken back after a restart, waiting for its run's
@@ -92,7 +64,10 @@ struct Persisted {
     id: u64,
     pid: u32,
     release: PersistedRelease,
-    event: serde_json::Map<String, Value>,
+    /// The held call (`event`: as agent-guard/v1 persisted it, which reads
+    /// as the same call).
+    #[serde(alias = "event")]
+    call: Call,
     since_unix_ms: u64,
     deadline_unix_ms: u64,
 }
@@ -110,26 +85,27 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 impl Holds {
-    /// Registers a hold and emits its `held` event (`event` already has
-    /// kind, agent, process, target and rule; outcome and hold are added).
+    /// Registers a hold and emits its `held` event (`call` has its agent,
+    /// process, target and rule; the outcome and the hold are set here).
     pub fn register(
         &self,
         shared: &Shared,
         id: u64,
-        mut event: serde_json::Map<String, Value>,
+        mut call: Call,
         pid: u32,
         release: Release,
         timeout: Duration,
     ) {
-        event.insert("outcome".into(), "held".into());
+        call.outcome = CallOutcome::Held;
         // Gathered before any hold lock is taken (it reads /proc and the
-        // emitter's recent counts), once: a successor shows the same.
-        let context = super::context::gather(shared, &event, pid);
-        event.insert(
-            "hold".into(),
-            json!({ "id": id.to_string(), "timeout_secs": timeout.as_secs(), "context": context }),
-        );
-        let announce = Value::Object(event.clone());
+        // recent counts), once: a successor shows the same.
+        let context = super::context::gather(shared, &call, pid);
+        call.hold = Some(HoldRef {
+            id: HoldId(id),
+            timeout_secs: Some(timeout.as_secs()),
+            context: Some(Box::new(context)),
+        });
+        let announce = call.clone();
         let now = Instant::now();
         let mut held = self.lock();
         // A thread has one kernel hold at a time: a new one for the same
@@ -150,7 +126,7 @@ impl Holds {
             id,
             Hold {
                 id,
-                event,
+                call,
                 pid,
                 since: now,
                 since_wall: SystemTime::now(),
@@ -166,7 +142,7 @@ impl Holds {
             self.emit_decision(
                 shared,
                 old.id,
-                old.event,
+                old.call,
                 Verdict::Superseded,
                 By {
                     uid: None,
@@ -177,7 +153,7 @@ impl Holds {
                      again, is judged afresh"
                 )),
                 old.since.elapsed(),
-                Value::from("once"),
+                Scope::once(),
             );
         }
         events::emit_now(&shared.emitter, announce);
@@ -203,7 +179,7 @@ impl Holds {
                         notif: *notif,
                     },
                 },
-                event: h.event.clone(),
+                call: h.call.clone(),
                 since_unix_ms: unix_ms(h.since_wall),
                 deadline_unix_ms: unix_ms(wall + h.deadline.saturating_duration_since(now)),
             })
@@ -229,10 +205,15 @@ impl Holds {
     /// it back, see `sessions`). No new `held` event: it was emitted once.
     /// Call after the sessions are loaded.
     pub fn resume(&self, shared: &Arc<Shared>, file: PathBuf) {
-        let previous: Vec<Persisted> = std::fs::read(&file)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let previous: Vec<Persisted> = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|err| {
+                // Their threads stay stopped until an operator kills them:
+                // say so loudly.
+                tracing::error!(%err, file = %file.display(), "unreadable held calls; calls held before the restart cannot be taken back");
+                Vec::new()
+            }),
+            Err(_) => Vec::new(),
+        };
         if let Ok(mut f) = self.file.lock() {
             *f = Some(file);
         }
@@ -267,7 +248,7 @@ impl Holds {
                     if !super::sessions::launcher_alive(shared, &session) {
                         // With the launcher went the last copy of the
                         // listener: the kernel failed the call (ENOSYS).
-                        gone.push((p.id, p.event, wall.saturating_sub(p.since_unix_ms)));
+                        gone.push((p.id, p.call, wall.saturating_sub(p.since_unix_ms)));
                         continue;
                     }
                     let (tx, rx) = oneshot::channel();
@@ -285,7 +266,7 @@ impl Holds {
                 p.id,
                 Hold {
                     id: p.id,
-                    event: p.event,
+                    call: p.call,
                     pid: p.pid,
                     since: now - Duration::from_millis(wall.saturating_sub(p.since_unix_ms)),
                     since_wall: SystemTime::UNIX_EPOCH + Duration::from_millis(p.since_unix_ms),
@@ -296,11 +277,11 @@ impl Holds {
         }
         self.save(&held);
         drop(held);
-        for (id, event, waited_ms) in gone {
+        for (id, call, waited_ms) in gone {
             self.emit_decision(
                 shared,
                 id,
-                event,
+                call,
                 Verdict::Denied,
                 By {
                     uid: None,
@@ -308,7 +289,7 @@ impl Holds {
                 },
                 Some("the run's launcher is gone; the kernel failed the call (ENOSYS)".into()),
                 Duration::from_millis(waited_ms),
-                Value::from("once"),
+                Scope::once(),
             );
         }
     }
@@ -341,22 +322,23 @@ impl Holds {
         list.sort_by_key(|h| h.since);
         list.iter()
             .map(|h| {
+                let agent = h.call.agent.known();
                 json!({
                     "id": h.id.to_string(),
-                    "kind": h.event.get("kind"),
-                    "agent": h.event.get("agent").and_then(|a| a.get("name")),
-                    "owner": h.event.get("agent").and_then(|a| a.get("owner")),
+                    "kind": h.call.kind(),
+                    "agent": agent.map(|a| &a.name),
+                    "owner": agent.map(|a| &a.owner),
                     "pid": h.pid,
-                    "exe": h.event.get("process").and_then(|p| p.get("exe")),
-                    "cmdline": h.event.get("process").and_then(|p| p.get("cmdline")),
-                    "purpose": h.event.get("agent").and_then(|a| a.get("purpose")),
-                    "on_behalf_of": h.event.get("agent").and_then(|a| a.get("on_behalf_of")),
-                    "target": h.event.get("target"),
+                    "exe": h.call.process.exe,
+                    "cmdline": h.call.process.cmdline,
+                    "purpose": agent.map(|a| &a.purpose),
+                    "on_behalf_of": agent.and_then(|a| a.on_behalf_of.as_ref()),
+                    "target": h.call.op.target_json(),
                     // Why it waits when the rule alone does not say (a spent budget).
-                    "reason": h.event.get("reason"),
-                    "budget": h.event.get("budget"),
-                    "rule": h.event.get("rule"),
-                    "context": h.event.get("hold").and_then(|x| x.get("context")),
+                    "reason": h.call.reason,
+                    "budget": h.call.budget,
+                    "rule": h.call.rule,
+                    "context": h.call.hold.as_ref().and_then(|x| x.context.as_ref()),
                     "since": humantime::format_rfc3339_seconds(h.since_wall).to_string(),
                     "waited_ms": now.duration_since(h.since).as_millis() as u64,
                     "left_ms": h.deadline.saturating_duration_since(now).as_millis() as u64,
@@ -375,9 +357,16 @@ impl Holds {
         self.lock().get(&id).map(|h| h.pid)
     }
 
-    /// The `held` event of pending hold `id` (kind, agent, target, rule).
-    pub fn event_of(&self, id: u64) -> Option<serde_json::Map<String, Value>> {
-        self.lock().get(&id).map(|h| h.event.clone())
+    /// The held call of pending hold `id`.
+    pub fn call_of(&self, id: u64) -> Option<Call> {
+        self.lock().get(&id).map(|h| h.call.clone())
+    }
+
+    /// How long pending hold `id` has before it expires.
+    pub fn left(&self, id: u64) -> Option<Duration> {
+        self.lock()
+            .get(&id)
+            .map(|h| h.deadline.saturating_duration_since(Instant::now()))
     }
 
     /// Ends hold `id`; false if there is no such pending hold.
@@ -389,7 +378,7 @@ impl Holds {
         by: By,
         reason: Option<String>,
     ) -> bool {
-        self.decide_scoped(shared, id, verdict, by, reason, Value::from("once"))
+        self.decide_scoped(shared, id, verdict, by, reason, Scope::once())
     }
 
     /// Like [`Holds::decide`], recording the approval's scope (a grant).
@@ -400,7 +389,7 @@ impl Holds {
         verdict: Verdict,
         by: By,
         reason: Option<String>,
-        scope: Value,
+        scope: Scope,
     ) -> bool {
         let hold = {
             let mut held = self.lock();
@@ -423,44 +412,36 @@ impl Holds {
             }
         }
         let waited = hold.since.elapsed();
-        self.emit_decision(shared, id, hold.event, verdict, by, reason, waited, scope);
+        self.emit_decision(shared, id, hold.call, verdict, by, reason, waited, scope);
         true
     }
 
-    /// The `hold.decision` event of hold `id`, whose `held` event was `event`.
+    /// The `hold.decision` event of hold `id`, whose held call was `call`.
     #[expect(clippy::too_many_arguments, reason = "one field of the event each")]
     fn emit_decision(
         &self,
         shared: &Shared,
         id: u64,
-        mut event: serde_json::Map<String, Value>,
+        call: Call,
         verdict: Verdict,
         by: By,
         reason: Option<String>,
         waited: Duration,
-        scope: Value,
+        scope: Scope,
     ) {
-        let allow = verdict == Verdict::Approved;
-        // The held call's own kind (net.connect, file.unlink, ...).
-        let call = event.get("kind").cloned().unwrap_or(Value::Null);
-        event.insert("kind".into(), "hold.decision".into());
-        event.insert(
-            "outcome".into(),
-            if allow { "allowed" } else { "denied" }.into(),
+        let decided = Decided {
+            id: HoldId(id),
+            call: call.kind(),
+            decision: verdict,
+            by,
+            reason: reason.map(Text::message),
+            waited_ms: waited.as_millis() as u64,
+            scope,
+        };
+        events::emit_now(
+            &shared.emitter,
+            events::model::DaemonEvent::HoldDecision(Box::new(HoldDecision::new(call, decided))),
         );
-        event.insert(
-            "hold".into(),
-            json!({
-                "id": id.to_string(),
-                "call": call,
-                "decision": verdict.name(),
-                "by": { "uid": by.uid, "user": by.user },
-                "reason": reason,
-                "waited_ms": waited.as_millis() as u64,
-                "scope": scope,
-            }),
-        );
-        events::emit_now(&shared.emitter, Value::Object(event));
     }
 
     /// Denies every pending hold (clean shutdown).

@@ -3,6 +3,7 @@
 pub mod access;
 mod admin;
 pub mod approvals;
+pub mod attribute;
 pub mod budgets;
 mod context;
 mod control_server;
@@ -15,6 +16,7 @@ mod journal;
 mod limits;
 mod reader;
 mod refusals;
+mod refused;
 pub mod registry;
 mod reload;
 pub mod selfdefense;
@@ -34,11 +36,16 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use guard_common::Config;
-use serde_json::json;
 
 use crate::{
     cgroup::{self, Hierarchy},
-    events::{self, Emitter, SharedEmitter},
+    events::{
+        self, Emitter, SharedEmitter,
+        model::{
+            Backends, ChainSetup, DaemonEvent, DaemonStart, DaemonStop, Released, Started, Stopped,
+            Success,
+        },
+    },
     kernel::{Kernel, LsmStatus},
     policy::{self, Policy},
 };
@@ -68,6 +75,8 @@ pub struct Shared {
     pub started: std::time::Instant,
     /// Process details, read once per process (pid + start time).
     pub enricher: std::sync::Mutex<events::enrich::Enricher>,
+    /// Calls per agent, counted by an observer of the emitter.
+    pub counts: events::counts::CallCounts,
     /// `control.refused` events, rate-limited per caller.
     pub refusals: refusals::Refusals,
     /// Self-defense in force (and what runs are confined with).
@@ -379,18 +388,33 @@ pub async fn run(opts: Options) -> Result<()> {
         selfdefense::protect_launcher(&mut kernel, session.opener_pid);
     }
 
-    let summary = json!({
-        "pid": std::process::id(),
-        "version": env!("CARGO_PKG_VERSION"),
-        "policy": registry.policy.file,
-        "socket": socket.display().to_string(),
-        "agents": registry.agent_names(),
-        "backends": {"connect": "cgroup_sock_addr", "delete": delete_backend, "unix": unix_backend},
-        "sinks": registry.policy.sinks.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
-        "chain": {"alg": if opts.chain_key.is_some() { "hmac-sha256" } else { "sha256" },
-                  "state": state_dir.join("chain.json").display().to_string()},
-        "self_defense": guard.summary(),
-    });
+    let summary = Started {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        policy: registry.policy.file.clone(),
+        socket: socket.display().to_string(),
+        agents: registry
+            .agent_names()
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        backends: Backends {
+            connect: "cgroup_sock_addr".into(),
+            delete: delete_backend.into(),
+            unix: unix_backend.into(),
+        },
+        sinks: registry
+            .policy
+            .sinks
+            .iter()
+            .map(|s| s.name.clone())
+            .collect(),
+        chain: ChainSetup {
+            alg: alg.name().into(),
+            state: state_dir.join("chain.json").display().to_string(),
+        },
+        self_defense: guard.summary(),
+    };
     let sinks = registry.policy.sinks.clone();
     let emitter = Emitter::start(events::Config {
         sinks,
@@ -398,13 +422,18 @@ pub async fn run(opts: Options) -> Result<()> {
         alg,
         state_file: Some(state_dir.join("chain.json")),
     })?;
-    let unix_sinks = events::with(&emitter, |e| std::mem::take(&mut e.unix_sinks));
+    let counts = events::counts::CallCounts::default();
+    let unix_sinks = events::with(&emitter, |e| {
+        e.observe(counts.observer());
+        std::mem::take(&mut e.unix_sinks)
+    });
     let shared = Arc::new(Shared {
         registry: RwLock::new(registry),
         refusals: refusals::Refusals::new(emitter.clone()),
         emitter,
         started: std::time::Instant::now(),
         enricher: std::sync::Mutex::new(events::enrich::Enricher::default()),
+        counts,
         supervise_deletes: delete_backend == "seccomp",
         holds: holds::Holds::default(),
         kernel_holds: kernel.take_holds()?,
@@ -504,7 +533,10 @@ pub async fn run(opts: Options) -> Result<()> {
 
     events::emit_now(
         &shared.emitter,
-        events::daemon_event("daemon.start", summary),
+        DaemonEvent::DaemonStart(DaemonStart {
+            outcome: Success::Success,
+            daemon: summary,
+        }),
     );
     tracing::info!(socket = %socket.display(), "agent-guard is guarding");
     if let Some(page) = demo_page {
@@ -634,10 +666,13 @@ fn shutdown(shared: &Arc<Shared>, socket: &Path) {
     events::with(&shared.emitter, events::Emitter::report_losses);
     events::emit_now(
         &shared.emitter,
-        events::daemon_event(
-            "daemon.stop",
-            json!({"pid": std::process::id(), "enforcement": "released"}),
-        ),
+        DaemonEvent::DaemonStop(DaemonStop {
+            outcome: Success::Success,
+            daemon: Stopped {
+                pid: std::process::id(),
+                enforcement: Released::Released,
+            },
+        }),
     );
     events::with(&shared.emitter, events::Emitter::close);
 }

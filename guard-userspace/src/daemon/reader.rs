@@ -3,17 +3,19 @@
 use std::{sync::Arc, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
-use guard_common::{LOSS_REASONS, LossReason};
-use serde_json::json;
+use guard_common::{LOSS_REASONS, LossReason as KernelLoss};
 use tokio::io::unix::AsyncFd;
 
 use super::{
-    Shared,
+    Shared, attribute,
     holds::Release,
     tasks::{Lease, Owned},
 };
 use crate::{
-    events::{self, decode},
+    events::{
+        self, decode,
+        model::{CallOutcome, DaemonEvent, Loss, LossReason},
+    },
     kernel::LossCounters,
 };
 
@@ -50,6 +52,8 @@ pub async fn read_events(ring: Ring, shared: Arc<Shared>) -> anyhow::Result<()> 
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
                 let more = drain(guard.get_inner_mut(), &shared, &clock);
+                // Readiness is cleared only once the ring is empty, so a
+                // partial drain comes straight back here.
                 if !more {
                     guard.clear_ready();
                 }
@@ -75,99 +79,67 @@ fn drain(ring: &mut RingBuf<MapData>, shared: &Arc<Shared>, clock: &decode::Boot
         let Some(item) = ring.next() else {
             return false;
         };
-        let (decoded, timeout) = {
+        let decoded = decode::decode(&item, clock);
+        drop(item);
+        let record = match decoded {
+            Ok(record) => record,
+            Err(err) => {
+                // Not silent: a record we cannot read is a lost event.
+                tracing::error!(%err, "undecodable kernel record");
+                events::with(&shared.emitter, |e| {
+                    e.lost(LossReason::UndecodableRecord, 1, Some(err.to_string()));
+                });
+                continue;
+            }
+        };
+        let (time, hold) = (record.header.time, record.header.hold_id);
+        let (tid, pid) = (record.header.tid, record.header.pid);
+        let (call, timeout) = {
             let registry = match shared.registry.read() {
                 Ok(r) => r,
                 Err(poisoned) => poisoned.into_inner(),
             };
             // Lock order everywhere: registry, then enricher, then emitter.
             let mut enricher = super::lock_enricher(shared);
-            let decoded = decode::decode(&item, &registry, clock, &mut enricher);
+            let call = attribute::kernel_call(record, &registry, &mut enricher);
             // A held call waits as long as its agent's policy says.
-            let timeout = match &decoded {
-                Ok(Some((_, body)))
-                    if body.get("outcome").and_then(|o| o.as_str()) == Some("held") =>
-                {
-                    let agent = body.get("agent").and_then(|a| a.get("name"));
-                    registry
-                        .policy
-                        .approval_timeout(agent.and_then(|n| n.as_str()))
-                }
+            let timeout = match &call {
+                Some(c) if c.outcome == CallOutcome::Held => registry
+                    .policy
+                    .approval_timeout(c.agent.known().map(|a| a.name.as_str())),
                 _ => Duration::ZERO,
             };
-            (decoded, timeout)
+            (call, timeout)
         };
-        drop(item);
-        let spent = match &decoded {
-            Ok(Some((_, body))) if events::budget::exhausted_by(body) => Some(body.clone()),
-            _ => None,
-        };
-        match decoded {
-            Ok(None) => {}
-            Ok(Some((_, body))) if body.get("outcome").and_then(|o| o.as_str()) == Some("held") => {
-                register_hold(shared, body, timeout);
+        let Some(call) = call else { continue };
+        let spent = crate::events::budget::exhausted_by(&call).then(|| call.clone());
+        match (call.outcome, hold) {
+            // A kernel hold: the thread is stopped until the registry
+            // releases it.
+            (CallOutcome::Held, Some(id)) => {
+                shared
+                    .holds
+                    .register(shared, id, call, pid, Release::Kernel { tid }, timeout);
             }
-            Ok(Some((time, body))) => {
-                let mut emitter = match shared.emitter.lock() {
-                    Ok(e) => e,
-                    Err(poisoned) => poisoned.into_inner(),
-                };
-                emitter.emit(time, body);
+            (CallOutcome::Held, None) => {
+                tracing::error!("held record without a hold id");
+                events::with(&shared.emitter, |e| e.emit(time, call.into()));
             }
-            Err(err) => {
-                // Not silent: a record we cannot read is a lost event.
-                tracing::error!(%err, "undecodable kernel record");
-                events::emit_now(
-                    &shared.emitter,
-                    json!({"kind": "loss", "outcome": "lost",
-                           "loss": {"reason": "undecodable_record", "count": 1, "detail": err.to_string()}}),
-                );
-            }
+            _ => events::with(&shared.emitter, |e| e.emit(time, call.into())),
         }
-        if let Some(body) = spent {
-            super::budgets::exhausted(shared, &body);
+        if let Some(call) = spent {
+            super::budgets::exhausted(shared, &call);
         }
     }
     true
 }
 
-/// A kernel hold: the thread is stopped until the registry releases it.
-fn register_hold(
-    shared: &Arc<Shared>,
-    body: serde_json::Map<String, serde_json::Value>,
-    timeout: Duration,
-) {
-    let num = |a: &str, b: &str| {
-        body.get(a)
-            .and_then(|v| v.get(b))
-            .and_then(serde_json::Value::as_u64)
-    };
-    let id = body
-        .get("hold")
-        .and_then(|h| h.get("id"))
-        .and_then(serde_json::Value::as_str)
-        .and_then(|id| id.parse::<u64>().ok());
-    let (Some(id), Some(tid), Some(pid)) = (id, num("process", "tid"), num("process", "pid"))
-    else {
-        tracing::error!("held record without hold id or thread");
-        return;
-    };
-    shared.holds.register(
-        shared,
-        id,
-        body,
-        pid as u32,
-        Release::Kernel { tid: tid as u32 },
-        timeout,
-    );
-}
-
-fn reason_name(index: usize) -> &'static str {
-    match LossReason::from_raw(index as u32) {
-        Some(LossReason::RingbufFull) => "ringbuf_full",
-        Some(LossReason::HoldFailed) => "hold_failed",
-        Some(LossReason::GuardFailed) => "guard_failed",
-        None => "unknown",
+/// The loss reason of the kernel's counter at `index`.
+fn reason(index: usize) -> Option<LossReason> {
+    match KernelLoss::from_raw(index as u32)? {
+        KernelLoss::RingbufFull => Some(LossReason::RingbufFull),
+        KernelLoss::HoldFailed => Some(LossReason::HoldFailed),
+        KernelLoss::GuardFailed => Some(LossReason::GuardFailed),
     }
 }
 
@@ -217,11 +189,16 @@ pub async fn poll_losses(
         for (i, (now, before)) in totals.iter().zip(poll.last.iter()).enumerate() {
             if now > before {
                 any = true;
-                events::emit_now(
-                    &shared.emitter,
-                    json!({"kind": "loss", "outcome": "lost",
-                           "loss": {"reason": reason_name(i), "count": now - before, "total": now}}),
-                );
+                let Some(reason) = reason(i) else {
+                    tracing::error!(
+                        counter = i,
+                        "a kernel loss counter this build does not know"
+                    );
+                    continue;
+                };
+                let mut loss = Loss::new(reason, now - before);
+                loss.loss.total = Some(*now);
+                events::emit_now(&shared.emitter, DaemonEvent::Loss(loss));
             }
         }
         poll.last = totals;

@@ -11,9 +11,11 @@ use std::{
 };
 
 use parking_lot::Mutex;
-use serde_json::{Value, json};
 
-use crate::events::{self, SharedEmitter};
+use crate::events::{
+    self, SharedEmitter,
+    model::{ControlRefused, DaemonEvent, Peer, Refusal, Refused},
+};
 
 /// Refusals a source may have reported one by one before limiting starts.
 const BURST: f64 = 10.0;
@@ -32,7 +34,7 @@ struct Bucket {
     /// Refusals not reported one by one since the last summary.
     suppressed: u64,
     /// The `by` of the last suppressed refusal, for the summary.
-    last_by: Value,
+    last_by: Peer,
     summarized: Instant,
 }
 
@@ -49,9 +51,8 @@ impl Refusals {
         }
     }
 
-    /// Reports a refusal: `control` has `op`, `by`, `reason` and the op's
-    /// subject; `source` says whose allowance it draws on.
-    pub fn report(&self, source: &str, control: Value) {
+    /// Reports a refusal; `source` says whose allowance it draws on.
+    pub fn report(&self, source: &str, control: Refusal) {
         let now = Instant::now();
         let report = {
             let mut sources = self.sources.lock();
@@ -64,7 +65,7 @@ impl Refusals {
                 tokens: BURST,
                 at: now,
                 suppressed: 0,
-                last_by: Value::Null,
+                last_by: Peer::default(),
                 summarized: now,
             });
             let elapsed = now.duration_since(bucket.at).as_secs_f64();
@@ -75,7 +76,7 @@ impl Refusals {
                 true
             } else {
                 bucket.suppressed += 1;
-                bucket.last_by = control.get("by").cloned().unwrap_or(Value::Null);
+                bucket.last_by = control.by.clone();
                 false
             }
         };
@@ -94,7 +95,7 @@ impl Refusals {
             let mut sources = self.sources.lock();
             for (source, b) in sources.iter_mut() {
                 if b.suppressed > 0 && now.duration_since(b.summarized) >= SUMMARY_EVERY {
-                    due.push((source.clone(), b.suppressed, b.last_by.take()));
+                    due.push((source.clone(), b.suppressed, std::mem::take(&mut b.last_by)));
                     b.suppressed = 0;
                     b.summarized = now;
                 }
@@ -105,21 +106,27 @@ impl Refusals {
             });
         }
         for (source, count, by) in due {
-            emit(
-                &self.emitter,
-                json!({"op": "suppressed", "count": count, "by": by,
-                       "reason": format!("{count} more refusals of {source}, not reported \
-                                          one by one (at most {BURST} at once, then one a \
-                                          second)")}),
+            let mut summary = Refusal::new(
+                "suppressed",
+                by,
+                format!(
+                    "{count} more refusals of {source}, not reported one by one (at most \
+                     {BURST} at once, then one a second)"
+                ),
             );
+            summary.count = Some(count);
+            emit(&self.emitter, summary);
         }
     }
 }
 
-fn emit(emitter: &SharedEmitter, control: Value) {
+fn emit(emitter: &SharedEmitter, control: Refusal) {
     events::emit_now(
         emitter,
-        json!({"kind": "control.refused", "outcome": "denied", "control": control}),
+        DaemonEvent::ControlRefused(ControlRefused {
+            outcome: Refused::Denied,
+            control,
+        }),
     );
 }
 
@@ -151,7 +158,17 @@ mod tests {
         (Refusals::new(emitter), rx)
     }
 
-    fn drain(rx: &mut tokio::sync::mpsc::Receiver<crate::events::sinks::Line>) -> Vec<Value> {
+    fn refusal(op: &str, uid: u32) -> Refusal {
+        let by = Peer {
+            uid: Some(uid),
+            ..Peer::default()
+        };
+        Refusal::new(op, by, "x")
+    }
+
+    fn drain(
+        rx: &mut tokio::sync::mpsc::Receiver<crate::events::sinks::Line>,
+    ) -> Vec<serde_json::Value> {
         let mut out = Vec::new();
         while let Ok(line) = rx.try_recv() {
             out.push(serde_json::from_slice(&line.bytes).expect("json"));
@@ -163,16 +180,10 @@ mod tests {
     fn a_flood_is_reported_as_a_burst_then_one_count() {
         let (r, mut rx) = refusals();
         for _ in 0..5000 {
-            r.report(
-                "uid 65534",
-                json!({"op": "status", "by": {"uid": 65534}, "reason": "x"}),
-            );
+            r.report("uid 65534", refusal("status", 65534));
         }
         // Another source is not silenced by the flood.
-        r.report(
-            "uid 0 in agent a",
-            json!({"op": "approve", "by": {"uid": 0}, "reason": "y"}),
-        );
+        r.report("uid 0 in agent a", refusal("approve", 0));
         let seen = drain(&mut rx);
         let status = seen
             .iter()
@@ -203,10 +214,7 @@ mod tests {
     fn sources_are_bounded() {
         let (r, _rx) = refusals();
         for uid in 0..(MAX_SOURCES as u32 + 500) {
-            r.report(
-                &format!("uid {uid}"),
-                json!({"op": "status", "by": {"uid": uid}, "reason": "x"}),
-            );
+            r.report(&format!("uid {uid}"), refusal("status", uid));
         }
         assert!(r.sources.lock().len() <= MAX_SOURCES + 1);
     }

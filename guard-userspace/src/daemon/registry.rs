@@ -2,7 +2,7 @@
 //! lookup tables that attribute a kernel record to a name, owner and rule.
 use std::{collections::HashMap, path::PathBuf};
 
-use crate::{events::AgentRef, policy};
+use crate::{events::model::AgentRef, policy};
 
 pub struct AgentState {
     /// Kernel-side id (maps are keyed by it).

@@ -19,7 +19,11 @@ use sha2::{Digest as _, Sha256};
 
 use super::{Shared, holds::By, registry::AgentState};
 use crate::{
-    cgroup, events,
+    cgroup,
+    events::{
+        self,
+        model::{DaemonEvent, Lifecycle, PolicyDiff, PolicyReload, Reloaded, Text},
+    },
     kernel::Kernel,
     policy::{self, Agent, Policy, RemovePolicy},
 };
@@ -49,32 +53,41 @@ enum Change<'a> {
 pub fn reload(shared: &Arc<Shared>, force: bool, by: By) -> Result<Value, ReloadError> {
     let _one_at_a_time = shared.reloading.lock();
     let result = try_reload(shared, force);
-    let by_json = json!({ "uid": by.uid, "user": by.user });
     let path = shared.policy_path.as_ref().map(|p| p.display().to_string());
-    match &result {
+    let (outcome, policy) = match &result {
         Ok((digest, diff)) => {
             tracing::info!(%digest, "policy reloaded");
-            events::emit_now(
-                &shared.emitter,
-                json!({"kind": "policy.reload", "outcome": "success",
-                       "policy": {"path": path, "digest": digest, "error": null, "diff": diff},
-                       "by": by_json}),
-            );
+            let policy = Reloaded {
+                path,
+                digest: Some(digest.clone()),
+                error: None,
+                diff: Some(diff.clone()),
+            };
+            (Lifecycle::Success, policy)
         }
         Err(err) => {
             tracing::error!(%err, "policy reload refused; the previous policy stays in force");
-            events::emit_now(
-                &shared.emitter,
-                json!({"kind": "policy.reload", "outcome": "failure",
-                       "policy": {"path": path, "digest": null, "error": err.to_string(), "diff": null},
-                       "by": by_json}),
-            );
+            let policy = Reloaded {
+                path,
+                digest: None,
+                error: Some(Text::message(err.to_string())),
+                diff: None,
+            };
+            (Lifecycle::Failure, policy)
         }
-    }
+    };
+    events::emit_now(
+        &shared.emitter,
+        DaemonEvent::PolicyReload(PolicyReload {
+            outcome,
+            policy,
+            by,
+        }),
+    );
     result.map(|(digest, diff)| json!({ "digest": digest, "diff": diff }))
 }
 
-fn try_reload(shared: &Arc<Shared>, force: bool) -> Result<(String, Value), ReloadError> {
+fn try_reload(shared: &Arc<Shared>, force: bool) -> Result<(String, PolicyDiff), ReloadError> {
     let Some(path) = &shared.policy_path else {
         return Err(ReloadError::Invalid(
             "the daemon runs the embedded default policy; start it with --policy FILE to reload"
@@ -196,7 +209,7 @@ fn plan<'a>(current: &'a HashMap<u32, AgentState>, new: &'a Policy) -> Vec<Chang
 
 /// The `diff` of the `policy.reload` event: agents added, removed, and
 /// changed in meaning (not merely moved to other lines of the file).
-fn summary(changes: &[Change<'_>]) -> Value {
+fn summary(changes: &[Change<'_>]) -> PolicyDiff {
     let (mut added, mut removed, mut changed) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     for c in changes {
         match c {
@@ -219,7 +232,11 @@ fn summary(changes: &[Change<'_>]) -> Value {
         removed.remove(&name);
         changed.insert(name);
     }
-    json!({ "added": added, "removed": removed, "changed": changed })
+    PolicyDiff {
+        added: added.into_iter().collect(),
+        removed: removed.into_iter().collect(),
+        changed: changed.into_iter().collect(),
+    }
 }
 
 /// Equal but for rule ids and file positions.

@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 
 use guard_common::{InodeKey, ROLE_DAEMON, ROLE_LAUNCHER};
-use serde_json::{Value, json};
 
 use crate::{
     cgroup::Hierarchy,
@@ -39,22 +38,31 @@ impl Guard {
     }
 
     /// The `self_defense` object of `daemon.start`.
-    pub fn summary(&self) -> Value {
+    pub fn summary(&self) -> crate::events::model::SelfDefense {
         let state = |r: &Result<(), String>| match r {
             Ok(()) => "in force".to_owned(),
             Err(why) => format!("unavailable: {why}"),
         };
-        json!({
-            "escape": state(&self.status.escape),
-            "lsm": state(&self.status.lsm),
-            "refusals": if self.status.lsm.is_ok() {
+        crate::events::model::SelfDefense {
+            escape: state(&self.status.escape),
+            lsm: state(&self.status.lsm),
+            refusals: if self.status.lsm.is_ok() {
                 "reported by the BPF LSM hooks".to_owned()
             } else {
                 state(&self.status.refusals)
             },
-            "run_confinement": if self.confine.is_empty() { "none (BPF LSM hooks)" } else { "landlock" },
-            "protected": self.protected.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-        })
+            run_confinement: if self.confine.is_empty() {
+                "none (BPF LSM hooks)"
+            } else {
+                "landlock"
+            }
+            .into(),
+            protected: self
+                .protected
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+        }
     }
 }
 

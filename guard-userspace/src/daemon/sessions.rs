@@ -24,7 +24,14 @@ use super::{
     registry::{Registry, SessionState},
 };
 use crate::{
-    cgroup, events,
+    cgroup,
+    events::{
+        self,
+        model::{
+            AgentExit, AgentStart, Cmdline, DaemonEvent, Launcher, Process, Refusal, RunEnded,
+            RunStarted, Subject, Success,
+        },
+    },
     supervise::{self, Resume},
 };
 use anyhow::{Context as _, Result, bail};
@@ -209,7 +216,12 @@ pub fn open(
     if conv.session.is_some() {
         bail!("this connection already has a session");
     }
-    who.require(shared, Need::Outside, "run", Some(("agent", agent.into())))?;
+    who.require(
+        shared,
+        Need::Outside,
+        "run",
+        Some(Subject::Agent(agent.into())),
+    )?;
     let mut registry = shared
         .registry
         .write()
@@ -223,8 +235,12 @@ pub fn open(
     if !who.is_member(&state.def.runners) {
         shared.refusals.report(
             &who.source(),
-            json!({"op": "run", "agent": agent, "by": who.by_json(),
-                   "reason": "not a runner of this agent ([[agent]] runners)"}),
+            Refusal::new(
+                "run",
+                who.peer(),
+                "not a runner of this agent ([[agent]] runners)",
+            )
+            .about(Some(Subject::Agent(agent.into()))),
         );
         bail!(
             "uid {} ({}) may not start runs of agent {agent:?}; see `runners` in its \
@@ -293,7 +309,7 @@ pub fn join(
         shared,
         Need::Outside,
         "join",
-        Some(("session", session_id.into())),
+        Some(Subject::Session(session_id.into())),
     )?;
     let pid = who.pid().context("peer pid unknown")?;
     let registry = shared
@@ -330,15 +346,26 @@ pub fn join(
     };
     events::emit_now(
         &shared.emitter,
-        json!({
-            "kind": "agent.start",
-            "outcome": "success",
-            "agent": agent,
-            "process": {"pid": pid, "ppid": session.opener_pid, "uid": who.uid(),
-                        "gid": who.gid(), "user": user, "group": group,
-                        "cmdline": session.argv},
-            "session": {"id": session.id, "started_by": {"pid": session.opener_pid,
-                        "uid": session.opener_uid}},
+        DaemonEvent::AgentStart(AgentStart {
+            outcome: Success::Success,
+            agent,
+            process: Process {
+                pid,
+                ppid: Some(session.opener_pid),
+                uid: who.uid().unwrap_or_default(),
+                gid: who.gid().unwrap_or_default(),
+                user,
+                group,
+                cmdline: Some(Cmdline::capped(session.argv.clone())),
+                ..Process::default()
+            },
+            session: RunStarted {
+                id: session.id.clone(),
+                started_by: Launcher {
+                    pid: session.opener_pid,
+                    uid: session.opener_uid,
+                },
+            },
         }),
     );
     Ok(json!({}))
@@ -362,7 +389,7 @@ pub fn resume(
         shared,
         Need::Outside,
         "resume",
-        Some(("session", session_id.into())),
+        Some(Subject::Session(session_id.into())),
     )?;
     let pid = who.pid().context("peer pid unknown")?;
     let registry = shared
@@ -479,11 +506,15 @@ pub fn close(
     }
     events::emit_now(
         &shared.emitter,
-        json!({
-            "kind": "agent.exit",
-            "outcome": "success",
-            "agent": agent,
-            "session": {"id": id, "exit_code": exit_code, "signal": signal, "reason": why},
+        DaemonEvent::AgentExit(AgentExit {
+            outcome: Success::Success,
+            agent,
+            session: RunEnded {
+                id: id.clone(),
+                exit_code,
+                signal,
+                reason: why.to_owned(),
+            },
         }),
     );
     // The run's processes are gone or going: their cached details with them.

@@ -22,9 +22,9 @@ use nix::sys::{
     signal::{SigSet, SigmaskHow, Signal, pthread_sigmask},
     signalfd::{SfdFlags, SignalFd},
 };
-use serde_json::json;
 
 use super::{Shared, access};
+use crate::events::model::{Peer, Refusal, Subject};
 
 /// The signals the daemon acts on.
 fn handled() -> SigSet {
@@ -145,15 +145,25 @@ impl Sender {
     }
 
     /// Who, for events.
-    pub fn by_json(&self) -> serde_json::Value {
+    pub fn peer(&self) -> Peer {
         match self {
-            Sender::Kernel => json!({"uid": null, "user": "kernel"}),
-            Sender::Outside { pid, uid } | Sender::Unknown { pid, uid } => {
-                json!({"uid": uid, "pid": pid, "user": access::user_name(*uid)})
-            }
-            Sender::Agent { pid, uid, agent } => {
-                json!({"uid": uid, "pid": pid, "user": access::user_name(*uid), "agent": agent})
-            }
+            Sender::Kernel => Peer {
+                user: Some("kernel".into()),
+                ..Peer::default()
+            },
+            Sender::Outside { pid, uid } | Sender::Unknown { pid, uid } => Peer {
+                uid: Some(*uid),
+                pid: Some(*pid),
+                user: Some(access::user_name(*uid)),
+                ..Peer::default()
+            },
+            Sender::Agent { pid, uid, agent } => Peer {
+                uid: Some(*uid),
+                pid: Some(*pid),
+                user: Some(access::user_name(*uid)),
+                agent: Some(agent.clone()),
+                ..Peer::default()
+            },
         }
     }
 
@@ -190,9 +200,8 @@ pub fn refuse(shared: &Shared, received: &Received) {
     tracing::warn!(signal = ?received.signal, sender = ?received.sender, "signal refused");
     shared.refusals.report(
         &received.sender.source(),
-        json!({"op": op, "by": received.sender.by_json(),
-               "target": format!("{:?}", received.signal),
-               "reason": received.sender.refusal()}),
+        Refusal::new(op, received.sender.peer(), received.sender.refusal())
+            .about(Some(Subject::Target(format!("{:?}", received.signal)))),
     );
 }
 
@@ -210,7 +219,7 @@ mod tests {
             agent: "a".into(),
         };
         assert!(!agent.may_control());
-        assert_eq!(agent.by_json()["agent"], "a");
+        assert_eq!(agent.peer().agent.as_deref(), Some("a"));
         assert!(!Sender::Unknown { pid: 9, uid: 0 }.may_control());
     }
 }

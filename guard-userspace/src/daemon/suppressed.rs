@@ -17,14 +17,19 @@ use guard_common::{
     TAMPER_PTRACE, TAMPER_SIGNAL,
 };
 use parking_lot::Mutex;
-use serde_json::{Value, json};
 
 use super::{
-    Shared,
+    Shared, attribute,
     tasks::{Lease, Owned},
 };
 use crate::{
-    events::{self, selfdefense},
+    events::{
+        self,
+        model::{
+            Agent, DaemonEvent, GuardAction, Refused, SuppressedTarget, SuppressedWhat,
+            TamperSuppressed,
+        },
+    },
     kernel::RefusalCounters,
 };
 
@@ -155,7 +160,7 @@ fn class_name(class: usize) -> &'static str {
 }
 
 /// The `guard.tamper` event that counts `count` held-back records.
-fn summary(shared: &Shared, agent_cgroup_id: u64, class: usize, count: u64) -> Value {
+fn summary(shared: &Shared, agent_cgroup_id: u64, class: usize, count: u64) -> DaemonEvent {
     let agent = {
         let registry = match shared.registry.read() {
             Ok(r) => r,
@@ -167,8 +172,12 @@ fn summary(shared: &Shared, agent_cgroup_id: u64, class: usize, count: u64) -> V
             .chain(registry.retired.values())
             .find(|a| a.cgroup_id == agent_cgroup_id)
             .and_then(|a| registry.agent_ref(a.agent_id, 0))
-            .map(|a| serde_json::to_value(a).unwrap_or(Value::Null))
-            .unwrap_or_else(|| json!({"name": null, "cgroup_id": agent_cgroup_id}))
+            .map_or(
+                Agent::Unattributed {
+                    cgroup_id: agent_cgroup_id,
+                },
+                Agent::Known,
+            )
     };
     let of = class_name(class);
     debug_assert!(class < REFUSAL_CLASSES);
@@ -183,17 +192,16 @@ fn summary(shared: &Shared, agent_cgroup_id: u64, class: usize, count: u64) -> V
     } else {
         format!("refused {of} attempts")
     };
-    json!({
-        "kind": "guard.tamper",
-        "outcome": "denied",
-        "agent": agent,
-        "rule": selfdefense::rule(),
-        "target": {
-            "what": "suppressed",
-            "action": "refused",
-            "of": of,
-            "count": count,
-            "reason": format!(
+    DaemonEvent::TamperSuppressed(TamperSuppressed {
+        outcome: Refused::Denied,
+        agent,
+        rule: attribute::self_defense_rule(),
+        target: SuppressedTarget {
+            what: SuppressedWhat::Suppressed,
+            action: GuardAction::Refused,
+            of,
+            count,
+            reason: format!(
                 "{count} more {what} by this agent, not reported one by one \
                  (at most {REFUSAL_BURST} at once, then one a second)"
             ),

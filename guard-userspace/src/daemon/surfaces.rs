@@ -63,15 +63,22 @@ impl Surfaces {
     /// Each surface is a kept task: a restart listens again on the same
     /// address.
     pub fn spawn(self, tasks: &mut Tasks, shared: &Arc<Shared>, programs: Vec<(String, u32)>) {
+        // Webhook delivery counts are kept with or without an endpoint.
+        let counters = Arc::new(metrics::Metrics::new());
         if let Some(listener) = self.metrics {
-            metrics::global().set_programs(programs);
+            counters.set_programs(programs);
+            // Counting starts now, before `daemon.start` is emitted.
+            crate::events::with(&shared.emitter, |e| e.observe(counters.observer()));
             tracing::info!(addr = ?listener.local_addr().ok(), "serving metrics on /metrics");
             let first = Arc::new(parking_lot::Mutex::new(Some(listener)));
             let addr = self.metrics_addr;
-            let shared = shared.clone();
+            let holds = shared.clone();
+            let pending: metrics::HoldsPending = Arc::new(move || holds.holds.count());
+            let counters = counters.clone();
             tasks.keep("metrics", move || {
-                let (first, shared) = (first.lock().take(), shared.clone());
-                async move { metrics::serve(listen(first, addr).await?, shared).await }
+                let (first, counters, pending) =
+                    (first.lock().take(), counters.clone(), pending.clone());
+                async move { metrics::serve(listen(first, addr).await?, counters, pending).await }
             });
         }
         if let Some((listener, tokens)) = self.web {
@@ -93,7 +100,12 @@ impl Surfaces {
         if !self.hooks.is_empty() {
             let (shared, hooks, page) = (shared.clone(), self.hooks, self.page);
             tasks.keep("webhooks", move || {
-                notify::run(shared.clone(), hooks.clone(), page.clone())
+                notify::run(
+                    shared.clone(),
+                    hooks.clone(),
+                    page.clone(),
+                    counters.clone(),
+                )
             });
         }
     }
@@ -161,18 +173,13 @@ impl web::Backend for PageBackend {
         approvals::revoke(&self.0, who, grant)
     }
 
-    fn refuse(&self, source: &str, control: serde_json::Value) {
+    fn refuse(&self, source: &str, control: crate::events::model::Refusal) {
         self.0.refusals.report(source, control);
     }
 
-    fn events(&self) -> tokio::sync::mpsc::Receiver<crate::events::sinks::Line> {
+    fn events(&self) -> tokio::sync::mpsc::Receiver<Arc<crate::events::Stamped>> {
         crate::events::with(&self.0.emitter, |e| {
-            e.subscribe(
-                "web",
-                None,
-                crate::policy::sink::Format::V1,
-                crate::events::sinks::stream::SUBSCRIBER_QUEUE,
-            )
+            e.watch("web", crate::events::sinks::stream::SUBSCRIBER_QUEUE)
         })
     }
 }

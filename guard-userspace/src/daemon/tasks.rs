@@ -13,10 +13,12 @@ use std::{
 
 use anyhow::Result;
 use parking_lot::Mutex;
-use serde_json::json;
 use tokio::task::JoinSet;
 
-use crate::events::{self, SharedEmitter};
+use crate::events::{
+    self, SharedEmitter,
+    model::{DaemonEvent, DaemonTask, Lifecycle, TaskFailure, Text},
+};
 
 /// First pause before a restart; doubles with each failure in a row.
 const BACKOFF: Duration = Duration::from_millis(100);
@@ -67,9 +69,15 @@ impl Tasks {
                 tracing::error!(task = %name, error = %why, failures, restart_in = ?backoff, "a daemon task failed; restarting it");
                 events::emit_now(
                     &emitter,
-                    json!({"kind": "daemon.task", "outcome": "failure",
-                           "task": {"name": name, "error": why, "failures": failures,
-                                    "restart_in_ms": backoff.as_millis() as u64}}),
+                    DaemonEvent::DaemonTask(DaemonTask {
+                        outcome: Lifecycle::Failure,
+                        task: TaskFailure {
+                            name: name.to_string(),
+                            error: Text::message(why),
+                            failures,
+                            restart_in_ms: backoff.as_millis() as u64,
+                        },
+                    }),
                 );
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);

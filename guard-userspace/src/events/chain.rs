@@ -1,8 +1,13 @@
 //! The tamper-evident chain: every line carries `chain` {alg, prev, hash},
 //! where `hash` = SHA-256 (or HMAC-SHA256 with a key) over `prev` and the
-//! line's canonical bytes. docs/events.md defines the canonical bytes; this
-//! file is their only implementation, shared by the emitter and `events
-//! verify`.
+//! line's bytes without its chain member. The member is written last (in
+//! an ECS document, last in `agent_guard`, the document's last member, so
+//! that the document has no field ECS does not define), so those bytes are
+//! the line as written with its last `,"chain":{...}` taken out: no
+//! re-serialization, no canonical form to agree on. docs/events.md
+//! defines it; this file is its only implementation, shared by the emitter
+//! and `events verify`. Lines of `agent-guard/v1` used a canonical form
+//! (sorted keys) instead, which `verify` still checks.
 use std::{
     collections::BTreeMap,
     fs,
@@ -12,6 +17,7 @@ use std::{
 };
 
 use hmac::{KeyInit as _, Mac as _};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
@@ -20,8 +26,10 @@ use thiserror::Error;
 /// `prev` of the very first event of a chain.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// The member that carries the link; left out of the canonical bytes.
+/// The member that carries the link; left out of the hashed bytes.
 pub const MEMBER: &str = "chain";
+/// What precedes the link in a line: it is the last member.
+const LINK_PREFIX: &[u8] = b",\"chain\":";
 
 #[derive(Debug, Error)]
 pub enum KeyError {
@@ -125,21 +133,37 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// The canonical bytes of an event: its JSON with the top-level `chain`
-/// member left out, object keys sorted by their UTF-8 bytes at every level,
-/// no whitespace, strings and numbers as serde_json writes them.
+/// The canonical bytes of an `agent-guard/v1` event: its JSON with the
+/// top-level `chain` member left out, object keys sorted by their UTF-8
+/// bytes at every level, no whitespace, strings and numbers as serde_json
+/// writes them. Only `verify` needs it now, for logs of earlier versions.
 pub fn canonical(event: &Map<String, Value>) -> Vec<u8> {
     let mut out = Vec::with_capacity(1024);
     write_object(&mut out, event, Some(MEMBER));
     out
 }
 
-/// The event as a line: canonical form with `chain` included, plus '\n'.
-pub fn line(event: &Map<String, Value>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1280);
-    write_object(&mut out, event, None);
-    out.push(b'\n');
-    out
+/// The bytes a line's hash covers: the line without its chain member
+/// (the last `,"chain":{...}`, a flat object of names and hex). None if
+/// the line has no such member.
+pub fn hashed_bytes(line: &[u8]) -> Option<Vec<u8>> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let at = line
+        .windows(LINK_PREFIX.len())
+        .rposition(|w| w == LINK_PREFIX)?;
+    let link = &line[at + LINK_PREFIX.len()..];
+    if !link.starts_with(b"{") {
+        return None;
+    }
+    let end = link.iter().position(|b| *b == b'}')?;
+    let rest = &link[end + 1..];
+    // Only closing braces may follow the link: it is the last member.
+    if link[1..end].contains(&b'{') || rest.is_empty() || rest.iter().any(|b| *b != b'}') {
+        return None;
+    }
+    let mut body = line[..at].to_vec();
+    body.extend_from_slice(rest);
+    Some(body)
 }
 
 fn write_object(out: &mut Vec<u8>, map: &Map<String, Value>, skip: Option<&str>) {
@@ -203,18 +227,40 @@ impl Chain {
         &self.prev
     }
 
-    /// Links `event` (which must not yet have `chain`) and adds the member.
-    pub fn link(&mut self, event: &mut Map<String, Value>) {
-        let hash = self.alg.digest(&self.prev, &canonical(event));
-        let mut link = Map::new();
-        link.insert("alg".into(), self.alg.name().into());
-        link.insert(
-            "prev".into(),
-            std::mem::replace(&mut self.prev, hash.clone()).into(),
-        );
-        link.insert("hash".into(), hash.into());
-        event.insert(MEMBER.into(), Value::Object(link));
+    /// Links `line` (one JSON object, without `chain` and without a
+    /// newline): hashes it and appends the member as the last member of
+    /// the object `depth` levels in from the end (1: the line itself; 2:
+    /// its last member, which must be a non-empty object).
+    pub fn link(&mut self, line: &mut Vec<u8>, depth: usize) {
+        let hash = self.alg.digest(&self.prev, line);
+        let mut closing = 0;
+        while closing < depth && line.last() == Some(&b'}') {
+            line.pop();
+            closing += 1;
+        }
+        let link = Link {
+            alg: self.alg.name(),
+            prev: std::mem::replace(&mut self.prev, hash.clone()),
+            hash,
+        };
+        line.extend_from_slice(LINK_PREFIX);
+        // A struct of strings serializes infallibly into memory.
+        let _ = serde_json::to_writer(&mut *line, &link);
+        line.extend(std::iter::repeat_n(b'}', closing));
     }
+}
+
+/// The `chain` member.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct Link {
+    /// `sha256` or `hmac-sha256`.
+    pub alg: &'static str,
+    /// The previous line's hash (`0` * 64 for the first line of a chain).
+    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
+    pub prev: String,
+    /// hex(H(prev || the line's bytes without this member)).
+    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
+    pub hash: String,
 }
 
 /// What is persisted between runs: the last hash per format.
@@ -274,12 +320,14 @@ mod tests {
     }
 
     #[test]
-    fn links_follow_each_other_and_keys_change_hashes() {
+    fn links_follow_each_other_and_cover_the_bytes_written() {
         let mut chain = Chain::new(Alg::Sha256, None);
-        let mut a = obj(json!({"seq": 1}));
-        chain.link(&mut a);
-        let mut b = obj(json!({"seq": 2}));
-        chain.link(&mut b);
+        let mut a = br#"{"seq":1}"#.to_vec();
+        chain.link(&mut a, 1);
+        let mut b = br#"{"seq":2,"s":",\"chain\":"}"#.to_vec();
+        chain.link(&mut b, 1);
+        let parse = |l: &[u8]| serde_json::from_slice::<Value>(l).expect("a line is JSON");
+        let (a, b) = (parse(&a), parse(&b));
         assert_eq!(a["chain"]["prev"], GENESIS);
         assert_eq!(b["chain"]["prev"], a["chain"]["hash"]);
         // Known answer: sha256(GENESIS || {"seq":1}).
@@ -292,5 +340,25 @@ mod tests {
         assert_eq!(a["chain"]["hash"], expect.as_str());
         let keyed = Alg::HmacSha256(b"k".to_vec()).digest(GENESIS, br#"{"seq":1}"#);
         assert_ne!(keyed, expect);
+    }
+
+    #[test]
+    fn hashed_bytes_are_the_line_without_its_link() {
+        let mut chain = Chain::new(Alg::Sha256, None);
+        let body = br#"{"seq":2,"s":",\"chain\":{"}"#.to_vec();
+        let mut line = body.clone();
+        chain.link(&mut line, 1);
+        line.push(b'\n');
+        assert_eq!(hashed_bytes(&line), Some(body));
+        // Nested: last in the document's last member.
+        let body = br#"{"a":1,"agent_guard":{"seq":3}}"#.to_vec();
+        let mut line = body.clone();
+        chain.link(&mut line, 2);
+        let parsed: Value = serde_json::from_slice(&line).expect("json");
+        assert_eq!(parsed["agent_guard"]["chain"]["alg"], "sha256");
+        assert_eq!(hashed_bytes(&line), Some(body));
+        assert_eq!(hashed_bytes(br#"{"seq":1}"#), None);
+        assert_eq!(hashed_bytes(br#"{"chain":{"alg":"x"}}"#), None);
+        assert_eq!(hashed_bytes(br#"{"a":1,"chain":{"alg":"x"},"b":2}"#), None);
     }
 }

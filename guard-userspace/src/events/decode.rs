@@ -1,22 +1,30 @@
-//! The one place where kernel records become JSON. serde never touches the
-//! repr(C) types: records are copied out of the ring buffer and mapped field
-//! by field here.
+//! Kernel records, read: the one place that reads the repr(C) types out of
+//! the ring buffer. serde never touches them; each is copied out and
+//! mapped field by field into a [`Record`]. Who the agent is, which run,
+//! which rule — attribution — happens above this layer, in the daemon.
 use std::{
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, SystemTime},
 };
 
 use guard_common::{
-    AF_INET, AF_INET6, AT_REMOVEDIR, ConnectRecord, EventHeader, EventKind, FileRecord,
-    MountRecord, NR_RMDIR, ObservedDeleteRecord, Outcome, RULE_DEFAULT, RenameRecord, Verdict,
+    AF_INET, AF_INET6, AT_REMOVEDIR, CALL_ABSTRACT, CALL_IO_URING, ConnectRecord, EventHeader,
+    EventKind, FileRecord, MountOp, MountRecord, NR_RMDIR, ObservedDeleteRecord, PATH_TRUNCATED,
+    PATH_UNKNOWN, RENAME_DEST_DECIDED, RENAME_DIR, RENAME_EXCHANGES, RENAME_REPLACES, RULE_DEFAULT,
+    RecordPath, RenameRecord, Verdict,
 };
-use serde_json::{Map, Value, json};
 use thiserror::Error;
 
-use super::{calls, enrich::Enricher};
-use crate::{
-    daemon::registry::{AgentState, Registry},
-    supervise::Request,
+use guard_common::{
+    ACTION_KILL_PENDING, ACTION_KILLED, ACTION_REFUSED, Call, ESCAPE_ATTACH, ESCAPE_CLONE,
+    ESCAPE_OPEN, EscapeRecord, InodeKey, RefusedPathRecord, TAMPER_BPF, TAMPER_FILE, TAMPER_PTRACE,
+    TAMPER_SIGNAL, TamperRecord,
+};
+
+use super::model::{
+    CallOutcome, ConnectTarget, EscapeHow, EscapeTarget, Family, FileTarget, GuardAction,
+    MountOperation, MountTarget, PATH_UNNAMED, PathPair, RenameTarget, Side, TamperTarget,
+    UnixFamily, UnixTarget,
 };
 
 #[derive(Debug, Error)]
@@ -25,6 +33,14 @@ pub enum DecodeError {
     Short { len: usize, need: usize },
     #[error("unknown event kind {0}")]
     UnknownKind(u16),
+    #[error("unknown outcome {0}")]
+    UnknownOutcome(u8),
+    #[error("connect record of unknown address family {0}")]
+    UnknownFamily(u16),
+    #[error("self-defense record with unknown {what} {value}")]
+    UnknownGuard { what: &'static str, value: u32 },
+    #[error("mount record of unknown operation {0}")]
+    UnknownMount(u8),
 }
 
 /// Converts CLOCK_BOOTTIME (what the kernel stamps) to wall-clock time.
@@ -65,7 +81,7 @@ impl BootClock {
 
 /// Copies a `T` out of a record slice (the ring buffer gives no alignment
 /// guarantee beyond 8 bytes and may hand us a shorter record).
-pub(super) fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
     let need = size_of::<T>();
     if bytes.len() < need {
         return Err(DecodeError::Short {
@@ -78,363 +94,385 @@ pub(super) fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-pub fn verdict_name(raw: u8) -> &'static str {
-    match Verdict::from_raw(raw) {
-        Some(Verdict::Allow) => "allow",
-        Some(Verdict::Ask) => "ask",
-        Some(Verdict::Deny) => "deny",
-        None => "unknown",
-    }
+/// What every record says about the call: who made it and what the kernel
+/// decided.
+#[derive(Clone, Debug)]
+pub struct Header {
+    pub outcome: CallOutcome,
+    /// The policy's verdict (None: a number this build does not know).
+    pub verdict: Option<Verdict>,
+    /// The kernel-side agent id the call was judged under.
+    pub agent_id: u32,
+    /// The calling task's own cgroup (a run's session cgroup, or nested).
+    pub cgroup_id: u64,
+    /// The agent cgroup the call was attributed to.
+    pub agent_cgroup_id: u64,
+    /// When it happened.
+    pub time: SystemTime,
+    /// The hold, for `held` outcomes.
+    pub hold_id: Option<u64>,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// The matched rule's id; None for the agent's default.
+    pub rule_id: Option<u32>,
+    /// The grant that let an `ask` through.
+    pub grant_id: Option<u32>,
+    pub comm: String,
 }
 
-pub fn outcome_name(raw: u8) -> &'static str {
-    match Outcome::from_raw(raw) {
-        Some(Outcome::Allowed) => "allowed",
-        Some(Outcome::Denied) => "denied",
-        Some(Outcome::Held) => "held",
-        Some(Outcome::Audited) => "audited",
-        Some(Outcome::Observed) => "observed",
-        None => "unknown",
-    }
+/// One kernel record.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub header: Header,
+    pub call: RecordCall,
+    /// An io_uring worker made the call (a hold could not rewind it).
+    pub io_uring: bool,
+    /// The record's CALL_BUDGET bits: its agent's budget stopped it.
+    pub budget: u8,
 }
 
-fn comm(raw: &[u8; 16]) -> String {
-    let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
+/// What the record says was called.
+#[derive(Clone, Debug)]
+pub enum RecordCall {
+    Connect(ConnectTarget),
+    /// A datagram to an address.
+    Send(ConnectTarget),
+    /// A connect to a unix socket, or a datagram to one (`send`).
+    Unix {
+        send: bool,
+        target: UnixTarget,
+    },
+    /// A delete the kernel judged (BPF LSM): the path as it resolved it.
+    Delete {
+        rmdir: bool,
+        target: FileTarget,
+    },
+    Truncate(FileTarget),
+    Rename(RenameTarget),
+    Link(PathPair),
+    /// A mount-family call: the agent's `allow_mounts` decided.
+    Mount(MountTarget),
+    /// A delete seen at syscall entry and not blocked: the raw argument,
+    /// resolved against the process's cwd or dirfd by the daemon.
+    Observed {
+        rmdir: bool,
+        raw_path: String,
+        dirfd: i32,
+    },
+    /// A path call refused by Landlock or the seccomp filter, seen at
+    /// system call exit: an event only if it reached for the guard.
+    Refused(Box<RefusedPathRecord>),
+    /// An agent process left its agent's cgroup.
+    Escape(EscapeTarget),
+    /// An agent process reached for the guard; for a file, `protected`
+    /// is the kernel's key of the protected path (named by attribution).
+    Tamper {
+        target: TamperTarget,
+        protected: Option<InodeKey>,
+    },
 }
 
-/// An event ready for the emitter: when it happened, and its body.
-pub type Event = (SystemTime, Map<String, Value>);
-
-/// Decodes one ring-buffer record into (event time, event body), or None
-/// for a record that another path already reports.
-pub fn decode(
-    bytes: &[u8],
-    registry: &Registry,
-    clock: &BootClock,
-    enricher: &mut Enricher,
-) -> Result<Option<Event>, DecodeError> {
-    let header: EventHeader = read(bytes)?;
-    let kind = EventKind::from_raw(header.kind).ok_or(DecodeError::UnknownKind(header.kind))?;
-    if kind == EventKind::FileObserved
-        && registry
-            .sessions
-            .get(&header.cgroup_id)
-            .is_some_and(|s| s.supervised)
-    {
-        // Seccomp supervision of this run judges and reports the call.
-        return Ok(None);
-    }
-    // A refused path call becomes an event only if it reached for the
-    // guard: found out before anything else is looked up.
-    let refused = match kind {
-        EventKind::GuardRefusedPath => match super::refused::classify(bytes, registry)? {
-            Some(found) => Some(found),
-            None => return Ok(None),
-        },
-        _ => None,
-    };
-    let mut body = common(&header, registry, enricher);
-    body.insert("kind".into(), calls::kind_name(kind).into());
-    let held_denied =
-        header.outcome == Outcome::Denied.raw() && header.verdict == Verdict::Ask.raw();
-    let def = registry.agent(header.agent_id).map(|a| &a.def);
-    match kind {
-        EventKind::GuardRefusedPath => {
-            if let Some((kind, target)) = refused {
-                body.insert("kind".into(), kind.into());
-                body.insert("target".into(), target);
-                body.insert("rule".into(), super::selfdefense::rule());
-            }
-        }
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8], clock: &BootClock) -> Result<Record, DecodeError> {
+    let raw: EventHeader = read(bytes)?;
+    let kind = EventKind::from_raw(raw.kind).ok_or(DecodeError::UnknownKind(raw.kind))?;
+    let header = header(&raw, clock)?;
+    let mut io_uring = false;
+    let mut flags = 0u8;
+    let call = match kind {
+        // Classified by attribution: only a reach for the guard is an event.
+        EventKind::GuardRefusedPath => RecordCall::Refused(Box::new(read(bytes)?)),
         EventKind::NetConnect | EventKind::NetSend => {
             let rec: ConnectRecord = read(bytes)?;
-            body.insert("target".into(), connect_target(&rec));
-            calls::io_uring(rec.flags as u8, held_denied, &mut body);
-            super::budget::mark(rec.flags as u8, kind, def, &mut body);
+            flags = rec.flags as u8;
+            io_uring = flags & CALL_IO_URING != 0;
+            let target = connect_target(&rec)?;
+            if kind == EventKind::NetSend {
+                RecordCall::Send(target)
+            } else {
+                RecordCall::Connect(target)
+            }
         }
-        EventKind::FileUnlink
-        | EventKind::FileRmdir
-        | EventKind::FileTruncate
-        | EventKind::NetUnixConnect
-        | EventKind::NetUnixSend => {
+        EventKind::FileUnlink | EventKind::FileRmdir | EventKind::FileTruncate => {
             let rec: FileRecord = read(bytes)?;
-            body.insert("target".into(), calls::file_target(kind, &rec.path));
-            calls::io_uring(rec.path.flags, held_denied, &mut body);
-            super::budget::mark(rec.path.flags, kind, def, &mut body);
+            flags = rec.path.flags;
+            io_uring = flags & CALL_IO_URING != 0;
+            let target = file_target(&rec.path);
+            if kind == EventKind::FileTruncate {
+                RecordCall::Truncate(target)
+            } else {
+                RecordCall::Delete {
+                    rmdir: kind == EventKind::FileRmdir,
+                    target,
+                }
+            }
+        }
+        EventKind::NetUnixConnect | EventKind::NetUnixSend => {
+            let rec: FileRecord = read(bytes)?;
+            flags = rec.path.flags;
+            io_uring = flags & CALL_IO_URING != 0;
+            RecordCall::Unix {
+                send: kind == EventKind::NetUnixSend,
+                target: unix_target(&rec.path),
+            }
         }
         EventKind::FileRename | EventKind::FileLink => {
             let rec: RenameRecord = read(bytes)?;
-            let link = kind == EventKind::FileLink;
-            body.insert(
-                "target".into(),
-                calls::rename_target(&rec.path, &rec.new_path, rec.rename_flags, link),
-            );
-            calls::io_uring(rec.path.flags, held_denied, &mut body);
-            super::budget::mark(rec.path.flags, kind, def, &mut body);
-        }
-        EventKind::FileMount => {
-            let rec: MountRecord = read(bytes)?;
-            body.insert("target".into(), calls::mount_target(rec.op, &rec.path));
-            // The agent's switch decided, not a rule.
-            let allowed = header.verdict == Verdict::Allow.raw();
-            if let Some(rule) = body.get_mut("rule").and_then(Value::as_object_mut) {
-                rule.insert("match".into(), calls::switch_rule(kind, allowed).into());
+            flags = rec.path.flags;
+            io_uring = flags & CALL_IO_URING != 0;
+            let paths = path_pair(&rec.path, &rec.new_path);
+            if kind == EventKind::FileLink {
+                RecordCall::Link(paths)
+            } else {
+                let flag = |bit: u8| rec.rename_flags & bit != 0;
+                RecordCall::Rename(RenameTarget {
+                    paths,
+                    exchange: flag(RENAME_EXCHANGES),
+                    replaces: flag(RENAME_REPLACES),
+                    directory: flag(RENAME_DIR),
+                    decided_by: if flag(RENAME_DEST_DECIDED) {
+                        Side::Destination
+                    } else {
+                        Side::Source
+                    },
+                })
             }
+        }
+        EventKind::FileMount => RecordCall::Mount(mount_target(&read(bytes)?)?),
+        // Only the seccomp supervisor reports these, never the kernel.
+        EventKind::FileIoUring => return Err(DecodeError::UnknownKind(raw.kind)),
+        EventKind::AgentEscape => RecordCall::Escape(escape_target(&read(bytes)?)?),
+        EventKind::GuardTamper => {
+            let rec: TamperRecord = read(bytes)?;
+            let target = tamper_target(&rec)?;
+            let protected = matches!(target, TamperTarget::File { .. }).then_some(rec.protected);
+            RecordCall::Tamper { target, protected }
         }
         EventKind::FileObserved => {
             let rec: ObservedDeleteRecord = read(bytes)?;
-            observed(&rec, registry, &mut body);
-        }
-        // Only the supervisor reports these.
-        EventKind::FileIoUring => return Err(DecodeError::UnknownKind(header.kind)),
-        EventKind::AgentEscape | EventKind::GuardTamper => {
-            super::selfdefense::decode(kind, bytes, registry, &mut body)?;
-        }
-    }
-    Ok(Some((clock.wall(header.ktime_ns), body)))
-}
-
-/// A delete seen at syscall entry and not blocked: resolve the path as the
-/// process sees it and say what the policy would have done.
-fn observed(rec: &ObservedDeleteRecord, registry: &Registry, body: &mut Map<String, Value>) {
-    let rmdir = rec.nr == NR_RMDIR as u32 || rec.flags & AT_REMOVEDIR != 0;
-    body.insert(
-        "kind".into(),
-        calls::kind_name(if rmdir {
-            EventKind::FileRmdir
-        } else {
-            EventKind::FileUnlink
-        })
-        .into(),
-    );
-    let len = (rec.path_len as usize).min(rec.path.len());
-    let raw = String::from_utf8_lossy(&rec.path[..len]).into_owned();
-    let path = resolve(rec.header.pid, rec.dirfd, &raw);
-    let agent = registry.agent(rec.header.agent_id);
-    let (verdict, rule) = match (agent, &path) {
-        (Some(a), Some(p)) => {
-            let (v, r) = a.def.delete.evaluate(p);
-            (Some(v), r)
-        }
-        _ => (None, None),
-    };
-    body.insert(
-        "rule".into(),
-        json!({
-            "verdict": verdict.map(|v| verdict_name(v.raw())),
-            "match": rule.map(|r| r.text.clone()).or_else(|| verdict.map(|_| "default".into())),
-            "source": rule.map(|r| format!("{}:{}", registry.policy.file, r.line)),
-        }),
-    );
-    body.insert(
-        "target".into(),
-        json!({ "path": path, "raw_path": raw, "enforcement": "none: this kernel has no BPF LSM and the process was not started by `agent-guard run`" }),
-    );
-}
-
-/// The absolute path `raw` names for `pid`, resolved against its cwd or the
-/// directory fd, lexically normalized; None when /proc no longer has them.
-fn resolve(pid: u32, dirfd: i32, raw: &str) -> Option<String> {
-    let joined = if raw.starts_with('/') {
-        raw.to_owned()
-    } else {
-        format!("{}/{raw}", proc_base(pid, dirfd)?)
-    };
-    Some(normalize(&joined))
-}
-
-/// The directory a relative path of `pid` starts from, read from /proc
-/// while the process is alive: its cwd, or directory descriptor `dirfd`.
-pub(super) fn proc_base(pid: u32, dirfd: i32) -> Option<String> {
-    let link = if dirfd == -100 {
-        format!("/proc/{pid}/cwd")
-    } else {
-        format!("/proc/{pid}/fd/{dirfd}")
-    };
-    let base = std::fs::read_link(link).ok()?;
-    Some(base.display().to_string())
-}
-
-/// `path` made absolute and lexically normalized ("." and ".." folded,
-/// repeated slashes collapsed).
-pub(super) fn normalize(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in path.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
+            let len = (rec.path_len as usize).min(rec.path.len());
+            RecordCall::Observed {
+                rmdir: rec.nr == NR_RMDIR as u32 || rec.flags & AT_REMOVEDIR != 0,
+                raw_path: String::from_utf8_lossy(&rec.path[..len]).into_owned(),
+                dirfd: rec.dirfd,
             }
-            c => parts.push(c),
         }
-    }
-    format!("/{}", parts.join("/"))
-}
-
-/// What a supervised call's event says about the rule that decided it.
-pub enum RuleOf<'a> {
-    /// A delete rule of the policy (None: the agent's default).
-    Path(Option<&'a crate::policy::PathRule>),
-    /// The agent's `allow_mounts` / `allow_io_uring` switch.
-    Switch,
-}
-
-/// A call judged in userspace under seccomp supervision. Not a kernel
-/// record, but the same event shape as the LSM backend's (the target comes
-/// from events/calls.rs), built here so the shape has one home.
-/// `session_cgroup` is the run whose supervisor handled the call: the
-/// filter belongs to that run, so that is whose call it is.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site per outcome; a struct would only rename them"
-)]
-pub fn supervised_call(
-    registry: &Registry,
-    agent: &AgentState,
-    session_cgroup: u64,
-    req: &Request,
-    (outcome, verdict, rule): (Outcome, Verdict, RuleOf<'_>),
-    dest_decided: bool,
-    reason: Option<&str>,
-    enricher: &mut Enricher,
-) -> Map<String, Value> {
-    let kind = calls::supervised_kind(req.op);
-    let details = enricher.details(req.pid);
-    let agent_ref = registry.agent_ref(agent.agent_id, session_cgroup);
-    let mut body = Map::new();
-    body.insert("kind".into(), calls::kind_name(kind).into());
-    body.insert("outcome".into(), outcome_name(outcome.raw()).into());
-    body.insert(
-        "agent".into(),
-        serde_json::to_value(agent_ref).unwrap_or(Value::Null),
-    );
-    body.insert(
-        "process".into(),
-        json!({
-            "pid": req.pid, "tid": req.tid, "ppid": details.ppid, "uid": req.uid, "gid": req.gid,
-            "user": enricher.user(req.uid), "group": enricher.group(req.gid),
-            "exe": details.exe, "cmdline": details.cmdline,
-        }),
-    );
-    body.insert("target".into(), calls::supervised_target(req, dest_decided));
-    let (matched, line) = match rule {
-        RuleOf::Path(Some(r)) => (r.text.clone(), r.line),
-        RuleOf::Path(None) => ("default".to_owned(), agent.def.line),
-        RuleOf::Switch => (
-            calls::switch_rule(kind, verdict == Verdict::Allow).to_owned(),
-            agent.def.line,
-        ),
     };
-    body.insert(
-        "rule".into(),
-        json!({
-            "verdict": verdict_name(verdict.raw()),
-            "match": matched,
-            "source": Some(format!("{}:{line}", registry.policy.file)),
-        }),
-    );
-    if let Some(reason) = reason {
-        body.insert("reason".into(), reason.into());
-    }
-    body.insert("backend".into(), "seccomp".into());
-    body
+    Ok(Record {
+        header,
+        call,
+        io_uring,
+        budget: flags & (guard_common::CALL_BUDGET | guard_common::CALL_BUDGET_EXHAUSTED),
+    })
 }
 
-fn connect_target(rec: &ConnectRecord) -> Value {
-    match rec.family {
-        AF_INET => {
-            let a = Ipv4Addr::new(rec.addr[0], rec.addr[1], rec.addr[2], rec.addr[3]);
-            json!({ "family": "ipv4", "address": a.to_string(), "port": rec.port })
-        }
-        AF_INET6 => {
-            let a = Ipv6Addr::from(rec.addr);
-            json!({ "family": "ipv6", "address": a.to_string(), "port": rec.port })
-        }
-        other => json!({ "family": other, "port": rec.port }),
+fn header(h: &EventHeader, clock: &BootClock) -> Result<Header, DecodeError> {
+    let end = h.comm.iter().position(|b| *b == 0).unwrap_or(h.comm.len());
+    Ok(Header {
+        outcome: CallOutcome::from_kernel(h.outcome)
+            .ok_or(DecodeError::UnknownOutcome(h.outcome))?,
+        verdict: Verdict::from_raw(h.verdict),
+        agent_id: h.agent_id,
+        cgroup_id: h.cgroup_id,
+        agent_cgroup_id: h.agent_cgroup_id,
+        time: clock.wall(h.ktime_ns),
+        hold_id: (h.hold_id != 0).then_some(h.hold_id),
+        pid: h.pid,
+        tid: h.tid,
+        uid: h.uid,
+        gid: h.gid,
+        rule_id: (h.rule_id != RULE_DEFAULT).then_some(h.rule_id),
+        grant_id: (h.grant_id != 0).then_some(h.grant_id),
+        comm: String::from_utf8_lossy(&h.comm[..end]).into_owned(),
+    })
+}
+
+/// A record's path: (path, error, truncated).
+fn record_path(p: &RecordPath) -> (Option<String>, Option<String>, bool) {
+    if p.state == PATH_UNKNOWN {
+        return (None, Some(PATH_UNNAMED.into()), false);
+    }
+    let len = usize::from(p.len).min(p.bytes.len());
+    (
+        Some(String::from_utf8_lossy(&p.bytes[..len]).into_owned()),
+        None,
+        p.state == PATH_TRUNCATED,
+    )
+}
+
+fn file_target(p: &RecordPath) -> FileTarget {
+    let (path, path_error, path_truncated) = record_path(p);
+    FileTarget {
+        path,
+        path_error,
+        path_truncated,
+        ..FileTarget::default()
     }
 }
 
-/// Fields every kernel-originated event has: outcome, agent, process, rule.
-fn common(
-    header: &EventHeader,
-    registry: &Registry,
-    enricher: &mut Enricher,
-) -> Map<String, Value> {
-    let mut body = Map::new();
-    body.insert("outcome".into(), outcome_name(header.outcome).into());
-    let agent = registry
-        .agent_ref(header.agent_id, header.cgroup_id)
-        .map(|a| serde_json::to_value(a).unwrap_or(Value::Null))
-        .unwrap_or_else(|| json!({ "name": null, "cgroup_id": header.agent_cgroup_id }));
-    body.insert("agent".into(), agent);
-    let details = enricher.details(header.pid);
-    body.insert(
-        "process".into(),
-        json!({
-            "pid": header.pid,
-            "tid": header.tid,
-            "ppid": details.ppid,
-            "uid": header.uid,
-            "gid": header.gid,
-            "user": enricher.user(header.uid),
-            "group": enricher.group(header.gid),
-            "comm": comm(&header.comm),
-            "exe": details.exe,
-            "cmdline": details.cmdline,
-        }),
-    );
-    let rule = if header.rule_id == RULE_DEFAULT {
-        let source = registry
-            .agent(header.agent_id)
-            .map(|a| format!("{}:{}", registry.policy.file, a.def.line));
-        json!({ "verdict": verdict_name(header.verdict), "match": "default", "source": source })
+fn path_pair(from: &RecordPath, to: &RecordPath) -> PathPair {
+    let (path, path_error, path_truncated) = record_path(from);
+    let (new_path, new_path_error, new_path_truncated) = record_path(to);
+    PathPair {
+        path,
+        path_error,
+        path_truncated,
+        new_path,
+        new_path_error,
+        new_path_truncated,
+        ..PathPair::default()
+    }
+}
+
+/// A unix socket's peer: its path, or an abstract socket's name (which
+/// the kernel writes as `@name`, as `unix:@name` rules do).
+fn unix_target(p: &RecordPath) -> UnixTarget {
+    let (path, path_error, path_truncated) = record_path(p);
+    UnixTarget {
+        family: UnixFamily::Unix,
+        is_abstract: path.is_some() && p.flags & CALL_ABSTRACT != 0,
+        path,
+        path_error,
+        path_truncated,
+    }
+}
+
+pub fn mount_operation(op: MountOp) -> MountOperation {
+    match op {
+        MountOp::Mount => MountOperation::Mount,
+        MountOp::MoveMount => MountOperation::MoveMount,
+        MountOp::PivotRoot => MountOperation::PivotRoot,
+        MountOp::Chroot => MountOperation::Chroot,
+        MountOp::UserNamespace => MountOperation::UserNamespace,
+        MountOp::MountNamespace => MountOperation::MountNamespace,
+        MountOp::OpenTree => MountOperation::OpenTree,
+        MountOp::FsMount => MountOperation::Fsmount,
+        MountOp::MountSetattr => MountOperation::MountSetattr,
+    }
+}
+
+fn mount_target(rec: &MountRecord) -> Result<MountTarget, DecodeError> {
+    let operation = MountOp::from_raw(rec.op).ok_or(DecodeError::UnknownMount(rec.op))?;
+    // No path at all: the hook gives none (a new namespace).
+    let (path, path_error, path_truncated) = if rec.path.state == PATH_UNKNOWN && rec.path.len == 0
+    {
+        (None, None, false)
     } else {
-        let info = registry.policy.rule_source(header.rule_id);
-        json!({
-            "verdict": verdict_name(header.verdict),
-            "match": info.as_ref().map(|r| r.text.clone()),
-            "source": info.map(|r| r.source),
-        })
+        record_path(&rec.path)
     };
-    body.insert("rule".into(), rule);
-    if header.hold_id != 0 {
-        // A hold starting (outcome held), or the held call itself running
-        // on its decision (allowed or denied): the same id either way.
-        body.insert("hold".into(), json!({ "id": header.hold_id.to_string() }));
-    }
-    if header.grant_id != 0 {
-        body.insert("grant".into(), json!({ "id": header.grant_id }));
-    }
-    body
+    Ok(MountTarget {
+        operation: mount_operation(operation),
+        path,
+        raw_path: None,
+        path_error,
+        path_truncated,
+    })
+}
+
+fn connect_target(rec: &ConnectRecord) -> Result<ConnectTarget, DecodeError> {
+    let (family, address) = match rec.family {
+        AF_INET => (
+            Family::Ipv4,
+            IpAddr::V4(Ipv4Addr::new(
+                rec.addr[0],
+                rec.addr[1],
+                rec.addr[2],
+                rec.addr[3],
+            )),
+        ),
+        AF_INET6 => (Family::Ipv6, IpAddr::V6(Ipv6Addr::from(rec.addr))),
+        other => return Err(DecodeError::UnknownFamily(other)),
+    };
+    Ok(ConnectTarget {
+        family,
+        address,
+        port: rec.port,
+    })
+}
+
+fn guard_action(raw: u32) -> Result<GuardAction, DecodeError> {
+    Ok(match raw {
+        ACTION_REFUSED => GuardAction::Refused,
+        ACTION_KILLED => GuardAction::Killed,
+        ACTION_KILL_PENDING => GuardAction::KillPending,
+        value => {
+            return Err(DecodeError::UnknownGuard {
+                what: "action",
+                value,
+            });
+        }
+    })
+}
+
+fn escape_target(rec: &EscapeRecord) -> Result<EscapeTarget, DecodeError> {
+    let how = match rec.how {
+        ESCAPE_ATTACH => EscapeHow::CgroupWrite,
+        ESCAPE_CLONE => EscapeHow::CloneIntoCgroup,
+        ESCAPE_OPEN => EscapeHow::CgroupOpen,
+        value => return Err(DecodeError::UnknownGuard { what: "how", value }),
+    };
+    let len = (rec.path_len as usize).min(rec.path.len());
+    let action = guard_action(rec.action)?;
+    Ok(EscapeTarget {
+        how,
+        action,
+        pid: rec.moved_pid,
+        cgroup_id: rec.dst_cgroup_id,
+        cgroup: (len > 0).then(|| String::from_utf8_lossy(&rec.path[..len]).into_owned()),
+        // Only the seccomp filter refuses clone3 (seen at system call
+        // exit); the fork hook lets it happen and kills.
+        call: (how == EscapeHow::CloneIntoCgroup && action == GuardAction::Refused)
+            .then(|| "clone3".to_owned()),
+        path: None,
+    })
+}
+
+fn tamper_target(rec: &TamperRecord) -> Result<TamperTarget, DecodeError> {
+    let action = guard_action(rec.action)?;
+    // Known where the refusal was seen at system call exit; the BPF LSM
+    // hooks see the operation, not the call.
+    let call = u16::try_from(rec.call).ok().and_then(Call::from_raw);
+    let name = call.map(|c| c.name().to_owned());
+    Ok(match rec.what {
+        TAMPER_SIGNAL => TamperTarget::Signal {
+            action,
+            pid: rec.target_pid,
+            signal: rec.arg,
+            call: name,
+        },
+        TAMPER_PTRACE => TamperTarget::Ptrace {
+            action,
+            pid: rec.target_pid,
+            mode: call.is_none().then_some(rec.arg),
+            request: (call == Some(Call::Ptrace)).then_some(rec.arg),
+            fd: (call == Some(Call::PidfdGetfd)).then_some(rec.arg),
+            call: name,
+            path: None,
+        },
+        TAMPER_BPF => TamperTarget::Bpf {
+            action,
+            command: rec.arg,
+            call: name,
+        },
+        TAMPER_FILE => TamperTarget::File {
+            action,
+            protected: None,
+            // FMODE_WRITE.
+            write: rec.arg & 2 != 0,
+            call: name,
+            path: None,
+        },
+        value => {
+            return Err(DecodeError::UnknownGuard {
+                what: "what",
+                value,
+            });
+        }
+    })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn short_records_are_errors_not_panics() {
-        assert!(matches!(
-            read::<EventHeader>(&[0u8; 10]),
-            Err(DecodeError::Short { len: 10, .. })
-        ));
-    }
-
-    #[test]
-    fn v4_and_v6_targets() {
-        let mut rec = ConnectRecord {
-            family: AF_INET,
-            port: 8080,
-            ..Default::default()
-        };
-        rec.addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        assert_eq!(
-            connect_target(&rec),
-            json!({"family":"ipv4","address":"127.0.0.1","port":8080})
-        );
-        rec.family = AF_INET6;
-        rec.addr = Ipv6Addr::LOCALHOST.octets();
-        assert_eq!(connect_target(&rec)["address"], "::1");
-    }
-}
+#[path = "decode_tests.rs"]
+mod tests;

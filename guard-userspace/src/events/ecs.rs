@@ -1,190 +1,427 @@
-//! The ECS rendering of a native event (`format = "ecs"`): Elastic Common
-//! Schema fields for what ECS has words for, agent identity under
-//! `gen_ai.agent` and `labels`, and the rest under `agent_guard`. The
-//! mapping table is in docs/events.md.
-use serde_json::{Map, Value, json};
+//! The ECS rendering of an event (`format = "ecs"`): Elastic Common Schema
+//! fields for what ECS has words for, with ECS's types and categorization
+//! values; the agent under `gen_ai.agent` and `labels`; the whole native
+//! event under `agent_guard`. No member is ever null. A mapping of the
+//! typed [`Event`]; the table is in docs/events.md, and the privileged
+//! suite checks every line against ECS's published field definitions.
+use std::{collections::BTreeMap, net::IpAddr};
 
-pub const ECS_VERSION: &str = "8.11.0";
+use schemars::JsonSchema;
+use serde::{Serialize, Serializer, ser::SerializeMap as _};
 
-fn categories(kind: &str) -> (&'static [&'static str], &'static [&'static str]) {
-    match kind {
-        "file.unlink" | "file.rmdir" => (&["file"], &["deletion"]),
-        "file.rename" | "file.truncate" => (&["file"], &["change"]),
-        "file.link" => (&["file"], &["creation"]),
-        "file.mount" | "file.io_uring" => (&["file", "configuration"], &["change"]),
-        "net.connect" | "net.unix_connect" => (&["network"], &["connection", "start"]),
-        "net.send" | "net.unix_send" => (&["network"], &["protocol"]),
-        "agent.start" => (&["process"], &["start"]),
-        "agent.exit" | "agent.kill" => (&["process"], &["end"]),
-        "daemon.start" => (&["process", "configuration"], &["start"]),
-        "daemon.stop" => (&["process", "configuration"], &["end"]),
-        "daemon.task" => (&["process"], &["change"]),
-        "policy.reload" | "agent.mode" => (&["configuration"], &["change"]),
-        "agent.budget" => (&["process", "intrusion_detection"], &["change"]),
-        "control.refused" => (&["iam"], &["denied"]),
-        "agent.escape" | "guard.tamper" => (&["process", "intrusion_detection"], &["denied"]),
-        _ => (&["host"], &["info"]),
+use super::model::{
+    AgentRef, CallKind, CallOutcome, DaemonEvent, Decision, Event, Family, Lifecycle, Op, Process,
+    Rule,
+};
+
+pub const VERSION: &str = "9.4.0";
+
+/// One ECS document (without its chain link).
+#[derive(Serialize, JsonSchema)]
+pub struct Ecs<'a> {
+    #[serde(rename = "@timestamp")]
+    pub timestamp: &'a str,
+    pub ecs: EcsVersion,
+    pub event: EcsEvent<'a>,
+    pub host: Host<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<EcsProcess<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<User<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<File<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Destination<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<EcsRule<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gen_ai: Option<GenAi<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Labels<'a>>,
+    /// The native event, whole.
+    pub agent_guard: super::Native<'a>,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct EcsVersion {
+    pub version: &'static str,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct EcsEvent<'a> {
+    pub kind: &'static str,
+    pub category: Vec<&'static str>,
+    #[serde(rename = "type")]
+    pub types: Vec<&'static str>,
+    /// The native kind.
+    pub action: &'a str,
+    pub outcome: &'static str,
+    pub sequence: u64,
+    pub module: &'static str,
+    pub dataset: &'static str,
+    pub provider: &'static str,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct Host<'a> {
+    pub name: &'a str,
+    pub hostname: &'a str,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct EcsProcess<'a> {
+    pub pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thread: Option<Thread>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Parent>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executable: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub args: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub args_count: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_line: Option<String>,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct Thread {
+    pub id: u32,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct Parent {
+    pub pid: u32,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct User<'a> {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+    pub group: Group<'a>,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct Group<'a> {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct File<'a> {
+    pub path: &'a str,
+    pub name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub directory: Option<&'a str>,
+    #[serde(rename = "type")]
+    pub file_type: &'static str,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct Destination<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// A unix socket's path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<&'a str>,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct Network {
+    /// `ipv4` or `ipv6`; absent for unix sockets.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub network_type: Option<&'static str>,
+    pub direction: &'static str,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct EcsRule<'a> {
+    /// The rule as written (`default` for the agent's default).
+    pub name: &'a str,
+    /// FILE:LINE of the rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a str>,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct GenAi<'a> {
+    pub agent: GenAiAgent<'a>,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct GenAiAgent<'a> {
+    pub name: &'a str,
+    /// The agent's cgroup id.
+    pub id: String,
+    /// Its purpose.
+    pub description: &'a str,
+}
+
+/// `labels`: `agent_name` and each agent label as `agent_<label>`.
+pub struct Labels<'a>(&'a AgentRef);
+
+impl Serialize for Labels<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.labels.len() + 1))?;
+        map.serialize_entry("agent_name", &self.0.name)?;
+        for (k, v) in &self.0.labels {
+            map.serialize_entry(&format_args!("agent_{k}").to_string(), v)?;
+        }
+        map.end()
     }
 }
 
-/// ECS event.outcome: success, failure or unknown.
-fn outcome(outcome: &str) -> &'static str {
-    match outcome {
-        "allowed" | "audited" | "observed" | "success" => "success",
-        "denied" | "failure" | "lost" => "failure",
-        _ => "unknown",
+impl JsonSchema for Labels<'_> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "EcsLabels".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        BTreeMap::<String, String>::json_schema(generator)
     }
 }
 
-/// Renders `ev` (native, with `ocsf`, without `chain`) as an ECS document.
-pub fn render(ev: &Map<String, Value>) -> Map<String, Value> {
-    let get = |k: &str| ev.get(k).cloned().unwrap_or(Value::Null);
-    let kind = ev.get("kind").and_then(Value::as_str).unwrap_or("");
-    let native_outcome = ev.get("outcome").and_then(Value::as_str).unwrap_or("");
-    let call = if kind == "hold.decision" {
-        ev.get("hold")
-            .and_then(|h| h.get("call"))
-            .and_then(Value::as_str)
-            .unwrap_or("")
-    } else {
-        kind
+/// The ECS document of `native` (whose event is `native.event`).
+pub fn document<'a>(native: super::Native<'a>, time: &'a str) -> Ecs<'a> {
+    let event = native.event;
+    let (category, types) = categories(event);
+    let agent = event.agent();
+    let mut doc = Ecs {
+        timestamp: time,
+        ecs: EcsVersion { version: VERSION },
+        event: EcsEvent {
+            kind: if matches!(event, Event::Daemon(DaemonEvent::Loss(_))) {
+                "metric"
+            } else {
+                "event"
+            },
+            category,
+            types,
+            action: event.kind(),
+            outcome: outcome(event),
+            sequence: native.seq,
+            module: "agent_guard",
+            dataset: "agent_guard.events",
+            provider: "agent-guard",
+        },
+        host: Host {
+            name: native.host,
+            hostname: native.host,
+        },
+        process: None,
+        user: None,
+        file: None,
+        destination: None,
+        network: None,
+        rule: None,
+        gen_ai: agent.map(|a| GenAi {
+            agent: GenAiAgent {
+                name: &a.name,
+                id: a.cgroup_id.to_string(),
+                description: &a.purpose,
+            },
+        }),
+        labels: agent.map(Labels),
+        agent_guard: native,
     };
-    let (category, ty) = categories(call);
-    let mut out = Map::new();
-    out.insert("@timestamp".into(), get("time"));
-    out.insert("ecs".into(), json!({ "version": ECS_VERSION }));
-    let mut event = json!({
-        "kind": if kind == "loss" { "metric" } else { "event" },
-        "category": category,
-        "type": ty,
-        "action": kind,
-        "outcome": outcome(native_outcome),
-        "sequence": get("seq"),
-        "module": "agent_guard",
-        "dataset": "agent_guard.events",
-        "provider": "agent-guard",
-    });
-    if native_outcome == "denied" {
-        event["type"] = json!([ty, &["denied"]].concat());
-    } else if native_outcome == "allowed" && call != kind {
-        event["type"] = json!([ty, &["allowed"]].concat());
+    let (op, process, rule) = match event {
+        Event::Call(c) => (Some(&c.op), Some(&c.process), Some(&c.rule)),
+        Event::Daemon(DaemonEvent::HoldDecision(d)) => {
+            (Some(&d.op), Some(&d.process), Some(&d.rule))
+        }
+        Event::Daemon(DaemonEvent::AgentStart(s)) => (None, Some(&s.process), None),
+        Event::Daemon(DaemonEvent::AgentBudget(b)) => (None, Some(&b.process), None),
+        Event::Daemon(_) => (None, None, None),
+    };
+    if let Some(p) = process {
+        doc.process = Some(ecs_process(p));
+        doc.user = Some(user(p));
     }
-    out.insert("event".into(), event);
-    out.insert("host".into(), json!({ "name": get("host") }));
-    if let Some(p) = ev.get("process") {
-        let cmdline = p.get("cmdline").and_then(Value::as_array);
-        out.insert(
-            "process".into(),
-            json!({
-                "pid": p.get("pid"),
-                "thread": { "id": p.get("tid") },
-                "parent": { "pid": p.get("ppid") },
-                "name": p.get("comm"),
-                "executable": p.get("exe"),
-                "args": cmdline,
-                "command_line": cmdline.map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" ")),
-            }),
-        );
-        out.insert(
-            "user".into(),
-            json!({
-                "id": p.get("uid").map(|u| u.to_string()),
-                "name": p.get("user"),
-                "group": { "id": p.get("gid").map(|g| g.to_string()), "name": p.get("group") },
-            }),
-        );
-    }
-    let target = ev.get("target");
-    if call.starts_with("file.") {
-        out.insert(
-            "file".into(),
-            json!({ "path": target.and_then(|t| t.get("path")) }),
-        );
-    }
-    if matches!(call, "net.unix_connect" | "net.unix_send") {
-        out.insert(
-            "destination".into(),
-            json!({ "address": target.and_then(|t| t.get("path")) }),
-        );
-    }
-    if matches!(call, "net.connect" | "net.send") {
-        out.insert(
-            "destination".into(),
-            json!({ "ip": target.and_then(|t| t.get("address")), "port": target.and_then(|t| t.get("port")) }),
-        );
-        out.insert(
-            "network".into(),
-            json!({ "type": target.and_then(|t| t.get("family")) }),
-        );
-    }
-    if let Some(r) = ev.get("rule") {
-        out.insert(
-            "rule".into(),
-            json!({ "name": r.get("match"), "reference": r.get("source"), "action": r.get("verdict") }),
-        );
-    }
-    if let Some(a) = ev
-        .get("agent")
-        .filter(|a| a.get("name").is_some_and(Value::is_string))
-    {
-        out.insert(
-            "gen_ai".into(),
-            json!({ "agent": {
-                "name": a.get("name"), "owner": a.get("owner"), "description": a.get("purpose"),
-                "id": a.get("cgroup_id").map(|i| i.to_string()), "cgroup": a.get("cgroup"),
-                "session": a.get("session"), "on_behalf_of": a.get("on_behalf_of"),
-            }}),
-        );
-        let mut labels = Map::new();
-        labels.insert("agent_name".into(), a["name"].clone());
-        if let Some(Value::Object(l)) = a.get("labels") {
-            for (k, v) in l {
-                labels.insert(format!("agent_{k}"), v.clone());
+    doc.rule = rule.and_then(ecs_rule);
+    match op {
+        Some(
+            op @ (Op::Unlink(_)
+            | Op::Rmdir(_)
+            | Op::Truncate(_)
+            | Op::Rename(_)
+            | Op::Link(_)
+            | Op::Mount(_)),
+        ) => {
+            if let Some(path) = op.path() {
+                let (dir, name) = match path.rsplit_once('/') {
+                    Some(("", name)) => (Some("/"), name),
+                    Some((dir, name)) => (Some(dir), name),
+                    None => (None, path),
+                };
+                let is_dir = match op {
+                    Op::Rmdir(_) | Op::Mount(_) => true,
+                    Op::Rename(t) => t.directory,
+                    _ => false,
+                };
+                doc.file = Some(File {
+                    path,
+                    name,
+                    directory: dir,
+                    file_type: if is_dir { "dir" } else { "file" },
+                });
             }
         }
-        out.insert("labels".into(), Value::Object(labels));
-    }
-    // Everything else, unchanged, so nothing native is lost.
-    let mut rest = Map::new();
-    for (k, v) in ev {
-        if !matches!(
-            k.as_str(),
-            "time" | "host" | "process" | "rule" | "agent" | "ocsf"
-        ) {
-            rest.insert(k.clone(), v.clone());
+        Some(Op::Connect(dst) | Op::Send(dst)) => {
+            doc.destination = Some(Destination {
+                ip: Some(dst.address),
+                port: Some(dst.port),
+                address: None,
+            });
+            doc.network = Some(Network {
+                network_type: Some(match dst.family {
+                    Family::Ipv4 => "ipv4",
+                    Family::Ipv6 => "ipv6",
+                }),
+                direction: "egress",
+            });
         }
+        Some(Op::UnixConnect(t) | Op::UnixSend(t)) => {
+            // ECS's address holds what is neither an IP nor a domain.
+            doc.destination = t.path.as_deref().map(|path| Destination {
+                ip: None,
+                port: None,
+                address: Some(path),
+            });
+            doc.network = Some(Network {
+                network_type: None,
+                direction: "egress",
+            });
+        }
+        Some(Op::Escape(_) | Op::Tamper(_) | Op::IoUring(_)) | None => {}
     }
-    if let Some(id) = ev.get("agent").and_then(|a| a.get("cgroup_id")) {
-        rest.insert("agent_cgroup_id".into(), id.clone());
-    }
-    out.insert("agent_guard".into(), Value::Object(rest));
-    out
+    doc
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn denied_delete_in_ecs() {
-        let Value::Object(ev) = json!({
-            "schema": "agent-guard/v1", "seq": 7, "time": "2026-11-24T07:00:00Z", "host": "h",
-            "kind": "file.unlink", "outcome": "denied",
-            "agent": {"name": "bot", "owner": "o", "purpose": "p", "labels": {"env": "prod"}, "cgroup_id": 5},
-            "process": {"pid": 10, "uid": 0, "gid": 0, "user": "root", "cmdline": ["rm", "x"]},
-            "target": {"path": "/srv/x"},
-        }) else {
-            unreachable!()
-        };
-        let e = render(&ev);
-        assert_eq!(e["event"]["category"], json!(["file"]));
-        assert_eq!(e["event"]["type"], json!(["deletion", "denied"]));
-        assert_eq!(e["event"]["outcome"], "failure");
-        assert_eq!(e["file"]["path"], "/srv/x");
-        assert_eq!(e["user"]["name"], "root");
-        assert_eq!(e["gen_ai"]["agent"]["name"], "bot");
-        assert_eq!(e["labels"]["agent_env"], "prod");
-        assert_eq!(e["agent_guard"]["seq"], 7);
-        assert_eq!(e["process"]["command_line"], "rm x");
+/// event.category and event.type, with ECS's allowed values only, each
+/// type one its categories expect.
+fn categories(event: &Event) -> (Vec<&'static str>, Vec<&'static str>) {
+    let call = |kind: CallKind| -> (&'static [&'static str], &'static [&'static str]) {
+        match kind {
+            CallKind::Connect | CallKind::UnixConnect => (&["network"], &["connection", "start"]),
+            CallKind::Send | CallKind::UnixSend => (&["network"], &["protocol"]),
+            CallKind::Unlink | CallKind::Rmdir => (&["file"], &["deletion"]),
+            CallKind::Rename | CallKind::Truncate => (&["file"], &["change"]),
+            CallKind::Link => (&["file"], &["creation"]),
+            CallKind::Mount => (&["file", "configuration"], &["change"]),
+            CallKind::IoUring => (&["process"], &["change"]),
+            // Always refused: `denied` comes with intrusion_detection.
+            CallKind::Escape | CallKind::Tamper => (&["process"], &[]),
+        }
+    };
+    // A call the policy or a person decided on is also an
+    // intrusion-detection event, which is where ECS puts allowed/denied.
+    let decided = |(categories, types): (&'static [&'static str], &'static [&'static str]),
+                   verdict| {
+        let mut c = categories.to_vec();
+        let mut t = types.to_vec();
+        if let Some(v) = verdict {
+            c.push("intrusion_detection");
+            t.push(v);
+        }
+        (c, t)
+    };
+    match event {
+        Event::Call(c) => decided(
+            call(c.op.kind()),
+            (c.outcome == CallOutcome::Denied).then_some("denied"),
+        ),
+        Event::Daemon(d) => match d {
+            DaemonEvent::HoldDecision(h) => decided(
+                call(h.op.kind()),
+                Some(if h.hold.decision == Decision::Approved {
+                    "allowed"
+                } else {
+                    "denied"
+                }),
+            ),
+            DaemonEvent::AgentStart(_) => (vec!["process"], vec!["start"]),
+            DaemonEvent::AgentExit(_) | DaemonEvent::AgentKill(_) => (vec!["process"], vec!["end"]),
+            DaemonEvent::DaemonStart(_) => (vec!["process"], vec!["start"]),
+            DaemonEvent::DaemonStop(_) => (vec!["process"], vec!["end"]),
+            DaemonEvent::DaemonTask(_) => (vec!["process"], vec!["change"]),
+            DaemonEvent::PolicyReload(_) | DaemonEvent::AgentMode(_) => {
+                (vec!["configuration"], vec!["change"])
+            }
+            // What the agent may do next changed: a spent budget.
+            DaemonEvent::AgentBudget(_) => (vec!["process", "intrusion_detection"], vec!["change"]),
+            DaemonEvent::ControlRefused(_) => (vec!["api"], vec!["denied"]),
+            DaemonEvent::NotifyFailed(_) | DaemonEvent::Loss(_) => (vec!["host"], vec!["info"]),
+            DaemonEvent::TamperSuppressed(_) => (vec!["intrusion_detection"], vec!["denied"]),
+        },
     }
+}
+
+/// event.outcome: success, failure or unknown.
+fn outcome(event: &Event) -> &'static str {
+    match event {
+        Event::Call(c) => match c.outcome {
+            CallOutcome::Allowed | CallOutcome::Audited | CallOutcome::Observed => "success",
+            CallOutcome::Denied => "failure",
+            CallOutcome::Held => "unknown",
+        },
+        Event::Daemon(d) => match d {
+            DaemonEvent::HoldDecision(h) if h.hold.decision == Decision::Approved => "success",
+            DaemonEvent::PolicyReload(r) if r.outcome == Lifecycle::Success => "success",
+            DaemonEvent::DaemonTask(t) if t.outcome == Lifecycle::Success => "success",
+            DaemonEvent::HoldDecision(_)
+            | DaemonEvent::PolicyReload(_)
+            | DaemonEvent::DaemonTask(_)
+            | DaemonEvent::ControlRefused(_)
+            | DaemonEvent::TamperSuppressed(_)
+            | DaemonEvent::AgentBudget(_)
+            | DaemonEvent::NotifyFailed(_)
+            | DaemonEvent::Loss(_) => "failure",
+            DaemonEvent::AgentStart(_)
+            | DaemonEvent::AgentExit(_)
+            | DaemonEvent::AgentKill(_)
+            | DaemonEvent::AgentMode(_)
+            | DaemonEvent::DaemonStart(_)
+            | DaemonEvent::DaemonStop(_) => "success",
+        },
+    }
+}
+
+fn ecs_process(p: &Process) -> EcsProcess<'_> {
+    EcsProcess {
+        pid: p.pid,
+        thread: p.tid.map(|id| Thread { id }),
+        parent: p.ppid.map(|pid| Parent { pid }),
+        name: p.comm.as_deref(),
+        executable: p.exe.as_deref(),
+        args: p.cmdline.as_ref().map(|c| c.args()),
+        args_count: p.cmdline.as_ref().map(|c| c.args().len()),
+        command_line: p.cmdline.as_ref().map(super::model::Cmdline::joined),
+    }
+}
+
+fn user(p: &Process) -> User<'_> {
+    User {
+        id: p.uid.to_string(),
+        name: p.user.as_deref(),
+        group: Group {
+            id: p.gid.to_string(),
+            name: p.group.as_deref(),
+        },
+    }
+}
+
+fn ecs_rule(r: &Rule) -> Option<EcsRule<'_>> {
+    Some(EcsRule {
+        name: r.matched.as_deref()?,
+        id: r.source.as_deref(),
+    })
 }

@@ -11,13 +11,15 @@ use std::collections::HashMap;
 
 use guard_host::proc;
 
-use serde::Serialize;
+use super::model::Cmdline;
 
-#[derive(Clone, Debug, Default, Serialize)]
+/// What /proc says about a process. The command line is capped when it is
+/// read, so neither the cache nor any event carries more.
+#[derive(Clone, Debug, Default)]
 pub struct ProcessDetails {
     pub ppid: Option<u32>,
     pub exe: Option<String>,
-    pub cmdline: Option<Vec<String>>,
+    pub cmdline: Option<Cmdline>,
 }
 
 struct Cached {
@@ -66,7 +68,7 @@ impl Enricher {
         let details = ProcessDetails {
             ppid: Some(ppid),
             exe: proc::exe(pid).map(|p| p.to_string_lossy().into_owned()),
-            cmdline: proc::cmdline(pid),
+            cmdline: proc::cmdline(pid).map(Cmdline::capped),
         };
         if self.cache.len() >= MAX_CACHED {
             self.cache.clear();

@@ -1,212 +1,140 @@
-//! docs/events.schema.json against events built the way the emitter builds
-//! them, including kinds other parts of the daemon emit (policy.reload,
-//! agent.mode). The privileged suite validates every event of real runs.
+//! The generated schema against events rendered by the emitter's own code:
+//! every example validates; unknown kinds and undocumented members do not.
+//! The privileged suite validates every event of real runs.
 #![expect(
     clippy::unwrap_used,
     reason = "a test should fail loudly on a broken fixture"
 )]
 
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
-use super::{assemble, chain::Alg, chain::Chain};
-
-const SCHEMA: &str = include_str!("../../../docs/events.schema.json");
+use super::{examples, schema};
 
 fn validator() -> jsonschema::Validator {
-    let schema: Value = serde_json::from_str(SCHEMA).unwrap();
-    jsonschema::draft202012::new(&schema).unwrap()
+    jsonschema::draft202012::new(&schema::native()).unwrap()
 }
 
-fn event(chain: &mut Chain, seq: u64, body: Value) -> Value {
-    let Value::Object(body) = body else {
-        unreachable!("bodies are objects")
-    };
-    let mut ev: Map<String, Value> = assemble(seq, "2026-11-24T07:00:00.123456789Z", "h", body);
-    chain.link(&mut ev);
-    Value::Object(ev)
+fn lines(ecs: bool) -> Vec<String> {
+    examples::lines(ecs)
 }
 
-fn agent() -> Value {
-    json!({"name": "bot", "owner": "o", "purpose": "p", "labels": {"env": "prod"},
-           "cgroup": "g/bot", "cgroup_id": 7, "session": "ab", "on_behalf_of": "alice"})
+fn errors(v: &jsonschema::Validator, ev: &Value) -> Vec<String> {
+    v.iter_errors(ev)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect()
 }
 
 #[test]
 fn every_kind_validates() {
     let v = validator();
-    let mut chain = Chain::new(Alg::Sha256, None);
-    let process = json!({"pid": 1, "tid": 1, "ppid": 0, "uid": 0, "gid": 0, "user": "root",
-                         "group": "root", "comm": "rm", "exe": "/usr/bin/rm", "cmdline": ["rm", "x"]});
-    let rule = json!({"verdict": "ask", "match": "/srv", "source": "p.toml:9"});
-    let bodies = [
-        json!({"kind": "net.connect", "outcome": "denied", "agent": agent(), "process": process,
-               "rule": rule, "target": {"family": "ipv4", "address": "10.0.0.1", "port": 443}}),
-        json!({"kind": "file.unlink", "outcome": "held", "agent": agent(), "process": process,
-               "rule": rule, "target": {"path": "/srv/x", "raw_path": "x"}, "backend": "seccomp",
-               "hold": {"id": "12", "timeout_secs": 300, "context": {
-                   "ancestry": [{"pid": 7, "comm": "sh", "cmdline": ["sh", "-c", "rm x"]},
-                                {"pid": 5, "comm": "python3", "cmdline": ["python3"],
-                                 "cmdline_truncated": true}],
-                   "ancestry_truncated": true,
-                   "recent": {"window_secs": 300, "calls": {"file.unlink": {"allowed": 2}},
-                              "last": [{"time": "2026-01-01T00:00:00Z", "kind": "file.unlink",
-                                        "outcome": "allowed", "target": "/srv/y"}]},
-                   "scopes": [{"scope": "once", "grants": "this call only"},
-                              {"scope": "subtree", "path": "/srv", "grants": "deletes under /srv"},
-                              {"scope": "agent", "agent": "bot", "grants": "every call"}]}}}),
-        json!({"kind": "hold.decision", "outcome": "allowed", "agent": agent(), "process": process,
-               "rule": rule, "target": {"path": "/srv/x"},
-               "hold": {"id": "12", "call": "file.unlink", "decision": "approved",
-                        "by": {"uid": 0, "user": "root"}, "reason": null, "waited_ms": 5,
-                        "scope": {"id": 1, "kind": "subtree"}}}),
-        json!({"kind": "policy.reload", "outcome": "success",
-               "policy": {"path": "/etc/p.toml", "digest": format!("sha256:{}", "a".repeat(64)),
-                          "error": null, "diff": {"added": ["x"], "removed": [], "changed": ["bot"]}},
-               "by": {"uid": 0, "user": "root"}}),
-        json!({"kind": "policy.reload", "outcome": "failure",
-               "policy": {"path": "/etc/p.toml", "digest": null, "error": "p.toml:3:1: bad", "diff": null},
-               "by": null}),
-        json!({"kind": "agent.mode", "outcome": "success", "agent": agent(),
-               "mode": {"from": "enforce", "to": "freeze"}, "by": {"uid": 0, "user": null}}),
-        json!({"kind": "agent.budget", "outcome": "held", "agent": agent(), "process": process,
-               "budget": {"name": "deletes", "count": 40, "limit": 40, "window": "1min",
-                          "rate": "40/min", "action": "ask"},
-               "target": {"path": "/srv/x"}, "call": "file.unlink"}),
-        json!({"kind": "file.unlink", "outcome": "held", "agent": agent(), "process": process,
-               "rule": rule, "target": {"path": "/srv/x", "raw_path": "x"},
-               "hold": {"id": "13", "timeout_secs": 300},
-               "reason": "budget: the agent's deletes budget (40/min) is spent",
-               "budget": {"name": "deletes", "limit": 40, "window": "1min", "rate": "40/min",
-                          "action": "ask", "exhausted": true}}),
-        json!({"kind": "loss", "outcome": "lost", "loss": {"reason": "sink_slow", "count": 3, "sink": "siem", "total": 3}}),
-        json!({"kind": "daemon.task", "outcome": "failure",
-               "task": {"name": "control socket", "error": "boom", "failures": 1, "restart_in_ms": 100}}),
-        json!({"kind": "control.refused", "outcome": "denied",
-               "control": {"op": "approve", "hold": "12", "reason": "inside agent bot",
-                           "by": {"uid": 0, "pid": 9, "user": "root", "agent": "bot"}}}),
-        json!({"kind": "control.refused", "outcome": "denied",
-               "control": {"op": "suppressed", "count": 4990, "reason": "rate limit",
-                           "by": {"uid": 65534, "pid": 9, "user": "nobody"}}}),
-    ];
-    let bodies = bodies.into_iter().chain(side_door_bodies(&process, &rule));
-    for (i, body) in bodies.into_iter().enumerate() {
-        let ev = event(&mut chain, i as u64 + 1, body);
-        let errors: Vec<String> = v
-            .iter_errors(&ev)
-            .map(|e| format!("{e} at {}", e.instance_path()))
-            .collect();
-        assert!(errors.is_empty(), "{ev}\n{errors:#?}");
+    for line in lines(false) {
+        let ev: Value = serde_json::from_str(&line).unwrap();
+        let errors = errors(&v, &ev);
+        assert!(errors.is_empty(), "{line}\n{errors:#?}");
     }
-}
-
-/// The side-door kinds, with targets built by the one builder both
-/// backends use (events/calls.rs).
-fn side_door_bodies(process: &Value, rule: &Value) -> Vec<Value> {
-    use guard_common::{
-        CALL_ABSTRACT, EventKind, MountOp, PATH_COMPLETE, PATH_UNKNOWN, RENAME_DIR,
-        RENAME_REPLACES, RecordPath,
-    };
-
-    use super::calls;
-    let path = |text: &str, state, flags| {
-        let mut p = RecordPath {
-            bytes: [0; guard_common::PATH_KEY_BYTES],
-            len: text.len() as u16,
-            state,
-            flags,
-        };
-        p.bytes[..text.len()].copy_from_slice(text.as_bytes());
-        p
-    };
-    let call = |kind: &str, outcome: &str, target: Value| {
-        json!({"kind": kind, "outcome": outcome, "agent": agent(), "process": process,
-               "rule": rule, "target": target})
-    };
-    let src = path("/srv/vault", PATH_COMPLETE, 0);
-    let dst = path("/tmp/elsewhere", PATH_COMPLETE, 0);
-    let mut io_uring = call(
-        "file.unlink",
-        "denied",
-        calls::file_target(EventKind::FileUnlink, &src),
-    );
-    io_uring["via"] = "io_uring".into();
-    io_uring["reason"] = calls::IO_URING_REASON.into();
-    vec![
-        call(
-            "file.rename",
-            "denied",
-            calls::rename_target(&src, &dst, RENAME_DIR | RENAME_REPLACES, false),
-        ),
-        call(
-            "file.link",
-            "held",
-            calls::rename_target(&src, &dst, 0, true),
-        ),
-        call(
-            "file.truncate",
-            "allowed",
-            calls::file_target(EventKind::FileTruncate, &src),
-        ),
-        call(
-            "file.mount",
-            "denied",
-            calls::mount_target(MountOp::Mount.raw(), &dst),
-        ),
-        call(
-            "file.mount",
-            "denied",
-            calls::mount_target(MountOp::UserNamespace.raw(), &path("", PATH_UNKNOWN, 0)),
-        ),
-        call(
-            "net.unix_connect",
-            "denied",
-            calls::file_target(
-                EventKind::NetUnixConnect,
-                &path("@dbus", PATH_COMPLETE, CALL_ABSTRACT),
-            ),
-        ),
-        call(
-            "net.unix_send",
-            "allowed",
-            calls::file_target(EventKind::NetUnixSend, &path("/dev/log", PATH_COMPLETE, 0)),
-        ),
-        call(
-            "net.send",
-            "held",
-            json!({"family": "ipv6", "address": "::1", "port": 53}),
-        ),
-        call(
-            "file.io_uring",
-            "denied",
-            json!({"operation": "io_uring_setup"}),
-        ),
-        io_uring,
-    ]
 }
 
 #[test]
 fn unknown_kinds_and_members_fail() {
     let v = validator();
-    let mut chain = Chain::new(Alg::Sha256, None);
-    let unknown = event(
-        &mut chain,
-        1,
-        json!({"kind": "file.chmod", "outcome": "allowed"}),
-    );
+    let line: Value = serde_json::from_str(&lines(false)[0]).unwrap();
+    let mut unknown = line.clone();
+    unknown["kind"] = "file.chmod".into();
     assert!(!v.is_valid(&unknown), "an unknown kind must not validate");
-    let stray = event(
-        &mut chain,
-        2,
-        json!({"kind": "loss", "outcome": "lost", "loss": {"reason": "sink_slow", "count": 1}, "colour": 1}),
-    );
+    let mut stray = line.clone();
+    stray["colour"] = 1.into();
     assert!(
         !v.is_valid(&stray),
         "an undocumented member must not validate"
     );
-    let wrong = event(
-        &mut chain,
-        3,
-        json!({"kind": "daemon.stop", "outcome": "success", "daemon": {"pid": 1}}),
+    let mut nested = line.clone();
+    nested["process"]["colour"] = 1.into();
+    assert!(
+        !v.is_valid(&nested),
+        "an undocumented nested member must not validate"
     );
-    assert!(!v.is_valid(&wrong), "a missing member must not validate");
+    let mut ocsf = line.clone();
+    ocsf["ocsf"]["colour"] = 1.into();
+    assert!(
+        !v.is_valid(&ocsf),
+        "an undocumented OCSF member must not validate"
+    );
+    let mut missing = line.clone();
+    missing.as_object_mut().unwrap().remove("chain");
+    assert!(
+        !v.is_valid(&missing),
+        "a line without its chain must not validate"
+    );
+    let mut mixed = line;
+    mixed["target"] = serde_json::json!({"path": "/x"});
+    assert!(
+        !v.is_valid(&mixed),
+        "a connect with a file's target must not validate"
+    );
+}
+
+fn nulls(v: &Value, at: &str, out: &mut Vec<String>) {
+    match v {
+        Value::Null => out.push(at.to_owned()),
+        Value::Object(m) => m
+            .iter()
+            .for_each(|(k, v)| nulls(v, &format!("{at}.{k}"), out)),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .for_each(|(i, v)| nulls(v, &format!("{at}[{i}]"), out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn no_line_carries_a_null() {
+    for line in lines(false).into_iter().chain(lines(true)) {
+        let mut found = Vec::new();
+        nulls(&serde_json::from_str(&line).unwrap(), "", &mut found);
+        assert!(found.is_empty(), "nulls at {found:?} in {line}");
+    }
+}
+
+#[test]
+fn lines_verify_as_a_chain() {
+    let dir = std::env::temp_dir().join(format!("ag-examples-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, ecs) in [("native", false), ("ecs", true)] {
+        let file = dir.join(format!("{name}.jsonl"));
+        std::fs::write(&file, lines(ecs).concat()).unwrap();
+        let report = super::verify::verify(std::slice::from_ref(&file), None).unwrap();
+        assert_eq!(report.lines, examples::all().len() as u64);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// docs/events.md shows one event of each kind: exactly what the emitter
+/// writes for them (indented for reading; only whitespace differs).
+#[test]
+fn the_docs_show_what_the_daemon_writes() {
+    const DOCS: &str = include_str!("../../../docs/events.md");
+    let expected: String = lines(false)
+        .iter()
+        .zip(examples::all())
+        .map(|(l, e)| {
+            format!(
+                "<details><summary><code>{}</code> ({})</summary>\n\n```json\n{}\n```\n\n</details>\n",
+                e.kind(),
+                e.outcome(),
+                examples::pretty(l)
+            )
+        })
+        .collect();
+    let begin = "<!-- examples: generated, see the_docs_show_what_the_daemon_writes -->\n";
+    let end = "<!-- end of examples -->";
+    let shown = DOCS
+        .split_once(begin)
+        .and_then(|(_, rest)| rest.split_once(end))
+        .map(|(block, _)| block);
+    assert!(
+        shown == Some(expected.as_str()),
+        "docs/events.md's examples differ from what the daemon writes; put this between \
+         its example markers:\n{expected}"
+    );
 }

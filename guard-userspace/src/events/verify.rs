@@ -120,7 +120,14 @@ pub fn verify(files: &[PathBuf], key: Option<&[u8]>) -> Result<Report, Broken> {
 fn first_prev(text: &str) -> String {
     serde_json::from_str::<Value>(text)
         .ok()
-        .and_then(|v| v[chain::MEMBER]["prev"].as_str().map(str::to_owned))
+        .and_then(|v| {
+            let link = if v[chain::MEMBER].is_object() {
+                &v[chain::MEMBER]
+            } else {
+                &v["agent_guard"][chain::MEMBER]
+            };
+            link["prev"].as_str().map(str::to_owned)
+        })
         .unwrap_or_default()
 }
 
@@ -135,7 +142,22 @@ fn check_line(
         at: at.clone(),
         why: e.to_string(),
     })?;
-    let link = event.get(chain::MEMBER);
+    // Lines of agent-guard/v1 hashed a canonical form; later ones hash the
+    // bytes as written.
+    let schema = event
+        .get("schema")
+        .or_else(|| event.get("agent_guard").and_then(|a| a.get("schema")))
+        .and_then(Value::as_str);
+    let hashed = if schema == Some(super::SCHEMA_V1) {
+        chain::canonical(&event)
+    } else {
+        chain::hashed_bytes(text.as_bytes()).ok_or_else(|| Broken::NoChain { at: at.clone() })?
+    };
+    // Native lines (and v1 ECS lines) carry the link at the top; ECS lines
+    // since v2 last in `agent_guard`.
+    let link = event
+        .get(chain::MEMBER)
+        .or_else(|| event.get("agent_guard").and_then(|a| a.get(chain::MEMBER)));
     let field = |name: &str| link.and_then(|l| l.get(name)).and_then(Value::as_str);
     let (Some(alg), Some(found_prev), Some(hash)) = (field("alg"), field("prev"), field("hash"))
     else {
@@ -161,7 +183,7 @@ fn check_line(
             });
         }
     }
-    if alg.digest(found_prev, &chain::canonical(&event)) != hash {
+    if alg.digest(found_prev, &hashed) != hash {
         return Err(Broken::Edited { at: at.clone() });
     }
     Ok(hash.to_owned())
@@ -194,11 +216,10 @@ mod tests {
         let path = dir.join("log.jsonl");
         let mut f = File::create(&path).expect("create");
         for seq in 1..=n {
-            let mut ev = Map::new();
-            ev.insert("seq".into(), seq.into());
-            ev.insert("kind".into(), "file.unlink".into());
-            chain.link(&mut ev);
-            f.write_all(&chain::line(&ev)).expect("write");
+            let mut line = format!(r#"{{"seq":{seq},"kind":"file.unlink"}}"#).into_bytes();
+            chain.link(&mut line, 1);
+            line.push(b'\n');
+            f.write_all(&line).expect("write");
         }
         path
     }
@@ -239,6 +260,33 @@ mod tests {
 
         let log = write_log(&d, 6, Alg::Sha256);
         edit(&log, |l| l.swap(1, 2));
+        assert_eq!(line_of(verify(std::slice::from_ref(&log), None)), 2);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn lines_of_v1_verify_by_their_canonical_form() {
+        let d = dir("v1");
+        let mut prev = GENESIS.to_owned();
+        let mut text = String::new();
+        for seq in 1..=3u64 {
+            let mut ev = Map::new();
+            ev.insert("schema".into(), super::super::SCHEMA_V1.into());
+            ev.insert("seq".into(), seq.into());
+            let hash = Alg::Sha256.digest(&prev, &chain::canonical(&ev));
+            ev.insert(
+                "chain".into(),
+                serde_json::json!({"alg": "sha256", "prev": prev, "hash": hash}),
+            );
+            prev = hash;
+            text.push_str(&serde_json::to_string(&ev).expect("json"));
+            text.push('\n');
+        }
+        let log = d.join("v1.jsonl");
+        std::fs::write(&log, text).expect("write");
+        let ok = verify(std::slice::from_ref(&log), None).expect("a v1 log verifies");
+        assert_eq!(ok.lines, 3);
+        edit(&log, |l| l[1] = l[1].replace("\"seq\":2", "\"seq\":9"));
         assert_eq!(line_of(verify(std::slice::from_ref(&log), None)), 2);
         let _ = std::fs::remove_dir_all(&d);
     }

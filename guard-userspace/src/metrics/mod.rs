@@ -1,13 +1,11 @@
-//! Prometheus metrics: counted from the event stream itself (one call in
-//! `Emitter::emit`), so they move exactly with the events operators see,
-//! plus values read at scrape time (holds pending, kernel program run time).
-//! Served as OpenMetrics text on `[metrics] listen`.
+//! Prometheus metrics: counted by an observer of the emitter, so they move
+//! exactly with the events operators see, plus values read at scrape time
+//! (holds pending, kernel program run time). Served as OpenMetrics text on
+//! `[metrics] listen`. Knows the events layer and nothing of the daemon:
+//! what it reads at scrape time comes in as a function.
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, LazyLock, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, atomic::AtomicU64},
 };
 
 use anyhow::{Context as _, Result};
@@ -21,9 +19,8 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use serde_json::{Map, Value};
 
-use crate::daemon::Shared;
+use crate::events::{Event, Observer, Stamped, model::DaemonEvent};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindOutcome {
@@ -81,8 +78,14 @@ fn decision_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.05, 2.0, 16))
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Metrics {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let mut registry = Registry::with_prefix("agent_guard");
         let events = Family::default();
         registry.register(
@@ -168,62 +171,51 @@ impl Metrics {
         }
     }
 
-    /// Counts one event (called with every line the emitter writes).
-    fn observe(&self, line: &Map<String, Value>) {
-        let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_owned();
-        let kind = text(line.get("kind"));
-        let outcome = text(line.get("outcome"));
+    /// Counts one event.
+    fn count(&self, event: &Event) {
+        let outcome = event.outcome();
         self.events
             .get_or_create(&KindOutcome {
-                kind: kind.clone(),
-                outcome: outcome.clone(),
+                kind: event.kind().to_owned(),
+                outcome: outcome.to_owned(),
             })
             .inc();
-        if let Some(agent) = line
-            .get("agent")
-            .and_then(|a| a.get("name"))
-            .and_then(Value::as_str)
-        {
+        if let Some(agent) = event.agent() {
             self.agent_events
                 .get_or_create(&AgentOutcome {
-                    agent: agent.to_owned(),
-                    outcome,
+                    agent: agent.name.clone(),
+                    outcome: outcome.to_owned(),
                 })
                 .inc();
         }
-        match kind.as_str() {
-            "loss" => {
-                let loss = line.get("loss");
-                let count = loss
-                    .and_then(|l| l.get("count"))
-                    .and_then(Value::as_u64)
-                    .unwrap_or(1);
+        match event {
+            Event::Daemon(DaemonEvent::Loss(l)) => {
                 self.lost
                     .get_or_create(&Reason {
-                        reason: text(loss.and_then(|l| l.get("reason"))),
+                        reason: l.loss.reason.name().to_owned(),
                     })
-                    .inc_by(count);
+                    .inc_by(l.loss.count);
             }
-            "hold.decision" => {
-                let hold = line.get("hold");
-                if let Some(ms) = hold
-                    .and_then(|h| h.get("waited_ms"))
-                    .and_then(Value::as_u64)
-                {
-                    self.decision_latency
-                        .get_or_create(&Decision {
-                            decision: text(hold.and_then(|h| h.get("decision"))),
-                        })
-                        .observe(ms as f64 / 1000.0);
-                }
+            Event::Daemon(DaemonEvent::HoldDecision(d)) => {
+                self.decision_latency
+                    .get_or_create(&Decision {
+                        decision: d.hold.decision.name().to_owned(),
+                    })
+                    .observe(d.hold.waited_ms as f64 / 1000.0);
             }
             _ => {}
         }
     }
 
-    /// Renders the OpenMetrics text, refreshing the values read at scrape time.
-    pub fn render(&self, shared: &Shared) -> Result<String> {
-        self.holds_pending.set(shared.holds.pending().len() as i64);
+    /// The observer to register with the emitter: counting starts then.
+    pub fn observer(self: &Arc<Self>) -> Box<dyn Observer> {
+        Box::new(Counting(self.clone()))
+    }
+
+    /// Renders the OpenMetrics text, refreshing the values read at scrape
+    /// time (`holds_pending`: calls held now).
+    pub fn render(&self, holds_pending: usize) -> Result<String> {
+        self.holds_pending.set(holds_pending as i64);
         self.refresh_programs();
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
@@ -298,33 +290,26 @@ impl Metrics {
     }
 }
 
-static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
-/// Whether anyone reads the metrics; counting is skipped otherwise.
-static ENABLED: AtomicBool = AtomicBool::new(false);
+/// Counts every event it sees.
+struct Counting(Arc<Metrics>);
 
-/// The daemon's metrics.
-pub fn global() -> &'static Metrics {
-    &METRICS
-}
-
-/// Counts one emitted event (cheap no-op unless `[metrics]` is on).
-pub fn observe(line: &Map<String, Value>) {
-    if ENABLED.load(Ordering::Relaxed) {
-        METRICS.observe(line);
+impl Observer for Counting {
+    fn observe(&mut self, stamped: &Stamped) {
+        self.0.count(&stamped.event);
     }
 }
 
-/// Serves `GET /metrics` on `listener` until the daemon stops. Counting
-/// starts at once, so events emitted before the task first runs count too.
-pub fn serve(
-    listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
-) -> impl std::future::Future<Output = Result<()>> {
-    ENABLED.store(true, Ordering::Relaxed);
-    serve_http(listener, shared)
-}
+/// What the endpoint reads at scrape time: the calls held now.
+pub type HoldsPending = Arc<dyn Fn() -> usize + Send + Sync>;
 
-async fn serve_http(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> Result<()> {
+/// Serves `GET /metrics` on `listener` until the daemon stops. Register
+/// [`Metrics::observer`] with the emitter first, so events emitted before
+/// this task first runs count too.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    holds_pending: HoldsPending,
+) -> Result<()> {
     use axum::{
         http::{StatusCode, header},
         response::IntoResponse as _,
@@ -333,9 +318,9 @@ async fn serve_http(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> R
     let app = axum::Router::new().route(
         "/metrics",
         get(move || {
-            let shared = shared.clone();
+            let (metrics, holds_pending) = (metrics.clone(), holds_pending.clone());
             async move {
-                match global().render(&shared) {
+                match metrics.render(holds_pending()) {
                     Ok(text) => (
                         [(
                             header::CONTENT_TYPE,
@@ -358,37 +343,35 @@ async fn serve_http(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> R
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
+    use crate::events::model::Loss;
 
     #[test]
     fn counts_follow_events() {
-        let m = Metrics::new();
-        let Value::Object(held) = json!({"kind": "file.unlink", "outcome": "held",
-            "agent": {"name": "bot"}, "hold": {"id": "1"}})
-        else {
-            unreachable!("an object literal")
-        };
-        m.observe(&held);
-        let Value::Object(decided) = json!({"kind": "hold.decision", "outcome": "allowed",
-            "agent": {"name": "bot"}, "hold": {"id": "1", "decision": "approved", "waited_ms": 1500}})
-        else {
-            unreachable!("an object literal")
-        };
-        m.observe(&decided);
-        let Value::Object(loss) =
-            json!({"kind": "loss", "outcome": "lost", "loss": {"reason": "ring_full", "count": 7}})
-        else {
-            unreachable!("an object literal")
-        };
-        m.observe(&loss);
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &m.registry).expect("encodes");
+        let m = Arc::new(Metrics::new());
+        let mut observer = m.observer();
+        let examples = crate::events::examples::all();
+        for event in examples {
+            observer.observe(&Stamped {
+                seq: 1,
+                time: std::time::SystemTime::now(),
+                host: "h".into(),
+                event,
+            });
+        }
+        let loss = Loss::new(crate::events::model::LossReason::RingbufFull, 7);
+        observer.observe(&Stamped {
+            seq: 2,
+            time: std::time::SystemTime::now(),
+            host: "h".into(),
+            event: DaemonEvent::Loss(loss).into(),
+        });
+        let out = m.render(0).expect("renders");
         for needle in [
-            r#"agent_guard_events_total{kind="file.unlink",outcome="held"} 1"#,
-            r#"agent_guard_agent_events_total{agent="bot",outcome="allowed"} 1"#,
-            r#"agent_guard_lost_events_total{reason="ring_full"} 7"#,
+            // Held by a rule, and by a spent budget.
+            r#"agent_guard_events_total{kind="file.unlink",outcome="held"} 2"#,
+            r#"agent_guard_agent_events_total{agent="claims-bot",outcome="allowed"}"#,
+            r#"agent_guard_lost_events_total{reason="ringbuf_full"} 7"#,
             r#"agent_guard_decision_latency_seconds_count{decision="approved"} 1"#,
         ] {
             assert!(out.contains(needle), "{needle} missing from:\n{out}");

@@ -1,6 +1,6 @@
 //! Webhooks to the pager (`[[notify]] type = "webhook"`). A subscriber of
-//! the event stream turns each new hold and each decision into a signed
-//! JSON document; every delivery runs in its own task with retries, so
+//! the event stream turns each new hold, each decision and each spent
+//! budget into a signed JSON document; every delivery runs in its own task with retries, so
 //! nothing here can delay enforcement. Failed attempts are counted
 //! (metrics) and reported as `notify.failed` events.
 use std::{
@@ -13,12 +13,20 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use hmac::{Hmac, KeyInit as _, Mac as _};
-use serde_json::{Value, json};
+use serde::Serialize;
 use sha2::Sha256;
 
 use crate::{
     daemon::Shared,
-    events, metrics,
+    events::{
+        self, Event, Stamped,
+        model::{
+            AgentBudget, BudgetAction, BudgetSpent, Call, CallOutcome, Channel, Cmdline,
+            DaemonEvent, Decided, EventsLost, Failed, HoldId, HoldRef, LossReason, NotifyFailed,
+            NotifyFailure, NotifyWhat, Op, Process, Rule, Text,
+        },
+    },
+    metrics::Metrics,
     policy::{NotifyConfig, NotifyEvent},
     rootfile,
 };
@@ -77,180 +85,273 @@ pub fn signature(key: &[u8], body: &[u8]) -> String {
     format!("sha256={hex}")
 }
 
-/// Which webhook event an emitted line is, if any.
-fn classify(event: &Value) -> Option<NotifyEvent> {
-    if event["kind"] == "hold.decision" {
-        Some(NotifyEvent::Decision)
-    } else if event["kind"] == "agent.budget" {
-        Some(NotifyEvent::Budget)
-    } else if event["outcome"] == "held" && event["hold"]["id"].is_string() {
-        Some(NotifyEvent::Held)
-    } else {
-        None
+/// The subscriber name of the webhook task (its losses say so).
+const WATCHER: &str = "webhooks";
+
+/// What a webhook document is about: a call held now, a hold's end, or
+/// a spent budget.
+enum About<'a> {
+    Held(&'a Call, &'a HoldRef),
+    Decision(&'a DaemonEvent, &'a Decided),
+    Budget(&'a AgentBudget),
+}
+
+impl<'a> About<'a> {
+    /// Which webhook event an emitted event is, if any.
+    fn of(event: &'a Event) -> Option<Self> {
+        match event {
+            Event::Call(c) if c.outcome == CallOutcome::Held => {
+                c.hold.as_ref().map(|h| About::Held(c, h))
+            }
+            Event::Daemon(d @ DaemonEvent::HoldDecision(h)) => Some(About::Decision(d, &h.hold)),
+            Event::Daemon(DaemonEvent::AgentBudget(b)) => Some(About::Budget(b)),
+            _ => None,
+        }
+    }
+
+    fn which(&self) -> NotifyEvent {
+        match self {
+            About::Held(..) => NotifyEvent::Held,
+            About::Decision(..) => NotifyEvent::Decision,
+            About::Budget(_) => NotifyEvent::Budget,
+        }
+    }
+
+    /// The hold it is about (none for a spent budget).
+    fn id(&self) -> Option<HoldId> {
+        match self {
+            About::Held(_, h) => Some(h.id),
+            About::Decision(_, d) => Some(d.id),
+            About::Budget(_) => None,
+        }
+    }
+
+    /// The call's agent, process, rule (none for a spent budget: no rule
+    /// stopped it) and target: the held call, or the one that spent the
+    /// budget.
+    fn parts(
+        &self,
+    ) -> (
+        Option<&'a events::model::AgentRef>,
+        &'a Process,
+        Option<&'a Rule>,
+        &'a Op,
+    ) {
+        match self {
+            About::Held(c, _) => (c.agent.known(), &c.process, Some(&c.rule), &c.op),
+            About::Decision(DaemonEvent::HoldDecision(d), _) => {
+                (d.agent.known(), &d.process, Some(&d.rule), &d.op)
+            }
+            About::Decision(..) => unreachable!("a decision is a hold.decision event"),
+            About::Budget(b) => (b.agent.as_ref(), &b.process, None, &b.op),
+        }
+    }
+
+    /// Whether a webhook that wants `events` gets this document. A spent
+    /// budget also goes to those that want holds: what follows is held,
+    /// refused or frozen.
+    fn wanted_by(&self, events: &[NotifyEvent]) -> bool {
+        events.contains(&self.which())
+            || (self.which() == NotifyEvent::Budget && events.contains(&NotifyEvent::Held))
     }
 }
 
-/// The document POSTed for `event`; `what` is the held call's kind.
-pub fn document(
-    which: NotifyEvent,
-    event: &Value,
-    what: &str,
+/// The document POSTed (schema [`SCHEMA`]).
+#[derive(Serialize)]
+pub struct Document<'a> {
+    schema: &'static str,
+    event: &'static str,
+    seq: u64,
+    time: String,
+    host: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hold: Option<DocHold<'a>>,
+    /// A spent budget (`"event": "budget"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    budget: Option<&'a BudgetSpent>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    on_behalf_of: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    purpose: Option<&'a str>,
+    /// The held call's kind (the kind of the call that spent a budget).
+    what: &'static str,
+    #[serde(serialize_with = "Op::serialize_target")]
+    target: &'a Op,
+    process: DocProcess<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<&'a Rule>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time_left_secs: Option<u64>,
+    summary: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    link: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum DocHold<'a> {
+    Held(&'a HoldRef),
+    Decided(&'a Decided),
+}
+
+#[derive(Serialize)]
+struct DocProcess<'a> {
+    pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exe: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cmdline: Option<&'a Cmdline>,
+}
+
+/// The document for `stamped` (if it is a hold, a decision or a spent
+/// budget); `left_ms`
+/// is how long a held call has left, `page` the web page's address.
+pub fn document<'a>(
+    stamped: &'a Stamped,
     left_ms: Option<u64>,
     page: Option<&str>,
-) -> Value {
-    let id = event["hold"]["id"].as_str().unwrap_or_default();
-    let agent = &event["agent"];
-    let target = &event["target"];
-    let shown_target = target["path"]
-        .as_str()
-        .map(str::to_owned)
-        .or_else(|| {
-            Some(format!(
-                "{}:{}",
-                target["address"].as_str()?,
-                target["port"].as_u64()?
-            ))
-        })
-        .unwrap_or_default();
-    let mut doc = json!({
-        "schema": SCHEMA,
-        "event": which.name(),
-        "seq": event["seq"],
-        "time": event["time"],
-        "host": event["host"],
-        "hold": event["hold"],
-        "agent": agent["name"],
-        "owner": agent["owner"],
-        "on_behalf_of": agent["on_behalf_of"],
-        "purpose": agent["purpose"],
-        "what": what,
-        "target": target,
-        "process": {"pid": event["process"]["pid"], "exe": event["process"]["exe"],
-                    "cmdline": event["process"]["cmdline"]},
-        "rule": event["rule"],
-    });
-    let summary = match which {
-        NotifyEvent::Held => {
-            let left = left_ms.map_or_else(
-                || event["hold"]["timeout_secs"].as_u64().unwrap_or(0),
-                |ms| ms / 1000,
-            );
-            doc["time_left_secs"] = left.into();
-            format!(
-                "agent-guard on {}: agent {} ({}) is held on {what} {shown_target}; \
+) -> Option<Document<'a>> {
+    let about = About::of(&stamped.event)?;
+    let (agent, process, rule, op) = about.parts();
+    let id = about.id();
+    let shown_target = match (op.destination(), op.new_path()) {
+        (Some(d), _) => format!("{}:{}", d.address, d.port),
+        (None, Some(to)) => format!("{} -> {to}", op.path().unwrap_or("?")),
+        (None, None) => op.path().unwrap_or_default().to_owned(),
+    };
+    let what = op.kind().name();
+    let name = agent.map_or("?", |a| a.name.as_str());
+    let owner = agent.map_or("?", |a| a.owner.as_str());
+    let (hold, summary, time_left_secs) = match about {
+        About::Held(_, h) => {
+            let left = left_ms.map_or(h.timeout_secs.unwrap_or_default(), |ms| ms / 1000);
+            let summary = format!(
+                "agent-guard on {}: agent {name} ({owner}) is held on {what} {shown_target}; \
                  decide within {left} s or it is denied",
-                event["host"].as_str().unwrap_or("?"),
-                agent["name"].as_str().unwrap_or("?"),
-                agent["owner"].as_str().unwrap_or("?"),
-            )
+                stamped.host,
+            );
+            (Some(DocHold::Held(h)), summary, Some(left))
         }
-        NotifyEvent::Decision => format!(
-            "agent-guard on {}: hold {id} ({} {shown_target}) {} by {}",
-            event["host"].as_str().unwrap_or("?"),
-            agent["name"].as_str().unwrap_or("?"),
-            event["hold"]["decision"].as_str().unwrap_or("?"),
-            event["hold"]["by"]["user"].as_str().unwrap_or("?"),
-        ),
-        NotifyEvent::Budget => {
-            let b = &event["budget"];
-            doc["budget"] = b.clone();
-            format!(
-                "agent-guard on {}: agent {} ({}) spent its {} budget ({}) on {what} \
-                 {shown_target}; further calls are {}",
-                event["host"].as_str().unwrap_or("?"),
-                agent["name"].as_str().unwrap_or("?"),
-                agent["owner"].as_str().unwrap_or("?"),
-                b["name"].as_str().unwrap_or("?"),
-                b["rate"].as_str().unwrap_or("?"),
-                match b["action"].as_str() {
-                    Some("deny") => "refused until the window ends",
-                    Some("freeze") => "held and the agent is frozen until thawed",
-                    _ => "held for a decision",
-                },
-            )
+        About::Decision(_, d) => {
+            let summary = format!(
+                "agent-guard on {}: hold {} ({name} {shown_target}) {} by {}",
+                stamped.host,
+                d.id.0,
+                d.decision.name(),
+                d.by.user,
+            );
+            (Some(DocHold::Decided(d)), summary, None)
+        }
+        About::Budget(b) => {
+            let spent = &b.budget.budget;
+            let next = match spent.action {
+                Some(BudgetAction::Deny) => "refused until the window ends",
+                Some(BudgetAction::Freeze) => "held and the agent is frozen until thawed",
+                Some(BudgetAction::Ask) | None => "held for a decision",
+            };
+            let summary = format!(
+                "agent-guard on {}: agent {name} ({owner}) spent its {} budget ({}) on {what} \
+                 {shown_target}; further calls are {next}",
+                stamped.host,
+                spent.name.map_or("?", |n| n.name()),
+                spent.rate.as_deref().unwrap_or("?"),
+            );
+            (None, summary, None)
         }
     };
-    doc["summary"] = summary.into();
-    if let Some(page) = page {
-        doc["link"] = format!("{page}/#hold={id}").into();
-    }
-    doc
+    let budget = match about {
+        About::Budget(b) => Some(&b.budget),
+        About::Held(..) | About::Decision(..) => None,
+    };
+    Some(Document {
+        schema: SCHEMA,
+        event: about.which().name(),
+        seq: stamped.seq,
+        time: humantime::format_rfc3339_nanos(stamped.time).to_string(),
+        host: &stamped.host,
+        hold,
+        budget,
+        agent: agent.map(|a| a.name.as_str()),
+        owner: agent.map(|a| a.owner.as_str()),
+        on_behalf_of: agent.and_then(|a| a.on_behalf_of.as_deref()),
+        purpose: agent.map(|a| a.purpose.as_str()),
+        what,
+        target: op,
+        process: DocProcess {
+            pid: process.pid,
+            exe: process.exe.as_deref(),
+            cmdline: process.cmdline.as_ref(),
+        },
+        rule,
+        time_left_secs,
+        summary,
+        link: page.map(|p| match id {
+            Some(id) => format!("{p}/#hold={}", id.0),
+            None => format!("{p}/"),
+        }),
+    })
 }
 
 /// Follows the event stream and hands each hold and decision to every
 /// webhook that wants it. Never blocks the emitter (it reads from a
-/// bounded subscriber queue, whose overflow is itself reported).
+/// bounded queue, whose overflow is itself reported).
 /// Subscribes at once (so no hold emitted after this call is missed), then
 /// returns the task.
 pub fn run(
     shared: Arc<Shared>,
     hooks: Vec<Arc<Webhook>>,
     page: Option<String>,
+    metrics: Arc<Metrics>,
 ) -> impl std::future::Future<Output = Result<()>> {
     let rx = events::with(&shared.emitter, |e| {
-        e.subscribe(
-            "webhooks",
-            None,
-            crate::policy::sink::Format::V1,
-            events::sinks::stream::SUBSCRIBER_QUEUE,
-        )
+        e.watch(WATCHER, events::sinks::stream::SUBSCRIBER_QUEUE)
     });
-    follow(shared, rx, hooks, page)
+    follow(shared, rx, hooks, page, metrics)
 }
 
 async fn follow(
     shared: Arc<Shared>,
-    mut rx: tokio::sync::mpsc::Receiver<crate::events::sinks::Line>,
+    mut rx: tokio::sync::mpsc::Receiver<Arc<Stamped>>,
     hooks: Vec<Arc<Webhook>>,
     page: Option<String>,
+    metrics: Arc<Metrics>,
 ) -> Result<()> {
-    // The kind of each pending hold's call: a decision event carries the
-    // held call's body under kind `hold.decision`.
-    let mut kinds: std::collections::HashMap<String, String> = std::collections::HashMap::new();
-    while let Some(line) = rx.recv().await {
-        let Ok(event) = serde_json::from_slice::<Value>(&line.bytes) else {
-            continue;
-        };
-        if event["kind"] == "loss" && event["loss"]["reason"] == "subscriber_slow" {
-            events::emit_now(
-                &shared.emitter,
-                json!({"kind": "notify.failed", "outcome": "failed",
-                       "notify": {"type": "webhook", "reason": "events_lost",
-                                  "count": event["loss"]["count"], "will_retry": false}}),
-            );
+    while let Some(stamped) = rx.recv().await {
+        if let Event::Daemon(DaemonEvent::Loss(l)) = &stamped.event {
+            // Our own queue overflowed: holds or decisions never seen.
+            if l.loss.reason == LossReason::SubscriberSlow
+                && l.loss.sink.as_deref() == Some(WATCHER)
+            {
+                events::emit_now(
+                    &shared.emitter,
+                    DaemonEvent::NotifyFailed(NotifyFailed {
+                        outcome: Failed::Failed,
+                        notify: NotifyFailure::EventsLost {
+                            channel: Channel::Webhook,
+                            reason: EventsLost::EventsLost,
+                            count: l.loss.count,
+                            will_retry: false,
+                        },
+                    }),
+                );
+            }
             continue;
         }
-        let Some(which) = classify(&event) else {
+        let Some(about) = About::of(&stamped.event) else {
             continue;
         };
-        let id = event["hold"]["id"].as_str().unwrap_or_default().to_owned();
-        let left_ms = (which == NotifyEvent::Held)
-            .then(|| {
-                shared
-                    .holds
-                    .pending()
-                    .into_iter()
-                    .find(|h| h["id"] == id.as_str())
-                    .and_then(|h| h["left_ms"].as_u64())
-            })
-            .flatten();
-        let what = match which {
-            NotifyEvent::Held => {
-                let kind = event["kind"].as_str().unwrap_or_default().to_owned();
-                kinds.insert(id.clone(), kind.clone());
-                kind
-            }
-            NotifyEvent::Budget => event["call"].as_str().unwrap_or_default().to_owned(),
-            NotifyEvent::Decision => kinds.remove(&id).unwrap_or_else(|| {
-                // Held before a restart: tell the call by its target.
-                if event["target"].get("path").is_some() {
-                    "file.delete".into()
-                } else {
-                    "net.connect".into()
-                }
-            }),
+        let (which, id) = (about.which(), about.id());
+        let left_ms = id
+            .filter(|_| which == NotifyEvent::Held)
+            .and_then(|id| shared.holds.left(id.0))
+            .map(|d| d.as_millis() as u64);
+        let Some(doc) = document(&stamped, left_ms, page.as_deref()) else {
+            continue;
         };
-        let doc = document(which, &event, &what, left_ms, page.as_deref());
         let body = match serde_json::to_vec(&doc) {
             Ok(b) => bytes::Bytes::from(b),
             Err(err) => {
@@ -258,20 +359,16 @@ async fn follow(
                 continue;
             }
         };
-        // A budget spent is news to whoever wants holds: what follows is held.
-        let wants = |h: &Webhook| {
-            h.events.contains(&which)
-                || (which == NotifyEvent::Budget && h.events.contains(&NotifyEvent::Held))
-        };
-        for hook in hooks.iter().filter(|h| wants(h)) {
+        for hook in hooks.iter().filter(|h| about.wanted_by(&h.events)) {
             if hook.in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_IN_FLIGHT {
                 hook.in_flight.fetch_sub(1, Ordering::Relaxed);
-                metrics::global().webhook_dropped(&hook.url);
+                metrics.webhook_dropped(&hook.url);
                 failed(
                     &shared,
+                    &metrics,
                     hook,
                     which,
-                    &id,
+                    id,
                     0,
                     false,
                     "too many deliveries in flight",
@@ -280,9 +377,10 @@ async fn follow(
             }
             tokio::spawn(deliver(
                 shared.clone(),
+                metrics.clone(),
                 hook.clone(),
                 which,
-                id.clone(),
+                id,
                 body.clone(),
             ));
         }
@@ -293,9 +391,10 @@ async fn follow(
 /// POSTs one document, retrying with backoff.
 async fn deliver(
     shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
     hook: Arc<Webhook>,
     which: NotifyEvent,
-    hold: String,
+    hold: Option<HoldId>,
     body: bytes::Bytes,
 ) {
     let signature = signature(&hook.key, &body);
@@ -312,19 +411,21 @@ async fn deliver(
             .await;
         let error = match sent {
             Ok(resp) if resp.status().is_success() => {
-                metrics::global().webhook_delivered(&hook.url);
+                metrics.webhook_delivered(&hook.url);
                 hook.in_flight.fetch_sub(1, Ordering::Relaxed);
                 return;
             }
             Ok(resp) => format!("HTTP {}", resp.status()),
             Err(err) => chain(&err),
         };
-        metrics::global().webhook_failed_attempt(&hook.url);
+        metrics.webhook_failed_attempt(&hook.url);
         let will_retry = attempt < ATTEMPTS;
         if !will_retry {
-            metrics::global().webhook_dropped(&hook.url);
+            metrics.webhook_dropped(&hook.url);
         }
-        failed(&shared, &hook, which, &hold, attempt, will_retry, &error);
+        failed(
+            &shared, &metrics, &hook, which, hold, attempt, will_retry, &error,
+        );
         if will_retry {
             tokio::time::sleep(backoff).await;
             backoff *= 2;
@@ -347,23 +448,38 @@ fn chain(err: &dyn std::error::Error) -> String {
 }
 
 /// The `notify.failed` event.
+#[expect(clippy::too_many_arguments, reason = "one field of the event each")]
 fn failed(
     shared: &Shared,
+    metrics: &Metrics,
     hook: &Webhook,
     which: NotifyEvent,
-    hold: &str,
+    hold: Option<HoldId>,
     attempt: u32,
     will_retry: bool,
     error: &str,
 ) {
-    tracing::warn!(url = %hook.url, hold, attempt, will_retry, error, "webhook delivery failed");
+    tracing::warn!(url = %hook.url, hold = ?hold.map(|h| h.0), attempt, will_retry, error, "webhook delivery failed");
     events::emit_now(
         &shared.emitter,
-        json!({"kind": "notify.failed", "outcome": "failed",
-               "notify": {"type": "webhook", "url": hook.url, "event": which.name(),
-                          "hold": hold, "attempt": attempt, "attempts_max": ATTEMPTS,
-                          "will_retry": will_retry, "error": error,
-                          "failures": metrics::global().webhook_failures(&hook.url)}}),
+        DaemonEvent::NotifyFailed(NotifyFailed {
+            outcome: Failed::Failed,
+            notify: NotifyFailure::Attempt {
+                channel: Channel::Webhook,
+                url: hook.url.clone(),
+                event: match which {
+                    NotifyEvent::Held => NotifyWhat::Held,
+                    NotifyEvent::Decision => NotifyWhat::Decision,
+                    NotifyEvent::Budget => NotifyWhat::Budget,
+                },
+                hold,
+                attempt,
+                attempts_max: ATTEMPTS,
+                will_retry,
+                error: Text::message(error),
+                failures: metrics.webhook_failures(&hook.url),
+            },
+        }),
     );
 }
 
@@ -382,41 +498,81 @@ mod tests {
 
     #[test]
     fn documents_carry_what_on_call_needs() {
-        let held = json!({"seq": 7, "time": "t", "host": "h", "kind": "file.unlink",
-            "outcome": "held", "hold": {"id": "42", "timeout_secs": 300,
-                "context": {"ancestry": [{"pid": 8, "comm": "sh", "cmdline": ["sh"]}]}},
-            "agent": {"name": "bot", "owner": "o@x", "purpose": "tidy up"},
-            "process": {"pid": 9, "exe": "/usr/bin/rm", "cmdline": ["rm", "-rf", "/srv/data/x"]},
-            "target": {"path": "/srv/data/x"}});
-        assert_eq!(classify(&held), Some(NotifyEvent::Held));
-        let doc = document(
-            NotifyEvent::Held,
-            &held,
-            "file.unlink",
-            Some(299_500),
-            Some("https://g.example"),
-        );
-        assert_eq!(doc["hold"]["id"], "42");
-        assert_eq!(doc["agent"], "bot");
-        assert_eq!(doc["owner"], "o@x");
+        let stamped = |event| Stamped {
+            seq: 7,
+            time: std::time::SystemTime::UNIX_EPOCH,
+            host: "h".into(),
+            event,
+        };
+        let examples = crate::events::examples::all();
+        let held = examples
+            .iter()
+            .find(|e| e.kind() == "file.unlink" && e.outcome() == "held")
+            .cloned()
+            .map(stamped)
+            .expect("a held delete");
+        let doc = document(&held, Some(299_500), Some("https://g.example")).expect("a document");
+        let doc = serde_json::to_value(&doc).expect("json");
+        assert_eq!(doc["event"], "held");
+        assert!(doc["hold"]["id"].is_string());
+        assert_eq!(doc["agent"], "claims-bot");
+        assert_eq!(doc["owner"], "claims-team@example.com");
         assert_eq!(doc["what"], "file.unlink");
         assert_eq!(doc["process"]["exe"], "/usr/bin/rm");
-        assert_eq!(doc["process"]["cmdline"][1], "-rf");
-        assert_eq!(doc["purpose"], "tidy up");
+        assert_eq!(doc["process"]["cmdline"][0], "rm");
+        assert_eq!(doc["purpose"], "files insurance claims");
         assert_eq!(doc["hold"]["context"]["ancestry"][0]["comm"], "sh");
         assert_eq!(doc["time_left_secs"], 299);
-        assert_eq!(doc["link"], "https://g.example/#hold=42");
-        let mut decided = held.clone();
-        decided["kind"] = "hold.decision".into();
-        decided["outcome"] = "allowed".into();
-        decided["hold"] = json!({"id": "42", "decision": "approved", "by": {"user": "alice"}});
-        assert_eq!(classify(&decided), Some(NotifyEvent::Decision));
-        let doc = document(NotifyEvent::Decision, &decided, "file.unlink", None, None);
+        let id = doc["hold"]["id"].as_str().expect("id");
+        assert_eq!(doc["link"], format!("https://g.example/#hold={id}"));
+        let decided = examples
+            .iter()
+            .find(|e| e.kind() == "hold.decision")
+            .cloned()
+            .map(stamped)
+            .expect("a decision");
+        let doc = document(&decided, None, None).expect("a document");
+        let doc = serde_json::to_value(&doc).expect("json");
+        assert_eq!(doc["event"], "decision");
         assert!(doc.get("link").is_none());
         assert!(
             doc["summary"]
                 .as_str()
                 .is_some_and(|s| s.contains("approved by alice"))
+        );
+    }
+
+    #[test]
+    fn a_spent_budget_is_a_document_for_budget_and_held_hooks() {
+        let spent = crate::events::examples::all()
+            .into_iter()
+            .find(|e| e.kind() == "agent.budget")
+            .map(|event| Stamped {
+                seq: 9,
+                time: std::time::SystemTime::UNIX_EPOCH,
+                host: "h".into(),
+                event,
+            })
+            .expect("a spent budget");
+        let about = About::of(&spent.event).expect("notified");
+        assert!(about.wanted_by(&[NotifyEvent::Budget]));
+        assert!(about.wanted_by(&[NotifyEvent::Held]));
+        assert!(!about.wanted_by(&[NotifyEvent::Decision]));
+        let doc = document(&spent, None, Some("https://g.example")).expect("a document");
+        let doc = serde_json::to_value(&doc).expect("json");
+        assert_eq!(doc["event"], "budget");
+        assert!(doc.get("hold").is_none() && doc.get("rule").is_none());
+        assert_eq!(doc["budget"]["name"], "deletes");
+        assert_eq!(doc["budget"]["count"], 40);
+        assert_eq!(doc["what"], "file.unlink");
+        assert_eq!(doc["agent"], "claims-bot");
+        assert_eq!(doc["link"], "https://g.example/");
+        assert!(
+            doc["summary"]
+                .as_str()
+                .is_some_and(|s| s.contains("spent its deletes budget (40/min)")
+                    && s.contains("held for a decision")),
+            "{doc}"
         );
     }
 }

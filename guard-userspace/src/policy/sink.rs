@@ -17,7 +17,7 @@ pub const DEFAULT_KEEP: u32 = 5;
 /// The shape of each line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Format {
-    /// `agent-guard/v1` with its `ocsf` object.
+    /// Native (`agent-guard/v2`) with its `ocsf` object.
     V1,
     /// Elastic Common Schema.
     Ecs,

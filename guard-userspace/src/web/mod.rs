@@ -30,7 +30,10 @@ pub use tokens::Tokens;
 
 use crate::{
     daemon::{access::Caller, approvals::ScopeRequest},
-    events::sinks::Line,
+    events::{
+        Event, Stamped,
+        model::{DaemonEvent, Peer, Refusal, Via},
+    },
 };
 
 /// What the page needs of the daemon, and nothing more: the held calls
@@ -54,9 +57,10 @@ pub trait Backend: Send + Sync + 'static {
     fn kill(&self, who: &Caller, hold: String) -> Result<Value>;
     fn revoke(&self, who: &Caller, grant: u32) -> Result<Value>;
     /// Reports a refused request (rate-limited per `source`).
-    fn refuse(&self, source: &str, control: Value);
-    /// The event stream, from now on (for the page's recent decisions).
-    fn events(&self) -> tokio::sync::mpsc::Receiver<Line>;
+    fn refuse(&self, source: &str, control: Refusal);
+    /// The typed event stream, from now on (for the page's recent
+    /// decisions).
+    fn events(&self) -> tokio::sync::mpsc::Receiver<std::sync::Arc<Stamped>>;
 }
 
 /// Decisions kept for the page's "recent decisions".
@@ -158,23 +162,20 @@ fn follow_decisions(app: Arc<App>) -> impl std::future::Future<Output = ()> + Se
     follow(app, rx)
 }
 
-async fn follow(app: Arc<App>, mut rx: tokio::sync::mpsc::Receiver<Line>) {
-    while let Some(line) = rx.recv().await {
-        let Ok(event) = serde_json::from_slice::<Value>(&line.bytes) else {
+async fn follow(app: Arc<App>, mut rx: tokio::sync::mpsc::Receiver<Arc<Stamped>>) {
+    while let Some(stamped) = rx.recv().await {
+        let Event::Daemon(DaemonEvent::HoldDecision(d)) = &stamped.event else {
             continue;
         };
-        if event["kind"] != "hold.decision" {
-            continue;
-        }
         let entry = json!({
-            "time": event["time"],
-            "hold": event["hold"]["id"],
-            "agent": event["agent"]["name"],
-            "target": event["target"],
-            "decision": event["hold"]["decision"],
-            "by": event["hold"]["by"]["user"],
-            "reason": event["hold"]["reason"],
-            "scope": event["hold"]["scope"],
+            "time": humantime::format_rfc3339_nanos(stamped.time).to_string(),
+            "hold": d.hold.id,
+            "agent": d.agent.known().map(|a| &a.name),
+            "target": d.op.target_json(),
+            "decision": d.hold.decision,
+            "by": d.hold.by.user,
+            "reason": d.hold.reason,
+            "scope": d.hold.scope,
         });
         if let Ok(mut recent) = app.recent.lock() {
             if recent.len() == RECENT {
@@ -210,10 +211,14 @@ fn authorize(
     match app.tokens.user(token) {
         Some(user) => Ok(Caller::web(user.to_owned())),
         None => {
+            let by = Peer {
+                remote: Some(peer.to_string()),
+                via: Some(Via::Web),
+                ..Peer::default()
+            };
             app.backend.refuse(
                 &format!("web client {}", peer.ip()),
-                json!({"op": op, "by": {"remote": peer.to_string(), "via": "web"},
-                       "reason": "unknown web token"}),
+                Refusal::new(op, by, "unknown web token"),
             );
             Err(Box::new(error(StatusCode::UNAUTHORIZED, "token refused")))
         }

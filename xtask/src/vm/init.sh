@@ -117,6 +117,7 @@ run_test() {
     # A clean environment, as on the host tier: only what the tests need.
     # The host's /bin/sh changes into the package folder, as cargo test does.
     env -i PATH="$VM_PATH" HOME=/root AGENT_GUARD_BIN="$AGENT_GUARD_BIN" AGENT_GUARD_TIER=vm \
+        AGENT_GUARD_CONFORMANCE="$AGENT_GUARD_CONFORMANCE" \
         AGENT_GUARD_SKIP_LOG=/tmp/agent-guard-skips.txt \
         CARGO_MANIFEST_DIR="$VM_WORKDIR" RUST_BACKTRACE=1 NO_COLOR=1 \
         /bin/busybox chroot /host /bin/sh -c 'cd "$1" && shift && exec "$@"' vmtest \

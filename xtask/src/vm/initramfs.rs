@@ -27,6 +27,8 @@ pub struct GuestPlan<'a> {
     /// This guest's share of the test binaries, in order.
     pub jobs: &'a [Job],
     pub daemon: &'a Path,
+    /// The published OCSF and ECS definitions (on the shared root).
+    pub conformance: &'a Path,
     /// PATH inside the chroot.
     pub path: &'a str,
     /// The folder the tests start in, as under `cargo test`.
@@ -126,6 +128,10 @@ fn conf(plan: &GuestPlan<'_>, module_files: &[String]) -> Result<String> {
         ("VM_PATH", plan.path.to_owned()),
         ("VM_WORKDIR", utf8(plan.workdir)?.to_owned()),
         ("AGENT_GUARD_BIN", utf8(plan.daemon)?.to_owned()),
+        (
+            "AGENT_GUARD_CONFORMANCE",
+            utf8(plan.conformance)?.to_owned(),
+        ),
     ];
     for (name, value) in vars {
         writeln!(out, "{name}={}", shell_quote(&value))?;

@@ -22,14 +22,16 @@ use std::{
 
 use serde_json::{Value, json};
 
+use super::model::LossReason;
 use crate::policy::sink::{Format, SinkConfig, SinkKind};
 
 /// One rendered event line and what a syslog header needs from it.
 pub struct Rendered {
     pub bytes: Vec<u8>,
-    pub kind: String,
+    pub kind: &'static str,
     pub time: String,
-    pub outcome: String,
+    /// A denial or a loss: syslog severity notice rather than info.
+    pub notice: bool,
 }
 
 pub type Line = Arc<Rendered>;
@@ -221,20 +223,24 @@ impl Writer {
 
     /// Loss reports due: (reason, count, total so far for that reason),
     /// resetting the counters.
-    pub fn take_losses(&mut self) -> Vec<(&'static str, u64, u64)> {
+    pub fn take_losses(&mut self) -> Vec<(LossReason, u64, u64)> {
         let mut out = Vec::new();
         if self.queue.unreported > 0 {
             let reason = if self.stats.up.load(Ordering::Relaxed) {
-                "sink_slow"
+                LossReason::SinkSlow
             } else {
-                "sink_down"
+                LossReason::SinkDown
             };
             let count = std::mem::take(&mut self.queue.unreported);
             out.push((reason, count, self.queue.dropped_total));
         }
         let failed = self.stats.write_failed.load(Ordering::Relaxed);
         if failed > self.reported_failed {
-            out.push(("sink_write_failed", failed - self.reported_failed, failed));
+            out.push((
+                LossReason::SinkWriteFailed,
+                failed - self.reported_failed,
+                failed,
+            ));
             self.reported_failed = failed;
         }
         out

@@ -28,10 +28,7 @@ impl Syslog {
     /// framed by octet counting (RFC 6587 3.4.1). Facility 13 (log audit);
     /// severity notice for denials, info otherwise.
     pub fn frame(&self, line: &Rendered) -> Vec<u8> {
-        let severity = match line.outcome.as_str() {
-            "denied" | "lost" => 5,
-            _ => 6,
-        };
+        let severity = if line.notice { 5 } else { 6 };
         let pri = 13 * 8 + severity;
         let msgid: String = line
             .kind
@@ -196,9 +193,9 @@ mod tests {
         };
         let framed = s.frame(&Rendered {
             bytes: b"{\"a\":1}\n".to_vec(),
-            kind: "file.unlink".into(),
+            kind: "file.unlink",
             time: "2026-11-24T07:00:00.000000001Z".into(),
-            outcome: "denied".into(),
+            notice: true,
         });
         let text = String::from_utf8(framed).expect("utf8");
         let (len, msg) = text.split_once(' ').expect("length prefix");

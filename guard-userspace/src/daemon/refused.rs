@@ -11,35 +11,39 @@
 //!   `agent.escape`, how `cgroup_open`.
 //!
 //! Everything else is dropped: it is not the guard's refusal to report.
+//! Attribution, not decoding: it needs the registry (the protected paths,
+//! the guard's processes, the agents' cgroups).
 use std::path::{Path, PathBuf};
 
 use guard_common::{Call, RefusedPath, RefusedPathRecord};
-use serde_json::{Value, json};
 
-use super::decode::{DecodeError, normalize, proc_base, read};
-use crate::daemon::registry::Registry;
+use super::{
+    attribute::{normalize, proc_base},
+    registry::Registry,
+};
+use crate::events::model::{EscapeHow, EscapeTarget, GuardAction, Op, TamperTarget};
 
-/// The event kind and target a refused path call gives, or None when it
-/// did not reach for the guard.
-pub fn classify(
-    bytes: &[u8],
-    registry: &Registry,
-) -> Result<Option<(&'static str, Value)>, DecodeError> {
-    let rec: RefusedPathRecord = read(bytes)?;
+/// The call a refused path call was, or None when it did not reach for
+/// the guard.
+pub fn classify(rec: &RefusedPathRecord, registry: &Registry) -> Option<Op> {
     let call = Call::from_raw(rec.call);
     let write = writes(call, rec.flags);
-    for p in rec.paths.iter().filter(|p| p.path_len > 0) {
-        let Some(found) = reached(rec.header.pid, p, write, rec.header.agent_id, registry) else {
-            continue;
-        };
-        let mut target = found.target;
-        if let Some(obj) = target.as_object_mut() {
-            obj.insert("call".into(), call.map(Call::name).into());
-            obj.insert("path".into(), found.path.display().to_string().into());
-        }
-        return Ok(Some((found.kind, target)));
-    }
-    Ok(None)
+    rec.paths.iter().filter(|p| p.path_len > 0).find_map(|p| {
+        let found = reached(rec.header.pid, p, write, rec.header.agent_id, registry)?;
+        let name = call.map(|c| c.name().to_owned());
+        let path = Some(found.path.display().to_string());
+        Some(match found.op {
+            Found::Tamper(mut t) => {
+                t.seen(name, path);
+                Op::Tamper(t)
+            }
+            Found::Escape(mut t) => {
+                t.call = name;
+                t.path = path;
+                Op::Escape(t)
+            }
+        })
+    })
 }
 
 /// Whether the call would have changed what it names: every path call but
@@ -55,9 +59,13 @@ fn writes(call: Option<Call>, flags: u32) -> bool {
         || flags & (libc::O_CREAT | libc::O_TRUNC) != 0
 }
 
+enum Found {
+    Tamper(TamperTarget),
+    Escape(EscapeTarget),
+}
+
 struct Reached {
-    kind: &'static str,
-    target: Value,
+    op: Found,
     /// The path as resolved.
     path: PathBuf,
 }
@@ -98,8 +106,15 @@ fn reached(
     // guard process's own links (cwd, root).
     if let Some(target) = proc_target(&lexical, registry) {
         return Some(Reached {
-            kind: "guard.tamper",
-            target: json!({"what": "ptrace", "action": "refused", "pid": target}),
+            op: Found::Tamper(TamperTarget::Ptrace {
+                action: GuardAction::Refused,
+                pid: target,
+                mode: None,
+                request: None,
+                fd: None,
+                call: None,
+                path: None,
+            }),
             path: lexical,
         });
     }
@@ -119,9 +134,13 @@ fn reached(
 
 fn file(protected: &Path, write: bool, path: PathBuf) -> Reached {
     Reached {
-        kind: "guard.tamper",
-        target: json!({"what": "file", "action": "refused",
-                       "protected": protected.display().to_string(), "write": write}),
+        op: Found::Tamper(TamperTarget::File {
+            action: GuardAction::Refused,
+            protected: Some(protected.display().to_string()),
+            write,
+            call: None,
+            path: None,
+        }),
         path,
     }
 }
@@ -143,23 +162,33 @@ fn proc_target(path: &Path, registry: &Registry) -> Option<u32> {
 /// The target of a run's change to a cgroup filesystem that the seccomp
 /// supervisor refused (`Decide::cgroup_refused`), at real path `path`; None
 /// inside the agent's own tree. A cgroup filesystem the daemon does not
-/// know of (one the agent mounted itself) is reported all the same.
+/// know of (one the agent mounted itself) is reported all the same, with
+/// no cgroup (0).
 pub fn supervised_escape(
     path: &str,
     pid: u32,
     agent_id: u32,
     registry: &Registry,
-) -> Option<Value> {
+) -> Option<EscapeTarget> {
     let path = PathBuf::from(path);
     let known = registry.cgroup_mounts.iter().any(|m| path.starts_with(m));
     let mut target = if known {
-        cgroup_escape(path.clone(), pid, agent_id, registry)?.target
+        match cgroup_escape(path.clone(), pid, agent_id, registry)?.op {
+            Found::Escape(t) => t,
+            Found::Tamper(_) => return None,
+        }
     } else {
-        json!({"how": "cgroup_open", "action": "refused", "pid": pid})
+        EscapeTarget {
+            how: EscapeHow::CgroupOpen,
+            action: GuardAction::Refused,
+            pid,
+            cgroup_id: 0,
+            cgroup: None,
+            call: None,
+            path: None,
+        }
     };
-    if let Some(obj) = target.as_object_mut() {
-        obj.insert("path".into(), path.display().to_string().into());
-    }
+    target.path = Some(path.display().to_string());
     Some(target)
 }
 
@@ -178,13 +207,14 @@ fn cgroup_escape(path: PathBuf, pid: u32, agent_id: u32, registry: &Registry) ->
     }
     let cgroup = Path::new("/").join(dir.strip_prefix(mount).ok()?);
     Some(Reached {
-        kind: "agent.escape",
-        target: json!({
-            "how": "cgroup_open",
-            "action": "refused",
-            "pid": pid,
-            "cgroup_id": guard_host::cgroup::id(&dir).unwrap_or(0),
-            "cgroup": cgroup.display().to_string(),
+        op: Found::Escape(EscapeTarget {
+            how: EscapeHow::CgroupOpen,
+            action: GuardAction::Refused,
+            pid,
+            cgroup_id: guard_host::cgroup::id(&dir).unwrap_or(0),
+            cgroup: Some(cgroup.display().to_string()),
+            call: None,
+            path: None,
         }),
         path,
     })
@@ -236,9 +266,9 @@ mod tests {
     }
 
     /// A record of one refused path call by this process.
-    fn record(call: Call, flags: u32, path: &str, base: &str) -> Vec<u8> {
-        let mut rec: RefusedPathRecord =
-            read(&vec![0u8; size_of::<RefusedPathRecord>()]).expect("zeroed record");
+    fn record(call: Call, flags: u32, path: &str, base: &str) -> RefusedPathRecord {
+        // SAFETY: a plain repr(C) record: all zeros is a valid one.
+        let mut rec: RefusedPathRecord = unsafe { std::mem::zeroed() };
         rec.header.pid = std::process::id();
         rec.call = call.raw();
         rec.flags = flags;
@@ -248,14 +278,12 @@ mod tests {
         p.path_len = path.len() as u16;
         p.base[..base.len()].copy_from_slice(base.as_bytes());
         p.base_len = base.len() as u16;
-        // SAFETY: a plain repr(C) record, viewed as its bytes.
-        unsafe {
-            std::slice::from_raw_parts(
-                (&raw const rec).cast::<u8>(),
-                size_of::<RefusedPathRecord>(),
-            )
-        }
-        .to_vec()
+        rec
+    }
+
+    /// The target, as JSON, of what `rec` reached for.
+    fn target(op: Op) -> (&'static str, serde_json::Value) {
+        (op.kind().name(), op.target_json())
     }
 
     #[test]
@@ -271,7 +299,7 @@ mod tests {
         let key = guard_common::InodeKey { dev: 1, ino: 2 };
         registry.protected = vec![(key, dir.join("secret"))];
         registry.cgroup_mounts = vec![dir.join("cg")];
-        let classify = |bytes: Vec<u8>| classify(&bytes, &registry).expect("decodes");
+        let classify = |rec: RefusedPathRecord| classify(&rec, &registry).map(target);
         let rdonly = libc::O_RDONLY as u32;
 
         let (kind, t) =
@@ -319,15 +347,9 @@ mod tests {
         let mut registry = Registry::new(policy);
         let key = guard_common::InodeKey { dev: 7, ino: 9 };
         registry.protected = vec![(key, PathBuf::from("/var/lib/agent-guard"))];
-        let mut bytes = record(Call::Openat, libc::O_RDONLY as u32, "chain.json", "");
-        let mut rec: RefusedPathRecord = read(&bytes).expect("record");
+        let mut rec = record(Call::Openat, libc::O_RDONLY as u32, "chain.json", "");
         rec.paths[0].protected = key;
-        // SAFETY: as in `record`.
-        bytes = unsafe { std::slice::from_raw_parts((&raw const rec).cast::<u8>(), bytes.len()) }
-            .to_vec();
-        let (_, t) = classify(&bytes, &registry)
-            .expect("decodes")
-            .expect("the guard's");
+        let (_, t) = classify(&rec, &registry).map(target).expect("the guard's");
         assert_eq!(t["protected"], "/var/lib/agent-guard");
     }
 
