@@ -95,6 +95,7 @@ fn remove_tree(dir: &Path) {
     }
 }
 
+pub mod browser;
 mod doors;
 mod net;
 pub mod rogue;

@@ -24,8 +24,18 @@ pub fn run(args: AgentsArgs, socket: &Path) -> Result<ExitCode> {
     let s = |a: &Value, k: &str| a.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_owned();
     let n = |a: &Value, k: &str| a.get(k).and_then(Value::as_u64).unwrap_or(0);
     println!(
-        "{:<20} {:<8} {:>5} {:>4} {:>6} {:>8} {:>7} {:>5}  {:<24} {:<28} CGROUP",
-        "NAME", "MODE", "PROCS", "RUNS", "GRANTS", "ALLOWED", "DENIED", "HELD", "OWNER", "BUDGET"
+        "{:<20} {:<8} {:>5} {:>4} {:>6} {:>8} {:>7} {:>5}  {:<20} {:<24} {:<28} CGROUP",
+        "NAME",
+        "MODE",
+        "PROCS",
+        "RUNS",
+        "GRANTS",
+        "ALLOWED",
+        "DENIED",
+        "HELD",
+        "EXPIRES",
+        "OWNER",
+        "BUDGET"
     );
     for a in &list {
         let c = |k: &str| {
@@ -36,7 +46,7 @@ pub fn run(args: AgentsArgs, socket: &Path) -> Result<ExitCode> {
         };
         let len = |k: &str| a.get(k).and_then(|v| v.as_array()).map_or(0, Vec::len);
         println!(
-            "{:<20} {:<8} {:>5} {:>4} {:>6} {:>8} {:>7} {:>5}  {:<24} {:<28} {}",
+            "{:<20} {:<8} {:>5} {:>4} {:>6} {:>8} {:>7} {:>5}  {:<20} {:<24} {:<28} {}",
             s(a, "name"),
             s(a, "mode"),
             n(a, "processes"),
@@ -45,6 +55,7 @@ pub fn run(args: AgentsArgs, socket: &Path) -> Result<ExitCode> {
             c("allowed"),
             c("denied"),
             c("held"),
+            s(a, "expires"),
             s(a, "owner"),
             budget(a.get("budget")),
             s(a, "cgroup"),

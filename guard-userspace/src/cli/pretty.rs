@@ -146,6 +146,13 @@ fn target(kind: &str, e: &Value) -> String {
             who(&e["by"]),
             reason(&e["reason"])
         ),
+        "agent.expired" => format!(
+            "expired at {}: {} -> {}, {} process(es) held",
+            str_of(&e["expiry"]["expires"]).unwrap_or("?"),
+            str_of(&e["expiry"]["mode"]["from"]).unwrap_or("?"),
+            str_of(&e["expiry"]["mode"]["to"]).unwrap_or("?"),
+            e["expiry"]["processes"]
+        ),
         "policy.reload" => {
             let p = &e["policy"];
             let path = str_of(&p["path"]).unwrap_or("<embedded policy>");

@@ -181,7 +181,7 @@ pub fn exhausted(shared: &std::sync::Arc<super::Shared>, call: &Call) {
         user: "agent-guard".into(),
     };
     let reason = Some("its budget is spent (on_exceed = \"freeze\")".to_owned());
-    if let Err(err) = super::admin::switch_mode(shared, &agent, true, by, reason) {
+    if let Err(err) = super::admin::switch_and_report(shared, &agent, true, by, reason) {
         // The calls over budget are held anyway: nothing runs meanwhile.
         tracing::error!(%err, %agent, "freezing an agent whose budget is spent");
     }

@@ -9,6 +9,7 @@ mod context;
 mod control_server;
 mod deletes;
 mod demo;
+mod expiry;
 mod frozen;
 pub mod grants;
 pub mod holds;
@@ -496,6 +497,10 @@ pub async fn run(opts: Options) -> Result<()> {
                 Ok(())
             }
         }
+    });
+    tasks.keep("agent expiry", {
+        let shared = shared.clone();
+        move || expiry::watch(shared.clone())
     });
     tasks.keep("hold expiry", {
         let shared = shared.clone();

@@ -353,9 +353,9 @@ fn categories(event: &Event) -> (Vec<&'static str>, Vec<&'static str>) {
             DaemonEvent::DaemonStart(_) => (vec!["process"], vec!["start"]),
             DaemonEvent::DaemonStop(_) => (vec!["process"], vec!["end"]),
             DaemonEvent::DaemonTask(_) => (vec!["process"], vec!["change"]),
-            DaemonEvent::PolicyReload(_) | DaemonEvent::AgentMode(_) => {
-                (vec!["configuration"], vec!["change"])
-            }
+            DaemonEvent::PolicyReload(_)
+            | DaemonEvent::AgentMode(_)
+            | DaemonEvent::AgentExpired(_) => (vec!["configuration"], vec!["change"]),
             // What the agent may do next changed: a spent budget.
             DaemonEvent::AgentBudget(_) => (vec!["process", "intrusion_detection"], vec!["change"]),
             DaemonEvent::ControlRefused(_) => (vec!["api"], vec!["denied"]),
@@ -389,6 +389,7 @@ fn outcome(event: &Event) -> &'static str {
             | DaemonEvent::AgentExit(_)
             | DaemonEvent::AgentKill(_)
             | DaemonEvent::AgentMode(_)
+            | DaemonEvent::AgentExpired(_)
             | DaemonEvent::DaemonStart(_)
             | DaemonEvent::DaemonStop(_) => "success",
         },

@@ -17,6 +17,7 @@ mod emitter;
 pub mod enrich;
 pub mod model;
 pub mod ocsf;
+pub mod query;
 pub mod schema;
 pub mod sinks;
 pub mod verify;

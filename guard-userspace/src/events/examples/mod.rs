@@ -309,6 +309,24 @@ pub fn all() -> Vec<Event> {
         })
         .into(),
         budget_spent.into(),
+        DaemonEvent::AgentExpired(AgentExpired {
+            outcome: Success::Success,
+            agent: Some(AgentRef {
+                session: None,
+                on_behalf_of: None,
+                ..agent()
+            }),
+            expiry: Expiry {
+                expires: "2026-11-24T07:00:00Z".into(),
+                processes: 2,
+                mode: ModeChange {
+                    from: Mode::Enforce,
+                    to: Mode::Freeze,
+                },
+                warning: None,
+            },
+        })
+        .into(),
         DaemonEvent::PolicyReload(PolicyReload {
             outcome: Lifecycle::Success,
             policy: Reloaded {

@@ -101,6 +101,8 @@ const PROCESS_OTHER: Activity = activity!(PROCESS, 99, "Other", "Process Activit
 const APP_START: Activity = activity!(APP_LIFECYCLE, 3, "Start", "Application Lifecycle");
 const APP_STOP: Activity = activity!(APP_LIFECYCLE, 4, "Stop", "Application Lifecycle");
 const APP_UPDATE: Activity = activity!(APP_LIFECYCLE, 8, "Update", "Application Lifecycle");
+/// An expired agent: held, not stopped, so disabled.
+const APP_DISABLE: Activity = activity!(APP_LIFECYCLE, 7, "Disable", "Application Lifecycle");
 /// 99 Other: what was asked is `api.operation`.
 const API_OTHER: Activity = activity!(API, 99, "Other", "API Activity");
 const APP_RESTART: Activity = activity!(APP_LIFECYCLE, 5, "Restart", "Application Lifecycle");
@@ -395,6 +397,11 @@ impl<'a> Ocsf<'a> {
                     name: Some(&k.control.target),
                     ..OcsfProcess::default()
                 });
+            }
+            DaemonEvent::AgentExpired(e) => {
+                self.set_activity(APP_DISABLE);
+                self.app = Some(product());
+                self.unmapped = unmapped(e.agent.as_ref());
             }
             DaemonEvent::AgentMode(m) => {
                 self.set_activity(APP_UPDATE);
