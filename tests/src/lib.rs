@@ -21,6 +21,7 @@ use serde_json::Value;
 
 mod conformance;
 mod surfaces;
+mod watchdog;
 pub use conformance::*;
 pub use surfaces::*;
 
@@ -58,14 +59,16 @@ pub fn cgroup2_root() -> PathBuf {
 /// A unique cgroup prefix for one test, removed (bottom-up) on drop.
 pub struct TestCgroups {
     pub prefix: String,
+    // Dropped after the cgroups are removed: the test is over then.
+    _watchdog: watchdog::Watchdog,
 }
 
 impl TestCgroups {
     pub fn new(test: &str) -> Self {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        Self {
-            prefix: format!("agent-guard-test/{test}-{}-{n}", std::process::id()),
-        }
+        let prefix = format!("agent-guard-test/{test}-{}-{n}", std::process::id());
+        let _watchdog = watchdog::Watchdog::arm(&cgroup2_root().join(&prefix));
+        Self { prefix, _watchdog }
     }
 
     pub fn path(&self, leaf: &str) -> String {
