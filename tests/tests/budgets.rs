@@ -4,7 +4,11 @@
 //! cgroup socket programs; in the VM tier deletes are counted by the BPF
 //! LSM hooks. Same expectations either way. Needs: seccomp user
 //! notification or BPF LSM.
-use std::process::{Output, Stdio};
+use std::{
+    io::Read as _,
+    process::{Child, Output, Stdio},
+    time::Instant,
+};
 
 use agent_guard_tests::*;
 use serde_json::Value;
@@ -67,6 +71,42 @@ fn json(daemon: &Daemon, args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+/// Waits for the agent run `child` to end, at most PATIENCE: past that it
+/// is killed and the test fails, saying `what` did not end.
+fn finish(mut child: Child, what: &str) -> Output {
+    // Drained meanwhile, so a chatty child never blocks on a full pipe.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            waited => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what} did not end within {PATIENCE:?} ({waited:?})");
+            }
+        }
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
 }
 
 fn stderr(out: &Output) -> String {
@@ -175,7 +215,7 @@ fn budget_ask_holds_the_41st_delete_and_an_agent_approval_lets_the_rest_go() {
         &["approve", &id, "--scope", "agent", "--for", "1m"],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = child.wait_with_output().expect("rm");
+    let out = finish(child, "rm -rf, approved for the agent");
     assert!(out.status.success(), "the rest goes: {}", stderr(&out));
     assert!(!scratch.path("work/tree").exists());
     assert_eq!(
@@ -244,7 +284,7 @@ fn budget_freeze_freezes_the_agent_until_thaw() {
     let id = held["hold"]["id"].as_str().expect("hold id");
     let out = cli(&daemon, &["kill", id]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = child.wait_with_output().expect("rm");
+    let out = finish(child, "rm -rf, its run killed");
     assert!(!out.status.success());
     assert_eq!(left(&scratch, 20), 15, "nothing more went");
 }
