@@ -22,6 +22,11 @@ struct Agent<'a> {
 /// Starts a daemon whose agents may delete under `scratch`/work and
 /// connect anywhere, each with its own budget.
 fn start(test: &str, agents: &[Agent<'_>]) -> (Daemon, Scratch) {
+    start_with(test, agents, "")
+}
+
+/// [`start`], with `extra` policy text after the agents.
+fn start_with(test: &str, agents: &[Agent<'_>], extra: &str) -> (Daemon, Scratch) {
     let cg = TestCgroups::new(test);
     let scratch = Scratch::new(test);
     let mut policy =
@@ -51,6 +56,7 @@ default = "allow"
             budget = a.budget,
         ));
     }
+    policy.push_str(extra);
     (Daemon::start(&policy, cg), scratch)
 }
 
@@ -457,4 +463,78 @@ fn rogue_budget_cannot_be_dodged_by_runs_processes_renames_or_truncations() {
         assert!(std::path::Path::new(&f5).exists());
     }
     assert_eq!(count(&daemon, "agent.budget", |_| true), 1);
+}
+
+/// A spent budget pages on-call: one signed `budget` document per spent
+/// window (not per refused call), to a webhook that asked for `budget`.
+#[test]
+fn budget_spent_fires_a_budget_webhook_once() {
+    let server = tiny_http::Server::http("127.0.0.1:0").expect("receiver");
+    let port = server.server_addr().to_ip().expect("ip").port();
+    let key = SecretFile::new("budget-webhook-key", "budget-webhook-key-0123456789\n");
+    let extra = format!(
+        r#"
+[[notify]]
+type = "webhook"
+url = "http://127.0.0.1:{port}/hook"
+events = ["budget"]
+secret_file = "{}"
+"#,
+        key.s()
+    );
+    let (daemon, scratch) = start_with(
+        "budget-webhook",
+        &[Agent {
+            name: "cleaner",
+            budget: "deletes = \"3/h\"\non_exceed = \"deny\"",
+        }],
+        &extra,
+    );
+    let tree = tree(&scratch, 10);
+    let out = daemon.run_agent("cleaner", &["rm", "-rf", &tree]);
+    assert!(!out.status.success(), "rm reports the refusals");
+    assert_eq!(left(&scratch, 10), 7, "exactly the budget's 3 files went");
+
+    let mut req = server
+        .recv_timeout(PATIENCE)
+        .expect("receiver")
+        .unwrap_or_else(|| panic!("no webhook within {PATIENCE:?}"));
+    let header = |name: &'static str| {
+        req.headers()
+            .iter()
+            .find(|h| h.field.equiv(name))
+            .map(|h| h.value.to_string())
+    };
+    assert_eq!(header("X-Agent-Guard-Event").as_deref(), Some("budget"));
+    assert!(
+        header("X-Agent-Guard-Signature").is_some_and(|s| s.starts_with("sha256=")),
+        "signed"
+    );
+    let mut body = Vec::new();
+    req.as_reader().read_to_end(&mut body).expect("body");
+    req.respond(tiny_http::Response::empty(200))
+        .expect("respond");
+    let doc: Value = serde_json::from_slice(&body).expect("JSON document");
+    assert_eq!(doc["event"], "budget", "{doc}");
+    assert_eq!(doc["agent"], "cleaner");
+    assert_eq!(doc["budget"]["name"], "deletes");
+    assert_eq!(doc["budget"]["count"], 3);
+    assert_eq!(doc["budget"]["action"], "deny");
+    assert!(doc.get("hold").is_none(), "no hold: {doc}");
+    assert!(
+        doc["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("refused until the window ends")),
+        "{doc}"
+    );
+    // The refused calls after it page nobody: the next document would be
+    // another window's (none in this hour).
+    daemon.wait_count("file.unlink", 4);
+    assert!(
+        server
+            .recv_timeout(std::time::Duration::from_secs(2))
+            .expect("receiver")
+            .is_none(),
+        "one document per spent window"
+    );
 }
