@@ -77,6 +77,26 @@ pub fn cmdline(pid: u32) -> Option<Vec<String>> {
     )
 }
 
+/// Every process on the host now (numeric entries of /proc).
+pub fn pids() -> Vec<u32> {
+    fs::read_dir("/proc")
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The real uid of `pid` (the first field of "Uid:" in its status).
+pub fn uid(pid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        l.strip_prefix("Uid:")
+            .and_then(|u| u.split_whitespace().next()?.parse().ok())
+    })
+}
+
 /// The process (thread group) that thread or process `id` belongs to.
 pub fn tgid(id: u32) -> Option<u32> {
     let status = fs::read_to_string(format!("/proc/{id}/status")).ok()?;
@@ -125,6 +145,8 @@ mod tests {
         assert!(!cmdline(me).unwrap_or_default().is_empty());
         assert!(threads(me).contains(&me));
         assert!(groups(me).is_some());
+        assert!(pids().contains(&me));
+        assert_eq!(uid(me), Some(nix::unistd::getuid().as_raw()));
     }
 
     #[test]

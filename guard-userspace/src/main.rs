@@ -46,6 +46,8 @@ fn main() -> ExitCode {
         Command::Daemon(args) => cli::daemon::run(args, socket.clone()),
         Command::Run(args) => cli::run::run(args, &client_socket()),
         Command::Policy(cmd) => cli::policy::run(cmd),
+        Command::Discover(args) => cli::discover::run(args),
+        Command::Review(args) => cli::review::run(args),
         Command::Doctor { policy } => cli::doctor::run(policy.as_deref()),
         Command::Pending(args) => cli::pending::run(args, &client_socket()),
         Command::Approve(args) => cli::approve::run(args, &client_socket()),

@@ -98,6 +98,7 @@ fn remove_tree(dir: &Path) {
     }
 }
 
+pub mod browser;
 mod doors;
 mod net;
 pub mod rogue;

@@ -52,7 +52,39 @@ pub fn assert_gap_free(events: &[Value]) {
     }
 }
 
+/// Python that creates and then unlinks N files in DIR (one event each),
+/// then prints `done`.
+pub const PY_CHURN: &str = r#"
+import os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    open("%s/f%d" % (d, i), "w").close()
+for i in range(n):
+    os.unlink("%s/f%d" % (d, i))
+print("done", flush=True)
+"#;
+
 impl Daemon {
+    /// `agent-guard status --json`, which must answer.
+    pub fn status(&self) -> Value {
+        let out = self
+            .cli()
+            .args(["status", "--json"])
+            .output()
+            .expect("status");
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// The sink `name` as `status` shows it.
+    pub fn sink_status(&self, name: &str) -> Value {
+        let s = self.status();
+        s["sinks"]
+            .as_array()
+            .and_then(|l| l.iter().find(|x| x["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no sink {name:?} in status: {s}"))
+    }
+
     /// Waits until `n` readers follow the event stream (`events --follow`
     /// subscriptions and unix sink connections, as `status` lists them), so
     /// no event made afterwards can be missed.

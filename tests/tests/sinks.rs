@@ -177,22 +177,7 @@ fn a_dead_collector_is_retried_and_never_blocks_enforcement() {
     assert!(!out.status.success() && kept.exists(), "still enforced");
     let denied = daemon.wait_event("file.unlink", |e| e["outcome"] == "denied");
 
-    let status = || -> Value {
-        let out = daemon
-            .cli()
-            .args(["status", "--json"])
-            .output()
-            .expect("status");
-        assert!(out.status.success(), "{out:?}");
-        serde_json::from_slice(&out.stdout).expect("status JSON")
-    };
-    let sink = |s: &Value| {
-        s["sinks"]
-            .as_array()
-            .and_then(|l| l.iter().find(|x| x["name"] == "later").cloned())
-            .expect("sink in status")
-    };
-    let s = sink(&status());
+    let s = daemon.sink_status("later");
     assert_eq!(s["state"], "down", "{s}");
     assert!(
         s["last_error"]
@@ -211,19 +196,8 @@ fn a_dead_collector_is_retried_and_never_blocks_enforcement() {
     let got = json_lines(&collector.bytes());
     let seqs: Vec<u64> = got.iter().filter_map(|e| e["seq"].as_u64()).collect();
     assert_eq!(seqs[..want as usize], (1..=want).collect::<Vec<_>>()[..]);
-    assert_eq!(sink(&status())["state"], "up");
+    assert_eq!(daemon.sink_status("later")["state"], "up");
 }
-
-/// Python that creates and then unlinks N files in DIR (one event each).
-const PY_CHURN: &str = r#"
-import os, sys
-d, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
-    open("%s/f%d" % (d, i), "w").close()
-for i in range(n):
-    os.unlink("%s/f%d" % (d, i))
-print("done", flush=True)
-"#;
 
 #[test]
 fn a_stalled_reader_stalls_neither_enforcement_nor_the_other_sinks() {
@@ -285,12 +259,7 @@ fn a_stalled_reader_stalls_neither_enforcement_nor_the_other_sinks() {
         assert_eq!(ev["loss"]["reason"], "subscriber_slow");
         assert!(ev["loss"]["count"].as_u64().is_some_and(|c| c > 0));
     }
-    let out = daemon
-        .cli()
-        .args(["status", "--json"])
-        .output()
-        .expect("status");
-    let status: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    let status = daemon.status();
     assert!(
         status["drops"]["subscriber_slow"]
             .as_u64()

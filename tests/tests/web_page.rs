@@ -3,95 +3,13 @@
 //! appears on the page, Approve completes it, Deny on another gives EPERM,
 //! a wrong token is refused, and the page fits a phone. Screenshots go to
 //! target/test-artifacts/. Needs: a delete backend that holds.
-use std::{
-    net::TcpStream,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use agent_guard_tests::*;
-use fantoccini::{Client, ClientBuilder, Locator};
+use agent_guard_tests::{browser::*, *};
+use fantoccini::{Client, Locator};
 use serde_json::json;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const TOKEN: &str = "alice-web-token-7f3c9a1e5b2d";
-
-/// chromedriver on a free port, killed on drop.
-struct Driver {
-    child: Child,
-    port: u16,
-    profile: PathBuf,
-}
-
-impl Driver {
-    fn start() -> Self {
-        let port = free_port();
-        let profile =
-            std::env::temp_dir().join(format!("agent-guard-chromium-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&profile);
-        let child = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{CHROMEDRIVER}: {e} (installed by `cargo xtask setup`)"));
-        // chromedriver is up when it accepts connections (a liveness bound,
-        // not a timing assertion).
-        let deadline = Instant::now() + PATIENCE;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            child,
-            port,
-            profile,
-        }
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.profile);
-    }
-}
-
-async fn browser(driver: &Driver) -> Client {
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": CHROMIUM,
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync",
-                format!("--user-data-dir={}", driver.profile.display()),
-            ],
-            // A phone: the page must work at this size.
-            "mobileEmulation": {
-                "deviceMetrics": {"width": 390, "height": 844, "pixelRatio": 2.0, "touch": true},
-            },
-        }),
-    );
-    ClientBuilder::rustls()
-        .expect("rustls")
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{}", driver.port))
-        .await
-        .expect("a Chromium session through chromedriver")
-}
-
-fn artifact(name: &str, png: &[u8]) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
-    std::fs::create_dir_all(&dir).expect("artifact dir");
-    std::fs::write(dir.join(name), png).expect("screenshot");
-    eprintln!("screenshot: {}", dir.join(name).display());
-}
 
 async fn sign_in(c: &Client, token: &str) {
     let input = c

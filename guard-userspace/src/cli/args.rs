@@ -121,9 +121,36 @@ pub enum Command {
     ///   agent-guard status --json | jq .events.per_sec
     #[command(verbatim_doc_comment)]
     Status(StatusArgs),
+    /// Review each agent over a period, from the event log and the policy:
+    /// owner, purpose, expiry, first and last activity, each rule with the
+    /// calls it matched and rules never used (candidates to remove),
+    /// denials, holds with decisions, approvers and reasons, grants,
+    /// escapes and refusals; agents idle in the period or without an owner
+    /// are flagged. The chain is verified as the log is read. HTML is one
+    /// self-contained file with an activity timeline per agent.
+    ///
+    /// Examples:
+    ///   agent-guard review --from /var/log/agent-guard/events.jsonl
+    ///   agent-guard review --from events.jsonl --since 90d --format json | jq '.agents[].flags'
+    ///   agent-guard review --from events.jsonl --format html > review.html
+    #[command(verbatim_doc_comment)]
+    Review(ReviewArgs),
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Find processes that look like AI agents (coding-agent CLIs, agent
+    /// frameworks; `[discover] patterns` in the policy adds names) but run
+    /// in no agent's cgroup: pid, user, executable, command line, cgroup
+    /// (systemd unit or container), children, and an `[[agent]]` table that
+    /// adopts the cgroup. Run as root to see every process's executable.
+    /// Exit 0: none found; 3: some found; 1: an error.
+    ///
+    /// Examples:
+    ///   sudo agent-guard discover
+    ///   sudo agent-guard discover --json | jq '.[] | {pid, exe, cgroup}'
+    ///   sudo agent-guard discover --policy /etc/agent-guard/policy.toml
+    #[command(verbatim_doc_comment)]
+    Discover(DiscoverArgs),
     /// Reload the daemon's policy file without a gap in enforcement (the
     /// same as SIGHUP). An invalid file changes nothing: the error, with
     /// FILE:LINE:COL, is printed and the old policy stays. Approvers only.
@@ -133,7 +160,7 @@ pub enum Command {
     ///   agent-guard reload --force     # even if a removed agent still has processes
     #[command(verbatim_doc_comment)]
     Reload(ReloadArgs),
-    /// List the agents: owner, purpose, labels, mode, cgroup, live
+    /// List the agents: owner, purpose, labels, mode, expiry, cgroup, live
     /// processes, runs, grants, and calls allowed/denied/held since start.
     ///
     /// Examples:
@@ -263,6 +290,19 @@ pub struct EventsArgs {
 
 #[derive(Subcommand)]
 pub enum EventsCommand {
+    /// Replay an event log: print the lines of one agent, some kinds, a
+    /// time window, from the log files of a file sink (rotated files
+    /// included), verifying the hash chain as it reads. A broken chain is
+    /// reported with FILE:LINE; lines from there on are not printed.
+    /// Exit 0: read to the end, chain intact; 1: broken or unreadable.
+    ///
+    /// Examples:
+    ///   agent-guard events query --from /var/log/agent-guard/events.jsonl --agent claims-bot
+    ///   agent-guard events query --from events.jsonl --kind 'file.*' --since 24h
+    ///   agent-guard events query --from events.jsonl --agent bot --since 2026-12-01T00:00:00Z --pretty
+    ///   agent-guard events query --from host1.jsonl --from host2.jsonl --kind hold.decision | jq .hold
+    #[command(verbatim_doc_comment)]
+    Query(QueryArgs),
     /// Recompute the hash chain of event log files, oldest first (rotated
     /// files included), and report the first broken link with its line.
     /// Exit 0: intact; 1: broken or unreadable.
@@ -392,10 +432,116 @@ pub enum PolicyCommand {
         /// The policy file.
         file: PathBuf,
     },
+    /// Print a complete policy file: the current one, with one agent's
+    /// [agent.delete] and [agent.connect] replaced by the least privilege
+    /// that would have allowed what it did in the event log (an audit run,
+    /// ideally): deletes as directory prefixes, destinations as
+    /// address:port (a /24 or /64 where several hosts of one network were
+    /// used), everything else denied, each rule with the calls it covers.
+    /// The chain is verified as the log is read; the output passes `policy
+    /// check`. Review it before you use it.
+    ///
+    /// Examples:
+    ///   agent-guard policy suggest --agent claims-bot --from /var/log/agent-guard/events.jsonl > new.toml
+    ///   agent-guard policy suggest --agent claims-bot --from events.jsonl --since 7d --policy policy.toml
+    #[command(verbatim_doc_comment)]
+    Suggest(SuggestArgs),
     /// Print the embedded default policy, as a starting point.
     ///
     /// Example:
     ///   agent-guard policy default > policy.toml
     #[command(verbatim_doc_comment)]
     Default,
+}
+
+#[derive(clap::Args)]
+pub struct QueryArgs {
+    /// A log's current file; its rotated files (FILE.N .. FILE.1) are read
+    /// before it. Repeat for several logs (each its own chain).
+    #[arg(long = "from", required = true, value_name = "LOG")]
+    pub from: Vec<PathBuf>,
+    /// Read only the files named, not their rotated predecessors.
+    #[arg(long)]
+    pub no_rotated: bool,
+    /// Only this agent's events.
+    #[arg(long, value_name = "NAME")]
+    pub agent: Option<String>,
+    /// Only this kind (repeatable); `file.*` takes a family.
+    #[arg(long, value_name = "KIND")]
+    pub kind: Vec<String>,
+    /// From this time on: RFC 3339 (2026-12-01T00:00:00Z) or a duration
+    /// before now (30m, 24h, 7d).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Before this time (same forms as --since).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// The HMAC key the daemon was given with --chain-key.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// One readable line per event instead of JSON (as `events --pretty`).
+    #[arg(long)]
+    pub pretty: bool,
+}
+
+#[derive(clap::Args)]
+pub struct DiscoverArgs {
+    /// Print the findings as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The policy whose agents' cgroups are guarded already, and whose
+    /// `[discover] patterns` extend the built-in list. Default:
+    /// /etc/agent-guard/policy.toml, or the embedded policy without it.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct SuggestArgs {
+    /// The agent whose rules to learn.
+    #[arg(long, value_name = "NAME")]
+    pub agent: String,
+    /// A log's current file (its rotated files are read first); repeatable.
+    #[arg(long = "from", required = true, value_name = "LOG")]
+    pub from: Vec<PathBuf>,
+    /// Only calls from this time on: RFC 3339 or a duration before now (7d).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// The policy to start from. Default: /etc/agent-guard/policy.toml, or
+    /// the embedded policy without it.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// The HMAC key the daemon was given with --chain-key.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct ReviewArgs {
+    /// A log's current file (its rotated files are read first); repeatable.
+    #[arg(long = "from", required = true, value_name = "LOG")]
+    pub from: Vec<PathBuf>,
+    /// Start of the period: RFC 3339 or a duration before now.
+    #[arg(long, value_name = "TIME", default_value = "30d")]
+    pub since: String,
+    /// End of the period (default: now).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// md (Markdown), json, or html (one self-contained file).
+    #[arg(long, value_enum, default_value = "md")]
+    pub format: ReviewFormat,
+    /// The policy the agents and rules come from. Default:
+    /// /etc/agent-guard/policy.toml, or the embedded policy without it.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// The HMAC key the daemon was given with --chain-key.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ReviewFormat {
+    Md,
+    Json,
+    Html,
 }

@@ -22,6 +22,7 @@ use crate::{
 pub fn run(args: EventsArgs, socket: &Path) -> Result<ExitCode> {
     match args.command {
         Some(EventsCommand::Verify(v)) => return run_verify(v),
+        Some(EventsCommand::Query(q)) => return super::query::run(q),
         Some(EventsCommand::Schema) => {
             std::io::stdout().write_all(crate::events::schema::text().as_bytes())?;
             return Ok(ExitCode::SUCCESS);

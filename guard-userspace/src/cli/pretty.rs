@@ -133,12 +133,25 @@ fn target(kind: &str, e: &Value) -> String {
             str_of(&e["control"]["target"]).unwrap_or("?"),
             who(&e["control"]["by"])
         ),
+        "agent.budget" => format!(
+            "{} budget {} spent; then {}",
+            str_of(&e["budget"]["name"]).unwrap_or("?"),
+            str_of(&e["budget"]["rate"]).unwrap_or("?"),
+            str_of(&e["budget"]["action"]).unwrap_or("?"),
+        ),
         "agent.mode" => format!(
             "{} -> {} by {}{}",
             str_of(&e["mode"]["from"]).unwrap_or("?"),
             str_of(&e["mode"]["to"]).unwrap_or("?"),
             who(&e["by"]),
             reason(&e["reason"])
+        ),
+        "agent.expired" => format!(
+            "expired at {}: {} -> {}, {} process(es) held",
+            str_of(&e["expiry"]["expires"]).unwrap_or("?"),
+            str_of(&e["expiry"]["mode"]["from"]).unwrap_or("?"),
+            str_of(&e["expiry"]["mode"]["to"]).unwrap_or("?"),
+            e["expiry"]["processes"]
         ),
         "policy.reload" => {
             let p = &e["policy"];

@@ -11,7 +11,7 @@ use crate::{
     cgroup,
     events::{
         self,
-        model::{AgentMode, DaemonEvent, ModeChange, Subject, Success, Text},
+        model::{AgentMode, AgentRef, By, DaemonEvent, ModeChange, Subject, Success, Text},
     },
     policy,
 };
@@ -53,12 +53,15 @@ pub(super) fn agents(shared: &Shared, who: &Caller) -> Result<Value> {
                 "mode": policy::mode_str(a.mode()),
                 "policy_mode": policy::mode_str(a.def.mode),
                 "frozen": a.frozen,
+                "expires": a.def.expires_text(),
+                "expired": a.def.expired(super::expiry::now()),
                 "cgroup": a.def.cgroup,
                 "cgroup_id": a.cgroup_id,
                 "adopted": !a.created,
                 "processes": cgroup::count_procs(&a.cgroup_dir),
                 "sessions": sessions,
                 "grants": shared.grants.of_agent(a.agent_id),
+                "budget": shared.budgets.usage(a.agent_id, &a.def),
                 "counts": counts.get(&a.def.name).copied().unwrap_or_default(),
             })
         })
@@ -82,6 +85,50 @@ pub(super) fn set_mode(
         op,
         Some(Subject::Agent(agent.into())),
     )?;
+    switch_and_report(shared, agent, freeze, who.by(), reason)
+}
+
+/// Freezes or thaws `agent` on behalf of `by` and reports it (an
+/// `agent.mode` event): an operator, or the daemon itself when a budget
+/// with `on_exceed = "freeze"` is spent.
+pub(super) fn switch_and_report(
+    shared: &Arc<Shared>,
+    agent: &str,
+    freeze: bool,
+    by: By,
+    reason: Option<String>,
+) -> Result<Value> {
+    let switched = switch_mode(shared, agent, freeze)?;
+    tracing::warn!(agent, mode = policy::mode_str(switched.to), by = %by.user, "agent mode switched");
+    events::emit_now(
+        &shared.emitter,
+        DaemonEvent::AgentMode(AgentMode {
+            outcome: Success::Success,
+            agent: switched.agent_ref,
+            mode: ModeChange {
+                from: switched.from.into(),
+                to: switched.to.into(),
+            },
+            by,
+            reason: reason.map(Text::message),
+        }),
+    );
+    Ok(json!({ "mode": policy::mode_str(switched.to), "warning": switched.warning }))
+}
+
+/// What [`switch_mode`] did.
+pub(super) struct Switched {
+    pub from: guard_common::Mode,
+    pub to: guard_common::Mode,
+    pub agent_ref: Option<AgentRef>,
+    /// The freeze is in force but could not be recorded for a restart.
+    pub warning: Option<String>,
+}
+
+/// Freezes or thaws `agent` in the kernel and records the frozen set for
+/// a restarted daemon; the caller reports it. An expired agent is not
+/// thawed: that would give it back the rights its expiry took.
+pub(super) fn switch_mode(shared: &Arc<Shared>, agent: &str, freeze: bool) -> Result<Switched> {
     let _one_at_a_time = shared.reloading.lock();
     let mut registry = shared
         .registry
@@ -91,6 +138,13 @@ pub(super) fn set_mode(
     let Some(state) = registry.agents.values_mut().find(|a| a.def.name == agent) else {
         bail!("unknown agent {agent:?}; the policy declares: {names}");
     };
+    if !freeze && state.def.expired(super::expiry::now()) {
+        bail!(
+            "agent {agent:?} expired at {}; a thaw would give it its rights back: extend or \
+             remove `expires` in its [[agent]] table and reload first",
+            state.def.expires_text().unwrap_or_default()
+        );
+    }
     let from = state.mode();
     state.frozen = freeze;
     let to = state.mode();
@@ -126,19 +180,10 @@ pub(super) fn set_mode(
         tracing::error!(error = %format!("{err:#}"), "recording the frozen agents; a restarted daemon would not know");
         format!("{err:#}; a restarted daemon would put {agent} back in its policy's mode")
     });
-    tracing::warn!(agent, mode = policy::mode_str(to), by = %who.user, "agent mode switched");
-    events::emit_now(
-        &shared.emitter,
-        DaemonEvent::AgentMode(AgentMode {
-            outcome: Success::Success,
-            agent: agent_ref,
-            mode: ModeChange {
-                from: from.into(),
-                to: to.into(),
-            },
-            by: who.by(),
-            reason: reason.map(Text::message),
-        }),
-    );
-    Ok(json!({ "mode": policy::mode_str(to), "warning": warning }))
+    Ok(Switched {
+        from,
+        to,
+        agent_ref,
+        warning,
+    })
 }

@@ -249,6 +249,14 @@ pub fn open(
             who.user
         );
     }
+    if state.def.expired(super::expiry::now()) {
+        bail!(
+            "agent {agent:?} expired at {}: it starts no more runs (its owner is {}); extend \
+             or remove `expires` in its [[agent]] table and reload to use it again",
+            state.def.expires_text().unwrap_or_default(),
+            state.def.owner
+        );
+    }
     let opener_pid = who.pid().context("peer pid unknown")?;
     let id = random_id()?;
     let token = random_id()?;

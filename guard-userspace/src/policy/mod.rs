@@ -10,9 +10,11 @@
 //! deny > ask > allow; delete rules by longest path prefix (whole components),
 //! then deny > ask > allow. No match means the agent's default verdict.
 
+pub mod budget;
 mod check;
 mod compile;
 mod error;
+pub mod expiry;
 mod net;
 mod parse;
 mod path;
@@ -62,6 +64,9 @@ pub struct Policy {
     pub notify: Vec<NotifyConfig>,
     /// `[[sink]]` tables; none means stdout only.
     pub sinks: Vec<sink::SinkConfig>,
+    /// `[discover] patterns`: names `agent-guard discover` looks for on top
+    /// of its built-in list.
+    pub discover: Vec<String>,
 }
 
 /// The `[daemon]` table.
@@ -121,6 +126,11 @@ pub struct Agent {
     pub runners: Approvers,
     /// How long this agent's `ask` waits (None: [daemon]'s). Always > 0.
     pub approval_timeout_secs: Option<u64>,
+    /// `[agent.budget]`: how many allowed deletes and connects per window.
+    pub budget: Option<budget::Budget>,
+    /// `expires`: after it the agent starts no run, and the daemon freezes
+    /// it (an `agent.expired` event), so a retired agent keeps no rights.
+    pub expires: Option<std::time::SystemTime>,
     /// Line of the agent's `[[agent]]` header.
     pub line: usize,
 }

@@ -30,6 +30,15 @@ struct RawPolicy {
     notify: Vec<surfaces::RawNotify>,
     #[serde(default)]
     sink: Vec<Spanned<super::sink::RawSink>>,
+    discover: Option<RawDiscover>,
+}
+
+/// `[discover]`: more names `agent-guard discover` looks for.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [discover] table")]
+struct RawDiscover {
+    #[serde(default)]
+    patterns: Vec<Spanned<String>>,
 }
 
 /// A plain `Vec` whose type error names the common mistake of writing
@@ -91,6 +100,8 @@ struct RawAgent {
     allow_io_uring: Option<bool>,
     runners: Option<RawApprovers>,
     approval_timeout_secs: Option<Spanned<u64>>,
+    budget: Option<Spanned<super::budget::RawBudget>>,
+    expires: Option<Spanned<String>>,
 }
 
 /// `[agent.connect]` and `[agent.delete]` have the same shape.
@@ -160,6 +171,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Policy, PolicyError> {
 
     assign_ids(&mut agents);
     let sinks = super::sink::sinks(&doc, raw.sink)?;
+    let discover = discover_patterns(&doc, raw.discover)?;
     Ok(Policy {
         file: file.to_owned(),
         daemon,
@@ -168,7 +180,19 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Policy, PolicyError> {
         metrics,
         notify,
         sinks,
+        discover,
     })
+}
+
+fn discover_patterns(doc: &Doc<'_>, raw: Option<RawDiscover>) -> Result<Vec<String>, PolicyError> {
+    let mut out = Vec::new();
+    for p in raw.map(|d| d.patterns).unwrap_or_default() {
+        if p.get_ref().trim().is_empty() {
+            return Err(doc.error_at(p.span().start, "a discover pattern must not be empty"));
+        }
+        out.push(p.into_inner());
+    }
+    Ok(out)
 }
 
 /// Rejects a connect table the kernel's fixed-size rule sets cannot hold.
@@ -366,6 +390,8 @@ fn agent(doc: &Doc<'_>, raw: RawAgent, line: usize) -> Result<Agent, PolicyError
     let delete = path_policy(doc, raw.delete.as_ref())?;
     let runners = uid_group_list(doc, raw.runners, "runner")?;
     let approval_timeout_secs = approval_timeout(doc, raw.approval_timeout_secs)?;
+    let budget = super::budget::budget(doc, raw.budget)?;
+    let expires = raw.expires.as_ref().map(|e| expiry(doc, e)).transpose()?;
     Ok(Agent {
         name: raw.name.into_inner(),
         owner: raw.owner.into_inner(),
@@ -379,8 +405,27 @@ fn agent(doc: &Doc<'_>, raw: RawAgent, line: usize) -> Result<Agent, PolicyError
         allow_io_uring: raw.allow_io_uring.unwrap_or(false),
         runners,
         approval_timeout_secs,
+        budget,
+        expires,
         line,
     })
+}
+
+/// `expires`: an RFC 3339 time, with `Z` or an offset.
+fn expiry(doc: &Doc<'_>, raw: &Spanned<String>) -> Result<std::time::SystemTime, PolicyError> {
+    use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+    OffsetDateTime::parse(raw.get_ref(), &Rfc3339)
+        .map(std::time::SystemTime::from)
+        .map_err(|e| {
+            doc.error_at(
+                raw.span().start,
+                format!(
+                    "expires {:?} is not an RFC 3339 time ({e}); write it like \
+                     \"2027-03-31T18:00:00Z\" or \"2027-03-31T20:00:00+02:00\"",
+                    raw.get_ref()
+                ),
+            )
+        })
 }
 
 /// Both tables default to deny: an agent gets only what its policy grants.

@@ -63,6 +63,11 @@ pub enum SinkKind {
         address: String,
         app_name: String,
     },
+    /// OTLP/HTTP protobuf log records, POSTed to `url` (the endpoint with
+    /// `/v1/logs` appended, as OpenTelemetry exporters do).
+    Otlp {
+        url: String,
+    },
 }
 
 impl SinkKind {
@@ -73,6 +78,7 @@ impl SinkKind {
             SinkKind::Unix { .. } => "unix",
             SinkKind::Tcp { .. } => "tcp",
             SinkKind::Syslog { .. } => "syslog",
+            SinkKind::Otlp { .. } => "otlp",
         }
     }
 }
@@ -92,7 +98,7 @@ pub struct SinkConfig {
 #[derive(Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a [[sink]] table with type = \"stdout\", \"file\", \"unix\", \"tcp\" or \"syslog\""
+    expecting = "a [[sink]] table with type = \"stdout\", \"file\", \"unix\", \"tcp\", \"syslog\" or \"otlp\""
 )]
 pub(super) struct RawSink {
     name: Option<Spanned<String>>,
@@ -104,6 +110,7 @@ pub(super) struct RawSink {
     keep: Option<Spanned<u32>>,
     queue: Option<Spanned<usize>>,
     app_name: Option<Spanned<String>>,
+    endpoint: Option<Spanned<String>>,
 }
 
 pub(super) fn sinks(
@@ -139,12 +146,13 @@ fn sink(doc: &Doc<'_>, raw: RawSink) -> Result<SinkConfig, PolicyError> {
         "unix" => &["path"],
         "tcp" => &["address"],
         "syslog" => &["address", "app_name"],
+        "otlp" => &["endpoint"],
         other => {
             return Err(doc.error_at(
                 type_at,
                 format!(
                     "unknown sink type {other:?}; expected \"stdout\", \"file\", \"unix\", \
-                     \"tcp\" or \"syslog\""
+                     \"tcp\", \"syslog\" or \"otlp\""
                 ),
             ));
         }
@@ -155,6 +163,7 @@ fn sink(doc: &Doc<'_>, raw: RawSink) -> Result<SinkConfig, PolicyError> {
         ("max_bytes", raw.max_bytes.as_ref().map(|s| s.span().start)),
         ("keep", raw.keep.as_ref().map(|s| s.span().start)),
         ("app_name", raw.app_name.as_ref().map(|s| s.span().start)),
+        ("endpoint", raw.endpoint.as_ref().map(|s| s.span().start)),
     ];
     for (key, at) in given {
         if let (Some(at), false) = (at, allowed.contains(&key)) {
@@ -223,6 +232,9 @@ fn sink(doc: &Doc<'_>, raw: RawSink) -> Result<SinkConfig, PolicyError> {
         "tcp" => SinkKind::Tcp {
             address: address()?,
         },
+        "otlp" => SinkKind::Otlp {
+            url: otlp_logs_url(doc, raw.endpoint.as_ref(), type_at)?,
+        },
         _ => SinkKind::Syslog {
             address: address()?,
             app_name: match &raw.app_name {
@@ -237,9 +249,19 @@ fn sink(doc: &Doc<'_>, raw: RawSink) -> Result<SinkConfig, PolicyError> {
             },
         },
     };
-    let format = match &raw.format {
-        None => None,
-        Some(f) => Some(Format::parse(f.get_ref()).ok_or_else(|| {
+    let format = match (&raw.format, ty) {
+        // Its attributes are mapped from the native fields, and OpenTelemetry
+        // has its own record shape: ECS lines do not apply.
+        (Some(f), "otlp") if f.get_ref() != "v1" => {
+            return Err(doc.error_at(
+                f.span().start,
+                "an otlp sink sends the native events (agent-guard/v2) as OpenTelemetry log records; \
+                 `format` can only be \"v1\"",
+            ));
+        }
+        (_, "otlp") => Some(Format::V1),
+        (None, _) => None,
+        (Some(f), _) => Some(Format::parse(f.get_ref()).ok_or_else(|| {
             doc.error_at(
                 f.span().start,
                 format!(
@@ -289,4 +311,49 @@ fn sink(doc: &Doc<'_>, raw: RawSink) -> Result<SinkConfig, PolicyError> {
 
 fn valid_app_name(s: &str) -> bool {
     (1..=48).contains(&s.len()) && s.bytes().all(|b| (33..=126).contains(&b))
+}
+
+/// An otlp sink's `endpoint`: the collector's OTLP/HTTP base URL
+/// (`http://collector:4318`), to which `/v1/logs` is appended unless it is
+/// already there (OTEL_EXPORTER_OTLP_ENDPOINT's rule).
+fn otlp_logs_url(
+    doc: &Doc<'_>,
+    raw: Option<&Spanned<String>>,
+    type_at: usize,
+) -> Result<String, PolicyError> {
+    let raw = raw.ok_or_else(|| {
+        doc.error_at(
+            type_at,
+            "an otlp sink needs `endpoint` (e.g. \"http://collector:4318\")",
+        )
+    })?;
+    let bad = |why: &str| {
+        doc.error_at(
+            raw.span().start,
+            format!("endpoint {:?}: {why}", raw.get_ref()),
+        )
+    };
+    let mut url = url::Url::parse(raw.get_ref()).map_err(|e| {
+        bad(&format!(
+            "{e}; expected an http:// or https:// URL such as \"http://collector:4318\""
+        ))
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err(bad(
+            "expected an http:// or https:// URL with a host, such as \"http://collector:4318\"",
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("a query or fragment has no place in an OTLP endpoint"));
+    }
+    // Credentials would be sent in the clear over http and shown by
+    // `status`; collectors take them as headers, which this sink lacks.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("credentials in the URL are not supported"));
+    }
+    if !url.path().ends_with("/v1/logs") {
+        let path = format!("{}/v1/logs", url.path().trim_end_matches('/'));
+        url.set_path(&path);
+    }
+    Ok(url.into())
 }

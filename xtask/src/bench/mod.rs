@@ -3,6 +3,7 @@
 //! run one after another (no guard, then the guarded cases, then no guard
 //! again in the next round), so drift of a shared machine hits all alike.
 mod approver;
+mod budget;
 mod cases;
 mod daemon;
 mod load;
@@ -254,6 +255,8 @@ fn run_phases(ctx: &Ctx, args: &BenchArgs) -> Result<(serde_json::Value, Vec<rep
         args.rounds, args.calls
     );
     let latency = cases::latency(ctx, args, ports, &mut rows)?;
+    eprintln!("bench: budget accounting, {} rounds", args.rounds);
+    let budget = budget::budget(ctx, args, ports, &mut rows)?;
     eprintln!("bench: approval round trip, {} holds", args.holds);
     let approval = cases::approval(ctx, args, &mut rows)?;
     eprintln!("bench: event throughput");
@@ -268,6 +271,7 @@ fn run_phases(ctx: &Ctx, args: &BenchArgs) -> Result<(serde_json::Value, Vec<rep
         "machine": machine(),
         "args": { "rounds": args.rounds, "calls": args.calls, "seccomp_calls": args.seccomp_calls, "holds": args.holds, "rss_events": args.rss_events },
         "latency": latency,
+        "budget": budget,
         "approval": approval,
         "throughput": throughput,
         "memory": memory,

@@ -4,7 +4,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::{
-    Agent, AgentExit, AgentKill, AgentMode, AgentRef, AgentStart, By, Call, CallKind,
+    Agent, AgentExit, AgentExpired, AgentKill, AgentMode, AgentRef, AgentStart, By, Call, CallKind,
     ControlRefused, DaemonStart, DaemonStop, DaemonTask, HoldId, Loss, NotifyFailed, NotifyFailure,
     Op, PolicyReload, Process, Rule, TamperSuppressed, Text,
     call::{AnyTarget, Backend, GrantRef},
@@ -29,6 +29,12 @@ pub enum DaemonEvent {
     /// An operator froze or thawed an agent.
     #[serde(rename = "agent.mode")]
     AgentMode(AgentMode),
+    /// An agent spent one of its budgets (once per window).
+    #[serde(rename = "agent.budget")]
+    AgentBudget(super::AgentBudget),
+    /// An agent's `expires` passed: the daemon froze it.
+    #[serde(rename = "agent.expired")]
+    AgentExpired(AgentExpired),
     #[serde(rename = "policy.reload")]
     PolicyReload(PolicyReload),
     /// Someone asked for something they may not do.
@@ -62,6 +68,8 @@ impl DaemonEvent {
             DaemonEvent::AgentExit(_) => "agent.exit",
             DaemonEvent::AgentKill(_) => "agent.kill",
             DaemonEvent::AgentMode(_) => "agent.mode",
+            DaemonEvent::AgentBudget(_) => "agent.budget",
+            DaemonEvent::AgentExpired(_) => "agent.expired",
             DaemonEvent::PolicyReload(_) => "policy.reload",
             DaemonEvent::ControlRefused(_) => "control.refused",
             DaemonEvent::NotifyFailed(_) => "notify.failed",
@@ -79,12 +87,14 @@ impl DaemonEvent {
             DaemonEvent::PolicyReload(r) => r.outcome.name(),
             DaemonEvent::DaemonTask(t) => t.outcome.name(),
             DaemonEvent::ControlRefused(_) | DaemonEvent::TamperSuppressed(_) => "denied",
+            DaemonEvent::AgentBudget(b) => b.outcome.name(),
             DaemonEvent::NotifyFailed(_) => "failed",
             DaemonEvent::Loss(_) => "lost",
             DaemonEvent::AgentStart(_)
             | DaemonEvent::AgentExit(_)
             | DaemonEvent::AgentKill(_)
             | DaemonEvent::AgentMode(_)
+            | DaemonEvent::AgentExpired(_)
             | DaemonEvent::DaemonStart(_)
             | DaemonEvent::DaemonStop(_) => "success",
         }
@@ -96,6 +106,8 @@ impl DaemonEvent {
             DaemonEvent::AgentStart(s) => s.agent.as_ref(),
             DaemonEvent::AgentExit(e) => e.agent.as_ref(),
             DaemonEvent::AgentMode(m) => m.agent.as_ref(),
+            DaemonEvent::AgentBudget(b) => b.agent.as_ref(),
+            DaemonEvent::AgentExpired(e) => e.agent.as_ref(),
             DaemonEvent::TamperSuppressed(s) => s.agent.known(),
             DaemonEvent::AgentKill(_)
             | DaemonEvent::PolicyReload(_)
@@ -114,6 +126,8 @@ impl DaemonEvent {
             DaemonEvent::HoldDecision(d) => d.process.truncated() || cut(&d.hold.reason),
             DaemonEvent::AgentStart(s) => s.process.truncated(),
             DaemonEvent::AgentMode(m) => cut(&m.reason),
+            DaemonEvent::AgentBudget(b) => b.process.truncated(),
+            DaemonEvent::AgentExpired(e) => cut(&e.expiry.warning),
             DaemonEvent::PolicyReload(r) => cut(&r.policy.error),
             DaemonEvent::ControlRefused(r) => r.control.truncated(),
             DaemonEvent::DaemonTask(t) => t.task.error.was_cut(),

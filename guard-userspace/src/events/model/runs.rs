@@ -76,6 +76,29 @@ pub struct AgentMode {
     pub reason: Option<Text>,
 }
 
+/// `agent.expired`: the agent's `expires` passed; the daemon froze it.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct AgentExpired {
+    pub outcome: Success,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentRef>,
+    pub expiry: Expiry,
+}
+
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct Expiry {
+    /// The policy's `expires`, RFC 3339 UTC.
+    pub expires: String,
+    /// Live processes in the agent's cgroup when it was frozen.
+    pub processes: u64,
+    /// To `freeze`.
+    pub mode: ModeChange,
+    /// Why a restarted daemon would not know of the freeze (it is in
+    /// force all the same).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<Text>,
+}
+
 #[derive(Clone, Copy, Debug, Serialize, JsonSchema)]
 pub struct ModeChange {
     pub from: Mode,

@@ -101,6 +101,8 @@ const PROCESS_OTHER: Activity = activity!(PROCESS, 99, "Other", "Process Activit
 const APP_START: Activity = activity!(APP_LIFECYCLE, 3, "Start", "Application Lifecycle");
 const APP_STOP: Activity = activity!(APP_LIFECYCLE, 4, "Stop", "Application Lifecycle");
 const APP_UPDATE: Activity = activity!(APP_LIFECYCLE, 8, "Update", "Application Lifecycle");
+/// An expired agent: held, not stopped, so disabled.
+const APP_DISABLE: Activity = activity!(APP_LIFECYCLE, 7, "Disable", "Application Lifecycle");
 /// 99 Other: what was asked is `api.operation`.
 const API_OTHER: Activity = activity!(API, 99, "Other", "API Activity");
 const APP_RESTART: Activity = activity!(APP_LIFECYCLE, 5, "Restart", "Application Lifecycle");
@@ -396,6 +398,11 @@ impl<'a> Ocsf<'a> {
                     ..OcsfProcess::default()
                 });
             }
+            DaemonEvent::AgentExpired(e) => {
+                self.set_activity(APP_DISABLE);
+                self.app = Some(product());
+                self.unmapped = unmapped(e.agent.as_ref());
+            }
             DaemonEvent::AgentMode(m) => {
                 self.set_activity(APP_UPDATE);
                 self.app = Some(product());
@@ -404,6 +411,18 @@ impl<'a> Ocsf<'a> {
                     ..Actor::default()
                 });
                 self.unmapped = unmapped(m.agent.as_ref());
+            }
+            // A spent budget changes what the agent may do next; the
+            // agent, with the process of the call that spent it, did it.
+            DaemonEvent::AgentBudget(b) => {
+                self.set_activity(APP_UPDATE);
+                self.app = Some(product());
+                let mut a = agent_actor(b.agent.as_ref());
+                a.process = Some(process(&b.process));
+                self.actor = Some(a);
+                // The burst a budget exists for: worth a look.
+                (self.severity_id, self.severity) = SEVERITY_MEDIUM;
+                self.unmapped = unmapped(b.agent.as_ref());
             }
             DaemonEvent::PolicyReload(r) => {
                 self.set_activity(APP_UPDATE);

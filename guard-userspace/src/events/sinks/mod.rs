@@ -1,11 +1,12 @@
 //! Sinks: where rendered lines go. Each writer sink (stdout, file, tcp,
-//! syslog) is a thread fed through a bounded queue; the emitter only ever
+//! syslog, otlp) is a thread fed through a bounded queue; the emitter only ever
 //! `try_send`s, so a slow or dead sink never blocks enforcement or the other
 //! sinks. What does not fit is counted and reported as a `loss` event.
 //! Stream readers (the unix sink, `events --follow`) are subscribers, see
 //! `stream.rs`.
 mod file;
 mod net;
+pub mod otlp;
 pub mod stream;
 
 use std::{
@@ -186,6 +187,10 @@ impl Writer {
                     }),
                 );
                 Box::new(move || c.run(&rx, &thread_stats))
+            }
+            SinkKind::Otlp { url } => {
+                let mut e = otlp::Exporter::new(url.clone(), host)?;
+                Box::new(move || e.run(&rx, &thread_stats))
             }
             SinkKind::Unix { .. } => {
                 return Err(io::Error::other("a unix sink is served, not written"));

@@ -10,9 +10,10 @@ use std::{
 
 use super::{Line, Rendered, SinkStats};
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+// Shared with the otlp sink: one retry policy for every collector.
+pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(10);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A collector that accepts but stops reading must not wedge the thread.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -57,7 +58,7 @@ impl Syslog {
     }
 }
 
-fn sleep_unless_closing(d: Duration, stats: &SinkStats) {
+pub(super) fn sleep_unless_closing(d: Duration, stats: &SinkStats) {
     let until = std::time::Instant::now() + d;
     while std::time::Instant::now() < until && !stats.closing.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(20));

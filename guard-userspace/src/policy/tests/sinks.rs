@@ -114,6 +114,70 @@ fn bad_sinks_point_at_the_value() {
 }
 
 #[test]
+fn an_otlp_sink_posts_to_the_logs_path_in_v1() {
+    let p = parse(
+        "p.toml",
+        "[[sink]]\ntype = \"otlp\"\nendpoint = \"http://collector:4318\"\n\n\
+         [[sink]]\nname = \"b\"\ntype = \"otlp\"\nendpoint = \"https://c.example/otlp/v1/logs\"\n\n\
+         [[sink]]\nname = \"c\"\ntype = \"otlp\"\nendpoint = \"http://[::1]:4318/base/\"\nformat = \"v1\"\n",
+    )
+    .unwrap();
+    let urls: Vec<_> = p
+        .sinks
+        .iter()
+        .map(|s| match &s.kind {
+            SinkKind::Otlp { url } => (s.name.as_str(), url.as_str(), s.format),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        urls,
+        [
+            ("otlp", "http://collector:4318/v1/logs", Some(Format::V1)),
+            ("b", "https://c.example/otlp/v1/logs", Some(Format::V1)),
+            ("c", "http://[::1]:4318/base/v1/logs", Some(Format::V1)),
+        ]
+    );
+}
+
+#[test]
+fn bad_otlp_sinks_point_at_the_value() {
+    rejected("[[sink]]\ntype = \"otlp\"\n", 2, 8, "needs `endpoint`");
+    for (endpoint, needle) in [
+        ("collector:4318", "http:// or https://"),
+        ("ftp://collector", "http:// or https://"),
+        ("http://", "empty host"),
+        ("http://c:4318/?x=1", "query or fragment"),
+        ("http://u:p@c:4318", "credentials"),
+    ] {
+        rejected(
+            &format!("[[sink]]\ntype = \"otlp\"\nendpoint = \"{endpoint}\"\n"),
+            3,
+            12,
+            needle,
+        );
+    }
+    rejected(
+        "[[sink]]\ntype = \"otlp\"\nendpoint = \"http://c\"\nformat = \"ecs\"\n",
+        4,
+        10,
+        "can only be \"v1\"",
+    );
+    rejected(
+        "[[sink]]\ntype = \"otlp\"\nendpoint = \"http://c\"\naddress = \"c:1\"\n",
+        4,
+        11,
+        "takes no `address`",
+    );
+    rejected(
+        "[[sink]]\ntype = \"tcp\"\naddress = \"c:1\"\nendpoint = \"http://c\"\n",
+        4,
+        12,
+        "takes no `endpoint`",
+    );
+}
+
+#[test]
 fn the_default_policys_commented_sinks_are_valid() {
     let text = crate::policy::DEFAULT_POLICY;
     let at = text.find("# Where events go").unwrap();
@@ -129,5 +193,5 @@ fn the_default_policys_commented_sinks_are_valid() {
         uncommented.push('\n');
     }
     let p = parse("default.toml", &uncommented).unwrap();
-    assert_eq!(p.sinks.len(), 3, "{uncommented}");
+    assert_eq!(p.sinks.len(), 4, "{uncommented}");
 }
