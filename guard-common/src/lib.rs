@@ -8,6 +8,7 @@
 #![no_std]
 
 pub mod abi;
+pub mod budget;
 pub mod guard;
 pub mod kconst;
 pub mod ladder;
@@ -16,6 +17,7 @@ pub mod record;
 pub mod refused;
 
 pub use abi::*;
+pub use budget::*;
 pub use guard::*;
 pub use kconst::*;
 pub use ladder::*;

@@ -64,6 +64,13 @@ pub const CALL_IO_URING: u8 = 1;
 /// its name, without the leading NUL).
 pub const CALL_ABSTRACT: u8 = 2;
 
+/// Flag of a call record: the agent's budget, not a rule, held or refused
+/// this call (its verdict is allow).
+pub const CALL_BUDGET: u8 = 4;
+/// Flag of a call record: this call exhausted the budget's window (with
+/// [`CALL_BUDGET`]); the daemon reports the exhaustion once, from it.
+pub const CALL_BUDGET_EXHAUSTED: u8 = 8;
+
 /// One path as the calling process sees it (relative to its root).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

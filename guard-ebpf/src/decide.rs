@@ -1,9 +1,11 @@
 //! From a verdict to what the hook does: the ladder of guard_common
-//! (audit → allow → grant → hold → deny), plus the kernel's part of a hold.
+//! (audit → allow (→ budget) → grant → hold → deny), plus the kernel's
+//! part of a hold.
 use aya_ebpf::helpers::generated::bpf_get_current_task;
-use guard_common::{CALL_IO_URING, Mode, Outcome, PF_IO_WORKER, Rung, Verdict};
+use guard_common::{CALL_IO_URING, Charge, Mode, Outcome, PF_IO_WORKER, Rung, Verdict};
 
 use crate::{
+    budget,
     hold::{self, Call, Hold},
     identity::Agent,
     offsets::{off, read_u32},
@@ -62,34 +64,59 @@ pub fn in_io_worker() -> bool {
 }
 
 /// Climbs the ladder for `agent`'s call with the policy's `verdict` from
-/// `rule_id`. Only for an `ask` that can be held: `call` describes the
-/// call as a hold binds it (hold.rs; None if it cannot be described, which
-/// refuses it); and `grant` looks up a covering grant, unless this is the
-/// thread's held call coming back for its decision.
+/// `rule_id`. `class` is the budget the call draws on if it is allowed
+/// (a guard_common::BudgetClass number; 0: none). Only for a call that can
+/// be held (an `ask`, or an allowed call over an asking budget): `call`
+/// describes the call as a hold binds it (hold.rs; None if it cannot be
+/// described, which refuses it). `grant` looks up a covering grant: for
+/// an `ask` (unless this is the thread's held call coming back for its
+/// decision), and for an allowed call, whose budget a grant lifts.
 #[inline(always)]
-pub fn climb<C: FnOnce() -> Option<Call>, G: FnOnce() -> u32>(
+pub fn climb<C: FnOnce() -> Option<Call>, G: Fn() -> u32>(
     agent: &Agent,
     verdict: u8,
     rule_id: u32,
+    class: u32,
     call: C,
     grant: G,
     by: HoldBy,
 ) -> Climbed {
     // Every io_uring call says so in its event, whatever the verdict.
     let io_uring = in_io_worker();
-    let flags = if io_uring { CALL_IO_URING } else { 0 };
+    let mut flags = if io_uring { CALL_IO_URING } else { 0 };
     let mode = agent.entry.mode;
+    let agent_id = agent.entry.agent_id;
     let applied = guard_common::applied_verdict(mode, verdict, rule_id);
-    let holdable = !io_uring
-        && by != HoldBy::Never
-        && mode != Mode::Audit.raw()
-        && applied == Verdict::Ask.raw();
-    if !holdable {
-        // Nothing to hold: an ask here is refused (io_uring, a hook that
+    let can_hold = !io_uring && by != HoldBy::Never && mode != Mode::Audit.raw();
+    let ask = can_hold && applied == Verdict::Ask.raw();
+    // Judged before the call is described, unless it is an ask (whose
+    // held check comes first): an allowed call only needs describing when
+    // its budget holds it.
+    let mut early = None;
+    if !ask {
+        // An allowed call is charged to its budget, which may hold it; a
+        // hold that cannot be made here is refused (io_uring, a hook that
         // never holds), with the io_uring flag saying why where it applies
         // (daemon/attribute.rs words it, `IO_URING_REASON`).
-        let judged = guard_common::ladder(mode, verdict, rule_id, grant);
-        return judged_now(judged, flags);
+        let judged = guard_common::ladder(mode, verdict, rule_id, &grant, || {
+            budget::charge(agent_id, class, &grant)
+        });
+        flags |= guard_common::budget::record_flags(judged.budget);
+        if !can_hold {
+            return judged_now(judged, flags);
+        }
+        if judged.rung != Rung::Hold {
+            // A counted call of a thread with a hold may be its held call
+            // coming back with the window refilled while a human decided:
+            // the decision still applies (a denial must not become a run).
+            if judged.budget == Charge::Within {
+                if let Some(held) = hold::settle(by == HoldBy::StopNow) {
+                    return hold_now(held, judged, flags);
+                }
+            }
+            return judged_now(judged, flags);
+        }
+        early = Some(judged);
     }
     // Straight-line on purpose: the call's scratch pointer must stay a
     // pointer for the verifier (6.12 loses it through a branchless select
@@ -99,11 +126,29 @@ pub fn climb<C: FnOnce() -> Option<Call>, G: FnOnce() -> u32>(
         // (cannot happen for index 0 of a per-CPU array).
         return deny_now(applied, flags);
     };
-    let held = call.held();
-    let judged = guard_common::ladder(mode, verdict, rule_id, || if held { 0 } else { grant() });
+    let judged = match early {
+        // Over an asking budget: held like an ask.
+        Some(judged) => judged,
+        None => {
+            let held = call.held();
+            guard_common::ladder(
+                mode,
+                verdict,
+                rule_id,
+                || if held { 0 } else { grant() },
+                || Charge::Free,
+            )
+        }
+    };
     if judged.rung != Rung::Hold {
         return judged_now(judged, flags);
     }
+    hold_now(hold::hold(by == HoldBy::StopNow, &call), judged, flags)
+}
+
+/// What a hold of a call judged `judged` means for it, and what to report.
+#[inline(always)]
+fn hold_now(held: Hold, judged: guard_common::Judged, flags: u8) -> Climbed {
     let report = |outcome, hold_id| {
         Some(Report {
             outcome,
@@ -113,7 +158,7 @@ pub fn climb<C: FnOnce() -> Option<Call>, G: FnOnce() -> u32>(
             flags,
         })
     };
-    let (decision, report) = match hold::hold(by == HoldBy::StopNow, &call) {
+    let (decision, report) = match held {
         Hold::Started { hold_id } => (Decision::Hold, report(Outcome::Held, hold_id)),
         // Restarted early by someone else's SIGCONT: stopped again, and the
         // hold was already reported.

@@ -76,7 +76,11 @@ pub fn urgent(report: &Report) -> bool {
 #[inline(always)]
 pub fn reported(kind: EventKind, report: &Report) -> bool {
     let datagram = matches!(kind, EventKind::NetSend | EventKind::NetUnixSend);
-    !(datagram && report.verdict == Verdict::Allow.raw() && report.hold_id == 0)
+    // A datagram the budget stopped is reported: its verdict is allow.
+    !(datagram
+        && report.verdict == Verdict::Allow.raw()
+        && report.hold_id == 0
+        && report.flags & guard_common::CALL_BUDGET == 0)
 }
 
 /// Submits `record`, or counts it as lost. `urgent` records (decisions a

@@ -102,6 +102,8 @@ fn judge_one(kind: EventKind, agent: &Agent, s: &Scratch, built: Built) -> Decis
         agent,
         verdict,
         rule_id,
+        // Every call judged here destroys data: unlink, rmdir, truncate.
+        guard_common::BudgetClass::Deletes.raw(),
         || paths::held_call(kind, s, SLOT_A, built),
         || path_grant(agent, s, SLOT_A, built),
         HoldBy::StopNow,

@@ -166,6 +166,42 @@ impl Call {
     }
 }
 
+/// The current thread's hold, for a call that would run on its own (its
+/// budget refilled while a human decided): a decided hold is consumed and
+/// applies to it (a denial must not turn into a run), a pending one stops
+/// it again; None if the thread (of this process) has no hold. Matched by
+/// thread and process only, not by the whole call, to stay cheap on the
+/// allowed path: a signal handler's call in between would take the
+/// decision instead, and the held call, made again, is held afresh.
+#[inline(always)]
+pub fn settle(stop_now: bool) -> Option<Hold> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let entry = HOLDS.get_ptr_mut(tid)?;
+    // SAFETY: map value of our own thread's key.
+    let (pid, state, hold_id) = unsafe { ((*entry).pid, (*entry).state, (*entry).hold_id) };
+    if pid != (pid_tgid >> 32) as u32 {
+        return None;
+    }
+    if state == HoldState::Allow.raw() || state == HoldState::Deny.raw() {
+        let _ = HOLDS.remove(tid);
+        return Some(Hold::Decided {
+            allow: state == HoldState::Allow.raw(),
+            hold_id,
+        });
+    }
+    if stop_now && !send_stop() {
+        let _ = HOLDS.remove(tid);
+        emit::count_loss(LossReason::HoldFailed);
+        return Some(Hold::Failed);
+    }
+    if !stop_now {
+        // SAFETY: as above.
+        unsafe { (*entry).stop_pending = 1 };
+    }
+    Some(Hold::StillPending)
+}
+
 /// Starts, continues or ends the hold of the current thread's `call`.
 #[inline(always)]
 pub fn hold(stop_now: bool, call: &Call) -> Hold {

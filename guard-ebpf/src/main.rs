@@ -4,7 +4,15 @@
 //! module and turns the `Decision` into the hook's return code in one place.
 #![no_std]
 #![no_main]
+// BPF_CMPXCHG for budgets: the BPF target has no atomic CAS in core
+// (atomic-cas is off in its target spec), the intrinsic emits it.
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "core_intrinsics: atomic_cxchg on the BPF target"
+)]
 
+mod budget;
 mod decide;
 mod emit;
 // Self-defense (entry points in these modules): escape.rs, tamper.rs;

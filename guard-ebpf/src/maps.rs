@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use guard_common::{
-    AgentEntry, Config, Grant, HoldEntry, LOSS_REASONS, NetGrantKey, NetKey, NetRuleSet, PathKey,
-    PathRuleValue,
+    AgentEntry, BudgetCell, BudgetKey, Config, Grant, HoldEntry, LOSS_REASONS, NetGrantKey, NetKey,
+    NetRuleSet, PathKey, PathRuleValue,
 };
 
 /// Agent cgroup id -> agent. Keyed by the agent's own cgroup, so processes in
@@ -35,6 +35,12 @@ pub static PATH_GRANTS: LpmTrie<PathKey, Grant> = LpmTrie::with_max_entries(4096
 /// (agent, destination address and port) -> grant.
 #[map]
 pub static NET_GRANTS: HashMap<NetGrantKey, Grant> = HashMap::with_max_entries(4096, 0);
+
+/// (agent id, budget class) -> the budget and its window (see
+/// guard_common::budget). The daemon writes the limits; the programs count
+/// in the cell's state word.
+#[map]
+pub static BUDGETS: HashMap<BudgetKey, BudgetCell> = HashMap::with_max_entries(8192, 0);
 
 /// Slot 0: global knobs (which cgroup levels hold agents).
 #[map]

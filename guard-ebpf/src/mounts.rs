@@ -55,6 +55,7 @@ pub fn try_mount(previous: i32, op: MountOp) -> Result<Decision, GuardError> {
         &agent,
         verdict.raw(),
         RULE_DEFAULT,
+        0,
         || None,
         || 0,
         HoldBy::Never,

@@ -92,6 +92,7 @@ pub fn try_connect(
         &agent,
         verdict,
         rule_id,
+        guard_common::BudgetClass::Connects.raw(),
         || Call::connect(kind.raw(), &addr, port),
         || grant::for_destination(agent.entry.agent_id, &addr, port).unwrap_or(0),
         HoldBy::StopAtExit,

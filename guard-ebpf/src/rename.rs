@@ -91,6 +91,9 @@ pub fn try_rename<const WALK: bool>(ctx: &LsmContext) -> Result<Decision, GuardE
         &agent,
         verdict,
         rule_id,
+        // A rename can remove its destination, or move data where a
+        // later delete is allowed: it counts as a delete.
+        guard_common::BudgetClass::Deletes.raw(),
         || pair_call(EventKind::FileRename, s, (src, dst)),
         || path_grant(&agent, s, slot, decided),
         HoldBy::StopNow,
@@ -130,6 +133,8 @@ pub fn try_link<const WALK: bool>(ctx: &LsmContext) -> Result<Decision, GuardErr
         &agent,
         verdict,
         rule_id,
+        // A link destroys nothing.
+        0,
         || pair_call(EventKind::FileLink, s, (src, dst)),
         || path_grant(&agent, s, SLOT_A, src),
         HoldBy::StopNow,

@@ -77,6 +77,7 @@ fn judge(kind: EventKind, agent: &Agent, s: &Scratch, peer: Peer, by: HoldBy) ->
         agent,
         verdict,
         rule_id,
+        guard_common::BudgetClass::Connects.raw(),
         || paths::held_call(kind, s, SLOT_A, built),
         || grant::for_agent(agent.entry.agent_id).unwrap_or(0),
         by,

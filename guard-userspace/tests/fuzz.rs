@@ -265,6 +265,11 @@ impl web::Backend for Stub {
     fn grants(&self) -> Vec<Value> {
         vec![json!({"id": 1, "agent": "bot"})]
     }
+    fn budgets(&self) -> Vec<Value> {
+        vec![json!({"agent": "bot", "frozen": false,
+                    "budget": {"deletes": {"used": 3, "limit": 40, "window": "1min", "exhausted": false},
+                               "on_exceed": "ask"}})]
+    }
     fn decide(
         &self,
         who: &Caller,

@@ -25,7 +25,7 @@ kill -9 {daemon} && echo KILLED_DAEMON
 {kill_launcher}
 bpftool link detach id {link} && echo DETACHED
 cat {policy} >/dev/null && echo READ_POLICY
-cat {state}/chain.json >/dev/null && echo READ_STATE
+cat {chain_tip} >/dev/null && echo READ_STATE
 echo x > {state}/evil && echo WROTE_STATE
 rm {pin} && echo UNPINNED
 cat {key} >/dev/null && echo READ_KEY
@@ -35,6 +35,7 @@ python3 {reach} {daemon}
 grep NoNewPrivs /proc/self/status
 {connect}",
         state = state.display(),
+        chain_tip = made(&state.join("chain.json"), "the chain tip").display(),
         pin = pin.display(),
         key = r.chain_key.display(),
         log = event_log(r).display(),
@@ -50,16 +51,23 @@ grep NoNewPrivs /proc/self/status
 
 /// The daemon's event log, once its file sink has made it.
 fn event_log(r: &Rogue) -> &std::path::Path {
+    made(&r.event_log, "the file sink")
+}
+
+/// `path`, once the daemon has made it: reading a file that is not there
+/// yet fails with ENOENT before any guard sees it, and says nothing about
+/// the guard. (The chain tip is written at the first periodic tick.)
+fn made<'a>(path: &'a std::path::Path, by: &str) -> &'a std::path::Path {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !r.event_log.exists() {
+    while !path.exists() {
         assert!(
             std::time::Instant::now() < deadline,
-            "the file sink never made {}",
-            r.event_log.display()
+            "{by} never made {}",
+            path.display()
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    &r.event_log
+    path
 }
 
 /// One of the guard's pinned links, named from outside every agent.

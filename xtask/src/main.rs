@@ -74,8 +74,9 @@ enum Cmd {
     VmTest(vm::VmTestArgs),
     /// Set up, build release binaries, and measure what the guard costs
     /// against no guard: unlink and connect latency, event throughput, the
-    /// approval round trip, daemon memory and per-hook kernel time. Prints a
-    /// table and writes target/bench/results.json. Takes a few minutes.
+    /// approval round trip, daemon memory, per-hook kernel time and what an
+    /// agent budget adds to it. Prints a table and writes
+    /// target/bench/results.json. Takes a few minutes.
     ///
     /// Examples:
     ///   sudo cargo xtask bench --rounds 5

@@ -70,6 +70,10 @@ fn print_table(holds: &[Value]) {
 /// what the agent did lately, and what a scoped approval would grant.
 fn details(h: &Value) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
+    if let Some(reason) = h["reason"].as_str() {
+        // A spent budget holds calls no rule would: say so first.
+        out.push(("why", reason.to_owned()));
+    }
     let cmd = args(&h["cmdline"]);
     let exe = h["exe"].as_str().unwrap_or("-");
     out.push((

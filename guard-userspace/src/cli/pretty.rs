@@ -133,6 +133,12 @@ fn target(kind: &str, e: &Value) -> String {
             str_of(&e["control"]["target"]).unwrap_or("?"),
             who(&e["control"]["by"])
         ),
+        "agent.budget" => format!(
+            "{} budget {} spent; then {}",
+            str_of(&e["budget"]["name"]).unwrap_or("?"),
+            str_of(&e["budget"]["rate"]).unwrap_or("?"),
+            str_of(&e["budget"]["action"]).unwrap_or("?"),
+        ),
         "agent.mode" => format!(
             "{} -> {} by {}{}",
             str_of(&e["mode"]["from"]).unwrap_or("?"),

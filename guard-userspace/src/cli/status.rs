@@ -23,7 +23,7 @@ pub fn run(args: StatusArgs, socket: &Path) -> Result<ExitCode> {
         data["policy"].as_str().unwrap_or("?")
     );
     println!(
-        "agents: {}   runs: {}   held calls: {}",
+        "agents: {}   runs: {}   held calls: {}   budget hits: {}",
         data["agents"]
             .as_array()
             .map(|a| a
@@ -33,7 +33,8 @@ pub fn run(args: StatusArgs, socket: &Path) -> Result<ExitCode> {
                 .join(", "))
             .unwrap_or_default(),
         n(&data["sessions"]),
-        n(&data["held"])
+        n(&data["held"]),
+        n(&data["budget_hits"])
     );
     println!(
         "events: {} emitted, {} /s",

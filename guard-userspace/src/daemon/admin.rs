@@ -11,7 +11,7 @@ use crate::{
     cgroup,
     events::{
         self,
-        model::{AgentMode, AgentRef, DaemonEvent, ModeChange, Subject, Success, Text},
+        model::{AgentMode, AgentRef, By, DaemonEvent, ModeChange, Subject, Success, Text},
     },
     policy,
 };
@@ -61,6 +61,7 @@ pub(super) fn agents(shared: &Shared, who: &Caller) -> Result<Value> {
                 "processes": cgroup::count_procs(&a.cgroup_dir),
                 "sessions": sessions,
                 "grants": shared.grants.of_agent(a.agent_id),
+                "budget": shared.budgets.usage(a.agent_id, &a.def),
                 "counts": counts.get(&a.def.name).copied().unwrap_or_default(),
             })
         })
@@ -84,8 +85,21 @@ pub(super) fn set_mode(
         op,
         Some(Subject::Agent(agent.into())),
     )?;
+    switch_and_report(shared, agent, freeze, who.by(), reason)
+}
+
+/// Freezes or thaws `agent` on behalf of `by` and reports it (an
+/// `agent.mode` event): an operator, or the daemon itself when a budget
+/// with `on_exceed = "freeze"` is spent.
+pub(super) fn switch_and_report(
+    shared: &Arc<Shared>,
+    agent: &str,
+    freeze: bool,
+    by: By,
+    reason: Option<String>,
+) -> Result<Value> {
     let switched = switch_mode(shared, agent, freeze)?;
-    tracing::warn!(agent, mode = policy::mode_str(switched.to), by = %who.user, "agent mode switched");
+    tracing::warn!(agent, mode = policy::mode_str(switched.to), by = %by.user, "agent mode switched");
     events::emit_now(
         &shared.emitter,
         DaemonEvent::AgentMode(AgentMode {
@@ -95,7 +109,7 @@ pub(super) fn set_mode(
                 from: switched.from.into(),
                 to: switched.to.into(),
             },
-            by: who.by(),
+            by,
             reason: reason.map(Text::message),
         }),
     );

@@ -30,6 +30,7 @@ pub fn kernel_call(rec: Record, registry: &Registry, enricher: &mut Enricher) ->
         header: h,
         call,
         io_uring,
+        budget,
     } = rec;
     let (op, rule) = match call {
         // Only a refusal that reached for the guard is an event; found out
@@ -109,7 +110,7 @@ pub fn kernel_call(rec: Record, registry: &Registry, enricher: &mut Enricher) ->
     };
     // An `ask` through io_uring is refused: a hold cannot rewind it.
     let ask_refused = h.outcome == CallOutcome::Denied && h.verdict == Some(Verdict::Ask);
-    Some(Call {
+    let mut call = Call {
         op,
         outcome: h.outcome,
         agent,
@@ -135,7 +136,11 @@ pub fn kernel_call(rec: Record, registry: &Registry, enricher: &mut Enricher) ->
         backend: None,
         via: io_uring.then_some(CallVia::IoUring),
         reason: (io_uring && ask_refused).then(|| IO_URING_REASON.to_owned()),
-    })
+        budget: None,
+    };
+    let def = registry.agent(h.agent_id).map(|a| &a.def);
+    crate::events::budget::mark(budget, &mut call, def);
+    Some(call)
 }
 
 fn delete(rmdir: bool, target: FileTarget) -> Op {
@@ -419,5 +424,6 @@ pub fn supervised_call(
         backend: Some(Backend::Seccomp),
         via: None,
         reason: reason.map(str::to_owned),
+        budget: None,
     }
 }

@@ -352,6 +352,8 @@ fn status(shared: &Shared, limits: &Limits) -> serde_json::Value {
         "agents": registry.agent_names(),
         "sessions": registry.sessions.len(),
         "held": shared.holds.count(),
+        // Exhausted budgets (agent.budget events) since the daemon started.
+        "budget_hits": shared.budgets.hits(),
         "uptime_secs": shared.started.elapsed().as_secs(),
     });
     drop(registry);

@@ -8,7 +8,7 @@ use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use guard_common::{Outcome, Rung, Verdict};
+use guard_common::{Charge, Outcome, Rung, Verdict};
 
 use super::{
     Shared,
@@ -223,11 +223,25 @@ impl SessionDecider {
         }
         let p = self.policy(&agent.def, req);
         let refused_anyway = p.reason.is_some() && p.verdict == Verdict::Allow;
-        let judged = guard_common::ladder(agent.mode().raw(), p.verdict.raw(), p.rule_id, || {
+        let grant = || {
             p.grant_path
                 .and_then(|path| self.shared.grants.covers_path(agent_id, path))
                 .unwrap_or(0)
-        });
+        };
+        // The same budget cell and rule as the kernel's (guard-ebpf
+        // budget.rs): a grant covering the call lifts its budget.
+        let budget = || match budget_class(req.op) {
+            Some(class) if grant() == 0 => self.shared.budgets.charge(agent_id, class),
+            _ => Charge::Free,
+        };
+        let judged = guard_common::ladder(
+            agent.mode().raw(),
+            p.verdict.raw(),
+            p.rule_id,
+            grant,
+            budget,
+        );
+        let budget_flags = guard_common::budget::record_flags(judged.budget);
         let verdict = Verdict::from_raw(judged.verdict).unwrap_or(Verdict::Deny);
         let switch = matches!(req.op, Op::Mount(_) | Op::IoUringSetup);
         let (decision, outcome, grant) = match judged.rung {
@@ -238,7 +252,7 @@ impl SessionDecider {
             // Never performed here: holding it would only delay the EPERM.
             Rung::Hold if switch => (Decision::Deny, Outcome::Denied, None),
             Rung::Hold => {
-                let call = attribute::supervised_call(
+                let mut call = attribute::supervised_call(
                     &registry,
                     agent,
                     self.session_cgroup,
@@ -248,6 +262,8 @@ impl SessionDecider {
                     p.reason,
                     &mut super::lock_enricher(&self.shared),
                 );
+                events::budget::mark(budget_flags, &mut call, Some(&agent.def));
+                let spent = events::budget::exhausted_by(&call).then(|| call.clone());
                 let timeout = registry.policy.approval_timeout(Some(&agent.def.name));
                 drop(registry);
                 let (tx, rx) = oneshot::channel();
@@ -265,6 +281,9 @@ impl SessionDecider {
                     },
                     timeout,
                 );
+                if let Some(call) = spent {
+                    super::budgets::exhausted(&self.shared, &call);
+                }
                 return Judged::Held(rx);
             }
             Rung::Deny => (Decision::Deny, Outcome::Denied, None),
@@ -281,8 +300,13 @@ impl SessionDecider {
         );
         // An approval's scope covers this call: no hold.
         call.grant = grant.map(|id| GrantRef { id });
+        events::budget::mark(budget_flags, &mut call, Some(&agent.def));
         drop(registry);
+        let spent = events::budget::exhausted_by(&call).then(|| call.clone());
         events::emit_now(&self.shared.emitter, call);
+        if let Some(call) = spent {
+            super::budgets::exhausted(&self.shared, &call);
+        }
         Judged::Now(decision)
     }
 }
@@ -342,6 +366,17 @@ fn emit_held_call(
         context: None,
     });
     events::emit_now(emitter, call);
+}
+
+/// The budget a supervised call draws on if it is allowed: every call
+/// that destroys data (renames and truncations too).
+fn budget_class(op: Op) -> Option<guard_common::BudgetClass> {
+    match op {
+        Op::Unlink | Op::Rmdir | Op::Truncate | Op::Rename { .. } => {
+            Some(guard_common::BudgetClass::Deletes)
+        }
+        Op::Link | Op::Open | Op::Mount(_) | Op::IoUringSetup => None,
+    }
 }
 
 enum Judged {

@@ -334,6 +334,9 @@ impl Holds {
                     "purpose": agent.map(|a| &a.purpose),
                     "on_behalf_of": agent.and_then(|a| a.on_behalf_of.as_ref()),
                     "target": h.call.op.target_json(),
+                    // Why it waits when the rule alone does not say (a spent budget).
+                    "reason": h.call.reason,
+                    "budget": h.call.budget,
                     "rule": h.call.rule,
                     "context": h.call.hold.as_ref().and_then(|x| x.context.as_ref()),
                     "since": humantime::format_rfc3339_seconds(h.since_wall).to_string(),

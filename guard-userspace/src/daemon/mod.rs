@@ -4,6 +4,7 @@ pub mod access;
 mod admin;
 pub mod approvals;
 pub mod attribute;
+pub mod budgets;
 mod context;
 mod control_server;
 mod deletes;
@@ -60,6 +61,7 @@ pub struct Shared {
     pub holds: holds::Holds,
     pub kernel_holds: crate::kernel::KernelHolds,
     pub grants: grants::Grants,
+    pub budgets: budgets::Budgets,
     pub sessions: sessions::Store,
     /// The loaded programs and maps; taken out on shutdown.
     pub kernel: Mutex<Option<Kernel>>,
@@ -333,9 +335,11 @@ pub async fn run(opts: Options) -> Result<()> {
         kernel.attach_connect_hold_stopper()?;
     }
     let mut agents = Vec::new();
+    let budgets = kernel.take_budgets()?;
     for (index, agent) in policy.agents.iter().enumerate() {
         let agent_id = index as u32 + 1;
         write_rules(&mut kernel, agent_id, agent)?;
+        budgets.set(agent_id, agent, None)?;
         let was_frozen = frozen_names.contains(&agent.name);
         if was_frozen {
             tracing::warn!(agent = %agent.name, "agent stays frozen, as on-call left it; `agent-guard thaw` ends it");
@@ -435,6 +439,7 @@ pub async fn run(opts: Options) -> Result<()> {
         holds: holds::Holds::default(),
         kernel_holds: kernel.take_holds()?,
         grants: grants::Grants::new(kernel.take_grants()?),
+        budgets,
         sessions,
         kernel: Mutex::new(None),
         hierarchy,

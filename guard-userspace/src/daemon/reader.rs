@@ -112,6 +112,7 @@ fn drain(ring: &mut RingBuf<MapData>, shared: &Arc<Shared>, clock: &decode::Boot
             (call, timeout)
         };
         let Some(call) = call else { continue };
+        let spent = crate::events::budget::exhausted_by(&call).then(|| call.clone());
         match (call.outcome, hold) {
             // A kernel hold: the thread is stopped until the registry
             // releases it.
@@ -125,6 +126,9 @@ fn drain(ring: &mut RingBuf<MapData>, shared: &Arc<Shared>, clock: &decode::Boot
                 events::with(&shared.emitter, |e| e.emit(time, call.into()));
             }
             _ => events::with(&shared.emitter, |e| e.emit(time, call.into())),
+        }
+        if let Some(call) = spent {
+            super::budgets::exhausted(shared, &call);
         }
     }
     true

@@ -279,6 +279,12 @@ fn apply(
             let id = shared.next_agent_id();
             fresh.push((id, def));
             super::write_rules(kernel, id, def)?;
+            // A rewritten agent's windows go on: a reload is no refill.
+            let carry = match c {
+                Change::Rewrite(old, _) => Some(old.agent_id),
+                _ => None,
+            };
+            shared.budgets.set(id, def, carry)?;
             if let Change::Rewrite(old, _) = c {
                 shared
                     .grants
@@ -292,6 +298,7 @@ fn apply(
         // Nothing was switched: take the staged rules out again.
         for (id, def) in &fresh {
             super::remove_rules(kernel, *id, def);
+            shared.budgets.drop_agent(*id);
         }
         return Err(err);
     }
@@ -342,6 +349,7 @@ fn apply(
         match c {
             Change::Rewrite(old, _) => {
                 super::remove_rules(kernel, old.agent_id, &old.def);
+                shared.budgets.drop_agent(old.agent_id);
                 shared
                     .grants
                     .moved(old.agent_id, ids[old.def.name.as_str()]);
@@ -384,6 +392,7 @@ fn retire(shared: &Shared, kernel: &mut Kernel, old: &AgentState, on_remove: Rem
     kernel.detach_cgroup(old.cgroup_id);
     super::remove_rules(kernel, old.agent_id, &old.def);
     shared.grants.drop_agent(old.agent_id);
+    shared.budgets.drop_agent(old.agent_id);
     if old.created && !cgroup::populated(&old.cgroup_dir).unwrap_or(true) {
         if let Err(err) = cgroup::remove_tree(&old.cgroup_dir) {
             tracing::warn!(agent = %name, %err, "cgroup of a retired agent left in place");

@@ -135,6 +135,25 @@ impl web::Backend for PageBackend {
         self.0.grants.list()
     }
 
+    fn budgets(&self) -> Vec<serde_json::Value> {
+        let registry = self.0.registry();
+        let mut list: Vec<_> = registry
+            .agents
+            .values()
+            .filter(|a| a.def.budget.is_some())
+            .collect();
+        list.sort_by(|a, b| a.def.name.cmp(&b.def.name));
+        list.iter()
+            .map(|a| {
+                serde_json::json!({
+                    "agent": a.def.name,
+                    "frozen": a.frozen,
+                    "budget": self.0.budgets.usage(a.agent_id, &a.def),
+                })
+            })
+            .collect()
+    }
+
     fn decide(
         &self,
         who: &Caller,

@@ -129,6 +129,8 @@ pub struct Record {
     pub call: RecordCall,
     /// An io_uring worker made the call (a hold could not rewind it).
     pub io_uring: bool,
+    /// The record's CALL_BUDGET bits: its agent's budget stopped it.
+    pub budget: u8,
 }
 
 /// What the record says was called.
@@ -178,12 +180,14 @@ pub fn decode(bytes: &[u8], clock: &BootClock) -> Result<Record, DecodeError> {
     let kind = EventKind::from_raw(raw.kind).ok_or(DecodeError::UnknownKind(raw.kind))?;
     let header = header(&raw, clock)?;
     let mut io_uring = false;
+    let mut flags = 0u8;
     let call = match kind {
         // Classified by attribution: only a reach for the guard is an event.
         EventKind::GuardRefusedPath => RecordCall::Refused(Box::new(read(bytes)?)),
         EventKind::NetConnect | EventKind::NetSend => {
             let rec: ConnectRecord = read(bytes)?;
-            io_uring = rec.flags & u32::from(CALL_IO_URING) != 0;
+            flags = rec.flags as u8;
+            io_uring = flags & CALL_IO_URING != 0;
             let target = connect_target(&rec)?;
             if kind == EventKind::NetSend {
                 RecordCall::Send(target)
@@ -193,7 +197,8 @@ pub fn decode(bytes: &[u8], clock: &BootClock) -> Result<Record, DecodeError> {
         }
         EventKind::FileUnlink | EventKind::FileRmdir | EventKind::FileTruncate => {
             let rec: FileRecord = read(bytes)?;
-            io_uring = rec.path.flags & CALL_IO_URING != 0;
+            flags = rec.path.flags;
+            io_uring = flags & CALL_IO_URING != 0;
             let target = file_target(&rec.path);
             if kind == EventKind::FileTruncate {
                 RecordCall::Truncate(target)
@@ -206,7 +211,8 @@ pub fn decode(bytes: &[u8], clock: &BootClock) -> Result<Record, DecodeError> {
         }
         EventKind::NetUnixConnect | EventKind::NetUnixSend => {
             let rec: FileRecord = read(bytes)?;
-            io_uring = rec.path.flags & CALL_IO_URING != 0;
+            flags = rec.path.flags;
+            io_uring = flags & CALL_IO_URING != 0;
             RecordCall::Unix {
                 send: kind == EventKind::NetUnixSend,
                 target: unix_target(&rec.path),
@@ -214,7 +220,8 @@ pub fn decode(bytes: &[u8], clock: &BootClock) -> Result<Record, DecodeError> {
         }
         EventKind::FileRename | EventKind::FileLink => {
             let rec: RenameRecord = read(bytes)?;
-            io_uring = rec.path.flags & CALL_IO_URING != 0;
+            flags = rec.path.flags;
+            io_uring = flags & CALL_IO_URING != 0;
             let paths = path_pair(&rec.path, &rec.new_path);
             if kind == EventKind::FileLink {
                 RecordCall::Link(paths)
@@ -257,6 +264,7 @@ pub fn decode(bytes: &[u8], clock: &BootClock) -> Result<Record, DecodeError> {
         header,
         call,
         io_uring,
+        budget: flags & (guard_common::CALL_BUDGET | guard_common::CALL_BUDGET_EXHAUSTED),
     })
 }
 

@@ -239,6 +239,7 @@ pub fn document<'a>(native: super::Native<'a>, time: &'a str) -> Ecs<'a> {
             (Some(&d.op), Some(&d.process), Some(&d.rule))
         }
         Event::Daemon(DaemonEvent::AgentStart(s)) => (None, Some(&s.process), None),
+        Event::Daemon(DaemonEvent::AgentBudget(b)) => (None, Some(&b.process), None),
         Event::Daemon(_) => (None, None, None),
     };
     if let Some(p) = process {
@@ -355,6 +356,8 @@ fn categories(event: &Event) -> (Vec<&'static str>, Vec<&'static str>) {
             DaemonEvent::PolicyReload(_)
             | DaemonEvent::AgentMode(_)
             | DaemonEvent::AgentExpired(_) => (vec!["configuration"], vec!["change"]),
+            // What the agent may do next changed: a spent budget.
+            DaemonEvent::AgentBudget(_) => (vec!["process", "intrusion_detection"], vec!["change"]),
             DaemonEvent::ControlRefused(_) => (vec!["api"], vec!["denied"]),
             DaemonEvent::NotifyFailed(_) | DaemonEvent::Loss(_) => (vec!["host"], vec!["info"]),
             DaemonEvent::TamperSuppressed(_) => (vec!["intrusion_detection"], vec!["denied"]),
@@ -379,6 +382,7 @@ fn outcome(event: &Event) -> &'static str {
             | DaemonEvent::DaemonTask(_)
             | DaemonEvent::ControlRefused(_)
             | DaemonEvent::TamperSuppressed(_)
+            | DaemonEvent::AgentBudget(_)
             | DaemonEvent::NotifyFailed(_)
             | DaemonEvent::Loss(_) => "failure",
             DaemonEvent::AgentStart(_)

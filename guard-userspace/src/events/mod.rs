@@ -8,6 +8,7 @@
 //! registry, holds, metrics or the surfaces. What wants to see every event
 //! (metrics, per-agent counts) subscribes as an [`Observer`]; what reacts
 //! to events (webhooks, the web page) watches a typed stream.
+pub mod budget;
 pub mod chain;
 pub mod counts;
 pub mod decode;

@@ -540,6 +540,17 @@ impl Kernel {
         })
     }
 
+    /// Hands the BUDGETS map to the budget service.
+    pub fn take_budgets(&mut self) -> Result<crate::daemon::budgets::Budgets, KernelError> {
+        let map = self
+            .ebpf
+            .take_map("BUDGETS")
+            .ok_or(KernelError::Missing("BUDGETS"))?;
+        Ok(crate::daemon::budgets::Budgets::new(
+            BpfHashMap::try_from(map).map_err(map_err("BUDGETS"))?,
+        ))
+    }
+
     /// Hands the HOLDS map to the hold registry.
     pub fn take_holds(&mut self) -> Result<KernelHolds, KernelError> {
         let map = self

@@ -368,7 +368,8 @@ mod tests {
         });
         let out = m.render(0).expect("renders");
         for needle in [
-            r#"agent_guard_events_total{kind="file.unlink",outcome="held"} 1"#,
+            // Held by a rule, and by a spent budget.
+            r#"agent_guard_events_total{kind="file.unlink",outcome="held"} 2"#,
             r#"agent_guard_agent_events_total{agent="claims-bot",outcome="allowed"}"#,
             r#"agent_guard_lost_events_total{reason="ringbuf_full"} 7"#,
             r#"agent_guard_decision_latency_seconds_count{decision="approved"} 1"#,

@@ -1,6 +1,6 @@
 //! Webhooks to the pager (`[[notify]] type = "webhook"`). A subscriber of
-//! the event stream turns each new hold and each decision into a signed
-//! JSON document; every delivery runs in its own task with retries, so
+//! the event stream turns each new hold, each decision and each spent
+//! budget into a signed JSON document; every delivery runs in its own task with retries, so
 //! nothing here can delay enforcement. Failed attempts are counted
 //! (metrics) and reported as `notify.failed` events.
 use std::{
@@ -21,8 +21,9 @@ use crate::{
     events::{
         self, Event, Stamped,
         model::{
-            Call, CallOutcome, Channel, Cmdline, DaemonEvent, Decided, EventsLost, Failed, HoldId,
-            HoldRef, LossReason, NotifyFailed, NotifyFailure, NotifyWhat, Op, Process, Rule, Text,
+            AgentBudget, BudgetAction, BudgetSpent, Call, CallOutcome, Channel, Cmdline,
+            DaemonEvent, Decided, EventsLost, Failed, HoldId, HoldRef, LossReason, NotifyFailed,
+            NotifyFailure, NotifyWhat, Op, Process, Rule, Text,
         },
     },
     metrics::Metrics,
@@ -87,10 +88,12 @@ pub fn signature(key: &[u8], body: &[u8]) -> String {
 /// The subscriber name of the webhook task (its losses say so).
 const WATCHER: &str = "webhooks";
 
-/// What a webhook document is about: a call held now, or a hold's end.
+/// What a webhook document is about: a call held now, a hold's end, or
+/// a spent budget.
 enum About<'a> {
     Held(&'a Call, &'a HoldRef),
     Decision(&'a DaemonEvent, &'a Decided),
+    Budget(&'a AgentBudget),
 }
 
 impl<'a> About<'a> {
@@ -101,6 +104,7 @@ impl<'a> About<'a> {
                 c.hold.as_ref().map(|h| About::Held(c, h))
             }
             Event::Daemon(d @ DaemonEvent::HoldDecision(h)) => Some(About::Decision(d, &h.hold)),
+            Event::Daemon(DaemonEvent::AgentBudget(b)) => Some(About::Budget(b)),
             _ => None,
         }
     }
@@ -109,32 +113,46 @@ impl<'a> About<'a> {
         match self {
             About::Held(..) => NotifyEvent::Held,
             About::Decision(..) => NotifyEvent::Decision,
+            About::Budget(_) => NotifyEvent::Budget,
         }
     }
 
-    fn id(&self) -> HoldId {
+    /// The hold it is about (none for a spent budget).
+    fn id(&self) -> Option<HoldId> {
         match self {
-            About::Held(_, h) => h.id,
-            About::Decision(_, d) => d.id,
+            About::Held(_, h) => Some(h.id),
+            About::Decision(_, d) => Some(d.id),
+            About::Budget(_) => None,
         }
     }
 
-    /// The held call's agent, process, rule and target.
+    /// The call's agent, process, rule (none for a spent budget: no rule
+    /// stopped it) and target: the held call, or the one that spent the
+    /// budget.
     fn parts(
         &self,
     ) -> (
         Option<&'a events::model::AgentRef>,
         &'a Process,
-        &'a Rule,
+        Option<&'a Rule>,
         &'a Op,
     ) {
         match self {
-            About::Held(c, _) => (c.agent.known(), &c.process, &c.rule, &c.op),
+            About::Held(c, _) => (c.agent.known(), &c.process, Some(&c.rule), &c.op),
             About::Decision(DaemonEvent::HoldDecision(d), _) => {
-                (d.agent.known(), &d.process, &d.rule, &d.op)
+                (d.agent.known(), &d.process, Some(&d.rule), &d.op)
             }
             About::Decision(..) => unreachable!("a decision is a hold.decision event"),
+            About::Budget(b) => (b.agent.as_ref(), &b.process, None, &b.op),
         }
+    }
+
+    /// Whether a webhook that wants `events` gets this document. A spent
+    /// budget also goes to those that want holds: what follows is held,
+    /// refused or frozen.
+    fn wanted_by(&self, events: &[NotifyEvent]) -> bool {
+        events.contains(&self.which())
+            || (self.which() == NotifyEvent::Budget && events.contains(&NotifyEvent::Held))
     }
 }
 
@@ -146,7 +164,11 @@ pub struct Document<'a> {
     seq: u64,
     time: String,
     host: &'a str,
-    hold: DocHold<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hold: Option<DocHold<'a>>,
+    /// A spent budget (`"event": "budget"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    budget: Option<&'a BudgetSpent>,
     #[serde(skip_serializing_if = "Option::is_none")]
     agent: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -155,12 +177,13 @@ pub struct Document<'a> {
     on_behalf_of: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     purpose: Option<&'a str>,
-    /// The held call's kind.
+    /// The held call's kind (the kind of the call that spent a budget).
     what: &'static str,
     #[serde(serialize_with = "Op::serialize_target")]
     target: &'a Op,
     process: DocProcess<'a>,
-    rule: &'a Rule,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<&'a Rule>,
     #[serde(skip_serializing_if = "Option::is_none")]
     time_left_secs: Option<u64>,
     summary: String,
@@ -184,7 +207,8 @@ struct DocProcess<'a> {
     cmdline: Option<&'a Cmdline>,
 }
 
-/// The document for `stamped` (if it is a hold or a decision); `left_ms`
+/// The document for `stamped` (if it is a hold, a decision or a spent
+/// budget); `left_ms`
 /// is how long a held call has left, `page` the web page's address.
 pub fn document<'a>(
     stamped: &'a Stamped,
@@ -193,7 +217,7 @@ pub fn document<'a>(
 ) -> Option<Document<'a>> {
     let about = About::of(&stamped.event)?;
     let (agent, process, rule, op) = about.parts();
-    let id = about.id().0;
+    let id = about.id();
     let shown_target = match (op.destination(), op.new_path()) {
         (Some(d), _) => format!("{}:{}", d.address, d.port),
         (None, Some(to)) => format!("{} -> {to}", op.path().unwrap_or("?")),
@@ -201,26 +225,47 @@ pub fn document<'a>(
     };
     let what = op.kind().name();
     let name = agent.map_or("?", |a| a.name.as_str());
+    let owner = agent.map_or("?", |a| a.owner.as_str());
     let (hold, summary, time_left_secs) = match about {
         About::Held(_, h) => {
             let left = left_ms.map_or(h.timeout_secs.unwrap_or_default(), |ms| ms / 1000);
             let summary = format!(
-                "agent-guard on {}: agent {name} ({}) is held on {what} {shown_target}; \
+                "agent-guard on {}: agent {name} ({owner}) is held on {what} {shown_target}; \
                  decide within {left} s or it is denied",
                 stamped.host,
-                agent.map_or("?", |a| a.owner.as_str()),
             );
-            (DocHold::Held(h), summary, Some(left))
+            (Some(DocHold::Held(h)), summary, Some(left))
         }
         About::Decision(_, d) => {
             let summary = format!(
-                "agent-guard on {}: hold {id} ({name} {shown_target}) {} by {}",
+                "agent-guard on {}: hold {} ({name} {shown_target}) {} by {}",
                 stamped.host,
+                d.id.0,
                 d.decision.name(),
                 d.by.user,
             );
-            (DocHold::Decided(d), summary, None)
+            (Some(DocHold::Decided(d)), summary, None)
         }
+        About::Budget(b) => {
+            let spent = &b.budget.budget;
+            let next = match spent.action {
+                Some(BudgetAction::Deny) => "refused until the window ends",
+                Some(BudgetAction::Freeze) => "held and the agent is frozen until thawed",
+                Some(BudgetAction::Ask) | None => "held for a decision",
+            };
+            let summary = format!(
+                "agent-guard on {}: agent {name} ({owner}) spent its {} budget ({}) on {what} \
+                 {shown_target}; further calls are {next}",
+                stamped.host,
+                spent.name.map_or("?", |n| n.name()),
+                spent.rate.as_deref().unwrap_or("?"),
+            );
+            (None, summary, None)
+        }
+    };
+    let budget = match about {
+        About::Budget(b) => Some(&b.budget),
+        About::Held(..) | About::Decision(..) => None,
     };
     Some(Document {
         schema: SCHEMA,
@@ -229,6 +274,7 @@ pub fn document<'a>(
         time: humantime::format_rfc3339_nanos(stamped.time).to_string(),
         host: &stamped.host,
         hold,
+        budget,
         agent: agent.map(|a| a.name.as_str()),
         owner: agent.map(|a| a.owner.as_str()),
         on_behalf_of: agent.and_then(|a| a.on_behalf_of.as_deref()),
@@ -243,7 +289,10 @@ pub fn document<'a>(
         rule,
         time_left_secs,
         summary,
-        link: page.map(|p| format!("{p}/#hold={id}")),
+        link: page.map(|p| match id {
+            Some(id) => format!("{p}/#hold={}", id.0),
+            None => format!("{p}/"),
+        }),
     })
 }
 
@@ -296,9 +345,9 @@ async fn follow(
             continue;
         };
         let (which, id) = (about.which(), about.id());
-        let left_ms = (which == NotifyEvent::Held)
-            .then(|| shared.holds.left(id.0))
-            .flatten()
+        let left_ms = id
+            .filter(|_| which == NotifyEvent::Held)
+            .and_then(|id| shared.holds.left(id.0))
             .map(|d| d.as_millis() as u64);
         let Some(doc) = document(&stamped, left_ms, page.as_deref()) else {
             continue;
@@ -310,7 +359,7 @@ async fn follow(
                 continue;
             }
         };
-        for hook in hooks.iter().filter(|h| h.events.contains(&which)) {
+        for hook in hooks.iter().filter(|h| about.wanted_by(&h.events)) {
             if hook.in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_IN_FLIGHT {
                 hook.in_flight.fetch_sub(1, Ordering::Relaxed);
                 metrics.webhook_dropped(&hook.url);
@@ -345,7 +394,7 @@ async fn deliver(
     metrics: Arc<Metrics>,
     hook: Arc<Webhook>,
     which: NotifyEvent,
-    hold: HoldId,
+    hold: Option<HoldId>,
     body: bytes::Bytes,
 ) {
     let signature = signature(&hook.key, &body);
@@ -405,12 +454,12 @@ fn failed(
     metrics: &Metrics,
     hook: &Webhook,
     which: NotifyEvent,
-    hold: HoldId,
+    hold: Option<HoldId>,
     attempt: u32,
     will_retry: bool,
     error: &str,
 ) {
-    tracing::warn!(url = %hook.url, hold = hold.0, attempt, will_retry, error, "webhook delivery failed");
+    tracing::warn!(url = %hook.url, hold = ?hold.map(|h| h.0), attempt, will_retry, error, "webhook delivery failed");
     events::emit_now(
         &shared.emitter,
         DaemonEvent::NotifyFailed(NotifyFailed {
@@ -421,6 +470,7 @@ fn failed(
                 event: match which {
                     NotifyEvent::Held => NotifyWhat::Held,
                     NotifyEvent::Decision => NotifyWhat::Decision,
+                    NotifyEvent::Budget => NotifyWhat::Budget,
                 },
                 hold,
                 attempt,
@@ -489,6 +539,40 @@ mod tests {
             doc["summary"]
                 .as_str()
                 .is_some_and(|s| s.contains("approved by alice"))
+        );
+    }
+
+    #[test]
+    fn a_spent_budget_is_a_document_for_budget_and_held_hooks() {
+        let spent = crate::events::examples::all()
+            .into_iter()
+            .find(|e| e.kind() == "agent.budget")
+            .map(|event| Stamped {
+                seq: 9,
+                time: std::time::SystemTime::UNIX_EPOCH,
+                host: "h".into(),
+                event,
+            })
+            .expect("a spent budget");
+        let about = About::of(&spent.event).expect("notified");
+        assert!(about.wanted_by(&[NotifyEvent::Budget]));
+        assert!(about.wanted_by(&[NotifyEvent::Held]));
+        assert!(!about.wanted_by(&[NotifyEvent::Decision]));
+        let doc = document(&spent, None, Some("https://g.example")).expect("a document");
+        let doc = serde_json::to_value(&doc).expect("json");
+        assert_eq!(doc["event"], "budget");
+        assert!(doc.get("hold").is_none() && doc.get("rule").is_none());
+        assert_eq!(doc["budget"]["name"], "deletes");
+        assert_eq!(doc["budget"]["count"], 40);
+        assert_eq!(doc["what"], "file.unlink");
+        assert_eq!(doc["agent"], "claims-bot");
+        assert_eq!(doc["link"], "https://g.example/");
+        assert!(
+            doc["summary"]
+                .as_str()
+                .is_some_and(|s| s.contains("spent its deletes budget (40/min)")
+                    && s.contains("held for a decision")),
+            "{doc}"
         );
     }
 }

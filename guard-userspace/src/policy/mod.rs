@@ -10,6 +10,7 @@
 //! deny > ask > allow; delete rules by longest path prefix (whole components),
 //! then deny > ask > allow. No match means the agent's default verdict.
 
+pub mod budget;
 mod check;
 mod compile;
 mod error;
@@ -125,6 +126,8 @@ pub struct Agent {
     pub runners: Approvers,
     /// How long this agent's `ask` waits (None: [daemon]'s). Always > 0.
     pub approval_timeout_secs: Option<u64>,
+    /// `[agent.budget]`: how many allowed deletes and connects per window.
+    pub budget: Option<budget::Budget>,
     /// `expires`: after it the agent starts no run, and the daemon freezes
     /// it (an `agent.expired` event), so a retired agent keeps no rights.
     pub expires: Option<std::time::SystemTime>,

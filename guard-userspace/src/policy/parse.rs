@@ -100,6 +100,7 @@ struct RawAgent {
     allow_io_uring: Option<bool>,
     runners: Option<RawApprovers>,
     approval_timeout_secs: Option<Spanned<u64>>,
+    budget: Option<Spanned<super::budget::RawBudget>>,
     expires: Option<Spanned<String>>,
 }
 
@@ -389,6 +390,7 @@ fn agent(doc: &Doc<'_>, raw: RawAgent, line: usize) -> Result<Agent, PolicyError
     let delete = path_policy(doc, raw.delete.as_ref())?;
     let runners = uid_group_list(doc, raw.runners, "runner")?;
     let approval_timeout_secs = approval_timeout(doc, raw.approval_timeout_secs)?;
+    let budget = super::budget::budget(doc, raw.budget)?;
     let expires = raw.expires.as_ref().map(|e| expiry(doc, e)).transpose()?;
     Ok(Agent {
         name: raw.name.into_inner(),
@@ -403,6 +405,7 @@ fn agent(doc: &Doc<'_>, raw: RawAgent, line: usize) -> Result<Agent, PolicyError
         allow_io_uring: raw.allow_io_uring.unwrap_or(false),
         runners,
         approval_timeout_secs,
+        budget,
         expires,
         line,
     })

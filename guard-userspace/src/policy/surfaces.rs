@@ -52,6 +52,10 @@ pub enum NotifyEvent {
     Held,
     /// A hold ended (approved, denied, expired, killed).
     Decision,
+    /// An agent spent one of its budgets (`agent.budget`). Hooks that
+    /// want `held` get it too: from then on its calls are held, refused or
+    /// frozen.
+    Budget,
 }
 
 impl NotifyEvent {
@@ -59,6 +63,7 @@ impl NotifyEvent {
         match self {
             NotifyEvent::Held => "held",
             NotifyEvent::Decision => "decision",
+            NotifyEvent::Budget => "budget",
         }
     }
 }
@@ -185,11 +190,13 @@ pub(super) fn notify(doc: &Doc<'_>, raw: Vec<RawNotify>) -> Result<Vec<NotifyCon
             let event = match e.get_ref().as_str() {
                 "held" => NotifyEvent::Held,
                 "decision" => NotifyEvent::Decision,
+                "budget" => NotifyEvent::Budget,
                 other => {
                     return Err(doc.error_at(
                         e.span().start,
                         format!(
-                            "unknown notify event {other:?}; expected \"held\" or \"decision\""
+                            "unknown notify event {other:?}; expected \"held\", \"decision\" \
+                             or \"budget\""
                         ),
                     ));
                 }

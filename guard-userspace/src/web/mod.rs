@@ -44,6 +44,8 @@ use crate::{
 pub trait Backend: Send + Sync + 'static {
     fn pending(&self) -> Vec<Value>;
     fn grants(&self) -> Vec<Value>;
+    /// Each agent with a budget: its use (used/limit per window).
+    fn budgets(&self) -> Vec<Value>;
     fn decide(
         &self,
         who: &Caller,
@@ -254,6 +256,7 @@ async fn state(
         "user": user,
         "holds": app.backend.pending(),
         "grants": app.backend.grants(),
+        "budgets": app.backend.budgets(),
         "decisions": recent,
     }))
     .into_response()

@@ -57,7 +57,14 @@ const CASES: [(&str, &str, Place, bool); 4] = [
     ),
 ];
 
-fn job(ctx: &Ctx, op: &str, case: &str, round: u32, ports: Ports, calls: u32) -> Vec<String> {
+pub(super) fn job(
+    ctx: &Ctx,
+    op: &str,
+    case: &str,
+    round: u32,
+    ports: Ports,
+    calls: u32,
+) -> Vec<String> {
     let dir = |what: &str| {
         ctx.work_dir()
             .join(format!("{what}-{case}-{round}"))
@@ -86,7 +93,7 @@ pub struct Ports {
     pub udp: u16,
 }
 
-fn add_stats(total: &mut BTreeMap<String, (u64, u64)>, d: &BenchDaemon) -> Result<()> {
+pub(super) fn add_stats(total: &mut BTreeMap<String, (u64, u64)>, d: &BenchDaemon) -> Result<()> {
     for (name, (cnt, ns)) in d.prog_stats()? {
         let e = total.entry(name).or_insert((0, 0));
         e.0 += cnt;

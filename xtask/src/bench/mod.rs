@@ -3,6 +3,7 @@
 //! run one after another (no guard, then the guarded cases, then no guard
 //! again in the next round), so drift of a shared machine hits all alike.
 mod approver;
+mod budget;
 mod cases;
 mod daemon;
 mod load;
@@ -45,8 +46,9 @@ pub struct BenchArgs {
     /// against the bare call and nothing else.
     #[arg(long = "op", value_parser = clap::builder::PossibleValuesParser::new(cases::OPS))]
     pub ops: Vec<String>,
-    /// Only the latency phase: no approval round trip, event throughput or
-    /// memory phase (their rows and results are left out).
+    /// Only the latency phase: no budget accounting, approval round trip,
+    /// event throughput or memory phase (their rows and results are left
+    /// out).
     #[arg(long)]
     pub latency_only: bool,
     /// Measure this agent-guard binary (for example a release build of an
@@ -281,6 +283,8 @@ fn run_phases(ctx: &Ctx, args: &BenchArgs) -> Result<(serde_json::Value, Vec<rep
         });
         return Ok((results, rows));
     }
+    eprintln!("bench: budget accounting, {} rounds", args.rounds);
+    let budget = budget::budget(ctx, args, ports, &mut rows)?;
     eprintln!("bench: approval round trip, {} holds", args.holds);
     let approval = cases::approval(ctx, args, &mut rows)?;
     eprintln!("bench: event throughput");
@@ -295,6 +299,7 @@ fn run_phases(ctx: &Ctx, args: &BenchArgs) -> Result<(serde_json::Value, Vec<rep
         "machine": machine(),
         "args": { "rounds": args.rounds, "calls": args.calls, "seccomp_calls": args.seccomp_calls, "holds": args.holds, "rss_events": args.rss_events, "daemon": daemon_arg(args) },
         "latency": latency,
+        "budget": budget,
         "approval": approval,
         "throughput": throughput,
         "memory": memory,

@@ -18,6 +18,7 @@ pub(super) fn side_doors() -> Vec<Event> {
         backend: None,
         via: None,
         reason: None,
+        budget: None,
     };
     let rename = file_call(
         Op::Rename(Box::new(RenameTarget {

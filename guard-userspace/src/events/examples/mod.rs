@@ -4,6 +4,7 @@
 //! them (sample data for a SIEM's parser, in either format).
 use std::{collections::BTreeMap, net::IpAddr, time::SystemTime};
 
+mod budget;
 mod doors;
 
 use doors::{hold_context, side_doors};
@@ -69,6 +70,7 @@ fn connect(outcome: CallOutcome, port: u16, r: Rule) -> Call {
         backend: None,
         via: None,
         reason: None,
+        budget: None,
     }
 }
 
@@ -84,6 +86,7 @@ fn unlink(outcome: CallOutcome, path: &str) -> Call {
         backend: None,
         via: None,
         reason: None,
+        budget: None,
     }
 }
 
@@ -108,6 +111,7 @@ fn self_defense(op: Op) -> Call {
         backend: None,
         via: None,
         reason: None,
+        budget: None,
     }
 }
 
@@ -187,6 +191,7 @@ pub fn all() -> Vec<Event> {
         "the caller is inside agent claims-bot: agents have no say in the control plane",
     )
     .about(Some(Subject::Hold(HOLD.to_string())));
+    let (over_budget, budget_spent) = budget::spent();
     let mut loss = Loss::new(LossReason::SinkSlow, 12);
     loss.loss.sink = Some("siem".into());
     loss.loss.total = Some(12);
@@ -207,6 +212,7 @@ pub fn all() -> Vec<Event> {
     .into_iter()
     .chain(side_doors())
     .chain([
+        over_budget.into(),
         self_defense(Op::Escape(EscapeTarget {
             how: EscapeHow::CgroupWrite,
             action: GuardAction::Killed,
@@ -302,6 +308,7 @@ pub fn all() -> Vec<Event> {
             reason: Some(Text::message("incident INC-7")),
         })
         .into(),
+        budget_spent.into(),
         DaemonEvent::AgentExpired(AgentExpired {
             outcome: Success::Success,
             agent: Some(AgentRef {
@@ -349,7 +356,7 @@ pub fn all() -> Vec<Event> {
                 channel: Channel::Webhook,
                 url: "https://pager.example.com/hooks/agent-guard".into(),
                 event: NotifyWhat::Held,
-                hold: HoldId(HOLD),
+                hold: Some(HoldId(HOLD)),
                 attempt: 1,
                 attempts_max: 6,
                 will_retry: true,

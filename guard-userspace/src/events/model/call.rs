@@ -34,9 +34,13 @@ pub struct Call {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub via: Option<CallVia>,
     /// Why, where the rule alone does not say it (an `ask` refused because
-    /// it could not be held, a switch changed since the run started).
+    /// it could not be held, a switch changed since the run started, a
+    /// spent budget).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The agent's budget, not a rule, held or refused this call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<super::BudgetMark>,
 }
 
 impl Call {

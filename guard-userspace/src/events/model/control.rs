@@ -166,7 +166,9 @@ pub enum NotifyFailure {
         channel: Channel,
         url: String,
         event: NotifyWhat,
-        hold: HoldId,
+        /// The hold the document was about (none for a spent budget).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        hold: Option<HoldId>,
         attempt: u32,
         attempts_max: u32,
         will_retry: bool,
@@ -203,6 +205,8 @@ pub enum EventsLost {
 pub enum NotifyWhat {
     Held,
     Decision,
+    /// An agent spent a budget (`agent.budget`).
+    Budget,
 }
 
 /// `loss`.

@@ -29,6 +29,9 @@ pub enum DaemonEvent {
     /// An operator froze or thawed an agent.
     #[serde(rename = "agent.mode")]
     AgentMode(AgentMode),
+    /// An agent spent one of its budgets (once per window).
+    #[serde(rename = "agent.budget")]
+    AgentBudget(super::AgentBudget),
     /// An agent's `expires` passed: the daemon froze it.
     #[serde(rename = "agent.expired")]
     AgentExpired(AgentExpired),
@@ -65,6 +68,7 @@ impl DaemonEvent {
             DaemonEvent::AgentExit(_) => "agent.exit",
             DaemonEvent::AgentKill(_) => "agent.kill",
             DaemonEvent::AgentMode(_) => "agent.mode",
+            DaemonEvent::AgentBudget(_) => "agent.budget",
             DaemonEvent::AgentExpired(_) => "agent.expired",
             DaemonEvent::PolicyReload(_) => "policy.reload",
             DaemonEvent::ControlRefused(_) => "control.refused",
@@ -83,6 +87,7 @@ impl DaemonEvent {
             DaemonEvent::PolicyReload(r) => r.outcome.name(),
             DaemonEvent::DaemonTask(t) => t.outcome.name(),
             DaemonEvent::ControlRefused(_) | DaemonEvent::TamperSuppressed(_) => "denied",
+            DaemonEvent::AgentBudget(b) => b.outcome.name(),
             DaemonEvent::NotifyFailed(_) => "failed",
             DaemonEvent::Loss(_) => "lost",
             DaemonEvent::AgentStart(_)
@@ -101,6 +106,7 @@ impl DaemonEvent {
             DaemonEvent::AgentStart(s) => s.agent.as_ref(),
             DaemonEvent::AgentExit(e) => e.agent.as_ref(),
             DaemonEvent::AgentMode(m) => m.agent.as_ref(),
+            DaemonEvent::AgentBudget(b) => b.agent.as_ref(),
             DaemonEvent::AgentExpired(e) => e.agent.as_ref(),
             DaemonEvent::TamperSuppressed(s) => s.agent.known(),
             DaemonEvent::AgentKill(_)
@@ -120,6 +126,7 @@ impl DaemonEvent {
             DaemonEvent::HoldDecision(d) => d.process.truncated() || cut(&d.hold.reason),
             DaemonEvent::AgentStart(s) => s.process.truncated(),
             DaemonEvent::AgentMode(m) => cut(&m.reason),
+            DaemonEvent::AgentBudget(b) => b.process.truncated(),
             DaemonEvent::AgentExpired(e) => cut(&e.expiry.warning),
             DaemonEvent::PolicyReload(r) => cut(&r.policy.error),
             DaemonEvent::ControlRefused(r) => r.control.truncated(),

@@ -8,6 +8,7 @@
 //! variant) or `daemon.rs` (anything else: a new [`DaemonEvent`] variant),
 //! then the compiler points at every mapping that must say what it is
 //! (OCSF class, ECS categories, its name).
+mod budget;
 mod call;
 mod control;
 mod daemon;
@@ -22,6 +23,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use budget::*;
 pub use call::*;
 pub use control::*;
 pub use daemon::*;

@@ -412,6 +412,18 @@ impl<'a> Ocsf<'a> {
                 });
                 self.unmapped = unmapped(m.agent.as_ref());
             }
+            // A spent budget changes what the agent may do next; the
+            // agent, with the process of the call that spent it, did it.
+            DaemonEvent::AgentBudget(b) => {
+                self.set_activity(APP_UPDATE);
+                self.app = Some(product());
+                let mut a = agent_actor(b.agent.as_ref());
+                a.process = Some(process(&b.process));
+                self.actor = Some(a);
+                // The burst a budget exists for: worth a look.
+                (self.severity_id, self.severity) = SEVERITY_MEDIUM;
+                self.unmapped = unmapped(b.agent.as_ref());
+            }
             DaemonEvent::PolicyReload(r) => {
                 self.set_activity(APP_UPDATE);
                 self.app = Some(product());

@@ -6,7 +6,7 @@ use crate::policy::{PolicyError, load, parse};
 const HEAD: &str = "[[agent]]\nname = \"a\"\nowner = \"o\"\npurpose = \"p\"\ncgroup = \"g/a\"\n";
 
 #[track_caller]
-fn check(text: &str, line: usize, col: usize, needle: &str) -> PolicyError {
+pub(super) fn check(text: &str, line: usize, col: usize, needle: &str) -> PolicyError {
     let e = parse("p.toml", text).expect_err("policy should be rejected");
     let shown = e.to_string();
     assert!(

@@ -6,6 +6,7 @@
     reason = "a test should fail loudly on a broken fixture"
 )]
 
+mod budget;
 mod enforceable;
 mod errors;
 mod kernel_maps;

@@ -245,6 +245,26 @@ function renderGrants(grants) {
   $("no-grants").hidden = grants.length > 0;
 }
 
+function renderBudgets(list) {
+  const box = $("budgets");
+  box.replaceChildren();
+  for (const a of list || []) {
+    const b = a.budget || {};
+    const parts = [];
+    for (const name of ["deletes", "connects"]) {
+      const u = b[name];
+      if (!u) continue;
+      parts.push(name + " " + u.used + "/" + u.limit + " per " + u.window + (u.exhausted ? " (spent)" : ""));
+    }
+    const li = el("li", a.frozen ? "frozen" : "");
+    li.dataset.agent = a.agent;
+    li.textContent = "agent " + a.agent + ": " + parts.join(", ") +
+      " · then " + (b.on_exceed || "ask") + (a.frozen ? " · frozen" : "");
+    box.append(li);
+  }
+  $("no-budgets").hidden = (list || []).length > 0;
+}
+
 function renderDecisions(list) {
   const box = $("decisions");
   box.replaceChildren();
@@ -269,6 +289,7 @@ async function refresh() {
     $("who").textContent = "signed in as " + s.user;
     renderHolds(s.holds);
     renderGrants(s.grants);
+    renderBudgets(s.budgets);
     renderDecisions(s.decisions);
     $("status").textContent = "updated " + new Date().toLocaleTimeString();
   } catch (e) {
