@@ -1,6 +1,10 @@
 //! What /proc says about a process: its stat line, cgroup, groups, exe and
 //! command line. Readers return `None` when the process is gone.
-use std::{fs, path::PathBuf};
+use std::{
+    fs,
+    io::{self, Read as _},
+    path::{Path, PathBuf},
+};
 
 /// The fields of /proc/PID/stat that agent-guard uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,7 +19,34 @@ pub struct Stat {
 
 /// /proc/PID/stat of `pid`.
 pub fn stat(pid: u32) -> Option<Stat> {
-    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    parse_stat(&read_small(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// A /proc file that the kernel renders whole on the first read (stat,
+/// status, cgroup), in one read: `fs::read_to_string` makes a statx for a
+/// size /proc does not report, then reads of 32 bytes and up, six or more
+/// system calls for a stat line. Each is dear where tracing programs see
+/// every system call, and the supervisor reads these files per call.
+pub fn read_small(path: impl AsRef<Path>) -> io::Result<String> {
+    read_small_file(fs::File::open(path)?)
+}
+
+/// [`read_small`] of a file already open.
+pub fn read_small_file(mut file: fs::File) -> io::Result<String> {
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        let n = file.read(&mut buf[len..])?;
+        len += n;
+        // Such a file is handed out from one rendering: a read that does
+        // not fill the buffer has reached its end.
+        if n == 0 || len < buf.len() {
+            break;
+        }
+        buf.resize(buf.len() * 2, 0);
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Parses a stat line. The comm field may hold spaces and parentheses, so
@@ -41,7 +72,7 @@ pub fn state(pid: u32) -> Option<char> {
 /// The cgroup v2 path of `pid` relative to the cgroup2 mount ("/a/b"),
 /// from the "0::" line of /proc/PID/cgroup.
 pub fn cgroup(pid: u32) -> Option<String> {
-    parse_cgroup(&fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+    parse_cgroup(&read_small(format!("/proc/{pid}/cgroup")).ok()?)
 }
 
 pub fn parse_cgroup(text: &str) -> Option<String> {
@@ -51,7 +82,7 @@ pub fn parse_cgroup(text: &str) -> Option<String> {
 
 /// The supplementary groups of `pid`, as the kernel sees them now.
 pub fn groups(pid: u32) -> Option<Vec<u32>> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let status = read_small(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|l| {
         l.strip_prefix("Groups:").map(|g| {
             g.split_whitespace()
@@ -90,7 +121,7 @@ pub fn pids() -> Vec<u32> {
 
 /// The real uid of `pid` (the first field of "Uid:" in its status).
 pub fn uid(pid: u32) -> Option<u32> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let status = read_small(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|l| {
         l.strip_prefix("Uid:")
             .and_then(|u| u.split_whitespace().next()?.parse().ok())
@@ -99,7 +130,7 @@ pub fn uid(pid: u32) -> Option<u32> {
 
 /// The process (thread group) that thread or process `id` belongs to.
 pub fn tgid(id: u32) -> Option<u32> {
-    let status = fs::read_to_string(format!("/proc/{id}/status")).ok()?;
+    let status = read_small(format!("/proc/{id}/status")).ok()?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("Tgid:").and_then(|t| t.trim().parse().ok()))
@@ -119,6 +150,23 @@ pub fn threads(pid: u32) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_a_proc_file_whole_in_one_go() {
+        for name in ["stat", "status", "cgroup"] {
+            let path = format!("/proc/self/{name}");
+            let whole = fs::read_to_string(&path).expect("read_to_string");
+            let small = read_small(&path).expect("read_small");
+            // The same lines, up to the counters that moved in between.
+            assert_eq!(small.lines().count(), whole.lines().count(), "{name}");
+        }
+        // Longer than the first buffer: read on until the end.
+        let long = std::env::temp_dir().join(format!("read-small-{}", std::process::id()));
+        fs::write(&long, "x".repeat(10_000)).expect("write");
+        assert_eq!(read_small(&long).expect("read").len(), 10_000);
+        let _ = fs::remove_file(&long);
+        assert!(stat(std::process::id()).is_some());
+    }
 
     #[test]
     fn parses_stat_with_hostile_comm() {

@@ -78,7 +78,9 @@ enum Cmd {
     /// agent budget adds to it. Prints a table and writes
     /// target/bench/results.json. Takes a few minutes.
     ///
-    /// Example: sudo cargo xtask bench --rounds 5
+    /// Examples:
+    ///   sudo cargo xtask bench --rounds 5
+    ///   sudo cargo xtask bench --op unlink --latency-only   (supervised deletes only)
     #[command(verbatim_doc_comment)]
     Bench(bench::BenchArgs),
     /// A benchmark workload (run by `bench` inside agents; not for humans).

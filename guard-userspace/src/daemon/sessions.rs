@@ -480,7 +480,7 @@ fn supervise_run(
             }
             Err(err) => tracing::error!(
                 session = %id, %err,
-                "delete supervision failed; the run's deletes now fail (ENOSYS)"
+                "delete supervision failed; the run's supervised calls now wait in the kernel (its launcher keeps the listener) until a restarted daemon answers them, or fail with ENOSYS once the launcher is gone"
             ),
         }
     });

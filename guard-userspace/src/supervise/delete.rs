@@ -5,7 +5,7 @@ use tracing::{debug, warn};
 
 use super::{
     Decide, Decision, Object, Op,
-    identity::run_as,
+    identity::run_as_creating_nothing,
     ops::{self, Acted, OpenError},
     path::{self, Last},
     supervisor::{Answer, Caller, Stop, absolute, io_failure, performed},
@@ -39,7 +39,7 @@ pub(super) async fn entry(
     })
     .map_err(|e| io_failure("parent path")(io::Error::other(e)))?;
     let host = caller.host.clone();
-    let held = run_as(caller.identity.clone(), move || {
+    let held = run_as_creating_nothing(caller.identity.clone(), &caller.host.own, move || {
         ops::open_parent(base.as_ref(), &parent, &host)
     })
     .await
@@ -90,11 +90,15 @@ pub(super) async fn delete(
 
     // Deletions that cannot happen get the kernel's errno, unasked.
     let (held, name, trailing) = (e.held.clone(), e.name.clone(), e.trailing_slash);
-    let is_dir =
+    let is_dir = if caller.identity.is(&caller.host.own) {
+        // On the supervisor thread (the fast path): one lookup, no hop.
+        ops::preflight(&held.dir, &name, op, trailing)
+    } else {
         tokio::task::spawn_blocking(move || ops::preflight(&held.dir, &name, op, trailing))
             .await
             .map_err(|e| io_failure("pre-flight lookup")(io::Error::other(e)))?
-            .map_err(Stop::Errno)?;
+    }
+    .map_err(Stop::Errno)?;
 
     // Step 4: ask, about the path of the directory actually held.
     let object = Object {
@@ -112,7 +116,7 @@ pub(super) async fn delete(
     // Step 5: act, as the caller, on the entry in the held directory.
     let host = caller.host.clone();
     let (held, name) = (e.held, e.name);
-    let acted = run_as(caller.identity.clone(), move || {
+    let acted = run_as_creating_nothing(caller.identity.clone(), &caller.host.own, move || {
         ops::delete_entry(&host, &held, &name, op)
     })
     .await

@@ -43,6 +43,60 @@ where
         .map_err(|_| io::Error::other("the identity thread died without an answer"))?
 }
 
+/// Like [`run_as`], for an `op` that creates nothing (so the umask does
+/// not matter): when the caller's identity is the daemon's own, `op` runs
+/// right here, since the thread would switch nothing. That is the
+/// supervisor's fast path: no thread to start and wait for.
+pub(super) async fn run_as_creating_nothing<T, F>(
+    identity: Arc<Identity>,
+    own: &Own,
+    op: F,
+) -> io::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    if identity.is(own) {
+        return Ok(op());
+    }
+    run_as(identity, op).await
+}
+
+/// The daemon's own identity, read once when supervision starts (the
+/// daemon never changes its credentials; only identity threads do, and
+/// they end).
+#[derive(Debug)]
+pub(super) struct Own {
+    fsuid: u32,
+    fsgid: u32,
+    /// Sorted, without duplicates.
+    groups: Vec<u32>,
+    cap_eff: u64,
+}
+
+impl Own {
+    /// Reads the calling thread's identity; never call it on an identity
+    /// thread.
+    pub(super) fn current() -> io::Result<Self> {
+        let mut groups = thread_groups()?;
+        groups.sort_unstable();
+        groups.dedup();
+        // SAFETY: (u32)-1 is never a valid id, so these only query.
+        let (fsuid, fsgid) = unsafe {
+            (
+                libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32,
+                libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32,
+            )
+        };
+        Ok(Self {
+            fsuid,
+            fsgid,
+            groups,
+            cap_eff: effective_caps()?,
+        })
+    }
+}
+
 impl Identity {
     /// Takes on this identity on the calling thread. Must only run on a
     /// thread that ends afterwards.
@@ -60,6 +114,22 @@ impl Identity {
         }
         self.switch_ids()?;
         restrict_caps(self.cap_mask)
+    }
+
+    /// Whether taking on this identity would change nothing the kernel
+    /// checks a call with: the same root, ids, groups, and no capability
+    /// of ours to drop.
+    pub(super) fn is(&self, own: &Own) -> bool {
+        if self.root.is_some() || self.fsuid != own.fsuid || self.fsgid != own.fsgid {
+            return false;
+        }
+        if own.cap_eff & !self.cap_mask != 0 {
+            return false;
+        }
+        let mut groups = self.groups.clone();
+        groups.sort_unstable();
+        groups.dedup();
+        groups == own.groups
     }
 
     fn switch_ids(&self) -> io::Result<()> {
@@ -139,9 +209,8 @@ struct CapData {
 /// _LINUX_CAPABILITY_VERSION_3: two 32-bit words per set.
 const CAP_V3: u32 = 0x2008_0522;
 
-/// Lowers this thread's effective capabilities to those also in `mask`.
-/// (capget/capset with pid 0 act on the calling thread only.)
-fn restrict_caps(mask: u64) -> io::Result<()> {
+/// This thread's capabilities (capget with pid 0: the calling thread).
+fn capget() -> io::Result<(CapHeader, [CapData; 2])> {
     let mut hdr = CapHeader {
         version: CAP_V3,
         pid: 0,
@@ -151,6 +220,18 @@ fn restrict_caps(mask: u64) -> io::Result<()> {
     cvt(
         unsafe { libc::syscall(libc::SYS_capget, &raw mut hdr, data.as_mut_ptr()) } as libc::c_int,
     )?;
+    Ok((hdr, data))
+}
+
+fn effective_caps() -> io::Result<u64> {
+    let (_, data) = capget()?;
+    Ok(u64::from(data[0].effective) | (u64::from(data[1].effective) << 32))
+}
+
+/// Lowers this thread's effective capabilities to those also in `mask`.
+/// (capget/capset with pid 0 act on the calling thread only.)
+fn restrict_caps(mask: u64) -> io::Result<()> {
+    let (mut hdr, mut data) = capget()?;
     let eff = u64::from(data[0].effective) | (u64::from(data[1].effective) << 32);
     let keep = eff & mask;
     if keep == eff {

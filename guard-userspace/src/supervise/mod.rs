@@ -15,10 +15,14 @@
 //!    the listener, or it could answer its own notifications). Both functions
 //!    are async-signal-safe: no allocation, no locks.
 //! 2. **Daemon** ([`recv_with_fds`], [`supervise`]): receives the fd and
-//!    handles each notification in its own task, so a call held for a human
-//!    never delays the others. The held thread waits in the kernel; with
-//!    `WAIT_KILLABLE_RECV` only SIGKILL ends the wait once the daemon has
-//!    received the notification.
+//!    sets `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP` on it (6.6+), so caller
+//!    and supervisor hand the CPU to each other instead of waking across
+//!    CPUs. One thread per listener receives each notification and handles
+//!    it at once; an allowed or denied call is answered from that thread.
+//!    A handler that has to wait (a call held for a human, an identity
+//!    thread) moves to a task of its own, so it never delays the others.
+//!    The held thread waits in the kernel; with `WAIT_KILLABLE_RECV` only
+//!    SIGKILL ends the wait once the daemon has received the notification.
 //!
 //! # The filter
 //!
@@ -82,7 +86,10 @@
 //! Each open (step 3) and delete (step 5) runs on a dedicated
 //! `std::thread` that ends right after the one operation, so no thread is
 //! ever returned to a pool with a foreign identity and nothing has to be
-//! switched back. The thread, in this order:
+//! switched back. (When the caller's identity is exactly the daemon's,
+//! same root, ids, groups and no capability to drop, there is nothing to
+//! switch: an operation that creates nothing then runs on the supervisor's
+//! thread itself, the fast path.) The thread, in this order:
 //!
 //! * if the target's root directory or mount namespace differs from the
 //!   daemon's (a chroot, `bwrap`, `unshare -m`): `unshare(CLONE_FS)` and
@@ -119,9 +126,10 @@
 //! dropped. If the supervisor dies (or its future is dropped), the kernel
 //! fails held and later calls with ENOSYS.
 //!
-//! The receive ioctl is only issued after a zero-timeout `poll` of the
-//! listener reported POLLIN, so it never blocks a runtime worker; POLLHUP
-//! (every filtered process gone) ends [`supervise`] with `Ok`.
+//! The receive ioctl is only issued after `poll` reported POLLIN on the
+//! listener; POLLHUP (every filtered process gone) ends [`supervise`] with
+//! `Ok`. An operation on a filesystem that hangs stalls that run's
+//! supervisor thread, and so only that run's own supervised calls.
 //!
 //! Known differences: errno precedence can differ in corner cases (e.g.
 //! unlink of a directory inside an unwritable directory gives EISDIR, not
@@ -129,6 +137,7 @@
 //! decider as U+FFFD.
 mod calls;
 mod delete;
+mod dispatch;
 mod fdpass;
 mod filter;
 mod identity;
@@ -144,11 +153,11 @@ mod truncate;
 
 use std::{future::Future, io, pin::Pin};
 
+#[cfg(test)]
+pub use dispatch::supervise;
+pub use dispatch::{Journal, Resume, supervise_resuming};
 pub use fdpass::{recv_fds_now, recv_with_fds, send_with_fd};
 pub use filter::{FilterOptions, FilterProgram, SUPERVISED_WATCHED};
-#[cfg(test)]
-pub use supervisor::supervise;
-pub use supervisor::{Journal, Resume, supervise_resuming};
 
 /// What the agent asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use super::{
     Decide, Decision, Object, Op,
     calls::Call,
     delete::{Entry, entry},
-    identity::run_as,
+    identity::run_as_creating_nothing,
     ops::{self, last_errno},
     path,
     supervisor::{Answer, Caller, Failure, Stop, absolute, io_failure, performed},
@@ -133,8 +133,9 @@ async fn rename(
     let host = caller.host.clone();
     let (s, d) = (src.held.clone(), dst.held.clone());
     let (sn, dn) = (src.name.clone(), dst.name.clone());
-    let acted = run_as(
+    let acted = run_as_creating_nothing(
         caller.identity.clone(),
+        &caller.host.own,
         move || -> io::Result<Result<(), i32>> {
             if ops::moved(&host, &s)?.is_some() || ops::moved(&host, &d)?.is_some() {
                 return Ok(Err(libc::EPERM));
@@ -218,14 +219,15 @@ async fn link(
         let name = CString::new(raw_old.clone())
             .map_err(|e| io_failure("link source")(io::Error::other(e)))?;
         let host = caller.host.clone();
-        let opened = run_as(caller.identity.clone(), move || {
-            let fd = ops::open_as(base.as_ref(), &name, libc::O_PATH as u64, 0, 0)?;
-            let path = ops::fd_path(&host, fd.as_raw_fd())
-                .map_err(|e| e.raw_os_error().unwrap_or(libc::EPERM))?;
-            Ok::<_, i32>((fd, path))
-        })
-        .await
-        .map_err(io_failure("running the open thread"))?;
+        let opened =
+            run_as_creating_nothing(caller.identity.clone(), &caller.host.own, move || {
+                let fd = ops::open_as(base.as_ref(), &name, libc::O_PATH as u64, 0, 0)?;
+                let path = ops::fd_path(&host, fd.as_raw_fd())
+                    .map_err(|e| e.raw_os_error().unwrap_or(libc::EPERM))?;
+                Ok::<_, i32>((fd, path))
+            })
+            .await
+            .map_err(io_failure("running the open thread"))?;
         let (fd, path) = match (opened, own_fd(&raw_old)) {
             (Ok(found), _) => found,
             // "/proc/self/fd/N", the way an O_TMPFILE file gets its name:
@@ -289,8 +291,9 @@ async fn link(
     }
     let host = caller.host.clone();
     let (d, dn) = (dst.held.clone(), dst.name.clone());
-    let acted = run_as(
+    let acted = run_as_creating_nothing(
         caller.identity.clone(),
+        &caller.host.own,
         move || -> io::Result<Result<(), i32>> {
             if ops::moved(&host, &d)?.is_some() {
                 return Ok(Err(libc::EPERM));

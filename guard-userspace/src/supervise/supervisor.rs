@@ -1,113 +1,26 @@
-//! The supervision loop and the handling of one notification (the scheme is
-//! in the module docs of `supervise`): what every call shares (reading the
-//! caller, asking the decider, answering); each call's own steps are in
-//! delete.rs, rename.rs and truncate.rs.
+//! The handling of one notification (the scheme is in the module docs of
+//! `supervise`): what every call shares (reading the caller, asking the
+//! decider, answering); each call's own steps are in delete.rs, rename.rs
+//! and truncate.rs. The loop that runs it is in dispatch.rs.
 use std::{
-    collections::HashMap,
+    future::Future,
     io,
     os::fd::OwnedFd,
     panic::{AssertUnwindSafe, catch_unwind},
+    pin::Pin,
     sync::Arc,
+    task::{Context, Poll},
 };
 
-use tokio::task::{self, JoinSet};
 use tracing::{debug, error};
 
 use super::{
-    Decide, Decision, Object, Op, Request, SuperviseError,
+    Decide, Decision, Object, Op, Request,
     calls::{self, Call},
     identity::Identity,
     listener::Listener,
     target::{Host, ReadError, Status, Target},
 };
-
-/// Supervises every process behind `listener` until all of them are gone
-/// (then `Ok`). Each notification is handled in its own task, so a call
-/// held by the decider never delays another. Dropping the returned future
-/// aborts those tasks and closes this copy of the listener: if it was the
-/// last copy, held and later calls fail with ENOSYS (the kernel's
-/// fail-closed behaviour); if the `run` launcher keeps another, they wait
-/// for a successor (see [`Resume`]).
-#[cfg(test)]
-pub async fn supervise(listener: OwnedFd, decider: Arc<dyn Decide>) -> Result<(), SuperviseError> {
-    supervise_resuming(listener, decider, Resume::default()).await
-}
-
-/// Like [`supervise`], journaling every notification from receipt to
-/// answer, and first handling `resume.received`: notifications that a
-/// previous supervisor of the same listener received and never answered.
-/// The kernel keeps such a call waiting as long as any copy of the listener
-/// is open, and accepts the answer from whoever holds one.
-pub async fn supervise_resuming(
-    listener: OwnedFd,
-    decider: Arc<dyn Decide>,
-    resume: Resume,
-) -> Result<(), SuperviseError> {
-    let listener = Arc::new(Listener::new(listener).map_err(SuperviseError::Register)?);
-    let host = Arc::new(Host::current().map_err(SuperviseError::Host)?);
-    let journal = resume.journal;
-    let mut tasks = JoinSet::new();
-    // Which notification each handler answers, to fail it closed if the
-    // handler panics instead of leaving its caller blocked.
-    let mut pending: HashMap<task::Id, u64> = HashMap::new();
-    for notif in resume.received {
-        let handler = handle(listener.clone(), host.clone(), decider.clone(), notif);
-        pending.insert(tasks.spawn(handler).id(), notif.id);
-    }
-    loop {
-        tokio::select! {
-            next = listener.next() => match next {
-                Ok(Some(notif)) => {
-                    // Recorded before anything is acted on, so that a
-                    // successor can still answer it.
-                    if let Some(journal) = &journal {
-                        journal.received(&notif);
-                    }
-                    let handler = handle(listener.clone(), host.clone(), decider.clone(), notif);
-                    pending.insert(tasks.spawn(handler).id(), notif.id);
-                }
-                Ok(None) => return Ok(()),
-                Err(err) => return Err(SuperviseError::Receive(err)),
-            },
-            Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
-                let notif_id = match done {
-                    Ok((id, ())) => pending.remove(&id),
-                    Err(err) => {
-                        error!("a seccomp notification handler failed ({err}); denying its call");
-                        let notif_id = pending.remove(&err.id());
-                        if let Some(notif_id) = notif_id {
-                            let _ = listener.respond(notif_id, Err(libc::EPERM));
-                        }
-                        notif_id
-                    }
-                };
-                if let (Some(journal), Some(notif_id)) = (&journal, notif_id) {
-                    journal.answered(notif_id);
-                }
-            }
-        }
-    }
-}
-
-/// Where a supervisor records the notifications it has received and not
-/// yet answered, and what a predecessor left unanswered.
-#[derive(Default)]
-pub struct Resume {
-    pub journal: Option<Arc<dyn Journal>>,
-    /// Received by a previous supervisor of the same listener, never
-    /// answered; handled first (each is re-validated: a caller that died
-    /// meanwhile is dropped).
-    pub received: Vec<libc::seccomp_notif>,
-}
-
-/// A record of notifications in flight, kept outside the supervisor's
-/// process so that it survives it.
-pub trait Journal: Send + Sync {
-    /// `notif` was received; called before it is acted on.
-    fn received(&self, notif: &libc::seccomp_notif);
-    /// Notification `id` was answered, or its caller is gone.
-    fn answered(&self, id: u64);
-}
 
 /// Why handling stopped before the call was performed.
 pub(super) enum Stop {
@@ -159,7 +72,7 @@ pub(super) enum Answer {
     Fd { file: OwnedFd, cloexec: bool },
 }
 
-async fn handle(
+pub(super) async fn handle(
     listener: Arc<Listener>,
     host: Arc<Host>,
     decider: Arc<dyn Decide>,
@@ -436,9 +349,7 @@ impl<'a> Caller<'a> {
         }
     }
 
-    /// Asks the decider about `op` on `object` (and `second`), on its own
-    /// task, so that a panicking decider becomes a JoinError (EPERM) rather
-    /// than a notification nobody answers.
+    /// The decider's view of `op` on `object` (and `second`) by this caller.
     fn request(&self, op: Op, object: Object, second: Option<Object>) -> Request {
         Request {
             notif_id: self.notif.id,
@@ -460,10 +371,15 @@ impl<'a> Caller<'a> {
         second: Option<Object>,
     ) -> Result<(Request, Decision), Stop> {
         let req = self.request(op, object, second);
-        let mut deciding = AbortOnDrop(tokio::spawn(decider.decide(req)));
-        let (req, decision) = (&mut deciding.0)
-            .await
+        // Polled in place (an immediate verdict costs no task); a panic,
+        // here or in the future, is a failure (EPERM), never an unanswered
+        // notification. The future is dropped with its handler, so no
+        // decider outlives its caller.
+        let deciding = catch_unwind(AssertUnwindSafe(|| decider.decide(req)))
             .map_err(|_| Failure::DeciderPanicked)?;
+        let (req, decision) = CatchUnwind(deciding)
+            .await
+            .map_err(|()| Failure::DeciderPanicked)?;
         // A call whose thread was SIGKILLed meanwhile must not take effect
         // later.
         self.validate()?;
@@ -487,12 +403,18 @@ pub(super) fn absolute(path: &[u8]) -> Result<(), Stop> {
     }
 }
 
-/// Aborts a spawned task when its awaiting side is dropped (the
-/// notification's handler was aborted), so no decider outlives its caller.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+/// A future whose panic becomes `Err(())`.
+struct CatchUnwind<F>(F);
 
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
+            Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(())),
+        }
     }
 }

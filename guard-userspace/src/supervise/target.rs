@@ -60,6 +60,8 @@ pub(super) struct Host {
     /// `/proc/self/fd`, opened while our root is still the real one, so the
     /// path of a held fd can be read from a thread chrooted elsewhere.
     pub proc_fd: OwnedFd,
+    /// The daemon's identity: callers with the same need no switch.
+    pub own: super::identity::Own,
 }
 
 impl Host {
@@ -73,6 +75,7 @@ impl Host {
                 c"/proc/self/fd",
                 libc::O_PATH | libc::O_DIRECTORY,
             )?,
+            own: super::identity::Own::current()?,
         })
     }
 }
@@ -150,7 +153,7 @@ impl Target {
 
     pub(super) fn status(&self) -> io::Result<Status> {
         let fd = open_at(self.dir.as_raw_fd(), c"status", libc::O_RDONLY)?;
-        let text = io::read_to_string(std::fs::File::from(fd))?;
+        let text = guard_host::proc::read_small_file(std::fs::File::from(fd))?;
         parse_status(&text).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -178,10 +181,17 @@ impl Target {
     /// mount namespace (then paths must be resolved from inside it).
     pub(super) fn foreign_root(&self, host: &Host) -> io::Result<Option<OwnedFd>> {
         let dir = self.dir.as_raw_fd();
-        let root = open_at(dir, c"root", libc::O_PATH | libc::O_DIRECTORY)?;
-        let st = stat_at(root.as_raw_fd(), c"", libc::AT_EMPTY_PATH)?;
-        let same = (st.st_dev, st.st_ino) == host.root && file_id(dir, c"ns/mnt")? == host.mnt_ns;
-        Ok((!same).then_some(root))
+        // Compared through the magic link first: the common case (the
+        // daemon's root) needs no fd to open and close.
+        let same = file_id(dir, c"root")? == host.root && file_id(dir, c"ns/mnt")? == host.mnt_ns;
+        if same {
+            return Ok(None);
+        }
+        Ok(Some(open_at(
+            dir,
+            c"root",
+            libc::O_PATH | libc::O_DIRECTORY,
+        )?))
     }
 
     /// Whether the caller lives in the daemon's user namespace.

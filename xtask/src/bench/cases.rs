@@ -38,7 +38,7 @@ pub const DAEMON_TOML: &str = "[daemon]\napproval_timeout_secs = 60\n";
 /// sent without connect (cgroup/sendmsg4), and `refused`: a call the
 /// kernel refuses (EPERM), the worst case of the refusal observer for
 /// processes outside agents.
-const OPS: [&str; 6] = ["unlink", "connect", "open", "rename", "udp", "refused"];
+pub const OPS: [&str; 6] = ["unlink", "connect", "open", "rename", "udp", "refused"];
 /// (key, description, place, whether the guard is loaded)
 const CASES: [(&str, &str, Place, bool); 4] = [
     ("none", "no guard", Place::Outside, false),
@@ -131,6 +131,12 @@ pub fn hook_rows(phase: &str, total: &BTreeMap<String, (u64, u64)>, rows: &mut V
     }
 }
 
+/// The operations `args` asks for, in the table's order.
+fn ops(args: &BenchArgs) -> impl Iterator<Item = &'static str> + '_ {
+    OPS.into_iter()
+        .filter(|op| args.ops.is_empty() || args.ops.iter().any(|o| o == op))
+}
+
 pub fn latency(ctx: &Ctx, args: &BenchArgs, ports: Ports, rows: &mut Vec<Row>) -> Result<Value> {
     let policy = format!(
         "{DAEMON_TOML}{}",
@@ -149,7 +155,7 @@ pub fn latency(ctx: &Ctx, args: &BenchArgs, ports: Ports, rows: &mut Vec<Row>) -
                 ctx.make_direct("bench")?;
                 daemon = Some(d);
             }
-            for op in OPS {
+            for op in ops(args) {
                 let calls = if place == Place::Run && matches!(op, "unlink" | "rename") {
                     args.seccomp_calls
                 } else {
@@ -176,7 +182,7 @@ pub fn latency(ctx: &Ctx, args: &BenchArgs, ports: Ports, rows: &mut Vec<Row>) -
         }
     }
     let mut out = serde_json::Map::new();
-    for op in OPS {
+    for op in ops(args) {
         let base = ns.get(&(op, "none")).cloned().unwrap_or_default();
         let base_t = typical.get(&(op, "none")).cloned().unwrap_or_default();
         let mut cases = serde_json::Map::new();
@@ -195,6 +201,11 @@ pub fn latency(ctx: &Ctx, args: &BenchArgs, ports: Ports, rows: &mut Vec<Row>) -
                 // Every rename under seccomp reaches the supervisor (a
                 // filter cannot read paths): no 5% target there.
                 "agent_seccomp" if op == "rename" => {}
+                // A supervised delete is a round trip through the daemon,
+                // which performs it: issue 15 asks at most 5x the bare call.
+                "agent_seccomp" if op == "unlink" => {
+                    row = row.target("<= 5", ratio <= 5.0);
+                }
                 "agent_kernel" | "agent_seccomp" => {
                     row = row.target("<= 1.05", ratio <= 1.05);
                 }

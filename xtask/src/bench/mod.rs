@@ -41,6 +41,21 @@ pub struct BenchArgs {
     /// Events the daemon carries before its memory is measured again.
     #[arg(long, default_value_t = 1_000_000)]
     pub rss_events: u64,
+    /// Only these operations in the latency phase (repeatable; all by
+    /// default). `--op unlink --latency-only` measures supervised deletes
+    /// against the bare call and nothing else.
+    #[arg(long = "op", value_parser = clap::builder::PossibleValuesParser::new(cases::OPS))]
+    pub ops: Vec<String>,
+    /// Only the latency phase: no budget accounting, approval round trip,
+    /// event throughput or memory phase (their rows and results are left
+    /// out).
+    #[arg(long)]
+    pub latency_only: bool,
+    /// Measure this agent-guard binary (for example a release build of an
+    /// older commit, to compare) instead of the one built from this tree;
+    /// the workloads still come from this tree.
+    #[arg(long, value_name = "PATH")]
+    pub daemon: Option<PathBuf>,
 }
 
 /// Where a workload runs.
@@ -215,7 +230,12 @@ fn build_release() -> Result<(PathBuf, PathBuf)> {
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
     setup::setup()?;
-    let (daemon_bin, worker_bin) = build_release()?;
+    let (built, worker_bin) = build_release()?;
+    let daemon_bin = match &args.daemon {
+        Some(path) => std::fs::canonicalize(path)
+            .with_context(|| format!("the daemon to measure, {}", path.display()))?,
+        None => built,
+    };
     let tag = format!("agent-guard-bench-{}", std::process::id());
     let ctx = Ctx {
         daemon_bin,
@@ -255,6 +275,14 @@ fn run_phases(ctx: &Ctx, args: &BenchArgs) -> Result<(serde_json::Value, Vec<rep
         args.rounds, args.calls
     );
     let latency = cases::latency(ctx, args, ports, &mut rows)?;
+    if args.latency_only {
+        let results = json!({
+            "machine": machine(),
+            "args": { "rounds": args.rounds, "calls": args.calls, "seccomp_calls": args.seccomp_calls, "ops": args.ops, "latency_only": true, "daemon": daemon_arg(args) },
+            "latency": latency,
+        });
+        return Ok((results, rows));
+    }
     eprintln!("bench: budget accounting, {} rounds", args.rounds);
     let budget = budget::budget(ctx, args, ports, &mut rows)?;
     eprintln!("bench: approval round trip, {} holds", args.holds);
@@ -269,7 +297,7 @@ fn run_phases(ctx: &Ctx, args: &BenchArgs) -> Result<(serde_json::Value, Vec<rep
     let memory = load::memory(ctx, args, rate, &mut rows)?;
     let results = json!({
         "machine": machine(),
-        "args": { "rounds": args.rounds, "calls": args.calls, "seccomp_calls": args.seccomp_calls, "holds": args.holds, "rss_events": args.rss_events },
+        "args": { "rounds": args.rounds, "calls": args.calls, "seccomp_calls": args.seccomp_calls, "holds": args.holds, "rss_events": args.rss_events, "daemon": daemon_arg(args) },
         "latency": latency,
         "budget": budget,
         "approval": approval,
@@ -277,6 +305,11 @@ fn run_phases(ctx: &Ctx, args: &BenchArgs) -> Result<(serde_json::Value, Vec<rep
         "memory": memory,
     });
     Ok((results, rows))
+}
+
+/// The `--daemon` binary measured, if not this tree's.
+fn daemon_arg(args: &BenchArgs) -> Option<String> {
+    args.daemon.as_ref().map(|p| p.display().to_string())
 }
 
 fn machine() -> serde_json::Value {

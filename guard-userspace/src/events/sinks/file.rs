@@ -92,6 +92,7 @@ impl Rotating {
             if let Err(e) = self.out.flush() {
                 stats.set_error(format!("{}: {e}", self.path.display()));
             }
+            std::thread::sleep(super::LINGER);
         }
         let _ = self.out.flush();
         let _ = self.out.get_ref().sync_all();

@@ -305,6 +305,14 @@ impl Writer {
     }
 }
 
+/// How long a local sink's thread lets lines gather after it has written
+/// what was queued. Lines offered meanwhile wake nobody: one wake-up and
+/// one write per batch rather than per line, which matters most where
+/// each line is a supervised call and its caller waits while the waking
+/// costs it CPU. A line that comes alone is written at once; one that comes
+/// within this window of the last batch waits at most this long.
+const LINGER: Duration = Duration::from_millis(1);
+
 /// Writes lines to stdout, flushing when the queue runs dry.
 fn stdout(rx: &Receiver<Line>, stats: &SinkStats) {
     // A duplicate of fd 1 with our own buffer, rather than std's stdout
@@ -340,6 +348,7 @@ fn stdout(rx: &Receiver<Line>, stats: &SinkStats) {
         if let Err(e) = out.flush() {
             stats.set_error(e);
         }
+        std::thread::sleep(LINGER);
     }
     let _ = out.flush();
 }
