@@ -227,6 +227,16 @@ impl Daemon {
         cmd
     }
 
+    /// Runs `agent-guard ARGS` against this daemon to completion, with no
+    /// stdin, capturing its output.
+    pub fn cli_output(&self, args: &[&str]) -> Output {
+        self.cli()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("agent-guard")
+    }
+
     /// Runs `argv` as `agent` to completion, capturing its output.
     pub fn run_agent(&self, agent: &str, argv: &[&str]) -> Output {
         self.cli()
@@ -437,9 +447,36 @@ impl Daemon {
     }
 }
 
-/// Every thread of `pid`: name, state, wchan, the system call it is in,
-/// and its kernel stack, to say where a daemon is stuck.
+/// Every thread of `pid` (see [`tasks_report`]), and where gdb is
+/// installed its user-space stacks, to say where a daemon is stuck.
 fn thread_report(pid: u32) -> String {
+    let mut out = tasks_report(pid);
+    if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        return out;
+    }
+    // The user-space side, where gdb is installed (not a test dependency:
+    // only a failing test's report is richer with it).
+    match Command::new("gdb")
+        .args([
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-nx",
+            "-ex",
+            "thread apply all bt 30",
+        ])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(o) => out.push_str(&String::from_utf8_lossy(&o.stdout)),
+        Err(e) => out.push_str(&format!("(no user-space stacks: gdb: {e})\n")),
+    }
+    out
+}
+
+/// Every thread of `pid`: name, state, wchan, the system call it is in,
+/// and its kernel stack.
+pub(crate) fn tasks_report(pid: u32) -> String {
     let mut out = String::new();
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
         return "(gone)".into();
@@ -460,23 +497,6 @@ fn thread_report(pid: u32) -> String {
             read("syscall").trim(),
             read("stack")
         ));
-    }
-    // The user-space side, where gdb is installed (not a test dependency:
-    // only a failing test's report is richer with it).
-    match Command::new("gdb")
-        .args([
-            "-p",
-            &pid.to_string(),
-            "-batch",
-            "-nx",
-            "-ex",
-            "thread apply all bt 30",
-        ])
-        .stdin(Stdio::null())
-        .output()
-    {
-        Ok(o) => out.push_str(&String::from_utf8_lossy(&o.stdout)),
-        Err(e) => out.push_str(&format!("(no user-space stacks: gdb: {e})\n")),
     }
     out
 }

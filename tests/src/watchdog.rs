@@ -116,29 +116,19 @@ fn children() -> Vec<i32> {
         .collect()
 }
 
-/// Every process under `dir`: pid, cgroup, state, kernel wait channel,
-/// current system call and command line.
+/// Every process under `dir`: its cgroup and command line, then each of
+/// its threads as [`crate::tasks_report`] gives them.
 fn describe(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
-        for pid in procs.lines() {
-            let read = |f: &str| {
-                fs::read_to_string(format!("/proc/{pid}/{f}"))
-                    .map(|s| s.replace('\0', " ").trim().to_owned())
-                    .unwrap_or_default()
-            };
-            let state = read("stat")
-                .rsplit_once(") ")
-                .and_then(|(_, rest)| rest.chars().next())
-                .unwrap_or('?');
+        for pid in procs.lines().filter_map(|p| p.parse::<u32>().ok()) {
             say!(
-                "watchdog:   pid {pid} in {} state {state} wchan {} syscall [{}] cmdline [{}]",
+                "watchdog:   pid {pid} in {} cmdline {:?}\n{}",
                 dir.display(),
-                read("wchan"),
-                read("syscall"),
-                read("cmdline"),
+                guard_host::proc::cmdline(pid).unwrap_or_default(),
+                crate::tasks_report(pid),
             );
         }
     }

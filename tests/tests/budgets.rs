@@ -6,7 +6,7 @@
 //! notification or BPF LSM.
 use std::{
     io::Read as _,
-    process::{Child, Output, Stdio},
+    process::{Child, Output},
     time::Instant,
 };
 
@@ -60,17 +60,8 @@ default = "allow"
     (Daemon::start(&policy, cg), scratch)
 }
 
-fn cli(daemon: &Daemon, args: &[&str]) -> Output {
-    daemon
-        .cli()
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("agent-guard")
-}
-
 fn json(daemon: &Daemon, args: &[&str]) -> Value {
-    let out = cli(daemon, args);
+    let out = daemon.cli_output(args);
     assert!(
         out.status.success(),
         "{}",
@@ -207,7 +198,7 @@ fn budget_ask_holds_the_41st_delete_and_an_agent_approval_lets_the_rest_go() {
     assert_eq!(status["budget_hits"], 1, "{status}");
 
     // Once: that call goes, and the next is held again.
-    let out = cli(&daemon, &["approve", &id]);
+    let out = daemon.cli_output(&["approve", &id]);
     assert!(out.status.success(), "{}", stderr(&out));
     let next = daemon.wait_event("file.unlink", |e| {
         e["outcome"] == "held" && e["hold"]["id"] != id.as_str()
@@ -216,10 +207,7 @@ fn budget_ask_holds_the_41st_delete_and_an_agent_approval_lets_the_rest_go() {
     assert_eq!(next["budget"]["exhausted"], false, "{next}");
     let id = next["hold"]["id"].as_str().expect("hold id").to_owned();
     // A scope lifts the budget for the agent: the rest goes.
-    let out = cli(
-        &daemon,
-        &["approve", &id, "--scope", "agent", "--for", "1m"],
-    );
+    let out = daemon.cli_output(&["approve", &id, "--scope", "agent", "--for", "1m"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = finish(child, "rm -rf, approved for the agent");
     assert!(out.status.success(), "the rest goes: {}", stderr(&out));
@@ -282,13 +270,13 @@ fn budget_freeze_freezes_the_agent_until_thaw() {
     let mode = daemon.wait_event("agent.mode", |e| e["mode"]["to"] == "freeze");
     assert_eq!(mode["by"]["user"], "agent-guard", "{mode}");
     assert_eq!(agent_entry(&daemon, "cleaner")["mode"], "freeze");
-    let out = cli(&daemon, &["thaw", "cleaner"]);
+    let out = daemon.cli_output(&["thaw", "cleaner"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(agent_entry(&daemon, "cleaner")["mode"], "enforce");
     // The held call still waits for on-call: thawing ends the freeze, not
     // the spent budget. Killing the run ends it.
     let id = held["hold"]["id"].as_str().expect("hold id");
-    let out = cli(&daemon, &["kill", id]);
+    let out = daemon.cli_output(&["kill", id]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = finish(child, "rm -rf, its run killed");
     assert!(!out.status.success());

@@ -48,21 +48,12 @@ fn held(daemon: &Daemon, argv: &[&str], path: &str) -> (Child, String) {
 
 /// Hold `id` as `pending --json` lists it.
 fn pending_entry(daemon: &Daemon, id: &str) -> Value {
-    let out = cli(daemon, &["pending", "--json"]);
+    let out = daemon.cli_output(&["pending", "--json"]);
     let list: Value = serde_json::from_slice(&out.stdout).expect("pending JSON");
     list.as_array()
         .and_then(|l| l.iter().find(|h| h["id"] == id))
         .cloned()
         .unwrap_or_else(|| panic!("hold {id} not in pending: {list}"))
-}
-
-fn cli(daemon: &Daemon, args: &[&str]) -> std::process::Output {
-    daemon
-        .cli()
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("agent-guard")
 }
 
 #[test]
@@ -80,7 +71,7 @@ fn approve_completes_the_held_rm_and_deny_fails_it() {
     assert_eq!(entry["target"]["path"], path.as_str());
     assert!(entry["left_ms"].as_u64().is_some_and(|l| l > 0));
 
-    let out = cli(&daemon, &["approve", &id, "--reason", "ticket OPS-42"]);
+    let out = daemon.cli_output(&["approve", &id, "--reason", "ticket OPS-42"]);
     assert!(
         out.status.success(),
         "{}",
@@ -104,7 +95,7 @@ fn approve_completes_the_held_rm_and_deny_fails_it() {
     let file = scratch.file("prod/other.sqlite");
     let path = file.display().to_string();
     let (child, id) = held(&daemon, &["rm", &path], &path);
-    let out = cli(&daemon, &["deny", &id]);
+    let out = daemon.cli_output(&["deny", &id]);
     assert!(
         out.status.success(),
         "{}",
@@ -117,7 +108,7 @@ fn approve_completes_the_held_rm_and_deny_fails_it() {
     let ev = daemon.wait_event("hold.decision", |e| e["hold"]["id"] == id.as_str());
     assert_eq!(ev["hold"]["decision"], "denied");
     // A decided hold is gone: deciding again is an error.
-    assert!(!cli(&daemon, &["approve", &id]).status.success());
+    assert!(!daemon.cli_output(&["approve", &id]).status.success());
 }
 
 /// The daemon is SIGKILLed while an rm is held: the rm stays held, the
@@ -135,7 +126,7 @@ fn a_held_rm_survives_a_daemon_crash_and_the_successor_decides_it() {
     assert!(file.exists(), "nothing happens while the daemon is down");
 
     let daemon = Daemon::start_in(&policy, cgroups, dir);
-    let out = cli(&daemon, &["pending", "--json"]);
+    let out = daemon.cli_output(&["pending", "--json"]);
     let list: Value = serde_json::from_slice(&out.stdout).expect("pending JSON");
     let entry = list
         .as_array()
@@ -144,7 +135,7 @@ fn a_held_rm_survives_a_daemon_crash_and_the_successor_decides_it() {
     assert_eq!(entry["target"]["path"], path.as_str());
     assert!(file.exists());
 
-    let out = cli(&daemon, &["approve", &id, "--reason", "after the restart"]);
+    let out = daemon.cli_output(&["approve", &id, "--reason", "after the restart"]);
     assert!(
         out.status.success(),
         "{}",
@@ -210,7 +201,7 @@ print("unlinked", len(done), flush=True)
 "#
     );
     let (child, id) = held(&daemon, &["python3", "-c", &script], &path);
-    assert!(cli(&daemon, &["approve", &id]).status.success());
+    assert!(daemon.cli_output(&["approve", &id]).status.success());
     let out = child.wait_with_output().expect("python");
     assert!(
         out.status.success(),
@@ -244,7 +235,7 @@ fn a_non_approver_is_refused_and_the_refusal_is_logged() {
     let ev = daemon.wait_event("control.refused", |e| e["control"]["hold"] == id.as_str());
     assert_eq!(ev["control"]["by"]["uid"], 65534);
     assert!(file.exists(), "still held");
-    assert!(cli(&daemon, &["deny", &id]).status.success());
+    assert!(daemon.cli_output(&["deny", &id]).status.success());
     let _ = child.wait_with_output();
 }
 
@@ -271,7 +262,7 @@ fn garbage_on_the_control_socket_gets_an_error_and_the_daemon_keeps_serving() {
     let mut rest = String::new();
     let _ = s.read_to_string(&mut rest);
     // Still serving.
-    let out = cli(&daemon, &["pending", "--json"]);
+    let out = daemon.cli_output(&["pending", "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -285,7 +276,7 @@ fn kill_ends_a_held_run_and_kill_agent_empties_the_agent() {
     let file = scratch.file("prod/k");
     let path = file.display().to_string();
     let (child, id) = held(&daemon, &["rm", &path], &path);
-    let out = cli(&daemon, &["kill", &id]);
+    let out = daemon.cli_output(&["kill", &id]);
     assert!(
         out.status.success(),
         "{}",
@@ -310,7 +301,7 @@ fn kill_ends_a_held_run_and_kill_agent_empties_the_agent() {
     for cmd in ["sleep", "sh"] {
         daemon.wait_event("agent.start", |e| e["process"]["cmdline"][0] == cmd);
     }
-    let out = cli(&daemon, &["kill", "--agent", "cleaner"]);
+    let out = daemon.cli_output(&["kill", "--agent", "cleaner"]);
     assert!(
         out.status.success(),
         "{}",
@@ -352,10 +343,7 @@ fn one_subtree_approval_lets_rm_rf_finish_the_tree_and_revoke_ends_it() {
     let child = daemon.spawn_agent("cleaner", &["rm", "-rf", &tree]);
     let ev = daemon.wait_event("file.unlink", |e| e["outcome"] == "held");
     let id = ev["hold"]["id"].as_str().expect("hold id").to_string();
-    let out = cli(
-        &daemon,
-        &["approve", &id, "--scope", "subtree", "--for", "1m"],
-    );
+    let out = daemon.cli_output(&["approve", &id, "--scope", "subtree", "--for", "1m"]);
     assert!(
         out.status.success(),
         "{}",
@@ -384,24 +372,26 @@ fn one_subtree_approval_lets_rm_rf_finish_the_tree_and_revoke_ends_it() {
     );
 
     // The grant is listed, and revoking it brings the holds back.
-    let out = cli(&daemon, &["grants", "--json"]);
+    let out = daemon.cli_output(&["grants", "--json"]);
     let grants: Value = serde_json::from_slice(&out.stdout).expect("grants JSON");
     let grant = grants[0]["id"].as_u64().expect("a live grant");
     assert_eq!(grants[0]["scope"]["path"], scratch.s("prod"));
     assert!(
-        cli(&daemon, &["revoke", &grant.to_string()])
+        daemon
+            .cli_output(&["revoke", &grant.to_string()])
             .status
             .success()
     );
     let again = scratch.file("prod/again");
     let path = again.display().to_string();
     let (child, id) = held(&daemon, &["rm", &path], &path);
-    assert!(cli(&daemon, &["deny", &id]).status.success());
+    assert!(daemon.cli_output(&["deny", &id]).status.success());
     assert!(!child.wait_with_output().expect("rm").status.success());
     assert!(again.exists());
     // A scope needs a lifetime, and a deny takes none.
     assert!(
-        !cli(&daemon, &["approve", "1", "--scope", "agent"])
+        !daemon
+            .cli_output(&["approve", "1", "--scope", "agent"])
             .status
             .success()
     );
@@ -528,7 +518,7 @@ fn a_held_call_carries_its_context_to_every_surface() {
     assert_eq!(&entry["context"], ctx, "pending shows the event's context");
     assert_eq!(entry["cmdline"], ev["process"]["cmdline"]);
     assert_eq!(entry["purpose"], "hold tests");
-    let out = cli(&daemon, &["pending"]);
+    let out = daemon.cli_output(&["pending"]);
     let table = String::from_utf8_lossy(&out.stdout);
     let pids: Vec<String> = chain.iter().map(|p| p["pid"].to_string()).collect();
     for needle in [
@@ -544,6 +534,6 @@ fn a_held_call_carries_its_context_to_every_surface() {
         assert!(table.contains(&needle), "{needle:?} not in:\n{table}");
     }
 
-    assert!(cli(&daemon, &["deny", &id]).status.success());
+    assert!(daemon.cli_output(&["deny", &id]).status.success());
     let _ = child.wait_with_output();
 }
