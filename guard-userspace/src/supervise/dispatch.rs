@@ -7,7 +7,6 @@ use std::{
     future::Future,
     io,
     os::fd::OwnedFd,
-    panic::{AssertUnwindSafe, catch_unwind},
     pin::Pin,
     sync::Arc,
     task::{Context, Poll, Waker},
@@ -22,7 +21,7 @@ use tracing::error;
 use super::{
     Decide, SuperviseError,
     listener::{Listener, Next, StopFd},
-    supervisor::handle,
+    supervisor::{CatchUnwind, handle},
     target::Host,
 };
 
@@ -177,7 +176,7 @@ fn receive(
 /// Runs the handler of `notif` as far as it goes without waiting; if it has
 /// to wait, the runtime finishes it.
 fn dispatch(shared: &Shared, notif: libc::seccomp_notif, tx: &mpsc::UnboundedSender<ToRuntime>) {
-    let mut handler: Handler = Box::pin(handle(
+    let handler: Handler = Box::pin(handle(
         shared.listener.clone(),
         shared.host.clone(),
         shared.decider.clone(),
@@ -186,18 +185,19 @@ fn dispatch(shared: &Shared, notif: libc::seccomp_notif, tx: &mpsc::UnboundedSen
     // Whatever the handler waits for registers this waker first and the
     // task's own when the runtime polls it again, which it does at once.
     let mut cx = Context::from_waker(Waker::noop());
-    match catch_unwind(AssertUnwindSafe(|| handler.as_mut().poll(&mut cx))) {
-        Ok(Poll::Ready(())) => shared.answered(notif.id),
-        Ok(Poll::Pending) => {
+    let mut caught = CatchUnwind(handler);
+    match Pin::new(&mut caught).poll(&mut cx) {
+        Poll::Ready(Ok(())) => shared.answered(notif.id),
+        Poll::Pending => {
             let waiting = ToRuntime::Waiting {
                 notif_id: notif.id,
-                handler,
+                handler: caught.0,
             };
             // The runtime's side is gone only when the supervisor is being
             // dropped: the handler is dropped too, as it would be there.
             let _ = tx.send(waiting);
         }
-        Err(_) => {
+        Poll::Ready(Err(())) => {
             error!("a seccomp notification handler panicked; denying its call");
             let _ = shared.listener.respond(notif.id, Err(libc::EPERM));
             shared.answered(notif.id);

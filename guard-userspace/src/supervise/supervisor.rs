@@ -404,7 +404,7 @@ pub(super) fn absolute(path: &[u8]) -> Result<(), Stop> {
 }
 
 /// A future whose panic becomes `Err(())`.
-struct CatchUnwind<F>(F);
+pub(super) struct CatchUnwind<F>(pub(super) F);
 
 impl<F: Future + Unpin> Future for CatchUnwind<F> {
     type Output = Result<F::Output, ()>;
