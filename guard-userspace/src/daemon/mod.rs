@@ -36,7 +36,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use guard_common::Config;
 
 use crate::{
     cgroup::{self, Hierarchy},
@@ -361,9 +360,7 @@ pub async fn run(opts: Options) -> Result<()> {
     // Runs started before a crash keep their attribution and can resume.
     let sessions = sessions::Store::new(&state_dir);
     sessions.load(&mut registry);
-    kernel.set_config(Config {
-        agent_levels: levels,
-    })?;
+    kernel.set_agent_levels(levels)?;
     let protected = selfdefense::protected_paths(
         &registry.policy,
         &state_dir,
