@@ -51,6 +51,11 @@ pub struct BenchArgs {
     /// out).
     #[arg(long)]
     pub latency_only: bool,
+    /// Only the budget phase (what budget accounting costs per counted
+    /// call): no latency, approval, throughput or memory phase.
+    /// `--budget-only --daemon OLD` measures an older build's cost.
+    #[arg(long, conflicts_with = "latency_only")]
+    pub budget_only: bool,
     /// Measure this agent-guard binary (for example a release build of an
     /// older commit, to compare) instead of the one built from this tree;
     /// the workloads still come from this tree.
@@ -270,6 +275,16 @@ fn run_phases(ctx: &Ctx, args: &BenchArgs) -> Result<(serde_json::Value, Vec<rep
         tcp: port,
         udp: udp.local_addr()?.port(),
     };
+    if args.budget_only {
+        eprintln!("bench: budget accounting, {} rounds", args.rounds);
+        let budget = budget::budget(ctx, args, ports, &mut rows)?;
+        let results = json!({
+            "machine": machine(),
+            "args": { "rounds": args.rounds, "calls": args.calls, "budget_only": true, "daemon": daemon_arg(args) },
+            "budget": budget,
+        });
+        return Ok((results, rows));
+    }
     eprintln!(
         "bench: latency, {} rounds x {} calls per case",
         args.rounds, args.calls
