@@ -304,7 +304,20 @@ fn budget_of_connects_is_shared_by_every_run_of_the_agent() {
         }
         run.finish();
     }
-    assert_eq!(connected, 5, "one budget across all runs");
+    let counted: Vec<String> = daemon
+        .events()
+        .iter()
+        .filter(|e| {
+            e["kind"] == "net.connect" || e["kind"] == "net.send" || e["kind"] == "agent.budget"
+        })
+        .map(Value::to_string)
+        .collect();
+    assert_eq!(
+        connected,
+        5,
+        "one budget across all runs; events:\n{}",
+        counted.join("\n")
+    );
     daemon.wait_count("agent.budget", 1);
     let refused = daemon.wait_event("net.connect", |e| e["outcome"] == "denied");
     assert_eq!(refused["budget"]["name"], "connects", "{refused}");
