@@ -256,6 +256,18 @@ impl Daemon {
             .expect("agent-guard")
     }
 
+    /// [`Daemon::cli_output`] that must succeed (else the test fails with
+    /// the command's stderr); its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli_output(args);
+        assert!(
+            out.status.success(),
+            "agent-guard {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Runs `argv` as `agent` to completion, capturing its output.
     pub fn run_agent(&self, agent: &str, argv: &[&str]) -> Output {
         self.cli()
