@@ -54,9 +54,8 @@ fn accounted(events: &[Value], counted: u64) -> u64 {
 #[test]
 fn every_call_of_a_burst_is_an_event_or_a_reported_loss() {
     let n: u64 = if tier() == "vm" { 5_000 } else { 200_000 };
-    let dir = PathBuf::from(format!("/dev/shm/agent-guard-burst-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("tmpfs dir");
+    let shm = PathBuf::from("/dev/shm");
+    let dir = shm.join(claim_dir(&shm, "agent-guard-burst"));
     let cg = TestCgroups::new("burst");
     let agent_cg = cg.path("bot");
     let policy = format!(

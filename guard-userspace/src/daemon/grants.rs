@@ -8,8 +8,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, lpm_trie::Key};
-use guard_common::{Grant, NetGrantKey, PathKey, grant_slot};
+use aya::maps::lpm_trie::Key;
+use guard_common::{Grant, NetGrantKey, grant_slot};
 
 use crate::policy::path_key;
 use serde_json::Value;
@@ -76,15 +76,7 @@ impl GrantInfo {
     }
 }
 
-/// The kernel's grant maps.
-pub struct KernelGrants {
-    pub agent: BpfHashMap<MapData, u32, Grant>,
-    pub path: LpmTrie<MapData, PathKey, Grant>,
-    pub net: BpfHashMap<MapData, NetGrantKey, Grant>,
-    /// GRANTED: per slot of agent ids, how many grants its agents have in
-    /// the three maps above; the programs skip their look-ups at 0.
-    pub granted: Array<MapData, u32>,
-}
+pub use crate::kernel::KernelGrants;
 
 /// The grants, and what the GRANTED slots were told about them.
 #[derive(Default)]
