@@ -168,7 +168,8 @@ fn agent_levels<'a>(agents: impl Iterator<Item = &'a policy::Agent>) -> u64 {
     agents.fold(0, |l, a| l | 1u64 << a.cgroup_level())
 }
 
-/// Whether some agent may hold a connect (an `ask` on connect, or freeze).
+/// Whether some agent may hold a connect (an `ask` on connect, freeze, or
+/// a connects budget that asks or freezes when spent).
 fn needs_connect_holds<'a>(mut agents: impl Iterator<Item = &'a policy::Agent>) -> bool {
     agents.any(|a| match a.mode {
         guard_common::Mode::Audit => false,
@@ -179,6 +180,10 @@ fn needs_connect_holds<'a>(mut agents: impl Iterator<Item = &'a policy::Agent>) 
                     .rules
                     .iter()
                     .any(|r| r.verdict == guard_common::Verdict::Ask)
+                || a.budget.as_ref().is_some_and(|b| {
+                    b.rate(guard_common::BudgetClass::Connects).is_some()
+                        && b.on_exceed != guard_common::Exceed::Deny
+                })
         }
     })
 }
