@@ -413,6 +413,28 @@ fn budget_hold_of_a_connect_keeps_its_denial_after_the_window_refills() {
         e["outcome"] == "denied" && e["hold"]["id"] == id.as_str()
     });
     assert_eq!(denied["rule"]["verdict"], "allow", "{denied}");
+    // And the held call did not run: no connect went after it was held (a
+    // decision left unconsumed would only refuse the next one instead).
+    let connects: Vec<Value> = daemon
+        .events()
+        .into_iter()
+        .filter(|e| e["kind"] == "net.connect")
+        .collect();
+    let at = connects
+        .iter()
+        .position(|e| e["outcome"] == "held")
+        .expect("the held connect");
+    let after: Vec<&Value> = connects[at..]
+        .iter()
+        .filter(|e| e["outcome"] == "allowed")
+        .map(|e| &e["time"])
+        .collect();
+    assert!(after.is_empty(), "the denied call went, at {after:?}");
+    assert_eq!(
+        labels.get("went").map(|&n| n as usize),
+        Some(at),
+        "every connect before the held one went, no other"
+    );
 }
 
 #[test]
