@@ -27,9 +27,8 @@ pub struct Driver {
 impl Driver {
     pub fn start() -> Self {
         let port = free_port();
-        let profile =
-            std::env::temp_dir().join(format!("agent-guard-chromium-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&profile);
+        let tmp = std::env::temp_dir();
+        let profile = tmp.join(crate::claim_dir(&tmp, "agent-guard-chromium"));
         let child = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())

@@ -20,9 +20,11 @@ use std::{
 use serde_json::Value;
 
 mod conformance;
+mod lines;
 mod surfaces;
 mod watchdog;
 pub use conformance::*;
+pub use lines::ChildLines;
 pub use surfaces::*;
 
 /// Generous bound for things that normally take milliseconds; only reached
@@ -63,10 +65,31 @@ pub struct TestCgroups {
     _watchdog: watchdog::Watchdog,
 }
 
+/// Creates a directory `<stem>-<pid>-<n>` in `parent` that did not exist
+/// before, and returns its name. Created, not just named: the name must be
+/// free on the whole machine, not only in this process. Pids wrap at
+/// pid_max and repeat across pid namespaces (CI can run in a container on
+/// the kernel other work shares), and two tests that shared a cgroup would
+/// each count and judge the other's calls (seen: a connects budget spent
+/// by another test's runs).
+pub fn claim_dir(parent: &Path, stem: &str) -> String {
+    fs::create_dir_all(parent).unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
+    for _ in 0..10_000 {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{stem}-{}-{n}", std::process::id());
+        match fs::create_dir(parent.join(&name)) {
+            Ok(()) => return name,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => panic!("create {}: {e}", parent.join(&name).display()),
+        }
+    }
+    panic!("no free name for {stem} in {}", parent.display());
+}
+
 impl TestCgroups {
     pub fn new(test: &str) -> Self {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let prefix = format!("agent-guard-test/{test}-{}-{n}", std::process::id());
+        let name = claim_dir(&cgroup2_root().join("agent-guard-test"), test);
+        let prefix = format!("agent-guard-test/{name}");
         let _watchdog = watchdog::Watchdog::arm(&cgroup2_root().join(&prefix));
         Self { prefix, _watchdog }
     }
@@ -155,12 +178,10 @@ impl Daemon {
     /// on the way to the daemon's state (here `/run`), which must not be
     /// the /tmp the agents under test work in.
     pub fn fresh_dir() -> PathBuf {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            PathBuf::from("/run").join(format!("agent-guard-test-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("test dir");
-        dir
+        // Claimed, never cleared: a directory of that name may be another
+        // test's, in use (see claim_dir).
+        let run = PathBuf::from("/run");
+        run.join(claim_dir(&run, "agent-guard-test"))
     }
 
     /// [`Daemon::start_in`] with [`Options`].
@@ -235,6 +256,18 @@ impl Daemon {
             .stdin(Stdio::null())
             .output()
             .expect("agent-guard")
+    }
+
+    /// [`Daemon::cli_output`] that must succeed (else the test fails with
+    /// the command's stderr); its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli_output(args);
+        assert!(
+            out.status.success(),
+            "agent-guard {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Runs `argv` as `agent` to completion, capturing its output.
@@ -611,10 +644,8 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new(test: &str) -> Self {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let root = std::env::temp_dir().join(format!("agtest-{test}-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        fs::create_dir_all(&root).expect("scratch dir");
+        let tmp = std::env::temp_dir();
+        let root = tmp.join(claim_dir(&tmp, &format!("agtest-{test}")));
         Self { root }
     }
 

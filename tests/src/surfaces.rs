@@ -23,20 +23,27 @@ pub struct SecretFile {
 impl SecretFile {
     pub fn new(test: &str, contents: &str) -> Self {
         use std::os::unix::fs::OpenOptionsExt as _;
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "agent-guard-secret-{}-{test}-{n}",
-            std::process::id()
-        ));
-        let _ = fs::remove_file(&path);
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .expect("secret file");
-        f.write_all(contents.as_bytes()).expect("write secret");
-        Self { path }
+        // Created new, never cleared first: a file of that name may be
+        // another test's (pids repeat, see crate::claim_dir).
+        loop {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let path = std::env::temp_dir().join(format!(
+                "agent-guard-secret-{}-{test}-{n}",
+                std::process::id()
+            ));
+            let mut f = match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => panic!("secret file {}: {e}", path.display()),
+            };
+            f.write_all(contents.as_bytes()).expect("write secret");
+            return Self { path };
+        }
     }
 
     pub fn s(&self) -> String {

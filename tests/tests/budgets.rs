@@ -61,13 +61,7 @@ default = "allow"
 }
 
 fn json(daemon: &Daemon, args: &[&str]) -> Value {
-    let out = daemon.cli_output(args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON")
+    serde_json::from_str(&daemon.cli_ok(args)).expect("JSON")
 }
 
 /// Waits for the agent run `child` to end, at most PATIENCE: past that it
@@ -198,8 +192,7 @@ fn budget_ask_holds_the_41st_delete_and_an_agent_approval_lets_the_rest_go() {
     assert_eq!(status["budget_hits"], 1, "{status}");
 
     // Once: that call goes, and the next is held again.
-    let out = daemon.cli_output(&["approve", &id]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    daemon.cli_ok(&["approve", &id]);
     let next = daemon.wait_event("file.unlink", |e| {
         e["outcome"] == "held" && e["hold"]["id"] != id.as_str()
     });
@@ -207,8 +200,7 @@ fn budget_ask_holds_the_41st_delete_and_an_agent_approval_lets_the_rest_go() {
     assert_eq!(next["budget"]["exhausted"], false, "{next}");
     let id = next["hold"]["id"].as_str().expect("hold id").to_owned();
     // A scope lifts the budget for the agent: the rest goes.
-    let out = daemon.cli_output(&["approve", &id, "--scope", "agent", "--for", "1m"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    daemon.cli_ok(&["approve", &id, "--scope", "agent", "--for", "1m"]);
     let out = finish(child, "rm -rf, approved for the agent");
     assert!(out.status.success(), "the rest goes: {}", stderr(&out));
     assert!(!scratch.path("work/tree").exists());
@@ -270,14 +262,12 @@ fn budget_freeze_freezes_the_agent_until_thaw() {
     let mode = daemon.wait_event("agent.mode", |e| e["mode"]["to"] == "freeze");
     assert_eq!(mode["by"]["user"], "agent-guard", "{mode}");
     assert_eq!(agent_entry(&daemon, "cleaner")["mode"], "freeze");
-    let out = daemon.cli_output(&["thaw", "cleaner"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    daemon.cli_ok(&["thaw", "cleaner"]);
     assert_eq!(agent_entry(&daemon, "cleaner")["mode"], "enforce");
     // The held call still waits for on-call: thawing ends the freeze, not
     // the spent budget. Killing the run ends it.
     let id = held["hold"]["id"].as_str().expect("hold id");
-    let out = daemon.cli_output(&["kill", id]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    daemon.cli_ok(&["kill", id]);
     let out = finish(child, "rm -rf, its run killed");
     assert!(!out.status.success());
     assert_eq!(left(&scratch, 20), 15, "nothing more went");
@@ -304,7 +294,20 @@ fn budget_of_connects_is_shared_by_every_run_of_the_agent() {
         }
         run.finish();
     }
-    assert_eq!(connected, 5, "one budget across all runs");
+    let counted: Vec<String> = daemon
+        .events()
+        .iter()
+        .filter(|e| {
+            e["kind"] == "net.connect" || e["kind"] == "net.send" || e["kind"] == "agent.budget"
+        })
+        .map(Value::to_string)
+        .collect();
+    assert_eq!(
+        connected,
+        5,
+        "one budget across all runs; events:\n{}",
+        counted.join("\n")
+    );
     daemon.wait_count("agent.budget", 1);
     let refused = daemon.wait_event("net.connect", |e| e["outcome"] == "denied");
     assert_eq!(refused["budget"]["name"], "connects", "{refused}");

@@ -61,8 +61,8 @@ fn run_without_a_daemon_says_so() {
 
 #[test]
 fn policy_check_reports_file_line_col() {
-    let dir = std::env::temp_dir().join(format!("agent-guard-policy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let tmp = std::env::temp_dir();
+    let dir = tmp.join(claim_dir(&tmp, "agent-guard-policy"));
     let file = dir.join("bad.toml");
     std::fs::write(
         &file,

@@ -84,9 +84,8 @@ fn the_systemd_unit_verifies() {
         return;
     };
     // Verified with the binary it would start: the one under test.
-    let dir = std::env::temp_dir().join(format!("agent-guard-unit-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).expect("dir");
+    let tmp = std::env::temp_dir();
+    let dir = tmp.join(claim_dir(&tmp, "agent-guard-unit"));
     let path = dir.join("agent-guard.service");
     let bin = agent_guard_bin();
     fs::write(
@@ -128,8 +127,8 @@ fn the_daemonset_parses_and_mounts_what_the_daemon_needs() {
 
     // The ConfigMap's policy is one the daemon accepts.
     let policy = s(mapping(&docs[1], "data"), "policy.toml");
-    let dir = std::env::temp_dir().join(format!("agent-guard-cm-{}", std::process::id()));
-    fs::create_dir_all(&dir).expect("dir");
+    let tmp = std::env::temp_dir();
+    let dir = tmp.join(claim_dir(&tmp, "agent-guard-cm"));
     fs::write(dir.join("policy.toml"), policy).expect("policy");
     let out = Command::new(agent_guard_bin())
         .args(["policy", "check"])

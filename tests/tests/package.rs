@@ -62,9 +62,8 @@ struct ScratchRoot {
 impl ScratchRoot {
     fn new(test: &str) -> Self {
         require_root();
-        let dir =
-            std::env::temp_dir().join(format!("agent-guard-pkg-{test}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let tmp = std::env::temp_dir();
+        let dir = tmp.join(claim_dir(&tmp, &format!("agent-guard-pkg-{test}")));
         let merged = dir.join("merged");
         fs::create_dir_all(&merged).expect("scratch dir");
         fs::create_dir_all(dir.join("rw")).expect("scratch dir");
@@ -193,8 +192,8 @@ fn the_package_installs_enables_without_starting_and_keeps_an_edited_policy() {
     assert!(info.status.success(), "{}", text(&info));
     let info = text(&info);
     assert!(info.contains("Package: agent-guard"), "{info}");
-    let scripts = std::env::temp_dir().join(format!("agent-guard-deb-ctl-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&scripts);
+    let tmp = std::env::temp_dir();
+    let scripts = tmp.join(claim_dir(&tmp, "agent-guard-deb-ctl"));
     let out = Command::new("dpkg-deb")
         .arg("--control")
         .arg(&deb)
@@ -344,9 +343,8 @@ fn cargo_xtask_install_puts_the_build_unit_and_policy_in_a_staging_root() {
     if host_tier_only("cargo_xtask_install_puts_the_build_unit_and_policy_in_a_staging_root") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("agent-guard-xinstall-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).expect("staging root");
+    let tmp = std::env::temp_dir();
+    let dir = tmp.join(claim_dir(&tmp, "agent-guard-xinstall"));
     let install = || {
         Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
             .current_dir(env!("CARGO_MANIFEST_DIR"))

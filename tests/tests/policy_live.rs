@@ -2,13 +2,7 @@
 //! invalid reloads, adopting an existing cgroup, freeze/thaw, and retiring
 //! agents. Needs: cgroup sock_addr programs, and for the delete parts
 //! seccomp user notification or BPF LSM.
-use std::{
-    fs,
-    io::{BufRead as _, BufReader},
-    net::TcpListener,
-    process::Stdio,
-    thread,
-};
+use std::{fs, net::TcpListener, thread};
 
 use agent_guard_tests::*;
 use serde_json::Value;
@@ -22,21 +16,6 @@ fn sink() -> u16 {
     let port = l.local_addr().expect("addr").port();
     thread::spawn(move || for _ in l.incoming() {});
     port
-}
-
-fn cli_ok(daemon: &Daemon, args: &[&str]) -> String {
-    let out = daemon
-        .cli()
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("cli");
-    assert!(
-        out.status.success(),
-        "agent-guard {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The policy of the reload tests: `bot` with fixed allow/deny rules plus
@@ -260,20 +239,20 @@ deny = ["127.0.0.1/32:{bad}"]
         &format!("read _; python3 -c '{PY_CONNECT}' 127.0.0.1 {bad}"),
     );
     let daemon = Daemon::start(&policy, cg);
-    let list: Value = serde_json::from_str(&cli_ok(&daemon, &["agents", "--json"])).expect("json");
+    let list: Value = serde_json::from_str(&daemon.cli_ok(&["agents", "--json"])).expect("json");
     assert_eq!(list[0]["name"], "claims-bot");
     assert_eq!(list[0]["adopted"], true);
     assert_eq!(list[0]["processes"], 1);
 
     drop(service.stdin.take());
-    let mut lines = BufReader::new(service.stdout.take().expect("stdout")).lines();
-    let _pid = lines.next().expect("pid line").expect("read");
-    assert_eq!(lines.next().expect("result").expect("read"), "errno=1");
+    let mut lines = ChildLines::new(service.stdout.take().expect("stdout"));
+    let _pid = lines.next_line("pid line");
+    assert_eq!(lines.next_line("result"), "errno=1");
     let _ = service.wait();
     let ev = daemon.wait_event("net.connect", |e| e["target"]["port"] == bad);
     assert_eq!(ev["outcome"], "denied");
     assert_eq!(ev["agent"]["name"], "claims-bot");
-    let list: Value = serde_json::from_str(&cli_ok(&daemon, &["agents", "--json"])).expect("json");
+    let list: Value = serde_json::from_str(&daemon.cli_ok(&["agents", "--json"])).expect("json");
     assert_eq!(
         list[0]["counts"]["denied"], 1,
         "the registry counts calls: {list}"
@@ -312,7 +291,7 @@ default = "allow"
     let file = scratch.file("a.txt");
     let path = file.display().to_string();
 
-    cli_ok(&daemon, &["freeze", "bot", "--reason", "incident"]);
+    daemon.cli_ok(&["freeze", "bot", "--reason", "incident"]);
     let ev = daemon.wait_event("agent.mode", |_| true);
     assert_eq!(ev["mode"]["from"], "enforce");
     assert_eq!(ev["mode"]["to"], "freeze");
@@ -328,11 +307,11 @@ default = "allow"
     });
     assert!(file.exists());
     let id = held["hold"]["id"].as_str().expect("id").to_owned();
-    cli_ok(&daemon, &["approve", &id]);
+    daemon.cli_ok(&["approve", &id]);
     assert!(rm.wait_with_output().expect("rm").status.success());
     assert!(!file.exists());
 
-    cli_ok(&daemon, &["thaw", "bot"]);
+    daemon.cli_ok(&["thaw", "bot"]);
     let ev = daemon.wait_event("agent.mode", |e| e["mode"]["to"] == "enforce");
     assert_eq!(ev["mode"]["from"], "freeze");
     let run = connect_as(&daemon, "bot", "127.0.0.1", port);
@@ -372,11 +351,11 @@ fn removing_an_agent_with_live_processes_needs_force() {
     let ev = daemon.wait_event("policy.reload", |_| true);
     assert_eq!(ev["outcome"], "failure");
 
-    let shown = cli_ok(&daemon, &["reload", "--force"]);
+    let shown = daemon.cli_ok(&["reload", "--force"]);
     assert!(shown.contains("removed: goes"), "{shown}");
     let ev = daemon.wait_event("policy.reload", |e| e["outcome"] == "success");
     assert_eq!(ev["policy"]["diff"]["removed"], serde_json::json!(["goes"]));
-    let list: Value = serde_json::from_str(&cli_ok(&daemon, &["agents", "--json"])).expect("json");
+    let list: Value = serde_json::from_str(&daemon.cli_ok(&["agents", "--json"])).expect("json");
     assert_eq!(list.as_array().map(Vec::len), Some(1));
     // on_remove defaults to "unguard": the worker runs on.
     assert!(worker.try_wait().expect("try_wait").is_none());
@@ -397,14 +376,14 @@ fn a_freeze_outlives_a_daemon_crash_and_so_does_the_thaw() {
         cg.path("bot")
     );
     let daemon = Daemon::start(&policy, cg);
-    cli_ok(&daemon, &["freeze", "bot", "--reason", "incident"]);
+    daemon.cli_ok(&["freeze", "bot", "--reason", "incident"]);
     daemon.wait_event("agent.mode", |e| e["mode"]["to"] == "freeze");
 
     let (cg, dir) = daemon.crash();
     let daemon = Daemon::start_in(&policy, cg, dir);
     decide_held_connect(&daemon, "bot", port, false);
 
-    cli_ok(&daemon, &["thaw", "bot"]);
+    daemon.cli_ok(&["thaw", "bot"]);
     daemon.wait_event("agent.mode", |e| e["mode"]["to"] == "enforce");
     let (cg, dir) = daemon.crash();
     let daemon = Daemon::start_in(&policy, cg, dir);

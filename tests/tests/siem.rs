@@ -4,10 +4,7 @@
 //! calls right. Needs: cgroup_sock_addr, and seccomp user notification or
 //! BPF LSM for the deletes.
 use std::{
-    collections::BTreeSet,
-    net::TcpListener,
-    os::unix::process::CommandExt as _,
-    process::{Output, Stdio},
+    collections::BTreeSet, net::TcpListener, os::unix::process::CommandExt as _, process::Stdio,
 };
 
 use agent_guard_tests::*;
@@ -49,21 +46,6 @@ type = "stdout"
     )
 }
 
-fn cli(daemon: &Daemon, args: &[&str]) -> Output {
-    let out = daemon
-        .cli()
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("agent-guard");
-    assert!(
-        out.status.success(),
-        "agent-guard {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// Holds an `rm` of `path` and decides it.
 fn held_rm(daemon: &Daemon, path: &str, approve: bool) -> (Value, Value) {
     let child = daemon.spawn_agent("bot", &["rm", path]);
@@ -71,7 +53,7 @@ fn held_rm(daemon: &Daemon, path: &str, approve: bool) -> (Value, Value) {
         e["outcome"] == "held" && e["target"]["path"] == path
     });
     let id = held["hold"]["id"].as_str().expect("hold id").to_string();
-    cli(daemon, &[if approve { "approve" } else { "deny" }, &id]);
+    daemon.cli_ok(&[if approve { "approve" } else { "deny" }, &id]);
     let out = child.wait_with_output().expect("rm");
     assert_eq!(out.status.success(), approve);
     let decision = daemon.wait_event("hold.decision", |e| e["hold"]["id"] == id.as_str());
@@ -225,7 +207,7 @@ fn every_event_of_a_full_run_validates_against_the_schema() {
         .output()
         .expect("kill as nobody");
     assert!(!out.status.success());
-    cli(&daemon, &["kill", "--agent", "bot"]);
+    daemon.cli_ok(&["kill", "--agent", "bot"]);
     daemon.wait_event("loss", |e| e["loss"]["sink"] == "nowhere");
 
     let events = daemon.stop();

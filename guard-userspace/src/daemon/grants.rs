@@ -8,8 +8,8 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use aya::maps::{HashMap as BpfHashMap, LpmTrie, MapData, lpm_trie::Key};
-use guard_common::{Grant, NetGrantKey, PathKey};
+use aya::maps::lpm_trie::Key;
+use guard_common::{Grant, NetGrantKey};
 
 use crate::policy::path_key;
 use serde_json::Value;
@@ -76,12 +76,7 @@ impl GrantInfo {
     }
 }
 
-/// The kernel's grant maps.
-pub struct KernelGrants {
-    pub agent: BpfHashMap<MapData, u32, Grant>,
-    pub path: LpmTrie<MapData, PathKey, Grant>,
-    pub net: BpfHashMap<MapData, NetGrantKey, Grant>,
-}
+pub use crate::kernel::KernelGrants;
 
 pub struct Grants {
     inner: Mutex<(HashMap<u32, GrantInfo>, u32)>,

@@ -335,7 +335,7 @@ pub async fn run(opts: Options) -> Result<()> {
         kernel.attach_connect_hold_stopper()?;
     }
     let mut agents = Vec::new();
-    let budgets = kernel.take_budgets()?;
+    let budgets = budgets::Budgets::new(kernel.take_budgets()?);
     for (index, agent) in policy.agents.iter().enumerate() {
         let agent_id = index as u32 + 1;
         write_rules(&mut kernel, agent_id, agent)?;

@@ -8,7 +8,10 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, ProgramError, links::FdLink},
 };
-use guard_common::{AgentEntry, Config, NetKey, NetRuleSet, PathKey, PathRuleValue};
+use guard_common::{
+    AgentEntry, BudgetCell, BudgetKey, Config, Grant, NetGrantKey, NetKey, NetRuleSet, PathKey,
+    PathRuleValue,
+};
 
 use thiserror::Error;
 
@@ -44,6 +47,16 @@ pub(crate) fn pin_file(name: &str) -> String {
         name.to_owned()
     }
 }
+
+/// The kernel's grant maps, for the grant registry (daemon/grants.rs).
+pub struct KernelGrants {
+    pub agent: BpfHashMap<MapData, u32, Grant>,
+    pub path: LpmTrie<MapData, PathKey, Grant>,
+    pub net: BpfHashMap<MapData, NetGrantKey, Grant>,
+}
+
+/// The BUDGETS map, for the budget service (daemon/budgets.rs).
+pub type BudgetMap = BpfHashMap<MapData, BudgetKey, BudgetCell>;
 
 /// The program (and attachment name) that stops held connects.
 const CONNECT_HOLD_STOPPER: &str = "sys_exit";
@@ -527,13 +540,13 @@ impl Kernel {
     }
 
     /// Hands the grant maps to the grant registry.
-    pub fn take_grants(&mut self) -> Result<crate::daemon::grants::KernelGrants, KernelError> {
+    pub fn take_grants(&mut self) -> Result<KernelGrants, KernelError> {
         let mut take =
             |name: &'static str| self.ebpf.take_map(name).ok_or(KernelError::Missing(name));
         let agent = take("AGENT_GRANTS")?;
         let path = take("PATH_GRANTS")?;
         let net = take("NET_GRANTS")?;
-        Ok(crate::daemon::grants::KernelGrants {
+        Ok(KernelGrants {
             agent: BpfHashMap::try_from(agent).map_err(map_err("AGENT_GRANTS"))?,
             path: LpmTrie::try_from(path).map_err(map_err("PATH_GRANTS"))?,
             net: BpfHashMap::try_from(net).map_err(map_err("NET_GRANTS"))?,
@@ -541,14 +554,12 @@ impl Kernel {
     }
 
     /// Hands the BUDGETS map to the budget service.
-    pub fn take_budgets(&mut self) -> Result<crate::daemon::budgets::Budgets, KernelError> {
+    pub fn take_budgets(&mut self) -> Result<BudgetMap, KernelError> {
         let map = self
             .ebpf
             .take_map("BUDGETS")
             .ok_or(KernelError::Missing("BUDGETS"))?;
-        Ok(crate::daemon::budgets::Budgets::new(
-            BpfHashMap::try_from(map).map_err(map_err("BUDGETS"))?,
-        ))
+        BpfHashMap::try_from(map).map_err(map_err("BUDGETS"))
     }
 
     /// Hands the HOLDS map to the hold registry.
