@@ -93,9 +93,10 @@ pub static PROTECTED: HashMap<InodeKey, u32> = HashMap::with_max_entries(256, 0)
 /// (TCP port, address prefix) -> the daemon's surface listening there
 /// (guard_common::SURFACE_*): where no agent may connect, whatever its
 /// policy (net.rs). Filled by the daemon for each listen address: the
-/// address itself, or every local address for a wildcard one.
+/// address itself, or every local address for a wildcard one (about 4
+/// entries per listener plus one per host address; not preallocated).
 #[map]
-pub static GUARD_LISTEN: LpmTrie<ListenKey, u32> = LpmTrie::with_max_entries(1024, 0);
+pub static GUARD_LISTEN: LpmTrie<ListenKey, u32> = LpmTrie::with_max_entries(4096, 0);
 
 #[inline(always)]
 pub fn offsets() -> Option<GuardOffsets> {
