@@ -4,7 +4,6 @@
 //! is asked to, and UDP listeners.
 use std::{
     collections::HashMap,
-    io::{BufRead as _, BufReader},
     net::UdpSocket,
     process::{Child, Command, Output, Stdio},
 };
@@ -154,10 +153,8 @@ impl UnixHelper {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("python3 helper");
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().expect("stdout"))
-            .read_line(&mut line)
-            .expect("helper ready line");
+        let line = crate::ChildLines::new(child.stdout.take().expect("stdout"))
+            .next_line("helper's ready line");
         assert_eq!(line.trim(), "ready", "the helper did not start");
         Self { child }
     }

@@ -20,9 +20,11 @@ use std::{
 use serde_json::Value;
 
 mod conformance;
+mod lines;
 mod surfaces;
 mod watchdog;
 pub use conformance::*;
+pub use lines::ChildLines;
 pub use surfaces::*;
 
 /// Generous bound for things that normally take milliseconds; only reached

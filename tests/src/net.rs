@@ -1,12 +1,12 @@
 //! Connect helpers: loopback listeners and connects made as an agent.
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
+    io::Write as _,
     net::TcpListener,
-    process::{Child, ChildStdout, Command, Stdio},
+    process::{Child, Command, Stdio},
     thread,
 };
 
-use crate::Daemon;
+use crate::{ChildLines, Daemon};
 
 /// A TCP listener on loopback that accepts and holds connections.
 pub struct Listener {
@@ -77,13 +77,13 @@ impl ConnectRun {
 
 fn read_connect(mut child: Child) -> ConnectRun {
     let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let first = lines.next().expect("pid line").expect("read");
+    let mut lines = ChildLines::new(stdout);
+    let first = lines.next_line("pid line");
     let (pid, exe) = first
         .strip_prefix("pid=")
         .and_then(|r| r.split_once(" exe="))
         .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
-    let second = lines.next().expect("result line").expect("read");
+    let second = lines.next_line("result line");
     let errno = if second == "connected" {
         0
     } else {
@@ -132,15 +132,15 @@ pub fn connect_unguarded(host: &str, port: u16) -> i32 {
 /// held: the child, its output lines after the pid line, and its pid.
 pub struct PendingConnect {
     pub child: Child,
-    pub lines: std::io::Lines<BufReader<ChildStdout>>,
+    pub lines: crate::ChildLines,
     pub pid: u32,
 }
 
 pub fn spawn_connect(daemon: &Daemon, agent: &str, host: &str, port: u16) -> PendingConnect {
     let port = port.to_string();
     let mut child = daemon.spawn_agent(agent, &["python3", "-c", PY_CONNECT, host, &port]);
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let first = lines.next().expect("pid line").expect("read");
+    let mut lines = ChildLines::new(child.stdout.take().expect("stdout"));
+    let first = lines.next_line("pid line");
     let pid = first
         .strip_prefix("pid=")
         .and_then(|r| r.split(' ').next())
@@ -179,7 +179,7 @@ pub fn decide_held_connect(
         "agent-guard {verb} {id}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let result = lines.next().expect("result line").expect("read");
+    let result = lines.next_line("result line");
     assert_eq!(result, if approve { "connected" } else { "errno=1" });
     drop(child.stdin.take());
     let _ = child.wait();

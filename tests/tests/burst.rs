@@ -74,12 +74,10 @@ fn every_call_of_a_burst_is_an_event_or_a_reported_loss() {
     let script = format!("exec python3 -c '{PY_BURST}' {} {n}", dir.display());
     let mut child = spawn_in_cgroup(&agent_cg, &script);
     let mut stdin = child.stdin.take().expect("stdin");
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
-        child.stdout.take().expect("stdout"),
-    ));
-    assert_eq!(lines.next().expect("ready").expect("read"), "ready");
+    let mut lines = ChildLines::new(child.stdout.take().expect("stdout"));
+    assert_eq!(lines.next_line("ready"), "ready");
     std::io::Write::write_all(&mut stdin, b"go\n").expect("go");
-    assert_eq!(lines.next().expect("done").expect("read"), "done");
+    assert_eq!(lines.next_line("done"), "done");
     drop(stdin);
     let status = child.wait().expect("python");
     assert!(status.success());

@@ -201,7 +201,7 @@ fn ask_holds_the_connect_until_on_call_decides() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let result = lines.next().expect("result line").expect("read");
+        let result = lines.next_line("result line");
         if approve {
             assert_eq!(result, "connected");
         } else {
@@ -326,7 +326,7 @@ fn a_held_connect_survives_a_daemon_crash_and_is_decided_by_its_successor() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(lines.next().expect("result").expect("read"), "connected");
+    assert_eq!(lines.next_line("result"), "connected");
     drop(child.stdin.take());
     let _ = child.wait();
 }
@@ -336,7 +336,7 @@ fn a_held_connect_survives_a_daemon_crash_and_is_decided_by_its_successor() {
 /// lists the hold, and its approval completes the call.
 #[test]
 fn a_connect_held_while_no_daemon_runs_reaches_the_successor() {
-    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::io::Write as _;
     const PY_LATE: &str = r#"
 import os, socket, sys
 print("pid=%d" % os.getpid(), flush=True)
@@ -357,8 +357,8 @@ sys.stdin.read()
     );
     let daemon = Daemon::start(&policy, cg);
     let mut child = daemon.spawn_agent("bot", &["python3", "-c", PY_LATE, &l.port.to_string()]);
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let first = lines.next().expect("pid line").expect("read");
+    let mut lines = ChildLines::new(child.stdout.take().expect("stdout"));
+    let first = lines.next_line("pid line");
     let pid: u32 = first
         .strip_prefix("pid=")
         .and_then(|p| p.parse().ok())
@@ -386,7 +386,7 @@ sys.stdin.read()
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(lines.next().expect("result").expect("read"), "connected");
+    assert_eq!(lines.next_line("result"), "connected");
     drop(stdin);
     let _ = child.wait();
 }

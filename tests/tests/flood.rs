@@ -7,7 +7,6 @@
 //! approved by on-call, and the refusals reach the log as a bounded
 //! number of events plus one count.
 use std::{
-    io::{BufRead as _, BufReader},
     os::unix::process::CommandExt as _,
     process::{Command, Stdio},
 };
@@ -138,14 +137,14 @@ ask = ["127.0.0.1/32:{}"]
         .stdout(Stdio::piped())
         .spawn()
         .expect("flood");
-    let mut lines = BufReader::new(flood.stdout.take().expect("stdout")).lines();
-    let opened = lines.next().expect("opened line").expect("read");
+    let mut lines = ChildLines::new(flood.stdout.take().expect("stdout"));
+    let opened = lines.next_line("opened line");
     assert_eq!(
         opened,
         format!("opened {CONNECTIONS}"),
         "every connect got through to the backlog"
     );
-    assert_eq!(lines.next().expect("line").expect("read"), "streaming");
+    assert_eq!(lines.next_line("line"), "streaming");
 
     // While it floods: the daemon's own descriptors stay bounded...
     let fds = open_fds(daemon.pid());
@@ -175,7 +174,7 @@ ask = ["127.0.0.1/32:{}"]
         "on-call is not locked out: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(lines.next().expect("result").expect("read"), "connected");
+    assert_eq!(lines.next_line("result"), "connected");
     drop(child.stdin.take());
     let _ = child.wait();
 

@@ -249,6 +249,7 @@ fn garbage_on_the_control_socket_gets_an_error_and_the_daemon_keeps_serving() {
         b"[1,2,3]\n",
     ] {
         let mut s = UnixStream::connect(&daemon.socket).expect("connect");
+        s.set_read_timeout(Some(PATIENCE)).expect("read timeout");
         s.write_all(junk).expect("write");
         let mut line = String::new();
         BufReader::new(&s).read_line(&mut line).expect("reply");
@@ -438,7 +439,7 @@ ask = ["{}"]
     let id = ev["hold"]["id"].as_str().expect("hold id").to_string();
     let ev = daemon.wait_event("hold.decision", |e| e["hold"]["id"] == id.as_str());
     assert_eq!(ev["hold"]["decision"], "expired");
-    let result = connect.lines.next().expect("result line").expect("read");
+    let result = connect.lines.next_line("result line");
     assert!(
         result.starts_with("errno="),
         "an expired hold is a deny: {result}"

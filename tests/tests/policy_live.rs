@@ -2,12 +2,7 @@
 //! invalid reloads, adopting an existing cgroup, freeze/thaw, and retiring
 //! agents. Needs: cgroup sock_addr programs, and for the delete parts
 //! seccomp user notification or BPF LSM.
-use std::{
-    fs,
-    io::{BufRead as _, BufReader},
-    net::TcpListener,
-    thread,
-};
+use std::{fs, net::TcpListener, thread};
 
 use agent_guard_tests::*;
 use serde_json::Value;
@@ -250,9 +245,9 @@ deny = ["127.0.0.1/32:{bad}"]
     assert_eq!(list[0]["processes"], 1);
 
     drop(service.stdin.take());
-    let mut lines = BufReader::new(service.stdout.take().expect("stdout")).lines();
-    let _pid = lines.next().expect("pid line").expect("read");
-    assert_eq!(lines.next().expect("result").expect("read"), "errno=1");
+    let mut lines = ChildLines::new(service.stdout.take().expect("stdout"));
+    let _pid = lines.next_line("pid line");
+    assert_eq!(lines.next_line("result"), "errno=1");
     let _ = service.wait();
     let ev = daemon.wait_event("net.connect", |e| e["target"]["port"] == bad);
     assert_eq!(ev["outcome"], "denied");

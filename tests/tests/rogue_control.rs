@@ -377,12 +377,7 @@ fn rogue_agent_cannot_stop_or_reload_the_daemon_by_signal() {
             .stdout(Stdio::piped())
             .spawn()
             .expect("kill");
-        let mut rc = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(sender.stdout.take().expect("stdout")),
-            &mut rc,
-        )
-        .expect("rc line");
+        let rc = ChildLines::new(sender.stdout.take().expect("stdout")).next_line("rc line");
         if rc.trim() == "rc=0" {
             // Delivered (no BPF LSM to refuse it in the kernel): the daemon
             // itself refuses to act on it.

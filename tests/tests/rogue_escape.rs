@@ -4,7 +4,7 @@
 //! still denied for a process placed straight into its cgroup, and that
 //! the event was emitted. Needs: tp_btf (every supported kernel); in the
 //! VM tier the BPF LSM hooks refuse the open instead.
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::Write as _;
 
 use agent_guard_tests::{rogue::*, *};
 
@@ -93,11 +93,11 @@ fn rogue_agent_moved_out_by_another_agent_process_is_killed() {
         &r.cgroup,
         &format!("echo pid=$$; read go; echo woke; {}", r.connect_cmd()),
     );
-    let mut lines = BufReader::new(victim.stdout.take().expect("stdout")).lines();
+    let mut lines = ChildLines::new(victim.stdout.take().expect("stdout"));
     let victim_pid: u64 = lines
-        .next()
-        .and_then(Result::ok)
-        .and_then(|l| l.strip_prefix("pid=").and_then(|p| p.parse().ok()))
+        .next_line("victim's pid line")
+        .strip_prefix("pid=")
+        .and_then(|p| p.parse().ok())
         .expect("victim pid");
     let procs = r.cgroup_dir().join("cgroup.procs");
     let mover = sh(&format!(
@@ -117,7 +117,7 @@ fn rogue_agent_moved_out_by_another_agent_process_is_killed() {
     let _ = victim.stdin.as_mut().expect("stdin").write_all(b"go\n");
     drop(victim.stdin.take());
     let status = victim.wait().expect("wait");
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let rest = lines.rest();
     assert!(
         killed(status),
         "the moved process must be killed: {status:?} {rest:?}"

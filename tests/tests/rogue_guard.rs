@@ -377,11 +377,7 @@ fn rogue_an_adopted_agent_cannot_reach_the_guard() {
 /// outside every agent, while that of its command (dumpable) is not.
 #[test]
 fn rogue_a_runs_launcher_is_not_dumpable() {
-    use std::{
-        io::{BufRead as _, BufReader, Write as _},
-        os::unix::process::CommandExt as _,
-        process::Stdio,
-    };
+    use std::{io::Write as _, os::unix::process::CommandExt as _, process::Stdio};
     let r = Rogue::start("guard-dumpable");
     let mut run = r
         .daemon
@@ -394,10 +390,7 @@ fn rogue_a_runs_launcher_is_not_dumpable() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("agent-guard run as nobody");
-    let mut line = String::new();
-    BufReader::new(run.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
+    let line = ChildLines::new(run.stdout.take().expect("stdout")).next_line("pid line");
     let pid = |key: &str| -> u32 {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(key))

@@ -7,10 +7,7 @@
 //! event with the hold's id. Connect holds run on both tiers; delete holds
 //! are LSM holds in the VM tier and seccomp supervision here, where the
 //! daemon performs exactly the call it held.
-use std::{
-    io::{BufRead as _, BufReader, Lines},
-    process::{Child, ChildStdout},
-};
+use std::process::Child;
 
 use agent_guard_tests::*;
 use serde_json::Value;
@@ -21,7 +18,7 @@ const EPERM: i32 = 1;
 /// The helper, started as the agent: its pid, and its output after that.
 struct Rogue {
     child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
+    lines: ChildLines,
     pid: u32,
 }
 
@@ -30,8 +27,8 @@ impl Rogue {
         let mut argv = vec![RETARGET];
         argv.extend_from_slice(args);
         let mut child = daemon.spawn_agent("bot", &argv);
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let first = lines.next().expect("pid line").expect("read");
+        let mut lines = ChildLines::new(child.stdout.take().expect("stdout"));
+        let first = lines.next_line("pid line");
         let pid = first
             .strip_prefix("pid=")
             .and_then(|p| p.parse().ok())
@@ -49,7 +46,7 @@ impl Rogue {
     }
 
     fn errno(&mut self) -> i32 {
-        let line = self.lines.next().expect("result line").expect("read");
+        let line = self.lines.next_line("result line");
         line.strip_prefix("errno=")
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("unexpected result line {line:?}"))

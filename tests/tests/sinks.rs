@@ -218,6 +218,9 @@ fn a_stalled_reader_stalls_neither_enforcement_nor_the_other_sinks() {
     follow
         .write_all(b"{\"v\":1,\"op\":\"subscribe\"}\n")
         .expect("subscribe");
+    follow
+        .set_read_timeout(Some(PATIENCE))
+        .expect("read timeout");
     let mut ok = String::new();
     BufReader::new(&follow).read_line(&mut ok).expect("reply");
     assert!(ok.starts_with("{\"v\":1,\"ok\":true"), "{ok}");
