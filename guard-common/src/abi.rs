@@ -163,6 +163,12 @@ pub const LOSS_REASONS: u32 = 4;
 /// Rule id 0 means "no rule matched; the agent's default applied".
 pub const RULE_DEFAULT: u32 = 0;
 
+/// Rule ids from this one up are no policy rule: the guard refused the
+/// call to defend itself, whatever the policy says. `RULE_GUARD + N` names
+/// what was protected (N: [`crate::SURFACE_WEB`], [`crate::SURFACE_METRICS`]).
+/// Policy rule ids count up from 1 and never get here.
+pub const RULE_GUARD: u32 = 0xFFFF_FF00;
+
 /// Deepest cgroup level (0 = the cgroup2 root) at which an agent cgroup may
 /// sit. The kernel checks ancestors at the levels flagged in
 /// [`crate::Config::agent_levels`], which is a 64-bit mask.

@@ -110,6 +110,29 @@ pub struct InodeKey {
 }
 const _: () = assert!(core::mem::size_of::<InodeKey>() == 16);
 
+/// The daemon's own TCP listeners that agents may not reach
+/// ([`ListenKey`] values in `GUARD_LISTEN`): the approval page and the
+/// metrics endpoint. A connect refused for reaching one carries the rule id
+/// [`crate::RULE_GUARD`] + the surface.
+pub const SURFACE_WEB: u32 = 1;
+pub const SURFACE_METRICS: u32 = 2;
+
+/// Key of `GUARD_LISTEN`, an LPM trie: a TCP port of the daemon's, then an
+/// address prefix that reaches it (IPv4 as IPv4-mapped IPv6, as in
+/// [`crate::NetKey`]). The prefix length always covers the whole port
+/// ([`LISTEN_KEY_PORT_BITS`] + the address bits).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenKey {
+    /// Big-endian, so that the trie's bytewise prefix covers it whole.
+    pub port: [u8; 2],
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<ListenKey>() == 18);
+
+/// Bits of [`ListenKey`] taken by the port.
+pub const LISTEN_KEY_PORT_BITS: u32 = 16;
+
 /// Ticks per second of /proc's start times (USER_HZ; 100 on every Linux
 /// architecture agent-guard builds for).
 pub const USER_HZ: u64 = 100;
@@ -176,6 +199,7 @@ mod user {
     unsafe impl aya::Pod for AgentProc {}
     unsafe impl aya::Pod for GuardProcess {}
     unsafe impl aya::Pod for InodeKey {}
+    unsafe impl aya::Pod for ListenKey {}
     unsafe impl aya::Pod for EscapeRecord {}
     unsafe impl aya::Pod for TamperRecord {}
 }

@@ -7,6 +7,8 @@
 pub const AF_UNIX: u16 = 1;
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
+/// Socket type of TCP (and MPTCP) sockets.
+pub const SOCK_STREAM: u32 = 1;
 
 /// x86_64 syscall numbers the delete observer watches (arch/x86/entry/
 /// syscalls/syscall_64.tbl: part of the user ABI, never renumbered).

@@ -12,13 +12,13 @@ use aya_ebpf::{
         generated::bpf_ktime_get_boot_ns,
     },
     macros::map,
-    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap},
 };
 use guard_common::{
     ACTION_REFUSED, AgentProc, EscapeRecord, EventKind, GuardOffsets, GuardProcess, InodeKey,
-    LossReason, MAX_CGROUP_LEVEL, MAX_PROTECTED_DEPTH, NS_PER_TICK, Outcome, REFUSAL_BURST,
-    REFUSAL_CLASSES, REFUSAL_ESCAPE, REFUSAL_INTERVAL_NS, RefusalBudget, RefusalCounts,
-    TamperRecord, Verdict,
+    ListenKey, LossReason, MAX_CGROUP_LEVEL, MAX_PROTECTED_DEPTH, NS_PER_TICK, Outcome,
+    REFUSAL_BURST, REFUSAL_CLASSES, REFUSAL_ESCAPE, REFUSAL_INTERVAL_NS, RefusalBudget,
+    RefusalCounts, TamperRecord, Verdict,
 };
 
 use crate::{
@@ -89,6 +89,14 @@ pub static REFUSAL_SUPPRESSED: LruPerCpuHashMap<u64, RefusalCounts> =
 /// no agent process may open, keyed by (device, inode).
 #[map]
 pub static PROTECTED: HashMap<InodeKey, u32> = HashMap::with_max_entries(256, 0);
+
+/// (TCP port, address prefix) -> the daemon's surface listening there
+/// (guard_common::SURFACE_*): where no agent may connect, whatever its
+/// policy (net.rs). Filled by the daemon for each listen address: the
+/// address itself, or every local address for a wildcard one (about 4
+/// entries per listener plus one per host address; not preallocated).
+#[map]
+pub static GUARD_LISTEN: LpmTrie<ListenKey, u32> = LpmTrie::with_max_entries(4096, 0);
 
 #[inline(always)]
 pub fn offsets() -> Option<GuardOffsets> {

@@ -12,12 +12,14 @@ use aya_ebpf::{
     helpers::generated::bpf_set_retval, maps::lpm_trie::Key, programs::SockAddrContext,
 };
 use guard_common::{
-    AF_INET, ConnectRecord, ERESTARTNOINTR, EventKind, NET_KEY_AGENT_BITS, NetKey, RULE_DEFAULT,
+    AF_INET, ConnectRecord, ERESTARTNOINTR, EventKind, LISTEN_KEY_PORT_BITS, ListenKey,
+    NET_KEY_AGENT_BITS, NetKey, Outcome, RULE_DEFAULT, RULE_GUARD, SOCK_STREAM, Verdict,
 };
 
 use crate::{
-    decide::{self, Decision, HoldBy},
+    decide::{self, Decision, HoldBy, Report},
     emit, grant,
+    guard::GUARD_LISTEN,
     hold::Call,
     identity,
     maps::NET_RULES,
@@ -85,6 +87,31 @@ pub fn try_connect(
     }
     let port = u16::from_be(sa.user_port as u16);
 
+    // The daemon's own page and metrics endpoint: refused before the
+    // ladder, so no rule, mode, grant or budget can open them (a web token
+    // read by an agent must not make it an approver).
+    if kind == EventKind::NetConnect && sa.type_ == SOCK_STREAM {
+        if let Some(surface) = guard_listener(&addr, port) {
+            let report = Report {
+                outcome: Outcome::Denied,
+                verdict: Verdict::Deny.raw(),
+                hold_id: 0,
+                grant_id: 0,
+                flags: 0,
+            };
+            submit(
+                &agent,
+                kind,
+                &report,
+                RULE_GUARD + surface,
+                family,
+                &addr,
+                port,
+            );
+            return Ok(Decision::Deny);
+        }
+    }
+
     let (verdict, rule_id) = lookup(agent.entry.agent_id, &addr, port)
         .unwrap_or((agent.entry.connect_default, RULE_DEFAULT));
     // No signals from this hook: sys_exit sends the stop.
@@ -97,11 +124,25 @@ pub fn try_connect(
         || grant::for_destination(agent.entry.agent_id, &addr, port).unwrap_or(0),
         HoldBy::StopAtExit,
     );
-    let Some(report) = climbed.report.filter(|r| emit::reported(kind, r)) else {
-        return Ok(climbed.decision);
-    };
+    if let Some(report) = climbed.report.filter(|r| emit::reported(kind, r)) {
+        submit(&agent, kind, &report, rule_id, family, &addr, port);
+    }
+    Ok(climbed.decision)
+}
+
+/// Reports a judged connect or datagram.
+#[inline(always)]
+fn submit(
+    agent: &identity::Agent,
+    kind: EventKind,
+    report: &Report,
+    rule_id: u32,
+    family: u16,
+    addr: &[u8; 16],
+    port: u16,
+) {
     let record = ConnectRecord {
-        header: emit::judged_header(kind, &agent, &report, rule_id),
+        header: emit::judged_header(kind, agent, report, rule_id),
         family,
         port,
         flags: u32::from(report.flags),
@@ -110,11 +151,24 @@ pub fn try_connect(
             v4[..4].copy_from_slice(&addr[12..16]);
             v4
         } else {
-            addr
+            *addr
         },
     };
-    emit::submit(&record, emit::urgent(&report));
-    Ok(climbed.decision)
+    emit::submit(&record, emit::urgent(report));
+}
+
+/// The daemon's surface (guard_common::SURFACE_*) listening at `addr`
+/// (IPv6 or IPv4-mapped) and TCP `port`, if any.
+#[inline(always)]
+fn guard_listener(addr: &[u8; 16], port: u16) -> Option<u32> {
+    let key = Key::new(
+        LISTEN_KEY_PORT_BITS + 128,
+        ListenKey {
+            port: port.to_be_bytes(),
+            addr: *addr,
+        },
+    );
+    GUARD_LISTEN.get(&key).copied()
 }
 
 /// One longest-prefix lookup, then the first port rule that holds the port

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod notify;
 pub mod policy;
 pub mod rootfile;
+pub mod statefile;
 pub mod supervise;
 pub mod unix_socket;
 pub mod web;

@@ -96,8 +96,10 @@ fn doctor_lists_the_protections_of_the_control_plane_and_holds() {
         "[ ok ] agents have no say in the control plane",
         "[ ok ] failures do not release enforcement",
         "[ ok ] connect holds bound to the held call",
-        // A limit no kernel closes is named, not hidden.
-        "[note] web page callers",
+        "[ ok ] web page callers: no agent process can connect",
+        // Closed for adopted cgroups too, on every backend.
+        "connect to the approval page or the metrics endpoint (a web token makes an approver):\n    [ ok ] run: refused by cgroup/connect4 and connect6",
+        "    [ ok ] adopted: refused by cgroup/connect4 and connect6",
     ] {
         assert!(text.contains(line), "{line:?} missing:\n{text}");
     }

@@ -59,10 +59,11 @@ fn protections(lsm: bool, seccomp: bool) {
         },
     );
     line(
-        false,
+        true,
         "web page callers",
-        "a token holder is an approver; the page cannot tell whether a request comes from \
-         inside an agent, so keep the tokens file out of agents' reach",
+        "no agent process can connect to the page or the metrics endpoint (cgroup \
+         connect programs, every backend); a token holder outside the agents is an \
+         approver, so keep the tokens file from agents (self-defense below)",
     );
     let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .unwrap_or((0, 0));

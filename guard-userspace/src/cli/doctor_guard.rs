@@ -155,6 +155,20 @@ pub fn report(guard: Option<&GuardStatus>, seccomp: bool) -> bool {
                 .into()),
         }
     });
+    // The cgroup connect programs run for every agent process on every
+    // backend: the page and metrics endpoint are closed to all of them.
+    let connect = guard
+        .map(|_| {
+            "refused by cgroup/connect4 and connect6 whatever the policy, reported as a \
+             net.connect event with rule `self-defense: ...`"
+                .to_owned()
+        })
+        .ok_or_else(|| "programs not loaded".to_owned());
+    lines.push(Line {
+        what: "connect to the approval page or the metrics endpoint (a web token makes an approver)",
+        run: connect.clone(),
+        adopted: connect,
+    });
     println!("self-defense (what an agent process cannot do to the guard):");
     let mut all = true;
     for line in &lines {

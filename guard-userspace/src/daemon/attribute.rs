@@ -227,6 +227,14 @@ fn kernel_rule(h: &Header, registry: &Registry) -> Rule {
                 .agent(h.agent_id)
                 .map(|a| format!("{}:{}", registry.policy.file, a.def.line)),
         },
+        // No policy rule: the guard's own listeners (net.rs).
+        Some(id) if id >= guard_common::RULE_GUARD => Rule {
+            verdict,
+            matched: Some(super::selfdefense::surface_rule(
+                id - guard_common::RULE_GUARD,
+            )),
+            source: None,
+        },
         Some(id) => {
             let info = registry.policy.rule_source(id);
             Rule {

@@ -386,12 +386,15 @@ enum Judged {
 
 /// A hold id for a supervised call: random, never 0. Kernel holds use the
 /// boot-time nanosecond of the hold; these do not collide in practice
-/// (64 random bits).
+/// (64 random bits). Without a random source (it does not fail on Linux
+/// 3.17+ once seeded) the boot-time nanosecond serves, as for kernel holds.
 fn hold_id() -> u64 {
-    let mut bytes = [0u8; 8];
-    let _ = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
-    u64::from_ne_bytes(bytes) | 1
+    getrandom::u64().unwrap_or_else(|err| {
+        tracing::warn!(%err, "the OS's random source; the hold id is the boot-time clock");
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+            .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+            .unwrap_or(0)
+    }) | 1
 }
 
 impl Decide for SessionDecider {

@@ -14,9 +14,12 @@ use tokio::sync::oneshot;
 
 use super::Shared;
 pub use crate::events::model::{By, Decision as Verdict};
-use crate::events::{
-    self,
-    model::{Call, CallOutcome, Decided, HoldDecision, HoldId, HoldRef, Scope, Text},
+use crate::{
+    events::{
+        self,
+        model::{Call, CallOutcome, Decided, HoldDecision, HoldId, HoldRef, Scope, Text},
+    },
+    statefile::StateFile,
 };
 
 /// How a held call is released.
@@ -184,17 +187,8 @@ impl Holds {
                 deadline_unix_ms: unix_ms(wall + h.deadline.saturating_duration_since(now)),
             })
             .collect();
-        let tmp = path.with_extension("json.tmp");
-        let written = serde_json::to_vec(&list)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| {
-                let mut f = std::fs::File::create(&tmp)?;
-                std::io::Write::write_all(&mut f, &bytes)?;
-                f.sync_all()
-            })
-            .and_then(|()| std::fs::rename(&tmp, &path));
-        if let Err(err) = written {
-            tracing::error!(%err, file = %path.display(), "saving held calls; a restart could not take them back");
+        if let Err(err) = StateFile::new(path).save(&list) {
+            tracing::error!(%err, "saving held calls; a restart could not take them back");
         }
     }
 
@@ -205,14 +199,14 @@ impl Holds {
     /// it back, see `sessions`). No new `held` event: it was emitted once.
     /// Call after the sessions are loaded.
     pub fn resume(&self, shared: &Arc<Shared>, file: PathBuf) {
-        let previous: Vec<Persisted> = match std::fs::read(&file) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|err| {
+        let previous: Vec<Persisted> = match StateFile::new(file.clone()).load() {
+            Ok(previous) => previous.unwrap_or_default(),
+            Err(err) => {
                 // Their threads stay stopped until an operator kills them:
                 // say so loudly.
-                tracing::error!(%err, file = %file.display(), "unreadable held calls; calls held before the restart cannot be taken back");
+                tracing::error!(%err, "calls held before the restart cannot be taken back");
                 Vec::new()
-            }),
-            Err(_) => Vec::new(),
+            }
         };
         if let Ok(mut f) = self.file.lock() {
             *f = Some(file);

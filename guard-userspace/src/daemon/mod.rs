@@ -380,6 +380,10 @@ pub async fn run(opts: Options) -> Result<()> {
         protected,
     );
     registry.protected = keys;
+    // The page and the metrics endpoint are for people, not agents: no
+    // agent reaches them, whatever its policy or uid.
+    let listeners = surfaces.listening();
+    let addresses = selfdefense::close_listeners(&mut kernel, &listeners);
     registry.cgroup_mounts = crate::cgroup::Hierarchy::all_mounts().unwrap_or_else(|err| {
         tracing::warn!(%err, "listing cgroup mounts; refused cgroup writes are named for cgroup2 only");
         vec![hierarchy.root().to_path_buf()]
@@ -532,6 +536,14 @@ pub async fn run(opts: Options) -> Result<()> {
                 emitter.clone(),
                 gate.clone(),
             )
+        });
+    }
+    if selfdefense::any_wildcard(&listeners) {
+        tasks.keep("listener addresses", {
+            let shared = shared.clone();
+            move || {
+                selfdefense::watch_addresses(shared.clone(), listeners.clone(), addresses.clone())
+            }
         });
     }
     surfaces.spawn(&mut tasks, &shared, program_ids);

@@ -9,7 +9,6 @@
 //! which answers the calls its predecessor left waiting (see `journal`).
 use std::{
     fs,
-    io::Read as _,
     os::fd::OwnedFd,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -32,6 +31,7 @@ use crate::{
             RunStarted, Subject, Success,
         },
     },
+    statefile::StateFile,
     supervise::{self, Resume},
 };
 use anyhow::{Context as _, Result, bail};
@@ -52,7 +52,7 @@ pub struct Conversation {
 /// Where sessions are persisted; saves are serialized so the file always
 /// holds the newest snapshot.
 pub struct Store {
-    file: PathBuf,
+    file: StateFile<Vec<Saved>>,
     state_dir: PathBuf,
     saving: Mutex<()>,
 }
@@ -79,7 +79,7 @@ struct Saved {
 impl Store {
     pub fn new(state_dir: &Path) -> Self {
         Self {
-            file: state_dir.join("sessions.json"),
+            file: StateFile::new(state_dir.join("sessions.json")),
             state_dir: state_dir.to_owned(),
             saving: Mutex::new(()),
         }
@@ -88,17 +88,10 @@ impl Store {
     /// Takes back the sessions a previous daemon left whose cgroup still
     /// exists and whose agent is still in the policy.
     pub fn load(&self, registry: &mut Registry) {
-        let saved: Vec<Saved> = match fs::read(&self.file) {
-            Ok(bytes) => match serde_json::from_slice(&bytes) {
-                Ok(saved) => saved,
-                Err(err) => {
-                    tracing::error!(file = %self.file.display(), %err, "unreadable sessions file; runs started before the restart lose their attribution");
-                    return;
-                }
-            },
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return,
+        let saved = match self.file.load() {
+            Ok(saved) => saved.unwrap_or_default(),
             Err(err) => {
-                tracing::error!(file = %self.file.display(), %err, "reading the sessions file");
+                tracing::error!(%err, "runs started before the restart lose their attribution");
                 return;
             }
         };
@@ -160,17 +153,8 @@ impl Store {
                 })
                 .collect()
         };
-        let tmp = self.file.with_extension("json.tmp");
-        let written = serde_json::to_vec(&list)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| {
-                let mut f = fs::File::create(&tmp)?;
-                std::io::Write::write_all(&mut f, &bytes)?;
-                f.sync_all()
-            })
-            .and_then(|()| fs::rename(&tmp, &self.file));
-        if let Err(err) = written {
-            tracing::error!(%err, file = %self.file.display(), "saving sessions; a restart would lose their attribution");
+        if let Err(err) = self.file.save(&list) {
+            tracing::error!(%err, "saving sessions; a restart would lose their attribution");
         }
     }
 
@@ -197,9 +181,7 @@ pub fn launcher_alive(shared: &Shared, id: &str) -> bool {
 
 fn random_id() -> Result<String> {
     let mut bytes = [0u8; 8];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("reading /dev/urandom")?;
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("the OS's random source: {e}"))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 

@@ -59,6 +59,16 @@ impl Surfaces {
         })
     }
 
+    /// What is served on TCP, by surface (guard_common::SURFACE_*), at
+    /// the addresses bound (a port 0 resolved).
+    pub fn listening(&self) -> super::selfdefense::Listeners {
+        let web = self.web_addr.map(|a| (guard_common::SURFACE_WEB, a));
+        let metrics = self
+            .metrics_addr
+            .map(|a| (guard_common::SURFACE_METRICS, a));
+        web.into_iter().chain(metrics).collect()
+    }
+
     /// `programs`: the loaded programs' kernel ids, for their run times.
     /// Each surface is a kept task: a restart listens again on the same
     /// address.

@@ -10,8 +10,7 @@
 //! (sorted keys) instead, which `verify` still checks.
 use std::{
     collections::BTreeMap,
-    fs,
-    io::{self, Write as _},
+    fs, io,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
@@ -22,6 +21,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
+
+use crate::statefile::{StateFile, StateFileError};
 
 /// `prev` of the very first event of a chain.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -279,22 +280,13 @@ pub struct Tip {
 impl Persisted {
     /// Missing file: a first run. An unreadable one is an error: starting a
     /// fresh chain silently would hide the break.
-    pub fn load(path: &Path) -> io::Result<Self> {
-        match fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(e),
-        }
+    pub fn load(path: &Path) -> Result<Self, StateFileError> {
+        Ok(StateFile::new(path.to_owned()).load()?.unwrap_or_default())
     }
 
-    /// Write, fsync, rename: a crash leaves the old or the new file.
-    pub fn save(&self, path: &Path) -> io::Result<()> {
-        let tmp = path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec(self).map_err(io::Error::other)?;
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
+    /// A crash leaves the old or the new file (see StateFile).
+    pub fn save(&self, path: &Path) -> Result<(), StateFileError> {
+        StateFile::new(path.to_owned()).save(self)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Self-defense programs (guard-ebpf's escape.rs and tamper.rs): loading,
 //! attaching, and the maps the daemon fills: which processes are agents'
-//! (AGENT_PROCS), which are the guard's (GUARD_PIDS), and which files no
-//! agent may open (PROTECTED).
+//! (AGENT_PROCS), which are the guard's (GUARD_PIDS), which files no
+//! agent may open (PROTECTED) and where the daemon listens (GUARD_LISTEN).
 use std::{
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -9,10 +9,10 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::HashMap as BpfHashMap,
+    maps::{HashMap as BpfHashMap, LpmTrie, MapError, lpm_trie::Key},
     programs::{BtfTracePoint, Lsm},
 };
-use guard_common::{AgentProc, GuardOffsets, GuardProcess, InodeKey};
+use guard_common::{AgentProc, GuardOffsets, GuardProcess, InodeKey, ListenKey};
 
 use super::{Attachment, Kernel, KernelError, describe_load_error, map_err, typed_program};
 use crate::btf;
@@ -229,6 +229,41 @@ impl Kernel {
             .insert(key, 1, 0)
             .map_err(map_err("PROTECTED"))?;
         Ok(key)
+    }
+}
+
+impl Kernel {
+    /// Makes `entries` ((prefix length, key, surface)) the whole of
+    /// GUARD_LISTEN: where agents may not connect to the daemon. Entries
+    /// of an earlier start (a pinned map reused) or an earlier address
+    /// set are removed once the new ones are in.
+    pub fn set_guard_listeners(
+        &mut self,
+        entries: &[(u32, ListenKey, u32)],
+    ) -> Result<(), KernelError> {
+        const NAME: &str = "GUARD_LISTEN";
+        let map = self.ebpf.map_mut(NAME).ok_or(KernelError::Missing(NAME))?;
+        let mut trie: LpmTrie<_, ListenKey, u32> = LpmTrie::try_from(map).map_err(map_err(NAME))?;
+        for (prefix_len, key, surface) in entries {
+            trie.insert(&Key::new(*prefix_len, *key), surface, 0)
+                .map_err(map_err(NAME))?;
+        }
+        let stale: Vec<_> = trie
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| {
+                !entries
+                    .iter()
+                    .any(|(len, key, _)| *len == k.prefix_len() && *key == k.data())
+            })
+            .collect();
+        for key in stale {
+            match trie.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(NAME)(e)),
+            }
+        }
+        Ok(())
     }
 }
 
