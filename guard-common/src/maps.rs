@@ -122,14 +122,44 @@ const _: () = assert!(core::mem::size_of::<NetGrantKey>() == 24);
 
 /// Single-slot `CONFIG` array value: global knobs the daemon can change live.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
     /// Bit N set: some agent cgroup sits at cgroup level N. The kernel only
     /// looks up ancestors at these levels, so a process costs one lookup per
     /// distinct agent depth, not one per level.
     pub agent_levels: u64,
+    /// The `HOLDS_MADE` count at which the daemon last found the HOLDS map
+    /// empty. While the count still equals it, no thread has a hold, and a
+    /// counted call need not look for one (see guard-ebpf's decide.rs).
+    /// [`HOLDS_UNSETTLED`] until the daemon has looked.
+    pub holds_settled: u64,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 8);
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
+
+/// [`Config::holds_settled`] before the daemon has seen the HOLDS map
+/// empty: no count of holds ever equals it, so every call looks.
+pub const HOLDS_UNSETTLED: u64 = u64::MAX;
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            agent_levels: 0,
+            holds_settled: HOLDS_UNSETTLED,
+        }
+    }
+}
+
+/// Slots of the `GRANTED` array: an agent's is `agent_id % GRANT_SLOTS`
+/// ([`grant_slot`]). Agents that share a slot share its count, which only
+/// makes one of them look for grants it does not have.
+pub const GRANT_SLOTS: u32 = 1024;
+const _: () = assert!(GRANT_SLOTS.is_power_of_two());
+
+/// The `GRANTED` slot of `agent_id`.
+#[inline(always)]
+pub const fn grant_slot(agent_id: u32) -> u32 {
+    agent_id & (GRANT_SLOTS - 1)
+}
 const _: () = assert!(MAX_CGROUP_LEVEL < 64);
 
 /// Data part of the `NET_RULES` LPM-trie key. The prefix length counts the 32

@@ -109,7 +109,9 @@ pub fn climb<C: FnOnce() -> Option<Call>, G: Fn() -> u32>(
             // A counted call of a thread with a hold may be its held call
             // coming back with the window refilled while a human decided:
             // the decision still applies (a denial must not become a run).
-            if judged.budget == Charge::Within {
+            // Looked for only while some thread may have a hold at all
+            // (hold::holds_maybe): most counted calls skip the look-up.
+            if judged.budget == Charge::Within && hold::holds_maybe(agent.holds_settled) {
                 if let Some(held) = hold::settle(by == HoldBy::StopNow) {
                     return hold_now(held, judged, flags);
                 }

@@ -164,6 +164,8 @@ pub fn cgroup_agent(o: &GuardOffsets, cgrp: *const u8) -> Option<Agent> {
                 return Some(Agent {
                     cgroup_id: id,
                     entry: *entry,
+                    // Never skips a hold look-up (see hold::holds_maybe).
+                    holds_settled: guard_common::HOLDS_UNSETTLED,
                 });
             }
         }
@@ -185,6 +187,7 @@ pub fn tracked(tgid: u32, start: u64) -> Option<Agent> {
     Some(Agent {
         cgroup_id: proc.agent_cgroup_id,
         entry,
+        holds_settled: guard_common::HOLDS_UNSETTLED,
     })
 }
 

@@ -36,7 +36,7 @@ use guard_common::{
 
 use crate::{
     emit,
-    maps::{HOLD_SCRATCH, HOLDS},
+    maps::{HOLD_SCRATCH, HOLDS, HOLDS_MADE},
 };
 
 /// u64 words in a held call's target.
@@ -166,6 +166,37 @@ impl Call {
     }
 }
 
+/// Whether some thread may have a hold, given the daemon's
+/// `Config::holds_settled`: the count of holds made (HOLDS_MADE) is
+/// compared with the count at which the daemon last saw the HOLDS map
+/// empty. Equal: no entry was made since the map was empty, so there is
+/// none to find and [`settle`] can be skipped. Every hold is counted right
+/// after its entry is inserted, by the thread that is then stopped, so its
+/// call coming back always sees the count moved on (fail closed: a missing
+/// slot says yes).
+#[inline(always)]
+pub fn holds_maybe(settled: u64) -> bool {
+    match HOLDS_MADE.get_ptr(0) {
+        // SAFETY: aligned pointer into the array value; a torn read is
+        // impossible for an aligned u64.
+        Some(made) => (unsafe { core::ptr::read_volatile(made) }) != settled,
+        None => true,
+    }
+}
+
+/// Counts a hold entry just inserted (see [`holds_maybe`]).
+#[inline(always)]
+fn count_made() {
+    if let Some(made) = HOLDS_MADE.get_ptr_mut(0) {
+        // SAFETY: aligned pointer into the array value; BPF atomic add.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::SeqCst }>(
+                made, 1,
+            );
+        }
+    }
+}
+
 /// The current thread's hold, for a call that would run on its own (its
 /// budget refilled while a human decided): a decided hold is consumed and
 /// applies to it (a denial must not turn into a run), a pending one stops
@@ -257,6 +288,7 @@ pub fn hold(stop_now: bool, call: &Call) -> Hold {
         emit::count_loss(LossReason::HoldFailed);
         return Hold::Failed;
     }
+    count_made();
     if stop_now && !send_stop() {
         let _ = HOLDS.remove(tid);
         emit::count_loss(LossReason::HoldFailed);

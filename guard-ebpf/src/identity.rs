@@ -7,6 +7,9 @@ use crate::maps::{AGENTS, CONFIG};
 pub struct Agent {
     pub cgroup_id: u64,
     pub entry: AgentEntry,
+    /// `Config::holds_settled` as read with the agent levels (see
+    /// hold::holds_maybe).
+    pub holds_settled: u64,
 }
 
 /// Finds the agent whose cgroup is an ancestor of (or is) the current task's
@@ -14,7 +17,8 @@ pub struct Agent {
 /// the cost is one helper call and one hash lookup per distinct agent depth.
 #[inline(always)]
 pub fn current_agent() -> Option<Agent> {
-    let levels = CONFIG.get(0)?.agent_levels;
+    let config = CONFIG.get(0)?;
+    let (levels, holds_settled) = (config.agent_levels, config.holds_settled);
     if levels == 0 {
         return None;
     }
@@ -34,6 +38,7 @@ pub fn current_agent() -> Option<Agent> {
                 return Some(Agent {
                     cgroup_id: id,
                     entry: *entry,
+                    holds_settled,
                 });
             }
         }

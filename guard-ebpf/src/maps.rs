@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use guard_common::{
-    AgentEntry, BudgetCell, BudgetKey, Config, Grant, HoldEntry, LOSS_REASONS, NetGrantKey, NetKey,
-    NetRuleSet, PathKey, PathRuleValue,
+    AgentEntry, BudgetCell, BudgetKey, Config, GRANT_SLOTS, Grant, HoldEntry, LOSS_REASONS,
+    NetGrantKey, NetKey, NetRuleSet, PathKey, PathRuleValue,
 };
 
 /// Agent cgroup id -> agent. Keyed by the agent's own cgroup, so processes in
@@ -18,6 +18,14 @@ pub static AGENTS: HashMap<u64, AgentEntry> = HashMap::with_max_entries(4096, 0)
 /// guard_common::HoldEntry).
 #[map]
 pub static HOLDS: HashMap<u32, HoldEntry> = HashMap::with_max_entries(4096, 0);
+
+/// Slot 0: holds the programs have made (HOLDS entries inserted), counted
+/// up after each insert and never down. Written only here; the daemon
+/// compares it with `Config::holds_settled` (see hold.rs, [`holds_maybe`]).
+///
+/// [`holds_maybe`]: crate::hold::holds_maybe
+#[map]
+pub static HOLDS_MADE: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Per-CPU work area for the current call's hold entry (larger than the
 /// BPF stack); see hold.rs.
@@ -35,6 +43,13 @@ pub static PATH_GRANTS: LpmTrie<PathKey, Grant> = LpmTrie::with_max_entries(4096
 /// (agent, destination address and port) -> grant.
 #[map]
 pub static NET_GRANTS: HashMap<NetGrantKey, Grant> = HashMap::with_max_entries(4096, 0);
+
+/// `grant_slot(agent id)` -> how many grant entries the daemon has in the
+/// three grant maps for the agents of that slot (see grant.rs). Written
+/// only by the daemon: raised before it writes a grant, lowered after it
+/// took one out, so 0 means none of them has any.
+#[map]
+pub static GRANTED: Array<u32> = Array::with_max_entries(GRANT_SLOTS, 0);
 
 /// (agent id, budget class) -> the budget and its window (see
 /// guard_common::budget). The daemon writes the limits; the programs count

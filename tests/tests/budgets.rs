@@ -314,6 +314,129 @@ fn budget_of_connects_is_shared_by_every_run_of_the_agent() {
     assert_eq!(count(&daemon, "agent.budget", |_| true), 1);
 }
 
+/// Python that connects to 127.0.0.1:PORT again and again (at most 50
+/// times) until one connect fails, and prints how many went and that
+/// errno ("went N", "refused ERRNO"; "refused 0" if none failed). The
+/// connects stay open until the script ends.
+const PY_CONNECTS_UNTIL_REFUSED: &str = r#"
+import socket, sys
+port = int(sys.argv[1])
+held, errno_ = [], 0
+for _ in range(50):
+    try:
+        held.append(socket.create_connection(("127.0.0.1", port), timeout=30))
+    except OSError as e:
+        errno_ = e.errno
+        break
+print("went", len(held), flush=True)
+print("refused", errno_, flush=True)
+"#;
+
+/// The kernel skips its grant look-up for an agent without grants (see
+/// guard-ebpf's grant.rs): an approval with the agent as scope, given on
+/// a connect its budget held, must still lift the budget for every later
+/// connect of the agent at once.
+#[test]
+fn budget_approval_for_the_agent_lifts_the_connects_budget() {
+    let (daemon, _scratch) = start(
+        "budget-net-grant",
+        &[Agent {
+            name: "fetcher",
+            budget: "connects = \"2/h\"",
+        }],
+    );
+    let listener = Listener::v4();
+    // Ten connects, one after another; any failure ends the script.
+    let script = "import socket, sys\nheld = [socket.create_connection((\"127.0.0.1\", int(sys.argv[1])), timeout=30) for _ in range(10)]\nprint(\"went\", len(held), flush=True)\n";
+    let port = listener.port.to_string();
+    let child = daemon.spawn_agent("fetcher", &["python3", "-c", script, &port]);
+    let held = daemon.wait_event("net.connect", |e| e["outcome"] == "held");
+    assert_eq!(
+        held["budget"]["exhausted"], true,
+        "the budget held it: {held}"
+    );
+    let id = held["hold"]["id"].as_str().expect("hold id").to_owned();
+    daemon.cli_ok(&["approve", &id, "--scope", "agent", "--for", "1m"]);
+    // Another hold would stop the script until PATIENCE ends it.
+    let out = finish(child, "connects after an approval for the agent");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        labels(&out).get("went"),
+        Some(&10),
+        "2 in budget, the approved one, and the rest under the grant"
+    );
+    assert_eq!(
+        count(&daemon, "net.connect", |e| e["outcome"] == "held"),
+        1,
+        "held once"
+    );
+}
+
+/// The kernel looks for a thread's hold only while some hold was made
+/// since the daemon last saw none (see guard-ebpf's hold.rs): a connect
+/// its budget held, denied once the window has refilled, comes back
+/// within the budget and must still be refused.
+#[test]
+fn budget_hold_of_a_connect_keeps_its_denial_after_the_window_refills() {
+    let (daemon, _scratch) = start(
+        "budget-net-refill",
+        &[Agent {
+            name: "fetcher",
+            budget: "connects = \"1/s\"",
+        }],
+    );
+    let listener = Listener::v4();
+    let port = listener.port.to_string();
+    let child = daemon.spawn_agent(
+        "fetcher",
+        &["python3", "-c", PY_CONNECTS_UNTIL_REFUSED, &port],
+    );
+    let held = daemon.wait_event("net.connect", |e| e["outcome"] == "held");
+    assert_eq!(
+        held["budget"]["exhausted"], true,
+        "the budget held it: {held}"
+    );
+    let id = held["hold"]["id"].as_str().expect("hold id").to_owned();
+    // The window opened before this call was held: after a second more it
+    // has refilled, so the call comes back within the budget.
+    std::thread::sleep(std::time::Duration::from_millis(1_200));
+    daemon.cli_ok(&["deny", &id]);
+    let out = finish(child, "the denied connect");
+    let labels = labels(&out);
+    assert_eq!(
+        labels.get("refused"),
+        Some(&1),
+        "the denial stands: {}",
+        stderr(&out)
+    );
+    let denied = daemon.wait_event("net.connect", |e| {
+        e["outcome"] == "denied" && e["hold"]["id"] == id.as_str()
+    });
+    assert_eq!(denied["rule"]["verdict"], "allow", "{denied}");
+    // And the held call did not run: no connect went after it was held (a
+    // decision left unconsumed would only refuse the next one instead).
+    let connects: Vec<Value> = daemon
+        .events()
+        .into_iter()
+        .filter(|e| e["kind"] == "net.connect")
+        .collect();
+    let at = connects
+        .iter()
+        .position(|e| e["outcome"] == "held")
+        .expect("the held connect");
+    let after: Vec<&Value> = connects[at..]
+        .iter()
+        .filter(|e| e["outcome"] == "allowed")
+        .map(|e| &e["time"])
+        .collect();
+    assert!(after.is_empty(), "the denied call went, at {after:?}");
+    assert_eq!(
+        labels.get("went").map(|&n| n as usize),
+        Some(at),
+        "every connect before the held one went, no other"
+    );
+}
+
 #[test]
 fn budget_of_one_agent_leaves_another_alone() {
     let budget = "deletes = \"3/h\"\non_exceed = \"deny\"";

@@ -7,9 +7,9 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use aya::maps::lpm_trie::Key;
-use guard_common::{Grant, NetGrantKey};
+use guard_common::{Grant, NetGrantKey, grant_slot};
 
 use crate::policy::path_key;
 use serde_json::Value;
@@ -78,8 +78,65 @@ impl GrantInfo {
 
 pub use crate::kernel::KernelGrants;
 
+/// The grants, and what the GRANTED slots were told about them.
+#[derive(Default)]
+struct Inner {
+    grants: HashMap<u32, GrantInfo>,
+    last_id: u32,
+    /// Reloads under way: new id -> old id whose grants' kernel entries
+    /// were copied to the new id (`copy_to`) and not yet `moved`.
+    copies: HashMap<u32, u32>,
+    /// GRANTED slot -> the count last written there (0s left out).
+    published: HashMap<u32, u32>,
+}
+
+impl Inner {
+    /// Each slot's count: a grant counts for its agent's slot, and for the
+    /// slot of the id a reload copied it to.
+    fn counts(&self) -> HashMap<u32, u32> {
+        let mut want: HashMap<u32, u32> = HashMap::new();
+        for g in self.grants.values() {
+            *want.entry(grant_slot(g.agent_id)).or_default() += 1;
+            for (&new, _) in self.copies.iter().filter(|(_, old)| **old == g.agent_id) {
+                *want.entry(grant_slot(new)).or_default() += 1;
+            }
+        }
+        want
+    }
+
+    /// Writes the GRANTED slots whose count changed. Called after a grant
+    /// is added to `grants` and before its kernel entry is written, and
+    /// after a kernel entry was taken out: a slot is never 0 while one of
+    /// its agents has an entry. A count that cannot be raised is an error
+    /// (the grant would be ignored); one that cannot be lowered only
+    /// leaves the programs looking.
+    fn publish(&mut self, k: &mut KernelGrants) -> Result<()> {
+        let want = self.counts();
+        for (&slot, &n) in &want {
+            if self.published.get(&slot) != Some(&n) {
+                k.granted
+                    .set(slot, n, 0)
+                    .with_context(|| format!("writing GRANTED slot {slot}"))?;
+                self.published.insert(slot, n);
+            }
+        }
+        let gone: Vec<u32> = self
+            .published
+            .keys()
+            .filter(|s| !want.contains_key(s))
+            .copied()
+            .collect();
+        for slot in gone {
+            if k.granted.set(slot, 0, 0).is_ok() {
+                self.published.remove(&slot);
+            }
+        }
+        Ok(())
+    }
+}
+
 pub struct Grants {
-    inner: Mutex<(HashMap<u32, GrantInfo>, u32)>,
+    inner: Mutex<Inner>,
     kernel: Mutex<KernelGrants>,
 }
 
@@ -101,15 +158,30 @@ fn within(path: &str, prefix: &str) -> bool {
 impl Grants {
     pub fn new(kernel: KernelGrants) -> Self {
         Self {
-            inner: Mutex::new((HashMap::new(), 0)),
+            inner: Mutex::new(Inner::default()),
             kernel: Mutex::new(kernel),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<u32, GrantInfo>, u32)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         match self.inner.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn lock_kernel(&self) -> std::sync::MutexGuard<'_, KernelGrants> {
+        match self.kernel.lock() {
+            Ok(k) => k,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Lowers the GRANTED slots after kernel entries were taken out.
+    fn republish(&self) {
+        let mut inner = self.lock();
+        if let Err(err) = inner.publish(&mut self.lock_kernel()) {
+            tracing::warn!(error = %format!("{err:#}"), "lowering grant counts; the programs keep looking");
         }
     }
 
@@ -127,18 +199,28 @@ impl Grants {
             bail!("a grant needs a duration (--for, e.g. 10m)");
         }
         let mut inner = self.lock();
-        inner.1 += 1;
-        let id = inner.1;
+        inner.last_id += 1;
+        let id = inner.last_id;
         let value = Grant {
             expires_ns: boot_ns_after(lasts),
             grant_id: id,
             _pad: 0,
         };
-        {
-            let mut k = match self.kernel.lock() {
-                Ok(k) => k,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+        let info = GrantInfo {
+            id,
+            agent_id,
+            agent,
+            scope,
+            expires: SystemTime::now() + lasts,
+            by,
+            reason,
+        };
+        let shown = info.to_event();
+        let scope = info.scope.clone();
+        // Counted in GRANTED before the programs can find it.
+        inner.grants.insert(id, info);
+        let mut k = self.lock_kernel();
+        let written = inner.publish(&mut k).and_then(|()| {
             match &scope {
                 Scope::Agent => k.agent.insert(agent_id, value, 0)?,
                 Scope::Subtree { prefix } => {
@@ -156,18 +238,13 @@ impl Grants {
                     0,
                 )?,
             }
+            Ok(())
+        });
+        if let Err(err) = written {
+            inner.grants.remove(&id);
+            let _ = inner.publish(&mut k);
+            return Err(err);
         }
-        let info = GrantInfo {
-            id,
-            agent_id,
-            agent,
-            scope,
-            expires: SystemTime::now() + lasts,
-            by,
-            reason,
-        };
-        let shown = info.to_event();
-        inner.0.insert(id, info);
         Ok(shown)
     }
 
@@ -176,7 +253,7 @@ impl Grants {
     pub fn covers_path(&self, agent_id: u32, path: &str) -> Option<u32> {
         let now = SystemTime::now();
         self.lock()
-            .0
+            .grants
             .values()
             .filter(|g| g.agent_id == agent_id && g.expires > now)
             .find(|g| match &g.scope {
@@ -190,17 +267,18 @@ impl Grants {
     pub fn list(&self) -> Vec<Value> {
         let now = SystemTime::now();
         let inner = self.lock();
-        let mut live: Vec<&GrantInfo> = inner.0.values().filter(|g| g.expires > now).collect();
+        let mut live: Vec<&GrantInfo> = inner.grants.values().filter(|g| g.expires > now).collect();
         live.sort_by_key(|g| g.id);
         live.iter().map(|g| g.to_json()).collect()
     }
 
     /// Removes a grant before its time; false if there is none.
     pub fn revoke(&self, id: u32) -> bool {
-        let Some(g) = self.lock().0.remove(&id) else {
+        let Some(g) = self.lock().grants.remove(&id) else {
             return false;
         };
         self.unmap(&g);
+        self.republish();
         true
     }
 
@@ -210,15 +288,20 @@ impl Grants {
         let gone: Vec<GrantInfo> = {
             let mut inner = self.lock();
             let ids: Vec<u32> = inner
-                .0
+                .grants
                 .values()
                 .filter(|g| g.expires <= now)
                 .map(|g| g.id)
                 .collect();
-            ids.iter().filter_map(|id| inner.0.remove(id)).collect()
+            ids.iter()
+                .filter_map(|id| inner.grants.remove(id))
+                .collect()
         };
         for g in &gone {
             self.unmap(g);
+        }
+        if !gone.is_empty() {
+            self.republish();
         }
     }
 
@@ -226,12 +309,12 @@ impl Grants {
     /// kernel entries to the new id (call before the new id is in force),
     /// so no approval lapses over a reload.
     pub fn copy_to(&self, old: u32, new: u32) -> Result<()> {
-        let inner = self.lock();
-        let mut k = match self.kernel.lock() {
-            Ok(k) => k,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        for g in inner.0.values().filter(|g| g.agent_id == old) {
+        let mut inner = self.lock();
+        let mut k = self.lock_kernel();
+        // Counted under the new id before its entries are there.
+        inner.copies.insert(new, old);
+        inner.publish(&mut k)?;
+        for g in inner.grants.values().filter(|g| g.agent_id == old) {
             match &g.scope {
                 Scope::Agent => {
                     if let Ok(v) = k.agent.get(&old, 0) {
@@ -266,7 +349,7 @@ impl Grants {
     pub fn moved(&self, old: u32, new: u32) {
         let mut inner = self.lock();
         let mut stale = Vec::new();
-        for g in inner.0.values_mut().filter(|g| g.agent_id == old) {
+        for g in inner.grants.values_mut().filter(|g| g.agent_id == old) {
             stale.push(GrantInfo {
                 id: g.id,
                 agent_id: old,
@@ -278,10 +361,12 @@ impl Grants {
             });
             g.agent_id = new;
         }
+        inner.copies.remove(&new);
         drop(inner);
         for g in &stale {
             self.unmap(g);
         }
+        self.republish();
     }
 
     /// The agent `id` left the policy: its grants end.
@@ -289,23 +374,24 @@ impl Grants {
         let gone: Vec<GrantInfo> = {
             let mut inner = self.lock();
             let ids: Vec<u32> = inner
-                .0
+                .grants
                 .values()
                 .filter(|g| g.agent_id == id)
                 .map(|g| g.id)
                 .collect();
-            ids.iter().filter_map(|i| inner.0.remove(i)).collect()
+            ids.iter().filter_map(|i| inner.grants.remove(i)).collect()
         };
         for g in &gone {
             self.unmap(g);
         }
+        self.republish();
     }
 
     /// Live grants of agent `id`.
     pub fn of_agent(&self, id: u32) -> Vec<Value> {
         let now = SystemTime::now();
         self.lock()
-            .0
+            .grants
             .values()
             .filter(|g| g.agent_id == id && g.expires > now)
             .map(GrantInfo::to_json)
@@ -313,10 +399,7 @@ impl Grants {
     }
 
     fn unmap(&self, g: &GrantInfo) {
-        let mut k = match self.kernel.lock() {
-            Ok(k) => k,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut k = self.lock_kernel();
         // Only remove the entry if it is still this grant's (a newer grant
         // of the same scope replaces it).
         let _ = match &g.scope {

@@ -480,12 +480,15 @@ impl Holds {
 }
 
 /// Expires holds once a second; evicts stale process details every 30 s.
+/// Each second also tells the programs whether any thread has a kernel
+/// hold (`settle_holds`), so that counted calls skip looking for one.
 pub async fn expire_loop(shared: Arc<Shared>) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut n = 0u32;
     loop {
         tick.tick().await;
         shared.holds.expire(&shared);
+        settle_holds(&shared);
         shared.grants.expire();
         shared.refusals.flush();
         n = n.wrapping_add(1);
@@ -495,6 +498,24 @@ pub async fn expire_loop(shared: Arc<Shared>) -> anyhow::Result<()> {
             if swept > 0 {
                 tracing::debug!(swept, "removed kernel hold entries of exited threads");
             }
+        }
+    }
+}
+
+/// Once the HOLDS map is empty, records the programs' count of holds made
+/// at that point in CONFIG (see `KernelHolds::quiet`); a failure only
+/// leaves the programs looking, as before.
+fn settle_holds(shared: &Shared) {
+    let Some(made) = shared.kernel_holds.quiet() else {
+        return;
+    };
+    let mut kernel = match shared.kernel.lock() {
+        Ok(k) => k,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if let Some(kernel) = kernel.as_mut() {
+        if let Err(err) = kernel.settle_holds(made) {
+            tracing::warn!(%err, "telling the programs that no call is held");
         }
     }
 }

@@ -36,7 +36,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use guard_common::Config;
 
 use crate::{
     cgroup::{self, Hierarchy},
@@ -169,7 +168,8 @@ fn agent_levels<'a>(agents: impl Iterator<Item = &'a policy::Agent>) -> u64 {
     agents.fold(0, |l, a| l | 1u64 << a.cgroup_level())
 }
 
-/// Whether some agent may hold a connect (an `ask` on connect, or freeze).
+/// Whether some agent may hold a connect (an `ask` on connect, freeze, or
+/// a connects budget that asks or freezes when spent).
 fn needs_connect_holds<'a>(mut agents: impl Iterator<Item = &'a policy::Agent>) -> bool {
     agents.any(|a| match a.mode {
         guard_common::Mode::Audit => false,
@@ -180,6 +180,10 @@ fn needs_connect_holds<'a>(mut agents: impl Iterator<Item = &'a policy::Agent>) 
                     .rules
                     .iter()
                     .any(|r| r.verdict == guard_common::Verdict::Ask)
+                || a.budget.as_ref().is_some_and(|b| {
+                    b.rate(guard_common::BudgetClass::Connects).is_some()
+                        && b.on_exceed != guard_common::Exceed::Deny
+                })
         }
     })
 }
@@ -361,9 +365,7 @@ pub async fn run(opts: Options) -> Result<()> {
     // Runs started before a crash keep their attribution and can resume.
     let sessions = sessions::Store::new(&state_dir);
     sessions.load(&mut registry);
-    kernel.set_config(Config {
-        agent_levels: levels,
-    })?;
+    kernel.set_agent_levels(levels)?;
     let protected = selfdefense::protected_paths(
         &registry.policy,
         &state_dir,

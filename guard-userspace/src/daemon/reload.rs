@@ -306,9 +306,7 @@ fn apply(
     // 2. Agent cgroups and levels for the union of old and new, then the flips.
     let mut levels = super::agent_levels(registry.agents.values().map(|a| &a.def));
     levels |= super::agent_levels(new.agents.iter());
-    kernel.set_config(guard_common::Config {
-        agent_levels: levels,
-    })?;
+    kernel.set_agent_levels(levels)?;
     let mut installed = Vec::new();
     let mut retired = Vec::new();
     let ids: HashMap<&str, u32> = fresh.iter().map(|(id, d)| (d.name.as_str(), *id)).collect();
@@ -362,9 +360,7 @@ fn apply(
             Change::Add(_) => {}
         }
     }
-    kernel.set_config(guard_common::Config {
-        agent_levels: super::agent_levels(new.agents.iter()),
-    })?;
+    kernel.set_agent_levels(super::agent_levels(new.agents.iter()))?;
     if super::needs_connect_holds(new.agents.iter()) {
         kernel.attach_connect_hold_stopper()?;
     }

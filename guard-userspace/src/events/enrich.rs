@@ -132,6 +132,15 @@ impl Enricher {
     /// A pidfd of `pid`, watched for its exit; None if the kernel has no
     /// pidfds or epoll refuses it.
     fn watch(&mut self, pid: u32) -> Option<OwnedFd> {
+        // Each watched process holds an fd: an agent that forks without end
+        // must not take the fds the control socket and the sinks need.
+        // Past the cap, lookups read /proc as they did before.
+        let cap = max_watched();
+        if self.cache.len() >= cap
+            && self.cache.values().filter(|c| c.pidfd.is_some()).count() >= cap
+        {
+            return None;
+        }
         if self.exits.is_none() {
             // SAFETY: plain syscall; the fd is owned right after.
             let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -259,6 +268,17 @@ impl Enricher {
     pub fn cached(&self) -> usize {
         self.cache.len()
     }
+}
+
+/// Pidfds the cache holds at most: a quarter of the soft RLIMIT_NOFILE
+/// (raised to the hard limit at start), and no more than 2048.
+fn max_watched() -> usize {
+    static CAP: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| {
+        let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(1024, |(soft, _)| soft);
+        usize::try_from(soft / 4).unwrap_or(usize::MAX).min(2048)
+    })
 }
 
 /// CLOCK_BOOTTIME in ns, the clock kernel records are stamped with.

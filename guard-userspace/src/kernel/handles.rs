@@ -1,21 +1,42 @@
 //! Handles on maps that leave the loader for the daemon's tasks: decisions
 //! for held calls, and the loss counters.
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
 use guard_common::{HoldEntry, HoldState, LOSS_REASONS};
 
 use super::{KernelError, map_err};
 
+/// BPF_EXIST: update an entry only if it is there.
+const BPF_EXIST: u64 = 2;
+
 /// The daemon's handle on the kernel's HOLDS map: writes decisions and
 /// resumes the stopped process.
-pub struct KernelHolds(pub(super) std::sync::Mutex<BpfHashMap<MapData, u32, HoldEntry>>);
+pub struct KernelHolds {
+    pub(super) map: std::sync::Mutex<BpfHashMap<MapData, u32, HoldEntry>>,
+    /// HOLDS_MADE: how many holds the programs have made (read only).
+    pub(super) made: Array<MapData, u64>,
+}
 
 impl KernelHolds {
-    /// Whether thread `tid` still waits in hold `hold_id`.
-    pub fn is_pending(&self, tid: u32, hold_id: u64) -> bool {
-        let map = match self.0.lock() {
+    /// The programs' count of holds made, if the HOLDS map was empty after
+    /// it was read: then no thread had a hold when the count read this,
+    /// and any hold made since has moved it on (see guard-ebpf's
+    /// hold::holds_maybe). None while some entry is there, or on an error.
+    pub fn quiet(&self) -> Option<u64> {
+        // The count first: an entry made after this read moves it on.
+        let made = self.made.get(&0, 0).ok()?;
+        let map = self.lock();
+        map.keys().next().is_none().then_some(made)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BpfHashMap<MapData, u32, HoldEntry>> {
+        match self.map.lock() {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
-        };
+        }
+    }
+    /// Whether thread `tid` still waits in hold `hold_id`.
+    pub fn is_pending(&self, tid: u32, hold_id: u64) -> bool {
+        let map = self.lock();
         map.get(&tid, 0)
             .is_ok_and(|e| e.hold_id == hold_id && e.state == HoldState::Pending.raw())
     }
@@ -29,10 +50,7 @@ impl KernelHolds {
         allow: bool,
         pid: u32,
     ) -> Result<(), KernelError> {
-        let mut map = match self.0.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut map = self.lock();
         let mut entry = map.get(&tid, 0).map_err(map_err("HOLDS"))?;
         if entry.hold_id != hold_id {
             // The thread's hold is another call's (it was killed and the
@@ -45,7 +63,10 @@ impl KernelHolds {
             HoldState::Deny
         }
         .raw();
-        map.insert(tid, entry, 0).map_err(map_err("HOLDS"))?;
+        // Only into the entry still there: a decision never makes an entry
+        // the programs did not count (see `quiet`).
+        map.insert(tid, entry, BPF_EXIST)
+            .map_err(map_err("HOLDS"))?;
         let resumed = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGCONT,
@@ -64,10 +85,7 @@ impl KernelHolds {
     /// whose call was abandoned (the thread died, or never made the call
     /// again) must not wait for a reused thread id. Returns how many.
     pub fn sweep(&self) -> usize {
-        let mut map = match self.0.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut map = self.lock();
         let dead: Vec<u32> = map
             .iter()
             .filter_map(Result::ok)

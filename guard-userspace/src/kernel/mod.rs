@@ -53,6 +53,9 @@ pub struct KernelGrants {
     pub agent: BpfHashMap<MapData, u32, Grant>,
     pub path: LpmTrie<MapData, PathKey, Grant>,
     pub net: BpfHashMap<MapData, NetGrantKey, Grant>,
+    /// GRANTED: per slot of agent ids, how many grants its agents have in
+    /// the three maps above; the programs skip their look-ups at 0.
+    pub granted: Array<MapData, u32>,
 }
 
 /// The BUDGETS map, for the budget service (daemon/budgets.rs).
@@ -236,6 +239,8 @@ pub struct Kernel {
     unix_programs: Option<unix_programs::UnixPrograms>,
     /// Self-defense in the kernel: escape detection and the tamper hooks.
     pub guard: GuardStatus,
+    /// What CONFIG holds (written whole).
+    config: Config,
 }
 
 /// Program `name` of the object, as the type this build expects it to be.
@@ -343,6 +348,7 @@ impl Kernel {
             unix,
             unix_programs,
             guard: GuardStatus::unavailable("not attached"),
+            config: Config::default(),
         };
         kernel.guard = GuardStatus {
             escape: match &guard_offsets {
@@ -506,13 +512,37 @@ impl Kernel {
             .map_err(map_err("AGENTS"))
     }
 
-    pub fn set_config(&mut self, config: Config) -> Result<(), KernelError> {
+    /// Sets which cgroup levels hold agents (`Config::agent_levels`).
+    pub fn set_agent_levels(&mut self, agent_levels: u64) -> Result<(), KernelError> {
+        self.write_config(Config {
+            agent_levels,
+            ..self.config
+        })
+    }
+
+    /// Records that the HOLDS map was empty when the programs' count of
+    /// holds made read `made` (`Config::holds_settled`): until they make
+    /// another, counted calls skip looking for a hold. The caller reads
+    /// the count before it finds the map empty (`KernelHolds::quiet`).
+    pub fn settle_holds(&mut self, made: u64) -> Result<(), KernelError> {
+        if self.config.holds_settled == made {
+            return Ok(());
+        }
+        self.write_config(Config {
+            holds_settled: made,
+            ..self.config
+        })
+    }
+
+    fn write_config(&mut self, config: Config) -> Result<(), KernelError> {
         let map = self
             .ebpf
             .map_mut("CONFIG")
             .ok_or(KernelError::Missing("CONFIG"))?;
         let mut array: Array<_, Config> = Array::try_from(map).map_err(map_err("CONFIG"))?;
-        array.set(0, config, 0).map_err(map_err("CONFIG"))
+        array.set(0, config, 0).map_err(map_err("CONFIG"))?;
+        self.config = config;
+        Ok(())
     }
 
     pub fn insert_net_rules(
@@ -546,10 +576,12 @@ impl Kernel {
         let agent = take("AGENT_GRANTS")?;
         let path = take("PATH_GRANTS")?;
         let net = take("NET_GRANTS")?;
+        let granted = take("GRANTED")?;
         Ok(KernelGrants {
             agent: BpfHashMap::try_from(agent).map_err(map_err("AGENT_GRANTS"))?,
             path: LpmTrie::try_from(path).map_err(map_err("PATH_GRANTS"))?,
             net: BpfHashMap::try_from(net).map_err(map_err("NET_GRANTS"))?,
+            granted: Array::try_from(granted).map_err(map_err("GRANTED"))?,
         })
     }
 
@@ -562,15 +594,21 @@ impl Kernel {
         BpfHashMap::try_from(map).map_err(map_err("BUDGETS"))
     }
 
-    /// Hands the HOLDS map to the hold registry.
+    /// Hands the HOLDS map, and the programs' count of holds made, to the
+    /// hold registry.
     pub fn take_holds(&mut self) -> Result<KernelHolds, KernelError> {
         let map = self
             .ebpf
             .take_map("HOLDS")
             .ok_or(KernelError::Missing("HOLDS"))?;
-        Ok(KernelHolds(std::sync::Mutex::new(
-            BpfHashMap::try_from(map).map_err(map_err("HOLDS"))?,
-        )))
+        let made = self
+            .ebpf
+            .take_map("HOLDS_MADE")
+            .ok_or(KernelError::Missing("HOLDS_MADE"))?;
+        Ok(KernelHolds {
+            map: std::sync::Mutex::new(BpfHashMap::try_from(map).map_err(map_err("HOLDS"))?),
+            made: Array::try_from(made).map_err(map_err("HOLDS_MADE"))?,
+        })
     }
 
     /// Hands the loss counters to their poller.

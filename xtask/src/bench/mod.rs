@@ -51,9 +51,14 @@ pub struct BenchArgs {
     /// out).
     #[arg(long)]
     pub latency_only: bool,
+    /// Only the budget phase (what budget accounting costs per counted
+    /// call): no latency, approval, throughput or memory phase.
+    /// `--budget-only --daemon OLD` measures an older build's cost.
+    #[arg(long, conflicts_with = "latency_only")]
+    pub budget_only: bool,
     /// Only the event phases: the throughput ladder and the burst (the
     /// daemon's CPU per event and its loss), nothing else.
-    #[arg(long, conflicts_with = "latency_only")]
+    #[arg(long, conflicts_with_all = ["latency_only", "budget_only"])]
     pub events_only: bool,
     /// Unlinks the burst phase makes, one agent process as fast as it can.
     #[arg(long, default_value_t = 1_000_000)]
@@ -277,6 +282,16 @@ fn run_phases(ctx: &Ctx, args: &BenchArgs) -> Result<(serde_json::Value, Vec<rep
         tcp: port,
         udp: udp.local_addr()?.port(),
     };
+    if args.budget_only {
+        eprintln!("bench: budget accounting, {} rounds", args.rounds);
+        let budget = budget::budget(ctx, args, ports, &mut rows)?;
+        let results = json!({
+            "machine": machine(),
+            "args": { "rounds": args.rounds, "calls": args.calls, "budget_only": true, "daemon": daemon_arg(args) },
+            "budget": budget,
+        });
+        return Ok((results, rows));
+    }
     if args.events_only {
         eprintln!("bench: event throughput");
         let throughput = load::throughput(ctx, &mut rows)?;
