@@ -29,10 +29,7 @@ pub(super) fn reload(shared: &Arc<Shared>, who: &Caller, force: bool) -> Result<
 /// `agent-guard agents`: every agent with its live state (readers only).
 pub(super) fn agents(shared: &Shared, who: &Caller) -> Result<Value> {
     who.require(shared, Need::Reader, "agents", None)?;
-    let registry = match shared.registry.read() {
-        Ok(r) => r,
-        Err(poisoned) => poisoned.into_inner(),
-    };
+    let registry = shared.registry.read();
     let counts = shared.counts.snapshot();
     let mut list: Vec<&super::registry::AgentState> = registry.agents.values().collect();
     list.sort_by(|a, b| a.def.name.cmp(&b.def.name));
@@ -130,10 +127,7 @@ pub(super) struct Switched {
 /// thawed: that would give it back the rights its expiry took.
 pub(super) fn switch_mode(shared: &Arc<Shared>, agent: &str, freeze: bool) -> Result<Switched> {
     let _one_at_a_time = shared.reloading.lock();
-    let mut registry = shared
-        .registry
-        .write()
-        .map_err(|_| anyhow::anyhow!("registry lock poisoned"))?;
+    let mut registry = shared.registry.write();
     let names = registry.agent_names().join(", ");
     let Some(state) = registry.agents.values_mut().find(|a| a.def.name == agent) else {
         bail!("unknown agent {agent:?}; the policy declares: {names}");
@@ -151,10 +145,7 @@ pub(super) fn switch_mode(shared: &Arc<Shared>, agent: &str, freeze: bool) -> Re
     let mut entry = policy::agent_entry(state.agent_id, &state.def);
     entry.mode = to.raw();
     {
-        let mut kernel = match shared.kernel.lock() {
-            Ok(k) => k,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut kernel = shared.kernel.lock();
         let kernel = kernel.as_mut().context("the daemon is stopping")?;
         if to == guard_common::Mode::Freeze {
             // Frozen connects are held: the stopper must be there first.

@@ -114,10 +114,7 @@ fn grant_for_hold(
         .name
         .clone();
     let agent_id = {
-        let registry = shared
-            .registry
-            .read()
-            .map_err(|_| anyhow::anyhow!("registry lock poisoned"))?;
+        let registry = shared.registry.read();
         registry
             .agent_by_name(&agent_name)
             .map(|a| a.agent_id)
@@ -207,10 +204,7 @@ pub fn kill(
                 .with_context(|| format!("no pending hold {h}"))?;
             let own = guard_host::proc::cgroup(pid)
                 .with_context(|| format!("cannot read the cgroup of pid {pid}"))?;
-            let registry = shared
-                .registry
-                .read()
-                .map_err(|_| anyhow::anyhow!("registry lock poisoned"))?;
+            let registry = shared.registry.read();
             let session = registry
                 .sessions
                 .values()
@@ -229,10 +223,7 @@ pub fn kill(
                 .with_context(|| format!("pid {pid} is in no agent cgroup ({own})"))?
         }
         (_, Some(name)) => {
-            let registry = shared
-                .registry
-                .read()
-                .map_err(|_| anyhow::anyhow!("registry lock poisoned"))?;
+            let registry = shared.registry.read();
             registry
                 .agent_by_name(name)
                 .map(|a| a.cgroup_dir.clone())

@@ -122,7 +122,7 @@ pub fn kernel_call(rec: Record, registry: &Registry, enricher: &mut Enricher) ->
                 uid: h.uid,
                 gid: h.gid,
             },
-            Some(h.comm),
+            Some((h.comm, h.ktime_ns)),
         ),
         rule,
         // A hold starting (the registry adds its timeout), or a held call
@@ -194,8 +194,14 @@ struct Ids {
     gid: u32,
 }
 
-fn process(enricher: &mut Enricher, ids: Ids, comm: Option<String>) -> Process {
-    let details = enricher.details(ids.pid);
+/// The calling process; `record` (the calling thread's comm and the
+/// record's kernel time) lets a kernel record's lookup skip /proc.
+fn process(enricher: &mut Enricher, ids: Ids, record: Option<(String, u64)>) -> Process {
+    let details = match &record {
+        Some((comm, ktime_ns)) => enricher.details_at(ids.pid, comm, *ktime_ns),
+        None => enricher.details(ids.pid),
+    };
+    let comm = record.map(|(comm, _)| comm);
     Process {
         pid: ids.pid,
         tid: Some(ids.tid),

@@ -176,10 +176,7 @@ impl SessionDecider {
         if let Some((hold, rx)) = self.shared.holds.unpark(&self.session, req.notif_id) {
             return self.rejoin(req, hold, rx);
         }
-        let registry = match self.shared.registry.read() {
-            Ok(r) => r,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let registry = self.shared.registry.read();
         let agent_id = self.agent_now(&registry);
         let Some(agent) = registry.agents.get(&agent_id) else {
             // The agent left the policy while its run goes on: nothing to
@@ -438,10 +435,7 @@ impl Decide for SessionDecider {
     }
 
     fn cgroup_refused(&self, req: &Request) {
-        let registry = match self.shared.registry.read() {
-            Ok(r) => r,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let registry = self.shared.registry.read();
         let agent_id = self.agent_now(&registry);
         let Some(agent) = registry.agents.get(&agent_id) else {
             return;

@@ -3,9 +3,10 @@
 //! both follow it, so a grant means the same on every backend.
 use std::{
     collections::HashMap,
-    sync::Mutex,
     time::{Duration, SystemTime},
 };
+
+use parking_lot::{Mutex, MutexGuard};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::lpm_trie::Key;
@@ -163,18 +164,12 @@ impl Grants {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        match self.inner.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock()
     }
 
-    fn lock_kernel(&self) -> std::sync::MutexGuard<'_, KernelGrants> {
-        match self.kernel.lock() {
-            Ok(k) => k,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+    fn lock_kernel(&self) -> MutexGuard<'_, KernelGrants> {
+        self.kernel.lock()
     }
 
     /// Lowers the GRANTED slots after kernel entries were taken out.

@@ -4,9 +4,11 @@
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
+
+use parking_lot::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -165,7 +167,7 @@ impl Holds {
     /// Writes the holds to the state file (write, fsync, rename), so
     /// a daemon restarted after a crash can take them back.
     fn save(&self, held: &HashMap<u64, Hold>) {
-        let Some(path) = self.file.lock().ok().and_then(|f| f.clone()) else {
+        let Some(path) = self.file.lock().clone() else {
             return;
         };
         let now = Instant::now();
@@ -208,9 +210,7 @@ impl Holds {
                 Vec::new()
             }
         };
-        if let Ok(mut f) = self.file.lock() {
-            *f = Some(file);
-        }
+        *self.file.lock() = Some(file);
         let now = Instant::now();
         let wall = unix_ms(SystemTime::now());
         let mut held = self.lock();
@@ -294,18 +294,12 @@ impl Holds {
         self.parked_lock().remove(&(session.to_owned(), notif))
     }
 
-    fn parked_lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), Parked>> {
-        match self.parked.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+    fn parked_lock(&self) -> MutexGuard<'_, HashMap<(String, u64), Parked>> {
+        self.parked.lock()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Hold>> {
-        match self.held.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Hold>> {
+        self.held.lock()
     }
 
     /// Pending holds, oldest first, as the control socket reports them.
@@ -509,10 +503,7 @@ fn settle_holds(shared: &Shared) {
     let Some(made) = shared.kernel_holds.quiet() else {
         return;
     };
-    let mut kernel = match shared.kernel.lock() {
-        Ok(k) => k,
-        Err(poisoned) => poisoned.into_inner(),
-    };
+    let mut kernel = shared.kernel.lock();
     if let Some(kernel) = kernel.as_mut() {
         if let Err(err) = kernel.settle_holds(made) {
             tracing::warn!(%err, "telling the programs that no call is held");

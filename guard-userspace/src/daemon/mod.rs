@@ -30,10 +30,12 @@ mod tasks;
 use std::{
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex, RwLock,
+        Arc,
         atomic::{AtomicU32, Ordering},
     },
 };
+
+use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -74,7 +76,7 @@ pub struct Shared {
     next_id: AtomicU32,
     pub started: std::time::Instant,
     /// Process details, read once per process (pid + start time).
-    pub enricher: std::sync::Mutex<events::enrich::Enricher>,
+    pub enricher: Mutex<events::enrich::Enricher>,
     /// Calls per agent, counted by an observer of the emitter.
     pub counts: events::counts::CallCounts,
     /// `control.refused` events, rate-limited per caller.
@@ -86,12 +88,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The registry for reading, even if a panicking writer poisoned it.
-    pub fn registry(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
-        match self.registry.read() {
-            Ok(r) => r,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+    /// The registry for reading.
+    pub fn registry(&self) -> RwLockReadGuard<'_, Registry> {
+        self.registry.read()
     }
 
     pub fn next_agent_id(&self) -> u32 {
@@ -200,21 +199,14 @@ pub struct Options {
     pub chain_key: Option<PathBuf>,
 }
 
-/// The loaded kernel (None once shut down), even if a panicking holder
-/// poisoned the lock.
-pub fn lock_kernel(shared: &Shared) -> std::sync::MutexGuard<'_, Option<Kernel>> {
-    match shared.kernel.lock() {
-        Ok(k) => k,
-        Err(poisoned) => poisoned.into_inner(),
-    }
+/// The loaded kernel (None once shut down).
+pub fn lock_kernel(shared: &Shared) -> MutexGuard<'_, Option<Kernel>> {
+    shared.kernel.lock()
 }
 
-/// The shared process-details cache, even if a panicking holder poisoned it.
-pub fn lock_enricher(shared: &Shared) -> std::sync::MutexGuard<'_, events::enrich::Enricher> {
-    match shared.enricher.lock() {
-        Ok(e) => e,
-        Err(poisoned) => poisoned.into_inner(),
-    }
+/// The shared process-details cache.
+pub fn lock_enricher(shared: &Shared) -> MutexGuard<'_, events::enrich::Enricher> {
+    shared.enricher.lock()
 }
 
 /// Blocks the stop and reload signals in the calling thread (see `signals`);
@@ -439,7 +431,7 @@ pub async fn run(opts: Options) -> Result<()> {
         refusals: refusals::Refusals::new(emitter.clone()),
         emitter,
         started: std::time::Instant::now(),
-        enricher: std::sync::Mutex::new(events::enrich::Enricher::default()),
+        enricher: Mutex::new(events::enrich::Enricher::default()),
         counts,
         supervise_deletes: delete_backend == "seccomp",
         holds: holds::Holds::default(),
@@ -471,9 +463,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let losses = kernel.take_losses()?;
     let suppressed = kernel.take_refusal_counters()?;
     let program_ids = kernel.program_ids();
-    if let Ok(mut k) = shared.kernel.lock() {
-        *k = Some(kernel);
-    }
+    *shared.kernel.lock() = Some(kernel);
     let listener = control_server::bind(&socket)?;
 
     // Every task is kept running: a failure is reported and the task
@@ -652,18 +642,12 @@ fn read_signals(shared: &Arc<Shared>) -> Result<()> {
 fn shutdown(shared: &Arc<Shared>, socket: &Path) {
     shared.holds.deny_all(shared, "the daemon stopped");
     shared.sessions.forget_journals();
-    let kernel = match shared.kernel.lock() {
-        Ok(mut k) => k.take(),
-        Err(poisoned) => poisoned.into_inner().take(),
-    };
+    let kernel = shared.kernel.lock().take();
     if let Some(kernel) = kernel {
         kernel.release();
     }
     let _ = std::fs::remove_file(socket);
-    let registry = match shared.registry.read() {
-        Ok(r) => r,
-        Err(poisoned) => poisoned.into_inner(),
-    };
+    let registry = shared.registry.read();
     for session in registry.sessions.values() {
         if let Err(err) = cgroup::remove(&session.dir) {
             tracing::warn!(%err, "session cgroup left in place");

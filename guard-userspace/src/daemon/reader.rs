@@ -95,10 +95,7 @@ fn drain(ring: &mut RingBuf<MapData>, shared: &Arc<Shared>, clock: &decode::Boot
         let (time, hold) = (record.header.time, record.header.hold_id);
         let (tid, pid) = (record.header.tid, record.header.pid);
         let (call, timeout) = {
-            let registry = match shared.registry.read() {
-                Ok(r) => r,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let registry = shared.registry.read();
             // Lock order everywhere: registry, then enricher, then emitter.
             let mut enricher = super::lock_enricher(shared);
             let call = attribute::kernel_call(record, &registry, &mut enricher);

@@ -115,10 +115,7 @@ fn try_reload(shared: &Arc<Shared>, force: bool) -> Result<(String, PolicyDiff),
         )));
     }
 
-    let registry = match shared.registry.read() {
-        Ok(r) => r,
-        Err(poisoned) => poisoned.into_inner(),
-    };
+    let registry = shared.registry.read();
     let old = &registry.policy;
     if new.daemon.control_socket != old.daemon.control_socket
         || new.daemon.state_dir != old.daemon.state_dir
@@ -150,20 +147,14 @@ fn try_reload(shared: &Arc<Shared>, force: bool) -> Result<(String, PolicyDiff),
         )));
     }
 
-    let mut kernel = match shared.kernel.lock() {
-        Ok(k) => k,
-        Err(poisoned) => poisoned.into_inner(),
-    };
+    let mut kernel = shared.kernel.lock();
     let Some(kernel) = kernel.as_mut() else {
         return Err(ReloadError::Refused("the daemon is stopping".into()));
     };
     let applied = apply(shared, kernel, &changes, &registry, &new).map_err(ReloadError::Kernel)?;
     drop(registry);
 
-    let mut registry = match shared.registry.write() {
-        Ok(r) => r,
-        Err(poisoned) => poisoned.into_inner(),
-    };
+    let mut registry = shared.registry.write();
     for (old_id, state) in applied.retired {
         registry.agents.remove(&old_id);
         registry.retired.insert(old_id, state);

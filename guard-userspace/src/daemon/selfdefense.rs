@@ -253,12 +253,9 @@ pub async fn watch_addresses(
             continue;
         }
         let entries = listen_entries(&listeners, &local);
-        let written = match shared.kernel.lock() {
-            Ok(mut k) => match k.as_mut() {
-                Some(kernel) => kernel.set_guard_listeners(&entries),
-                None => return Ok(()), // released: stopping
-            },
-            Err(_) => anyhow::bail!("the kernel handle is poisoned"),
+        let written = match shared.kernel.lock().as_mut() {
+            Some(kernel) => kernel.set_guard_listeners(&entries),
+            None => return Ok(()), // released: stopping
         };
         written?;
         tracing::info!(addresses = ?local, "the daemon's listeners follow the host's addresses");

@@ -11,9 +11,11 @@ use std::{
     fs,
     os::fd::OwnedFd,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
+
+use parking_lot::Mutex;
 
 use super::{
     Shared,
@@ -129,10 +131,7 @@ impl Store {
     pub fn save(&self, shared: &Shared) {
         let _saving = self.saving.lock();
         let list: Vec<Saved> = {
-            let registry = match shared.registry.read() {
-                Ok(r) => r,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            let registry = shared.registry.read();
             registry
                 .sessions
                 .values()
@@ -168,10 +167,7 @@ impl Store {
 /// Whether the launcher of session `id` is still running (so it still
 /// holds its run's seccomp listener).
 pub fn launcher_alive(shared: &Shared, id: &str) -> bool {
-    let registry = match shared.registry.read() {
-        Ok(r) => r,
-        Err(poisoned) => poisoned.into_inner(),
-    };
+    let registry = shared.registry.read();
     registry
         .sessions
         .values()
@@ -204,10 +200,7 @@ pub fn open(
         "run",
         Some(Subject::Agent(agent.into())),
     )?;
-    let mut registry = shared
-        .registry
-        .write()
-        .map_err(|_| anyhow::anyhow!("registry lock poisoned"))?;
+    let mut registry = shared.registry.write();
     let Some(state) = registry.agent_by_name(agent) else {
         bail!(
             "unknown agent {agent:?}; the policy declares: {}",
@@ -302,10 +295,7 @@ pub fn join(
         Some(Subject::Session(session_id.into())),
     )?;
     let pid = who.pid().context("peer pid unknown")?;
-    let registry = shared
-        .registry
-        .read()
-        .map_err(|_| anyhow::anyhow!("registry lock poisoned"))?;
+    let registry = shared.registry.read();
     let (cgroup_id, session) = authenticated(&registry, session_id, token, "")?;
     let ppid = super::lock_enricher(shared).details(pid).ppid;
     if ppid != Some(session.opener_pid) {
@@ -382,10 +372,7 @@ pub fn resume(
         Some(Subject::Session(session_id.into())),
     )?;
     let pid = who.pid().context("peer pid unknown")?;
-    let registry = shared
-        .registry
-        .read()
-        .map_err(|_| anyhow::anyhow!("registry lock poisoned"))?;
+    let registry = shared.registry.read();
     let (cgroup_id, session) = authenticated(
         &registry,
         session_id,
@@ -477,10 +464,7 @@ pub fn close(
     why: &str,
 ) {
     let (agent, dir, id, launcher) = {
-        let registry = match shared.registry.read() {
-            Ok(r) => r,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let registry = shared.registry.read();
         let Some(session) = registry.sessions.get(&cgroup_id) else {
             return;
         };
@@ -522,9 +506,7 @@ pub fn close(
             return;
         }
         std::thread::sleep(SESSION_LINGER);
-        if let Ok(mut registry) = shared.registry.write() {
-            registry.sessions.remove(&cgroup_id);
-        }
+        shared.registry.write().sessions.remove(&cgroup_id);
         shared.sessions.save(&shared);
     });
 }

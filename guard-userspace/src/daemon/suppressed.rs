@@ -162,10 +162,7 @@ fn class_name(class: usize) -> &'static str {
 /// The `guard.tamper` event that counts `count` held-back records.
 fn summary(shared: &Shared, agent_cgroup_id: u64, class: usize, count: u64) -> DaemonEvent {
     let agent = {
-        let registry = match shared.registry.read() {
-            Ok(r) => r,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let registry = shared.registry.read();
         registry
             .agents
             .values()

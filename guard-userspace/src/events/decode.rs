@@ -109,6 +109,8 @@ pub struct Header {
     pub agent_cgroup_id: u64,
     /// When it happened.
     pub time: SystemTime,
+    /// The same, as the kernel stamped it (CLOCK_BOOTTIME, ns).
+    pub ktime_ns: u64,
     /// The hold, for `held` outcomes.
     pub hold_id: Option<u64>,
     pub pid: u32,
@@ -278,6 +280,7 @@ fn header(h: &EventHeader, clock: &BootClock) -> Result<Header, DecodeError> {
         cgroup_id: h.cgroup_id,
         agent_cgroup_id: h.agent_cgroup_id,
         time: clock.wall(h.ktime_ns),
+        ktime_ns: h.ktime_ns,
         hold_id: (h.hold_id != 0).then_some(h.hold_id),
         pid: h.pid,
         tid: h.tid,

@@ -11,7 +11,7 @@ const BPF_EXIST: u64 = 2;
 /// The daemon's handle on the kernel's HOLDS map: writes decisions and
 /// resumes the stopped process.
 pub struct KernelHolds {
-    pub(super) map: std::sync::Mutex<BpfHashMap<MapData, u32, HoldEntry>>,
+    pub(super) map: parking_lot::Mutex<BpfHashMap<MapData, u32, HoldEntry>>,
     /// HOLDS_MADE: how many holds the programs have made (read only).
     pub(super) made: Array<MapData, u64>,
 }
@@ -28,11 +28,8 @@ impl KernelHolds {
         map.keys().next().is_none().then_some(made)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BpfHashMap<MapData, u32, HoldEntry>> {
-        match self.map.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+    fn lock(&self) -> parking_lot::MutexGuard<'_, BpfHashMap<MapData, u32, HoldEntry>> {
+        self.map.lock()
     }
     /// Whether thread `tid` still waits in hold `hold_id`.
     pub fn is_pending(&self, tid: u32, hold_id: u64) -> bool {

@@ -606,7 +606,7 @@ impl Kernel {
             .take_map("HOLDS_MADE")
             .ok_or(KernelError::Missing("HOLDS_MADE"))?;
         Ok(KernelHolds {
-            map: std::sync::Mutex::new(BpfHashMap::try_from(map).map_err(map_err("HOLDS"))?),
+            map: parking_lot::Mutex::new(BpfHashMap::try_from(map).map_err(map_err("HOLDS"))?),
             made: Array::try_from(made).map_err(map_err("HOLDS_MADE"))?,
         })
     }

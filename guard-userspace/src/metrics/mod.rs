@@ -5,8 +5,10 @@
 //! what it reads at scrape time comes in as a function.
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, atomic::AtomicU64},
+    sync::{Arc, atomic::AtomicU64},
 };
+
+use parking_lot::Mutex;
 
 use anyhow::{Context as _, Result};
 use prometheus_client::{
@@ -230,10 +232,7 @@ impl Metrics {
         if !enabled {
             return;
         }
-        let programs = match self.programs.lock() {
-            Ok(p) => p.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
+        let programs = self.programs.lock().clone();
         for info in aya::programs::loaded_programs().flatten() {
             let Some(name) = programs.get(&info.id()) else {
                 continue;
@@ -259,9 +258,7 @@ impl Metrics {
 
     /// Names our loaded kernel programs, for run-time metrics.
     pub fn set_programs(&self, ids: Vec<(String, u32)>) {
-        if let Ok(mut p) = self.programs.lock() {
-            *p = ids.into_iter().map(|(name, id)| (id, name)).collect();
-        }
+        *self.programs.lock() = ids.into_iter().map(|(name, id)| (id, name)).collect();
     }
 
     pub fn webhook_delivered(&self, url: &str) {

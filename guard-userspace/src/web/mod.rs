@@ -9,11 +9,9 @@
 //! a JSON body and are refused when the browser marks them cross-site.
 mod tokens;
 
-use std::{
-    collections::VecDeque,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-};
+use std::{collections::VecDeque, net::SocketAddr, sync::Arc};
+
+use parking_lot::Mutex;
 
 use anyhow::{Context as _, Result};
 use axum::{
@@ -177,12 +175,11 @@ async fn follow(app: Arc<App>, mut rx: tokio::sync::mpsc::Receiver<Arc<Stamped>>
             "reason": d.hold.reason,
             "scope": d.hold.scope,
         });
-        if let Ok(mut recent) = app.recent.lock() {
-            if recent.len() == RECENT {
-                recent.pop_back();
-            }
-            recent.push_front(entry);
+        let mut recent = app.recent.lock();
+        if recent.len() == RECENT {
+            recent.pop_back();
         }
+        recent.push_front(entry);
     }
 }
 
@@ -246,11 +243,7 @@ async fn state(
         Err(resp) => return *resp,
     };
     let user = who.user.clone();
-    let recent: Vec<Value> = app
-        .recent
-        .lock()
-        .map(|r| r.iter().cloned().collect())
-        .unwrap_or_default();
+    let recent: Vec<Value> = app.recent.lock().iter().cloned().collect();
     Json(json!({
         "ok": true,
         "user": user,

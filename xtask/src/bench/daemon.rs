@@ -105,6 +105,29 @@ impl BenchDaemon {
             .context("VmRSS missing from /proc/PID/status")
     }
 
+    /// CPU time the daemon has used so far (all its threads, user and
+    /// system, including threads that have ended), in ns. /proc/PID/stat
+    /// counts it in clock ticks (10 ms), so measure over seconds of work.
+    pub fn cpu_ns(&self) -> Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("/proc/PID/stat without a comm")?
+            .1
+            .split_whitespace()
+            .collect();
+        // utime and stime are fields 14 and 15; the list starts at field 3.
+        let ticks = |i: usize| -> Result<u64> {
+            Ok(fields
+                .get(i)
+                .context("/proc/PID/stat is short")?
+                .parse::<u64>()?)
+        };
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Ok((ticks(11)? + ticks(12)?) * 1_000_000_000 / hz)
+    }
+
     /// (run count, run time ns) per program name, for the programs this
     /// daemon holds: prog fds in /proc/PID/fdinfo carry the kernel's own
     /// statistics (kernel.bpf_stats_enabled) and the program id, and the

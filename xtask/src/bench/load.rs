@@ -31,6 +31,9 @@ struct Trial {
     delivered: u64,
     /// What the daemon itself reported in `loss` events.
     reported_lost: u64,
+    /// The daemon's CPU time from the start of the flood until its events
+    /// were written (or the stream went quiet).
+    cpu_ns: u64,
 }
 
 impl Trial {
@@ -38,10 +41,17 @@ impl Trial {
         self.generated.saturating_sub(self.delivered)
     }
 
+    /// The daemon's CPU per event it wrote, in ns.
+    fn cpu_per_event(&self) -> f64 {
+        self.cpu_ns as f64 / self.delivered.max(1) as f64
+    }
+
     fn json(&self) -> Value {
         json!({ "target_per_s": self.target, "achieved_per_s": self.achieved,
                 "generated": self.generated, "delivered": self.delivered,
-                "lost": self.lost(), "reported_lost": self.reported_lost })
+                "lost": self.lost(), "reported_lost": self.reported_lost,
+                "daemon_cpu_ns": self.cpu_ns,
+                "daemon_cpu_ns_per_event": self.cpu_per_event() })
     }
 }
 
@@ -55,6 +65,7 @@ fn flood(
 ) -> Result<Trial> {
     let seen = d.counts.observed.load(Ordering::SeqCst);
     let lost = d.counts.lost.load(Ordering::SeqCst);
+    let cpu = d.cpu_ns()?;
     let mut job = vec![
         "flood".to_owned(),
         "--rate".into(),
@@ -69,6 +80,7 @@ fn flood(
     let out = ctx.work(Place::Agent, Some(d), agent, &job)?;
     let generated = out["calls"].as_u64().context("flood result")?;
     let delivered = d.wait_observed(seen + generated, QUIET) - seen;
+    let cpu_ns = d.cpu_ns()?.saturating_sub(cpu);
     // The loss poller reports every 500 ms.
     std::thread::sleep(Duration::from_millis(600));
     Ok(Trial {
@@ -77,6 +89,7 @@ fn flood(
         generated,
         delivered,
         reported_lost: d.counts.lost.load(Ordering::SeqCst) - lost,
+        cpu_ns,
     })
 }
 
@@ -120,6 +133,15 @@ pub fn throughput(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<Value> {
         )
         .target("0", zero_at_100k),
     );
+    if let Some(t) = &best {
+        rows.push(
+            Row::new(
+                format!("events: daemon CPU per event at {:.0}/s", t.achieved),
+                super::report::us(t.cpu_per_event()),
+            )
+            .target("<= 3 µs", t.cpu_per_event() <= 3000.0),
+        );
+    }
     if let Some(t) = &double {
         rows.push(Row::new(
             format!("events: loss rate at 2x ({:.0}/s offered)", t.achieved),
@@ -209,6 +231,56 @@ fn ladder(ctx: &Ctx, d: &BenchDaemon) -> Result<Ladder> {
     };
     let best = good.map(|i| trials[i]);
     Ok((trials, best, double))
+}
+
+/// One agent process unlinks `count` times as fast as it can (the
+/// wiped-drive incident): every call should become an event, and whatever
+/// is lost must be reported exactly. Also the daemon's CPU per event it
+/// wrote, the measure of the event path's cost.
+pub fn burst(ctx: &Ctx, count: u64, rows: &mut Vec<Row>) -> Result<Value> {
+    let policy = format!(
+        "{DAEMON_TOML}{}",
+        agent_toml(ctx, "burst", "default = \"allow\"")
+    );
+    let d = BenchDaemon::start(&ctx.daemon_bin, &ctx.daemon_dir("burst"), &policy)?;
+    ctx.make_direct("burst")?;
+    let result = flood(ctx, &d, "burst", 0.0, 0.0, count);
+    ctx.remove_direct("burst");
+    d.stop()?;
+    let t = result?;
+    eprintln!(
+        "bench:   burst at {:.0}/s: {} of {} delivered, {} reported lost, daemon CPU {:.2} µs per event",
+        t.achieved,
+        t.delivered,
+        t.generated,
+        t.reported_lost,
+        t.cpu_per_event() / 1000.0
+    );
+    rows.push(
+        Row::new(
+            format!(
+                "events: burst of {} unlinks ({:.0}/s), lost",
+                t.generated, t.achieved
+            ),
+            format!("{} ({} reported)", t.lost(), t.reported_lost),
+        )
+        .target("0", t.lost() == 0),
+    );
+    rows.push(
+        Row::new(
+            "events: burst, lost = reported lost",
+            format!("{} = {}", t.lost(), t.reported_lost),
+        )
+        .target("exact", t.lost() == t.reported_lost),
+    );
+    rows.push(
+        Row::new(
+            "events: daemon CPU per event written (burst)",
+            super::report::us(t.cpu_per_event()),
+        )
+        .target("<= 3 µs", t.cpu_per_event() <= 3000.0),
+    );
+    Ok(t.json())
 }
 
 pub fn memory(ctx: &Ctx, args: &super::BenchArgs, rate: f64, rows: &mut Vec<Row>) -> Result<Value> {

@@ -56,6 +56,13 @@ pub struct BenchArgs {
     /// `--budget-only --daemon OLD` measures an older build's cost.
     #[arg(long, conflicts_with = "latency_only")]
     pub budget_only: bool,
+    /// Only the event phases: the throughput ladder and the burst (the
+    /// daemon's CPU per event and its loss), nothing else.
+    #[arg(long, conflicts_with_all = ["latency_only", "budget_only"])]
+    pub events_only: bool,
+    /// Unlinks the burst phase makes, one agent process as fast as it can.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub burst: u64,
     /// Measure this agent-guard binary (for example a release build of an
     /// older commit, to compare) instead of the one built from this tree;
     /// the workloads still come from this tree.
@@ -285,6 +292,19 @@ fn run_phases(ctx: &Ctx, args: &BenchArgs) -> Result<(serde_json::Value, Vec<rep
         });
         return Ok((results, rows));
     }
+    if args.events_only {
+        eprintln!("bench: event throughput");
+        let throughput = load::throughput(ctx, &mut rows)?;
+        eprintln!("bench: event burst, {} unlinks", args.burst);
+        let burst = load::burst(ctx, args.burst, &mut rows)?;
+        let results = json!({
+            "machine": machine(),
+            "args": { "burst": args.burst, "events_only": true, "daemon": daemon_arg(args) },
+            "throughput": throughput,
+            "burst": burst,
+        });
+        return Ok((results, rows));
+    }
     eprintln!(
         "bench: latency, {} rounds x {} calls per case",
         args.rounds, args.calls
@@ -305,6 +325,8 @@ fn run_phases(ctx: &Ctx, args: &BenchArgs) -> Result<(serde_json::Value, Vec<rep
     eprintln!("bench: event throughput");
     let throughput = load::throughput(ctx, &mut rows)?;
     let rate = throughput["sustained_events_per_s"].as_f64().unwrap_or(0.0);
+    eprintln!("bench: event burst, {} unlinks", args.burst);
+    let burst = load::burst(ctx, args.burst, &mut rows)?;
     eprintln!(
         "bench: daemon memory, 100 agents, {} events",
         args.rss_events
@@ -312,11 +334,12 @@ fn run_phases(ctx: &Ctx, args: &BenchArgs) -> Result<(serde_json::Value, Vec<rep
     let memory = load::memory(ctx, args, rate, &mut rows)?;
     let results = json!({
         "machine": machine(),
-        "args": { "rounds": args.rounds, "calls": args.calls, "seccomp_calls": args.seccomp_calls, "holds": args.holds, "rss_events": args.rss_events, "daemon": daemon_arg(args) },
+        "args": { "rounds": args.rounds, "calls": args.calls, "seccomp_calls": args.seccomp_calls, "holds": args.holds, "rss_events": args.rss_events, "burst": args.burst, "daemon": daemon_arg(args) },
         "latency": latency,
         "budget": budget,
         "approval": approval,
         "throughput": throughput,
+        "burst": burst,
         "memory": memory,
     });
     Ok((results, rows))

@@ -18,12 +18,14 @@ use std::{
     os::fd::{AsFd as _, OwnedFd},
     path::PathBuf,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     thread,
     time::Duration,
 };
+
+use parking_lot::Mutex;
 
 use anyhow::Result;
 
@@ -85,10 +87,7 @@ impl Watch {
         // The watcher polls the connection's fd; it must be gone before the
         // connection is used or closed here.
         let _ = self.thread.join();
-        let mut client = match self.client.lock() {
-            Ok(c) => c,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut client = self.client.lock();
         let Some(client) = client.as_mut() else {
             anyhow::bail!("no daemon holds this run's session any more");
         };
@@ -103,17 +102,12 @@ impl Watcher {
             if self.done.load(Ordering::Relaxed) {
                 return;
             }
-            let fd = match self.client.lock() {
-                Ok(c) => c.as_ref().map(Client::raw_fd),
-                Err(_) => return,
-            };
+            let fd = self.client.lock().as_ref().map(Client::raw_fd);
             let Some(fd) = fd else { return };
             if !hung_up(fd) {
                 continue;
             }
-            if let Ok(mut c) = self.client.lock() {
-                *c = None;
-            }
+            *self.client.lock() = None;
             if !self.socket.exists() {
                 let supervised = self.listener.take().is_some();
                 eprintln!(
@@ -134,9 +128,7 @@ impl Watcher {
             match self.reconnect() {
                 Some(client) => {
                     eprintln!("agent-guard run: the daemon is back; this run's session resumed");
-                    if let Ok(mut c) = self.client.lock() {
-                        *c = Some(client);
-                    }
+                    *self.client.lock() = Some(client);
                 }
                 None => return,
             }
