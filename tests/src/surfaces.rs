@@ -57,13 +57,26 @@ impl Drop for SecretFile {
     }
 }
 
-/// A loopback port nobody listens on right now (for a server the daemon
-/// will open, or for a receiver that is down).
+/// A port nobody uses right now on any IPv4 address (for a server the
+/// daemon will open, or for a receiver that is down). Taken below the
+/// kernel's ephemeral range (32768 and up by default): a port the kernel
+/// handed out for `bind(0)` could go to some connection's source port
+/// before the daemon binds it (seen: `[metrics] cannot listen on
+/// 0.0.0.0:39107: Address already in use`). Spread by pid, so test
+/// binaries running side by side start far apart.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::process::id().wrapping_mul(97) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(LOW + (base + n) % SPAN).expect("below 32000");
+        if TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN);
 }
 
 /// GET `url` and return (status, headers lookup, body), for any status.
