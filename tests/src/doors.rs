@@ -53,7 +53,9 @@ pub fn labels(out: &Output) -> HashMap<String, i32> {
 /// operation, wait for its completion, print "label res" (the CQE's result:
 /// 0 or -errno). If io_uring_setup fails, prints "setup errno" and exits.
 /// Operations (argv): unlink:PATH, rename:OLD:NEW, exchange:OLD:NEW
-/// (RENAME_EXCHANGE), link:OLD:NEW, trunc:PATH (openat O_WRONLY|O_TRUNC).
+/// (RENAME_EXCHANGE), link:OLD:NEW, trunc:PATH (openat O_WRONLY|O_TRUNC),
+/// connect:IPV4:PORT (a TCP socket's IORING_OP_CONNECT; printed as
+/// "connect_PORT res").
 pub const PY_IO_URING: &str = r#"
 import ctypes, mmap, os, struct, sys
 u32, u64 = ctypes.c_uint32, ctypes.c_uint64
@@ -107,6 +109,14 @@ for arg in sys.argv[1:]:
         res = submit(39, AT_FDCWD, c(a[0]), length=AT_FDCWD & 0xffffffff, off=c(a[1]))
     elif op == "trunc":   # IORING_OP_OPENAT with O_WRONLY|O_TRUNC
         res = submit(18, AT_FDCWD, c(a[0]), length=0, op_flags=os.O_WRONLY | os.O_TRUNC)
+    elif op == "connect":  # IORING_OP_CONNECT: addr = sockaddr, off = its length
+        import socket
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        keep.append(s)
+        sa = ctypes.create_string_buffer(struct.pack("=H", socket.AF_INET) + struct.pack("!H", int(a[1])) + socket.inet_aton(a[0]) + bytes(8), 16)
+        keep.append(sa)
+        res = submit(16, s.fileno(), ctypes.addressof(sa), off=16)
+        op = "connect_" + a[1]
     print(op, res, flush=True)
 "#;
 

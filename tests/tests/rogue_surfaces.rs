@@ -202,6 +202,48 @@ fn rogue_agents_cannot_reach_the_page_or_metrics() {
         }
     }
 
+    // io_uring's IORING_OP_CONNECT goes through the same hook: refused the
+    // same way, where the agent has io_uring at all (a run's filter may
+    // refuse io_uring_setup itself, which closes this door too).
+    let ops: Vec<String> = [s.web, s.metrics, other.port]
+        .iter()
+        .map(|p| format!("connect:127.0.0.1:{p}"))
+        .collect();
+    let want = |r: &std::collections::HashMap<String, i32>, who: &str| {
+        if r.get("setup") != Some(&0) {
+            assert!(
+                who.ends_with("(run)"),
+                "{who}: io_uring_setup refused: {r:?}"
+            );
+            return;
+        }
+        for (port, res) in [
+            (s.web, -libc::EPERM),
+            (s.metrics, -libc::EPERM),
+            (other.port, 0),
+        ] {
+            assert_eq!(
+                r.get(&format!("connect_{port}")),
+                Some(&res),
+                "{who}: {r:?}"
+            );
+        }
+    };
+    for agent in AGENTS {
+        let (r, _) = io_uring_as(&s.daemon, agent, &ops);
+        want(&r, &format!("{agent} io_uring (run)"));
+        let quoted: Vec<String> = ops.iter().map(|o| format!("'{o}'")).collect();
+        let out = run_in_cgroup(
+            &s.cgroups[agent],
+            &format!(
+                "python3 -c '{}' {}",
+                PY_IO_URING.replace('\'', "'\\''"),
+                quoted.join(" ")
+            ),
+        );
+        want(&labels(&out), &format!("{agent} io_uring (adopted)"));
+    }
+
     // Each refusal is a net.connect event that names the guard's own rule,
     // never a policy rule, and none of these connects was let through.
     for agent in AGENTS {
