@@ -388,9 +388,7 @@ enum Judged {
 fn hold_id() -> u64 {
     getrandom::u64().unwrap_or_else(|err| {
         tracing::warn!(%err, "the OS's random source; the hold id is the boot-time clock");
-        nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-            .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-            .unwrap_or(0)
+        crate::events::enrich::boot_ns()
     }) | 1
 }
 

@@ -281,8 +281,8 @@ fn max_watched() -> usize {
     })
 }
 
-/// CLOCK_BOOTTIME in ns, the clock kernel records are stamped with.
-fn boot_ns() -> u64 {
+/// CLOCK_BOOTTIME in ns, the clock kernel records, holds and budgets use.
+pub fn boot_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
         (t.tv_sec() as u64)
             .saturating_mul(1_000_000_000)
