@@ -199,7 +199,7 @@ pub fn report(guard: Option<&GuardStatus>, seccomp: bool) -> bool {
 /// What an agent can do near the guard that this backend neither refuses
 /// nor reports, or refuses without a word.
 fn unobserved(lsm: bool) -> Vec<&'static str> {
-    if lsm {
+    let mut notes = if lsm {
         vec![
             "not reported: SIGIO/SIGURG aimed at the guard through F_SETOWN when another \
              process's I/O raises it (refused all the same), and the kernel's own silent \
@@ -219,5 +219,14 @@ fn unobserved(lsm: bool) -> Vec<&'static str> {
              guard's files from ordinary permission failures, so a burst of ordinary failures \
              first leaves a reach for the guard's files counted, not named",
         ]
-    }
+    };
+    // The host's addresses are read again every 2 s (daemon/selfdefense.rs),
+    // and a root agent may add one itself.
+    notes.push(
+        "not refused for up to 2 s: a connect to the page or the metrics endpoint, where \
+         either listens on 0.0.0.0 or ::, at a host address added since the last read (an \
+         agent with CAP_NET_ADMIN can add one, e.g. `ip addr add`, and connect at once); \
+         listen on 127.0.0.1 to close it",
+    );
+    notes
 }
