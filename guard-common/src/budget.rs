@@ -33,7 +33,7 @@ stable_enum! {
     BudgetClass: u32 {
         /// unlink, rmdir, rename, truncate (every destructive file call).
         Deletes = 1,
-        /// connects and datagram destinations, unix sockets included.
+        /// connects and datagram destinations (IPv4/IPv6; not unix sockets).
         Connects = 2,
     }
 }

@@ -72,12 +72,15 @@ fn judge(kind: EventKind, agent: &Agent, s: &Scratch, peer: Peer, by: HoldBy) ->
         }
     };
     // Only an agent-wide grant covers a unix socket: subtree grants are
-    // for file calls (a delete approval must not open a socket).
+    // for file calls (a delete approval must not open a socket). No budget
+    // counts unix sockets (class 0): connect_unix runs before the kernel
+    // looks the path up, so glibc probing a missing nscd socket would
+    // spend a connects budget here and not under BPF LSM.
     let climbed = decide::climb(
         agent,
         verdict,
         rule_id,
-        guard_common::BudgetClass::Connects.raw(),
+        0,
         || paths::held_call(kind, s, SLOT_A, built),
         || grant::for_agent(agent.entry.agent_id).unwrap_or(0),
         by,

@@ -314,6 +314,57 @@ fn budget_of_connects_is_shared_by_every_run_of_the_agent() {
     assert_eq!(count(&daemon, "agent.budget", |_| true), 1);
 }
 
+/// No budget counts unix sockets (see guard-ebpf's unix.rs): connects
+/// and datagrams to a socket path that does not exist (what glibc does
+/// probing for nscd in every process without HOME) and to one that does
+/// leave the connects budget whole. The agent runs without HOME, as a
+/// service would, so its own start-up probes are in the mix too.
+#[test]
+fn budget_of_connects_leaves_unix_sockets_uncounted() {
+    let (daemon, scratch) = start(
+        "budget-net-unix",
+        &[Agent {
+            name: "fetcher",
+            budget: "connects = \"2/h\"\non_exceed = \"deny\"",
+        }],
+    );
+    let real = scratch.s("real.sock");
+    let _bound = std::os::unix::net::UnixListener::bind(&real).expect("bind a unix listener");
+    let missing = scratch.s("missing.sock");
+    let listener = Listener::v4();
+    let script = format!(
+        "import socket, sys\n\
+         for path in [{missing:?}] * 5 + [{real:?}] * 3:\n\
+         \x20   u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n\
+         \x20   try: u.connect(path)\n\
+         \x20   except OSError: pass\n\
+         \x20   u.close()\n\
+         d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         for _ in range(3):\n\
+         \x20   try: d.sendto(b'x', {missing:?})\n\
+         \x20   except OSError: pass\n\
+         {PY_CONNECTS_UNTIL_REFUSED}"
+    );
+    let port = listener.port.to_string();
+    let child = daemon.spawn_agent(
+        "fetcher",
+        &["env", "-u", "HOME", "python3", "-c", &script, &port],
+    );
+    let out = finish(child, "the unix and TCP connects");
+    let labels = labels(&out);
+    assert_eq!(
+        (labels.get("went"), labels.get("refused")),
+        (Some(&2), Some(&1)),
+        "the two TCP connects the budget allows went, the third was refused; \
+         stdout {} stderr {}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    let spent = daemon.wait_event("agent.budget", |_| true);
+    assert_eq!(spent["budget"]["count"], 2, "{spent}");
+    assert_eq!(spent["budget"]["name"], "connects", "{spent}");
+}
+
 /// Python that connects to 127.0.0.1:PORT again and again (at most 50
 /// times) until one connect fails, and prints how many went and that
 /// errno ("went N", "refused ERRNO"; "refused 0" if none failed). The

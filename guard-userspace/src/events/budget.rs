@@ -19,9 +19,7 @@ pub const fn class_of(kind: CallKind) -> Option<BudgetClass> {
         CallKind::Unlink | CallKind::Rmdir | CallKind::Rename | CallKind::Truncate => {
             Some(BudgetClass::Deletes)
         }
-        CallKind::Connect | CallKind::Send | CallKind::UnixConnect | CallKind::UnixSend => {
-            Some(BudgetClass::Connects)
-        }
+        CallKind::Connect | CallKind::Send => Some(BudgetClass::Connects),
         _ => None,
     }
 }
@@ -150,7 +148,8 @@ mod tests {
         assert_eq!(class_of(CallKind::Rename), Some(BudgetClass::Deletes));
         assert_eq!(class_of(CallKind::Truncate), Some(BudgetClass::Deletes));
         assert_eq!(class_of(CallKind::Send), Some(BudgetClass::Connects));
-        assert_eq!(class_of(CallKind::UnixSend), Some(BudgetClass::Connects));
+        assert_eq!(class_of(CallKind::UnixSend), None);
+        assert_eq!(class_of(CallKind::UnixConnect), None);
         assert_eq!(class_of(CallKind::Link), None);
         assert_eq!(class_of(CallKind::Mount), None);
     }

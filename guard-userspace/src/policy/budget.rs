@@ -14,7 +14,8 @@ use super::error::Doc;
 pub struct Budget {
     /// unlink, rmdir, rename and truncate calls the policy allows.
     pub deletes: Option<Rate>,
-    /// Connects and datagrams (addresses and unix sockets) it allows.
+    /// Connects and datagrams to IPv4/IPv6 addresses it allows (not unix
+    /// sockets: see guard-ebpf's unix.rs).
     pub connects: Option<Rate>,
     pub on_exceed: Exceed,
 }

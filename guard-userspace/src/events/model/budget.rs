@@ -12,7 +12,7 @@ use super::{AgentRef, AnyTarget, CallKind, Op, Process};
 pub enum BudgetName {
     /// unlink, rmdir, rename, truncate.
     Deletes,
-    /// Connects and datagrams, unix sockets included.
+    /// Connects and datagrams to IPv4/IPv6 addresses (not unix sockets).
     Connects,
 }
 
