@@ -281,9 +281,13 @@ fn a_dead_or_refusing_otlp_collector_makes_counted_losses_not_a_stuck_daemon() {
     );
     let daemon = Daemon::start(&policy(&cg, &scratch, &sinks), cg);
     scratch.dir("churn");
+    // More events than the dead sink can keep whatever the timing: the
+    // batch it retries (at most 512 records; otlp.rs BATCH_MAX) and its
+    // queue of 16. With 100, all of them fit in its first batch whenever
+    // they came within that batch's 200 ms linger, and nothing was lost.
     let out = daemon.run_agent(
         "bot",
-        &["python3", "-c", PY_CHURN, &scratch.s("churn"), "100"],
+        &["python3", "-c", PY_CHURN, &scratch.s("churn"), "600"],
     );
     assert!(out.status.success(), "{out:?}");
     // Enforcement does not wait for the collector.
