@@ -295,8 +295,12 @@ def other():
         time.sleep(0.005)
     t("other", lambda: os.unlink(os.path.join(D, "other.txt")))
 threading.Thread(target=ticker, daemon=True).start()
-threading.Thread(target=other, daemon=True).start()
+o = threading.Thread(target=other, daemon=True)
+o.start()
 t("held", lambda: os.unlink(os.path.join(D, "held.txt")))
+# Its unlink is done when the test releases the hold, but its line may not
+# be printed yet: exiting now would lose it.
+o.join()
 "#;
     let (child, listener) = spawn_guarded(python(script, dir.path())).await;
     let supervisor = tokio::spawn(supervise(listener, Policy::holding(hold.clone())));
