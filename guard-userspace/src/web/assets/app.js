@@ -217,30 +217,49 @@ function renderHolds(holds) {
   $("no-holds").hidden = holds.length > 0;
 }
 
+function grantCard(g) {
+  const card = el("div", "card grant");
+  card.dataset.grant = g.id;
+  const s = g.scope || {};
+  const what = s.kind === "subtree" ? "deletes under " + s.path
+    : s.kind === "destination" ? "connects to " + s.address + ":" + s.port
+    : "everything held";
+  card.append(el("div", "what", "agent " + g.agent + ": " + what));
+  const meta = el("div", "meta");
+  meta.dataset.role = "left";
+  card.append(meta);
+  const revoke = el("button", "revoke", "Revoke");
+  revoke.type = "button";
+  revoke.addEventListener("click", async () => {
+    revoke.disabled = true;
+    try { await api("POST", "/api/grants/" + g.id + "/revoke"); refresh(); }
+    catch (e) { revoke.disabled = false; $("status").textContent = e.message; }
+  });
+  const b = el("div", "buttons");
+  b.append(revoke);
+  card.append(b);
+  return card;
+}
+
+// Keyed by grant id, as holds are: a card stays while its grant lasts and
+// only its countdown changes, so a Revoke button is never swapped out from
+// under a finger by the next poll.
 function renderGrants(grants) {
   const box = $("grants");
-  box.replaceChildren();
+  const seen = new Set();
   for (const g of grants) {
-    const card = el("div", "card grant");
-    card.dataset.grant = g.id;
-    const s = g.scope || {};
-    const what = s.kind === "subtree" ? "deletes under " + s.path
-      : s.kind === "destination" ? "connects to " + s.address + ":" + s.port
-      : "everything held";
-    card.append(el("div", "what", "agent " + g.agent + ": " + what));
-    card.append(el("div", "meta", "by " + g.by + (g.reason ? " (" + g.reason + ")" : "") +
-      " · ends in " + secs(g.left_secs * 1000)));
-    const revoke = el("button", "revoke", "Revoke");
-    revoke.type = "button";
-    revoke.addEventListener("click", async () => {
-      revoke.disabled = true;
-      try { await api("POST", "/api/grants/" + g.id + "/revoke"); refresh(); }
-      catch (e) { revoke.disabled = false; $("status").textContent = e.message; }
-    });
-    const b = el("div", "buttons");
-    b.append(revoke);
-    card.append(b);
-    box.append(card);
+    const id = String(g.id);
+    seen.add(id);
+    let card = box.querySelector('[data-grant="' + CSS.escape(id) + '"]');
+    if (!card) {
+      card = grantCard(g);
+      box.append(card);
+    }
+    card.querySelector('[data-role="left"]').textContent =
+      "by " + g.by + (g.reason ? " (" + g.reason + ")" : "") + " · ends in " + secs(g.left_secs * 1000);
+  }
+  for (const card of Array.from(box.children)) {
+    if (!seen.has(card.dataset.grant)) card.remove();
   }
   $("no-grants").hidden = grants.length > 0;
 }
