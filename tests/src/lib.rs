@@ -632,7 +632,9 @@ pub fn skip(test: &str, why: &str) {
     eprintln!("SKIPPED {test}: {why}");
     if let Some(log) = std::env::var_os("AGENT_GUARD_SKIP_LOG") {
         if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(log) {
-            let _ = writeln!(f, "{test}: {why}");
+            // One write per line: tests skip in parallel, and writeln!
+            // may split a line into several writes that interleave.
+            let _ = f.write_all(format!("{test}: {why}\n").as_bytes());
         }
     }
 }
