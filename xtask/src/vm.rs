@@ -159,22 +159,26 @@ pub fn vm_test(args: &VmTestArgs) -> Result<()> {
     let conformance = crate::conformance::prepare(&daemon)?;
     let binaries = build::build_privileged_tests()?;
     let filter = args.filter.as_deref();
-    let (listed, host_tier): (Vec<_>, Vec<_>) = split::list(&binaries, filter)?
-        .into_iter()
-        .partition(|(binary, _)| host_only(binary).is_none());
-    for (binary, tests) in &host_tier {
-        let why = host_only(binary).unwrap_or_default();
-        eprintln!(
-            "xtask: vm: not in the guest, host tier only: {} ({} tests): {why}",
-            split::binary_name_of(binary),
-            tests.len()
-        );
+    let mut listed = Vec::new();
+    let mut host_tier = 0;
+    for (binary, tests) in split::list(&binaries, filter)? {
+        match host_only(&binary) {
+            Some(why) => {
+                eprintln!(
+                    "xtask: vm: not in the guest, host tier only: {} ({} tests): {why}",
+                    console::binary_name(&binary.to_string_lossy()),
+                    tests.len()
+                );
+                host_tier += 1;
+            }
+            None => listed.push((binary, tests)),
+        }
     }
     if listed.is_empty() {
         bail!(
             "no privileged test name contains {:?}{}: nothing to run in the guest",
             filter.unwrap_or_default(),
-            if host_tier.is_empty() {
+            if host_tier == 0 {
                 ""
             } else {
                 " outside the host-only binaries above"
@@ -331,8 +335,6 @@ pub fn vm_test(args: &VmTestArgs) -> Result<()> {
     Ok(())
 }
 
-/// How many guests share the tests: `--guests`, else one per core, at most
-/// [`MAX_DEFAULT_GUESTS`] and as many as the host's free memory holds.
 /// Test binaries the guest does not run, and why: they test what happens
 /// to events and commands after the daemon has them, which is the same
 /// code whichever kernel hook made the event (the host tier runs them).
@@ -358,13 +360,15 @@ const HOST_ONLY: [(&str, &str); 4] = [
 
 /// Why `binary` runs on the host tier only, if it does.
 fn host_only(binary: &Path) -> Option<&'static str> {
-    let name = split::binary_name_of(binary);
+    let name = console::binary_name(&binary.to_string_lossy());
     HOST_ONLY
         .iter()
         .find(|(n, _)| *n == name)
         .map(|(_, why)| *why)
 }
 
+/// How many guests share the tests: `--guests`, else one per core, at most
+/// [`MAX_DEFAULT_GUESTS`] and as many as the host's free memory holds.
 fn guest_count(args: &VmTestArgs) -> Result<usize> {
     let available = available_mib();
     let fits = available.map(|mib| (mib / GUEST_HOST_MIB) as usize);

@@ -84,11 +84,6 @@ pub fn list(binaries: &[PathBuf], filter: Option<&str>) -> Result<Vec<(PathBuf, 
     Ok(out)
 }
 
-/// `holds` for a test binary cargo named `holds-0123abcd`.
-pub fn binary_name_of(binary: &Path) -> String {
-    binary_name(&binary.to_string_lossy())
-}
-
 /// Known guest seconds per `binary::test`.
 pub struct Durations(BTreeMap<String, f64>);
 
