@@ -22,6 +22,11 @@ fn doctor_names_what_this_kernel_refuses_and_the_backends() {
         text.contains("raw and packet sockets (SOCK_RAW, AF_PACKET)"),
         "{text}"
     );
+    // What a connects budget leaves out, on either backend.
+    assert!(
+        text.contains("unix sockets and budgets: no budget counts them"),
+        "{text}"
+    );
     if text.contains("[ ok ] LSM programs") {
         // A kernel with BPF LSM: file operations are guarded host-wide,
         // io_uring's included, and unix sockets by their real path.

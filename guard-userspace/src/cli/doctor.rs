@@ -258,6 +258,15 @@ pub fn run(policy_path: Option<&Path>) -> Result<ExitCode> {
         }
         None => {}
     }
+    if unix.is_some() {
+        // A policy fact, the same on both backends: named here so that an
+        // operator sizing a connects budget sees what it leaves out.
+        println!(
+            "  unix sockets and budgets: no budget counts them (a missing socket's connect is \
+             seen only without BPF LSM); a connects budget caps IPv4/IPv6 only, so deny or ask \
+             for a local proxy's or daemon's socket to bound what goes through it"
+        );
+    }
     if lsm_ok {
         println!(
             "  unlink, rmdir, rename, link, truncate: BPF LSM, host-wide (every process of the \
