@@ -158,6 +158,9 @@ fn test_stages(args: &TestArgs, stages: &mut Stages) -> Result<()> {
     if std::env::var_os("HOME").is_none() {
         cmd.env("HOME", "/root");
     }
+    // For the same reason, agents run python3 itself, not a version
+    // manager's shim (setup::agent_path).
+    cmd.env("PATH", setup::agent_path());
     if let Some(filter) = &args.filter {
         cmd.args(["--", filter]);
     }

@@ -49,6 +49,34 @@ pub fn output(cmd: &mut Command) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// PATH for the agents the privileged tests start, on the host and in the
+/// QEMU guest's chroot: the real bin folder of python3 first, then the
+/// caller's PATH, then the standard folders. A version manager's shim
+/// (pyenv here) is a bash script that forks a dozen helpers before the real
+/// interpreter, and each of them looks up the user: glibc then probes for an
+/// nscd socket with unix connects. Tests that count or freeze an agent's
+/// calls would meet those, so agents start the interpreter itself.
+pub fn agent_path() -> String {
+    let python = output(Command::new("python3").args([
+        "-c",
+        "import os, sys; print(os.path.dirname(os.path.realpath(sys.executable)))",
+    ]));
+    let host = std::env::var("PATH").unwrap_or_default();
+    let standard = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    let mut dirs: Vec<&str> = Vec::new();
+    for dir in python
+        .iter()
+        .map(|p| p.trim())
+        .chain(host.split(':'))
+        .chain(standard.split(':'))
+    {
+        if !dir.is_empty() && !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    dirs.join(":")
+}
+
 fn ensure_root_for_install() -> Result<()> {
     // Installing apt packages needs root; so do the privileged tests. Say so
     // up front instead of failing half-way.

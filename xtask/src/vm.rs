@@ -11,7 +11,6 @@ mod split;
 use std::{
     env, fs,
     path::Path,
-    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -185,7 +184,7 @@ pub fn vm_test(args: &VmTestArgs) -> Result<()> {
             }
         );
     }
-    let path = guest_path();
+    let path = setup::agent_path();
     let root = build::workspace_root();
     let tests_dir = root.join("tests");
     let workdir = if tests_dir.is_dir() {
@@ -420,30 +419,6 @@ fn print_times(console: &console::Console) {
             run.secs, run.name, run.status
         );
     }
-}
-
-/// PATH inside the chroot: the real bin folder of the host's python3 first
-/// (here a pyenv build; its shims are shell scripts that need pyenv's state),
-/// then the host's PATH, then the standard folders.
-fn guest_path() -> String {
-    let python = setup::output(Command::new("python3").args([
-        "-c",
-        "import os, sys; print(os.path.dirname(os.path.realpath(sys.executable)))",
-    ]));
-    let host = env::var("PATH").unwrap_or_default();
-    let standard = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-    let mut dirs: Vec<&str> = Vec::new();
-    for dir in python
-        .iter()
-        .map(|p| p.trim())
-        .chain(host.split(':'))
-        .chain(standard.split(':'))
-    {
-        if !dir.is_empty() && !dirs.contains(&dir) {
-            dirs.push(dir);
-        }
-    }
-    dirs.join(":")
 }
 
 #[cfg(test)]
