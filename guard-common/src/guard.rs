@@ -165,7 +165,9 @@ pub struct EscapeRecord {
     /// the kernel gives it (cgroup_attach_task does).
     pub path: [u8; ESCAPE_PATH_BYTES],
 }
-const _: () = assert!(core::mem::size_of::<EscapeRecord>() == 80 + 24 + ESCAPE_PATH_BYTES);
+const _: () = assert!(
+    core::mem::size_of::<EscapeRecord>() == crate::record::HEADER_BYTES + 24 + ESCAPE_PATH_BYTES
+);
 
 /// `guard.tamper`: an agent process reached for the guard's processes,
 /// files or kernel objects.
@@ -189,7 +191,8 @@ pub struct TamperRecord {
     pub call: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<TamperRecord>() == 80 + 16 + 16 + 8);
+const _: () =
+    assert!(core::mem::size_of::<TamperRecord>() == crate::record::HEADER_BYTES + 16 + 16 + 8);
 
 #[cfg(feature = "user")]
 mod user {

@@ -324,7 +324,10 @@ pub struct KernelOffsets {
     /// bpf_sock_addr_kern, uaddr) and (.., uaddrlen).
     pub sock_addr_kern_uaddr: u32,
     pub sock_addr_kern_uaddrlen: u32,
-    pub _pad: u32,
+    /// Optional: offsetof(struct task_struct, self_exec_id), which every
+    /// exec raises. Records carry it, so the daemon's process cache can
+    /// tell an exec that keeps the name (see `EventHeader::exec_id`).
+    pub task_self_exec_id: u32,
 }
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 26 * 4);
 

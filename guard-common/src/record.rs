@@ -31,8 +31,16 @@ pub struct EventHeader {
     /// The grant that let an `ask` through without a hold; 0 if none.
     pub grant_id: u32,
     pub comm: [u8; 16],
+    /// The calling task's `self_exec_id`: it changes with every exec, so
+    /// an agent that execs another binary under the same name (same
+    /// comm, same pid) cannot keep its events attributed to the old image.
+    /// 0 where the kernel's BTF lacks the member (the daemon then checks
+    /// the comm only).
+    pub exec_id: u64,
 }
-const _: () = assert!(core::mem::size_of::<EventHeader>() == 80);
+/// Bytes of [`EventHeader`]: every record starts with one.
+pub const HEADER_BYTES: usize = 88;
+const _: () = assert!(core::mem::size_of::<EventHeader>() == HEADER_BYTES);
 
 /// `net.connect`: an outbound connect by an agent process.
 #[repr(C)]
@@ -48,7 +56,7 @@ pub struct ConnectRecord {
     /// IPv6 address, or IPv4 in the first four bytes.
     pub addr: [u8; 16],
 }
-const _: () = assert!(core::mem::size_of::<ConnectRecord>() == 80 + 8 + 16);
+const _: () = assert!(core::mem::size_of::<ConnectRecord>() == HEADER_BYTES + 8 + 16);
 
 /// How much of a [`FileRecord`]'s path is known.
 pub const PATH_COMPLETE: u8 = 0;
@@ -94,7 +102,7 @@ pub struct FileRecord {
     pub header: EventHeader,
     pub path: RecordPath,
 }
-const _: () = assert!(core::mem::size_of::<FileRecord>() == 80 + 252 + 4);
+const _: () = assert!(core::mem::size_of::<FileRecord>() == HEADER_BYTES + 252 + 4);
 
 /// [`RenameRecord::rename_flags`]: RENAME_EXCHANGE (both objects move).
 pub const RENAME_EXCHANGES: u8 = 1;
@@ -117,7 +125,7 @@ pub struct RenameRecord {
     pub rename_flags: u8,
     pub _pad: [u8; 7],
 }
-const _: () = assert!(core::mem::size_of::<RenameRecord>() == 80 + 2 * 256 + 8);
+const _: () = assert!(core::mem::size_of::<RenameRecord>() == HEADER_BYTES + 2 * 256 + 8);
 
 /// `file.mount`: a refused (or audited) mount-family call; `path` is where
 /// it would have mounted (or the new root), when the hook gives one.
@@ -130,7 +138,7 @@ pub struct MountRecord {
     pub op: u8,
     pub _pad: [u8; 7],
 }
-const _: () = assert!(core::mem::size_of::<MountRecord>() == 80 + 256 + 8);
+const _: () = assert!(core::mem::size_of::<MountRecord>() == HEADER_BYTES + 256 + 8);
 
 /// A delete seen at syscall entry: the raw arguments, which userspace
 /// resolves (dirfd/cwd) and judges against the policy for the event.
@@ -149,7 +157,7 @@ pub struct ObservedDeleteRecord {
     /// The path argument as the process passed it.
     pub path: [u8; 256],
 }
-const _: () = assert!(core::mem::size_of::<ObservedDeleteRecord>() == 80 + 16 + 256);
+const _: () = assert!(core::mem::size_of::<ObservedDeleteRecord>() == HEADER_BYTES + 16 + 256);
 
 #[cfg(feature = "user")]
 mod user {

@@ -340,8 +340,10 @@ pub struct RefusedPathRecord {
     /// the destination.
     pub paths: [RefusedPath; 2],
 }
-const _: () =
-    assert!(core::mem::size_of::<RefusedPathRecord>() == 80 + 16 + 2 * size_of::<RefusedPath>());
+const _: () = assert!(
+    core::mem::size_of::<RefusedPathRecord>()
+        == crate::record::HEADER_BYTES + 16 + 2 * size_of::<RefusedPath>()
+);
 
 #[cfg(feature = "user")]
 mod user {

@@ -3,7 +3,7 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
+        generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns},
     },
 };
 use guard_common::{EventHeader, EventKind, LossReason, Outcome, Verdict};
@@ -12,6 +12,7 @@ use crate::{
     decide::Report,
     identity::Agent,
     maps::{EVENTS, LOSSES},
+    offsets::{off, read_u64},
 };
 
 /// Wake the reader only once this much is queued; below it, the daemon's
@@ -45,7 +46,20 @@ pub fn header(kind: u16, agent: &Agent) -> EventHeader {
         rule_id: 0,
         grant_id: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        exec_id: exec_id(),
     }
+}
+
+/// The current task's `self_exec_id` (0 where the loader had no offset).
+#[inline(always)]
+fn exec_id() -> u64 {
+    let off = off!(task_self_exec_id);
+    if off == 0 {
+        return 0;
+    }
+    // SAFETY: helper without arguments; the pointer is only probe-read.
+    let task = unsafe { bpf_get_current_task() };
+    read_u64(task + off)
 }
 
 /// The header of a judged call's record.

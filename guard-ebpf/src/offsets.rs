@@ -33,7 +33,7 @@ pub(crate) static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     socket_sk: 0,
     sock_addr_kern_uaddr: 0,
     sock_addr_kern_uaddrlen: 0,
-    _pad: 0,
+    task_self_exec_id: 0,
 };
 
 /// One field of [`KERNEL_OFFSETS`], read so the compiler cannot fold the

@@ -390,3 +390,59 @@ sys.stdin.read()
     drop(stdin);
     let _ = child.wait();
 }
+
+/// A hostile agent execs another binary under the name of the one it
+/// started as: same pid, same start time, same comm. Its events must name
+/// the new image, not the details cached for the old one, or an auditor
+/// would read a trusted program where another ran.
+#[test]
+fn rogue_an_exec_under_a_trusted_name_is_attributed_to_the_new_image() {
+    use std::io::Write as _;
+    let cg = TestCgroups::new("exec-name");
+    let scratch = Scratch::new("exec-name");
+    let ok = Listener::v4();
+    let daemon = Daemon::start(&policy(&cg, "enforce", "default = \"allow\""), cg);
+    // The other binary: a copy of bash, still named bash.
+    let copy = scratch.path("elsewhere/bash");
+    std::fs::create_dir_all(scratch.path("elsewhere")).expect("dir");
+    std::fs::copy("/bin/bash", &copy).expect("copy bash");
+    let connect = format!("exec 3<>/dev/tcp/127.0.0.1/{}; exec 3>&-", ok.port);
+    let script = format!(
+        "{connect}; read _; exec {} -c '{connect}; read _' second-ima\"\"ge",
+        copy.display()
+    );
+    let mut agent = daemon.spawn_agent("bot", &["bash", "-c", &script]);
+    let port = ok.port;
+    let first = daemon.wait_event("net.connect", |e| e["target"]["port"] == port);
+    assert_eq!(first["outcome"], "allowed", "{first}");
+    assert!(
+        !first["process"]["cmdline"]
+            .to_string()
+            .contains("second-image"),
+        "{first}"
+    );
+    let mut stdin = agent.stdin.take().expect("stdin");
+    stdin.write_all(b"\n").expect("let it exec");
+    let second = daemon.wait_event("net.connect", |e| {
+        e["target"]["port"] == port && e["seq"] != first["seq"]
+    });
+    assert_eq!(
+        second["process"]["pid"], first["process"]["pid"],
+        "the same process, after its exec"
+    );
+    assert_eq!(second["process"]["comm"], first["process"]["comm"]);
+    assert_eq!(
+        second["process"]["exe"],
+        copy.display().to_string(),
+        "the new image, not the cached one: {second}"
+    );
+    assert!(
+        second["process"]["cmdline"]
+            .to_string()
+            .contains("second-image"),
+        "{second}"
+    );
+    stdin.write_all(b"\n").expect("let it exit");
+    drop(stdin);
+    assert!(agent.wait().expect("agent").success());
+}

@@ -122,7 +122,7 @@ pub fn kernel_call(rec: Record, registry: &Registry, enricher: &mut Enricher) ->
                 uid: h.uid,
                 gid: h.gid,
             },
-            Some((h.comm, h.ktime_ns)),
+            Some((h.comm, h.ktime_ns, h.exec_id)),
         ),
         rule,
         // A hold starting (the registry adds its timeout), or a held call
@@ -194,14 +194,15 @@ struct Ids {
     gid: u32,
 }
 
-/// The calling process; `record` (the calling thread's comm and the
-/// record's kernel time) lets a kernel record's lookup skip /proc.
-fn process(enricher: &mut Enricher, ids: Ids, record: Option<(String, u64)>) -> Process {
+/// The calling process; `record` (the calling thread's comm, the record's
+/// kernel time and the task's exec count) lets a kernel record's lookup
+/// skip /proc.
+fn process(enricher: &mut Enricher, ids: Ids, record: Option<(String, u64, u64)>) -> Process {
     let details = match &record {
-        Some((comm, ktime_ns)) => enricher.details_at(ids.pid, comm, *ktime_ns),
+        Some((comm, ktime_ns, exec_id)) => enricher.details_at(ids.pid, comm, *exec_id, *ktime_ns),
         None => enricher.details(ids.pid),
     };
-    let comm = record.map(|(comm, _)| comm);
+    let comm = record.map(|(comm, _, _)| comm);
     Process {
         pid: ids.pid,
         tid: Some(ids.tid),

@@ -122,6 +122,8 @@ pub struct Header {
     /// The grant that let an `ask` through.
     pub grant_id: Option<u32>,
     pub comm: String,
+    /// The calling task's exec count (`EventHeader::exec_id`; 0: unknown).
+    pub exec_id: u64,
 }
 
 /// One kernel record.
@@ -289,6 +291,7 @@ fn header(h: &EventHeader, clock: &BootClock) -> Result<Header, DecodeError> {
         rule_id: (h.rule_id != RULE_DEFAULT).then_some(h.rule_id),
         grant_id: (h.grant_id != 0).then_some(h.grant_id),
         comm: String::from_utf8_lossy(&h.comm[..end]).into_owned(),
+        exec_id: h.exec_id,
     })
 }
 

@@ -2,8 +2,10 @@
 //! user and group names), read from /proc once per process and cached by
 //! pid *and* start time, so a reused pid is never attributed to the
 //! previous owner. exe, cmdline and names are read once per process image.
-//! An exec that keeps the comm (a shell exec'ing another shell) keeps the
-//! cached details. Entries of processes that are gone are evicted by
+//! Kernel records carry the task's exec count, so an exec that keeps the
+//! comm (a shell exec'ing another shell, or an agent exec'ing its own
+//! binary under a trusted name) is read anew; supervised calls (no
+//! record) are checked by comm only. Entries of processes that are gone are evicted by
 //! [`Enricher::sweep`] (on run exits and periodically) and when a lookup
 //! finds the pid gone or reused.
 //!
@@ -48,6 +50,9 @@ struct Cached {
     /// Comms of its threads that kernel records carried and /proc
     /// confirmed (a few; a process with more threads names checks more).
     comms: Vec<String>,
+    /// The exec count of the kernel record that last confirmed the entry
+    /// (0: none has yet).
+    exec_id: u64,
 }
 
 /// Thread names remembered per process.
@@ -75,16 +80,28 @@ pub struct Enricher {
 
 impl Enricher {
     /// Details for the process `pid` that made a kernel record stamped
-    /// `ktime_ns` (CLOCK_BOOTTIME) from a thread named `comm`: from the
-    /// cache without touching /proc when the process is known to have
-    /// been alive since (see the module's doc), else as [`Self::details`].
-    pub fn details_at(&mut self, pid: u32, comm: &str, ktime_ns: u64) -> ProcessDetails {
+    /// `ktime_ns` (CLOCK_BOOTTIME) from a thread named `comm` with exec
+    /// count `exec_id` (0: unknown): from the cache without touching /proc
+    /// when the process is known to have been alive since (see the
+    /// module's doc) and has not exec'd, else as [`Self::details`].
+    pub fn details_at(
+        &mut self,
+        pid: u32,
+        comm: &str,
+        exec_id: u64,
+        ktime_ns: u64,
+    ) -> ProcessDetails {
         let known = |c: &Cached| c.pidfd.is_some() && !c.exited;
         if self.cache.get(&pid).is_some_and(known) && ktime_ns >= self.polled_at {
             self.poll_exits();
         }
         if let Some(c) = self.cache.get(&pid) {
-            if known(c) && ktime_ns < self.polled_at && c.comms.iter().any(|k| k == comm) {
+            if exec_id != 0 && c.exec_id != exec_id {
+                // Another image (or not yet confirmed against a record):
+                // /proc/PID/stat alone cannot tell an exec that kept the
+                // name, so read exe and cmdline again.
+                self.cache.remove(&pid);
+            } else if known(c) && ktime_ns < self.polled_at && c.comms.iter().any(|k| k == comm) {
                 return c.details.clone();
             }
         }
@@ -94,6 +111,7 @@ impl Enricher {
             if c.comms.len() < MAX_COMMS && !c.comms.iter().any(|k| k == comm) {
                 c.comms.push(comm.to_owned());
             }
+            c.exec_id = exec_id;
         }
         details
     }
@@ -224,6 +242,7 @@ impl Enricher {
                 pidfd,
                 exited: false,
                 comms: vec![comm],
+                exec_id: 0,
             },
         );
         details
@@ -326,17 +345,17 @@ mod tests {
         let mut e = Enricher::default();
         let me = std::process::id();
         let comm = proc::stat(me).expect("own stat").comm;
-        let d = e.details_at(me, &comm, boot_ns());
+        let d = e.details_at(me, &comm, 1, boot_ns());
         assert!(d.exe.is_some());
         let reads = e.stat_reads;
         // The process is alive: its records read no /proc at all.
         for _ in 0..10 {
-            e.details_at(me, &comm, boot_ns());
+            e.details_at(me, &comm, 1, boot_ns());
         }
         assert_eq!(e.stat_reads, reads, "a hit reads no /proc");
         // A thread name never seen is checked once, then known.
-        e.details_at(me, "other-thread", boot_ns());
-        e.details_at(me, "other-thread", boot_ns());
+        e.details_at(me, "other-thread", 1, boot_ns());
+        e.details_at(me, "other-thread", 1, boot_ns());
         assert_eq!(e.stat_reads, reads + 1);
         assert_eq!(e.misses, 1);
     }
@@ -350,15 +369,46 @@ mod tests {
             .expect("sleep");
         let pid = child.id();
         let comm = proc::stat(pid).expect("child stat").comm;
-        e.details_at(pid, &comm, boot_ns());
+        e.details_at(pid, &comm, 1, boot_ns());
         assert_eq!(e.cached(), 1);
         let _ = child.kill();
         let _ = child.wait();
         // A record made after the exit: the poll sees it, /proc says gone.
         let reads = e.stat_reads;
-        e.details_at(pid, &comm, boot_ns());
+        e.details_at(pid, &comm, 1, boot_ns());
         assert_eq!(e.stat_reads, reads + 1);
         assert_eq!(e.cached(), 0);
+    }
+
+    #[test]
+    fn an_exec_under_the_same_name_is_read_anew() {
+        use std::io::Write as _;
+        let mut e = Enricher::default();
+        let mut child = std::process::Command::new("sh")
+            // The shell joins the marker: the first command line lacks it.
+            .args(["-c", "read _; exec sh -c 'read _' second-ima\"\"ge"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let pid = child.id();
+        let cmdline = |d: &ProcessDetails| format!("{:?}", d.cmdline);
+        let first = e.details_at(pid, "sh", 7, boot_ns());
+        assert!(!cmdline(&first).contains("second-image"), "{first:?}");
+        if let Some(stdin) = child.stdin.as_mut() {
+            stdin.write_all(b"\n").expect("wake sh");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !proc::cmdline(pid).is_some_and(|c| c.iter().any(|a| a == "second-image")) {
+            assert!(std::time::Instant::now() < deadline, "sh never exec'd");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // Same pid, start time and comm: only the exec count tells.
+        let misses = e.misses;
+        let again = e.details_at(pid, "sh", 8, boot_ns());
+        assert!(cmdline(&again).contains("second-image"), "{again:?}");
+        assert_eq!(e.misses, misses + 1);
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     #[test]

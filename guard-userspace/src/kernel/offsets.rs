@@ -48,6 +48,6 @@ pub(super) fn kernel_offsets() -> Result<KernelOffsets, btf::BtfError> {
         socket_sk: unix[4],
         sock_addr_kern_uaddr: optional("bpf_sock_addr_kern", "uaddr"),
         sock_addr_kern_uaddrlen: optional("bpf_sock_addr_kern", "uaddrlen"),
-        _pad: 0,
+        task_self_exec_id: optional("task_struct", "self_exec_id"),
     })
 }
