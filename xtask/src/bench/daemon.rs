@@ -28,6 +28,8 @@ pub struct Counts {
     pub lines: AtomicU64,
     /// Delete-observer events (one per flood call).
     pub observed: AtomicU64,
+    /// Supervised unlinks the policy allowed (one per call under `run`).
+    pub supervised: AtomicU64,
     /// Sum of `loss.count` over `loss` events.
     pub lost: AtomicU64,
     started: (Mutex<bool>, Condvar),
@@ -165,10 +167,16 @@ impl BenchDaemon {
     /// Waits until the stream has carried `n` observed events, or has been
     /// quiet for `quiet`; returns how many it carried.
     pub fn wait_observed(&self, n: u64, quiet: Duration) -> u64 {
+        self.wait_count(&self.counts.observed, n, quiet)
+    }
+
+    /// Waits until `count` reaches `n`, or the stream has been quiet for
+    /// `quiet`; returns the count.
+    pub fn wait_count(&self, count: &AtomicU64, n: u64, quiet: Duration) -> u64 {
         let mut last = self.counts.lines.load(Ordering::SeqCst);
         let mut since = Instant::now();
         loop {
-            let seen = self.counts.observed.load(Ordering::SeqCst);
+            let seen = count.load(Ordering::SeqCst);
             if seen >= n {
                 return seen;
             }
@@ -178,7 +186,7 @@ impl BenchDaemon {
                 last = now;
                 since = Instant::now();
             } else if since.elapsed() >= quiet {
-                return self.counts.observed.load(Ordering::SeqCst);
+                return count.load(Ordering::SeqCst);
             }
         }
     }
@@ -218,6 +226,8 @@ fn count_lines(stdout: std::process::ChildStdout, counts: &Counts) {
         counts.lines.fetch_add(1, Ordering::SeqCst);
         if has(&line, br#""outcome":"observed""#) {
             counts.observed.fetch_add(1, Ordering::SeqCst);
+        } else if has(&line, br#""kind":"file.unlink""#) && has(&line, br#""outcome":"allowed""#) {
+            counts.supervised.fetch_add(1, Ordering::SeqCst);
         } else if has(&line, br#""kind":"loss""#) {
             let n = serde_json::from_slice::<serde_json::Value>(&line)
                 .ok()

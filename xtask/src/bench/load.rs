@@ -283,6 +283,83 @@ pub fn burst(ctx: &Ctx, count: u64, rows: &mut Vec<Row>) -> Result<Value> {
     Ok(t.json())
 }
 
+/// The same burst through `agent-guard run`: one process under `run`
+/// unlinks `count` files it made (a missing file is refused before the
+/// policy is asked, so it would make no event), each one a supervised call
+/// answered by the daemon. The caller waits for each answer, so the source
+/// cannot outrun the supervisor; what could still be lost is lines the
+/// sinks drop, which the daemon reports.
+pub fn run_burst(ctx: &Ctx, count: u32, rows: &mut Vec<Row>) -> Result<Value> {
+    let policy = format!(
+        "{DAEMON_TOML}{}",
+        agent_toml(ctx, "runburst", "default = \"allow\"")
+    );
+    let d = BenchDaemon::start(&ctx.daemon_bin, &ctx.daemon_dir("run-burst"), &policy)?;
+    let dir = ctx.work_dir().join("run-burst");
+    let job = [
+        "unlink".to_owned(),
+        "--dir".into(),
+        dir.display().to_string(),
+        "--count".into(),
+        count.to_string(),
+    ];
+    let result = (|| {
+        let seen = d.counts.supervised.load(Ordering::SeqCst);
+        let lost = d.counts.lost.load(Ordering::SeqCst);
+        let cpu = d.cpu_ns()?;
+        let out = ctx.work(Place::Run, Some(&d), "runburst", &job)?;
+        let delivered = d.wait_count(&d.counts.supervised, seen + u64::from(count), QUIET) - seen;
+        let cpu_ns = d.cpu_ns()?.saturating_sub(cpu);
+        std::thread::sleep(Duration::from_millis(600));
+        let ns_per_op = out["ns_per_op"].as_f64().unwrap_or(0.0);
+        Ok::<_, anyhow::Error>(Trial {
+            target: 0.0,
+            achieved: if ns_per_op > 0.0 {
+                1e9 / ns_per_op
+            } else {
+                0.0
+            },
+            generated: u64::from(count),
+            delivered,
+            reported_lost: d.counts.lost.load(Ordering::SeqCst) - lost,
+            cpu_ns,
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    d.stop()?;
+    let t = result?;
+    eprintln!(
+        "bench:   burst under run at {:.0}/s: {} of {} delivered, {} reported lost, daemon CPU {:.2} µs per event",
+        t.achieved,
+        t.delivered,
+        t.generated,
+        t.reported_lost,
+        t.cpu_per_event() / 1000.0
+    );
+    rows.push(
+        Row::new(
+            format!(
+                "events: burst of {} unlinks under `run` ({:.0}/s), lost",
+                t.generated, t.achieved
+            ),
+            format!("{} ({} reported)", t.lost(), t.reported_lost),
+        )
+        .target("0", t.lost() == 0),
+    );
+    rows.push(
+        Row::new(
+            "events: burst under `run`, lost = reported lost",
+            format!("{} = {}", t.lost(), t.reported_lost),
+        )
+        .target("exact", t.lost() == t.reported_lost),
+    );
+    rows.push(Row::new(
+        "events: daemon CPU per supervised unlink (burst under `run`)",
+        super::report::us(t.cpu_per_event()),
+    ));
+    Ok(t.json())
+}
+
 pub fn memory(ctx: &Ctx, args: &super::BenchArgs, rate: f64, rows: &mut Vec<Row>) -> Result<Value> {
     let connect = "default = \"deny\"\nallow = [\"127.0.0.1/32:*\", \"10.0.0.0/8:443\"]\nask = [\"10.1.0.0/16:22\"]";
     let mut policy = DAEMON_TOML.to_owned();

@@ -56,13 +56,18 @@ pub struct BenchArgs {
     /// `--budget-only --daemon OLD` measures an older build's cost.
     #[arg(long, conflicts_with = "latency_only")]
     pub budget_only: bool,
-    /// Only the event phases: the throughput ladder and the burst (the
-    /// daemon's CPU per event and its loss), nothing else.
+    /// Only the event phases: the throughput ladder and the two bursts,
+    /// kernel path and under `run` (the daemon's CPU per event and its
+    /// loss), nothing else.
     #[arg(long, conflicts_with_all = ["latency_only", "budget_only"])]
     pub events_only: bool,
     /// Unlinks the burst phase makes, one agent process as fast as it can.
     #[arg(long, default_value_t = 1_000_000)]
     pub burst: u64,
+    /// Unlinks the burst under `agent-guard run` makes (each one a
+    /// supervised call; about a minute or two per million); 0 skips it.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub run_burst: u32,
     /// Measure this agent-guard binary (for example a release build of an
     /// older commit, to compare) instead of the one built from this tree;
     /// the workloads still come from this tree.
@@ -297,11 +302,13 @@ fn run_phases(ctx: &Ctx, args: &BenchArgs) -> Result<(serde_json::Value, Vec<rep
         let throughput = load::throughput(ctx, &mut rows)?;
         eprintln!("bench: event burst, {} unlinks", args.burst);
         let burst = load::burst(ctx, args.burst, &mut rows)?;
+        let run_burst = run_burst(ctx, args, &mut rows)?;
         let results = json!({
             "machine": machine(),
-            "args": { "burst": args.burst, "events_only": true, "daemon": daemon_arg(args) },
+            "args": { "burst": args.burst, "run_burst": args.run_burst, "events_only": true, "daemon": daemon_arg(args) },
             "throughput": throughput,
             "burst": burst,
+            "run_burst": run_burst,
         });
         return Ok((results, rows));
     }
@@ -327,6 +334,7 @@ fn run_phases(ctx: &Ctx, args: &BenchArgs) -> Result<(serde_json::Value, Vec<rep
     let rate = throughput["sustained_events_per_s"].as_f64().unwrap_or(0.0);
     eprintln!("bench: event burst, {} unlinks", args.burst);
     let burst = load::burst(ctx, args.burst, &mut rows)?;
+    let run_burst = run_burst(ctx, args, &mut rows)?;
     eprintln!(
         "bench: daemon memory, 100 agents, {} events",
         args.rss_events
@@ -334,15 +342,29 @@ fn run_phases(ctx: &Ctx, args: &BenchArgs) -> Result<(serde_json::Value, Vec<rep
     let memory = load::memory(ctx, args, rate, &mut rows)?;
     let results = json!({
         "machine": machine(),
-        "args": { "rounds": args.rounds, "calls": args.calls, "seccomp_calls": args.seccomp_calls, "holds": args.holds, "rss_events": args.rss_events, "burst": args.burst, "daemon": daemon_arg(args) },
+        "args": { "rounds": args.rounds, "calls": args.calls, "seccomp_calls": args.seccomp_calls, "holds": args.holds, "rss_events": args.rss_events, "burst": args.burst, "run_burst": args.run_burst, "daemon": daemon_arg(args) },
         "latency": latency,
         "budget": budget,
         "approval": approval,
         "throughput": throughput,
         "burst": burst,
+        "run_burst": run_burst,
         "memory": memory,
     });
     Ok((results, rows))
+}
+
+/// The burst under `run`, unless `--run-burst 0`.
+fn run_burst(
+    ctx: &Ctx,
+    args: &BenchArgs,
+    rows: &mut Vec<report::Row>,
+) -> Result<serde_json::Value> {
+    if args.run_burst == 0 {
+        return Ok(serde_json::Value::Null);
+    }
+    eprintln!("bench: event burst under `run`, {} unlinks", args.run_burst);
+    load::run_burst(ctx, args.run_burst, rows)
 }
 
 /// The `--daemon` binary measured, if not this tree's.
