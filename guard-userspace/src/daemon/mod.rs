@@ -15,6 +15,7 @@ pub mod grants;
 pub mod holds;
 mod journal;
 mod limits;
+mod memory;
 mod reader;
 mod refusals;
 mod refused;
@@ -538,6 +539,7 @@ pub async fn run(opts: Options) -> Result<()> {
             }
         });
     }
+    tasks.keep("memory trim", memory::trim_periodically);
     surfaces.spawn(&mut tasks, &shared, program_ids);
 
     events::emit_now(
@@ -548,6 +550,9 @@ pub async fn run(opts: Options) -> Result<()> {
         }),
     );
     tracing::info!(socket = %socket.display(), "agent-guard is guarding");
+    // Loading parsed the kernel's BTF and the programs' object: megabytes,
+    // freed by now, that would otherwise stay in the RSS.
+    memory::trim();
     if let Some(page) = demo_page {
         let socket = socket.clone();
         tokio::spawn(async move {
