@@ -405,6 +405,14 @@ pub fn memory(ctx: &Ctx, args: &super::BenchArgs, rate: f64, rows: &mut Vec<Row>
         )
         .target("<= 30 MB", (after as f64) * 1024.0 <= 30e6),
     );
+    let growth = after.saturating_sub(start);
+    rows.push(
+        Row::new(
+            format!("daemon RSS growth over {delivered} events"),
+            format!("{:.1} MiB", mb(growth)),
+        )
+        .target("<= 5 MB", (growth as f64) * 1024.0 <= 5e6),
+    );
     Ok(json!({
         "agents": 100,
         "rss_kib_start": start,
