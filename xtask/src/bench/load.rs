@@ -248,31 +248,7 @@ pub fn burst(ctx: &Ctx, count: u64, rows: &mut Vec<Row>) -> Result<Value> {
     ctx.remove_direct("burst");
     d.stop()?;
     let t = result?;
-    eprintln!(
-        "bench:   burst at {:.0}/s: {} of {} delivered, {} reported lost, daemon CPU {:.2} µs per event",
-        t.achieved,
-        t.delivered,
-        t.generated,
-        t.reported_lost,
-        t.cpu_per_event() / 1000.0
-    );
-    rows.push(
-        Row::new(
-            format!(
-                "events: burst of {} unlinks ({:.0}/s), lost",
-                t.generated, t.achieved
-            ),
-            format!("{} ({} reported)", t.lost(), t.reported_lost),
-        )
-        .target("0", t.lost() == 0),
-    );
-    rows.push(
-        Row::new(
-            "events: burst, lost = reported lost",
-            format!("{} = {}", t.lost(), t.reported_lost),
-        )
-        .target("exact", t.lost() == t.reported_lost),
-    );
+    loss_rows(&t, "", rows);
     rows.push(
         Row::new(
             "events: daemon CPU per event written (burst)",
@@ -328,8 +304,20 @@ pub fn run_burst(ctx: &Ctx, count: u32, rows: &mut Vec<Row>) -> Result<Value> {
     let _ = std::fs::remove_dir_all(&dir);
     d.stop()?;
     let t = result?;
+    loss_rows(&t, " under `run`", rows);
+    rows.push(Row::new(
+        "events: daemon CPU per supervised unlink (burst under `run`)",
+        super::report::us(t.cpu_per_event()),
+    ));
+    Ok(t.json())
+}
+
+/// Prints a burst's result and adds its two loss rows: nothing lost, and
+/// what was lost equals what the daemon reported. `place` follows "burst"
+/// in their names ("" or " under `run`").
+fn loss_rows(t: &Trial, place: &str, rows: &mut Vec<Row>) {
     eprintln!(
-        "bench:   burst under run at {:.0}/s: {} of {} delivered, {} reported lost, daemon CPU {:.2} µs per event",
+        "bench:   burst{place} at {:.0}/s: {} of {} delivered, {} reported lost, daemon CPU {:.2} µs per event",
         t.achieved,
         t.delivered,
         t.generated,
@@ -339,7 +327,7 @@ pub fn run_burst(ctx: &Ctx, count: u32, rows: &mut Vec<Row>) -> Result<Value> {
     rows.push(
         Row::new(
             format!(
-                "events: burst of {} unlinks under `run` ({:.0}/s), lost",
+                "events: burst of {} unlinks{place} ({:.0}/s), lost",
                 t.generated, t.achieved
             ),
             format!("{} ({} reported)", t.lost(), t.reported_lost),
@@ -348,16 +336,11 @@ pub fn run_burst(ctx: &Ctx, count: u32, rows: &mut Vec<Row>) -> Result<Value> {
     );
     rows.push(
         Row::new(
-            "events: burst under `run`, lost = reported lost",
+            format!("events: burst{place}, lost = reported lost"),
             format!("{} = {}", t.lost(), t.reported_lost),
         )
         .target("exact", t.lost() == t.reported_lost),
     );
-    rows.push(Row::new(
-        "events: daemon CPU per supervised unlink (burst under `run`)",
-        super::report::us(t.cpu_per_event()),
-    ));
-    Ok(t.json())
 }
 
 pub fn memory(ctx: &Ctx, args: &super::BenchArgs, rate: f64, rows: &mut Vec<Row>) -> Result<Value> {
