@@ -15,7 +15,7 @@ use anyhow::Result;
 const EVERY: Duration = Duration::from_secs(10);
 
 /// Returns free heap to the system now.
-pub fn trim() {
+fn trim() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases free memory; no pointer is involved.
     unsafe {
@@ -23,7 +23,9 @@ pub fn trim() {
     };
 }
 
-/// Trims every [`EVERY`], for as long as the daemon runs.
+/// Trims at once, which is after start-up (the task is started once the
+/// programs are loaded and the agents installed), then every [`EVERY`]
+/// for as long as the daemon runs.
 pub async fn trim_periodically() -> Result<()> {
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -550,9 +550,6 @@ pub async fn run(opts: Options) -> Result<()> {
         }),
     );
     tracing::info!(socket = %socket.display(), "agent-guard is guarding");
-    // Loading parsed the kernel's BTF and the programs' object: megabytes,
-    // freed by now, that would otherwise stay in the RSS.
-    memory::trim();
     if let Some(page) = demo_page {
         let socket = socket.clone();
         tokio::spawn(async move {
